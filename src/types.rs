@@ -151,6 +151,14 @@ name_type!(
     "server name"
 );
 
+impl ServerName {
+    /// `localhost`, the name of a controller that was not given one.
+    #[must_use]
+    pub fn localhost() -> ServerName {
+        ServerName("localhost".to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

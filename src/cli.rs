@@ -1,0 +1,384 @@
+//! The `mozpool` command line: `serve` runs the service; the other subcommands are clients
+//! of a running service's API (`--url`, default `http://127.0.0.1:8080`).
+//!
+//! Exit codes scripts can rely on: 0 success, 1 the service refused or failed the call,
+//! 2 usage error, 3 the service could not be reached.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::client::{ApiClient, ClientError};
+use crate::clock::SystemClock;
+use crate::config::{self, Config};
+
+/// mozpool: power, check, flash and hand out mobile test devices.
+#[derive(Debug, Parser)]
+#[command(name = "mozpool", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Devices of a running service.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Images of a running service.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Read the durable log of a running service, newest first.
+    Log(LogArgs),
+    /// Show a running service's version.
+    Version(UrlArg),
+}
+
+/// Where the service is.
+#[derive(Debug, Clone, Args)]
+pub struct UrlArg {
+    /// Base URL of the service.
+    #[arg(
+        long,
+        env = "MOZPOOL_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+}
+
+/// `mozpool serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (default /etc/mozpool/mozpool.toml when it exists).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Listen address, overriding the config (`0.0.0.0:8080`).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Data directory, overriding the config.
+    #[arg(long, env = "STATE_DIRECTORY")]
+    pub data_dir: Option<PathBuf>,
+    /// Run on a simulated rack of N devices (default 10), with no hardware; data goes to a
+    /// fresh temporary directory unless --data-dir is given.
+    #[arg(long, num_args = 0..=1, default_missing_value = "10", value_name = "N")]
+    pub simulate: Option<u32>,
+}
+
+/// `mozpool device …`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// List devices.
+    List {
+        /// Show every field.
+        #[arg(long)]
+        details: bool,
+        /// Service.
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Show one device.
+    Show {
+        /// Device name.
+        name: String,
+        /// Service.
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Create a device or change its inventory fields (admin).
+    Set {
+        /// Device name.
+        name: String,
+        /// Fields to set.
+        #[command(flatten)]
+        fields: Box<DeviceFieldArgs>,
+        /// Service.
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Retire a device (its history is kept) (admin).
+    Retire {
+        /// Device name.
+        name: String,
+        /// Service.
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
+/// Inventory fields on the command line.
+#[derive(Debug, Args)]
+#[allow(missing_docs)]
+pub struct DeviceFieldArgs {
+    #[arg(long)]
+    pub hardware_type: Option<String>,
+    #[arg(long)]
+    pub processor: Option<String>,
+    #[arg(long)]
+    pub pool: Option<String>,
+    #[arg(long)]
+    pub os_version: Option<String>,
+    #[arg(long)]
+    pub environment: Option<String>,
+    #[arg(long)]
+    pub relay: Option<String>,
+    #[arg(long)]
+    pub sut: Option<String>,
+    #[arg(long)]
+    pub fastboot_serial: Option<String>,
+    #[arg(long)]
+    pub comments: Option<String>,
+}
+
+/// `mozpool image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// List visible images.
+    List(UrlArg),
+}
+
+/// `mozpool log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only this device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Only this request.
+    #[arg(long)]
+    pub request: Option<u64>,
+    /// Only this subject (`api`, `registration`, ...).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u64,
+    /// Service.
+    #[command(flatten)]
+    pub url: UrlArg,
+}
+
+/// An error with the exit code it should produce.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    /// Exit code.
+    pub code: i32,
+    /// Message for stderr.
+    pub message: String,
+}
+
+impl From<ClientError> for Exit {
+    fn from(e: ClientError) -> Exit {
+        let code = match e {
+            ClientError::Unreachable { .. } => 3,
+            ClientError::Url(_) => 2,
+            ClientError::Status { .. } => 1,
+        };
+        Exit {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Run a parsed command line.
+///
+/// # Errors
+/// An error to print; [`Exit`] inside it carries a specific exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Device(cmd) => Ok(device(cmd).await?),
+        Command::Image(ImageCmd::List(url)) => {
+            let v = ApiClient::new(&url.url)
+                .get("/api/image/list/")
+                .await
+                .map_err(Exit::from)?;
+            print_json(&v);
+            Ok(())
+        }
+        Command::Log(args) => {
+            let mut path = format!("/api/log/?limit={}", args.limit);
+            if let Some(d) = &args.device {
+                path.push_str(&format!("&device={}", encode(d)));
+            }
+            if let Some(r) = args.request {
+                path.push_str(&format!("&request={r}"));
+            }
+            if let Some(s) = &args.subject {
+                path.push_str(&format!("&subject={}", encode(s)));
+            }
+            let v = ApiClient::new(&args.url.url)
+                .get(&path)
+                .await
+                .map_err(Exit::from)?;
+            for row in v["log"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {:<12} {:<10} {}",
+                    row["timestamp"].as_str().unwrap_or(""),
+                    row["source"].as_str().unwrap_or(""),
+                    row["actor"].as_str().unwrap_or("-"),
+                    row["message"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Version(url) => {
+            let v = ApiClient::new(&url.url)
+                .get("/api/version/")
+                .await
+                .map_err(Exit::from)?;
+            print_json(&v);
+            Ok(())
+        }
+    }
+}
+
+async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
+    match cmd {
+        DeviceCmd::List { details, url } => {
+            let path = if details {
+                "/api/device/list/?details=1"
+            } else {
+                "/api/device/list/"
+            };
+            let v = ApiClient::new(&url.url).get(path).await?;
+            if details {
+                print_json(&v);
+            } else {
+                for name in v["devices"].as_array().into_iter().flatten() {
+                    println!("{}", name.as_str().unwrap_or_default());
+                }
+            }
+        }
+        DeviceCmd::Show { name, url } => {
+            let v = ApiClient::new(&url.url)
+                .get(&format!("/api/device/{}/details/", encode(&name)))
+                .await?;
+            print_json(&v);
+        }
+        DeviceCmd::Set { name, fields, url } => {
+            let mut body = serde_json::Map::new();
+            for (k, v) in [
+                ("hardware_type", fields.hardware_type),
+                ("processor", fields.processor),
+                ("pool", fields.pool),
+                ("os_version", fields.os_version),
+                ("environment", fields.environment),
+                ("relay", fields.relay),
+                ("sut", fields.sut),
+                ("fastboot_serial", fields.fastboot_serial),
+                ("comments", fields.comments),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.to_owned(), json!(v));
+                }
+            }
+            let (_, v) = ApiClient::new(&url.url)
+                .call(
+                    Method::PUT,
+                    &format!("/api/device/{}/", encode(&name)),
+                    Some(&Value::Object(body)),
+                )
+                .await?;
+            print_json(&v);
+        }
+        DeviceCmd::Retire { name, url } => {
+            let (_, v) = ApiClient::new(&url.url)
+                .call(
+                    Method::DELETE,
+                    &format!("/api/device/{}/", encode(&name)),
+                    None,
+                )
+                .await?;
+            print_json(&v);
+        }
+    }
+    Ok(())
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// Percent-encode a path or query component.
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let default_path = PathBuf::from(config::DEFAULT_PATH);
+    let (mut config, source) = match (&args.config, args.simulate) {
+        (Some(path), _) => (Config::load(path)?, path.display().to_string()),
+        (None, Some(_)) => (
+            Config::default(),
+            "built-in defaults (simulated rack)".to_owned(),
+        ),
+        (None, None) if default_path.exists() => (
+            Config::load(&default_path)?,
+            default_path.display().to_string(),
+        ),
+        (None, None) => bail!(
+            "no configuration: pass --config FILE, create {}, or run `mozpool serve --simulate` to try it on a simulated rack",
+            config::DEFAULT_PATH
+        ),
+    };
+    crate::telemetry::init(&config.log.level);
+    if let Some(addr) = args.listen {
+        config.server.listen = addr;
+    }
+    let mut _tempdir = None;
+    if let Some(dir) = args.data_dir {
+        config.server.data_dir = dir;
+    } else if args.simulate.is_some() && args.config.is_none() {
+        let dir = tempfile::Builder::new()
+            .prefix("mozpool-sim-")
+            .tempdir()
+            .context("creating a temporary data directory")?;
+        config.server.data_dir = dir.path().to_owned();
+        _tempdir = Some(dir);
+    }
+    if let Some(n) = args.simulate {
+        crate::simulate::add_simulated_inventory(&mut config, n);
+    }
+    tracing::info!(config = %source, data_dir = %config.server.data_dir.display(), "starting");
+    let app = App::open(config, Arc::new(SystemClock))
+        .await
+        .context("starting the service")?;
+    let listener = app.bind().await?;
+    if let Ok(addr) = listener.local_addr() {
+        eprintln!(
+            "mozpool {} serving on http://{addr}/ (data in {})",
+            env!("CARGO_PKG_VERSION"),
+            app.config.server.data_dir.display()
+        );
+    }
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        crate::shutdown::wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        shutdown.cancel();
+    });
+    app.run(listener).await;
+    Ok(())
+}

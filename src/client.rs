@@ -1,0 +1,113 @@
+//! A small HTTP client for the CLI subcommands that talk to a running service's API.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// An API client for one service base URL.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL could not be used.
+    #[error("bad URL {0}")]
+    Url(String),
+    /// The service could not be reached.
+    #[error("cannot reach {url}: {message}")]
+    Unreachable {
+        /// URL.
+        url: String,
+        /// Cause.
+        message: String,
+    },
+    /// The service answered with an error status.
+    #[error("{status}: {message}")]
+    Status {
+        /// Status.
+        status: StatusCode,
+        /// The `error` field of the body, or the body.
+        message: String,
+    },
+}
+
+impl ApiClient {
+    /// A client for `base` (`http://host:port`).
+    #[must_use]
+    pub fn new(base: &str) -> ApiClient {
+        ApiClient {
+            base: base.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Call the API; `path` starts with `/api/`. Returns the status and the JSON body
+    /// (`null` when empty). Error statuses become [`ClientError::Status`].
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .body(Full::new(bytes))
+            .map_err(|_| ClientError::Url(url.clone()))?;
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        if status.is_client_error() || status.is_server_error() {
+            let message = value
+                .get("error")
+                .and_then(Value::as_str)
+                .map_or_else(|| value.to_string(), str::to_owned);
+            return Err(ClientError::Status { status, message });
+        }
+        Ok((status, value))
+    }
+
+    /// GET.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        Ok(self.call(Method::GET, path, None).await?.1)
+    }
+}

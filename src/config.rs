@@ -1,0 +1,502 @@
+//! The configuration file (`/etc/mozpool/mozpool.toml` on the appliance) and its checks.
+//!
+//! Every section rejects unknown keys; every value is typed and validated, so a typo or a
+//! bad value stops start-up with a message naming the key and the line. Command-line flags
+//! (`--listen`, `--data-dir`) override the file. The full reference is in `docs/config.md`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::{Environment, FlashStep, HardwareTypeInfo, Image};
+use crate::types::{DeviceName, EnvironmentName, HardwareType, ImageName, ServerName};
+
+/// Where the packaged configuration lives.
+pub const DEFAULT_PATH: &str = "/etc/mozpool/mozpool.toml";
+
+/// A configuration problem, with the file and line when known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a bad value; toml's message names key, line and column.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// toml's message.
+        message: String,
+    },
+    /// A value that parses but does not make sense with the rest.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        /// File path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This controller.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The durable log.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Hardware types.
+    #[serde(default)]
+    pub hardware_types: Vec<HardwareTypeConfig>,
+    /// Environments.
+    #[serde(default)]
+    pub environments: Vec<EnvironmentConfig>,
+    /// Images (flashing recipes).
+    #[serde(default)]
+    pub images: Vec<ImageConfig>,
+    /// Devices wired to this controller.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// This controller's name (normally its FQDN). Every device and request records its
+    /// owning controller by this name.
+    pub name: ServerName,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Base URL clients should use (`http://rack1.lab:8080`); when unset, URLs are built from
+    /// each request's `Host` header.
+    pub public_url: Option<String>,
+    /// Where the database and caches live.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most concurrent HTTP connections.
+    pub max_connections: usize,
+    /// Seconds a client has to send its request headers.
+    pub header_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            name: ServerName::localhost(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            data_dir: PathBuf::from("/var/lib/mozpool"),
+            max_body_bytes: 64 * 1024,
+            max_connections: 512,
+            header_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level for operator logs (stderr/journald): `error`, `warn`, `info`, `debug`, `trace`.
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+    /// Durable log entries older than this many days are removed.
+    pub retention_days: u64,
+    /// At most this many durable log entries are kept.
+    pub retention_max_records: u64,
+    /// How often (seconds) retention runs.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            retention_days: 14,
+            retention_max_records: 10_000_000,
+            prune_interval_secs: 300,
+        }
+    }
+}
+
+impl LogConfig {
+    /// The retention policy.
+    #[must_use]
+    pub fn retention(&self) -> crate::storage::logs::Retention {
+        crate::storage::logs::Retention {
+            max_age: Duration::from_secs(self.retention_days.saturating_mul(86_400)),
+            max_records: self.retention_max_records,
+        }
+    }
+}
+
+/// `[[hardware_types]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareTypeConfig {
+    /// Name.
+    pub name: Spanned<HardwareType>,
+    /// Processor architecture.
+    pub processor: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+}
+
+/// `[[environments]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentConfig {
+    /// Name.
+    pub name: Spanned<EnvironmentName>,
+    /// Description.
+    pub description: Option<String>,
+}
+
+/// `[[images]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Name.
+    pub name: Spanned<ImageName>,
+    /// Description.
+    pub description: Option<String>,
+    /// Keys a request must give.
+    #[serde(default)]
+    pub boot_config_keys: Vec<String>,
+    /// Reuse a device already running it.
+    #[serde(default)]
+    pub can_reuse: bool,
+    /// Leave it out of the image list.
+    #[serde(default)]
+    pub hidden: bool,
+    /// The image runs SUTAgent.
+    #[serde(default)]
+    pub has_sut_agent: bool,
+    /// Partitions and files.
+    #[serde(default)]
+    pub steps: Vec<FlashStepConfig>,
+}
+
+/// One `steps` entry of an image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlashStepConfig {
+    /// Partition.
+    pub partition: String,
+    /// File name (no path).
+    pub file: String,
+}
+
+/// `[[devices]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Name.
+    pub name: Spanned<DeviceName>,
+    /// Hardware type (must be listed in `hardware_types` when that list is not empty).
+    pub hardware_type: Option<HardwareType>,
+    /// Processor architecture (defaults to the hardware type's).
+    pub processor: Option<String>,
+    /// Pool.
+    pub pool: Option<String>,
+    /// OS version.
+    pub os_version: Option<String>,
+    /// Environment.
+    pub environment: Option<EnvironmentName>,
+    /// Relay address.
+    pub relay: Option<String>,
+    /// SUTAgent address `host:port`.
+    pub sut: Option<String>,
+    /// fastboot serial number.
+    pub fastboot_serial: Option<String>,
+    /// Notes.
+    pub comments: Option<String>,
+}
+
+impl Config {
+    /// Read and check a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and line.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse and check configuration text (`path` is only used in messages).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and line.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.check(path, text)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, span.start),
+            message,
+        };
+        if let Some(url) = &self.server.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                0..0,
+                format!("server.public_url {url:?} must start with http:// or https://"),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 || self.server.max_connections == 0 {
+            return Err(invalid(
+                0..0,
+                "server.max_body_bytes must be at least 1024 and server.max_connections at least 1"
+                    .into(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for h in &self.hardware_types {
+            if !seen.insert(h.name.get_ref().as_str()) {
+                return Err(invalid(
+                    h.name.span(),
+                    format!("hardware type {} is listed twice", h.name.get_ref()),
+                ));
+            }
+        }
+        let types = seen;
+        let mut seen = BTreeSet::new();
+        for e in &self.environments {
+            if !seen.insert(e.name.get_ref().as_str()) {
+                return Err(invalid(
+                    e.name.span(),
+                    format!("environment {} is listed twice", e.name.get_ref()),
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for i in &self.images {
+            if !seen.insert(i.name.get_ref().as_str()) {
+                return Err(invalid(
+                    i.name.span(),
+                    format!("image {} is listed twice", i.name.get_ref()),
+                ));
+            }
+            for s in &i.steps {
+                if crate::types::check_name("partition", &s.partition).is_err()
+                    || crate::types::check_name("file name", &s.file).is_err()
+                {
+                    return Err(invalid(
+                        i.name.span(),
+                        format!(
+                            "image {}: step {}={} must name a partition and a file name (letters, digits, . _ : -; no paths)",
+                            i.name.get_ref(),
+                            s.partition,
+                            s.file
+                        ),
+                    ));
+                }
+            }
+            for k in &i.boot_config_keys {
+                if crate::types::check_name("boot config key", k).is_err() {
+                    return Err(invalid(
+                        i.name.span(),
+                        format!(
+                            "image {}: bad boot_config_keys entry {k:?}",
+                            i.name.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for d in &self.devices {
+            let name = d.name.get_ref();
+            if !seen.insert(name.as_str()) {
+                return Err(invalid(
+                    d.name.span(),
+                    format!("device {name} is listed twice"),
+                ));
+            }
+            if let Some(t) = &d.hardware_type
+                && !types.is_empty()
+                && !types.contains(t.as_str())
+            {
+                return Err(invalid(
+                    d.name.span(),
+                    format!("device {name}: hardware_type {t} is not in [[hardware_types]]"),
+                ));
+            }
+            if let Some(sut) = &d.sut
+                && !valid_host_port(sut)
+            {
+                return Err(invalid(
+                    d.name.span(),
+                    format!("device {name}: sut {sut:?} must be host:port"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Images as domain values.
+    #[must_use]
+    pub fn image_models(&self) -> Vec<Image> {
+        self.images
+            .iter()
+            .map(|i| Image {
+                name: i.name.get_ref().to_string(),
+                description: i.description.clone(),
+                boot_config_keys: i.boot_config_keys.clone(),
+                can_reuse: i.can_reuse,
+                hidden: i.hidden,
+                has_sut_agent: i.has_sut_agent,
+                steps: i
+                    .steps
+                    .iter()
+                    .map(|s| FlashStep {
+                        partition: s.partition.clone(),
+                        file: s.file.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Environments as domain values.
+    #[must_use]
+    pub fn environment_models(&self) -> Vec<Environment> {
+        self.environments
+            .iter()
+            .map(|e| Environment {
+                name: e.name.get_ref().to_string(),
+                description: e.description.clone(),
+            })
+            .collect()
+    }
+
+    /// Hardware types as domain values.
+    #[must_use]
+    pub fn hardware_type_models(&self) -> Vec<HardwareTypeInfo> {
+        self.hardware_types
+            .iter()
+            .map(|h| HardwareTypeInfo {
+                name: h.name.get_ref().to_string(),
+                processor: h.processor.clone(),
+                description: h.description.clone(),
+            })
+            .collect()
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+#[must_use]
+pub fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b))
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = parse("").expect("empty config");
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.log.retention_days, 14);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_line() {
+        let err = parse("[server]\n\nlisten = \"nowhere\"\n")
+            .expect_err("bad addr")
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        let err = parse("[[devices]]\nname = \"../etc\"\n")
+            .expect_err("bad name")
+            .to_string();
+        assert!(err.contains("device name"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_device_names_its_line() {
+        let err = parse("[[devices]]\nname = \"a\"\n\n[[devices]]\nname = \"a\"\n")
+            .expect_err("dup")
+            .to_string();
+        assert!(err.contains("test.toml:5"), "{err}");
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn unknown_hardware_type_is_refused() {
+        let text = "[[hardware_types]]\nname = \"panda\"\n[[devices]]\nname = \"d1\"\nhardware_type = \"nexus\"\n";
+        let err = parse(text).expect_err("unknown type").to_string();
+        assert!(err.contains("nexus"), "{err}");
+    }
+
+    #[test]
+    fn image_steps_cannot_name_paths() {
+        let text = "[[images]]\nname = \"b2g\"\nsteps = [{ partition = \"boot\", file = \"../../etc/shadow\" }]\n";
+        assert!(parse(text).is_err());
+    }
+
+    #[test]
+    fn host_port() {
+        assert!(valid_host_port("10.0.0.5:20701"));
+        assert!(valid_host_port("panda-1.lab:20701"));
+        assert!(!valid_host_port("panda-1"));
+        assert!(!valid_host_port(":20701"));
+        assert!(!valid_host_port("a:0"));
+        assert!(!valid_host_port("a b:1"));
+    }
+}

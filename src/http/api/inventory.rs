@@ -1,0 +1,302 @@
+//! `/api/image/…`, `/api/environment/…`, `/api/hardware-type/…`: lists for everyone,
+//! create/replace/delete for admins.
+
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::body::{Body, json, json_response, ok};
+use crate::http::dispatch::Ctx;
+use crate::http::error::ApiError;
+use crate::model::{Environment, FlashStep, HardwareTypeInfo, Image};
+use crate::storage::logs::{NewLog, append};
+use crate::storage::{inventory as inv, tables};
+use crate::types::{EnvironmentName, HardwareType, ImageName, check_name};
+
+/// Longest description accepted.
+const MAX_DESCRIPTION: usize = 1000;
+
+fn image_json(i: &Image, id: usize) -> Value {
+    json!({
+        "id": id,
+        "name": i.name,
+        "boot_config_keys": i.boot_config_keys,
+        "can_reuse": i.can_reuse,
+        "hidden": i.hidden,
+        "has_sut_agent": i.has_sut_agent,
+        "description": i.description,
+        "steps": i.steps.iter().map(|s| json!({"partition": s.partition, "file": s.file})).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /api/image/list/`: images that are not hidden, in the original's shape.
+pub async fn image_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let images = ctx
+        .app
+        .store
+        .read(|tx| inv::images(&tx.open_table(tables::IMAGES)?))
+        .await?;
+    let list: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| !i.hidden)
+        .map(|(n, i)| image_json(i, n + 1))
+        .collect();
+    Ok(ok(&json!({ "images": list })))
+}
+
+/// `GET /api/image/{name}/details/` (hidden images too).
+pub async fn image_details(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, ApiError> {
+    let images = ctx
+        .app
+        .store
+        .read(|tx| inv::images(&tx.open_table(tables::IMAGES)?))
+        .await?;
+    images
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.name == name.as_str())
+        .map(|(n, i)| ok(&image_json(i, n + 1)))
+        .ok_or_else(|| ApiError::not_found(format!("no image named {name}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageBody {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    boot_config_keys: Vec<String>,
+    #[serde(default)]
+    can_reuse: bool,
+    #[serde(default)]
+    hidden: bool,
+    #[serde(default)]
+    has_sut_agent: bool,
+    #[serde(default)]
+    steps: Vec<StepBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepBody {
+    partition: String,
+    file: String,
+}
+
+fn check_description(d: Option<&String>) -> Result<(), ApiError> {
+    if d.is_some_and(|d| d.len() > MAX_DESCRIPTION) {
+        return Err(ApiError::bad_request(format!(
+            "description is longer than {MAX_DESCRIPTION} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Write an inventory entry and log it, answering 201 when new, 200 when replaced.
+async fn put_entry<F>(ctx: &Ctx, what: String, exists: F) -> Result<Response<Body>, ApiError>
+where
+    F: FnOnce(&redb::WriteTransaction) -> Result<bool, crate::storage::StoreError> + Send + 'static,
+{
+    let actor = ctx.caller.name.clone();
+    let msg = what.clone();
+    let existed = ctx
+        .app
+        .store
+        .write(move |tx, now| {
+            let existed = exists(tx)?;
+            let verb = if existed { "replaced" } else { "created" };
+            append(
+                tx,
+                now,
+                NewLog::new("inventory".into(), "api", format!("{msg} {verb}")).by(Some(actor)),
+            )?;
+            Ok(existed)
+        })
+        .await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_response(status, &json!({ "ok": true, "what": what })))
+}
+
+async fn delete_entry<F>(ctx: &Ctx, what: String, remove: F) -> Result<Response<Body>, ApiError>
+where
+    F: FnOnce(&redb::WriteTransaction) -> Result<bool, crate::storage::StoreError> + Send + 'static,
+{
+    let actor = ctx.caller.name.clone();
+    let msg = what.clone();
+    let removed = ctx
+        .app
+        .store
+        .write(move |tx, now| {
+            let removed = remove(tx)?;
+            if removed {
+                append(
+                    tx,
+                    now,
+                    NewLog::new("inventory".into(), "api", format!("{msg} deleted"))
+                        .by(Some(actor)),
+                )?;
+            }
+            Ok(removed)
+        })
+        .await?;
+    if removed {
+        Ok(ok(&json!({ "deleted": what })))
+    } else {
+        Err(ApiError::not_found(format!("no {what}")))
+    }
+}
+
+/// `PUT /api/image/{name}/`.
+pub async fn image_put(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, ApiError> {
+    let b: ImageBody = json(&ctx.body)?;
+    check_description(b.description.as_ref())?;
+    for k in &b.boot_config_keys {
+        check_name("boot config key", k).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    for s in &b.steps {
+        check_name("partition", &s.partition).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        check_name("file name", &s.file).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let image = Image {
+        name: name.to_string(),
+        description: b.description,
+        boot_config_keys: b.boot_config_keys,
+        can_reuse: b.can_reuse,
+        hidden: b.hidden,
+        has_sut_agent: b.has_sut_agent,
+        steps: b
+            .steps
+            .into_iter()
+            .map(|s| FlashStep {
+                partition: s.partition,
+                file: s.file,
+            })
+            .collect(),
+    };
+    put_entry(ctx, format!("image {name}"), move |tx| {
+        let existed = inv::image(&tx.open_table(tables::IMAGES)?, &image.name)?.is_some();
+        inv::put_image(tx, &image)?;
+        Ok(existed)
+    })
+    .await
+}
+
+/// `DELETE /api/image/{name}/`.
+pub async fn image_delete(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, ApiError> {
+    let n = name.to_string();
+    delete_entry(ctx, format!("image {name}"), move |tx| {
+        inv::remove_image(tx, &n)
+    })
+    .await
+}
+
+/// `GET /api/environment/list/`: configured environments and every environment a device
+/// names, sorted, as the original's list of strings.
+pub async fn environment_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let (envs, devices) = ctx
+        .app
+        .store
+        .read(|tx| {
+            Ok((
+                inv::environments(&tx.open_table(tables::ENVIRONMENTS)?)?,
+                inv::devices(&tx.open_table(tables::DEVICES)?)?,
+            ))
+        })
+        .await?;
+    let mut names: std::collections::BTreeSet<String> = envs.into_iter().map(|e| e.name).collect();
+    names.extend(
+        devices
+            .into_iter()
+            .filter(|d| !d.retired)
+            .filter_map(|d| d.facts.environment),
+    );
+    Ok(ok(&json!({ "environments": names })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DescribedBody {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    processor: Option<String>,
+}
+
+/// `PUT /api/environment/{name}/`.
+pub async fn environment_put(ctx: &Ctx, name: EnvironmentName) -> Result<Response<Body>, ApiError> {
+    let b: DescribedBody = json(&ctx.body)?;
+    check_description(b.description.as_ref())?;
+    if b.processor.is_some() {
+        return Err(ApiError::bad_request("an environment has no processor"));
+    }
+    let env = Environment {
+        name: name.to_string(),
+        description: b.description,
+    };
+    put_entry(ctx, format!("environment {name}"), move |tx| {
+        let existed = inv::environment(&tx.open_table(tables::ENVIRONMENTS)?, &env.name)?.is_some();
+        inv::put_environment(tx, &env)?;
+        Ok(existed)
+    })
+    .await
+}
+
+/// `DELETE /api/environment/{name}/`.
+pub async fn environment_delete(
+    ctx: &Ctx,
+    name: EnvironmentName,
+) -> Result<Response<Body>, ApiError> {
+    let n = name.to_string();
+    delete_entry(ctx, format!("environment {name}"), move |tx| {
+        inv::remove_environment(tx, &n)
+    })
+    .await
+}
+
+/// `GET /api/hardware-type/list/`.
+pub async fn hardware_type_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let types = ctx
+        .app
+        .store
+        .read(|tx| inv::hardware_types(&tx.open_table(tables::HARDWARE_TYPES)?))
+        .await?;
+    Ok(ok(&json!({ "hardware_types": types })))
+}
+
+/// `PUT /api/hardware-type/{name}/`.
+pub async fn hardware_type_put(ctx: &Ctx, name: HardwareType) -> Result<Response<Body>, ApiError> {
+    let b: DescribedBody = json(&ctx.body)?;
+    check_description(b.description.as_ref())?;
+    if let Some(p) = &b.processor {
+        check_name("processor", p).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let h = HardwareTypeInfo {
+        name: name.to_string(),
+        processor: b.processor,
+        description: b.description,
+    };
+    put_entry(ctx, format!("hardware type {name}"), move |tx| {
+        let existed =
+            inv::hardware_type(&tx.open_table(tables::HARDWARE_TYPES)?, &h.name)?.is_some();
+        inv::put_hardware_type(tx, &h)?;
+        Ok(existed)
+    })
+    .await
+}
+
+/// `DELETE /api/hardware-type/{name}/`.
+pub async fn hardware_type_delete(
+    ctx: &Ctx,
+    name: HardwareType,
+) -> Result<Response<Body>, ApiError> {
+    let n = name.to_string();
+    delete_entry(ctx, format!("hardware type {name}"), move |tx| {
+        inv::remove_hardware_type(tx, &n)
+    })
+    .await
+}

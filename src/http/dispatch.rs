@@ -1,0 +1,164 @@
+//! The request pipeline, top to bottom: parse the route, identify the caller, read the body,
+//! run the handler, map errors to JSON, record the call in the audit log.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_LENGTH, HOST, HeaderValue, LOCATION};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::api;
+use super::body::{Body, Query, error_response, read_limited};
+use super::error::ApiError;
+use super::route::{Route, RouteError};
+use crate::app::App;
+use crate::model::device_subject;
+use crate::storage::logs::{NewLog, append};
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Name for the audit log (`anonymous` when none was given).
+    pub name: String,
+}
+
+/// Everything a handler gets besides its typed route.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The application.
+    pub app: App,
+    /// Query string.
+    pub query: Query,
+    /// Request body (empty for GET).
+    pub body: Bytes,
+    /// Caller.
+    pub caller: Caller,
+    /// Base URL for absolute links in responses (configured public URL, else the Host).
+    pub base_url: String,
+}
+
+/// Answer one request.
+pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query_text = req.uri().query().map(str::to_owned);
+    let route = Route::parse(&method, &path);
+    let caller = Caller {
+        name: "anonymous".to_owned(),
+    };
+    let device = route
+        .as_ref()
+        .ok()
+        .and_then(Route::device)
+        .map(ToString::to_string);
+    let response = match route {
+        Ok(route) => match run(&app, route, req, caller.clone(), query_text.as_deref()).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        },
+        Err(e) => route_error(&e, &path, query_text.as_deref()),
+    };
+    let status = response.status();
+    let elapsed = started.elapsed();
+    tracing::info!(%method, %path, status = status.as_u16(), caller = %caller.name, %peer, micros = elapsed.as_micros() as u64, "api");
+    let mut subjects = vec!["api".to_owned()];
+    subjects.extend(device.as_deref().map(device_subject));
+    let message = format!(
+        "{method} {path} -> {} ({} ms) from {peer}",
+        status.as_u16(),
+        elapsed.as_millis()
+    );
+    let entry = NewLog {
+        subjects,
+        source: "api".into(),
+        actor: Some(caller.name),
+        message,
+    };
+    app.store
+        .write_detached(move |tx, now| append(tx, now, entry).map(|_| ()));
+    response
+}
+
+async fn run(
+    app: &App,
+    route: Route,
+    req: Request<Incoming>,
+    caller: Caller,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let base_url = base_url(app, &req);
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        Bytes::new()
+    } else {
+        read_limited(declared, req.into_body(), app.config.server.max_body_bytes).await?
+    };
+    let ctx = Ctx {
+        app: app.clone(),
+        query: Query::parse(query),
+        body,
+        caller,
+        base_url,
+    };
+    api::dispatch(&ctx, route).await
+}
+
+fn base_url(app: &App, req: &Request<Incoming>) -> String {
+    if let Some(url) = &app.config.server.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                && !h.is_empty()
+        })
+        .map_or_else(|| app.config.server.listen.to_string(), str::to_owned);
+    format!("http://{host}")
+}
+
+fn route_error(e: &RouteError, path: &str, query: Option<&str>) -> Response<Body> {
+    match e {
+        RouteError::NotFound => {
+            error_response(&ApiError::not_found(format!("no such API path: {path}")))
+        }
+        RouteError::BadName(n) => error_response(&ApiError::bad_request(n.to_string())),
+        RouteError::MethodNotAllowed(allowed) => {
+            let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            let mut r = error_response(&ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} accepts {}", list.join(", ")),
+            ));
+            if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+                r.headers_mut().insert(ALLOW, v);
+            }
+            r
+        }
+        RouteError::AddSlash => {
+            let target = match query {
+                Some(q) => format!("{path}/?{q}"),
+                None => format!("{path}/"),
+            };
+            let mut r = error_response(&ApiError::new(
+                StatusCode::SEE_OTHER,
+                "see_other",
+                format!("use {target}"),
+            ));
+            if let Ok(v) = HeaderValue::from_str(&target) {
+                r.headers_mut().insert(LOCATION, v);
+            }
+            r
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The HTTP server: hyper's http1 connection builder, a connection cap, header timeouts and
+//! a graceful shutdown that lets in-flight requests finish.
+//!
+//! Request handling itself is in [`dispatch`]; routing in [`route`]; handlers in [`api`].
+
+pub mod api;
+pub mod body;
+pub mod dispatch;
+pub mod error;
+pub mod route;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+
+/// How long shutdown waits for in-flight requests.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serve HTTP on `listener` until `shutdown` is cancelled, then drain.
+pub async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(
+            app.config.server.header_timeout_secs.max(1),
+        ))
+        .max_buf_size(64 * 1024);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP server listening");
+    }
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(dispatch::handle(app, req, peer).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("HTTP server drained"),
+        () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("HTTP connections still open after {DRAIN_DEADLINE:?}; closing"),
+    }
+}

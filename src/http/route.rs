@@ -1,0 +1,289 @@
+//! Routing: a pure function from (method, path) to a typed [`Route`].
+//!
+//! Path parameters become validated names here, so handlers never see raw strings. Rules
+//! shared by every route, kept in one place:
+//! - A `GET`/`HEAD` of a JSON route without its trailing slash answers **303** to the same path
+//!   plus `/` (query kept), as MozPool 4.x did. Other methods are accepted with or without
+//!   the slash (a 303 would turn a client's POST into a GET).
+//! - A known path with the wrong method answers **405** with an `Allow` header.
+//! - `HEAD` is routed like `GET`.
+
+use hyper::Method;
+
+use crate::types::{DeviceName, EnvironmentName, HardwareType, ImageName, NameError};
+
+/// Every API call the service answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /api/version/`.
+    Version,
+    /// `GET /api/health/`: storage and hardware backends alive?
+    Health,
+    /// `GET /api/device/list/[?details=1]`.
+    DeviceList,
+    /// `GET /api/device/{id}/details/`.
+    DeviceDetails(DeviceName),
+    /// `PUT /api/device/{id}/`: create or update a device's inventory fields (admin).
+    DevicePut(DeviceName),
+    /// `DELETE /api/device/{id}/`: retire a device (its history stays) (admin).
+    DeviceRetire(DeviceName),
+    /// `POST /api/device/{id}/set-comments/`.
+    DeviceSetComments(DeviceName),
+    /// `POST /api/device/{id}/set-environment/`.
+    DeviceSetEnvironment(DeviceName),
+    /// `GET /api/device/{id}/log/[?timeperiod=S&limit=N]`.
+    DeviceLog(DeviceName),
+    /// `GET /api/device/{id}/status/`: state and the newest 100 log lines.
+    DeviceStatus(DeviceName),
+    /// `GET /api/device/{id}/state/[?cache=1]`.
+    DeviceState(DeviceName),
+    /// `GET /api/image/list/`.
+    ImageList,
+    /// `GET /api/image/{name}/details/`.
+    ImageDetails(ImageName),
+    /// `PUT /api/image/{name}/` (admin).
+    ImagePut(ImageName),
+    /// `DELETE /api/image/{name}/` (admin).
+    ImageDelete(ImageName),
+    /// `GET /api/environment/list/`.
+    EnvironmentList,
+    /// `PUT /api/environment/{name}/` (admin).
+    EnvironmentPut(EnvironmentName),
+    /// `DELETE /api/environment/{name}/` (admin).
+    EnvironmentDelete(EnvironmentName),
+    /// `GET /api/hardware-type/list/`.
+    HardwareTypeList,
+    /// `PUT /api/hardware-type/{name}/` (admin).
+    HardwareTypePut(HardwareType),
+    /// `DELETE /api/hardware-type/{name}/` (admin).
+    HardwareTypeDelete(HardwareType),
+    /// `GET /api/log/?subject=&device=&request=&since=&until=&before=&limit=`.
+    LogQuery,
+}
+
+/// Why a path did not route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No such path: 404.
+    NotFound,
+    /// Known path, other methods: 405 with `Allow`.
+    MethodNotAllowed(&'static [Method]),
+    /// 303 to the path with a trailing slash.
+    AddSlash,
+    /// A path parameter is not a valid name: 400.
+    BadName(NameError),
+}
+
+impl From<NameError> for RouteError {
+    fn from(e: NameError) -> Self {
+        RouteError::BadName(e)
+    }
+}
+
+const GET: &[Method] = &[Method::GET, Method::HEAD];
+const POST: &[Method] = &[Method::POST];
+const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
+
+impl Route {
+    /// Route a request.
+    ///
+    /// # Errors
+    /// [`RouteError`] for everything that is not a known route.
+    pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(RouteError::NotFound);
+        };
+        let (rest, slash) = match rest.strip_suffix('/') {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let segs: Vec<&str> = rest.split('/').collect();
+        if segs.iter().any(|s| s.is_empty()) {
+            return Err(RouteError::NotFound);
+        }
+        let (allowed, route) = match segs.as_slice() {
+            ["api", "version"] => (GET, Route::Version),
+            ["api", "health"] => (GET, Route::Health),
+            ["api", "log"] => (GET, Route::LogQuery),
+            ["api", "device", "list"] => (GET, Route::DeviceList),
+            ["api", "device", id] => {
+                let id = id.parse()?;
+                match *method {
+                    Method::PUT => (PUT_DELETE, Route::DevicePut(id)),
+                    Method::DELETE => (PUT_DELETE, Route::DeviceRetire(id)),
+                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
+                }
+            }
+            ["api", "device", id, "details"] => (GET, Route::DeviceDetails(id.parse()?)),
+            ["api", "device", id, "set-comments"] => (POST, Route::DeviceSetComments(id.parse()?)),
+            ["api", "device", id, "set-environment"] => {
+                (POST, Route::DeviceSetEnvironment(id.parse()?))
+            }
+            ["api", "device", id, "log"] => (GET, Route::DeviceLog(id.parse()?)),
+            ["api", "device", id, "status"] => (GET, Route::DeviceStatus(id.parse()?)),
+            ["api", "device", id, "state"] => (GET, Route::DeviceState(id.parse()?)),
+            ["api", "image", "list"] => (GET, Route::ImageList),
+            ["api", "image", name, "details"] => (GET, Route::ImageDetails(name.parse()?)),
+            ["api", "image", name] => {
+                let name = name.parse()?;
+                match *method {
+                    Method::PUT => (PUT_DELETE, Route::ImagePut(name)),
+                    Method::DELETE => (PUT_DELETE, Route::ImageDelete(name)),
+                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
+                }
+            }
+            ["api", "environment", "list"] => (GET, Route::EnvironmentList),
+            ["api", "environment", name] => {
+                let name = name.parse()?;
+                match *method {
+                    Method::PUT => (PUT_DELETE, Route::EnvironmentPut(name)),
+                    Method::DELETE => (PUT_DELETE, Route::EnvironmentDelete(name)),
+                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
+                }
+            }
+            ["api", "hardware-type", "list"] => (GET, Route::HardwareTypeList),
+            ["api", "hardware-type", name] => {
+                let name = name.parse()?;
+                match *method {
+                    Method::PUT => (PUT_DELETE, Route::HardwareTypePut(name)),
+                    Method::DELETE => (PUT_DELETE, Route::HardwareTypeDelete(name)),
+                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
+                }
+            }
+            _ => return Err(RouteError::NotFound),
+        };
+        if !allowed.contains(method) {
+            return Err(RouteError::MethodNotAllowed(allowed));
+        }
+        if !slash && allowed == GET {
+            return Err(RouteError::AddSlash);
+        }
+        Ok(route)
+    }
+
+    /// Does this route change anything (so it needs a write role and goes in the audit log)?
+    #[must_use]
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            Route::Version
+                | Route::Health
+                | Route::DeviceList
+                | Route::DeviceDetails(_)
+                | Route::DeviceLog(_)
+                | Route::DeviceStatus(_)
+                | Route::DeviceState(_)
+                | Route::ImageList
+                | Route::ImageDetails(_)
+                | Route::EnvironmentList
+                | Route::HardwareTypeList
+                | Route::LogQuery
+        )
+    }
+
+    /// The device this call is about, for the audit log's device index.
+    #[must_use]
+    pub fn device(&self) -> Option<&DeviceName> {
+        match self {
+            Route::DeviceDetails(d)
+            | Route::DevicePut(d)
+            | Route::DeviceRetire(d)
+            | Route::DeviceSetComments(d)
+            | Route::DeviceSetEnvironment(d)
+            | Route::DeviceLog(d)
+            | Route::DeviceStatus(d)
+            | Route::DeviceState(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(s: &str) -> DeviceName {
+        s.parse().expect("name")
+    }
+
+    #[test]
+    fn routes_original_paths() {
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/device/list/"),
+            Ok(Route::DeviceList)
+        );
+        assert_eq!(
+            Route::parse(&Method::HEAD, "/api/device/list/"),
+            Ok(Route::DeviceList)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/device/p1/status/"),
+            Ok(Route::DeviceStatus(dev("p1")))
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/api/device/p1/set-comments/"),
+            Ok(Route::DeviceSetComments(dev("p1")))
+        );
+        assert_eq!(
+            Route::parse(&Method::PUT, "/api/device/p1/"),
+            Ok(Route::DevicePut(dev("p1")))
+        );
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/api/device/p1"),
+            Ok(Route::DeviceRetire(dev("p1")))
+        );
+    }
+
+    #[test]
+    fn trailing_slash_rule() {
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/device/list"),
+            Err(RouteError::AddSlash)
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/api/device/p1/set-comments"),
+            Ok(Route::DeviceSetComments(dev("p1")))
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/nothing/"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api//list/"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "api/version/"),
+            Err(RouteError::NotFound)
+        );
+        assert!(matches!(
+            Route::parse(&Method::POST, "/api/device/list/"),
+            Err(RouteError::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            Route::parse(&Method::GET, "/api/device/p1/set-comments/"),
+            Err(RouteError::MethodNotAllowed(m)) if m == POST
+        ));
+        assert!(matches!(
+            Route::parse(&Method::GET, "/api/device/..%2f/status/"),
+            Err(RouteError::BadName(_))
+        ));
+        assert!(matches!(
+            Route::parse(&Method::GET, "/api/device/-s/status/"),
+            Err(RouteError::BadName(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(method in "[A-Z]{1,7}", path in "\\PC{0,80}") {
+            if let Ok(m) = Method::from_bytes(method.as_bytes()) {
+                let _ = Route::parse(&m, &path);
+            }
+        }
+    }
+}

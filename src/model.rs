@@ -1,0 +1,141 @@
+//! Domain types of the inventory, shared by every layer: what a device, image, environment,
+//! hardware type and log entry *are*, independent of how they are stored or shown.
+//!
+//! Storage keeps versioned records (`storage::records`) and converts to and from these; the
+//! HTTP layer renders them as JSON views.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+
+/// One test device in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Stable integer id (the original's `id`, also its `inventory_id`).
+    pub id: u64,
+    /// Short unique name (`panda-0042`).
+    pub name: String,
+    /// The controller that owns the device (its configured server name); only the owner
+    /// powers, flashes or hands it out.
+    pub server: String,
+    /// Inventory facts used to match requests.
+    pub facts: DeviceFacts,
+    /// Where the device is wired and how to reach it.
+    pub wiring: DeviceWiring,
+    /// Free-text operator notes.
+    pub comments: Option<String>,
+    /// Retired devices stay in the store (their history is kept) but are never used.
+    pub retired: bool,
+    /// Where the record came from (`config`, `api`, `registration`, `inventory`, `simulate`).
+    pub origin: String,
+    /// When the record was created.
+    pub created: Millis,
+    /// When the record last changed.
+    pub updated: Millis,
+    /// The device's Lifeguard state name (`ready`, `failed_power_cycling`, ...).
+    pub state: String,
+}
+
+/// Matching criteria a request can ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    /// Hardware type (`panda`).
+    pub hardware_type: Option<String>,
+    /// Processor architecture (`armv7`).
+    pub processor: Option<String>,
+    /// Pool (`b2g`, `mobile`).
+    pub pool: Option<String>,
+    /// OS version (`4.0.4`).
+    pub os_version: Option<String>,
+    /// Environment (pool partition) name; requests for `any` match every environment.
+    pub environment: Option<String>,
+}
+
+/// How the controller reaches a device's power and its agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceWiring {
+    /// Relay address (`board:bankB:relayR` or `board:pinN`); `None` = no power control.
+    pub relay: Option<String>,
+    /// SUTAgent command address `host:port`.
+    pub sut_addr: Option<String>,
+    /// fastboot serial number.
+    pub fastboot_serial: Option<String>,
+}
+
+/// A named flashing recipe in the image registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Image name (`b2g`).
+    pub name: String,
+    /// Human description.
+    pub description: Option<String>,
+    /// Keys a request for this image must give in its body (`b2gbase`).
+    pub boot_config_keys: Vec<String>,
+    /// A device already running this image with an equal boot config may be reused with a
+    /// reboot instead of a reflash.
+    pub can_reuse: bool,
+    /// Hidden images (`self-test`) are left out of `/api/image/list/`.
+    pub hidden: bool,
+    /// The image runs SUTAgent, so checks use it instead of plain reachability.
+    pub has_sut_agent: bool,
+    /// Partitions to flash and the file (a name in the image store or build URL) for each.
+    pub steps: Vec<FlashStep>,
+}
+
+/// One partition of an image recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlashStep {
+    /// Partition name (`boot`, `system`).
+    pub partition: String,
+    /// File name, never a path.
+    pub file: String,
+}
+
+/// An environment (pool partition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    /// Name.
+    pub name: String,
+    /// Human description.
+    pub description: Option<String>,
+}
+
+/// A hardware type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardwareTypeInfo {
+    /// Name (`panda`).
+    pub name: String,
+    /// Processor architecture of this type, used as the default for its devices.
+    pub processor: Option<String>,
+    /// Human description.
+    pub description: Option<String>,
+}
+
+/// One entry of the durable log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Monotonic sequence number; newer entries have larger numbers.
+    pub seq: u64,
+    /// When it was written.
+    pub ts: Millis,
+    /// What it is about: `device:<name>`, `request:<id>`, `board:<name>`, `api`, `registration`.
+    pub subjects: Vec<String>,
+    /// Which part wrote it (`statemachine`, `api`, `sut`, `fastboot`, `registration`).
+    pub source: String,
+    /// Who caused it (token name or `anonymous`), when known.
+    pub actor: Option<String>,
+    /// The text.
+    pub message: String,
+}
+
+/// Subject key of a device's log.
+#[must_use]
+pub fn device_subject(name: &str) -> String {
+    format!("device:{name}")
+}
+
+/// Subject key of a request's log.
+#[must_use]
+pub fn request_subject(id: u64) -> String {
+    format!("request:{id}")
+}

@@ -1,0 +1,438 @@
+//! The embedded store: one redb file, one writer thread, many readers.
+//!
+//! All writes go through [`Store::write`], which hands a closure to the `redb-writer` thread.
+//! The thread takes every closure waiting in its queue, runs them one after another inside
+//! **one** write transaction and commits it once with `Durability::Immediate` (a group
+//! commit): one fsync for the whole batch, a total order of writes, and decisions that must
+//! not race (assigning a device) serialized by design. A caller's future resolves only after
+//! the commit that contains its write is durable.
+//!
+//! Contract for write closures: decide, then write. A closure that refuses (a domain error in
+//! its `Ok` value) must not have written anything. A closure that returns `Err(StoreError)`
+//! aborts the whole batch: every caller in it gets an error and nothing is committed.
+//!
+//! Reads run on tokio's blocking pool in their own MVCC snapshot and never wait for writes.
+
+mod codec;
+pub mod inventory;
+pub mod logs;
+pub mod records;
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+pub use codec::{CodecError, Encoded, Record, decode_bytes};
+
+use crate::clock::{Clock, Millis};
+
+/// The schema version this binary writes. A store with a newer version is refused.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Largest number of write closures committed together.
+const MAX_BATCH: usize = 512;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (I/O, corruption, lock).
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in {table} at {key}: {source}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// Key, as text.
+        key: String,
+        /// What was wrong.
+        source: CodecError,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode record: {0}")]
+    Encode(CodecError),
+    /// The store file was written by a newer release.
+    #[error(
+        "the database at {path} has schema version {found}, newer than this release supports ({supported}); refusing to run an older mozpool on it"
+    )]
+    TooNew {
+        /// File path.
+        path: PathBuf,
+        /// Version in the file.
+        found: u64,
+        /// Version of this binary.
+        supported: u64,
+    },
+    /// Another write in the same batch failed, so nothing in the batch was committed.
+    #[error("the write was not committed because another write in its batch failed: {0}")]
+    BatchAborted(String),
+    /// The writer thread is gone (shutting down).
+    #[error("the store is shut down")]
+    Closed,
+    /// A blocking read task failed.
+    #[error("read task failed: {0}")]
+    Task(String),
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+redb_from!(
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError,
+    redb::SetDurabilityError
+);
+
+/// What the writer thread runs: the caller's closure, returning a completion to call with
+/// the commit's outcome and whether the closure failed at the storage level.
+type Job = Box<dyn FnOnce(&WriteTransaction, Millis) -> (bool, Completion) + Send>;
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Counters the writer keeps for `/metrics` and benchmarks.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Commits done.
+    pub commits: AtomicU64,
+    /// Write closures committed.
+    pub writes: AtomicU64,
+    /// Total commit time in microseconds.
+    pub commit_micros: AtomicU64,
+    /// Longest commit in microseconds.
+    pub max_commit_micros: AtomicU64,
+    /// Commits that failed.
+    pub failures: AtomicU64,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    path: PathBuf,
+    jobs: mpsc::UnboundedSender<Job>,
+    stats: Arc<StoreStats>,
+    healthy: Arc<AtomicBool>,
+}
+
+/// Handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store file and start its writer thread.
+    ///
+    /// # Errors
+    /// If the file cannot be opened, is locked by another process, or is too new.
+    pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(64 * 1024 * 1024);
+        builder.set_repair_callback(|session| {
+            tracing::warn!(
+                progress = session.progress(),
+                "repairing the database after an unclean shutdown"
+            );
+        });
+        let db = builder.create(path)?;
+        migrate(&db, path)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(StoreStats::default());
+        let healthy = Arc::new(AtomicBool::new(true));
+        {
+            let db = db.clone();
+            let stats = stats.clone();
+            let healthy = healthy.clone();
+            std::thread::Builder::new()
+                .name("redb-writer".into())
+                .spawn(move || writer_loop(&db, rx, clock.as_ref(), &stats, &healthy))
+                .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_owned(),
+                jobs: tx,
+                stats,
+                healthy,
+            }),
+        })
+    }
+
+    /// The file path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Commit statistics.
+    #[must_use]
+    pub fn stats(&self) -> &StoreStats {
+        &self.inner.stats
+    }
+
+    /// False after a commit failed, until one succeeds again.
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Run `f` in the writer's next transaction and wait until that transaction is durable.
+    /// `f` gets the transaction and the commit batch's time.
+    ///
+    /// # Errors
+    /// `f`'s own storage error, a failed commit, or a closed store.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, Millis) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`Store::write`] but without waiting (the log of API calls uses it; the record
+    /// becomes durable with the next commit, which the writer starts at once).
+    pub fn write_detached<F>(&self, f: F)
+    where
+        F: FnOnce(&WriteTransaction, Millis) -> Result<(), StoreError> + Send + 'static,
+    {
+        if let Err(e) = self.submit(f) {
+            tracing::warn!(error = %e, "dropped a detached write");
+        }
+    }
+
+    /// Blocking form of [`Store::write`] for threads outside the runtime.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, Millis) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, Millis) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |wtx, now| match f(wtx, now) {
+            Ok(value) => (
+                false,
+                Box::new(move |commit: Result<(), String>| {
+                    let _ = tx.send(commit.map(|()| value).map_err(StoreError::BatchAborted));
+                }),
+            ),
+            Err(e) => (
+                true,
+                Box::new(move |_| {
+                    let _ = tx.send(Err(e));
+                }),
+            ),
+        });
+        self.inner.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Run `f` on a read snapshot, on the blocking pool.
+    ///
+    /// # Errors
+    /// `f`'s error, or a failed task.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read()?;
+            f(&tx)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Blocking form of [`Store::read`].
+    ///
+    /// # Errors
+    /// `f`'s error.
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    {
+        let tx = self.inner.db.begin_read()?;
+        f(&tx)
+    }
+}
+
+/// Create the tables, record the schema version, refuse a newer file.
+fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(tables::META)?;
+        let found = meta.get("schema_version")?.map(|v| v.value());
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::TooNew {
+                    path: path.to_owned(),
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            _ => {
+                meta.insert("schema_version", SCHEMA_VERSION)?;
+            }
+        }
+        tx.open_table(tables::DEVICES)?;
+        tx.open_table(tables::IMAGES)?;
+        tx.open_table(tables::ENVIRONMENTS)?;
+        tx.open_table(tables::HARDWARE_TYPES)?;
+        tx.open_table(tables::LOGS)?;
+        tx.open_table(tables::LOG_INDEX)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn writer_loop(
+    db: &Database,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    clock: &dyn Clock,
+    stats: &StoreStats,
+    healthy: &AtomicBool,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut last_now = Millis(0);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Time never runs backwards inside the store, so log order matches time order.
+        let now = clock.now().max(last_now);
+        last_now = now;
+        let started = Instant::now();
+        let n = batch.len();
+        let outcome = run_batch(db, batch.drain(..), now);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
+        stats.max_commit_micros.fetch_max(micros, Ordering::Relaxed);
+        if outcome {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.writes.fetch_add(n as u64, Ordering::Relaxed);
+            healthy.store(true, Ordering::Relaxed);
+        } else {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if !outcome && Duration::from_micros(micros) < Duration::from_millis(1) {
+            // A failing disk fails fast; do not spin.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !outcome {
+            healthy.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Run one batch in one transaction. Returns whether it committed.
+fn run_batch(db: &Database, jobs: impl Iterator<Item = Job>, now: Millis) -> bool {
+    let tx = match db.begin_write() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "cannot begin a write transaction");
+            for job in jobs {
+                // The job is not run; tell its caller.
+                drop(job);
+            }
+            return false;
+        }
+    };
+    let mut completions = Vec::new();
+    let mut failed = None;
+    for job in jobs {
+        let (hard_error, done) = job(&tx, now);
+        if hard_error && failed.is_none() {
+            failed = Some("a storage error in the same batch".to_owned());
+        }
+        completions.push((hard_error, done));
+    }
+    let result = match failed {
+        Some(msg) => {
+            let _ = tx.abort();
+            Err(msg)
+        }
+        None => tx.commit().map_err(|e| {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "commit failed");
+            msg
+        }),
+    };
+    let ok = result.is_ok();
+    for (_, done) in completions {
+        done(result.clone());
+    }
+    ok
+}
+
+/// Decode a stored value, mapping failures to [`StoreError::Corrupt`].
+///
+/// # Errors
+/// A corrupt record.
+pub fn decode<T: Record>(
+    table: &'static str,
+    key: impl std::fmt::Display,
+    value: &Encoded<T>,
+) -> Result<T, StoreError> {
+    value.decode().map_err(|source| StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Encode a record for insertion.
+///
+/// # Errors
+/// [`StoreError::Encode`].
+pub fn encode<T: Record>(value: &T) -> Result<Encoded<T>, StoreError> {
+    Encoded::encode(value).map_err(StoreError::Encode)
+}
+
+/// Next value of a META counter, starting at 1, and store it.
+///
+/// # Errors
+/// Storage failure.
+pub fn next_counter(tx: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
+    let mut meta = tx.open_table(tables::META)?;
+    let next = meta.get(name)?.map_or(1, |v| v.value() + 1);
+    meta.insert(name, next)?;
+    Ok(next)
+}

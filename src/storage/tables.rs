@@ -1,0 +1,33 @@
+//! Every redb table of the store, in one place.
+//!
+//! Keys are native redb types (strings, integers, tuples) so they sort; values are
+//! [`Encoded`] postcard records (see `records.rs`).
+
+use redb::TableDefinition;
+
+use super::codec::Encoded;
+use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord};
+
+/// Store-wide counters and markers: `schema_version`, `next_log_seq`, `next_request_id`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Devices by name.
+pub const DEVICES: TableDefinition<&str, Encoded<DeviceRecord>> = TableDefinition::new("devices");
+
+/// Images by name.
+pub const IMAGES: TableDefinition<&str, Encoded<ImageRecord>> = TableDefinition::new("images");
+
+/// Environments by name.
+pub const ENVIRONMENTS: TableDefinition<&str, Encoded<EnvironmentRecord>> =
+    TableDefinition::new("environments");
+
+/// Hardware types by name.
+pub const HARDWARE_TYPES: TableDefinition<&str, Encoded<HardwareTypeRecord>> =
+    TableDefinition::new("hardware_types");
+
+/// The durable log by sequence number (ascending = oldest first).
+pub const LOGS: TableDefinition<u64, Encoded<LogRecord>> = TableDefinition::new("logs");
+
+/// Log index: (subject, sequence number) for every subject of every log record, so one
+/// device's or request's history is a range scan.
+pub const LOG_INDEX: TableDefinition<(&str, u64), ()> = TableDefinition::new("log_index");

@@ -1,0 +1,198 @@
+//! Inventory CRUD through the API, in the original's JSON shapes where it had them.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{TWO_DEVICES, TestServer};
+
+#[tokio::test]
+async fn configured_devices_are_listed_in_the_original_shape() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (status, body) = s.get("/api/device/list/").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"devices": ["panda-1", "panda-2"]}));
+    let (_, body) = s.get("/api/device/list/?details=1").await;
+    let d = &body["devices"][0];
+    for key in [
+        "id",
+        "name",
+        "fqdn",
+        "inventory_id",
+        "mac_address",
+        "imaging_server",
+        "relay_info",
+        "state",
+        "comments",
+        "image",
+        "boot_config",
+        "environment",
+        "request_id",
+    ] {
+        assert!(d.get(key).is_some(), "missing {key} in {d}");
+    }
+    assert_eq!(d["name"], "panda-1");
+    assert_eq!(d["environment"], "prod");
+    assert_eq!(
+        d["processor"], "armv7",
+        "processor defaults to the hardware type's"
+    );
+    assert_eq!(d["state"], "new");
+    assert_eq!(d["imaging_server"], "localhost");
+}
+
+#[tokio::test]
+async fn device_create_update_retire() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (status, d) = s
+        .put(
+            "/api/device/nexus-1/",
+            json!({"hardware_type": "nexus", "pool": "mobile", "sut": "10.0.0.9:20701"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{d}");
+    assert_eq!(d["fqdn"], "10.0.0.9");
+    let (status, d) = s
+        .put("/api/device/nexus-1/", json!({"os_version": "4.4"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(d["pool"], "mobile", "fields not given are kept");
+    assert_eq!(d["os_version"], "4.4");
+    let (status, _) = s
+        .put("/api/device/nexus-1/", json!({"sut": "nohost"}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s
+        .put("/api/device/nexus-1/", json!({"colour": "red"}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s.send(Method::DELETE, "/api/device/nexus-1/", None).await;
+    assert_eq!(status, 200);
+    let (_, list) = s.get("/api/device/list/").await;
+    assert!(
+        !list["devices"]
+            .as_array()
+            .expect("list")
+            .contains(&json!("nexus-1"))
+    );
+    let (_, list) = s.get("/api/device/list/?include_retired=1").await;
+    assert!(
+        list["devices"]
+            .as_array()
+            .expect("list")
+            .contains(&json!("nexus-1"))
+    );
+    // History of a retired device stays readable.
+    let (status, log) = s.get("/api/device/nexus-1/log/").await;
+    assert_eq!(status, 200);
+    let messages: Vec<&str> = log["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("device created")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("os_version: (none) -> 4.4")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("retired")),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test]
+async fn images_environments_hardware_types() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (_, images) = s.get("/api/image/list/").await;
+    assert_eq!(images["images"][0]["name"], "b2g");
+    assert_eq!(images["images"][0]["boot_config_keys"], json!(["b2gbase"]));
+    assert_eq!(images["images"][0]["has_sut_agent"], true);
+    let (status, _) = s
+        .put("/api/image/self-test/", json!({"hidden": true}))
+        .await;
+    assert_eq!(status, 201);
+    let (_, images) = s.get("/api/image/list/").await;
+    assert_eq!(
+        images["images"].as_array().map(Vec::len),
+        Some(1),
+        "hidden images are not listed"
+    );
+    let (status, img) = s.get("/api/image/self-test/details/").await;
+    assert_eq!((status, img["hidden"].clone()), (200, json!(true)));
+    let (status, _) = s
+        .put(
+            "/api/image/evil/",
+            json!({"steps": [{"partition": "boot", "file": "/etc/shadow"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "image files are names, never paths");
+
+    let (_, envs) = s.get("/api/environment/list/").await;
+    assert_eq!(envs, json!({"environments": ["prod"]}));
+    let (status, _) = s
+        .put(
+            "/api/environment/staging/",
+            json!({"description": "spare rack"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, envs) = s.get("/api/environment/list/").await;
+    assert_eq!(envs, json!({"environments": ["prod", "staging"]}));
+
+    let (status, _) = s
+        .put("/api/hardware-type/nexus/", json!({"processor": "armv7"}))
+        .await;
+    assert_eq!(status, 201);
+    let (_, types) = s.get("/api/hardware-type/list/").await;
+    assert_eq!(types["hardware_types"].as_array().map(Vec::len), Some(2));
+    let (status, _) = s
+        .send(Method::DELETE, "/api/hardware-type/nexus/", None)
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn device_log_limits_and_status_shape() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    for i in 0..5 {
+        let (status, _) = s
+            .post(
+                "/api/device/panda-1/set-comments/",
+                json!({"comments": format!("c{i}")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (_, log) = s.get("/api/device/panda-1/log/?limit=2").await;
+    let rows = log["log"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[0]["id"].as_u64() < rows[1]["id"].as_u64(),
+        "oldest first, as the original"
+    );
+    for key in ["id", "timestamp", "source", "message"] {
+        assert!(rows[0].get(key).is_some(), "{key}");
+    }
+    let (_, status) = s.get("/api/device/panda-1/status/").await;
+    assert_eq!(status["state"], "new");
+    assert!(status["log"].as_array().is_some_and(|l| !l.is_empty()));
+    let (_, state) = s.get("/api/device/panda-1/state/").await;
+    assert_eq!(state, json!({"state": "new"}));
+}
+
+#[tokio::test]
+async fn version_and_health() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (status, v) = s.get("/api/version/").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let (status, h) = s.get("/api/health/").await;
+    assert_eq!(status, 200);
+    assert_eq!(h["storage"]["ok"], true);
+}

@@ -1,0 +1,9 @@
+//! The integration-test binary: every module below runs the real service (in-process, or as
+//! a child process where a crash is the point) against simulated hardware.
+
+mod support;
+
+mod api_errors;
+mod api_inventory;
+mod crash;
+mod storage;

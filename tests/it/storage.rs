@@ -1,0 +1,257 @@
+//! The store: log queries and retention, group commit, and reading older record layouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mozpool::clock::{ManualClock, Millis};
+use mozpool::model::device_subject;
+use mozpool::storage::inventory as inv;
+use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, count, prune, query};
+use mozpool::storage::records::DeviceRecord;
+use mozpool::storage::{Encoded, Store, decode_bytes, tables};
+
+const START: Millis = Millis(1_764_000_000_000);
+
+fn store() -> (tempfile::TempDir, Store, ManualClock) {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(START);
+    let store = Store::open(&dir.path().join("db.redb"), Arc::new(clock.clone())).expect("open");
+    (dir, store, clock)
+}
+
+#[tokio::test]
+async fn log_queries_by_subject_time_and_page() {
+    let (_dir, store, clock) = store();
+    for i in 0..300u32 {
+        let subject = device_subject(if i % 3 == 0 { "a" } else { "b" });
+        store
+            .write(move |tx, now| append(tx, now, NewLog::new(subject, "test", format!("m{i}"))))
+            .await
+            .expect("append");
+        clock.advance(Duration::from_secs(1));
+    }
+    let read = |q: LogQuery| store.read_blocking(move |tx| query(tx, &q)).expect("query");
+    // By subject, newest first, limited.
+    let a = read(LogQuery {
+        subject: Some(device_subject("a")),
+        limit: 5,
+        ..LogQuery::default()
+    });
+    let msgs: Vec<&str> = a.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(msgs, ["m297", "m294", "m291", "m288", "m285"]);
+    // Paging continues where the last page ended.
+    let next = read(LogQuery {
+        subject: Some(device_subject("a")),
+        limit: 2,
+        before: Some(a[4].seq),
+        ..LogQuery::default()
+    });
+    assert_eq!(
+        next.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["m282", "m279"]
+    );
+    // By time: entries written in seconds [10, 19].
+    let window = read(LogQuery {
+        since: Some(START.plus(Duration::from_secs(10))),
+        until: Some(START.plus(Duration::from_secs(19))),
+        limit: 100,
+        ..LogQuery::default()
+    });
+    assert_eq!(window.len(), 10);
+    assert_eq!(window[0].message, "m19");
+    assert_eq!(window[9].message, "m10");
+    // Subject and time together.
+    let aw = read(LogQuery {
+        subject: Some(device_subject("a")),
+        since: Some(START.plus(Duration::from_secs(290))),
+        limit: 100,
+        ..LogQuery::default()
+    });
+    assert_eq!(
+        aw.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["m297", "m294", "m291"]
+    );
+}
+
+#[tokio::test]
+async fn retention_by_count_and_age_removes_index_too() {
+    let (_dir, store, clock) = store();
+    for i in 0..100u32 {
+        store
+            .write(move |tx, now| {
+                append(
+                    tx,
+                    now,
+                    NewLog::new(device_subject("d"), "test", format!("m{i}")),
+                )
+            })
+            .await
+            .expect("append");
+        clock.advance(Duration::from_secs(60));
+    }
+    // Count: keep 80.
+    let r = Retention {
+        max_age: Duration::from_secs(365 * 86_400),
+        max_records: 80,
+    };
+    let removed = store
+        .write(move |tx, now| prune(tx, now, r, 1000))
+        .await
+        .expect("prune");
+    assert_eq!(removed, 20);
+    assert_eq!(store.read_blocking(count).expect("count"), 80);
+    let oldest = store
+        .read_blocking(|tx| {
+            query(
+                tx,
+                &LogQuery {
+                    subject: Some(device_subject("d")),
+                    limit: 1000,
+                    ..LogQuery::default()
+                },
+            )
+        })
+        .expect("q");
+    assert_eq!(
+        oldest.len(),
+        80,
+        "the subject index lost the pruned entries too"
+    );
+    assert_eq!(oldest.last().map(|e| e.message.as_str()), Some("m20"));
+    // Age: now is START + 100 min; keep the last 30 minutes, in small batches.
+    let r = Retention {
+        max_age: Duration::from_secs(30 * 60),
+        max_records: 1_000_000,
+    };
+    let mut total = 0;
+    loop {
+        let n = store
+            .write(move |tx, now| prune(tx, now, r, 7))
+            .await
+            .expect("prune");
+        total += n;
+        if n < 7 {
+            break;
+        }
+    }
+    assert_eq!(total, 50);
+    assert_eq!(store.read_blocking(count).expect("count"), 30);
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_grouped_and_all_durable() {
+    let (dir, store, _clock) = store();
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.write(move |tx, now| {
+                append(
+                    tx,
+                    now,
+                    NewLog::new(device_subject("x"), "t", format!("{i}")),
+                )
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("write");
+    }
+    let stats = store.stats();
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        commits < 200,
+        "200 concurrent writes should share commits, got {commits}"
+    );
+    drop(store);
+    // Reopen: everything acknowledged is there.
+    std::thread::sleep(Duration::from_millis(50));
+    let store = Store::open(
+        &dir.path().join("db.redb"),
+        Arc::new(ManualClock::new(START)),
+    )
+    .expect("reopen");
+    assert_eq!(store.read_blocking(count).expect("count"), 200);
+}
+
+/// The golden bytes of a layout-1 device record, frozen when layout 1 was released.
+const DEVICE_V1: &[u8] = include_bytes!("../fixtures/records/device_v1.bin");
+
+#[test]
+fn golden_device_v1_still_decodes() {
+    let record: DeviceRecord = decode_bytes(DEVICE_V1).expect("layout 1 decodes");
+    let device: mozpool::model::Device = record.into();
+    assert_eq!(device.name, "panda-0042");
+    assert_eq!(device.facts.hardware_type.as_deref(), Some("panda"));
+    assert_eq!(device.wiring.relay.as_deref(), Some("relay-1:bank2:relay6"));
+    assert_eq!(device.state, "ready");
+}
+
+#[test]
+fn a_database_written_with_layout_1_opens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("old.redb");
+    {
+        // Write the table exactly as a release with layout 1 wrote it.
+        let db = redb::Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut t = tx.open_table(tables::DEVICES).expect("table");
+            t.insert(
+                "panda-0042",
+                Encoded::<DeviceRecord>::from_raw(DEVICE_V1.to_vec()),
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
+    let d = store
+        .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
+        .expect("read")
+        .expect("present");
+    assert_eq!(d.state, "ready");
+    assert_eq!(d.facts.environment.as_deref(), Some("prod"));
+}
+
+#[test]
+fn corrupt_record_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bad.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut t = tx.open_table(tables::DEVICES).expect("table");
+            t.insert("x", Encoded::<DeviceRecord>::from_raw(vec![0, 9, 9]))
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
+    let err = store
+        .read_blocking(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
+        .expect_err("corrupt");
+    assert!(
+        err.to_string().contains("corrupt record in devices"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_newer_database_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("new.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("tx");
+        tx.open_table(tables::META)
+            .expect("meta")
+            .insert("schema_version", 999)
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+    let err = Store::open(&path, Arc::new(ManualClock::new(START))).expect_err("too new");
+    assert!(err.to_string().contains("newer than this release"), "{err}");
+}
