@@ -89,6 +89,12 @@ pub fn upsert_device(
                 created: now,
                 updated: now,
                 state: "new".to_owned(),
+                lifeguard: crate::model::LifeguardData {
+                    entered_at: now,
+                    ..Default::default()
+                },
+                request: None,
+                registration: None,
             };
             (d, Upsert::Created)
         }

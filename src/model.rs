@@ -4,6 +4,8 @@
 //! Storage keeps versioned records (`storage::records`) and converts to and from these; the
 //! HTTP layer renders them as JSON views.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
@@ -34,6 +36,61 @@ pub struct Device {
     pub updated: Millis,
     /// The device's Lifeguard state name (`ready`, `failed_power_cycling`, ...).
     pub state: String,
+    /// The rest of the Lifeguard state machine's persisted state.
+    pub lifeguard: LifeguardData,
+    /// The request holding the device, if any.
+    pub request: Option<u64>,
+    /// What the device said when it last registered itself, if it ever did.
+    pub registration: Option<Registration>,
+}
+
+impl Device {
+    /// Why a tech must look at this device before it can be used, if anything.
+    #[must_use]
+    pub fn needs_tech(&self) -> Option<&'static str> {
+        if self.wiring.relay.is_none() {
+            Some(
+                "no relay wiring: the device cannot be power-cycled until a tech wires it and records it in the inventory",
+            )
+        } else {
+            None
+        }
+    }
+}
+
+/// Persisted state of a device's Lifeguard state machine besides the state name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifeguardData {
+    /// Incremented on every transition; hardware results carry the generation that asked for
+    /// them, so late results for a state already left are recognised and ignored.
+    pub generation: u64,
+    /// Retry counters per phase.
+    pub counters: BTreeMap<String, u32>,
+    /// When the current state was entered.
+    pub entered_at: Millis,
+    /// When the current state times out, if it does.
+    pub deadline: Option<Millis>,
+    /// Image currently on the device (`None` = unknown or clobbered).
+    pub current_image: Option<String>,
+    /// Boot config (JSON text) the current image was installed with.
+    pub current_boot_config: Option<String>,
+    /// Image being installed.
+    pub next_image: Option<String>,
+    /// Boot config for the image being installed.
+    pub next_boot_config: Option<String>,
+}
+
+/// A device's self-registration (SUTAgent registration protocol or its JSON form).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// When it last registered.
+    pub at: Millis,
+    /// The agent's `NAME` (usually the Wi-Fi MAC).
+    pub agent_name: String,
+    /// The address it registered from / announced (`IPADDR`).
+    pub ip: Option<String>,
+    /// Every other field it sent (`OS`, `SCRNWIDTH`, `MEMORY`, `HARDWARE`, `POOL`, ...).
+    pub fields: BTreeMap<String, String>,
 }
 
 /// Matching criteria a request can ask for.

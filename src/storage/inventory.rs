@@ -6,8 +6,9 @@
 use redb::{ReadableTable, WriteTransaction};
 
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
-use super::tables::{DEVICES, ENVIRONMENTS, HARDWARE_TYPES, IMAGES};
+use super::tables::{DEVICE_DEADLINES, DEVICES, ENVIRONMENTS, HARDWARE_TYPES, IMAGES};
 use super::{Encoded, StoreError, decode, encode};
+use crate::clock::Millis;
 use crate::model::{Device, Environment, HardwareTypeInfo, Image};
 
 macro_rules! table_access {
@@ -65,13 +66,68 @@ macro_rules! table_access {
 table_access!(
     device,
     devices,
-    put_device,
-    remove_device,
+    put_device_record,
+    remove_device_record,
     DEVICES,
     "devices",
     DeviceRecord,
     Device
 );
+
+/// Insert or replace a device, keeping the Lifeguard deadline index in step.
+///
+/// # Errors
+/// Storage failure or a corrupt previous record.
+pub fn put_device(tx: &WriteTransaction, d: &Device) -> Result<(), StoreError> {
+    let old_deadline =
+        device(&tx.open_table(DEVICES)?, &d.name)?.and_then(|o| o.lifeguard.deadline);
+    let new_deadline = if d.retired {
+        None
+    } else {
+        d.lifeguard.deadline
+    };
+    if old_deadline != new_deadline {
+        let mut idx = tx.open_table(DEVICE_DEADLINES)?;
+        if let Some(o) = old_deadline {
+            idx.remove((o.0, d.name.as_str()))?;
+        }
+        if let Some(n) = new_deadline {
+            idx.insert((n.0, d.name.as_str()), ())?;
+        }
+    }
+    put_device_record(tx, d)
+}
+
+/// Devices whose deadline is at or before `now`, earliest first, at most `limit`.
+///
+/// # Errors
+/// Storage failure.
+pub fn due_devices(
+    idx: &impl ReadableTable<(u64, &'static str), ()>,
+    now: Millis,
+    limit: usize,
+) -> Result<Vec<(Millis, String)>, StoreError> {
+    let mut out = Vec::new();
+    for item in idx.range((0, "")..(now.0.saturating_add(1), ""))? {
+        let (k, _) = item?;
+        let (ms, name) = k.value();
+        out.push((Millis(ms), name.to_owned()));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The earliest pending deadline, if any (so a driver can sleep until then).
+///
+/// # Errors
+/// Storage failure.
+pub fn next_deadline(
+    idx: &impl ReadableTable<(u64, &'static str), ()>,
+) -> Result<Option<Millis>, StoreError> {
+    Ok(idx.first()?.map(|(k, _)| Millis(k.value().0)))
+}
 table_access!(
     image,
     images,

@@ -313,6 +313,7 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
         tx.open_table(tables::HARDWARE_TYPES)?;
         tx.open_table(tables::LOGS)?;
         tx.open_table(tables::LOG_INDEX)?;
+        tx.open_table(tables::DEVICE_DEADLINES)?;
     }
     tx.commit()?;
     Ok(())

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::codec::Record;
 use crate::clock::Millis;
 use crate::model::{
-    Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image, LogEntry,
+    Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image,
+    LifeguardData, LogEntry, Registration,
 };
 
 /// Device table value.
@@ -21,6 +22,9 @@ use crate::model::{
 pub enum DeviceRecord {
     /// Layout 1.
     V1(DeviceV1),
+    /// Layout 2: adds the Lifeguard machine's persisted state, the holding request and the
+    /// device's self-registration.
+    V2(DeviceV2),
 }
 
 impl Record for DeviceRecord {
@@ -50,39 +54,138 @@ pub struct DeviceV1 {
     pub state: String,
 }
 
+/// Device layout 2.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct DeviceV2 {
+    pub id: u64,
+    pub name: String,
+    pub server: String,
+    pub hardware_type: Option<String>,
+    pub processor: Option<String>,
+    pub pool: Option<String>,
+    pub os_version: Option<String>,
+    pub environment: Option<String>,
+    pub relay: Option<String>,
+    pub sut_addr: Option<String>,
+    pub fastboot_serial: Option<String>,
+    pub comments: Option<String>,
+    pub retired: bool,
+    pub origin: String,
+    pub created: u64,
+    pub updated: u64,
+    pub state: String,
+    pub generation: u64,
+    pub counters: Vec<(String, u32)>,
+    pub entered_at: u64,
+    pub deadline: Option<u64>,
+    pub current_image: Option<String>,
+    pub current_boot_config: Option<String>,
+    pub next_image: Option<String>,
+    pub next_boot_config: Option<String>,
+    pub request: Option<u64>,
+    pub registration: Option<RegistrationV1>,
+}
+
+/// A device's self-registration, as stored from layout 2 on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct RegistrationV1 {
+    pub at: u64,
+    pub agent_name: String,
+    pub ip: Option<String>,
+    pub fields: Vec<(String, String)>,
+}
+
+impl From<DeviceV1> for DeviceV2 {
+    /// A layout-1 device has no Lifeguard details yet: it keeps its state name and resumes
+    /// from there (a state with a deadline gets one again when the driver resumes it).
+    fn from(v: DeviceV1) -> DeviceV2 {
+        DeviceV2 {
+            id: v.id,
+            name: v.name,
+            server: v.server,
+            hardware_type: v.hardware_type,
+            processor: v.processor,
+            pool: v.pool,
+            os_version: v.os_version,
+            environment: v.environment,
+            relay: v.relay,
+            sut_addr: v.sut_addr,
+            fastboot_serial: v.fastboot_serial,
+            comments: v.comments,
+            retired: v.retired,
+            origin: v.origin,
+            created: v.created,
+            updated: v.updated,
+            state: v.state,
+            generation: 0,
+            counters: Vec::new(),
+            entered_at: v.updated,
+            deadline: None,
+            current_image: None,
+            current_boot_config: None,
+            next_image: None,
+            next_boot_config: None,
+            request: None,
+            registration: None,
+        }
+    }
+}
+
 impl From<DeviceRecord> for Device {
     fn from(r: DeviceRecord) -> Device {
-        match r {
-            DeviceRecord::V1(v) => Device {
-                id: v.id,
-                name: v.name,
-                server: v.server,
-                facts: DeviceFacts {
-                    hardware_type: v.hardware_type,
-                    processor: v.processor,
-                    pool: v.pool,
-                    os_version: v.os_version,
-                    environment: v.environment,
-                },
-                wiring: DeviceWiring {
-                    relay: v.relay,
-                    sut_addr: v.sut_addr,
-                    fastboot_serial: v.fastboot_serial,
-                },
-                comments: v.comments,
-                retired: v.retired,
-                origin: v.origin,
-                created: Millis(v.created),
-                updated: Millis(v.updated),
-                state: v.state,
+        let v = match r {
+            DeviceRecord::V1(v1) => DeviceV2::from(v1),
+            DeviceRecord::V2(v2) => v2,
+        };
+        Device {
+            id: v.id,
+            name: v.name,
+            server: v.server,
+            facts: DeviceFacts {
+                hardware_type: v.hardware_type,
+                processor: v.processor,
+                pool: v.pool,
+                os_version: v.os_version,
+                environment: v.environment,
             },
+            wiring: DeviceWiring {
+                relay: v.relay,
+                sut_addr: v.sut_addr,
+                fastboot_serial: v.fastboot_serial,
+            },
+            comments: v.comments,
+            retired: v.retired,
+            origin: v.origin,
+            created: Millis(v.created),
+            updated: Millis(v.updated),
+            state: v.state,
+            lifeguard: LifeguardData {
+                generation: v.generation,
+                counters: v.counters.into_iter().collect(),
+                entered_at: Millis(v.entered_at),
+                deadline: v.deadline.map(Millis),
+                current_image: v.current_image,
+                current_boot_config: v.current_boot_config,
+                next_image: v.next_image,
+                next_boot_config: v.next_boot_config,
+            },
+            request: v.request,
+            registration: v.registration.map(|r| Registration {
+                at: Millis(r.at),
+                agent_name: r.agent_name,
+                ip: r.ip,
+                fields: r.fields.into_iter().collect(),
+            }),
         }
     }
 }
 
 impl From<&Device> for DeviceRecord {
     fn from(d: &Device) -> DeviceRecord {
-        DeviceRecord::V1(DeviceV1 {
+        let l = &d.lifeguard;
+        DeviceRecord::V2(DeviceV2 {
             id: d.id,
             name: d.name.clone(),
             server: d.server.clone(),
@@ -100,6 +203,25 @@ impl From<&Device> for DeviceRecord {
             created: d.created.0,
             updated: d.updated.0,
             state: d.state.clone(),
+            generation: l.generation,
+            counters: l.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            entered_at: l.entered_at.0,
+            deadline: l.deadline.map(|m| m.0),
+            current_image: l.current_image.clone(),
+            current_boot_config: l.current_boot_config.clone(),
+            next_image: l.next_image.clone(),
+            next_boot_config: l.next_boot_config.clone(),
+            request: d.request,
+            registration: d.registration.as_ref().map(|r| RegistrationV1 {
+                at: r.at.0,
+                agent_name: r.agent_name.clone(),
+                ip: r.ip.clone(),
+                fields: r
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }),
         })
     }
 }

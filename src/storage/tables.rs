@@ -31,3 +31,9 @@ pub const LOGS: TableDefinition<u64, Encoded<LogRecord>> = TableDefinition::new(
 /// Log index: (subject, sequence number) for every subject of every log record, so one
 /// device's or request's history is a range scan.
 pub const LOG_INDEX: TableDefinition<(&str, u64), ()> = TableDefinition::new("log_index");
+
+/// Lifeguard timers: (deadline in ms, device name) for every device whose state times out,
+/// so "which devices are due?" is one range scan. Kept in step with `DEVICES` by
+/// `inventory::put_device`.
+pub const DEVICE_DEADLINES: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("device_deadlines");

@@ -188,8 +188,30 @@ fn golden_device_v1_still_decodes() {
     assert_eq!(device.state, "ready");
 }
 
+/// Golden bytes of a layout-2 device record.
+const DEVICE_V2: &[u8] = include_bytes!("../fixtures/records/device_v2.bin");
+
 #[test]
-fn a_database_written_with_layout_1_opens() {
+fn golden_device_v2_still_decodes() {
+    let device: mozpool::model::Device = decode_bytes::<DeviceRecord>(DEVICE_V2)
+        .expect("layout 2 decodes")
+        .into();
+    assert_eq!(device.name, "panda-0043");
+    assert_eq!(device.state, "sut_verifying");
+    assert_eq!(device.lifeguard.generation, 17);
+    assert_eq!(device.lifeguard.counters.get("sut_verifying"), Some(&3));
+    assert_eq!(device.lifeguard.deadline, Some(Millis(1_764_000_135_000)));
+    assert_eq!(device.request, Some(7));
+    let reg = device.registration.expect("registration");
+    assert_eq!(reg.agent_name, "00:11:22:33:44:55");
+    assert_eq!(
+        reg.fields.get("OS").map(String::as_str),
+        Some("Android-IMM76D")
+    );
+}
+
+#[test]
+fn a_database_written_with_layout_1_opens_and_upgrades() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("old.redb");
     {
@@ -213,6 +235,30 @@ fn a_database_written_with_layout_1_opens() {
         .expect("present");
     assert_eq!(d.state, "ready");
     assert_eq!(d.facts.environment.as_deref(), Some("prod"));
+    // Upgraded to layout 2: Lifeguard details start empty, the state is kept.
+    assert_eq!(d.lifeguard.generation, 0);
+    assert_eq!(d.lifeguard.entered_at, Millis(1_764_000_100_000));
+    assert!(d.request.is_none() && d.registration.is_none());
+    // Writing it back stores layout 2, which reads back the same.
+    let again = d.clone();
+    store
+        .write_blocking(move |tx, _| inv::put_device(tx, &again))
+        .expect("write");
+    let d2 = store
+        .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
+        .expect("read")
+        .expect("present");
+    assert_eq!(d, d2);
+    let raw = store
+        .read_blocking(|tx| {
+            Ok(tx
+                .open_table(tables::DEVICES)?
+                .get("panda-0042")?
+                .map(|g| g.value().bytes().to_vec()))
+        })
+        .expect("raw")
+        .expect("present");
+    assert_eq!(raw[0], 1, "written as variant 1 (layout 2)");
 }
 
 #[test]
