@@ -2,5 +2,5 @@
 //! devices; a successor of Mozilla's MozPool.
 
 pub mod clock;
-pub mod types;
 pub mod pool;
+pub mod types;

@@ -282,7 +282,11 @@ impl<'a> Step<'a> {
 
     fn ignore(mut self, event: &Event) -> Transition {
         self.tr.accepted = false;
-        let msg = format!("ignored event {} in state {}", event.name(), self.snap.state);
+        let msg = format!(
+            "ignored event {} in state {}",
+            event.name(),
+            self.snap.state
+        );
         self.log(msg);
         self.tr
     }
@@ -352,7 +356,10 @@ impl<'a> Step<'a> {
     }
 
     fn is_assigned(&self, device: &DeviceName) -> bool {
-        self.snap.assigned.as_ref().is_some_and(|a| &a.device == device)
+        self.snap
+            .assigned
+            .as_ref()
+            .is_some_and(|a| &a.device == device)
     }
 
     fn specific(&self) -> Option<&DeviceName> {
@@ -433,7 +440,11 @@ pub fn step(snap: &RequestSnapshot, event: Event, now: Millis, t: &Timings) -> T
             }
             let (end, capped) = t.lease_end(now, *duration_secs);
             s.tr.expires = end;
-            let note = if capped { " (capped at max_duration)" } else { "" };
+            let note = if capped {
+                " (capped at max_duration)"
+            } else {
+                ""
+            };
             s.log(format!("Request renewed until {}{note}.", end.iso()));
             return s.tr;
         }
@@ -480,10 +491,7 @@ pub fn step(snap: &RequestSnapshot, event: Event, now: Millis, t: &Timings) -> T
             s.search();
             s.tr
         }
-        (
-            S::New | S::FindingDevice | S::Queued | S::Unknown,
-            Event::Unsatisfiable { reason },
-        ) => {
+        (S::New | S::FindingDevice | S::Queued | S::Unknown, Event::Unsatisfiable { reason }) => {
             let msg = format!("no device can ever serve this request: {reason}");
             s.fail(S::FailedDeviceNotFound, msg);
             s.tr

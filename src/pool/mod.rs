@@ -26,9 +26,7 @@ pub mod state;
 mod model_tests;
 
 pub use config::{QueuePolicy, Timings};
-pub use machine::{
-    Action, Assignment, Event, LifeguardEvent, RequestSnapshot, Transition, step,
-};
+pub use machine::{Action, Assignment, Event, LifeguardEvent, RequestSnapshot, Transition, step};
 pub use queue::{QueuedRequest, assign, effective_priority, position};
 pub use select::{Explanation, Unsatisfiable, explain, matches, needs_image, satisfiable};
 pub use spec::{DeviceChoice, DeviceView, Holder, RequestSpec};

@@ -48,11 +48,11 @@ pub struct QueuedRequest {
 #[must_use]
 pub fn effective_priority(r: &QueuedRequest, now: Millis, policy: &QueuePolicy) -> i64 {
     let step = u64::try_from(policy.aging_step.as_millis()).unwrap_or(u64::MAX);
-    let aged = if step == 0 {
-        0
-    } else {
-        i64::try_from(now.0.saturating_sub(r.since.0) / step).unwrap_or(i64::MAX)
-    };
+    let aged = now
+        .0
+        .saturating_sub(r.since.0)
+        .checked_div(step)
+        .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
     i64::from(r.spec.priority).saturating_add(aged)
 }
 
@@ -217,7 +217,10 @@ mod tests {
     #[test]
     fn fifo_within_priority_then_id() {
         let w = vec![req(3, "a", 0, 20), req(2, "a", 0, 10), req(1, "a", 0, 10)];
-        assert_eq!(ids(&assign(&w, &devs(2), Millis(100), &no_aging())), vec![1, 2]);
+        assert_eq!(
+            ids(&assign(&w, &devs(2), Millis(100), &no_aging())),
+            vec![1, 2]
+        );
         assert_eq!(
             position(&w, &devs(0), Millis(100), &no_aging()),
             vec![(1, 1), (2, 2), (3, 3)]
@@ -268,7 +271,10 @@ mod tests {
             fair_share: false,
             ..no_aging()
         };
-        assert_eq!(ids(&assign(&w, &devs(4), Millis(1000), &unfair)), vec![1, 2, 3, 4]);
+        assert_eq!(
+            ids(&assign(&w, &devs(4), Millis(1000), &unfair)),
+            vec![1, 2, 3, 4]
+        );
     }
 
     #[test]

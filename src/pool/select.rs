@@ -109,9 +109,7 @@ where
     candidates
         .into_iter()
         .filter(|d| d.available() && matches(spec, d))
-        .min_by(|a, b| {
-            (!reusable(spec, a), &a.name).cmp(&(!reusable(spec, b), &b.name))
-        })
+        .min_by(|a, b| (!reusable(spec, a), &a.name).cmp(&(!reusable(spec, b), &b.name)))
 }
 
 /// How many devices match each criterion and, of those matching all, where they are.
@@ -361,7 +359,10 @@ pub(crate) mod tests {
         let mut d = dev("a");
         d.current_image = Some(spec.image.clone());
         d.current_boot_config = Some("not json".into());
-        assert!(reusable(&spec, &d), "garbage == {{}} == empty request config");
+        assert!(
+            reusable(&spec, &d),
+            "garbage == {{}} == empty request config"
+        );
         d.current_boot_config = None;
         assert!(reusable(&spec, &d));
         spec.boot_config.insert("k".into(), "v".into());

@@ -197,8 +197,7 @@ fn specific_failed_device_fails_bad_device() {
     let (s, tr) = go(&s, Event::NoDevice { explanation }, T0);
     assert_eq!(s.state, RequestState::FailedBadDevice);
     assert!(
-        tr.logs()
-            .any(|l| l.contains("1 in failed_power_cycling")),
+        tr.logs().any(|l| l.contains("1 in failed_power_cycling")),
         "{:?}",
         tr.actions
     );
@@ -354,7 +353,11 @@ fn pending_results() {
     assert_eq!(s.state, RequestState::FindingDevice);
 
     let (s, _) = finished(&p, "p2", ImagingResult::Complete);
-    assert_eq!(s.state, RequestState::Pending, "other devices' reports ignored");
+    assert_eq!(
+        s.state,
+        RequestState::Pending,
+        "other devices' reports ignored"
+    );
 
     let ps = pending(&snap_specific("p1"), "p1");
     let (s, _) = finished(&ps, "p1", ImagingResult::FailedBadDevice);
@@ -465,7 +468,11 @@ fn expire_in_terminal_and_legacy_states() {
     }
     let s = with_state(&snap_any(), RequestState::Expired);
     let (x, _) = go(&s, Event::Expire, T0);
-    assert_eq!(x.state, RequestState::Closed, "legacy expired closes at once");
+    assert_eq!(
+        x.state,
+        RequestState::Closed,
+        "legacy expired closes at once"
+    );
 }
 
 #[test]
