@@ -8,8 +8,10 @@
 //! Every waiting request has an *effective priority* `e = priority + ⌊waited / aging_step⌋`
 //! (`waited = now − since`; no aging when `aging_step` is zero). Requests are considered in
 //! order of `e` (highest first), then arrival (`since`, then id). So a request of priority
-//! `p` that has waited `d · aging_step` longer than one of priority `p + d` is served first:
-//! nothing starves.
+//! `p` is served before one of priority `p + d` whenever it arrived at least `d · aging_step`
+//! earlier, and never when it arrived less than `(d − 1) · aging_step` earlier (in between it
+//! depends on the phase of the floors). So nothing starves: every later arrival of bounded
+//! priority eventually queues behind it.
 //!
 //! # Fair share
 //! Let `k` be the number of distinct assignees with a waiting request in the pass. When
@@ -233,28 +235,44 @@ mod tests {
             aging_step: Duration::from_secs(600),
             fair_share: true,
         };
-        let old_low = req(1, "a", 0, 0);
-        let young_high = req(2, "a", 2, 60_000); // arrives a minute later, priority 2
-        let w = vec![old_low, young_high];
-        // d = 2 levels ⇒ the old one needs to have aged 2 steps more than the young one.
-        // At 20 min: old e = 2, young e = 2 + ⌊19 min / 10 min⌋ = 3 → young first.
-        let t = Millis(20 * 60_000);
-        assert_eq!(ids(&assign(&w, &devs(1), t, &policy)), vec![2]);
-        // Once the young one is still in its first step but the old one is ≥ 2 steps in:
-        // at 9 min 59 s young e = 2, old e = 0 → young; never starves though: with the young
-        // arriving later it always has e ≥ old's - (something)... check a concrete overtake:
-        let w2 = vec![req(1, "a", 0, 0), req(2, "a", 1, 25 * 60_000)];
-        // At 25 min: old e = 0 + 2 = 2, young e = 1 + 0 = 1 → the old one overtakes.
+        const MIN: u64 = 60_000;
+        // Priority 0 arrives at 0; priority 1 arrives at 5 min.
+        let w = vec![req(1, "a", 0, 0), req(2, "a", 1, 5 * MIN)];
+        // At 9:59 the old one has e = 0, the young one e = 1: priority wins.
+        let before = Millis(10 * MIN - 1);
+        assert_eq!(ids(&assign(&w, &devs(1), before, &policy)), vec![2]);
+        assert_eq!(position(&w, &[], before, &policy), vec![(2, 1), (1, 2)]);
+        // At 10:00 (one aging step of waiting) the old one reaches e = 1, the young one is
+        // still at e = 1 + ⌊5 min / 10 min⌋ = 1; the tie goes to arrival order.
+        let at = Millis(10 * MIN);
+        assert_eq!(effective_priority(&w[0], at, &policy), 1);
+        assert_eq!(effective_priority(&w[1], at, &policy), 1);
+        assert_eq!(ids(&assign(&w, &devs(1), at, &policy)), vec![1]);
+        // Without aging the young high-priority request always wins.
+        let late = Millis(1000 * MIN);
+        assert_eq!(ids(&assign(&w, &devs(1), late, &no_aging())), vec![2]);
+        // Both age at the same rate, so what counts is the arrival gap: an older request
+        // goes first once it arrived at least d aging steps before one of priority + d.
+        // A priority-3 request 5 min younger keeps winning however long both wait…
+        let w3 = vec![req(1, "a", 0, 0), req(2, "a", 3, 5 * MIN)];
         assert_eq!(
-            ids(&assign(&w2, &devs(1), Millis(25 * 60_000), &policy)),
-            vec![1]
-        );
-        // Without aging the young high-priority request would win.
-        assert_eq!(
-            ids(&assign(&w2, &devs(1), Millis(25 * 60_000), &no_aging())),
+            ids(&assign(&w3, &devs(1), Millis(100 * MIN), &policy)),
             vec![2]
         );
-        assert_eq!(effective_priority(&w2[0], Millis(25 * 60_000), &policy), 2);
+        // …while a priority-2 request arriving 2 steps (20 min) or more later loses.
+        let w4 = vec![req(1, "a", 0, 0), req(2, "a", 2, 20 * MIN)];
+        assert_eq!(
+            ids(&assign(&w4, &devs(1), Millis(20 * MIN), &policy)),
+            vec![1]
+        );
+        for now in [20 * MIN, 25 * MIN, 31 * MIN, 90 * MIN + 7] {
+            assert_eq!(ids(&assign(&w4, &devs(1), Millis(now), &policy)), vec![1]);
+        }
+        // One step (10 min) earlier is not enough for a 2-level gap, at any time.
+        let w5 = vec![req(1, "a", 0, 0), req(2, "a", 2, 10 * MIN)];
+        for now in [10 * MIN, 19 * MIN, 20 * MIN, 29 * MIN, 500 * MIN + 3] {
+            assert_eq!(ids(&assign(&w5, &devs(1), Millis(now), &policy)), vec![2]);
+        }
     }
 
     #[test]
@@ -341,5 +359,35 @@ mod tests {
                 (2, "d0".parse().expect("name"))
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// Two assignees, all devices free and matching, any arrival interleaving: each
+        /// assignee gets at least min(its requests, ⌊D/2⌋) devices, and the pass is
+        /// work-conserving (min(D, requests) devices handed out).
+        #[test]
+        fn fair_share_guarantee(
+            arrivals in proptest::collection::vec(proptest::bool::ANY, 0..16),
+            ndev in 0usize..9,
+        ) {
+            let w: Vec<QueuedRequest> = arrivals
+                .iter()
+                .enumerate()
+                .map(|(i, &alice)| {
+                    let who = if alice { "alice" } else { "bob" };
+                    req(i as u64, who, 0, i as u64)
+                })
+                .collect();
+            let got = assign(&w, &devs(ndev), Millis(100), &no_aging());
+            proptest::prop_assert_eq!(got.len(), ndev.min(w.len()));
+            for who in ["alice", "bob"] {
+                let wanted = w.iter().filter(|r| r.spec.assignee == who).count();
+                let have = got
+                    .iter()
+                    .filter(|(id, _)| w[*id as usize].spec.assignee == who)
+                    .count();
+                proptest::prop_assert!(have >= wanted.min(ndev / 2), "{} got {}", who, have);
+            }
+        }
     }
 }
