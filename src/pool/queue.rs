@@ -78,23 +78,23 @@ fn assignees(waiting: &[QueuedRequest]) -> usize {
 }
 
 /// Whether `r`'s assignee holds at least its share of `r`'s matching devices, counting
-/// devices held in `devices` plus `granted` (device index → assignee) from this pass.
+/// devices held in `devices` plus `granted` (device name → assignee) from this pass.
 fn over_share(
     r: &QueuedRequest,
     devices: &[DeviceView],
-    granted: &[(usize, &str)],
+    granted: &[(&DeviceName, &str)],
     k: usize,
 ) -> bool {
     let a = r.spec.assignee.as_str();
     let mut matching = 0usize;
     let mut held = 0usize;
-    for (i, d) in devices.iter().enumerate() {
+    for d in devices {
         if d.retired || !select::matches(&r.spec, d) {
             continue;
         }
         matching += 1;
         let holder_is_a = d.held_by.as_ref().is_some_and(|h| h.assignee == a)
-            || granted.iter().any(|&(gi, ga)| gi == i && ga == a);
+            || granted.iter().any(|&(gn, ga)| *gn == d.name && ga == a);
         if holder_is_a {
             held += 1;
         }
@@ -115,9 +115,10 @@ pub fn assign(
     let order = order(waiting, now, policy);
     let k = assignees(waiting);
     let fair = policy.fair_share && k >= 2;
-    let mut taken: HashSet<usize> = HashSet::new();
+    // By name, so even a (bogus) inventory listing a name twice cannot hand it out twice.
+    let mut taken: HashSet<&DeviceName> = HashSet::new();
     let mut served: HashSet<u64> = HashSet::new();
-    let mut granted: Vec<(usize, &str)> = Vec::new();
+    let mut granted: Vec<(&DeviceName, &str)> = Vec::new();
     let mut out = Vec::new();
     let rounds: &[bool] = if fair { &[true, false] } else { &[false] };
     for &check_share in rounds {
@@ -129,20 +130,13 @@ pub fn assign(
             if check_share && over_share(r, devices, &granted, k) {
                 continue;
             }
-            let free = devices
-                .iter()
-                .enumerate()
-                .filter(|(di, _)| !taken.contains(di))
-                .map(|(_, d)| d);
+            let free = devices.iter().filter(|d| !taken.contains(&d.name));
             let Some(d) = select::best(&r.spec, free) else {
                 continue;
             };
-            let Some(di) = devices.iter().position(|x| x.name == d.name) else {
-                continue;
-            };
-            taken.insert(di);
+            taken.insert(&d.name);
             served.insert(r.id);
-            granted.push((di, r.spec.assignee.as_str()));
+            granted.push((&d.name, r.spec.assignee.as_str()));
             out.push((r.id, d.name.clone()));
         }
     }
@@ -344,6 +338,13 @@ mod tests {
                 (3, "d4".parse().expect("name"))
             ]
         );
+    }
+
+    #[test]
+    fn duplicate_inventory_names_are_handed_out_once() {
+        let d = vec![dev("d0"), dev("d0")];
+        let w = vec![req(1, "a", 0, 0), req(2, "b", 0, 1)];
+        assert_eq!(assign(&w, &d, Millis(5), &no_aging()).len(), 1);
     }
 
     #[test]
