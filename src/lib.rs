@@ -1,5 +1,13 @@
 //! mozpool: a device-lab appliance that powers, checks, flashes and hands out mobile test
 //! devices; a successor of Mozilla's MozPool.
+//!
+//! # Layout
+//! Layers, dependencies pointing down; only [`app`] wires them together:
+//! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`];
+//! - [`pool`]: the request layer (who gets which device), pure logic;
+//! - [`inventory`]: inventory operations shared by the API, config and registrations;
+//! - [`storage`]: the redb store, its versioned records and the durable log;
+//! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
 pub mod cli;
@@ -9,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod inventory;
 pub mod model;
+pub mod pool;
 pub mod shutdown;
 pub mod simulate;
 pub mod storage;

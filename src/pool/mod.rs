@@ -1,0 +1,33 @@
+//! The request layer ("MozPool" layer) as pure logic: request states, the request machine,
+//! device matching with explanations, and the fair priority queue.
+//!
+//! Layout:
+//! - [`state`]: [`RequestState`] (MozPool 4.x names plus `queued`), counters, imaging results.
+//! - [`spec`]: what a request asks for ([`RequestSpec`]) and what the caller reports about
+//!   devices ([`DeviceView`]).
+//! - [`select`]: matching, preference for reusable images, [`Explanation`], [`satisfiable`].
+//! - [`queue`]: [`assign`] (one pass: priority, aging, fair share) and [`position`].
+//! - [`machine`]: [`step`], the pure request state machine.
+//! - [`config`]: [`Timings`] and [`QueuePolicy`] with the original's defaults.
+//!
+//! Nothing here does I/O or reads a clock: `now` is an argument. The storage layer runs
+//! [`assign`] and [`step`] inside one store transaction so assignment cannot race; the
+//! driver executes the [`Action`]s and feeds results back as [`Event`]s. See
+//! `docs/requests.md` for the request lifecycle.
+
+pub mod config;
+pub mod machine;
+pub mod queue;
+pub mod select;
+pub mod spec;
+pub mod state;
+
+#[cfg(test)]
+mod model_tests;
+
+pub use config::{QueuePolicy, Timings};
+pub use machine::{Action, Assignment, Event, LifeguardEvent, RequestSnapshot, Transition, step};
+pub use queue::{QueuedRequest, assign, effective_priority, position};
+pub use select::{Explanation, Unsatisfiable, explain, matches, needs_image, satisfiable};
+pub use spec::{DeviceChoice, DeviceView, Holder, RequestSpec};
+pub use state::{Counters, ImagingResult, RequestState};
