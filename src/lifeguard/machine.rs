@@ -196,6 +196,9 @@ fn please(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Result<Tra
         }
         Event::PleaseEndMaintenance => {
             if st != S::MaintenanceMode {
+                if st.is_in_progress() || st == S::LockedOut {
+                    return Err(refuse(busy_reason(st)));
+                }
                 return Err(refuse(format!("device is not in maintenance ({st})")));
             }
             r.s.counters.clear_all();
@@ -226,6 +229,9 @@ fn please(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Result<Tra
         }
         Event::PleasePowerOn => {
             if st != S::Off {
+                if st.is_in_progress() || st == S::LockedOut {
+                    return Err(refuse(busy_reason(st)));
+                }
                 return Err(refuse(format!("device is not powered off ({st})")));
             }
             r.s.counters.clear_all();
@@ -360,6 +366,7 @@ fn internal(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Transiti
             r.s.counters.clear(counter::HEALTH_CHECK_IN_FLIGHT);
             r.s.counters.clear(counter::HEALTH_CHECK_FAILURES);
             r.s.counters.clear(counter::SELF_TEST_RETRIES);
+            r.log.push("health check passed".into());
         }
         (S::Ready, Event::HealthCheckFailed { reason, .. }) => r.health_check_failed(&reason),
         (_, ev) => {
