@@ -1286,9 +1286,13 @@ mod props {
                     S::MaintenanceMode | S::LockedOut
                 ) || s.state.is_failed();
                 let is_please = e.is_please();
+                let stale = e.generation().is_some_and(|g| g != s.generation);
                 match step(&s, e, now, &t) {
                     Ok(tr) => {
                         check_invariants(&s, &tr);
+                        if stale {
+                            prop_assert!(tr.is_noop(&s), "stale result acted upon");
+                        }
                         if quiet && !is_please {
                             prop_assert!(tr.actions.is_empty(), "{} emitted {:?}", s.state, tr.actions);
                         }
@@ -1395,4 +1399,422 @@ fn worst_case_events_for_a_device_that_never_answers() {
     assert_eq!(s.state, S::FailedSelfTest);
     // 4 self-test runs x 4 rounds x (201 relay events + reboot wait + 13 pings) + `new`.
     assert_eq!(events, 1 + 4 * 4 * (201 + 1 + 13));
+}
+
+// ---------------------------------------------------------------- transition table
+
+#[derive(Clone, Copy, Debug)]
+enum K {
+    T,
+    PcOk,
+    PcFail,
+    OffOk,
+    OffFail,
+    SrOk,
+    SrFail,
+    PingOk,
+    PingFail,
+    SvOk,
+    SvFail,
+    SdOk,
+    SdFail,
+    FlOk,
+    FlFail,
+    FlBad,
+    HcOk,
+    HcFail,
+}
+
+fn ev_of(k: K, generation: u64) -> Event {
+    let reason = "x".to_string();
+    match k {
+        K::T => Event::Timeout { generation },
+        K::PcOk => Event::PowerCycleOk { generation },
+        K::PcFail => Event::PowerCycleFailed { generation, reason },
+        K::OffOk => Event::PowerOffOk { generation },
+        K::OffFail => Event::PowerOffFailed { generation, reason },
+        K::SrOk => Event::SutRebootOk { generation },
+        K::SrFail => Event::SutRebootFailed { generation, reason },
+        K::PingOk => Event::PingOk { generation },
+        K::PingFail => Event::PingFailed { generation, reason },
+        K::SvOk => Event::SutVerifyOk { generation },
+        K::SvFail => Event::SutVerifyFailed { generation, reason },
+        K::SdOk => Event::SutSdcardOk { generation },
+        K::SdFail => Event::SutSdcardFailed { generation, reason },
+        K::FlOk => Event::FlashOk { generation },
+        K::FlFail => Event::FlashFailed {
+            generation,
+            bad_image: false,
+            reason,
+        },
+        K::FlBad => Event::FlashFailed {
+            generation,
+            bad_image: true,
+            reason,
+        },
+        K::HcOk => Event::HealthCheckOk { generation },
+        K::HcFail => Event::HealthCheckFailed { generation, reason },
+    }
+}
+
+#[test]
+fn transition_table() {
+    let flash = || Action::Flash {
+        image: img("b2g"),
+        boot_config: "{}".into(),
+    };
+    // (state, relay, sut, event, next state, hardware action, new generation?)
+    let rows: Vec<(
+        DeviceState,
+        bool,
+        bool,
+        K,
+        DeviceState,
+        Option<Action>,
+        bool,
+    )> = vec![
+        (
+            S::New,
+            true,
+            false,
+            K::T,
+            S::PcPowerCycling,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (
+            S::New,
+            false,
+            true,
+            K::T,
+            S::PcSutRebooting,
+            Some(Action::SutReboot),
+            true,
+        ),
+        (
+            S::New,
+            false,
+            false,
+            K::T,
+            S::FailedPowerCycling,
+            None,
+            true,
+        ),
+        (
+            S::Ready,
+            true,
+            true,
+            K::T,
+            S::Ready,
+            Some(Action::HealthCheck { sut: true }),
+            true,
+        ),
+        (S::Ready, true, false, K::HcOk, S::Ready, None, false),
+        (
+            S::Ready,
+            true,
+            false,
+            K::HcFail,
+            S::PcPowerCycling,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (S::PoweringOff, true, false, K::OffOk, S::Off, None, true),
+        (
+            S::PoweringOff,
+            true,
+            false,
+            K::OffFail,
+            S::PoweringOff,
+            Some(Action::PowerOff),
+            true,
+        ),
+        (
+            S::PoweringOff,
+            true,
+            false,
+            K::T,
+            S::PoweringOff,
+            Some(Action::PowerOff),
+            true,
+        ),
+        (
+            S::PcSutRebooting,
+            true,
+            true,
+            K::SrOk,
+            S::PcRebooting,
+            None,
+            true,
+        ),
+        (
+            S::PcSutRebooting,
+            true,
+            true,
+            K::SrFail,
+            S::PcPowerCycling,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (
+            S::PcSutRebooting,
+            false,
+            true,
+            K::SrFail,
+            S::PcSutRebooting,
+            Some(Action::SutReboot),
+            true,
+        ),
+        (
+            S::PcSutRebooting,
+            true,
+            true,
+            K::T,
+            S::PcPowerCycling,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (
+            S::PcPowerCycling,
+            true,
+            false,
+            K::PcOk,
+            S::PcRebooting,
+            None,
+            true,
+        ),
+        (
+            S::PcPowerCycling,
+            true,
+            false,
+            K::PcFail,
+            S::PcPowerCycling,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (
+            S::PcPowerCycling,
+            true,
+            false,
+            K::T,
+            S::PcPowerCycling,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (
+            S::PcRebooting,
+            true,
+            true,
+            K::T,
+            S::SutVerifying,
+            Some(Action::SutVerify),
+            true,
+        ),
+        (
+            S::PcRebooting,
+            true,
+            false,
+            K::T,
+            S::PcPinging,
+            Some(Action::Ping),
+            true,
+        ),
+        (S::PcPinging, true, false, K::PingOk, S::Ready, None, true),
+        (
+            S::PcPinging,
+            true,
+            false,
+            K::PingFail,
+            S::PcPinging,
+            None,
+            false,
+        ),
+        (
+            S::PcPinging,
+            true,
+            false,
+            K::T,
+            S::PcPinging,
+            Some(Action::Ping),
+            true,
+        ),
+        (
+            S::Flashing,
+            true,
+            false,
+            K::FlOk,
+            S::FlashRebooting,
+            None,
+            true,
+        ),
+        (
+            S::Flashing,
+            true,
+            false,
+            K::FlFail,
+            S::Flashing,
+            Some(flash()),
+            true,
+        ),
+        (
+            S::Flashing,
+            true,
+            false,
+            K::FlBad,
+            S::FailedFlashing,
+            None,
+            true,
+        ),
+        (
+            S::Flashing,
+            true,
+            false,
+            K::T,
+            S::Flashing,
+            Some(flash()),
+            true,
+        ),
+        (
+            S::FlashRebooting,
+            true,
+            true,
+            K::T,
+            S::SutVerifying,
+            Some(Action::SutVerify),
+            true,
+        ),
+        (
+            S::FlashRebooting,
+            true,
+            false,
+            K::T,
+            S::PcPinging,
+            Some(Action::Ping),
+            true,
+        ),
+        (
+            S::SutVerifying,
+            true,
+            true,
+            K::SvOk,
+            S::SutSdcardVerifying,
+            Some(Action::SutSdcardCheck),
+            true,
+        ),
+        (
+            S::SutVerifying,
+            true,
+            true,
+            K::SvFail,
+            S::SutVerifying,
+            None,
+            false,
+        ),
+        (
+            S::SutVerifying,
+            true,
+            true,
+            K::T,
+            S::SutVerifying,
+            Some(Action::SutVerify),
+            true,
+        ),
+        (
+            S::SutVerifyPowerCycle,
+            true,
+            true,
+            K::PcOk,
+            S::SutVerifying,
+            Some(Action::SutVerify),
+            true,
+        ),
+        (
+            S::SutVerifyPowerCycle,
+            true,
+            true,
+            K::PcFail,
+            S::SutVerifyPowerCycle,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (
+            S::SutVerifyPowerCycle,
+            true,
+            true,
+            K::T,
+            S::SutVerifyPowerCycle,
+            Some(Action::PowerCycle),
+            true,
+        ),
+        (
+            S::SutVerifyPowerCycle,
+            false,
+            true,
+            K::SrOk,
+            S::SutVerifying,
+            Some(Action::SutVerify),
+            true,
+        ),
+        (
+            S::SutSdcardVerifying,
+            true,
+            true,
+            K::SdOk,
+            S::Ready,
+            None,
+            true,
+        ),
+        (
+            S::SutSdcardVerifying,
+            true,
+            true,
+            K::SdFail,
+            S::SutSdcardVerifying,
+            Some(Action::SutSdcardCheck),
+            true,
+        ),
+        (
+            S::SutSdcardVerifying,
+            true,
+            true,
+            K::T,
+            S::SutSdcardVerifying,
+            Some(Action::SutSdcardCheck),
+            true,
+        ),
+    ];
+    for (st, relay, sut, k, want, action, bumps) in rows {
+        let s = at(st, relay, sut);
+        let tr = go(&s, ev_of(k, s.generation));
+        let ctx = format!("{st} relay={relay} sut={sut} {k:?}: {:?}", tr.log);
+        assert_eq!(tr.next.state, want, "{ctx}");
+        assert_eq!(hw(&tr), action.into_iter().collect::<Vec<_>>(), "{ctx}");
+        assert_eq!(tr.next.generation != s.generation, bumps, "{ctx}");
+        check_invariants(&s, &tr);
+    }
+    // States that take no result at all: every result is ignored.
+    for st in [
+        S::Unknown,
+        S::LockedOut,
+        S::Troubleshooting,
+        S::Off,
+        S::MaintenanceMode,
+        S::PcRebooting,
+        S::FlashRebooting,
+    ] {
+        for k in [
+            K::PcOk,
+            K::SrOk,
+            K::PingOk,
+            K::SvOk,
+            K::SdOk,
+            K::FlOk,
+            K::HcFail,
+        ] {
+            let s = at(st, true, true);
+            let tr = go(&s, ev_of(k, s.generation));
+            assert!(tr.is_noop(&s), "{st} {k:?}");
+            assert!(logs(&tr).contains("ignored event"), "{st} {k:?}");
+        }
+    }
 }
