@@ -73,9 +73,13 @@ pub fn force(
 /// * every other state is kept as it is.
 #[must_use]
 pub fn resume(snap: &Snapshot, now: Millis, t: &Timings) -> Transition {
-    if snap.deadline.is_some_and(|d| d <= now) {
+    let st = snap.state;
+    if !st.is_transient() && snap.deadline.is_some_and(|d| d <= now) {
+        // A health check lost with the old process is not a failed one.
+        let mut fresh = snap.clone();
+        fresh.counters.clear(counter::HEALTH_CHECK_IN_FLIGHT);
         let mut tr = internal(
-            snap,
+            &fresh,
             Event::Timeout {
                 generation: snap.generation,
             },
@@ -87,7 +91,6 @@ pub fn resume(snap: &Snapshot, now: Millis, t: &Timings) -> Transition {
         return tr;
     }
     let mut r = Run::new(snap, now, t);
-    let st = snap.state;
     if st.is_transient() {
         r.goto(st, "controller restarted: resolving transient state");
     } else if st == S::Flashing {
@@ -118,21 +121,19 @@ pub fn resume(snap: &Snapshot, now: Millis, t: &Timings) -> Transition {
 
 /// Why the full family is refused in `st` (only called for states that refuse it).
 fn busy_reason(st: DeviceState) -> String {
-    match st.class() {
-        _ if st == S::LockedOut => {
-            "device is locked out (managed outside mozpool); only a conditional state change gets it out"
-                .into()
-        }
-        _ if st == S::MaintenanceMode => {
-            "device is in maintenance; end maintenance first".into()
-        }
-        _ if st == S::Off => "device is powered off; power it on or self-test it first".into(),
-        super::StateClass::Failed => format!(
-            "device has failed ({st}); only self-test, maintenance or power-off are accepted"
-        ),
-        _ => format!(
+    if st == S::LockedOut {
+        "device is locked out (managed outside mozpool); only a conditional state change gets it out"
+            .into()
+    } else if st == S::MaintenanceMode {
+        "device is in maintenance; end maintenance first".into()
+    } else if st == S::Off {
+        "device is powered off; power it on or self-test it first".into()
+    } else if st.is_failed() {
+        format!("device has failed ({st}); only self-test, maintenance or power-off are accepted")
+    } else {
+        format!(
             "device is busy ({st} in progress); hardware actions never overlap and a device being worked on is not handed out"
-        ),
+        )
     }
 }
 

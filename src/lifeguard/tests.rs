@@ -1055,6 +1055,10 @@ fn resume_from_every_state() {
     let tr = resume(&chk, T0, &t());
     assert_eq!(tr.next.counters.get(counter::HEALTH_CHECK_IN_FLIGHT), 0);
     assert_eq!(tr.next.deadline, chk.deadline);
+    // ... also when the deadline passed meanwhile: a restart is not a failed check.
+    let tr = resume(&chk, chk.deadline.expect("armed"), &t());
+    assert_eq!(tr.actions, vec![Action::HealthCheck { sut: true }]);
+    assert_eq!(tr.next.counters.get(counter::HEALTH_CHECK_FAILURES), 0);
     // A missing deadline is restored.
     let mut s = at(S::PcRebooting, true, false);
     s.deadline = None;
@@ -1283,7 +1287,7 @@ mod props {
                 }
                 let quiet = matches!(
                     s.state,
-                    S::MaintenanceMode | S::LockedOut
+                    S::MaintenanceMode | S::LockedOut | S::Off | S::Unknown | S::Troubleshooting
                 ) || s.state.is_failed();
                 let is_please = e.is_please();
                 let stale = e.generation().is_some_and(|g| g != s.generation);
