@@ -5,6 +5,7 @@
 //! Layers, dependencies pointing down; only [`app`] wires them together:
 //! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`];
 //! - [`pool`]: the request layer (who gets which device), pure logic;
+//! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod inventory;
+pub mod lifeguard;
 pub mod model;
 pub mod pool;
 pub mod shutdown;
