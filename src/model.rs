@@ -78,6 +78,13 @@ pub struct LifeguardData {
     pub next_image: Option<String>,
     /// Boot config for the image being installed.
     pub next_boot_config: Option<String>,
+    /// The current image runs SUTAgent (recorded when it was installed).
+    pub current_has_sut: bool,
+    /// The image being installed runs SUTAgent.
+    pub next_has_sut: bool,
+    /// The verification under way is a self-test (success leads to `ready` without reporting
+    /// an imaging result).
+    pub self_test: bool,
 }
 
 /// A device's self-registration (SUTAgent registration protocol or its JSON form).

@@ -85,6 +85,9 @@ pub struct DeviceV2 {
     pub current_boot_config: Option<String>,
     pub next_image: Option<String>,
     pub next_boot_config: Option<String>,
+    pub current_has_sut: bool,
+    pub next_has_sut: bool,
+    pub self_test: bool,
     pub request: Option<u64>,
     pub registration: Option<RegistrationV1>,
 }
@@ -129,6 +132,9 @@ impl From<DeviceV1> for DeviceV2 {
             current_boot_config: None,
             next_image: None,
             next_boot_config: None,
+            current_has_sut: false,
+            next_has_sut: false,
+            self_test: false,
             request: None,
             registration: None,
         }
@@ -172,6 +178,9 @@ impl From<DeviceRecord> for Device {
                 current_boot_config: v.current_boot_config,
                 next_image: v.next_image,
                 next_boot_config: v.next_boot_config,
+                current_has_sut: v.current_has_sut,
+                next_has_sut: v.next_has_sut,
+                self_test: v.self_test,
             },
             request: v.request,
             registration: v.registration.map(|r| Registration {
@@ -213,6 +222,9 @@ impl From<&Device> for DeviceRecord {
             current_boot_config: l.current_boot_config.clone(),
             next_image: l.next_image.clone(),
             next_boot_config: l.next_boot_config.clone(),
+            current_has_sut: l.current_has_sut,
+            next_has_sut: l.next_has_sut,
+            self_test: l.self_test,
             request: d.request,
             registration: d.registration.as_ref().map(|r| RegistrationV1 {
                 at: r.at.0,

@@ -202,6 +202,11 @@ fn golden_device_v2_still_decodes() {
     assert_eq!(device.lifeguard.counters.get("sut_verifying"), Some(&3));
     assert_eq!(device.lifeguard.deadline, Some(Millis(1_764_000_135_000)));
     assert_eq!(device.request, Some(7));
+    assert!(
+        device.lifeguard.current_has_sut
+            && device.lifeguard.self_test
+            && !device.lifeguard.next_has_sut
+    );
     let reg = device.registration.expect("registration");
     assert_eq!(reg.agent_name, "00:11:22:33:44:55");
     assert_eq!(
