@@ -21,6 +21,7 @@
 mod machine;
 mod model;
 mod state;
+pub mod store;
 mod timings;
 
 pub use machine::{force, resume, step};
