@@ -2,4 +2,5 @@
 //! devices; a successor of Mozilla's MozPool.
 
 pub mod clock;
+pub mod hw;
 pub mod types;
