@@ -20,6 +20,7 @@ pub use relay::{
     BoardConfig, BoardKind, BoardStatus, Channel, Contact, Framing, GpioBackend, RelayAddr,
     RelayBoards, SimGpio, Transport,
 };
+pub use sut::SutInfo;
 
 /// Result type of the hardware layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

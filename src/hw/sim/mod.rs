@@ -7,12 +7,14 @@
 
 pub mod lcus;
 pub mod proxr;
+pub mod sut;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use lcus::SimLcusBoard;
 pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
+pub use sut::{SimSutAgent, SimSutFaults};
 
 /// Called with (bank, relay, energised) whenever a simulated relay changes state. The
 /// simulated device's power follows it (normally closed: energised ⇒ unpowered).
