@@ -5,15 +5,21 @@
 //! They are test equipment, not drivers: they may block their own threads freely, but
 //! they never touch real hardware.
 
+pub mod device;
+pub mod fastboot;
 pub mod lcus;
 pub mod proxr;
+pub mod rack;
 pub mod sut;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
+pub use fastboot::sim_fastboot_main;
 pub use lcus::SimLcusBoard;
 pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
+pub use rack::{SimRack, SimRackDevice};
 pub use sut::{SimSutAgent, SimSutFaults};
 
 /// Called with (bank, relay, energised) whenever a simulated relay changes state. The

@@ -39,6 +39,9 @@ pub type RebootHook = Arc<dyn Fn() + Send + Sync>;
 
 struct Shared {
     up: bool,
+    /// Bound while up and not refusing; (un)bound synchronously by the owner's calls.
+    listener: Option<TcpListener>,
+    addr: SocketAddr,
     /// Bumped every time the agent goes down: live connections of an older epoch die.
     epoch: u64,
     faults: SimSutFaults,
@@ -73,9 +76,12 @@ impl SimSutAgent {
     /// When no port can be bound.
     pub fn start(up: bool, id: &str) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Mutex::new(Shared {
             up,
+            listener: if up { Some(listener) } else { None },
+            addr,
             epoch: 0,
             faults: SimSutFaults::default(),
             split_prompt: true,
@@ -89,7 +95,7 @@ impl SimSutAgent {
         let (sh, st, conns) = (shared.clone(), stop.clone(), connections.clone());
         let thread = std::thread::Builder::new()
             .name(format!("sim-sut-{}", addr.port()))
-            .spawn(move || listen_loop(Some(listener), addr, &sh, &st, &conns))?;
+            .spawn(move || listen_loop(&sh, &st, &conns))?;
         Ok(SimSutAgent {
             shared,
             addr,
@@ -116,6 +122,7 @@ impl SimSutAgent {
             s.epoch += 1;
         }
         s.up = up;
+        sync_listener(&mut s);
     }
 
     /// Whether the agent is meant to be listening.
@@ -126,7 +133,9 @@ impl SimSutAgent {
 
     /// Replace the fault knobs.
     pub fn set_faults(&self, f: SimSutFaults) {
-        lock(&self.shared).faults = f;
+        let mut s = lock(&self.shared);
+        s.faults = f;
+        sync_listener(&mut s);
     }
 
     /// Send the prompt in two writes (`$>` then `\0`) to exercise reassembly (default on).
@@ -161,31 +170,26 @@ impl Drop for SimSutAgent {
     }
 }
 
-fn listen_loop(
-    mut listener: Option<TcpListener>,
-    addr: SocketAddr,
-    shared: &Arc<Mutex<Shared>>,
-    stop: &Arc<AtomicBool>,
-    conns: &AtomicU64,
-) {
-    if let Some(l) = &listener {
-        let _ = l.set_nonblocking(true);
-    }
-    while !stop.load(Ordering::SeqCst) {
-        let want = {
-            let s = lock(shared);
-            s.up && !s.faults.refuse
-        };
-        if want && listener.is_none() {
-            // std sets SO_REUSEADDR, so the same port can be bound again.
-            if let Ok(l) = TcpListener::bind(addr) {
+/// Bind or drop the listener to match `up && !refuse`. std sets SO_REUSEADDR, so the
+/// same port can be bound again after a "reboot".
+fn sync_listener(s: &mut Shared) {
+    let want = s.up && !s.faults.refuse;
+    if want && s.listener.is_none() {
+        match TcpListener::bind(s.addr) {
+            Ok(l) => {
                 let _ = l.set_nonblocking(true);
-                listener = Some(l);
+                s.listener = Some(l);
             }
-        } else if !want && listener.is_some() {
-            listener = None;
+            Err(e) => tracing::warn!(addr = %s.addr, error = %e, "sim SUTAgent cannot rebind"),
         }
-        let accepted = listener.as_ref().and_then(|l| l.accept().ok());
+    } else if !want {
+        s.listener = None;
+    }
+}
+
+fn listen_loop(shared: &Arc<Mutex<Shared>>, stop: &Arc<AtomicBool>, conns: &AtomicU64) {
+    while !stop.load(Ordering::SeqCst) {
+        let accepted = lock(shared).listener.as_ref().and_then(|l| l.accept().ok());
         match accepted {
             Some((s, _)) => {
                 conns.fetch_add(1, Ordering::SeqCst);
@@ -196,7 +200,7 @@ fn listen_loop(
                         let _ = serve(s, &sh, &st);
                     });
             }
-            None => std::thread::sleep(Duration::from_millis(5)),
+            None => std::thread::sleep(Duration::from_millis(2)),
         }
     }
 }
