@@ -17,6 +17,7 @@ pub mod sut;
 use std::time::Duration;
 
 pub use fastboot::{FlashDeadlines, FlashStep, Flasher};
+pub use images::{ImageFiles, ImageRecipe, ImageSource, ImageStore, RecipeStep};
 pub use relay::{
     BoardConfig, BoardKind, BoardStatus, Channel, Contact, Framing, GpioBackend, RelayAddr,
     RelayBoards, SimGpio, Transport,
