@@ -308,12 +308,13 @@ fn answer(
     let text = match (name.as_str(), args.as_slice()) {
         ("", _) => String::new(),
         ("rebt", _) => {
-            let _ = s.shutdown(Shutdown::Both);
+            // The device starts rebooting, then the socket dies (no prompt).
             let hook = lock(shared).on_reboot.clone();
             match hook {
                 Some(h) => h(),
                 None => lock(shared).booted_at = Instant::now(),
             }
+            let _ = s.shutdown(Shutdown::Both);
             return Ok(false);
         }
         ("quit" | "exit", _) => {
