@@ -457,3 +457,20 @@ async fn real_gpio_backend_off_a_pi_fails_cleanly() {
         .expect_err("no GPIO here");
     assert!(e.to_string().starts_with("GPIO unavailable: "), "{e}");
 }
+
+#[tokio::test]
+async fn board_recovers_after_a_fault_by_reopening_its_port() {
+    // After an error the driver drops and reopens the port (serialport clears TIOCEXCL
+    // on close, so this also works for non-root users while the sim holds the tty).
+    let sim = SimProxrBoard::on_pty(Framing::Raw).expect("pty");
+    let boards = RelayBoards::start(vec![pty_cfg("r1", &sim, Framing::Raw)]).expect("start");
+    boards.test(&name("r1")).await.expect("healthy");
+    sim.set_faults(SimRelayFaults {
+        never_reply: true,
+        ..Default::default()
+    });
+    assert!(boards.test(&name("r1")).await.is_err());
+    sim.set_faults(SimRelayFaults::default());
+    boards.test(&name("r1")).await.expect("recovered");
+    assert_eq!(boards.status()[0].healthy, Some(true));
+}
