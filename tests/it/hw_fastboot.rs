@@ -302,3 +302,30 @@ async fn bad_partition_names_and_missing_files_are_refused_before_spawning() {
         .await;
     assert!(matches!(e, Err(Error::Io { .. })), "{e:?}");
 }
+
+#[tokio::test]
+async fn stand_in_devices_lists_only_devices_in_their_bootloader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = SimTimings {
+        bootloader_window: Duration::from_secs(5),
+        boot_time: Duration::from_millis(50),
+    };
+    let rack = SimRack::start(2, slow, Path::new(EXE), dir.path()).expect("rack");
+    rack.devices[1].device.set_power(false);
+    let out = tokio::process::Command::new(&rack.fastboot_path)
+        .arg("devices")
+        .output()
+        .await
+        .expect("run stand-in");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sim0001\tfastboot\n");
+    let out = tokio::process::Command::new(&rack.fastboot_path)
+        .output()
+        .await
+        .expect("run stand-in");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "fastboot: usage: no command\n"
+    );
+}
