@@ -17,6 +17,8 @@ use crate::types::check_name;
 
 /// Longest output line kept; longer lines are cut.
 const MAX_LINE: usize = 4096;
+/// How long output is still read after fastboot exited.
+const DRAIN: Duration = Duration::from_millis(200);
 
 /// Runs a `fastboot` executable.
 #[derive(Debug, Clone)]
@@ -209,7 +211,14 @@ impl Flasher {
         let (mut ol, mut el) = (Lines::default(), Lines::default());
         let (mut ob, mut eb) = ([0u8; 4096], [0u8; 4096]);
         let mut o = RunOutcome::default();
-        while out.is_some() || err.is_some() {
+        // After fastboot exits, read what is left in its pipes for a moment only: a
+        // leftover grandchild holding them open must not turn success into a timeout.
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            if out.is_none() && err.is_none() && o.status.is_some() {
+                break;
+            }
+            let wake = drain_until.map_or(deadline, |d| d.min(deadline));
             let mut lines = Vec::new();
             tokio::select! {
                 r = read_some(&mut out, &mut ob) => match r {
@@ -220,21 +229,22 @@ impl Flasher {
                     Ok(n) if n > 0 => el.push(&eb[..n], &mut lines),
                     _ => { el.flush(&mut lines); err = None; }
                 },
-                () = tokio::time::sleep_until(deadline) => { o.timed_out = true; }
+                r = child.wait(), if o.status.is_none() => {
+                    o.status = Some(r.map_err(|e| Error::io("wait for fastboot", e))?);
+                    drain_until = Some(Instant::now() + DRAIN);
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if o.status.is_none() {
+                        o.timed_out = true;
+                    }
+                }
             }
             for l in &lines {
                 note_line(&mut o, l);
                 on_line(l);
             }
-            if o.timed_out {
+            if o.timed_out || drain_until.is_some_and(|d| Instant::now() >= d) {
                 break;
-            }
-        }
-        if !o.timed_out {
-            match tokio::time::timeout_at(deadline, child.wait()).await {
-                Ok(Ok(s)) => o.status = Some(s),
-                Ok(Err(e)) => return Err(Error::io("wait for fastboot", e)),
-                Err(_) => o.timed_out = true,
             }
         }
         if o.timed_out {

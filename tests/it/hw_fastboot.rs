@@ -329,3 +329,20 @@ async fn stand_in_devices_lists_only_devices_in_their_bootloader() {
         "fastboot: usage: no command\n"
     );
 }
+
+#[tokio::test]
+async fn leftover_grandchild_holding_the_pipes_does_not_turn_success_into_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Succeeds at once but leaves a background process with our stdout/stderr open.
+    let f = fake(dir.path(), "fb", "sleep 3 &\necho 'product: x' >&2\nexit 0");
+    let t = Instant::now();
+    Flasher::new(&f)
+        .flash("ser1", &[], &deadlines(), |_| {})
+        .await
+        .expect("exit 0 without FAILED is success");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
