@@ -346,3 +346,43 @@ async fn leftover_grandchild_holding_the_pipes_does_not_turn_success_into_timeou
         t.elapsed()
     );
 }
+
+/// Runs only as a child of `android_serial_is_scrubbed_from_the_child_env`, which sets
+/// `ANDROID_SERIAL` in this process's environment.
+#[tokio::test]
+#[ignore = "run by android_serial_is_scrubbed_from_the_child_env"]
+async fn android_serial_probe_child() {
+    assert_eq!(std::env::var("ANDROID_SERIAL").as_deref(), Ok("leak"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fake(
+        dir.path(),
+        "fb",
+        "echo \"product: ${ANDROID_SERIAL:-unset}\" >&2",
+    );
+    let mut lines = Vec::new();
+    Flasher::new(&f)
+        .flash("ser1", &[], &deadlines(), |l| lines.push(l.to_owned()))
+        .await
+        .expect("flash");
+    assert_eq!(lines[0], "product: unset");
+}
+
+#[test]
+fn android_serial_is_scrubbed_from_the_child_env() {
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--ignored",
+            "--exact",
+            "hw_fastboot::android_serial_probe_child",
+        ])
+        .env("ANDROID_SERIAL", "leak")
+        .output()
+        .expect("run child test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
