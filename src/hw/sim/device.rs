@@ -402,7 +402,7 @@ fn control_loop(listener: &TcpListener, weak: &Weak<Inner>) {
                 let dev = SimDevice { inner };
                 let _ = serve_control(s, &dev);
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }

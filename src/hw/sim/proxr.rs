@@ -140,7 +140,7 @@ impl SimProxrBoard {
                                     let _ = serve(&mut s, &shared, framing, &stop, true);
                                 }
                             }
-                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                            Err(_) => std::thread::sleep(Duration::from_millis(10)),
                         }
                     }
                 })?,

@@ -200,7 +200,7 @@ fn listen_loop(shared: &Arc<Mutex<Shared>>, stop: &Arc<AtomicBool>, conns: &Atom
                         let _ = serve(s, &sh, &st);
                     });
             }
-            None => std::thread::sleep(Duration::from_millis(2)),
+            None => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }
