@@ -7,6 +7,7 @@
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
+//! - [`hw`]: relay boards, SUTAgent, reachability, fastboot, image files, and simulators;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod hw;
 pub mod inventory;
 pub mod lifeguard;
 pub mod model;

@@ -7,7 +7,9 @@
 
 use redb::WriteTransaction;
 
-use super::{Action, Counters, DeviceState, ForceError, NextImage, Purpose, Refused, Snapshot, Transition};
+use super::{
+    Action, Counters, DeviceState, ForceError, NextImage, Purpose, Refused, Snapshot, Transition,
+};
 use crate::clock::Millis;
 use crate::model::{Device, device_subject};
 use crate::storage::logs::{NewLog, append};
@@ -28,13 +30,21 @@ pub fn snapshot_of(d: &Device) -> Snapshot {
         current_image: l.current_image.as_deref().and_then(|s| s.parse().ok()),
         current_boot_config: l.current_boot_config.clone().unwrap_or_default(),
         current_has_sut: l.current_has_sut,
-        next_image: l.next_image.as_deref().and_then(|s| s.parse().ok()).map(|image| NextImage {
-            image,
-            boot_config: l.next_boot_config.clone().unwrap_or_default(),
-            has_sut: l.next_has_sut,
-        }),
+        next_image: l
+            .next_image
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .map(|image| NextImage {
+                image,
+                boot_config: l.next_boot_config.clone().unwrap_or_default(),
+                has_sut: l.next_has_sut,
+            }),
         request: d.request,
-        purpose: if l.self_test { Purpose::SelfTest } else { Purpose::Operation },
+        purpose: if l.self_test {
+            Purpose::SelfTest
+        } else {
+            Purpose::Operation
+        },
     }
 }
 
@@ -130,7 +140,8 @@ where
         append(
             tx,
             now,
-            NewLog::new(device_subject(name), "statemachine", line.clone()).by(actor.map(str::to_owned)),
+            NewLog::new(device_subject(name), "statemachine", line.clone())
+                .by(actor.map(str::to_owned)),
         )?;
     }
     Ok(Ok(Applied {

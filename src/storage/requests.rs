@@ -68,11 +68,16 @@ pub struct StoredRequest {
 }
 
 fn corrupt(id: u64, what: &str) -> StoreError {
-    StoreError::BadRecord { table: "requests", key: id.to_string(), message: what.to_owned() }
+    StoreError::BadRecord {
+        table: "requests",
+        key: id.to_string(),
+        message: what.to_owned(),
+    }
 }
 
 fn name<T: std::str::FromStr>(id: u64, s: &str) -> Result<T, StoreError> {
-    s.parse().map_err(|_| corrupt(id, &format!("invalid name {s:?}")))
+    s.parse()
+        .map_err(|_| corrupt(id, &format!("invalid name {s:?}")))
 }
 
 fn opt<T: std::str::FromStr>(id: u64, s: Option<String>) -> Result<Option<T>, StoreError> {
@@ -82,7 +87,8 @@ fn opt<T: std::str::FromStr>(id: u64, s: Option<String>) -> Result<Option<T>, St
 fn to_stored(id: u64, r: RequestRecord) -> Result<StoredRequest, StoreError> {
     let RequestRecord::V1(v) = r;
     let spec = RequestSpec {
-        requested_device: DeviceChoice::parse(&v.requested_device).map_err(|_| corrupt(id, "bad requested device"))?,
+        requested_device: DeviceChoice::parse(&v.requested_device)
+            .map_err(|_| corrupt(id, "bad requested device"))?,
         assignee: v.assignee,
         image: name(id, &v.image)?,
         can_reuse: v.can_reuse,
@@ -99,7 +105,10 @@ fn to_stored(id: u64, r: RequestRecord) -> Result<StoredRequest, StoreError> {
     };
     let (a, b, c, d) = v.counters;
     let assigned = match v.assigned {
-        Some((device, needs_image)) => Some(Assignment { device: name(id, &device)?, needs_image }),
+        Some((device, needs_image)) => Some(Assignment {
+            device: name(id, &device)?,
+            needs_image,
+        }),
         None => None,
     };
     Ok(StoredRequest {
@@ -109,7 +118,12 @@ fn to_stored(id: u64, r: RequestRecord) -> Result<StoredRequest, StoreError> {
             state: RequestState::from_stored(&v.state),
             generation: v.generation,
             timeout: v.timeout.map(Millis),
-            counters: Counters { finding_device: a, contacting_lifeguard: b, pending: c, bad_images: d },
+            counters: Counters {
+                finding_device: a,
+                contacting_lifeguard: b,
+                pending: c,
+                bad_images: d,
+            },
             assigned,
             expires: Millis(v.expires),
         },
@@ -130,7 +144,12 @@ fn to_record(r: &StoredRequest) -> RequestRecord {
         image: s.spec.image.to_string(),
         can_reuse: s.spec.can_reuse,
         boot_config_keys: s.spec.boot_config_keys.clone(),
-        boot_config: s.spec.boot_config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        boot_config: s
+            .spec
+            .boot_config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         environment: s.spec.environment.as_ref().map(ToString::to_string),
         hardware_type: s.spec.hardware_type.as_ref().map(ToString::to_string),
         processor: s.spec.processor.clone(),
@@ -142,8 +161,16 @@ fn to_record(r: &StoredRequest) -> RequestRecord {
         state: s.state.to_string(),
         generation: s.generation,
         timeout: s.timeout.map(|m| m.0),
-        counters: (c.finding_device, c.contacting_lifeguard, c.pending, c.bad_images),
-        assigned: s.assigned.as_ref().map(|a| (a.device.to_string(), a.needs_image)),
+        counters: (
+            c.finding_device,
+            c.contacting_lifeguard,
+            c.pending,
+            c.bad_images,
+        ),
+        assigned: s
+            .assigned
+            .as_ref()
+            .map(|a| (a.device.to_string(), a.needs_image)),
         expires: s.expires.0,
         explanation: r.explanation.clone(),
     })
@@ -218,7 +245,11 @@ pub fn due_at(r: &RequestSnapshot, grace: std::time::Duration) -> Option<Millis>
 ///
 /// # Errors
 /// Storage failure or a corrupt previous record.
-pub fn put(tx: &WriteTransaction, r: &StoredRequest, grace: std::time::Duration) -> Result<(), StoreError> {
+pub fn put(
+    tx: &WriteTransaction,
+    r: &StoredRequest,
+    grace: std::time::Duration,
+) -> Result<(), StoreError> {
     let id = r.snap.id;
     let mut table = tx.open_table(REQUESTS)?;
     let old_due = get(&table, id)?.and_then(|o| due_at(&o.snap, grace));

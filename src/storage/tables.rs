@@ -6,8 +6,8 @@
 use redb::TableDefinition;
 
 use super::codec::Encoded;
-use super::requests::RequestRecord;
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord};
+use super::requests::RequestRecord;
 
 /// Store-wide counters and markers: `schema_version`, `next_log_seq`, `next_request_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
