@@ -16,7 +16,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
+use crate::hw::images::DownloadCache;
+use crate::hw::sim::SimRack;
+use crate::hw::{Flasher, ImageFiles, ImageStore, RelayBoards};
 use crate::inventory::{DeviceFields, upsert_device};
+use crate::lifeguard::{Hardware, Lifeguard};
+use crate::pool::Pool;
 use crate::storage::logs::{NewLog, append, prune};
 use crate::storage::{Store, StoreError, inventory as inv, tables};
 
@@ -44,6 +49,12 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Background tasks, awaited at shutdown.
     pub tasks: TaskTracker,
+    /// The device state machines' driver.
+    pub lifeguard: Lifeguard,
+    /// The request driver.
+    pub pool: Pool,
+    /// The simulated rack, when running with `--simulate`.
+    pub sim: Option<SimRack>,
 }
 
 impl std::ops::Deref for App {
@@ -67,6 +78,9 @@ pub enum StartError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A hardware driver could not start (relay board config, image cache).
+    #[error("hardware: {0}")]
+    Hardware(#[from] crate::hw::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -83,6 +97,18 @@ impl App {
     /// # Errors
     /// [`StartError`].
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<App, StartError> {
+        App::open_with(config, clock, None).await
+    }
+
+    /// [`App::open`] on a simulated rack (kept alive as long as the app).
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn open_with(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        sim: Option<SimRack>,
+    ) -> Result<App, StartError> {
         let dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
             path: dir.clone(),
@@ -90,14 +116,54 @@ impl App {
         })?;
         let store = Store::open(&dir.join("mozpool.redb"), clock.clone())?;
         let started = clock.now();
+        let hw = &config.hardware;
+        let hardware = Arc::new(Hardware {
+            boards: RelayBoards::start(config.relay_boards.clone())?,
+            flasher: Flasher::new(hw.fastboot.clone()),
+            images: ImageFiles {
+                store: ImageStore {
+                    dir: hw.image_store.clone().unwrap_or_else(|| dir.join("images")),
+                },
+                cache: DownloadCache::new(
+                    dir.join("cache"),
+                    hw.download_cache_mib.saturating_mul(1 << 20),
+                    hw.max_download_mib.saturating_mul(1 << 20),
+                )?,
+            },
+            settings: hw.clone(),
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let lifeguard = Lifeguard::new(
+            store.clone(),
+            clock.clone(),
+            config.lifeguard.clone(),
+            hardware,
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        let pool = Pool::new(
+            store.clone(),
+            clock.clone(),
+            config.requests.clone(),
+            config.queue.clone(),
+            lifeguard.clone(),
+            config.server.name.to_string(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        lifeguard.set_link(Arc::new(pool.clone()));
         let app = App {
             inner: Arc::new(AppInner {
                 config,
                 store,
                 clock,
                 started,
-                shutdown: CancellationToken::new(),
-                tasks: TaskTracker::new(),
+                shutdown,
+                tasks,
+                lifeguard,
+                pool,
+                sim,
             }),
         };
         app.sync_config().await?;
@@ -176,6 +242,10 @@ impl App {
     /// `listener`. Returns after in-flight requests finished (or the deadline passed).
     pub async fn run(self, listener: TcpListener) {
         self.spawn_retention();
+        if let Err(e) = self.lifeguard.start().await {
+            tracing::error!(error = %e, "cannot resume the devices");
+        }
+        self.pool.start();
         let http = tokio::spawn(crate::http::serve(
             self.clone(),
             listener,

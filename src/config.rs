@@ -71,6 +71,99 @@ pub struct Config {
     /// Devices wired to this controller.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Hardware drivers: fastboot, image files, probe timeouts.
+    #[serde(default)]
+    pub hardware: HardwareConfig,
+    /// Relay boards wired to this controller (see `docs/hardware.md`).
+    #[serde(default)]
+    pub relay_boards: Vec<crate::hw::BoardConfig>,
+    /// Lifeguard state timeouts and retry limits (`docs/lifeguard.md`).
+    #[serde(default)]
+    pub lifeguard: crate::lifeguard::Timings,
+    /// Request timeouts, retries, lease limits (`docs/requests.md`).
+    #[serde(default)]
+    pub requests: crate::pool::Timings,
+    /// Queue policy: aging and fair share (`docs/requests.md`).
+    #[serde(default)]
+    pub queue: crate::pool::QueuePolicy,
+    /// The simulated rack (`mozpool serve --simulate N`): timings and injected faults.
+    #[serde(default)]
+    pub simulate: SimulateConfig,
+}
+
+/// `[hardware]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardwareConfig {
+    /// The `fastboot` executable.
+    pub fastboot: PathBuf,
+    /// Image store: `<image_store>/<image>/<file>`. Default `<data_dir>/images`.
+    pub image_store: Option<PathBuf>,
+    /// Size limit of the download cache for build URLs, in MiB.
+    pub download_cache_mib: u64,
+    /// Largest single downloaded file, in MiB.
+    pub max_download_mib: u64,
+    /// Time limit for downloading one image's files, in ms.
+    pub download_timeout_ms: u64,
+    /// Time limit of one SUTAgent exchange (verify, reboot, storage check), in ms.
+    pub sut_timeout_ms: u64,
+    /// Time limit of one reachability probe, in ms.
+    pub ping_timeout_ms: u64,
+    /// How long a power cycle keeps the device unpowered, in ms.
+    pub power_off_time_ms: u64,
+    /// How long fastboot may wait for the device to appear in its bootloader, in ms.
+    pub flash_appear_ms: u64,
+    /// Time limit of flashing one partition, in ms.
+    pub flash_step_ms: u64,
+    /// Time limit of `fastboot reboot`, in ms.
+    pub flash_reboot_ms: u64,
+    /// Most health checks running at once across the rack.
+    pub health_concurrency: usize,
+}
+
+impl Default for HardwareConfig {
+    fn default() -> Self {
+        HardwareConfig {
+            fastboot: PathBuf::from("/usr/bin/fastboot"),
+            image_store: None,
+            download_cache_mib: 4096,
+            max_download_mib: 2048,
+            download_timeout_ms: 30 * 60 * 1000,
+            sut_timeout_ms: 30_000,
+            ping_timeout_ms: 10_000,
+            power_off_time_ms: 1000,
+            flash_appear_ms: 60_000,
+            flash_step_ms: 300_000,
+            flash_reboot_ms: 60_000,
+            health_concurrency: 64,
+        }
+    }
+}
+
+/// `[simulate]`: only used with `mozpool serve --simulate N`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulateConfig {
+    /// How long a simulated device stays in its bootloader after power-on, in ms.
+    pub bootloader_window_ms: u64,
+    /// How long a simulated device takes to boot its OS after the bootloader, in ms.
+    pub boot_time_ms: u64,
+    /// Scale factor applied to the Lifeguard and request timeouts on the simulated rack,
+    /// so a rack whose devices boot in seconds is not checked on a minutes scale.
+    pub time_scale: f64,
+    /// Faults injected per simulated device at start (`"sim-0003" = { does_not_boot = true }`).
+    pub faults: std::collections::BTreeMap<String, crate::hw::sim::SimFaults>,
+}
+
+impl Default for SimulateConfig {
+    fn default() -> Self {
+        SimulateConfig {
+            bootloader_window_ms: 1500,
+            boot_time_ms: 2000,
+            time_scale: 0.05,
+            faults: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// `[server]`.
@@ -269,6 +362,21 @@ impl Config {
                 format!("server.public_url {url:?} must start with http:// or https://"),
             ));
         }
+        if !(self.simulate.time_scale > 0.0 && self.simulate.time_scale <= 1.0) {
+            return Err(invalid(
+                0..0,
+                "simulate.time_scale must be in (0, 1]".into(),
+            ));
+        }
+        let mut boards = BTreeSet::new();
+        for b in &self.relay_boards {
+            if !boards.insert(b.name.as_str()) {
+                return Err(invalid(
+                    0..0,
+                    format!("relay board {} is listed twice", b.name),
+                ));
+            }
+        }
         if self.server.max_body_bytes < 1024 || self.server.max_connections == 0 {
             return Err(invalid(
                 0..0,
@@ -347,6 +455,27 @@ impl Config {
                     d.name.span(),
                     format!("device {name}: hardware_type {t} is not in [[hardware_types]]"),
                 ));
+            }
+            if let Some(relay) = &d.relay {
+                let addr: crate::hw::RelayAddr = relay.parse().map_err(|e| {
+                    invalid(
+                        d.name.span(),
+                        format!("device {name}: relay {relay:?}: {e}"),
+                    )
+                })?;
+                if !self.relay_boards.is_empty()
+                    && !self
+                        .relay_boards
+                        .iter()
+                        .any(|b| b.serves(&addr.board) && b.check_channel(&addr).is_ok())
+                {
+                    return Err(invalid(
+                        d.name.span(),
+                        format!(
+                            "device {name}: relay {relay:?} is not a channel of any [[relay_boards]] entry"
+                        ),
+                    ));
+                }
             }
             if let Some(sut) = &d.sut
                 && !valid_host_port(sut)

@@ -202,6 +202,35 @@ pub async fn verify(addr: SocketAddr, timeout: Duration) -> Result<SutInfo> {
     Ok(info)
 }
 
+/// Storage check (the original's SD-card check, reduced to what the agent answers without
+/// writing): ask `testroot` and check with `isdir` that it exists. Anything but `TRUE` fails.
+///
+/// # Errors
+/// As [`verify`]; [`Error::BadReply`] when the test root is missing or not a directory.
+pub async fn check_storage(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut s = Session::open(addr, timeout).await?;
+    let root = reply_text(&s.command("testroot").await?)?;
+    let root = root.trim().to_owned();
+    if root.is_empty() || root.contains(char::is_whitespace) || !root.starts_with('/') {
+        return Err(Error::BadReply {
+            op: "testroot".into(),
+            expected: "an absolute path".into(),
+            got: format!("{root:?}"),
+        });
+    }
+    let isdir = reply_text(&s.command(&format!("isdir {root}")).await?)?;
+    s.quit().await;
+    if isdir.trim() == "TRUE" {
+        Ok(root)
+    } else {
+        Err(Error::BadReply {
+            op: format!("isdir {root}"),
+            expected: "TRUE".into(),
+            got: format!("{:?}", isdir.trim()),
+        })
+    }
+}
+
 /// `info uptimemillis`: milliseconds since the agent's device booted.
 ///
 /// # Errors

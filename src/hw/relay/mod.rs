@@ -327,10 +327,26 @@ impl BoardConfig {
         }
     }
 
-    /// Check that a channel exists on this board.
+    /// Whether a relay address naming `board` means this board (its name, or for TCP boards
+    /// its `host` or `host:port`, as MozPool's `relay_info` text does).
+    #[must_use]
+    pub fn serves(&self, board: &BoardName) -> bool {
+        if &self.name == board {
+            return true;
+        }
+        match &self.kind {
+            BoardKind::Proxr {
+                transport: Transport::Tcp { host, port },
+                ..
+            } => board.as_str() == host || board.as_str() == format!("{host}:{port}"),
+            _ => false,
+        }
+    }
+
+    /// Check that `addr` is a channel this board has.
     ///
     /// # Errors
-    /// [`Error::BadAddress`].
+    /// [`Error::BadAddress`] naming what is wrong.
     pub fn check_channel(&self, addr: &RelayAddr) -> Result<()> {
         let bad = |reason: String| Error::BadAddress {
             addr: addr.to_string(),
