@@ -358,11 +358,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.data_dir = dir.path().to_owned();
         _tempdir = Some(dir);
     }
-    if let Some(n) = args.simulate {
-        crate::simulate::add_simulated_inventory(&mut config, n);
-    }
+    let rack = match args.simulate {
+        Some(n) => {
+            let exe = std::env::current_exe()
+                .context("finding the mozpool executable for the fastboot stand-in")?;
+            let dir = config.server.data_dir.clone();
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Some(
+                crate::simulate::start_rack(&mut config, n, &exe, &dir)
+                    .context("starting the simulated rack")?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(config = %source, data_dir = %config.server.data_dir.display(), "starting");
-    let app = App::open(config, Arc::new(SystemClock))
+    let app = App::open_with(config, Arc::new(SystemClock), rack)
         .await
         .context("starting the service")?;
     let listener = app.bind().await?;

@@ -89,8 +89,10 @@ pub fn upsert_device(
                 created: now,
                 updated: now,
                 state: "new".to_owned(),
+                // `new` is due at once: the Lifeguard driver starts its self-test.
                 lifeguard: crate::model::LifeguardData {
                     entered_at: now,
+                    deadline: Some(now),
                     ..Default::default()
                 },
                 request: None,
