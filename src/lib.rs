@@ -7,6 +7,8 @@
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
+//! - [`registration`]: devices registering themselves (SUTAgent protocol over TCP, JSON over
+//!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
@@ -17,9 +19,11 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod inventory;
+pub mod inventory_sync;
 pub mod lifeguard;
 pub mod model;
 pub mod pool;
+pub mod registration;
 pub mod shutdown;
 pub mod simulate;
 pub mod storage;

@@ -6,4 +6,5 @@ mod support;
 mod api_errors;
 mod api_inventory;
 mod crash;
+mod registration;
 mod storage;
