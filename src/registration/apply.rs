@@ -15,9 +15,10 @@
 //!   [`Device::needs_tech`] and the flag is logged.
 //! - Refused: a retired device; a device owned by another controller; a device whose earlier
 //!   registration came from another agent NAME; a wired device whose SUT address was set by
-//!   the inventory/config/API and names another host (a registration cannot re-point a wired
-//!   device's agent: a tech changes the inventory).
+//!   the inventory/config/API (not by its own last registration) and names another host (a
+//!   registration cannot re-point a wired device's agent: a tech changes the inventory).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use redb::WriteTransaction;
@@ -130,9 +131,16 @@ pub fn apply(
     {
         changes.push(format!("IP address changed: {old} -> {}", msg.ip));
     }
-    let old_fields = device.registration.as_ref().map(|r| &r.fields);
-    if old_fields.is_some_and(|f| *f != msg.fields) {
-        changes.push("registration details changed".to_owned());
+    if let Some(old) = device.registration.as_ref().map(|r| &r.fields) {
+        let keys: BTreeSet<&String> = old.keys().chain(msg.fields.keys()).collect();
+        let changed: Vec<&str> = keys
+            .into_iter()
+            .filter(|k| old.get(*k) != msg.fields.get(*k))
+            .map(String::as_str)
+            .collect();
+        if !changed.is_empty() {
+            changes.push(format!("details changed: {}", changed.join(", ")));
+        }
     }
     device.registration = Some(registration);
     inv::put_device(tx, &device)?;
@@ -166,7 +174,8 @@ pub fn apply(
             message,
         },
     )?;
-    if let Some(why) = device.needs_tech() {
+    let news = outcome == Upsert::Created || !changes.is_empty();
+    if let Some(why) = device.needs_tech().filter(|_| news) {
         append(
             tx,
             now,
@@ -232,14 +241,20 @@ fn refusal(d: &Device, msg: &RegistrationMessage, server: &str) -> Option<String
             d.name, r.agent_name, msg.agent_name
         ));
     }
-    if let (Some(relay), Some(sut)) = (&d.wiring.relay, &d.wiring.sut_addr)
-        && d.origin != "registration"
-        && host_of(sut) != host_of(&msg.sut_addr())
-    {
-        return Some(format!(
-            "name collision: device {} is wired to relay {relay} with SUTAgent at {sut} (from the {} inventory); a registration from {} cannot re-point it",
-            d.name, d.origin, msg.ip
-        ));
+    // A wired device whose SUT address was set by the inventory, config or API (not by its
+    // own last registration) cannot be re-pointed at another host by a registration.
+    if let (Some(relay), Some(sut)) = (&d.wiring.relay, &d.wiring.sut_addr) {
+        let from_registration = d
+            .registration
+            .as_ref()
+            .and_then(|r| r.ip.as_deref())
+            .is_some_and(|ip| host_of(sut) == ip);
+        if !from_registration && host_of(sut) != host_of(&msg.sut_addr()) {
+            return Some(format!(
+                "name collision: device {} is wired to relay {relay} with SUTAgent at {sut} (set by {}); a registration from {} cannot re-point it",
+                d.name, d.origin, msg.ip
+            ));
+        }
     }
     None
 }

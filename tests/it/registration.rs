@@ -557,3 +557,50 @@ async fn configured_source_syncs_at_start_up() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn wired_device_keeps_following_its_own_registrations() {
+    let s = TestServer::start("").await;
+    let reg = |ip: &str, mem: &str| json!({"NAME": "inv-9", "IPADDR": ip, "MEMORY": mem});
+    let (status, _) = s
+        .post("/api/device/register/", reg("10.0.3.1", "100"))
+        .await;
+    assert_eq!(status, 201);
+    // The inventory wires it (no SUT address in the row) and adopts it.
+    let (status, r) = s
+        .post(
+            "/api/inventory/sync/",
+            json!({"devices": [{"name": "inv-9", "relay": "relay-3:bank1:relay1"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    // DHCP moved it: its own registration may follow, the sut came from a registration.
+    let (status, d) = s
+        .post("/api/device/register/", reg("10.0.3.2", "200"))
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["sut"], "10.0.3.2:20701");
+    assert_eq!(d["relay_info"], "relay-3:bank1:relay1", "wiring untouched");
+    assert_eq!(d["needs_tech"], false);
+    let changes = d["changes"].to_string();
+    assert!(
+        changes.contains("IP address changed") && changes.contains("details changed: MEMORY"),
+        "{changes}"
+    );
+    // Once the inventory sets the SUT address, a registration from elsewhere is refused.
+    let (status, _) = s
+        .post(
+            "/api/inventory/sync/",
+            json!({"devices": [{"name": "inv-9", "relay": "relay-3:bank1:relay1", "sut": "10.0.3.50:20701"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, e) = s
+        .post("/api/device/register/", reg("10.0.3.3", "300"))
+        .await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["code"], "registration_refused");
+    let (_, d) = s.get("/api/device/inv-9/details/").await;
+    assert_eq!(d["sut"], "10.0.3.50:20701");
+    s.stop().await;
+}
