@@ -75,6 +75,11 @@ async fn handle(app: &App, mut stream: TcpStream, peer: SocketAddr, deadline: Du
     };
     let rest = deadline.saturating_sub(started.elapsed());
     let answer = match reply {
+        // Connected and closed without a byte (a TCP probe, a port scan): nothing to record.
+        Ok(bytes) if bytes.is_empty() => {
+            tracing::debug!(%peer, "empty registration connection");
+            "ERROR empty registration message\n".to_owned()
+        }
         Ok(bytes) => match tokio::time::timeout(rest, register(app, &bytes, peer.ip())).await {
             Ok(a) => a,
             Err(_) => "ERROR the registration could not be stored in time\n".to_owned(),
