@@ -55,6 +55,11 @@ pub struct AppInner {
     pub pool: Pool,
     /// The simulated rack, when running with `--simulate`.
     pub sim: Option<SimRack>,
+    /// The registration listener, bound by [`App::open`] (so a busy port stops start-up) and
+    /// taken by [`App::run`].
+    registration: std::sync::Mutex<Option<TcpListener>>,
+    /// Where devices register, when the registration listener is on.
+    pub registration_addr: Option<SocketAddr>,
 }
 
 impl std::ops::Deref for App {
@@ -153,6 +158,15 @@ impl App {
             tasks.clone(),
         );
         lifeguard.set_link(Arc::new(pool.clone()));
+        let registration = match config.server.registration_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let registration_addr = registration.as_ref().and_then(|l| l.local_addr().ok());
         let app = App {
             inner: Arc::new(AppInner {
                 config,
@@ -164,6 +178,8 @@ impl App {
                 lifeguard,
                 pool,
                 sim,
+                registration: std::sync::Mutex::new(registration),
+                registration_addr,
             }),
         };
         app.sync_config().await?;
@@ -246,6 +262,8 @@ impl App {
             tracing::error!(error = %e, "cannot resume the devices");
         }
         self.pool.start();
+        self.spawn_registration();
+        self.spawn_inventory_sync();
         let http = tokio::spawn(crate::http::serve(
             self.clone(),
             listener,
@@ -273,6 +291,97 @@ impl App {
         TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen { addr, source })
+    }
+
+    /// The registration listener, when configured.
+    fn spawn_registration(&self) {
+        let listener = match self.registration.lock() {
+            Ok(mut l) => l.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(listener) = listener else { return };
+        let deadline = Duration::from_secs(self.config.server.registration_timeout_secs.max(1));
+        self.tasks.spawn(crate::registration::server::serve(
+            self.clone(),
+            listener,
+            deadline,
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Inventory sync from `[inventory] source`: once at start-up, then every
+    /// `interval_secs` (0 = start-up only). A failed or refused sync is logged and retried
+    /// at the next interval; it never stops the service.
+    fn spawn_inventory_sync(&self) {
+        let Some(source) = self.config.inventory.source.clone() else {
+            return;
+        };
+        let app = self.clone();
+        let interval = self.config.inventory.interval_secs;
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = app.sync_inventory(&source) => {}
+                    () = app.shutdown.cancelled() => break,
+                }
+                if interval == 0 {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(interval)) => {}
+                    () = app.shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    /// One automatic inventory sync; failures are logged under the `inventory` subject.
+    async fn sync_inventory(&self, source: &str) {
+        use crate::inventory_sync::{load_source, parse_source, sync};
+        let rows = match load_source(source).await.and_then(|b| parse_source(&b)) {
+            Ok(rows) => rows,
+            Err(e) => return self.log_inventory_failure(source, e).await,
+        };
+        match sync(
+            &self.store,
+            self.server_name(),
+            rows,
+            false,
+            false,
+            Some("inventory-sync".to_owned()),
+        )
+        .await
+        {
+            Ok(report) => {
+                tracing::info!(
+                    %source,
+                    added = report.added.len(),
+                    updated = report.updated.len(),
+                    retired = report.retired.len(),
+                    "inventory sync done"
+                );
+            }
+            Err(e) => self.log_inventory_failure(source, e.to_string()).await,
+        }
+    }
+
+    async fn log_inventory_failure(&self, source: &str, error: String) {
+        tracing::warn!(%source, %error, "inventory sync failed");
+        let message = format!("inventory sync from {source} failed: {error}");
+        if let Err(e) = self
+            .store
+            .write(move |tx, now| {
+                append(
+                    tx,
+                    now,
+                    NewLog::new("inventory".into(), "inventory", message),
+                )
+                .map(|_| ())
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "cannot log the inventory sync failure");
+        }
     }
 
     /// The durable log's retention, run in the background so the disk never fills.

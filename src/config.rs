@@ -59,6 +59,9 @@ pub struct Config {
     /// The durable log.
     #[serde(default)]
     pub log: LogConfig,
+    /// Inventory sync from an external source.
+    #[serde(default)]
+    pub inventory: InventoryConfig,
     /// Hardware types.
     #[serde(default)]
     pub hardware_types: Vec<HardwareTypeConfig>,
@@ -186,6 +189,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Seconds a client has to send its request headers.
     pub header_timeout_secs: u64,
+    /// Where devices register themselves (SUTAgent registration protocol, raw TCP, normally
+    /// port 28001); unset = no registration listener.
+    pub registration_listen: Option<SocketAddr>,
+    /// Seconds a registration connection may take from accept to close (read, store, reply).
+    pub registration_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -198,6 +206,8 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024,
             max_connections: 512,
             header_timeout_secs: 10,
+            registration_listen: None,
+            registration_timeout_secs: 10,
         }
     }
 }
@@ -235,6 +245,26 @@ impl LogConfig {
         crate::storage::logs::Retention {
             max_age: Duration::from_secs(self.retention_days.saturating_mul(86_400)),
             max_records: self.retention_max_records,
+        }
+    }
+}
+
+/// `[inventory]`: sync devices from an inventory source (`docs/registration.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// A file path or a plain `http://` URL serving the JSON or CSV inventory; unset = no
+    /// automatic sync (`mozpool inventory sync` still works).
+    pub source: Option<String>,
+    /// Seconds between syncs after the one at start-up; 0 = only at start-up.
+    pub interval_secs: u64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            source: None,
+            interval_secs: 3600,
         }
     }
 }
@@ -382,6 +412,20 @@ impl Config {
                 0..0,
                 "server.max_body_bytes must be at least 1024 and server.max_connections at least 1"
                     .into(),
+            ));
+        }
+        if self.server.registration_timeout_secs == 0 {
+            return Err(invalid(
+                0..0,
+                "server.registration_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(src) = &self.inventory.source
+            && (src.is_empty() || src.starts_with("https://"))
+        {
+            return Err(invalid(
+                0..0,
+                format!("inventory.source {src:?} must be a file path or an http:// URL"),
             ));
         }
         let mut seen = BTreeSet::new();
@@ -617,6 +661,29 @@ mod tests {
     fn image_steps_cannot_name_paths() {
         let text = "[[images]]\nname = \"b2g\"\nsteps = [{ partition = \"boot\", file = \"../../etc/shadow\" }]\n";
         assert!(parse(text).is_err());
+    }
+
+    #[test]
+    fn registration_and_inventory_keys() {
+        let c = parse("[server]\nregistration_listen = \"0.0.0.0:28001\"\n[inventory]\nsource = \"/etc/mozpool/inventory.csv\"\ninterval_secs = 60\n")
+            .expect("keys");
+        assert_eq!(c.server.registration_listen.map(|a| a.port()), Some(28001));
+        assert_eq!(c.inventory.interval_secs, 60);
+        assert!(
+            parse("")
+                .expect("default")
+                .server
+                .registration_listen
+                .is_none()
+        );
+        let err = parse("[inventory]\nsource = \"https://x\"\n")
+            .expect_err("https")
+            .to_string();
+        assert!(err.contains("inventory.source"), "{err}");
+        let err = parse("[inventory]\nsorce = \"x\"\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("sorce") && err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
 //! - [`hw`]: relay boards, SUTAgent, reachability, fastboot, image files, and simulators;
+//! - [`registration`]: devices registering themselves (SUTAgent protocol over TCP, JSON over
+//!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
@@ -19,9 +21,11 @@ pub mod config;
 pub mod http;
 pub mod hw;
 pub mod inventory;
+pub mod inventory_sync;
 pub mod lifeguard;
 pub mod model;
 pub mod pool;
+pub mod registration;
 pub mod shutdown;
 pub mod simulate;
 pub mod storage;

@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use crate::config::{Config, DeviceConfig, EnvironmentConfig, FlashStepConfig, HardwareTypeConfig, ImageConfig};
+use crate::config::{
+    Config, DeviceConfig, EnvironmentConfig, FlashStepConfig, HardwareTypeConfig, ImageConfig,
+};
 use crate::hw::sim::{SimRack, SimTimings};
 
 /// Image every simulated device can be flashed with.
@@ -20,13 +22,23 @@ pub const SIM_IMAGE: &str = "android";
 ///
 /// # Errors
 /// pty, socket or file errors.
-pub fn start_rack(config: &mut Config, n: u32, mozpool_exe: &Path, dir: &Path) -> std::io::Result<SimRack> {
+pub fn start_rack(
+    config: &mut Config,
+    n: u32,
+    mozpool_exe: &Path,
+    dir: &Path,
+) -> std::io::Result<SimRack> {
     let sim = &config.simulate;
     let timings = SimTimings {
         bootloader_window: std::time::Duration::from_millis(sim.bootloader_window_ms),
         boot_time: std::time::Duration::from_millis(sim.boot_time_ms),
     };
-    let rack = SimRack::start(usize::try_from(n).unwrap_or(0), timings, mozpool_exe, &dir.join("sim"))?;
+    let rack = SimRack::start(
+        usize::try_from(n).unwrap_or(0),
+        timings,
+        mozpool_exe,
+        &dir.join("sim"),
+    )?;
     for d in &rack.devices {
         if let Some(f) = sim.faults.get(d.name.as_str()) {
             d.device.set_faults(f.clone());
@@ -48,7 +60,11 @@ pub fn start_rack(config: &mut Config, n: u32, mozpool_exe: &Path, dir: &Path) -
     config.hardware.flash_appear_ms = 10_000;
     config.hardware.flash_step_ms = 30_000;
     config.hardware.flash_reboot_ms = 10_000;
-    let store = config.hardware.image_store.clone().unwrap_or_else(|| config.server.data_dir.join("images"));
+    let store = config
+        .hardware
+        .image_store
+        .clone()
+        .unwrap_or_else(|| config.server.data_dir.join("images"));
     let image_dir = store.join(SIM_IMAGE);
     std::fs::create_dir_all(&image_dir)?;
     for (file, bytes) in [("boot.img", 4096usize), ("system.img", 65_536)] {
@@ -70,7 +86,10 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
         });
     }
     if let Some(n) = name("sim") {
-        config.environments.push(EnvironmentConfig { name: n, description: Some("the simulated rack".into()) });
+        config.environments.push(EnvironmentConfig {
+            name: n,
+            description: Some("the simulated rack".into()),
+        });
     }
     if let Some(n) = name(SIM_IMAGE) {
         config.images.push(ImageConfig {
@@ -81,13 +100,21 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             hidden: false,
             has_sut_agent: true,
             steps: vec![
-                FlashStepConfig { partition: "boot".into(), file: "boot.img".into() },
-                FlashStepConfig { partition: "system".into(), file: "system.img".into() },
+                FlashStepConfig {
+                    partition: "boot".into(),
+                    file: "boot.img".into(),
+                },
+                FlashStepConfig {
+                    partition: "system".into(),
+                    file: "system.img".into(),
+                },
             ],
         });
     }
     for d in &rack.devices {
-        let Some(dn) = name(d.name.as_str()) else { continue };
+        let Some(dn) = name(d.name.as_str()) else {
+            continue;
+        };
         config.devices.push(DeviceConfig {
             name: dn,
             hardware_type: "sim-panda".parse().ok(),

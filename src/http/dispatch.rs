@@ -37,6 +37,8 @@ pub struct Ctx {
     pub caller: Caller,
     /// Base URL for absolute links in responses (configured public URL, else the Host).
     pub base_url: String,
+    /// The client's address (registrations log it).
+    pub peer: SocketAddr,
 }
 
 /// Answer one request.
@@ -55,7 +57,16 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
         .and_then(Route::device)
         .map(ToString::to_string);
     let response = match route {
-        Ok(route) => match run(&app, route, req, caller.clone(), query_text.as_deref()).await {
+        Ok(route) => match run(
+            &app,
+            route,
+            req,
+            caller.clone(),
+            query_text.as_deref(),
+            peer,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => error_response(&e),
         },
@@ -88,6 +99,7 @@ async fn run(
     req: Request<Incoming>,
     caller: Caller,
     query: Option<&str>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let base_url = base_url(app, &req);
     let declared = req
@@ -106,6 +118,7 @@ async fn run(
         body,
         caller,
         base_url,
+        peer,
     };
     api::dispatch(&ctx, route).await
 }

@@ -57,6 +57,12 @@ pub enum Route {
     HardwareTypePut(HardwareType),
     /// `DELETE /api/hardware-type/{name}/` (admin).
     HardwareTypeDelete(HardwareType),
+    /// `POST /api/device/register/`: a device registers itself (the SUTAgent registration
+    /// fields as JSON).
+    DeviceRegister,
+    /// `POST /api/inventory/sync/[?dry_run=1][&force=1]`: sync inventory-owned devices with
+    /// the given list (admin).
+    InventorySync,
     /// `GET /api/log/?subject=&device=&request=&since=&until=&before=&limit=`.
     LogQuery,
 }
@@ -106,6 +112,11 @@ impl Route {
             ["api", "health"] => (GET, Route::Health),
             ["api", "log"] => (GET, Route::LogQuery),
             ["api", "device", "list"] => (GET, Route::DeviceList),
+            // A device named `register` stays reachable with PUT/DELETE.
+            ["api", "device", "register"] if !matches!(*method, Method::PUT | Method::DELETE) => {
+                (POST, Route::DeviceRegister)
+            }
+            ["api", "inventory", "sync"] => (POST, Route::InventorySync),
             ["api", "device", id] => {
                 let id = id.parse()?;
                 match *method {
@@ -232,6 +243,28 @@ mod tests {
             Route::parse(&Method::DELETE, "/api/device/p1"),
             Ok(Route::DeviceRetire(dev("p1")))
         );
+    }
+
+    #[test]
+    fn registration_and_sync_routes() {
+        assert_eq!(
+            Route::parse(&Method::POST, "/api/device/register/"),
+            Ok(Route::DeviceRegister)
+        );
+        assert_eq!(
+            Route::parse(&Method::PUT, "/api/device/register/"),
+            Ok(Route::DevicePut(dev("register")))
+        );
+        assert!(matches!(
+            Route::parse(&Method::GET, "/api/device/register/"),
+            Err(RouteError::MethodNotAllowed(m)) if m == POST
+        ));
+        assert_eq!(
+            Route::parse(&Method::POST, "/api/inventory/sync"),
+            Ok(Route::InventorySync)
+        );
+        assert!(Route::DeviceRegister.mutates() && Route::InventorySync.mutates());
+        assert_eq!(Route::DeviceRegister.device(), None);
     }
 
     #[test]

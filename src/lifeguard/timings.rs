@@ -185,7 +185,8 @@ mod tests {
 
     #[test]
     fn defaults_deserialise_from_empty_and_partial_config() {
-        let t: Timings = serde_json::from_str("{}").unwrap_or_else(|_| Timings::default().scaled(2.0));
+        let t: Timings =
+            serde_json::from_str("{}").unwrap_or_else(|_| Timings::default().scaled(2.0));
         assert_eq!(t, Timings::default());
         let t: Timings = serde_json::from_str(r#"{"ready_check_ms": 1000, "max_pc_rounds": 5}"#)
             .unwrap_or_default();

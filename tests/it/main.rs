@@ -12,4 +12,5 @@ mod hw_images;
 mod hw_relay;
 mod hw_sim_device;
 mod hw_sut;
+mod registration;
 mod storage;

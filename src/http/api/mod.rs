@@ -4,6 +4,7 @@
 mod devices;
 mod inventory;
 mod logs;
+mod registration;
 mod system;
 
 use hyper::Response;
@@ -40,6 +41,8 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::HardwareTypeList => inventory::hardware_type_list(ctx).await,
         Route::HardwareTypePut(h) => inventory::hardware_type_put(ctx, h).await,
         Route::HardwareTypeDelete(h) => inventory::hardware_type_delete(ctx, h).await,
+        Route::DeviceRegister => registration::register(ctx).await,
+        Route::InventorySync => registration::inventory_sync(ctx).await,
         Route::LogQuery => logs::query(ctx).await,
     }
 }
