@@ -167,6 +167,9 @@ impl App {
             None => None,
         };
         let registration_addr = registration.as_ref().and_then(|l| l.local_addr().ok());
+        if let (Some(rack), Some(addr)) = (&sim, registration_addr) {
+            register_on_boot(rack, addr);
+        }
         let app = App {
             inner: Arc::new(AppInner {
                 config,
@@ -426,4 +429,39 @@ impl App {
         }
         Ok(total)
     }
+}
+
+/// Simulated devices announce themselves like SUTAgent does when they boot, so the
+/// registration path is exercised on every simulated rack.
+fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
+    let names: std::collections::HashMap<String, String> = rack
+        .devices
+        .iter()
+        .map(|d| (d.fastboot_serial.clone(), d.name.to_string()))
+        .collect();
+    let runtime = tokio::runtime::Handle::current();
+    rack.set_on_boot(Arc::new(move |serial: &str, sut: SocketAddr| {
+        let Some(name) = names.get(serial).cloned() else { return };
+        runtime.spawn(async move {
+            let port = sut.port().to_string();
+            let ip = sut.ip().to_string();
+            let fields = [
+                ("NAME", name.as_str()),
+                ("IPADDR", ip.as_str()),
+                ("CMDPORT", port.as_str()),
+                ("DATAPORT", "20700"),
+                ("OS", "Android-IMM76D"),
+                ("SCRNWIDTH", "1024"),
+                ("SCRNHEIGHT", "768"),
+                ("BPP", "8"),
+                ("MEMORY", "415232000"),
+                ("HARDWARE", "sim-panda"),
+                ("POOL", "mobile"),
+            ];
+            let sent = crate::registration::send_registration(registration, &fields, crate::registration::AgentForm::Java).await;
+            if let Err(e) = sent {
+                tracing::warn!(device = %name, error = %e, "simulated device could not register");
+            }
+        });
+    }));
 }
