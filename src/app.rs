@@ -441,7 +441,9 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
         .collect();
     let runtime = tokio::runtime::Handle::current();
     rack.set_on_boot(Arc::new(move |serial: &str, sut: SocketAddr| {
-        let Some(name) = names.get(serial).cloned() else { return };
+        let Some(name) = names.get(serial).cloned() else {
+            return;
+        };
         runtime.spawn(async move {
             let port = sut.port().to_string();
             let ip = sut.ip().to_string();
@@ -458,7 +460,12 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
                 ("HARDWARE", "sim-panda"),
                 ("POOL", "mobile"),
             ];
-            let sent = crate::registration::send_registration(registration, &fields, crate::registration::AgentForm::Java).await;
+            let sent = crate::registration::send_registration(
+                registration,
+                &fields,
+                crate::registration::AgentForm::Java,
+            )
+            .await;
             if let Err(e) = sent {
                 tracing::warn!(device = %name, error = %e, "simulated device could not register");
             }

@@ -146,6 +146,9 @@ fn route_error(e: &RouteError, path: &str, query: Option<&str>) -> Response<Body
             error_response(&ApiError::not_found(format!("no such API path: {path}")))
         }
         RouteError::BadName(n) => error_response(&ApiError::bad_request(n.to_string())),
+        RouteError::BadId(id) => error_response(&ApiError::bad_request(format!(
+            "request ids are numbers, got {id:?}"
+        ))),
         RouteError::MethodNotAllowed(allowed) => {
             let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
             let mut r = error_response(&ApiError::new(

@@ -412,7 +412,11 @@ impl Lifeguard {
             .map_err(|e: hw::Error| format!("relay {text:?}: {e}"))
     }
 
-    async fn probe(&self, d: &Device) -> Result<(), String> {
+    /// One reachability probe of a device, now (the `/ping/` endpoint); it changes no state.
+    ///
+    /// # Errors
+    /// Why the device did not answer.
+    pub async fn probe(&self, d: &Device) -> Result<(), String> {
         let addr = sut_addr(d)?;
         match hw::ping::probe(addr, Hardware::ms(self.inner.hw.settings.ping_timeout_ms)).await {
             Ok(hw::ping::Reachability::Open) => Ok(()),
