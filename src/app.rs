@@ -54,7 +54,7 @@ pub struct AppInner {
     /// The request driver.
     pub pool: Pool,
     /// The simulated rack, when running with `--simulate`.
-    pub sim: Option<SimRack>,
+    pub sim: Option<Arc<SimRack>>,
     /// The registration listener, bound by [`App::open`] (so a busy port stops start-up) and
     /// taken by [`App::run`].
     registration: std::sync::Mutex<Option<TcpListener>>,
@@ -112,7 +112,7 @@ impl App {
     pub async fn open_with(
         config: Config,
         clock: Arc<dyn Clock>,
-        sim: Option<SimRack>,
+        sim: Option<Arc<SimRack>>,
     ) -> Result<App, StartError> {
         let dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {

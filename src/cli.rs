@@ -455,10 +455,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context("finding the mozpool executable for the fastboot stand-in")?;
             let dir = config.server.data_dir.clone();
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            Some(
+            Some(Arc::new(
                 crate::simulate::start_rack(&mut config, n, &exe, &dir)
                     .context("starting the simulated rack")?,
-            )
+            ))
         }
         None => None,
     };
