@@ -53,6 +53,8 @@ pub struct AppInner {
     pub lifeguard: Lifeguard,
     /// The request driver.
     pub pool: Pool,
+    /// Keeps the request driver reachable from Lifeguard (which holds it weakly).
+    pool_link: Arc<dyn crate::lifeguard::PoolLink>,
     /// The simulated rack, when running with `--simulate`.
     pub sim: Option<Arc<SimRack>>,
     /// The registration listener, bound by [`App::open`] (so a busy port stops start-up) and
@@ -157,7 +159,8 @@ impl App {
             shutdown.clone(),
             tasks.clone(),
         );
-        lifeguard.set_link(Arc::new(pool.clone()));
+        let pool_link: Arc<dyn crate::lifeguard::PoolLink> = Arc::new(pool.clone());
+        lifeguard.set_link(&pool_link);
         let registration = match config.server.registration_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -180,6 +183,7 @@ impl App {
                 tasks,
                 lifeguard,
                 pool,
+                pool_link,
                 sim,
                 registration: std::sync::Mutex::new(registration),
                 registration_addr,

@@ -51,9 +51,12 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let caller = Caller {
         name: "anonymous".to_owned(),
     };
+    // Calls that change a device also go in that device's history; reads only in `api`, so
+    // a poller cannot bury the device's own log.
     let device = route
         .as_ref()
         .ok()
+        .filter(|r| r.mutates())
         .and_then(Route::device)
         .map(ToString::to_string);
     let response = match route {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -53,7 +53,7 @@ impl Hardware {
 
 /// How the driver tells the request layer about devices (set by the app; Lifeguard never
 /// imports the pool).
-pub trait PoolLink: Send + Sync {
+pub trait PoolLink: Send + Sync + std::fmt::Debug {
     /// A held device finished (or failed) the operation its request asked for.
     fn imaging_result(&self, request: u64, device: &str, result: ImagingResult);
     /// A device became free for the pool.
@@ -76,7 +76,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     timings: Timings,
     hw: Arc<Hardware>,
-    link: OnceLock<Arc<dyn PoolLink>>,
+    /// Weak: the pool holds this driver, so a strong link would be a cycle that keeps the
+    /// store open after shutdown.
+    link: OnceLock<Weak<dyn PoolLink>>,
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
     health: Semaphore,
     wake: Notify,
@@ -124,9 +126,13 @@ impl Lifeguard {
         }
     }
 
-    /// Connect the request layer.
-    pub fn set_link(&self, link: Arc<dyn PoolLink>) {
-        let _ = self.inner.link.set(link);
+    /// Connect the request layer. The caller keeps `link` alive (the driver holds it weakly).
+    pub fn set_link(&self, link: &Arc<dyn PoolLink>) {
+        let _ = self.inner.link.set(Arc::downgrade(link));
+    }
+
+    fn link(&self) -> Option<Arc<dyn PoolLink>> {
+        self.inner.link.get().and_then(Weak::upgrade)
     }
 
     /// The state timeouts and limits in use.
@@ -231,7 +237,7 @@ impl Lifeguard {
         for action in applied.actions {
             match action {
                 Action::NotifyRequest { request, result } => {
-                    if let Some(link) = self.inner.link.get() {
+                    if let Some(link) = self.link() {
                         link.imaging_result(request, &applied.device, result);
                     }
                 }
@@ -241,7 +247,7 @@ impl Lifeguard {
             }
         }
         if applied.became_available
-            && let Some(link) = self.inner.link.get()
+            && let Some(link) = self.link()
         {
             link.device_available(&applied.device);
         }
@@ -260,7 +266,12 @@ impl Lifeguard {
             previous.abort();
         }
         let handle = self.inner.tasks.spawn(async move {
-            let event = this.run_action(&name, generation, action).await;
+            // Shutdown cancels hardware work in flight (a fastboot child is killed with its
+            // future); the state and its deadline are stored, so the restart resumes it.
+            let event = tokio::select! {
+                e = this.run_action(&name, generation, action) => e,
+                () = this.inner.shutdown.cancelled() => return,
+            };
             {
                 let mut inflight = this
                     .inner

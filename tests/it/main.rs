@@ -12,5 +12,6 @@ mod hw_images;
 mod hw_relay;
 mod hw_sim_device;
 mod hw_sut;
+mod lifeguard;
 mod registration;
 mod storage;
