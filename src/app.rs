@@ -54,6 +54,7 @@ pub struct AppInner {
     /// The request driver.
     pub pool: Pool,
     /// Keeps the request driver reachable from Lifeguard (which holds it weakly).
+    #[expect(dead_code, reason = "only held, so Lifeguard's weak link stays valid")]
     pool_link: Arc<dyn crate::lifeguard::PoolLink>,
     /// The simulated rack, when running with `--simulate`.
     pub sim: Option<Arc<SimRack>>,

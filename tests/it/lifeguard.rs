@@ -32,7 +32,7 @@ async fn healthy_devices_self_test_to_free() {
 async fn a_device_that_never_boots_fails_after_the_configured_retries() {
     let config = r#"
 [lifeguard]
-max_pc_pinging = 2
+max_pc_pinging = 12
 max_pc_rounds = 2
 
 [simulate]
