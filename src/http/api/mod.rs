@@ -44,5 +44,7 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::DeviceRegister => registration::register(ctx).await,
         Route::InventorySync => registration::inventory_sync(ctx).await,
         Route::LogQuery => logs::query(ctx).await,
+        Route::Metrics => system::metrics(ctx).await,
+        Route::Backup => system::backup(ctx).await,
     }
 }

@@ -1,0 +1,317 @@
+//! The appliance's operations surface: `/metrics`, and backup/restore through the real CLI
+//! code paths (`mozpool backup` against a live service, `mozpool restore` offline).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+
+use crate::support::{TWO_DEVICES, TestServer};
+
+async fn cli(args: &[&str]) -> anyhow::Result<()> {
+    let mut argv = vec!["mozpool"];
+    argv.extend_from_slice(args);
+    mozpool::cli::run(mozpool::cli::Cli::parse_from(argv)).await
+}
+
+fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix) && l[line_prefix.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The in-process service releases the store's lock when its writer thread notices the last
+/// handle is gone, a moment after `stop` returns.
+async fn wait_released(data: &std::path::Path) {
+    let store = data.join("mozpool.redb");
+    for _ in 0..100 {
+        if redb::ReadOnlyDatabase::open(&store).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the store stayed locked after stop");
+}
+
+async fn restore_when_released(file: &std::path::Path, data: &std::path::Path) {
+    wait_released(data).await;
+    cli(&[
+        "restore",
+        file.to_str().expect("path"),
+        "--data-dir",
+        data.to_str().expect("path"),
+    ])
+    .await
+    .expect("restore");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_in_prometheus_text_format() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let _ = s.get("/api/device/list/").await;
+    let r = s.http.get(s.url("/metrics")).send().await.expect("GET");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text().await.expect("text");
+    // Devices per state: both configured devices, every known state listed.
+    let devices: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("mozpool_devices{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(devices, 2.0, "{text}");
+    assert_eq!(metric(&text, "mozpool_devices{state=\"new\"}"), Some(2.0));
+    assert!(metric(&text, "mozpool_devices{state=\"ready\"}").is_some());
+    // Requests per state is left out until the requests table is counted (no made-up zeros).
+    assert!(!text.contains("mozpool_requests{"));
+    // API latency: at least the device list call.
+    assert!(metric(&text, "mozpool_api_request_duration_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert!(metric(&text, "mozpool_api_responses_total{code=\"2xx\"}").unwrap_or(0.0) >= 1.0);
+    // Store commits and the durable log.
+    assert!(metric(&text, "mozpool_store_commits_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "mozpool_store_commit_duration_seconds_bucket{le=\"+Inf\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(metric(&text, "mozpool_log_records").unwrap_or(0.0) >= 1.0);
+    assert!(metric(&text, "mozpool_store_file_bytes").unwrap_or(0.0) > 0.0);
+    assert_eq!(metric(&text, "mozpool_store_healthy"), Some(1.0));
+    // Hardware operations recorded by the hardware layer show up per kind.
+    s.app
+        .metrics
+        .hw
+        .record("relay_power_cycle", false, Duration::from_millis(800));
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(
+            &text,
+            "mozpool_hw_operations_total{kind=\"relay_power_cycle\",result=\"failed\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mozpool_hw_operation_duration_seconds_bucket{kind=\"relay_power_cycle\",le=\"1\"}"
+        ),
+        Some(1.0)
+    );
+    // Every sample line is `name{labels} value` or `name value`; every family has a TYPE.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').expect("sample");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let family = name.split('{').next().unwrap_or_default();
+        let base = family
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            text.contains(&format!("# TYPE {family} "))
+                || text.contains(&format!("# TYPE {base} ")),
+            "no TYPE for {line}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_load_then_restore_keeps_every_acknowledged_write() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let url = s.url("");
+    // Writers create devices continuously; each records (ack time, name).
+    let acked = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let (http, url, acked, stop) = (s.http.clone(), url.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("load-{w}-{i}");
+                let r = http
+                    .put(format!("{url}/api/device/{name}/"))
+                    .body(json!({"comments": "x"}).to_string())
+                    .send()
+                    .await
+                    .expect("PUT");
+                assert!(r.status().is_success(), "{}", r.status());
+                acked.lock().expect("lock").push((Instant::now(), name));
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tempfile::tempdir().expect("out");
+    let file = out.path().join("snap.redb");
+    let started = Instant::now();
+    cli(&["backup", file.to_str().expect("path"), "--url", &url])
+        .await
+        .expect("backup");
+    // Keep writing a little after the snapshot, then stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let before: Vec<String> = acked
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(t, _)| *t < started)
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert!(
+        before.len() > 5,
+        "too few writes before the backup: {}",
+        before.len()
+    );
+    assert!(!out.path().read_dir().expect("ls").any(|e| {
+        e.expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .contains("partial")
+    }));
+
+    // The service is still running: an offline restore must refuse (the store is locked).
+    let data = s.dir.path().to_owned();
+    let refused = cli(&[
+        "restore",
+        file.to_str().expect("path"),
+        "--data-dir",
+        data.to_str().expect("path"),
+    ])
+    .await;
+    let msg = format!("{:#}", refused.expect_err("restore while running"));
+    assert!(msg.contains("in use"), "{msg}");
+
+    let dir = s.stop().await;
+    restore_when_released(&file, &data).await;
+    let baks: Vec<_> = std::fs::read_dir(&data)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("mozpool.redb.bak-")
+        })
+        .collect();
+    assert_eq!(baks.len(), 1, "previous store kept");
+
+    let s = TestServer::start_in(TWO_DEVICES, dir).await;
+    let (_, list) = s.get("/api/device/list/").await;
+    let names: Vec<&str> = list["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for n in &before {
+        assert!(
+            names.contains(&n.as_str()),
+            "{n} acknowledged before the backup is missing"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_backups_are_refused_and_leave_the_store_alone() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let url = s.url("");
+    let out = tempfile::tempdir().expect("out");
+    let good = out.path().join("good.redb");
+    cli(&["backup", good.to_str().expect("path"), "--url", &url])
+        .await
+        .expect("backup");
+    let dir = s.stop().await;
+    let data = dir.path().to_str().expect("path").to_owned();
+    wait_released(dir.path()).await;
+    let store = dir.path().join("mozpool.redb");
+    let original = std::fs::read(&store).expect("store");
+
+    // Garbage.
+    let garbage = out.path().join("garbage.redb");
+    std::fs::write(&garbage, b"this is not a database at all").expect("write");
+    // A truncated copy of a real backup.
+    let bytes = std::fs::read(&good).expect("read");
+    let truncated = out.path().join("truncated.redb");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    // A real backup with a corrupt record.
+    let corrupt = out.path().join("corrupt.redb");
+    std::fs::copy(&good, &corrupt).expect("copy");
+    {
+        let db = redb::Database::open(&corrupt).expect("open");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut t = tx
+                .open_table(mozpool::storage::tables::DEVICES)
+                .expect("table");
+            t.insert(
+                "panda-1",
+                mozpool::storage::Encoded::from_raw(vec![0xff, 0xff, 0xff]),
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    // A backup from a newer release.
+    let newer = out.path().join("newer.redb");
+    std::fs::copy(&good, &newer).expect("copy");
+    {
+        let db = redb::Database::open(&newer).expect("open");
+        let tx = db.begin_write().expect("tx");
+        tx.open_table(mozpool::storage::tables::META)
+            .expect("meta")
+            .insert("schema_version", 999u64)
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+    for (bad, expect) in [
+        (&garbage, "not a readable mozpool store"),
+        (&truncated, ""),
+        (&corrupt, "corrupt record in devices"),
+        (&newer, "schema version 999"),
+    ] {
+        let err = cli(&["restore", bad.to_str().expect("path"), "--data-dir", &data])
+            .await
+            .expect_err("refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("restore refused") && msg.contains(expect),
+            "{}: {msg}",
+            bad.display()
+        );
+    }
+    assert!(
+        std::fs::read(&store).expect("store") == original,
+        "store untouched"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("bak") || n.contains("restoring"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The good one restores.
+    cli(&["restore", good.to_str().expect("path"), "--data-dir", &data])
+        .await
+        .expect("restore");
+}
