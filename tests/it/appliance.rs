@@ -315,3 +315,38 @@ async fn bad_backups_are_refused_and_leave_the_store_alone() {
         .await
         .expect("restore");
 }
+
+/// The packaged `/etc/mozpool/mozpool.toml` parses as shipped, and so do its commented
+/// examples once uncommented (so the examples cannot rot).
+#[test]
+fn packaged_config_and_its_examples_parse() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mozpool.toml");
+    let text = std::fs::read_to_string(&path).expect("packaged config");
+    let config = mozpool::config::Config::parse(&path, &text).expect("packaged config parses");
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        config.server.data_dir,
+        std::path::Path::new("/var/lib/mozpool")
+    );
+    assert_eq!(config.log.level, "info");
+    // Uncomment `#[[table]]` and `#key = value` lines; prose comments stay comments.
+    let examples: String = text
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest)
+                if rest.starts_with("[[")
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let full = mozpool::config::Config::parse(&path, &examples)
+        .unwrap_or_else(|e| panic!("examples do not parse: {e}\n{examples}"));
+    assert_eq!(full.devices.len(), 1);
+    assert_eq!(full.images.len(), 2);
+}
