@@ -63,6 +63,10 @@ for s in postinst prerm postrm; do
     ! grep -q '#DEBHELPER#' "$WORK/control/$s" || fail "$s: #DEBHELPER# not substituted"
 done
 grep -q 'systemd-sysusers' "$WORK/control/postinst" || fail "postinst does not create the user"
+# cargo-deb substitutes every occurrence of the DEBHELPER token, comments included: the
+# generated start must appear exactly once.
+[ "$(grep -c 'deb-systemd-invoke' "$WORK/control/postinst")" -eq 1 ] \
+    || fail "postinst: the generated fragments appear more than once (DEBHELPER token in a comment?)"
 # udev reload must come before the generated service start/restart.
 udev_line=$(grep -n 'udevadm control --reload-rules' "$WORK/control/postinst" | head -1 | cut -d: -f1)
 start_line=$(grep -n 'deb-systemd-invoke' "$WORK/control/postinst" | head -1 | cut -d: -f1)
