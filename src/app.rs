@@ -65,7 +65,7 @@ pub struct AppInner {
     /// Numbers for `/metrics`; the hardware layer records into `metrics.hw`.
     pub metrics: Arc<Metrics>,
     /// Heartbeats of critical loops, checked by the systemd watchdog
-    /// (`heartbeats.register("lifeguard")` in each driver).
+    /// (the Lifeguard and request timer loops are registered; add board actors the same way).
     pub heartbeats: Heartbeats,
 }
 
@@ -129,6 +129,8 @@ impl App {
         clean_scratch(&dir);
         let store = Store::open(&dir.join(crate::storage::backup::DB_FILE), clock.clone())?;
         let started = clock.now();
+        let metrics = Arc::new(Metrics::default());
+        let heartbeats = Heartbeats::default();
         let hw = &config.hardware;
         let hardware = Arc::new(Hardware {
             boards: RelayBoards::start(config.relay_boards.clone())?,
@@ -144,6 +146,7 @@ impl App {
                 )?,
             },
             settings: hw.clone(),
+            metrics: metrics.hw.clone(),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -166,6 +169,9 @@ impl App {
             tasks.clone(),
         );
         lifeguard.set_link(Arc::new(pool.clone()));
+        // The watchdog stops pinging when a driver's timer loop stops turning.
+        lifeguard.set_heartbeat(heartbeats.register("lifeguard timers"));
+        pool.set_heartbeat(heartbeats.register("request timers"));
         let registration = match config.server.registration_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -191,8 +197,8 @@ impl App {
                 sim,
                 registration: std::sync::Mutex::new(registration),
                 registration_addr,
-                metrics: Arc::new(Metrics::default()),
-                heartbeats: Heartbeats::default(),
+                metrics,
+                heartbeats,
             }),
         };
         app.sync_config().await?;

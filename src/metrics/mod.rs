@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redb::{ReadTransaction, ReadableTable};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use self::histogram::{FAST_BUCKETS, Histogram, SLOW_BUCKETS};
 use crate::lifeguard::DeviceState;
@@ -114,8 +114,10 @@ pub struct StoreCounts {
     /// Non-retired devices per Lifeguard state name; every known state is present (0 when
     /// empty), plus any unknown name found in the store.
     pub devices: BTreeMap<String, u64>,
-    /// Open requests per state, when the store has requests (see [`requests_per_state`]).
+    /// Open requests per state (see [`requests_per_state`]).
     pub requests: Option<BTreeMap<String, u64>>,
+    /// Requests stored, open or not.
+    pub requests_stored: u64,
     /// Records in the durable log.
     pub log_records: u64,
 }
@@ -140,24 +142,30 @@ pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
     Ok(StoreCounts {
         devices,
         requests: requests_per_state(tx)?,
+        requests_stored: tx.open_table(tables::REQUESTS)?.len()?,
         log_records: logs::count(tx)?,
     })
 }
 
-/// Requests per state for `mozpool_requests`.
-///
-/// **To be filled in with the requests table** (it is being added in parallel): return
-/// `Some(map)` with every `pool::state::ALL_STATES` name (0 when empty) and the count of
-/// requests in each state, read from `tx`. While it returns `None` the metric family is
-/// left out of `/metrics` entirely, rather than reporting made-up zeros.
+/// Open requests per state for `mozpool_requests`: every open (non-terminal) state of
+/// `pool::state::ALL_STATES` is listed, 0 when empty. Only open requests are counted (read
+/// through the `open_requests` index), so a scrape costs the same after years of history;
+/// closed and failed requests are history, counted by `mozpool_requests_stored`.
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-#[allow(clippy::unnecessary_wraps)]
 pub fn requests_per_state(
-    _tx: &ReadTransaction,
+    tx: &ReadTransaction,
 ) -> Result<Option<BTreeMap<String, u64>>, StoreError> {
-    Ok(None)
+    let mut out: BTreeMap<String, u64> = crate::pool::state::ALL_STATES
+        .iter()
+        .filter(|s| s.is_open())
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    for r in crate::storage::requests::list(tx, true)? {
+        *out.entry(r.snap.state.as_str().to_owned()).or_insert(0) += 1;
+    }
+    Ok(Some(out))
 }
 
 /// Escape a label value (backslash, quote, newline).
@@ -211,12 +219,18 @@ pub async fn render(
         let _ = writeln!(o, "mozpool_devices{{state=\"{}\"}} {n}", label(state));
     }
     if let Some(requests) = &counts.requests {
-        let _ = writeln!(o, "# HELP mozpool_requests Requests per state.");
+        let _ = writeln!(o, "# HELP mozpool_requests Open requests per state.");
         let _ = writeln!(o, "# TYPE mozpool_requests gauge");
         for (state, n) in requests {
             let _ = writeln!(o, "mozpool_requests{{state=\"{}\"}} {n}", label(state));
         }
     }
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_requests_stored Requests in the store, open or closed."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_requests_stored gauge");
+    let _ = writeln!(o, "mozpool_requests_stored {}", counts.requests_stored);
 
     let _ = writeln!(
         o,

@@ -81,6 +81,22 @@ const TABLES: &[TableOps] = &[
         copy: |s, d| copy(s, d, tables::DEVICE_DEADLINES),
         check: |s| walk(s, tables::DEVICE_DEADLINES),
     },
+    TableOps {
+        name: "requests",
+        copy: |s, d| copy(s, d, tables::REQUESTS),
+        // Decoded and converted, as the request driver will read them.
+        check: |s| super::requests::list(s, false).map(|v| v.len() as u64),
+    },
+    TableOps {
+        name: "open_requests",
+        copy: |s, d| copy(s, d, tables::OPEN_REQUESTS),
+        check: |s| walk(s, tables::OPEN_REQUESTS),
+    },
+    TableOps {
+        name: "request_deadlines",
+        copy: |s, d| copy(s, d, tables::REQUEST_DEADLINES),
+        check: |s| walk(s, tables::REQUEST_DEADLINES),
+    },
 ];
 
 /// What a snapshot or a validation found.

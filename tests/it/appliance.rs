@@ -35,18 +35,6 @@ async fn wait_released(data: &std::path::Path) {
     panic!("the store stayed locked after stop");
 }
 
-async fn restore_when_released(file: &std::path::Path, data: &std::path::Path) {
-    wait_released(data).await;
-    cli(&[
-        "restore",
-        file.to_str().expect("path"),
-        "--data-dir",
-        data.to_str().expect("path"),
-    ])
-    .await
-    .expect("restore");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_in_prometheus_text_format() {
     let s = TestServer::start(TWO_DEVICES).await;
@@ -65,10 +53,15 @@ async fn metrics_in_prometheus_text_format() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(devices, 2.0, "{text}");
-    assert_eq!(metric(&text, "mozpool_devices{state=\"new\"}"), Some(2.0));
     assert!(metric(&text, "mozpool_devices{state=\"ready\"}").is_some());
-    // Requests per state is left out until the requests table is counted (no made-up zeros).
-    assert!(!text.contains("mozpool_requests{"));
+    // Open requests per state: every open state listed; none yet.
+    let open: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("mozpool_requests{"))
+        .collect();
+    assert!(open.len() >= 3, "{text}");
+    assert!(open.iter().all(|l| l.ends_with(" 0")), "{open:?}");
+    assert_eq!(metric(&text, "mozpool_requests_stored"), Some(0.0));
     // API latency: at least the device list call.
     assert!(metric(&text, "mozpool_api_request_duration_seconds_count").unwrap_or(0.0) >= 1.0);
     assert!(metric(&text, "mozpool_api_responses_total{code=\"2xx\"}").unwrap_or(0.0) >= 1.0);
@@ -131,16 +124,83 @@ async fn metrics_in_prometheus_text_format() {
     s.stop().await;
 }
 
+/// `mozpool serve` as a child process, as systemd runs it: the store's lock is held by
+/// another process, as on the appliance.
+struct Child {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Child {
+    async fn start(dir: &std::path::Path) -> Child {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let config = dir.join("mozpool.toml");
+        std::fs::write(&config, format!("{TWO_DEVICES}\n[log]\nlevel = \"warn\"\n"))
+            .expect("config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mozpool"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mozpool serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http
+                .get(format!("{url}/api/health/"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Child { child, url };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("service did not come up at {url}");
+    }
+
+    /// SIGTERM, as systemd stops it; must exit 0.
+    fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+impl Drop for Child {
+    /// A failed test must not leave a service running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_under_load_then_restore_keeps_every_acknowledged_write() {
-    let s = TestServer::start(TWO_DEVICES).await;
-    let url = s.url("");
+    let work = tempfile::tempdir().expect("dir");
+    let mut s = Child::start(work.path()).await;
+    let url = s.url.clone();
+    let http = reqwest::Client::new();
     // Writers create devices continuously; each records (ack time, name).
     let acked = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..3 {
-        let (http, url, acked, stop) = (s.http.clone(), url.clone(), acked.clone(), stop.clone());
+        let (http, url, acked, stop) = (http.clone(), url.clone(), acked.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -190,20 +250,28 @@ async fn backup_under_load_then_restore_keeps_every_acknowledged_write() {
     }));
 
     // The service is still running: an offline restore must refuse (the store is locked).
-    let data = s.dir.path().to_owned();
+    let data = work.path().join("data");
+    let data_arg = data.to_str().expect("path");
     let refused = cli(&[
         "restore",
         file.to_str().expect("path"),
         "--data-dir",
-        data.to_str().expect("path"),
+        data_arg,
     ])
     .await;
     let msg = format!("{:#}", refused.expect_err("restore while running"));
     assert!(msg.contains("in use"), "{msg}");
 
-    let dir = s.stop().await;
-    restore_when_released(&file, &data).await;
-    let baks: Vec<_> = std::fs::read_dir(&data)
+    s.stop();
+    cli(&[
+        "restore",
+        file.to_str().expect("path"),
+        "--data-dir",
+        data_arg,
+    ])
+    .await
+    .expect("restore");
+    let baks = std::fs::read_dir(&data)
         .expect("ls")
         .filter_map(|e| e.ok())
         .filter(|e| {
@@ -211,11 +279,18 @@ async fn backup_under_load_then_restore_keeps_every_acknowledged_write() {
                 .to_string_lossy()
                 .starts_with("mozpool.redb.bak-")
         })
-        .collect();
-    assert_eq!(baks.len(), 1, "previous store kept");
+        .count();
+    assert_eq!(baks, 1, "previous store kept");
 
-    let s = TestServer::start_in(TWO_DEVICES, dir).await;
-    let (_, list) = s.get("/api/device/list/").await;
+    let mut s = Child::start(work.path()).await;
+    let list: serde_json::Value = http
+        .get(format!("{}/api/device/list/", s.url))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
     let names: Vec<&str> = list["devices"]
         .as_array()
         .expect("devices")
@@ -228,24 +303,33 @@ async fn backup_under_load_then_restore_keeps_every_acknowledged_write() {
             "{n} acknowledged before the backup is missing"
         );
     }
-    s.stop().await;
+    s.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_backups_are_refused_and_leave_the_store_alone() {
-    let s = TestServer::start(TWO_DEVICES).await;
-    let url = s.url("");
+    let dir = tempfile::tempdir().expect("dir");
     let out = tempfile::tempdir().expect("out");
-    let good = out.path().join("good.redb");
-    cli(&["backup", good.to_str().expect("path"), "--url", &url])
-        .await
-        .expect("backup");
-    let dir = s.stop().await;
-    let data = dir.path().to_str().expect("path").to_owned();
-    wait_released(dir.path()).await;
     let store = dir.path().join("mozpool.redb");
+    let good = out.path().join("good.redb");
+    {
+        let s = mozpool::storage::Store::open(&store, Arc::new(mozpool::clock::SystemClock))
+            .expect("store");
+        s.write(|tx, now| {
+            mozpool::storage::logs::append(
+                tx,
+                now,
+                mozpool::storage::logs::NewLog::new("system".into(), "test", "hello"),
+            )
+        })
+        .await
+        .expect("write");
+        let info = mozpool::storage::backup::snapshot(&s, &good).expect("snapshot");
+        assert_eq!(info.rows("logs"), 1);
+    }
+    wait_released(dir.path()).await;
+    let data = dir.path().to_str().expect("path").to_owned();
     let original = std::fs::read(&store).expect("store");
-
     // Garbage.
     let garbage = out.path().join("garbage.redb");
     std::fs::write(&garbage, b"this is not a database at all").expect("write");
