@@ -44,6 +44,37 @@ pub enum Command {
     Log(LogArgs),
     /// Show a running service's version.
     Version(UrlArg),
+    /// Save a consistent snapshot of a running service's database to FILE (atomically:
+    /// FILE appears only once complete and verified).
+    Backup(BackupArgs),
+    /// Replace the database with a backup. Offline: stop the service first. The previous
+    /// database is kept as `mozpool.redb.bak-<time>`.
+    Restore(RestoreArgs),
+}
+
+/// `mozpool backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where to write the snapshot.
+    pub file: PathBuf,
+    /// Service.
+    #[command(flatten)]
+    pub url: UrlArg,
+}
+
+/// `mozpool restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot to restore (from `mozpool backup`).
+    pub file: PathBuf,
+    /// The service's data directory (default: the config's `data_dir`, else
+    /// /var/lib/mozpool).
+    #[arg(long, env = "STATE_DIRECTORY")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file to take `data_dir` from (default /etc/mozpool/mozpool.toml when it
+    /// exists).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 /// Where the service is.
@@ -267,6 +298,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backup(args) => backup(args).await,
+        Command::Restore(args) => restore(args).await,
         Command::Version(url) => {
             let v = ApiClient::new(&url.url)
                 .get("/api/version/")
@@ -389,6 +422,97 @@ async fn inventory_sync(source: &str, dry_run: bool, force: bool, url: &str) -> 
             ""
         }
     );
+    Ok(())
+}
+
+async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let dest = args.file;
+    let name = dest
+        .file_name()
+        .with_context(|| format!("{} is not a file name", dest.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let partial = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .with_context(|| format!("creating {}", partial.display()))?;
+        ApiClient::new(&args.url.url)
+            .download("/api/backup/", &mut file)
+            .await
+            .map_err(Exit::from)?;
+        file.sync_all()
+            .await
+            .with_context(|| format!("syncing {}", partial.display()))?;
+        drop(file);
+        let check = partial.clone();
+        let info = tokio::task::spawn_blocking(move || crate::storage::backup::validate(&check))
+            .await
+            .context("validation task")?
+            .context("the downloaded snapshot does not validate")?;
+        std::fs::rename(&partial, &dest)
+            .with_context(|| format!("renaming to {}", dest.display()))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+        Ok::<_, anyhow::Error>(info)
+    }
+    .await;
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    println!(
+        "backup written to {} ({} bytes, schema {}, {} devices, {} log records)",
+        dest.display(),
+        info.bytes,
+        info.schema_version,
+        info.rows("devices"),
+        info.rows("logs")
+    );
+    Ok(())
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let data_dir = match (args.data_dir, args.config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => Config::load(&c)?.server.data_dir,
+        (None, None) if std::path::Path::new(config::DEFAULT_PATH).exists() => {
+            Config::load(std::path::Path::new(config::DEFAULT_PATH))?
+                .server
+                .data_dir
+        }
+        (None, None) => crate::config::ServerConfig::default().data_dir,
+    };
+    let label = crate::storage::backup::file_label(crate::clock::Clock::now(&SystemClock));
+    let snapshot = args.file;
+    let dir = data_dir.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        crate::storage::backup::restore(&snapshot, &dir, &label)
+    })
+    .await
+    .context("restore task")?
+    .map_err(|e| Exit {
+        code: 1,
+        message: format!("restore refused: {e}"),
+    })?;
+    println!(
+        "restored {} ({} devices, {} log records, schema {})",
+        report.store.display(),
+        report.info.rows("devices"),
+        report.info.rows("logs"),
+        report.info.schema_version
+    );
+    if let Some(prev) = report.previous {
+        println!("previous database kept as {}", prev.display());
+    }
     Ok(())
 }
 

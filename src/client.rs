@@ -110,4 +110,69 @@ impl ApiClient {
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         Ok(self.call(Method::GET, path, None).await?.1)
     }
+
+    /// GET `path` and write the body to `dest` as it arrives. Returns the bytes written;
+    /// a body shorter than its `Content-Length` is an error.
+    ///
+    /// # Errors
+    /// [`ClientError`]; I/O errors on `dest` are reported as [`ClientError::Unreachable`]
+    /// with the file named.
+    pub async fn download(
+        &self,
+        path: &str,
+        dest: &mut tokio::fs::File,
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt as _;
+        let url = format!("{}{path}", self.base);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ClientError::Url(url.clone()))?;
+        let unreachable = |message: String| ClientError::Unreachable {
+            url: url.clone(),
+            message,
+        };
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        let expected = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status { status, message });
+        }
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unreachable(format!("download interrupted: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                dest.write_all(&data)
+                    .await
+                    .map_err(|e| unreachable(format!("cannot write the download: {e}")))?;
+                written += data.len() as u64;
+            }
+        }
+        if expected.is_some_and(|n| n != written) {
+            return Err(unreachable(format!(
+                "download truncated: got {written} of {} bytes",
+                expected.unwrap_or_default()
+            )));
+        }
+        Ok(written)
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`registration`]: devices registering themselves (SUTAgent protocol over TCP, JSON over
 //!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
+//! - [`systemd`] (readiness, status, watchdog) and [`metrics`] (`/metrics`): operations;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
@@ -23,11 +24,13 @@ pub mod hw;
 pub mod inventory;
 pub mod inventory_sync;
 pub mod lifeguard;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod registration;
 pub mod shutdown;
 pub mod simulate;
 pub mod storage;
+pub mod systemd;
 pub mod telemetry;
 pub mod types;

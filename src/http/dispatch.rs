@@ -59,6 +59,8 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
         .filter(|r| r.mutates())
         .and_then(Route::device)
         .map(ToString::to_string);
+    // Scrapes come every few seconds; logging each one durably would only wear the SD card.
+    let audited = !matches!(route, Ok(Route::Metrics));
     let response = match route {
         Ok(route) => match run(
             &app,
@@ -77,6 +79,11 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     };
     let status = response.status();
     let elapsed = started.elapsed();
+    app.metrics.record_api(status.as_u16(), elapsed);
+    if !audited {
+        tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
+        return response;
+    }
     tracing::info!(%method, %path, status = status.as_u16(), caller = %caller.name, %peer, micros = elapsed.as_micros() as u64, "api");
     let mut subjects = vec!["api".to_owned()];
     subjects.extend(device.as_deref().map(device_subject));

@@ -43,6 +43,8 @@ pub struct Hardware {
     pub images: ImageFiles,
     /// Timeouts and limits.
     pub settings: HardwareConfig,
+    /// Where finished hardware operations are counted and timed (`/metrics`).
+    pub metrics: Arc<crate::metrics::HwMetrics>,
 }
 
 impl Hardware {
@@ -79,6 +81,8 @@ struct Inner {
     /// Weak: the pool holds this driver, so a strong link would be a cycle that keeps the
     /// store open after shutdown.
     link: OnceLock<Weak<dyn PoolLink>>,
+    /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
+    heartbeat: OnceLock<crate::systemd::Heartbeat>,
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
     health: Semaphore,
     wake: Notify,
@@ -117,6 +121,7 @@ impl Lifeguard {
                 timings,
                 hw,
                 link: OnceLock::new(),
+                heartbeat: OnceLock::new(),
                 inflight: Mutex::new(HashMap::new()),
                 health,
                 wake: Notify::new(),
@@ -133,6 +138,11 @@ impl Lifeguard {
 
     fn link(&self) -> Option<Arc<dyn PoolLink>> {
         self.inner.link.get().and_then(Weak::upgrade)
+    }
+
+    /// Give the timer loop a heartbeat to beat on every pass (at least once a second).
+    pub fn set_heartbeat(&self, heartbeat: crate::systemd::Heartbeat) {
+        let _ = self.inner.heartbeat.set(heartbeat);
     }
 
     /// The state timeouts and limits in use.
@@ -309,7 +319,9 @@ impl Lifeguard {
         };
         let s = &self.inner.hw.settings;
         let g = generation;
-        Some(match action {
+        let kind = hw_kind(&action);
+        let started = std::time::Instant::now();
+        let event = match action {
             Action::PowerCycle => match self.relay(&device) {
                 Ok(addr) => match self
                     .inner
@@ -410,7 +422,12 @@ impl Lifeguard {
                 }
             }
             Action::NotifyRequest { .. } => return None,
-        })
+        };
+        self.inner
+            .hw
+            .metrics
+            .record(kind, hw_ok(&event), started.elapsed());
+        Some(event)
     }
 
     fn relay(&self, d: &Device) -> Result<RelayAddr, String> {
@@ -566,6 +583,9 @@ impl Lifeguard {
             if self.inner.shutdown.is_cancelled() {
                 break;
             }
+            if let Some(h) = self.inner.heartbeat.get() {
+                h.beat();
+            }
             let now = self.inner.clock.now();
             let due = self
                 .inner
@@ -676,4 +696,34 @@ fn image_fault(e: &hw::Error) -> bool {
         hw::Error::Io { context, .. } => context.starts_with("image file"),
         _ => false,
     }
+}
+
+/// The `/metrics` kind of a hardware action (`mozpool_hw_operations_total{kind=...}`).
+fn hw_kind(action: &Action) -> &'static str {
+    match action {
+        Action::PowerCycle => "power_cycle",
+        Action::PowerOff => "power_off",
+        Action::SutReboot => "sut_reboot",
+        Action::Ping => "ping",
+        Action::SutVerify => "sut_verify",
+        Action::SutSdcardCheck => "sut_sdcard_check",
+        Action::HealthCheck { .. } => "health_check",
+        Action::Flash { .. } => "flash",
+        Action::NotifyRequest { .. } => "notify_request",
+    }
+}
+
+/// Whether a hardware action's result event is a success.
+fn hw_ok(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::PowerCycleOk { .. }
+            | Event::PowerOffOk { .. }
+            | Event::SutRebootOk { .. }
+            | Event::PingOk { .. }
+            | Event::SutVerifyOk { .. }
+            | Event::SutSdcardOk { .. }
+            | Event::HealthCheckOk { .. }
+            | Event::FlashOk { .. }
+    )
 }
