@@ -191,12 +191,20 @@ async fn every_call_is_in_the_audit_log() {
     );
     // Calls that change a device are in its history too; reads are not (a poller must not
     // bury the device's own log).
-    let (_, dlog) = s.get("/api/log/?device=panda-2").await;
-    let rows = dlog["log"].as_array().expect("rows");
-    assert!(
-        rows.iter().any(|r| r["source"] == "api"
-            && r["message"].as_str().is_some_and(|m| m.starts_with("POST")))
-    );
+    // (The audit entry is written after the response, with the next commit.)
+    let mut found = false;
+    for _ in 0..100 {
+        let (_, dlog) = s.get("/api/log/?device=panda-2").await;
+        let rows = dlog["log"].as_array().expect("rows").clone();
+        if rows.iter().any(|r| {
+            r["source"] == "api" && r["message"].as_str().is_some_and(|m| m.starts_with("POST"))
+        }) {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(found, "the POST is not in panda-2's history");
     let (_, dlog) = s.get("/api/log/?device=panda-1").await;
     let rows = dlog["log"].as_array().expect("rows");
     assert!(!rows.iter().any(|r| r["source"] == "api"), "{rows:?}");
