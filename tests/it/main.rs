@@ -15,4 +15,5 @@ mod hw_sim_device;
 mod hw_sut;
 mod lifeguard;
 mod registration;
+mod requests;
 mod storage;
