@@ -50,6 +50,9 @@ pub enum Command {
     /// Replace the database with a backup. Offline: stop the service first. The previous
     /// database is kept as `mozpool.redb.bak-<time>`.
     Restore(RestoreArgs),
+    /// End-to-end canary against a running service: request a device, wait for it, ping
+    /// it, read its log, return it and watch it verify back to ready (docs/staging.md).
+    Check(crate::check::CheckArgs),
 }
 
 /// `mozpool backup`.
@@ -257,6 +260,7 @@ impl From<ClientError> for Exit {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Check(args) => Ok(crate::check::run(args).await?),
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Inventory(InventoryCmd::Sync {
             source,
