@@ -275,12 +275,28 @@ impl Check {
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| fail("inventory", "the image list is empty"))?,
         };
+        // Devices held by open requests are not free, whatever their state says.
+        let open = self.get("inventory", "/api/request/list/").await?;
+        let held: std::collections::BTreeMap<String, u64> = open
+            .get("requests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| !request_settled(str_of(r, "state")))
+            .filter(|r| !str_of(r, "assigned_device").is_empty())
+            .map(|r| {
+                (
+                    str_of(r, "assigned_device").to_owned(),
+                    r.get("id").and_then(Value::as_u64).unwrap_or(0),
+                )
+            })
+            .collect();
         let ready = devices
             .iter()
-            .filter(|d| str_of(d, "state") == "ready")
+            .filter(|d| str_of(d, "state") == "ready" && !held.contains_key(str_of(d, "name")))
             .count();
         let detail = format!(
-            "{} devices ({ready} ready), {} images, using image {image}",
+            "{} devices ({ready} ready and free), {} images, using image {image}",
             devices.len(),
             images.len()
         );

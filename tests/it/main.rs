@@ -7,6 +7,7 @@ mod support;
 mod api_errors;
 mod api_inventory;
 mod appliance;
+mod check;
 mod crash;
 mod hw_fastboot;
 mod hw_images;
