@@ -9,6 +9,7 @@ mod api_inventory;
 mod appliance;
 mod check;
 mod crash;
+mod docs;
 mod hw_fastboot;
 mod hw_images;
 mod hw_relay;
