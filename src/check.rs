@@ -104,30 +104,29 @@ pub async fn run(args: CheckArgs) -> Result<(), Exit> {
     let cleanup = check.return_request().await;
     let outcome = match (outcome, cleanup) {
         (Err(first), Err(c)) => {
-            println!(
+            say(format_args!(
                 "[FAIL] cleanup: {} (the request may still be held)",
                 c.message
-            );
+            ));
             Err(first)
         }
         (outcome, cleanup) => outcome.and(cleanup),
     };
     match outcome {
         Ok(()) => {
-            println!(
+            say(format_args!(
                 "[ok] {:.2}s all checks passed",
                 started.elapsed().as_secs_f64()
-            );
+            ));
             Ok(())
         }
         Err(f) => {
-            println!(
+            say(format_args!(
                 "[FAIL] {:.2}s {}: {}",
                 check.step_start.elapsed().as_secs_f64(),
                 f.step,
                 f.message
-            );
-            let _ = std::io::stdout().flush();
+            ));
             Err(Exit {
                 code: f.code,
                 message: format!("check failed at step {}: {}", f.step, f.message),
@@ -146,6 +145,14 @@ fn path_name(step: &'static str, name: &str) -> Result<String, Failure> {
         return Err(fail(step, format!("{name:?} is not a valid name")));
     }
     Ok(name.to_owned())
+}
+
+/// Print one line; a closed or broken stdout (cron, `| head`) must not stop the check
+/// before it returns its request, so write errors are ignored.
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -172,11 +179,10 @@ impl Check {
     }
 
     fn ok(&mut self, step: &str, detail: &str) {
-        println!(
+        say(format_args!(
             "[ok] {:.2}s {step}: {detail}",
             self.step_start.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stdout().flush();
+        ));
         self.begin();
     }
 

@@ -16,7 +16,9 @@ use mozpool::config::Config;
 use mozpool::http::route::{RelayOp, Route};
 
 fn doc(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -109,7 +111,10 @@ const SAMPLES: &[(&str, &str)] = &[
     ("POST", "/api/inventory/sync/"),
     ("GET", "/api/log/"),
     ("POST", "/api/device/panda-1/event/please_self_test/"),
-    ("POST", "/api/device/panda-1/state-change/ready/to/locked_out/"),
+    (
+        "POST",
+        "/api/device/panda-1/state-change/ready/to/locked_out/",
+    ),
     ("POST", "/api/device/panda-1/power-cycle/"),
     ("POST", "/api/device/panda-1/power-off/"),
     ("POST", "/api/device/panda-1/power-on/"),
@@ -239,7 +244,11 @@ fn config_keys() -> Vec<(String, &'static str, Vec<String>)> {
     for (name, heading, toml) in TABLES {
         if toml.contains("{V}") {
             // A tagged table: list the variants, then the keys of each.
-            let msg = probe(&toml.replace("{V}", "zzz_variant").replace(", zzz_probe = 1", ""));
+            let msg = probe(
+                &toml
+                    .replace("{V}", "zzz_variant")
+                    .replace(", zzz_probe = 1", ""),
+            );
             assert!(msg.contains("unknown variant"), "{name}: {msg}");
             let variants = expected_names(&msg);
             assert!(!variants.is_empty(), "{name}: no variants in {msg}");
@@ -305,4 +314,3 @@ fn every_config_key_is_in_the_config_reference() {
         "docs/config.md does not document: {missing:#?}"
     );
 }
-
