@@ -141,7 +141,7 @@ const SAMPLES: &[(&str, &str)] = &[
 #[test]
 fn every_route_is_in_the_api_reference() {
     let api = doc("api.md");
-    let mut seen = vec![false; ROUTE_VARIANTS];
+    let mut seen = [false; ROUTE_VARIANTS];
     let mut missing = Vec::new();
     for (method, path) in SAMPLES {
         let m = Method::from_bytes(method.as_bytes()).expect("method");
