@@ -72,8 +72,8 @@ stop() {
         pid="$(cat "$PIDFILE")"
         kill "$pid"
         i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -0 "$pid" 2>/dev/null && die "pid $pid did not stop within 10 s"
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -0 "$pid" 2>/dev/null && die "pid $pid did not stop within 30 s (a hung hardware call can delay shutdown); kill -9 it if needed"
         echo "staging: stopped pid $pid"
     else
         echo "staging: not running"
