@@ -23,7 +23,7 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 47;
+const ROUTE_VARIANTS: usize = 49;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
@@ -81,6 +81,8 @@ fn pattern(r: &Route) -> (usize, &'static str) {
             (45, "POST /api/relay/{board}/{channel}/{on|off|cycle}/")
         }
         Route::SimFaults(_) => (46, "PUT /api/sim/device/{id}/faults/"),
+        Route::Metrics => (47, "GET /metrics"),
+        Route::Backup => (48, "GET /api/backup/"),
     }
 }
 
@@ -136,6 +138,8 @@ const SAMPLES: &[(&str, &str)] = &[
     ("GET", "/api/relay/relay-1/bank1:relay2/status/"),
     ("POST", "/api/relay/relay-1/bank1:relay2/cycle/"),
     ("PUT", "/api/sim/device/sim-0001/faults/"),
+    ("GET", "/metrics"),
+    ("GET", "/api/backup/"),
 ];
 
 #[test]
