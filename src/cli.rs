@@ -50,6 +50,9 @@ pub enum Command {
     /// Replace the database with a backup. Offline: stop the service first. The previous
     /// database is kept as `mozpool.redb.bak-<time>`.
     Restore(RestoreArgs),
+    /// End-to-end canary against a running service: request a device, wait for it, ping
+    /// it, read its log, return it and watch it verify back to ready (docs/staging.md).
+    Check(crate::check::CheckArgs),
 }
 
 /// `mozpool backup`.
@@ -108,7 +111,9 @@ pub struct ServeArgs {
     #[arg(long, env = "STATE_DIRECTORY")]
     pub data_dir: Option<PathBuf>,
     /// Run on a simulated rack of N devices (default 10), with no hardware; data goes to a
-    /// fresh temporary directory unless --data-dir is given.
+    /// fresh temporary directory unless --data-dir (or a `server.data_dir` other than the
+    /// default) is given. Combines with --config: `[simulate]` tunes the rack, and the rack's
+    /// boards, devices and image are added to the file's.
     #[arg(long, num_args = 0..=1, default_missing_value = "10", value_name = "N")]
     pub simulate: Option<u32>,
 }
@@ -257,6 +262,7 @@ impl From<ClientError> for Exit {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Check(args) => Ok(crate::check::run(args).await?),
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Inventory(InventoryCmd::Sync {
             source,
@@ -565,7 +571,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut _tempdir = None;
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
-    } else if args.simulate.is_some() && args.config.is_none() {
+    } else if args.simulate.is_some()
+        && (args.config.is_none()
+            || config.server.data_dir == config::ServerConfig::default().data_dir)
+    {
+        // A simulated rack never shares the packaged data directory (a staging instance on
+        // the production controller must not open production's database), unless asked to
+        // with --data-dir or an explicit `server.data_dir`.
         let dir = tempfile::Builder::new()
             .prefix("mozpool-sim-")
             .tempdir()

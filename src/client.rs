@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -12,6 +12,8 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     base: String,
+    /// Bearer token sent as `Authorization: Bearer <token>` on every call, when set.
+    token: Option<String>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -45,8 +47,16 @@ impl ApiClient {
     pub fn new(base: &str) -> ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_owned(),
+            token: None,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer` (an empty token is none).
+    #[must_use]
+    pub fn with_token(mut self, token: Option<&str>) -> ApiClient {
+        self.token = token.filter(|t| !t.is_empty()).map(str::to_owned);
+        self
     }
 
     /// Call the API; `path` starts with `/api/`. Returns the status and the JSON body
@@ -69,6 +79,11 @@ impl ApiClient {
             .map_err(|_| ClientError::Url(url.clone()))?;
         req.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(token) = &self.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Url("the token is not a valid header value".into()))?;
+            req.headers_mut().insert(AUTHORIZATION, value);
+        }
         let resp = self
             .client
             .request(req)

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! Layers, dependencies pointing down; only [`app`] wires them together:
-//! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`];
+//! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`], with the live canary
+//!   `mozpool check` in [`check`];
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
@@ -15,6 +16,7 @@
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;
