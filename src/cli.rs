@@ -50,6 +50,30 @@ pub enum Command {
     /// Replace the database with a backup. Offline: stop the service first. The previous
     /// database is kept as `mozpool.redb.bak-<time>`.
     Restore(RestoreArgs),
+    /// Ask for a device (`any` or a name) and optionally wait until it is ready.
+    Request(crate::pool_cli::RequestArgs),
+    /// Return a request's device.
+    Return {
+        /// Request id.
+        id: u64,
+        /// Service.
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Renew a request: its lease ends SECONDS from now.
+    Renew {
+        /// Request id.
+        id: u64,
+        /// New remaining duration.
+        seconds: u64,
+        /// Service.
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// List devices with their state and holder.
+    Devices(UrlArg),
+    /// Raw relay control for techs at the rack (bypasses Lifeguard; logged).
+    Relay(crate::pool_cli::RelayArgs),
     /// End-to-end canary against a running service: request a device, wait for it, ping
     /// it, read its log, return it and watch it verify back to ready (docs/staging.md).
     Check(crate::check::CheckArgs),
@@ -91,6 +115,9 @@ pub struct UrlArg {
         global = true
     )]
     pub url: String,
+    /// API token (sent as `Authorization: Bearer`), when the service requires one.
+    #[arg(long, env = "MOZPOOL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `mozpool serve`.
@@ -263,6 +290,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Check(args) => Ok(crate::check::run(args).await?),
+        Command::Request(args) => Ok(crate::pool_cli::request(args).await?),
+        Command::Return { id, url } => Ok(crate::pool_cli::return_request(id, &url).await?),
+        Command::Renew { id, seconds, url } => Ok(crate::pool_cli::renew(id, seconds, &url).await?),
+        Command::Devices(url) => Ok(crate::pool_cli::devices(&url).await?),
+        Command::Relay(args) => Ok(crate::pool_cli::relay(args).await?),
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Inventory(InventoryCmd::Sync {
             source,
@@ -530,7 +562,7 @@ fn print_json(v: &Value) {
 }
 
 /// Percent-encode a path or query component.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {

@@ -29,6 +29,7 @@ pub mod lifeguard;
 pub mod metrics;
 pub mod model;
 pub mod pool;
+pub mod pool_cli;
 pub mod registration;
 pub mod shutdown;
 pub mod simulate;

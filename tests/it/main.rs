@@ -8,6 +8,7 @@ mod api_errors;
 mod api_inventory;
 mod appliance;
 mod check;
+mod cli;
 mod crash;
 mod docs;
 mod hw_fastboot;

@@ -22,14 +22,23 @@ pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /api/health/`: 200 when storage answers reads and its last commit succeeded, else 503.
+/// The body also reports every relay board's health (`hardware.ok` is false when a board's
+/// last operation failed; the service still works for the other boards, so that alone is
+/// not a 503).
 pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let store = &ctx.app.store;
     let read = store.read(logs::count).await;
     let committed = store.healthy();
     let storage_ok = read.is_ok() && committed;
     let stats = store.stats();
+    let boards = ctx.app.lifeguard.hardware().boards.status();
+    let hardware_ok = boards.iter().all(|b| b.healthy != Some(false));
     let body = json!({
-        "ok": storage_ok,
+        "ok": storage_ok && hardware_ok,
+        "hardware": {
+            "ok": hardware_ok,
+            "relay_boards": boards,
+        },
         "storage": {
             "ok": storage_ok,
             "last_commit_ok": committed,
