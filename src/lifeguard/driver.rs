@@ -201,16 +201,30 @@ impl Lifeguard {
         event: Event,
         actor: Option<String>,
     ) -> Result<Applied, DeliverError> {
+        self.transition(name, actor, move |s, now, t| {
+            step(s, event, now, t).map_err(ApplyError::from)
+        })
+        .await
+    }
+
+    /// Run one transition of `name` in its own store write, then execute its actions.
+    async fn transition<F>(
+        &self,
+        name: &str,
+        actor: Option<String>,
+        f: F,
+    ) -> Result<Applied, DeliverError>
+    where
+        F: FnOnce(&super::Snapshot, Millis, &Timings) -> Result<super::Transition, ApplyError>
+            + Send
+            + 'static,
+    {
         let t = self.inner.timings.clone();
         let n = name.to_owned();
         let applied = self
             .inner
             .store
-            .write(move |tx, now| {
-                apply(tx, now, &n, actor.as_deref(), |s| {
-                    step(s, event, now, &t).map_err(ApplyError::from)
-                })
-            })
+            .write(move |tx, now| apply(tx, now, &n, actor.as_deref(), |s| f(s, now, &t)))
             .await??;
         self.execute(applied.clone());
         Ok(applied)
@@ -227,19 +241,10 @@ impl Lifeguard {
         to: String,
         actor: Option<String>,
     ) -> Result<Applied, DeliverError> {
-        let t = self.inner.timings.clone();
-        let n = name.to_owned();
-        let applied = self
-            .inner
-            .store
-            .write(move |tx, now| {
-                apply(tx, now, &n, actor.as_deref(), |s| {
-                    force(s, &from, &to, now, &t).map_err(ApplyError::from)
-                })
-            })
-            .await??;
-        self.execute(applied.clone());
-        Ok(applied)
+        self.transition(name, actor, move |s, now, t| {
+            force(s, &from, &to, now, t).map_err(ApplyError::from)
+        })
+        .await
     }
 
     /// Run the actions of a committed transition.

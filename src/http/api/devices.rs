@@ -70,7 +70,8 @@ fn mac_address(d: &Device) -> String {
         .unwrap_or_default()
 }
 
-async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiError> {
+/// A device by name, or 404.
+pub(super) async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiError> {
     let n = name.to_string();
     ctx.app
         .store

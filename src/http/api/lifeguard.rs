@@ -9,12 +9,12 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::devices::load;
 use crate::http::body::{Body, bytes_response, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::lifeguard::store::ApplyError;
 use crate::lifeguard::{DeliverError, Event};
-use crate::model::Device;
 use crate::storage::{inventory as inv, tables};
 use crate::types::{DeviceName, ImageName};
 
@@ -200,15 +200,6 @@ pub async fn power_on(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, Api
 /// `POST /api/device/{id}/reboot/`.
 pub async fn reboot(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
     deliver(ctx, &name, Event::PleaseReboot).await
-}
-
-async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiError> {
-    let n = name.to_string();
-    ctx.app
-        .store
-        .read(move |tx| inv::device(&tx.open_table(tables::DEVICES)?, &n))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no device named {name}")))
 }
 
 /// `POST /api/device/{id}/clear-pxe/`: mozpool writes no PXE files, so there is never one to
