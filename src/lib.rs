@@ -36,4 +36,5 @@ pub mod simulate;
 pub mod storage;
 pub mod systemd;
 pub mod telemetry;
+pub mod timers;
 pub mod types;

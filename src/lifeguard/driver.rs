@@ -583,83 +583,67 @@ impl Lifeguard {
     }
 
     async fn timer_loop(&self) {
+        let inner = &self.inner;
+        let timer = crate::timers::TimerLoop {
+            clock: inner.clock.as_ref(),
+            wake: &inner.wake,
+            shutdown: &inner.shutdown,
+            heartbeat: inner.heartbeat.get(),
+        };
+        timer.run(self).await;
+    }
+
+    /// Deliver `Timeout` to every device whose deadline passed; whether any moved.
+    async fn timeout_pass(&self, now: Millis) -> bool {
+        let due = self
+            .inner
+            .store
+            .read(move |tx| inv::due_devices(&tx.open_table(tables::DEVICE_DEADLINES)?, now, 512))
+            .await;
+        let names: Vec<String> = match due {
+            Ok(due) if !due.is_empty() => due.into_iter().map(|(_, n)| n).collect(),
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read device deadlines");
+                return false;
+            }
+        };
         let t = self.inner.timings.clone();
-        loop {
-            if self.inner.shutdown.is_cancelled() {
-                break;
-            }
-            if let Some(h) = self.inner.heartbeat.get() {
-                h.beat();
-            }
-            let now = self.inner.clock.now();
-            let due = self
-                .inner
-                .store
-                .read(move |tx| {
-                    inv::due_devices(&tx.open_table(tables::DEVICE_DEADLINES)?, now, 512)
-                })
-                .await;
-            let mut progressed = false;
-            match due {
-                Ok(due) if !due.is_empty() => {
-                    let t = t.clone();
-                    let names: Vec<String> = due.into_iter().map(|(_, n)| n).collect();
-                    let result = self
-                        .inner
-                        .store
-                        .write(move |tx, now| {
-                            let mut out = Vec::new();
-                            for name in names {
-                                let r = apply(tx, now, &name, None, |s| {
-                                    step(
-                                        s,
-                                        Event::Timeout {
-                                            generation: s.generation,
-                                        },
-                                        now,
-                                        &t,
-                                    )
-                                    .map_err(ApplyError::from)
-                                })?;
-                                if let Ok(a) = r {
-                                    out.push(a);
-                                }
-                            }
-                            Ok(out)
-                        })
-                        .await;
-                    match result {
-                        Ok(applied) => {
-                            progressed = !applied.is_empty();
-                            for a in applied {
-                                self.execute(a);
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "timeout pass failed"),
+        let result = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                let mut out = Vec::new();
+                for name in names {
+                    let r = apply(tx, now, &name, None, |s| {
+                        step(
+                            s,
+                            Event::Timeout {
+                                generation: s.generation,
+                            },
+                            now,
+                            &t,
+                        )
+                        .map_err(ApplyError::from)
+                    })?;
+                    if let Ok(a) = r {
+                        out.push(a);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "cannot read device deadlines"),
+                Ok(out)
+            })
+            .await;
+        match result {
+            Ok(applied) => {
+                let progressed = !applied.is_empty();
+                for a in applied {
+                    self.execute(a);
+                }
+                progressed
             }
-            let next = self
-                .inner
-                .store
-                .read(|tx| inv::next_deadline(&tx.open_table(tables::DEVICE_DEADLINES)?))
-                .await
-                .ok()
-                .flatten();
-            let now = self.inner.clock.now();
-            let mut wait = next
-                .map_or(Duration::from_secs(1), |d| Millis(d.0).since(now))
-                .min(Duration::from_secs(1));
-            if !progressed && wait.is_zero() {
-                // Something is due but did not move: do not spin.
-                wait = Duration::from_millis(50);
-            }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.inner.wake.notified() => {}
-                () = self.inner.shutdown.cancelled() => break,
+            Err(e) => {
+                tracing::error!(error = %e, "timeout pass failed");
+                false
             }
         }
     }
@@ -731,4 +715,19 @@ fn hw_ok(event: &Event) -> bool {
             | Event::HealthCheckOk { .. }
             | Event::FlashOk { .. }
     )
+}
+
+impl crate::timers::Deadlines for Lifeguard {
+    async fn pass(&self, now: Millis) -> bool {
+        self.timeout_pass(now).await
+    }
+
+    async fn next_deadline(&self) -> Option<Millis> {
+        self.inner
+            .store
+            .read(|tx| inv::next_deadline(&tx.open_table(tables::DEVICE_DEADLINES)?))
+            .await
+            .ok()
+            .flatten()
+    }
 }

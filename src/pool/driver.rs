@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use redb::WriteTransaction;
 use tokio::sync::{Notify, watch};
@@ -307,75 +306,64 @@ impl Pool {
     }
 
     async fn timer_loop(&self) {
-        let grace = self.inner.ctx.timings.grace;
-        loop {
-            if self.inner.shutdown.is_cancelled() {
-                break;
+        let inner = &self.inner;
+        let timer = crate::timers::TimerLoop {
+            clock: inner.clock.as_ref(),
+            wake: &inner.wake,
+            shutdown: &inner.shutdown,
+            heartbeat: inner.heartbeat.get(),
+        };
+        timer.run(self).await;
+    }
+
+    /// Deliver `Expire` (past the lease and its grace) or `Timeout` to every due request;
+    /// whether any moved.
+    async fn timeout_pass(&self, now: Millis) -> bool {
+        let due = self
+            .inner
+            .store
+            .read(move |tx| requests::due(&tx.open_table(tables::REQUEST_DEADLINES)?, now, 512))
+            .await;
+        let ids = match due {
+            Ok(ids) if !ids.is_empty() => ids,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read request deadlines");
+                return false;
             }
-            if let Some(h) = self.inner.heartbeat.get() {
-                h.beat();
-            }
-            let now = self.inner.clock.now();
-            let due = self
-                .inner
-                .store
-                .read(move |tx| requests::due(&tx.open_table(tables::REQUEST_DEADLINES)?, now, 512))
-                .await;
-            let mut progressed = false;
-            match due {
-                Ok(ids) if !ids.is_empty() => {
-                    let c = self.inner.ctx.clone();
-                    let result = self
-                        .inner
-                        .store
-                        .write(move |tx, now| {
-                            let mut post = Post::default();
-                            for id in ids {
-                                let Some(r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)?
-                                else {
-                                    continue;
-                                };
-                                let event = if now >= r.snap.expires.plus(grace) {
-                                    Event::Expire
-                                } else {
-                                    Event::Timeout {
-                                        generation: r.snap.generation,
-                                    }
-                                };
-                                deliver_tx(tx, now, &c, id, event, &mut post, 0)?;
-                            }
-                            Ok(post)
-                        })
-                        .await;
-                    match result {
-                        Ok(post) => {
-                            progressed = post.changed;
-                            self.after_commit(post);
+        };
+        let c = self.inner.ctx.clone();
+        let grace = c.timings.grace;
+        let result = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                let mut post = Post::default();
+                for id in ids {
+                    let Some(r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)? else {
+                        continue;
+                    };
+                    let event = if now >= r.snap.expires.plus(grace) {
+                        Event::Expire
+                    } else {
+                        Event::Timeout {
+                            generation: r.snap.generation,
                         }
-                        Err(e) => tracing::error!(error = %e, "request timer pass failed"),
-                    }
+                    };
+                    deliver_tx(tx, now, &c, id, event, &mut post, 0)?;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "cannot read request deadlines"),
+                Ok(post)
+            })
+            .await;
+        match result {
+            Ok(post) => {
+                let progressed = post.changed;
+                self.after_commit(post);
+                progressed
             }
-            let next = self
-                .inner
-                .store
-                .read(|tx| requests::next_due(&tx.open_table(tables::REQUEST_DEADLINES)?))
-                .await
-                .ok()
-                .flatten();
-            let now = self.inner.clock.now();
-            let mut wait = next
-                .map_or(Duration::from_secs(1), |d| d.since(now))
-                .min(Duration::from_secs(1));
-            if !progressed && wait.is_zero() {
-                wait = Duration::from_millis(50);
-            }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.inner.wake.notified() => {}
-                () = self.inner.shutdown.cancelled() => break,
+            Err(e) => {
+                tracing::error!(error = %e, "request timer pass failed");
+                false
             }
         }
     }
@@ -762,4 +750,19 @@ fn run_pass(
 #[must_use]
 pub fn settled(state: RequestState) -> bool {
     state == RequestState::Ready || state.is_terminal()
+}
+
+impl crate::timers::Deadlines for Pool {
+    async fn pass(&self, now: Millis) -> bool {
+        self.timeout_pass(now).await
+    }
+
+    async fn next_deadline(&self) -> Option<Millis> {
+        self.inner
+            .store
+            .read(|tx| requests::next_due(&tx.open_table(tables::REQUEST_DEADLINES)?))
+            .await
+            .ok()
+            .flatten()
+    }
 }
