@@ -8,9 +8,11 @@
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
+//! - [`auth`]: roles, tokens and the `Authorization` header (no I/O);
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod clock;

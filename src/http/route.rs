@@ -10,6 +10,7 @@
 
 use hyper::Method;
 
+use crate::auth::Role;
 use crate::types::{DeviceName, EnvironmentName, HardwareType, ImageName, NameError};
 
 /// Every API call the service answers.
@@ -181,6 +182,43 @@ impl Route {
         )
     }
 
+    /// The role a caller needs for this call. One exhaustive `match`: a new route does not
+    /// compile until it is classified here. The table is documented in `docs/api.md`.
+    ///
+    /// - [`Role::None`] (anyone, even with `anonymous = "none"`): version and health, so
+    ///   monitoring needs no token;
+    /// - [`Role::Read`]: every other GET;
+    /// - [`Role::Request`]: the request endpoints (check out, renew, return own requests);
+    /// - [`Role::Admin`]: inventory writes (devices, images, environments, hardware types),
+    ///   device comments and environment (inventory fields, edited by lab staff), and
+    ///   anything touching power, state or maintenance.
+    #[must_use]
+    pub fn required_role(&self) -> Role {
+        match self {
+            Route::Version | Route::Health => Role::None,
+            Route::DeviceList
+            | Route::DeviceDetails(_)
+            | Route::DeviceLog(_)
+            | Route::DeviceStatus(_)
+            | Route::DeviceState(_)
+            | Route::ImageList
+            | Route::ImageDetails(_)
+            | Route::EnvironmentList
+            | Route::HardwareTypeList
+            | Route::LogQuery => Role::Read,
+            Route::DevicePut(_)
+            | Route::DeviceRetire(_)
+            | Route::DeviceSetComments(_)
+            | Route::DeviceSetEnvironment(_)
+            | Route::ImagePut(_)
+            | Route::ImageDelete(_)
+            | Route::EnvironmentPut(_)
+            | Route::EnvironmentDelete(_)
+            | Route::HardwareTypePut(_)
+            | Route::HardwareTypeDelete(_) => Role::Admin,
+        }
+    }
+
     /// The device this call is about, for the audit log's device index.
     #[must_use]
     pub fn device(&self) -> Option<&DeviceName> {
@@ -276,6 +314,26 @@ mod tests {
             Route::parse(&Method::GET, "/api/device/-s/status/"),
             Err(RouteError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn mutating_routes_need_more_than_read() {
+        let samples = [
+            (Method::GET, "/api/version/"),
+            (Method::GET, "/api/device/list/"),
+            (Method::GET, "/api/log/"),
+            (Method::PUT, "/api/device/p1/"),
+            (Method::DELETE, "/api/device/p1/"),
+            (Method::POST, "/api/device/p1/set-comments/"),
+            (Method::POST, "/api/device/p1/set-environment/"),
+            (Method::PUT, "/api/image/b2g/"),
+            (Method::DELETE, "/api/environment/prod/"),
+            (Method::PUT, "/api/hardware-type/panda/"),
+        ];
+        for (m, p) in samples {
+            let r = Route::parse(&m, p).expect(p);
+            assert_eq!(r.mutates(), r.required_role() > Role::Read, "{p}");
+        }
     }
 
     proptest::proptest! {
