@@ -4,7 +4,7 @@
 //! Exit codes scripts can rely on: 0 success, 1 the service refused or failed the call,
 //! 2 usage error, 3 the service could not be reached.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -13,6 +13,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::auth::{self, Role};
 use crate::client::{ApiClient, ClientError};
 use crate::clock::SystemClock;
 use crate::config::{self, Config};
@@ -41,6 +42,26 @@ pub enum Command {
     Log(LogArgs),
     /// Show a running service's version.
     Version(UrlArg),
+    /// Access tokens (made locally; the service only ever sees their hashes).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `mozpool token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a random token, print it once with the lines to paste into the config.
+    New {
+        /// The token's name (recorded in the audit log; owns the requests it makes).
+        name: String,
+        /// `read`, `request` or `admin`.
+        #[arg(long)]
+        role: String,
+        /// Append the `[[auth.tokens]]` entry to this config file (checked first) instead of
+        /// printing it; the token itself is still printed, once.
+        #[arg(long, value_name = "FILE")]
+        append_to: Option<PathBuf>,
+    },
 }
 
 /// Where the service is.
@@ -54,6 +75,18 @@ pub struct UrlArg {
         global = true
     )]
     pub url: String,
+    /// Access token, sent as `Authorization: Bearer`. A URL of the form
+    /// `http://name:TOKEN@host/` works too.
+    #[arg(long, env = "MOZPOOL_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+impl UrlArg {
+    /// A client for this service with this token.
+    #[must_use]
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.url).with_token(self.token.clone())
+    }
 }
 
 /// `mozpool serve`.
@@ -199,7 +232,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Image(ImageCmd::List(url)) => {
-            let v = ApiClient::new(&url.url)
+            let v = url
+                .client()
                 .get("/api/image/list/")
                 .await
                 .map_err(Exit::from)?;
@@ -217,10 +251,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(s) = &args.subject {
                 path.push_str(&format!("&subject={}", encode(s)));
             }
-            let v = ApiClient::new(&args.url.url)
-                .get(&path)
-                .await
-                .map_err(Exit::from)?;
+            let v = args.url.client().get(&path).await.map_err(Exit::from)?;
             for row in v["log"].as_array().into_iter().flatten() {
                 println!(
                     "{} {:<12} {:<10} {}",
@@ -232,8 +263,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Token(TokenCmd::New {
+            name,
+            role,
+            append_to,
+        }) => Ok(token_new(&name, &role, append_to.as_deref())?),
         Command::Version(url) => {
-            let v = ApiClient::new(&url.url)
+            let v = url
+                .client()
                 .get("/api/version/")
                 .await
                 .map_err(Exit::from)?;
@@ -251,7 +288,7 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
             } else {
                 "/api/device/list/"
             };
-            let v = ApiClient::new(&url.url).get(path).await?;
+            let v = url.client().get(path).await?;
             if details {
                 print_json(&v);
             } else {
@@ -261,7 +298,8 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
             }
         }
         DeviceCmd::Show { name, url } => {
-            let v = ApiClient::new(&url.url)
+            let v = url
+                .client()
                 .get(&format!("/api/device/{}/details/", encode(&name)))
                 .await?;
             print_json(&v);
@@ -283,7 +321,8 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
                     body.insert(k.to_owned(), json!(v));
                 }
             }
-            let (_, v) = ApiClient::new(&url.url)
+            let (_, v) = url
+                .client()
                 .call(
                     Method::PUT,
                     &format!("/api/device/{}/", encode(&name)),
@@ -293,7 +332,8 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
             print_json(&v);
         }
         DeviceCmd::Retire { name, url } => {
-            let (_, v) = ApiClient::new(&url.url)
+            let (_, v) = url
+                .client()
                 .call(
                     Method::DELETE,
                     &format!("/api/device/{}/", encode(&name)),
@@ -301,6 +341,60 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
                 )
                 .await?;
             print_json(&v);
+        }
+    }
+    Ok(())
+}
+
+fn token_new(name: &str, role: &str, append_to: Option<&Path>) -> Result<(), Exit> {
+    let usage = |message: String| Exit { code: 2, message };
+    crate::types::check_name("token name", name).map_err(|e| usage(e.to_string()))?;
+    let role: Role = role.parse().map_err(usage)?;
+    if role == Role::None {
+        return Err(usage("a token's role is read, request or admin".into()));
+    }
+    let token = auth::new_token();
+    let entry = format!(
+        "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+        auth::token_digest_hex(&token)
+    );
+    match append_to {
+        None => {
+            println!(
+                "token for {name} (role {role}); it is shown only this once:\n\n    {token}\n"
+            );
+            println!("Add these lines to the service's configuration (/etc/mozpool/mozpool.toml)");
+            println!("and restart it; keep an [auth] section with `anonymous = ...` above them:\n");
+            print!("{entry}");
+            println!(
+                "\nClients send it as `Authorization: Bearer {token}`, with --token/MOZPOOL_TOKEN,"
+            );
+            println!("or in the URL: http://{name}:{token}@HOST:PORT/");
+        }
+        Some(path) => {
+            let fail = |message: String| Exit { code: 1, message };
+            let old = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            let sep = if old.is_empty() || old.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            let new = format!("{old}{sep}{entry}");
+            Config::parse(path, &new).map_err(|e| {
+                fail(format!(
+                    "not changing {}: with the new token it would not load: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+            std::io::Write::write_all(&mut f, format!("{sep}{entry}").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+            println!("{token}");
         }
     }
     Ok(())
@@ -344,6 +438,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
     };
     crate::telemetry::init(&config.log.level);
+    if config.auth.is_none() {
+        eprintln!("WARNING: {}", auth::OPEN_WARNING);
+    }
     if let Some(addr) = args.listen {
         config.server.listen = addr;
     }

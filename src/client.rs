@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -12,6 +12,8 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     base: String,
+    /// Sent as `Authorization: Bearer`.
+    token: Option<String>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -40,13 +42,27 @@ pub enum ClientError {
 }
 
 impl ApiClient {
-    /// A client for `base` (`http://host:port`).
+    /// A client for `base` (`http://host:port`). Credentials in the URL
+    /// (`http://name:TOKEN@host/`, as old MozPool clients used) are taken out of it and sent
+    /// as the token.
     #[must_use]
     pub fn new(base: &str) -> ApiClient {
+        let base = base.trim_end_matches('/');
+        let (base, token) = split_userinfo(base);
         ApiClient {
-            base: base.trim_end_matches('/').to_owned(),
+            base,
+            token,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Use `token` (when given; it wins over one in the URL).
+    #[must_use]
+    pub fn with_token(mut self, token: Option<String>) -> ApiClient {
+        if token.is_some() {
+            self.token = token;
+        }
+        self
     }
 
     /// Call the API; `path` starts with `/api/`. Returns the status and the JSON body
@@ -69,6 +85,13 @@ impl ApiClient {
             .map_err(|_| ClientError::Url(url.clone()))?;
         req.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(token) = &self.token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Url("the token contains characters a header cannot carry".into())
+            })?;
+            v.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, v);
+        }
         let resp = self
             .client
             .request(req)
@@ -109,5 +132,50 @@ impl ApiClient {
     /// [`ClientError`].
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         Ok(self.call(Method::GET, path, None).await?.1)
+    }
+}
+
+/// Split `scheme://user:token@host…` into the URL without credentials and the token (the
+/// password, or the user part when there is no password).
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let userinfo = &rest[..at];
+    let token = match userinfo.split_once(':') {
+        Some((_, pass)) if !pass.is_empty() => pass,
+        Some((user, _)) => user,
+        None => userinfo,
+    };
+    let token = crate::http::body::decode_component(token);
+    (
+        format!("{scheme}://{}", &rest[at + 1..]),
+        (!token.is_empty()).then_some(token),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_credentials_become_the_token() {
+        assert_eq!(
+            split_userinfo("http://ci:abc@rack1:8080"),
+            ("http://rack1:8080".to_owned(), Some("abc".to_owned()))
+        );
+        assert_eq!(
+            split_userinfo("http://abc@rack1"),
+            ("http://rack1".to_owned(), Some("abc".to_owned()))
+        );
+        assert_eq!(
+            split_userinfo("http://rack1/x@y"),
+            ("http://rack1/x@y".to_owned(), None)
+        );
+        assert_eq!(split_userinfo("rack1"), ("rack1".to_owned(), None));
     }
 }
