@@ -5,5 +5,7 @@ mod support;
 
 mod api_errors;
 mod api_inventory;
+mod auth;
 mod crash;
+mod hostile;
 mod storage;
