@@ -99,6 +99,18 @@ async fn slow_headers_are_cut_off() {
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
+    // An idle keep-alive connection after a request does not stay open forever either.
+    let mut sock = TcpStream::connect(s.addr).await.expect("connect");
+    sock.write_all(b"GET /api/version/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "idle keep-alive connection still open after 5 s"
+    );
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
 }
 
 #[tokio::test]
@@ -320,4 +332,53 @@ async fn injection_in_names_and_queries_is_4xx() {
     let (status, _) = s.send(Method::GET, "/api/version/", None).await;
     assert_eq!(status, 200);
     assert_inventory_untouched(&s).await;
+}
+
+// Robustness properties over the same entry points as the fuzz targets in tests/fuzz (which
+// run longer, in CI): whatever the input, an error and never a panic.
+mod never_panics {
+    use std::path::Path;
+
+    use mozpool::config::Config;
+    use mozpool::http::api::decode_bodies;
+    use mozpool::storage::decode_bytes;
+    use mozpool::storage::records::{
+        DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord,
+    };
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn json_bodies(data in vec(any::<u8>(), 0..512)) {
+            decode_bodies(&data);
+        }
+
+        #[test]
+        fn json_like_bodies(s in r#"[{}\[\]":,0-9a-z_ .eE+\\-]{0,300}"#) {
+            decode_bodies(s.as_bytes());
+        }
+
+        #[test]
+        fn config_text(s in "\\PC{0,400}") {
+            let _ = Config::parse(Path::new("p.toml"), &s);
+        }
+
+        #[test]
+        fn config_like(lines in vec(
+            "\\[auth\\]|\\[\\[auth\\.tokens\\]\\]|\\[server\\]|name = \"[a-z.-]{0,5}\"|role = \"(read|request|admin|none|x)\"|sha256 = \"[0-9a-fA-F]{0,65}\"|anonymous = \"[a-z]{0,7}\"|body_timeout_secs = [0-9]{1,21}|max_body_bytes = -?[0-9]{1,21}",
+            0..12,
+        )) {
+            let _ = Config::parse(Path::new("p.toml"), &lines.join("\n"));
+        }
+
+        #[test]
+        fn records(data in vec(any::<u8>(), 0..256)) {
+            let _ = decode_bytes::<LogRecord>(&data);
+            let _ = decode_bytes::<DeviceRecord>(&data);
+            let _ = decode_bytes::<ImageRecord>(&data);
+            let _ = decode_bytes::<EnvironmentRecord>(&data);
+            let _ = decode_bytes::<HardwareTypeRecord>(&data);
+        }
+    }
 }
