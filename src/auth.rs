@@ -463,7 +463,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
         [rest @ .., b'='] => rest,
         _ => b,
     };
-    if b.len() != trimmed.len() && b.len() % 4 != 0 {
+    if b.len() != trimmed.len() && !b.len().is_multiple_of(4) {
         return None;
     }
     if trimmed.len() % 4 == 1 {
