@@ -17,7 +17,12 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, OPEN_WARNING};
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
+use crate::hw::images::DownloadCache;
+use crate::hw::sim::SimRack;
+use crate::hw::{Flasher, ImageFiles, ImageStore, RelayBoards};
 use crate::inventory::{DeviceFields, upsert_device};
+use crate::lifeguard::{Hardware, Lifeguard};
+use crate::pool::Pool;
 use crate::storage::logs::{NewLog, append, prune};
 use crate::storage::{Store, StoreError, inventory as inv, tables};
 
@@ -47,6 +52,17 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Background tasks, awaited at shutdown.
     pub tasks: TaskTracker,
+    /// The device state machines' driver.
+    pub lifeguard: Lifeguard,
+    /// The request driver.
+    pub pool: Pool,
+    /// The simulated rack, when running with `--simulate`.
+    pub sim: Option<Arc<SimRack>>,
+    /// The registration listener, bound by [`App::open`] (so a busy port stops start-up) and
+    /// taken by [`App::run`].
+    registration: std::sync::Mutex<Option<TcpListener>>,
+    /// Where devices register, when the registration listener is on.
+    pub registration_addr: Option<SocketAddr>,
 }
 
 impl std::ops::Deref for App {
@@ -70,6 +86,9 @@ pub enum StartError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A hardware driver could not start (relay board config, image cache).
+    #[error("hardware: {0}")]
+    Hardware(#[from] crate::hw::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -86,6 +105,18 @@ impl App {
     /// # Errors
     /// [`StartError`].
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<App, StartError> {
+        App::open_with(config, clock, None).await
+    }
+
+    /// [`App::open`] on a simulated rack (kept alive as long as the app).
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn open_with(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        sim: Option<Arc<SimRack>>,
+    ) -> Result<App, StartError> {
         let dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
             path: dir.clone(),
@@ -99,6 +130,55 @@ impl App {
         } else {
             tracing::info!(anonymous = %auth.anonymous_role(), "access control enabled");
         }
+        let hw = &config.hardware;
+        let hardware = Arc::new(Hardware {
+            boards: RelayBoards::start(config.relay_boards.clone())?,
+            flasher: Flasher::new(hw.fastboot.clone()),
+            images: ImageFiles {
+                store: ImageStore {
+                    dir: hw.image_store.clone().unwrap_or_else(|| dir.join("images")),
+                },
+                cache: DownloadCache::new(
+                    dir.join("cache"),
+                    hw.download_cache_mib.saturating_mul(1 << 20),
+                    hw.max_download_mib.saturating_mul(1 << 20),
+                )?,
+            },
+            settings: hw.clone(),
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let lifeguard = Lifeguard::new(
+            store.clone(),
+            clock.clone(),
+            config.lifeguard.clone(),
+            hardware,
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        let pool = Pool::new(
+            store.clone(),
+            clock.clone(),
+            config.requests.clone(),
+            config.queue.clone(),
+            lifeguard.clone(),
+            config.server.name.to_string(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        lifeguard.set_link(Arc::new(pool.clone()));
+        let registration = match config.server.registration_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let registration_addr = registration.as_ref().and_then(|l| l.local_addr().ok());
+        if let (Some(rack), Some(addr)) = (&sim, registration_addr) {
+            register_on_boot(rack, addr);
+        }
         let app = App {
             inner: Arc::new(AppInner {
                 config,
@@ -106,8 +186,13 @@ impl App {
                 store,
                 clock,
                 started,
-                shutdown: CancellationToken::new(),
-                tasks: TaskTracker::new(),
+                shutdown,
+                tasks,
+                lifeguard,
+                pool,
+                sim,
+                registration: std::sync::Mutex::new(registration),
+                registration_addr,
             }),
         };
         app.sync_config().await?;
@@ -193,6 +278,12 @@ impl App {
     /// `listener`. Returns after in-flight requests finished (or the deadline passed).
     pub async fn run(self, listener: TcpListener) {
         self.spawn_retention();
+        if let Err(e) = self.lifeguard.start().await {
+            tracing::error!(error = %e, "cannot resume the devices");
+        }
+        self.pool.start();
+        self.spawn_registration();
+        self.spawn_inventory_sync();
         let http = tokio::spawn(crate::http::serve(
             self.clone(),
             listener,
@@ -220,6 +311,97 @@ impl App {
         TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen { addr, source })
+    }
+
+    /// The registration listener, when configured.
+    fn spawn_registration(&self) {
+        let listener = match self.registration.lock() {
+            Ok(mut l) => l.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(listener) = listener else { return };
+        let deadline = Duration::from_secs(self.config.server.registration_timeout_secs.max(1));
+        self.tasks.spawn(crate::registration::server::serve(
+            self.clone(),
+            listener,
+            deadline,
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Inventory sync from `[inventory] source`: once at start-up, then every
+    /// `interval_secs` (0 = start-up only). A failed or refused sync is logged and retried
+    /// at the next interval; it never stops the service.
+    fn spawn_inventory_sync(&self) {
+        let Some(source) = self.config.inventory.source.clone() else {
+            return;
+        };
+        let app = self.clone();
+        let interval = self.config.inventory.interval_secs;
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = app.sync_inventory(&source) => {}
+                    () = app.shutdown.cancelled() => break,
+                }
+                if interval == 0 {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(interval)) => {}
+                    () = app.shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    /// One automatic inventory sync; failures are logged under the `inventory` subject.
+    async fn sync_inventory(&self, source: &str) {
+        use crate::inventory_sync::{load_source, parse_source, sync};
+        let rows = match load_source(source).await.and_then(|b| parse_source(&b)) {
+            Ok(rows) => rows,
+            Err(e) => return self.log_inventory_failure(source, e).await,
+        };
+        match sync(
+            &self.store,
+            self.server_name(),
+            rows,
+            false,
+            false,
+            Some("inventory-sync".to_owned()),
+        )
+        .await
+        {
+            Ok(report) => {
+                tracing::info!(
+                    %source,
+                    added = report.added.len(),
+                    updated = report.updated.len(),
+                    retired = report.retired.len(),
+                    "inventory sync done"
+                );
+            }
+            Err(e) => self.log_inventory_failure(source, e.to_string()).await,
+        }
+    }
+
+    async fn log_inventory_failure(&self, source: &str, error: String) {
+        tracing::warn!(%source, %error, "inventory sync failed");
+        let message = format!("inventory sync from {source} failed: {error}");
+        if let Err(e) = self
+            .store
+            .write(move |tx, now| {
+                append(
+                    tx,
+                    now,
+                    NewLog::new("inventory".into(), "inventory", message),
+                )
+                .map(|_| ())
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "cannot log the inventory sync failure");
+        }
     }
 
     /// The durable log's retention, run in the background so the disk never fills.
@@ -264,4 +446,46 @@ impl App {
         }
         Ok(total)
     }
+}
+
+/// Simulated devices announce themselves like SUTAgent does when they boot, so the
+/// registration path is exercised on every simulated rack.
+fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
+    let names: std::collections::HashMap<String, String> = rack
+        .devices
+        .iter()
+        .map(|d| (d.fastboot_serial.clone(), d.name.to_string()))
+        .collect();
+    let runtime = tokio::runtime::Handle::current();
+    rack.set_on_boot(Arc::new(move |serial: &str, sut: SocketAddr| {
+        let Some(name) = names.get(serial).cloned() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let port = sut.port().to_string();
+            let ip = sut.ip().to_string();
+            let fields = [
+                ("NAME", name.as_str()),
+                ("IPADDR", ip.as_str()),
+                ("CMDPORT", port.as_str()),
+                ("DATAPORT", "20700"),
+                ("OS", "Android-IMM76D"),
+                ("SCRNWIDTH", "1024"),
+                ("SCRNHEIGHT", "768"),
+                ("BPP", "8"),
+                ("MEMORY", "415232000"),
+                ("HARDWARE", "sim-panda"),
+                ("POOL", "mobile"),
+            ];
+            let sent = crate::registration::send_registration(
+                registration,
+                &fields,
+                crate::registration::AgentForm::Java,
+            )
+            .await;
+            if let Err(e) = sent {
+                tracing::warn!(device = %name, error = %e, "simulated device could not register");
+            }
+        });
+    }));
 }

@@ -38,6 +38,9 @@ pub enum Command {
     /// Images of a running service.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Inventory of a running service.
+    #[command(subcommand)]
+    Inventory(InventoryCmd),
     /// Read the durable log of a running service, newest first.
     Log(LogArgs),
     /// Show a running service's version.
@@ -98,6 +101,11 @@ pub struct ServeArgs {
     /// Listen address, overriding the config (`0.0.0.0:8080`).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Registration listener address (SUTAgent self-registration, normally `0.0.0.0:28001`),
+    /// overriding `server.registration_listen`. Default off, except under --simulate, where
+    /// it listens on a free loopback port.
+    #[arg(long, value_name = "ADDR")]
+    pub registration_listen: Option<std::net::SocketAddr>,
     /// Data directory, overriding the config.
     #[arg(long, env = "STATE_DIRECTORY")]
     pub data_dir: Option<PathBuf>,
@@ -172,6 +180,27 @@ pub struct DeviceFieldArgs {
     pub comments: Option<String>,
 }
 
+/// `mozpool inventory …`.
+#[derive(Debug, Subcommand)]
+pub enum InventoryCmd {
+    /// Sync the service's inventory-owned devices with a JSON or CSV inventory (a file, or a
+    /// plain http:// URL fetched by this command): add new devices, update changed ones,
+    /// retire vanished ones (admin). Formats: docs/registration.md.
+    Sync {
+        /// Inventory file or http:// URL.
+        source: String,
+        /// Show the changes without making them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Retire even when more than max(5, 10%) of the inventory's devices would go.
+        #[arg(long)]
+        force: bool,
+        /// Service.
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
 /// `mozpool image …`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
@@ -231,6 +260,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Device(cmd) => Ok(device(cmd).await?),
+        Command::Inventory(InventoryCmd::Sync {
+            source,
+            dry_run,
+            force,
+            url,
+        }) => inventory_sync(&source, dry_run, force, &url).await,
         Command::Image(ImageCmd::List(url)) => {
             let v = url
                 .client()
@@ -400,6 +435,63 @@ fn token_new(name: &str, role: &str, append_to: Option<&Path>) -> Result<(), Exi
     Ok(())
 }
 
+async fn inventory_sync(
+    source: &str,
+    dry_run: bool,
+    force: bool,
+    url: &UrlArg,
+) -> anyhow::Result<()> {
+    let bytes = crate::inventory_sync::load_source(source)
+        .await
+        .map_err(|message| Exit { code: 1, message })?;
+    let rows = crate::inventory_sync::parse_source(&bytes).map_err(|message| Exit {
+        code: 1,
+        message: format!("{source}: {message}"),
+    })?;
+    let mut path = "/api/inventory/sync/?".to_owned();
+    if dry_run {
+        path.push_str("dry_run=1&");
+    }
+    if force {
+        path.push_str("force=1");
+    }
+    let body = json!({ "devices": rows });
+    let (_, v) = url
+        .client()
+        .call(Method::POST, path.trim_end_matches(['?', '&']), Some(&body))
+        .await
+        .map_err(Exit::from)?;
+    let report: crate::inventory_sync::SyncReport =
+        serde_json::from_value(v).context("reading the service's sync report")?;
+    let verb = if report.dry_run { "would be " } else { "" };
+    for name in &report.added {
+        println!("+ {name} ({verb}added)");
+    }
+    for u in &report.updated {
+        println!("~ {} ({verb}updated): {}", u.name, u.changes.join(", "));
+    }
+    for name in &report.retired {
+        println!("- {name} ({verb}retired)");
+    }
+    for s in &report.skipped {
+        println!("  {} skipped: {}", s.name, s.reason);
+    }
+    println!(
+        "{} added, {} updated, {} retired, {} unchanged, {} skipped{}",
+        report.added.len(),
+        report.updated.len(),
+        report.retired.len(),
+        report.unchanged,
+        report.skipped.len(),
+        if report.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 fn print_json(v: &Value) {
     println!(
         "{}",
@@ -444,6 +536,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.listen {
         config.server.listen = addr;
     }
+    if let Some(addr) = args.registration_listen {
+        config.server.registration_listen = Some(addr);
+    } else if args.simulate.is_some() && config.server.registration_listen.is_none() {
+        config.server.registration_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
     let mut _tempdir = None;
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
@@ -455,11 +552,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.data_dir = dir.path().to_owned();
         _tempdir = Some(dir);
     }
-    if let Some(n) = args.simulate {
-        crate::simulate::add_simulated_inventory(&mut config, n);
-    }
+    let rack = match args.simulate {
+        Some(n) => {
+            let exe = std::env::current_exe()
+                .context("finding the mozpool executable for the fastboot stand-in")?;
+            let dir = config.server.data_dir.clone();
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Some(Arc::new(
+                crate::simulate::start_rack(&mut config, n, &exe, &dir)
+                    .context("starting the simulated rack")?,
+            ))
+        }
+        None => None,
+    };
     tracing::info!(config = %source, data_dir = %config.server.data_dir.display(), "starting");
-    let app = App::open(config, Arc::new(SystemClock))
+    let app = App::open_with(config, Arc::new(SystemClock), rack)
         .await
         .context("starting the service")?;
     let listener = app.bind().await?;
@@ -469,6 +576,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
             app.config.server.data_dir.display()
         );
+    }
+    if let Some(addr) = app.registration_addr {
+        eprintln!("devices register on {addr} (SUTAgent registration protocol)");
     }
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {

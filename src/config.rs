@@ -59,6 +59,9 @@ pub struct Config {
     /// The durable log.
     #[serde(default)]
     pub log: LogConfig,
+    /// Inventory sync from an external source.
+    #[serde(default)]
+    pub inventory: InventoryConfig,
     /// Hardware types.
     #[serde(default)]
     pub hardware_types: Vec<HardwareTypeConfig>,
@@ -75,6 +78,99 @@ pub struct Config {
     /// so loudly); see [`crate::auth`].
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Hardware drivers: fastboot, image files, probe timeouts.
+    #[serde(default)]
+    pub hardware: HardwareConfig,
+    /// Relay boards wired to this controller (see `docs/hardware.md`).
+    #[serde(default)]
+    pub relay_boards: Vec<crate::hw::BoardConfig>,
+    /// Lifeguard state timeouts and retry limits (`docs/lifeguard.md`).
+    #[serde(default)]
+    pub lifeguard: crate::lifeguard::Timings,
+    /// Request timeouts, retries, lease limits (`docs/requests.md`).
+    #[serde(default)]
+    pub requests: crate::pool::Timings,
+    /// Queue policy: aging and fair share (`docs/requests.md`).
+    #[serde(default)]
+    pub queue: crate::pool::QueuePolicy,
+    /// The simulated rack (`mozpool serve --simulate N`): timings and injected faults.
+    #[serde(default)]
+    pub simulate: SimulateConfig,
+}
+
+/// `[hardware]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardwareConfig {
+    /// The `fastboot` executable.
+    pub fastboot: PathBuf,
+    /// Image store: `<image_store>/<image>/<file>`. Default `<data_dir>/images`.
+    pub image_store: Option<PathBuf>,
+    /// Size limit of the download cache for build URLs, in MiB.
+    pub download_cache_mib: u64,
+    /// Largest single downloaded file, in MiB.
+    pub max_download_mib: u64,
+    /// Time limit for downloading one image's files, in ms.
+    pub download_timeout_ms: u64,
+    /// Time limit of one SUTAgent exchange (verify, reboot, storage check), in ms.
+    pub sut_timeout_ms: u64,
+    /// Time limit of one reachability probe, in ms.
+    pub ping_timeout_ms: u64,
+    /// How long a power cycle keeps the device unpowered, in ms.
+    pub power_off_time_ms: u64,
+    /// How long fastboot may wait for the device to appear in its bootloader, in ms.
+    pub flash_appear_ms: u64,
+    /// Time limit of flashing one partition, in ms.
+    pub flash_step_ms: u64,
+    /// Time limit of `fastboot reboot`, in ms.
+    pub flash_reboot_ms: u64,
+    /// Most health checks running at once across the rack.
+    pub health_concurrency: usize,
+}
+
+impl Default for HardwareConfig {
+    fn default() -> Self {
+        HardwareConfig {
+            fastboot: PathBuf::from("/usr/bin/fastboot"),
+            image_store: None,
+            download_cache_mib: 4096,
+            max_download_mib: 2048,
+            download_timeout_ms: 30 * 60 * 1000,
+            sut_timeout_ms: 30_000,
+            ping_timeout_ms: 10_000,
+            power_off_time_ms: 1000,
+            flash_appear_ms: 60_000,
+            flash_step_ms: 300_000,
+            flash_reboot_ms: 60_000,
+            health_concurrency: 64,
+        }
+    }
+}
+
+/// `[simulate]`: only used with `mozpool serve --simulate N`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulateConfig {
+    /// How long a simulated device stays in its bootloader after power-on, in ms.
+    pub bootloader_window_ms: u64,
+    /// How long a simulated device takes to boot its OS after the bootloader, in ms.
+    pub boot_time_ms: u64,
+    /// Scale factor applied to the Lifeguard and request timeouts on the simulated rack,
+    /// so a rack whose devices boot in seconds is not checked on a minutes scale.
+    pub time_scale: f64,
+    /// Faults injected per simulated device at start (`"sim-0003" = { does_not_boot = true }`).
+    pub faults: std::collections::BTreeMap<String, crate::hw::sim::SimFaults>,
+}
+
+impl Default for SimulateConfig {
+    fn default() -> Self {
+        SimulateConfig {
+            bootloader_window_ms: 1500,
+            boot_time_ms: 2000,
+            time_scale: 0.05,
+            faults: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// `[server]`.
@@ -100,6 +196,11 @@ pub struct ServerConfig {
     /// Seconds a client has to send its whole request body once the headers are in; a
     /// client dribbling bytes is answered 408 and disconnected.
     pub body_timeout_secs: u64,
+    /// Where devices register themselves (SUTAgent registration protocol, raw TCP, normally
+    /// port 28001); unset = no registration listener.
+    pub registration_listen: Option<SocketAddr>,
+    /// Seconds a registration connection may take from accept to close (read, store, reply).
+    pub registration_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +214,8 @@ impl Default for ServerConfig {
             max_connections: 512,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
+            registration_listen: None,
+            registration_timeout_secs: 10,
         }
     }
 }
@@ -150,6 +253,26 @@ impl LogConfig {
         crate::storage::logs::Retention {
             max_age: Duration::from_secs(self.retention_days.saturating_mul(86_400)),
             max_records: self.retention_max_records,
+        }
+    }
+}
+
+/// `[inventory]`: sync devices from an inventory source (`docs/registration.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// A file path or a plain `http://` URL serving the JSON or CSV inventory; unset = no
+    /// automatic sync (`mozpool inventory sync` still works).
+    pub source: Option<String>,
+    /// Seconds between syncs after the one at start-up; 0 = only at start-up.
+    pub interval_secs: u64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            source: None,
+            interval_secs: 3600,
         }
     }
 }
@@ -277,6 +400,21 @@ impl Config {
                 format!("server.public_url {url:?} must start with http:// or https://"),
             ));
         }
+        if !(self.simulate.time_scale > 0.0 && self.simulate.time_scale <= 1.0) {
+            return Err(invalid(
+                0..0,
+                "simulate.time_scale must be in (0, 1]".into(),
+            ));
+        }
+        let mut boards = BTreeSet::new();
+        for b in &self.relay_boards {
+            if !boards.insert(b.name.as_str()) {
+                return Err(invalid(
+                    0..0,
+                    format!("relay board {} is listed twice", b.name),
+                ));
+            }
+        }
         if self.server.max_body_bytes < 1024 || self.server.max_connections == 0 {
             return Err(invalid(
                 0..0,
@@ -294,6 +432,20 @@ impl Config {
             && let Err((offset, message)) = auth.check()
         {
             return Err(invalid(offset..offset, message));
+        }
+        if self.server.registration_timeout_secs == 0 {
+            return Err(invalid(
+                0..0,
+                "server.registration_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(src) = &self.inventory.source
+            && (src.is_empty() || src.starts_with("https://"))
+        {
+            return Err(invalid(
+                0..0,
+                format!("inventory.source {src:?} must be a file path or an http:// URL"),
+            ));
         }
         let mut seen = BTreeSet::new();
         for h in &self.hardware_types {
@@ -366,6 +518,27 @@ impl Config {
                     d.name.span(),
                     format!("device {name}: hardware_type {t} is not in [[hardware_types]]"),
                 ));
+            }
+            if let Some(relay) = &d.relay {
+                let addr: crate::hw::RelayAddr = relay.parse().map_err(|e| {
+                    invalid(
+                        d.name.span(),
+                        format!("device {name}: relay {relay:?}: {e}"),
+                    )
+                })?;
+                if !self.relay_boards.is_empty()
+                    && !self
+                        .relay_boards
+                        .iter()
+                        .any(|b| b.serves(&addr.board) && b.check_channel(&addr).is_ok())
+                {
+                    return Err(invalid(
+                        d.name.span(),
+                        format!(
+                            "device {name}: relay {relay:?} is not a channel of any [[relay_boards]] entry"
+                        ),
+                    ));
+                }
             }
             if let Some(sut) = &d.sut
                 && !valid_host_port(sut)
@@ -507,6 +680,29 @@ mod tests {
     fn image_steps_cannot_name_paths() {
         let text = "[[images]]\nname = \"b2g\"\nsteps = [{ partition = \"boot\", file = \"../../etc/shadow\" }]\n";
         assert!(parse(text).is_err());
+    }
+
+    #[test]
+    fn registration_and_inventory_keys() {
+        let c = parse("[server]\nregistration_listen = \"0.0.0.0:28001\"\n[inventory]\nsource = \"/etc/mozpool/inventory.csv\"\ninterval_secs = 60\n")
+            .expect("keys");
+        assert_eq!(c.server.registration_listen.map(|a| a.port()), Some(28001));
+        assert_eq!(c.inventory.interval_secs, 60);
+        assert!(
+            parse("")
+                .expect("default")
+                .server
+                .registration_listen
+                .is_none()
+        );
+        let err = parse("[inventory]\nsource = \"https://x\"\n")
+            .expect_err("https")
+            .to_string();
+        assert!(err.contains("inventory.source"), "{err}");
+        let err = parse("[inventory]\nsorce = \"x\"\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("sorce") && err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,47 @@ pub struct DeviceFields {
     pub comments: Option<String>,
 }
 
+/// Longest comment accepted.
+pub const MAX_COMMENT_LEN: usize = 2000;
+
+/// Check inventory fields from an untrusted source (API body, inventory file): names are
+/// valid names, `sut` is `host:port`, comments are not huge.
+///
+/// # Errors
+/// A message saying which field is wrong.
+pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
+    use crate::types::{EnvironmentName, HardwareType, check_name};
+    if let Some(e) = &f.environment {
+        e.parse::<EnvironmentName>().map_err(|e| e.to_string())?;
+    }
+    if let Some(h) = &f.hardware_type {
+        h.parse::<HardwareType>().map_err(|e| e.to_string())?;
+    }
+    for (label, v) in [
+        ("processor", &f.processor),
+        ("pool", &f.pool),
+        ("os_version", &f.os_version),
+        ("fastboot_serial", &f.fastboot_serial),
+        ("relay", &f.relay),
+    ] {
+        if let Some(v) = v {
+            check_name(label, v).map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(s) = &f.sut
+        && !crate::config::valid_host_port(s)
+    {
+        return Err(format!("sut {s:?} must be host:port"));
+    }
+    if f.comments
+        .as_ref()
+        .is_some_and(|c| c.len() > MAX_COMMENT_LEN)
+    {
+        return Err(format!("comments are longer than {MAX_COMMENT_LEN} bytes"));
+    }
+    Ok(())
+}
+
 /// What an upsert did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upsert {
@@ -89,8 +130,10 @@ pub fn upsert_device(
                 created: now,
                 updated: now,
                 state: "new".to_owned(),
+                // `new` is due at once: the Lifeguard driver starts its self-test.
                 lifeguard: crate::model::LifeguardData {
                     entered_at: now,
+                    deadline: Some(now),
                     ..Default::default()
                 },
                 request: None,

@@ -7,6 +7,9 @@
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
+//! - [`hw`]: relay boards, SUTAgent, reachability, fastboot, image files, and simulators;
+//! - [`registration`]: devices registering themselves (SUTAgent protocol over TCP, JSON over
+//!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
 //! - [`auth`]: roles, tokens and the `Authorization` header (no I/O);
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
@@ -18,10 +21,13 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod hw;
 pub mod inventory;
+pub mod inventory_sync;
 pub mod lifeguard;
 pub mod model;
 pub mod pool;
+pub mod registration;
 pub mod shutdown;
 pub mod simulate;
 pub mod storage;

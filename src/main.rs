@@ -3,6 +3,14 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Hidden hook for the simulated rack: `mozpool sim-fastboot --rack DIR ARGS...` is the
+    // fastboot stand-in that the real `hw::Flasher` runs by path (via a wrapper script). It
+    // takes fastboot's own arguments, so it is dispatched before clap sees them.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("sim-fastboot") {
+        let code = mozpool::hw::sim::sim_fastboot_main(args.get(2..).unwrap_or_default().to_vec());
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = mozpool::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

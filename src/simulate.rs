@@ -1,15 +1,83 @@
-//! `mozpool serve --simulate N`: the inventory of a simulated rack, so a newcomer sees a
-//! working pool on any laptop.
+//! `mozpool serve --simulate N`: a virtual rack wired through the real drivers, so a
+//! newcomer sees a working pool on any laptop and tests run the real code paths.
 //!
-//! This adds the simulated hardware type, environment, images and N device records to the
-//! configuration before the service starts.
+//! The rack ([`SimRack`]) serves ProXR relay boards on pseudo-terminals, one SUTAgent per
+//! device on loopback and a `fastboot` stand-in script; this module starts it and writes the
+//! matching configuration: boards, devices and their wiring, a hardware type, an
+//! environment, an image with files in the image store, and timeouts scaled to a rack whose
+//! devices boot in seconds.
+
+use std::path::Path;
 
 use crate::config::{
     Config, DeviceConfig, EnvironmentConfig, FlashStepConfig, HardwareTypeConfig, ImageConfig,
 };
+use crate::hw::sim::{SimRack, SimTimings};
 
-/// Add the simulated rack's inventory (N devices `sim-000`…) to `config`.
-pub fn add_simulated_inventory(config: &mut Config, n: u32) {
+/// Image every simulated device can be flashed with.
+pub const SIM_IMAGE: &str = "android";
+
+/// Start a simulated rack of `n` devices under `dir` and add it to `config`. `mozpool_exe`
+/// is the binary providing the hidden `sim-fastboot` subcommand.
+///
+/// # Errors
+/// pty, socket or file errors.
+pub fn start_rack(
+    config: &mut Config,
+    n: u32,
+    mozpool_exe: &Path,
+    dir: &Path,
+) -> std::io::Result<SimRack> {
+    let sim = &config.simulate;
+    let timings = SimTimings {
+        bootloader_window: std::time::Duration::from_millis(sim.bootloader_window_ms),
+        boot_time: std::time::Duration::from_millis(sim.boot_time_ms),
+    };
+    let rack = SimRack::start(
+        usize::try_from(n).unwrap_or(0),
+        timings,
+        mozpool_exe,
+        &dir.join("sim"),
+    )?;
+    for d in &rack.devices {
+        if let Some(f) = sim.faults.get(d.name.as_str()) {
+            d.device.set_faults(f.clone());
+        }
+    }
+    let scale = sim.time_scale;
+    config.lifeguard = config.lifeguard.scaled(scale);
+    config.requests = config.requests.scaled(scale);
+    config.queue = config.queue.scaled(scale);
+    for mut b in rack.board_configs.clone() {
+        // Pseudo-terminals need no recovery time between operations.
+        b.cool_down = std::time::Duration::from_millis(20);
+        config.relay_boards.push(b);
+    }
+    config.hardware.fastboot.clone_from(&rack.fastboot_path);
+    config.hardware.sut_timeout_ms = 2000;
+    config.hardware.ping_timeout_ms = 1000;
+    config.hardware.power_off_time_ms = 200;
+    config.hardware.flash_appear_ms = 10_000;
+    config.hardware.flash_step_ms = 30_000;
+    config.hardware.flash_reboot_ms = 10_000;
+    let store = config
+        .hardware
+        .image_store
+        .clone()
+        .unwrap_or_else(|| config.server.data_dir.join("images"));
+    let image_dir = store.join(SIM_IMAGE);
+    std::fs::create_dir_all(&image_dir)?;
+    for (file, bytes) in [("boot.img", 4096usize), ("system.img", 65_536)] {
+        let path = image_dir.join(file);
+        if !path.exists() {
+            std::fs::write(&path, vec![0x5a; bytes])?;
+        }
+    }
+    add_inventory(config, &rack);
+    Ok(rack)
+}
+
+fn add_inventory(config: &mut Config, rack: &SimRack) {
     if let Some(n) = name("sim-panda") {
         config.hardware_types.push(HardwareTypeConfig {
             name: n,
@@ -23,10 +91,10 @@ pub fn add_simulated_inventory(config: &mut Config, n: u32) {
             description: Some("the simulated rack".into()),
         });
     }
-    if let Some(n) = name("android") {
+    if let Some(n) = name(SIM_IMAGE) {
         config.images.push(ImageConfig {
             name: n,
-            description: Some("Android with SUTAgent".into()),
+            description: Some("Android with SUTAgent (simulated files)".into()),
             boot_config_keys: Vec::new(),
             can_reuse: true,
             hidden: false,
@@ -43,8 +111,8 @@ pub fn add_simulated_inventory(config: &mut Config, n: u32) {
             ],
         });
     }
-    for i in 0..n {
-        let Some(dn) = name(&format!("sim-{i:03}")) else {
+    for d in &rack.devices {
+        let Some(dn) = name(d.name.as_str()) else {
             continue;
         };
         config.devices.push(DeviceConfig {
@@ -54,9 +122,9 @@ pub fn add_simulated_inventory(config: &mut Config, n: u32) {
             pool: Some("mobile".into()),
             os_version: Some("4.0.4".into()),
             environment: "sim".parse().ok(),
-            relay: None,
-            sut: None,
-            fastboot_serial: None,
+            relay: Some(d.relay.to_string()),
+            sut: Some(d.sut_addr.to_string()),
+            fastboot_serial: Some(d.fastboot_serial.clone()),
             comments: None,
         });
     }

@@ -38,6 +38,8 @@ pub struct Ctx {
     pub caller: Caller,
     /// Base URL for absolute links in responses (configured public URL, else the Host).
     pub base_url: String,
+    /// The client's address (registrations log it).
+    pub peer: SocketAddr,
 }
 
 /// Answer one request.
@@ -63,7 +65,7 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
         (Ok(_), Err(e)) => error_response(&e.into()),
         (Ok(route), Ok(caller)) => match authorize(&caller, route.required_role()) {
             Err(e) => error_response(&e.into()),
-            Ok(()) => match run(&app, route, req, caller, query_text.as_deref()).await {
+            Ok(()) => match run(&app, route, req, caller, query_text.as_deref(), peer).await {
                 Ok(r) => r,
                 Err(e) => {
                     let mut r = error_response(&e);
@@ -108,6 +110,7 @@ async fn run(
     req: Request<Incoming>,
     caller: Caller,
     query: Option<&str>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let base_url = base_url(app, &req);
     let declared = req
@@ -134,6 +137,7 @@ async fn run(
         body,
         caller,
         base_url,
+        peer,
     };
     api::dispatch(&ctx, route).await
 }
@@ -161,6 +165,9 @@ fn route_error(e: &RouteError, path: &str, query: Option<&str>) -> Response<Body
             error_response(&ApiError::not_found(format!("no such API path: {path}")))
         }
         RouteError::BadName(n) => error_response(&ApiError::bad_request(n.to_string())),
+        RouteError::BadId(id) => error_response(&ApiError::bad_request(format!(
+            "request ids are numbers, got {id:?}"
+        ))),
         RouteError::MethodNotAllowed(allowed) => {
             let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
             let mut r = error_response(&ApiError::new(

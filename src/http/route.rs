@@ -11,7 +11,10 @@
 use hyper::Method;
 
 use crate::auth::Role;
-use crate::types::{DeviceName, EnvironmentName, HardwareType, ImageName, NameError};
+use crate::pool::DeviceChoice;
+use crate::types::{
+    BoardName, DeviceName, EnvironmentName, HardwareType, ImageName, NameError, check_name,
+};
 
 /// Every API call the service answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +61,72 @@ pub enum Route {
     HardwareTypePut(HardwareType),
     /// `DELETE /api/hardware-type/{name}/` (admin).
     HardwareTypeDelete(HardwareType),
+    /// `POST /api/device/register/`: a device registers itself (the SUTAgent registration
+    /// fields as JSON).
+    DeviceRegister,
+    /// `POST /api/inventory/sync/[?dry_run=1][&force=1]`: sync inventory-owned devices with
+    /// the given list (admin).
+    InventorySync,
     /// `GET /api/log/?subject=&device=&request=&since=&until=&before=&limit=`.
     LogQuery,
+    /// `GET|POST /api/device/{id}/event/{event}/`: a Lifeguard event (`please_*`).
+    DeviceEvent(DeviceName, String),
+    /// `POST /api/device/{id}/state-change/{from}/to/{to}/`: conditional state change.
+    DeviceStateChange(DeviceName, String, String),
+    /// `POST /api/device/{id}/power-cycle/`.
+    DevicePowerCycle(DeviceName),
+    /// `GET|POST /api/device/{id}/power-off/` (GET as the original).
+    DevicePowerOff(DeviceName),
+    /// `POST /api/device/{id}/power-on/`.
+    DevicePowerOn(DeviceName),
+    /// `POST /api/device/{id}/reboot/`: soft reboot through SUTAgent, power cycle fallback.
+    DeviceReboot(DeviceName),
+    /// `POST /api/device/{id}/flash/`: flash an image (`please_image`).
+    DeviceFlash(DeviceName),
+    /// `POST /api/device/{id}/clear-pxe/`: kept for old clients; there is no PXE here.
+    DeviceClearPxe(DeviceName),
+    /// `GET /api/device/{id}/ping/`: one reachability probe, now.
+    DevicePing(DeviceName),
+    /// `GET /api/device/{id}/bootconfig/`: the boot config of the image being installed.
+    DeviceBootconfig(DeviceName),
+    /// `POST /api/device/{id|any}/request/`: ask for a device.
+    DeviceRequest(DeviceChoice),
+    /// `GET /api/request/list/[?include_closed=1]`.
+    RequestList,
+    /// `GET /api/request/{id}/details/`.
+    RequestDetails(u64),
+    /// `GET /api/request/{id}/status/[?wait=N]`.
+    RequestStatus(u64),
+    /// `GET /api/request/{id}/log/`.
+    RequestLog(u64),
+    /// `POST /api/request/{id}/renew/`.
+    RequestRenew(u64),
+    /// `POST /api/request/{id}/return/`.
+    RequestReturn(u64),
+    /// `GET|POST /api/request/{id}/event/{event}/`.
+    RequestEvent(u64, String),
+    /// `GET /api/relay/list/`.
+    RelayList,
+    /// `GET /api/relay/{board}/test/`: two-way communication test.
+    RelayTest(BoardName),
+    /// `GET|POST /api/relay/{board}/{bankB:relayR | pinN}/{status|on|off|cycle}/`: raw relay
+    /// control for techs at the rack (status with GET, the others with POST).
+    RelayChannel(BoardName, String, RelayOp),
+    /// `PUT /api/sim/device/{id}/faults/`: inject faults into a simulated device.
+    SimFaults(DeviceName),
+}
+
+/// What a raw relay call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOp {
+    /// Read the channel.
+    Status,
+    /// Power the device on.
+    On,
+    /// Power the device off.
+    Off,
+    /// Power cycle the device.
+    Cycle,
 }
 
 /// Why a path did not route.
@@ -73,6 +140,8 @@ pub enum RouteError {
     AddSlash,
     /// A path parameter is not a valid name: 400.
     BadName(NameError),
+    /// A request id that is not a number: 400.
+    BadId(String),
 }
 
 impl From<NameError> for RouteError {
@@ -84,6 +153,18 @@ impl From<NameError> for RouteError {
 const GET: &[Method] = &[Method::GET, Method::HEAD];
 const POST: &[Method] = &[Method::POST];
 const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
+const GET_POST: &[Method] = &[Method::GET, Method::HEAD, Method::POST];
+const PUT: &[Method] = &[Method::PUT];
+
+fn request_id(s: &str) -> Result<u64, RouteError> {
+    s.parse()
+        .map_err(|_| RouteError::BadId(s.chars().take(40).collect()))
+}
+
+fn event_name(s: &str) -> Result<String, RouteError> {
+    check_name("event name", s)?;
+    Ok(s.to_owned())
+}
 
 impl Route {
     /// Route a request.
@@ -107,6 +188,11 @@ impl Route {
             ["api", "health"] => (GET, Route::Health),
             ["api", "log"] => (GET, Route::LogQuery),
             ["api", "device", "list"] => (GET, Route::DeviceList),
+            // A device named `register` stays reachable with PUT/DELETE.
+            ["api", "device", "register"] if !matches!(*method, Method::PUT | Method::DELETE) => {
+                (POST, Route::DeviceRegister)
+            }
+            ["api", "inventory", "sync"] => (POST, Route::InventorySync),
             ["api", "device", id] => {
                 let id = id.parse()?;
                 match *method {
@@ -123,6 +209,52 @@ impl Route {
             ["api", "device", id, "log"] => (GET, Route::DeviceLog(id.parse()?)),
             ["api", "device", id, "status"] => (GET, Route::DeviceStatus(id.parse()?)),
             ["api", "device", id, "state"] => (GET, Route::DeviceState(id.parse()?)),
+            ["api", "device", id, "event", ev] => {
+                (GET_POST, Route::DeviceEvent(id.parse()?, event_name(ev)?))
+            }
+            ["api", "device", id, "state-change", from, "to", to] => (
+                POST,
+                Route::DeviceStateChange(id.parse()?, event_name(from)?, event_name(to)?),
+            ),
+            ["api", "device", id, "power-cycle"] => (POST, Route::DevicePowerCycle(id.parse()?)),
+            ["api", "device", id, "power-off"] => (GET_POST, Route::DevicePowerOff(id.parse()?)),
+            ["api", "device", id, "power-on"] => (POST, Route::DevicePowerOn(id.parse()?)),
+            ["api", "device", id, "reboot"] => (POST, Route::DeviceReboot(id.parse()?)),
+            ["api", "device", id, "flash"] => (POST, Route::DeviceFlash(id.parse()?)),
+            ["api", "device", id, "clear-pxe"] => (POST, Route::DeviceClearPxe(id.parse()?)),
+            ["api", "device", id, "ping"] => (GET, Route::DevicePing(id.parse()?)),
+            ["api", "device", id, "bootconfig"] => (GET, Route::DeviceBootconfig(id.parse()?)),
+            ["api", "device", id, "request"] => {
+                (POST, Route::DeviceRequest(DeviceChoice::parse(id)?))
+            }
+            ["api", "request", "list"] => (GET, Route::RequestList),
+            ["api", "request", id, "details"] => (GET, Route::RequestDetails(request_id(id)?)),
+            ["api", "request", id, "status"] => (GET, Route::RequestStatus(request_id(id)?)),
+            ["api", "request", id, "log"] => (GET, Route::RequestLog(request_id(id)?)),
+            ["api", "request", id, "renew"] => (POST, Route::RequestRenew(request_id(id)?)),
+            ["api", "request", id, "return"] => (POST, Route::RequestReturn(request_id(id)?)),
+            ["api", "request", id, "event", ev] => (
+                GET_POST,
+                Route::RequestEvent(request_id(id)?, event_name(ev)?),
+            ),
+            ["api", "relay", "list"] => (GET, Route::RelayList),
+            ["api", "relay", board, "test"] => (GET, Route::RelayTest(board.parse()?)),
+            ["api", "relay", board, channel, op] => {
+                let op = match *op {
+                    "status" => RelayOp::Status,
+                    "on" => RelayOp::On,
+                    "off" => RelayOp::Off,
+                    "cycle" => RelayOp::Cycle,
+                    _ => return Err(RouteError::NotFound),
+                };
+                check_name("relay channel", channel)?;
+                let allowed = if op == RelayOp::Status { GET } else { POST };
+                (
+                    allowed,
+                    Route::RelayChannel(board.parse()?, (*channel).to_owned(), op),
+                )
+            }
+            ["api", "sim", "device", id, "faults"] => (PUT, Route::SimFaults(id.parse()?)),
             ["api", "image", "list"] => (GET, Route::ImageList),
             ["api", "image", name, "details"] => (GET, Route::ImageDetails(name.parse()?)),
             ["api", "image", name] => {
@@ -156,7 +288,10 @@ impl Route {
         if !allowed.contains(method) {
             return Err(RouteError::MethodNotAllowed(allowed));
         }
-        if !slash && allowed == GET {
+        // JSON routes answer a GET without the trailing slash with a 303, as the original;
+        // `bootconfig` returns raw text and never did.
+        let is_get = matches!(*method, Method::GET | Method::HEAD);
+        if !slash && is_get && !matches!(route, Route::DeviceBootconfig(_)) {
             return Err(RouteError::AddSlash);
         }
         Ok(route)
@@ -179,6 +314,15 @@ impl Route {
                 | Route::EnvironmentList
                 | Route::HardwareTypeList
                 | Route::LogQuery
+                | Route::DevicePing(_)
+                | Route::DeviceBootconfig(_)
+                | Route::RequestList
+                | Route::RequestDetails(_)
+                | Route::RequestStatus(_)
+                | Route::RequestLog(_)
+                | Route::RelayList
+                | Route::RelayTest(_)
+                | Route::RelayChannel(_, _, RelayOp::Status)
         )
     }
 
@@ -216,6 +360,39 @@ impl Route {
             | Route::EnvironmentDelete(_)
             | Route::HardwareTypePut(_)
             | Route::HardwareTypeDelete(_) => Role::Admin,
+            // Hardware queries that change nothing.
+            Route::DevicePing(_)
+            | Route::DeviceBootconfig(_)
+            | Route::RelayList
+            | Route::RelayTest(_)
+            | Route::RelayChannel(_, _, RelayOp::Status) => Role::Read,
+            // Power, state, flashing, Lifeguard events, inventory sync, simulator faults.
+            Route::DeviceEvent(..)
+            | Route::DeviceStateChange(..)
+            | Route::DevicePowerCycle(_)
+            | Route::DevicePowerOff(_)
+            | Route::DevicePowerOn(_)
+            | Route::DeviceReboot(_)
+            | Route::DeviceFlash(_)
+            | Route::DeviceClearPxe(_)
+            | Route::RelayChannel(..)
+            | Route::InventorySync
+            | Route::SimFaults(_) => Role::Admin,
+            // Devices registering themselves change the inventory: an admin token (the
+            // SUTAgent TCP registration listener is not behind HTTP auth).
+            Route::DeviceRegister => Role::Admin,
+            Route::RequestList
+            | Route::RequestDetails(_)
+            | Route::RequestStatus(_)
+            | Route::RequestLog(_) => Role::Read,
+            // Ownership (only the token that made it, or an admin) is checked by the handler
+            // with `auth::may_manage_request`.
+            Route::DeviceRequest(_) | Route::RequestRenew(_) | Route::RequestReturn(_) => {
+                Role::Request
+            }
+            Route::RequestEvent(_, event) if event == "close" => Role::Request,
+            // `expire`, `lifeguard_finished` and anything else are internal.
+            Route::RequestEvent(..) => Role::Admin,
         }
     }
 
@@ -230,7 +407,19 @@ impl Route {
             | Route::DeviceSetEnvironment(d)
             | Route::DeviceLog(d)
             | Route::DeviceStatus(d)
-            | Route::DeviceState(d) => Some(d),
+            | Route::DeviceState(d)
+            | Route::DeviceEvent(d, _)
+            | Route::DeviceStateChange(d, _, _)
+            | Route::DevicePowerCycle(d)
+            | Route::DevicePowerOff(d)
+            | Route::DevicePowerOn(d)
+            | Route::DeviceReboot(d)
+            | Route::DeviceFlash(d)
+            | Route::DeviceClearPxe(d)
+            | Route::DevicePing(d)
+            | Route::DeviceBootconfig(d)
+            | Route::SimFaults(d) => Some(d),
+            Route::DeviceRequest(DeviceChoice::Named(d)) => Some(d),
             _ => None,
         }
     }
@@ -270,6 +459,28 @@ mod tests {
             Route::parse(&Method::DELETE, "/api/device/p1"),
             Ok(Route::DeviceRetire(dev("p1")))
         );
+    }
+
+    #[test]
+    fn registration_and_sync_routes() {
+        assert_eq!(
+            Route::parse(&Method::POST, "/api/device/register/"),
+            Ok(Route::DeviceRegister)
+        );
+        assert_eq!(
+            Route::parse(&Method::PUT, "/api/device/register/"),
+            Ok(Route::DevicePut(dev("register")))
+        );
+        assert!(matches!(
+            Route::parse(&Method::GET, "/api/device/register/"),
+            Err(RouteError::MethodNotAllowed(m)) if m == POST
+        ));
+        assert_eq!(
+            Route::parse(&Method::POST, "/api/inventory/sync"),
+            Ok(Route::InventorySync)
+        );
+        assert!(Route::DeviceRegister.mutates() && Route::InventorySync.mutates());
+        assert_eq!(Route::DeviceRegister.device(), None);
     }
 
     #[test]

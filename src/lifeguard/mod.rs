@@ -18,11 +18,14 @@
 //!
 //! See `docs/lifeguard.md` for the state diagram and the mapping from MozPool's PXE states.
 
+pub mod driver;
 mod machine;
 mod model;
 mod state;
+pub mod store;
 mod timings;
 
+pub use driver::{DeliverError, Hardware, Lifeguard, PoolLink};
 pub use machine::{force, resume, step};
 pub use model::{
     Action, Counters, Event, ForceError, ImagingResult, NextImage, Purpose, Refused, Snapshot,

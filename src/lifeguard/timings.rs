@@ -105,11 +105,11 @@ impl Default for Timings {
 }
 
 impl Timings {
-    /// The defaults with every timeout multiplied by `factor` (rounded, at least 1 ms unless
-    /// the default is 0); limits unchanged. For fast tests: `Timings::scaled(0.001)`.
+    /// These timings with every timeout multiplied by `factor` (rounded, at least 1 ms unless
+    /// it is 0); limits unchanged. For fast tests: `Timings::default().scaled(0.001)`.
     #[must_use]
-    pub fn scaled(factor: f64) -> Self {
-        let d = Timings::default();
+    pub fn scaled(&self, factor: f64) -> Self {
+        let d = self.clone();
         let f = |ms: u64| -> u64 {
             if ms == 0 {
                 return 0;
@@ -185,7 +185,8 @@ mod tests {
 
     #[test]
     fn defaults_deserialise_from_empty_and_partial_config() {
-        let t: Timings = serde_json::from_str("{}").unwrap_or_else(|_| Timings::scaled(2.0));
+        let t: Timings =
+            serde_json::from_str("{}").unwrap_or_else(|_| Timings::default().scaled(2.0));
         assert_eq!(t, Timings::default());
         let t: Timings = serde_json::from_str(r#"{"ready_check_ms": 1000, "max_pc_rounds": 5}"#)
             .unwrap_or_default();
@@ -197,12 +198,12 @@ mod tests {
 
     #[test]
     fn scaled_keeps_limits_and_zero() {
-        let t = Timings::scaled(0.001);
+        let t = Timings::default().scaled(0.001);
         assert_eq!(t.new_ms, 0);
         assert_eq!(t.ready_check_ms, 600);
         assert_eq!(t.pc_pinging_ms, 10);
         assert_eq!(t.max_power_cycling, 200);
-        let tiny = Timings::scaled(1e-9);
+        let tiny = Timings::default().scaled(1e-9);
         assert_eq!(tiny.pc_pinging_ms, 1);
     }
 

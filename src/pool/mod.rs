@@ -16,6 +16,7 @@
 //! `docs/requests.md` for the request lifecycle.
 
 pub mod config;
+pub mod driver;
 pub mod machine;
 pub mod queue;
 pub mod select;
@@ -26,6 +27,7 @@ pub mod state;
 mod model_tests;
 
 pub use config::{QueuePolicy, Timings};
+pub use driver::{Pool, PoolError};
 pub use machine::{Action, Assignment, Event, LifeguardEvent, RequestSnapshot, Transition, step};
 pub use queue::{QueuedRequest, assign, effective_priority, position};
 pub use select::{Explanation, Unsatisfiable, explain, matches, needs_image, satisfiable};

@@ -17,6 +17,7 @@ mod codec;
 pub mod inventory;
 pub mod logs;
 pub mod records;
+pub mod requests;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,16 @@ pub enum StoreError {
         key: String,
         /// What was wrong.
         source: CodecError,
+    },
+    /// A record decoded but holds a value this release refuses (e.g. an invalid name).
+    #[error("bad record in {table} at {key}: {message}")]
+    BadRecord {
+        /// Table name.
+        table: &'static str,
+        /// Key, as text.
+        key: String,
+        /// What is wrong.
+        message: String,
     },
     /// A record could not be encoded.
     #[error("cannot encode record: {0}")]
@@ -314,6 +325,9 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
         tx.open_table(tables::LOGS)?;
         tx.open_table(tables::LOG_INDEX)?;
         tx.open_table(tables::DEVICE_DEADLINES)?;
+        tx.open_table(tables::REQUESTS)?;
+        tx.open_table(tables::OPEN_REQUESTS)?;
+        tx.open_table(tables::REQUEST_DEADLINES)?;
     }
     tx.commit()?;
     Ok(())

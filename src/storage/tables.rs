@@ -7,6 +7,7 @@ use redb::TableDefinition;
 
 use super::codec::Encoded;
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord};
+use super::requests::RequestRecord;
 
 /// Store-wide counters and markers: `schema_version`, `next_log_seq`, `next_request_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -37,3 +38,15 @@ pub const LOG_INDEX: TableDefinition<(&str, u64), ()> = TableDefinition::new("lo
 /// `inventory::put_device`.
 pub const DEVICE_DEADLINES: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("device_deadlines");
+
+/// Requests by id (ascending = oldest first).
+pub const REQUESTS: TableDefinition<u64, Encoded<RequestRecord>> = TableDefinition::new("requests");
+
+/// Ids of requests that are not terminal (not closed or failed), so the driver and the
+/// queue never scan the whole history.
+pub const OPEN_REQUESTS: TableDefinition<u64, ()> = TableDefinition::new("open_requests");
+
+/// Request timers: (when the driver must look at it, id): the earlier of its state timeout
+/// and its expiry plus grace.
+pub const REQUEST_DEADLINES: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("request_deadlines");

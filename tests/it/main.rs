@@ -1,5 +1,6 @@
 //! The integration-test binary: every module below runs the real service (in-process, or as
-//! a child process where a crash is the point) against simulated hardware.
+//! a child process where a crash is the point) or a real driver against its simulator over
+//! real sockets, ptys and child processes.
 
 mod support;
 
@@ -8,4 +9,10 @@ mod api_inventory;
 mod auth;
 mod crash;
 mod hostile;
+mod hw_fastboot;
+mod hw_images;
+mod hw_relay;
+mod hw_sim_device;
+mod hw_sut;
+mod registration;
 mod storage;

@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::logs::entry_json;
-use crate::config::valid_host_port;
 use crate::http::body::{Body, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
@@ -15,10 +14,7 @@ use crate::inventory::{DeviceFields, Upsert, retire_device, upsert_device};
 use crate::model::{Device, device_subject};
 use crate::storage::logs::{LogQuery, query};
 use crate::storage::{inventory as inv, tables};
-use crate::types::{DeviceName, EnvironmentName, HardwareType, check_name};
-
-/// Longest comment accepted.
-const MAX_COMMENT_LEN: usize = 2000;
+use crate::types::DeviceName;
 
 /// The device JSON of `/api/device/list/?details=1`: the original's 13 keys plus the new
 /// inventory fields.
@@ -35,7 +31,7 @@ pub fn device_json(d: &Device) -> Value {
         "name": d.name,
         "fqdn": fqdn,
         "inventory_id": d.id,
-        "mac_address": "",
+        "mac_address": mac_address(d),
         "imaging_server": d.server,
         "relay_info": d.wiring.relay,
         "state": d.state,
@@ -52,9 +48,26 @@ pub fn device_json(d: &Device) -> Value {
         "fastboot_serial": d.wiring.fastboot_serial,
         "retired": d.retired,
         "origin": d.origin,
+        "needs_tech": d.needs_tech().is_some(),
+        "needs_tech_reason": d.needs_tech(),
+        "registration": d.registration.as_ref().map(|r| json!({
+            "at": r.at.iso(),
+            "agent_name": r.agent_name,
+            "ip": r.ip,
+            "fields": r.fields,
+        })),
         "created": d.created.iso(),
         "updated": d.updated.iso(),
     })
+}
+
+/// The original's `mac_address`: 12 lowercase hex digits, from the agent NAME of the
+/// device's last registration when that is a MAC; empty otherwise.
+fn mac_address(d: &Device) -> String {
+    d.registration
+        .as_ref()
+        .and_then(|r| crate::registration::parse::mac_of(&r.agent_name))
+        .unwrap_or_default()
 }
 
 async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiError> {
@@ -90,40 +103,7 @@ pub async fn details(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiE
 }
 
 fn check_fields(f: &DeviceFields) -> Result<(), ApiError> {
-    let bad = |e: crate::types::NameError| ApiError::bad_request(e.to_string());
-    if let Some(e) = &f.environment {
-        e.parse::<EnvironmentName>().map_err(bad)?;
-    }
-    if let Some(h) = &f.hardware_type {
-        h.parse::<HardwareType>().map_err(bad)?;
-    }
-    for (label, v) in [
-        ("processor", &f.processor),
-        ("pool", &f.pool),
-        ("os_version", &f.os_version),
-        ("fastboot_serial", &f.fastboot_serial),
-        ("relay", &f.relay),
-    ] {
-        if let Some(v) = v {
-            check_name(label, v).map_err(bad)?;
-        }
-    }
-    if let Some(s) = &f.sut
-        && !valid_host_port(s)
-    {
-        return Err(ApiError::bad_request(format!(
-            "sut {s:?} must be host:port"
-        )));
-    }
-    if f.comments
-        .as_ref()
-        .is_some_and(|c| c.len() > MAX_COMMENT_LEN)
-    {
-        return Err(ApiError::bad_request(format!(
-            "comments are longer than {MAX_COMMENT_LEN} bytes"
-        )));
-    }
-    Ok(())
+    crate::inventory::check_fields(f).map_err(ApiError::bad_request)
 }
 
 /// `PUT /api/device/{id}/`: create (201) or update (200) a device's inventory fields.
@@ -285,7 +265,8 @@ pub async fn state(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiErr
 /// (the fuzz/robustness entry point; see [`super::decode_bodies`]).
 pub(super) fn decode_bodies(data: &[u8]) {
     let _ = json::<CommentsBody>(data);
-    let _ = json::<EnvironmentBody>(data).map(|b| b.environment.parse::<EnvironmentName>());
+    let _ = json::<EnvironmentBody>(data)
+        .map(|b| b.environment.parse::<crate::types::EnvironmentName>());
     if let Ok(fields) = json::<DeviceFields>(data) {
         let _ = check_fields(&fields);
     }

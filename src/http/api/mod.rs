@@ -3,7 +3,11 @@
 
 mod devices;
 mod inventory;
+mod lifeguard;
 mod logs;
+mod registration;
+mod relays;
+mod requests;
 mod system;
 
 use hyper::Response;
@@ -40,6 +44,30 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::HardwareTypeList => inventory::hardware_type_list(ctx).await,
         Route::HardwareTypePut(h) => inventory::hardware_type_put(ctx, h).await,
         Route::HardwareTypeDelete(h) => inventory::hardware_type_delete(ctx, h).await,
+        Route::DeviceRegister => registration::register(ctx).await,
+        Route::InventorySync => registration::inventory_sync(ctx).await,
+        Route::DeviceEvent(d, e) => lifeguard::event(ctx, d, e).await,
+        Route::DeviceStateChange(d, from, to) => lifeguard::state_change(ctx, d, from, to).await,
+        Route::DevicePowerCycle(d) => lifeguard::power_cycle(ctx, d).await,
+        Route::DevicePowerOff(d) => lifeguard::power_off(ctx, d).await,
+        Route::DevicePowerOn(d) => lifeguard::power_on(ctx, d).await,
+        Route::DeviceReboot(d) => lifeguard::reboot(ctx, d).await,
+        Route::DeviceFlash(d) => lifeguard::flash(ctx, d).await,
+        Route::DeviceClearPxe(d) => lifeguard::clear_pxe(ctx, d).await,
+        Route::DevicePing(d) => lifeguard::ping(ctx, d).await,
+        Route::DeviceBootconfig(d) => lifeguard::bootconfig(ctx, d).await,
+        Route::SimFaults(d) => lifeguard::sim_faults(ctx, d).await,
+        Route::DeviceRequest(choice) => requests::create(ctx, choice).await,
+        Route::RequestList => requests::list(ctx).await,
+        Route::RequestDetails(id) => requests::details(ctx, id).await,
+        Route::RequestStatus(id) => requests::status(ctx, id).await,
+        Route::RequestLog(id) => requests::log(ctx, id).await,
+        Route::RequestRenew(id) => requests::renew(ctx, id).await,
+        Route::RequestReturn(id) => requests::return_request(ctx, id).await,
+        Route::RequestEvent(id, e) => requests::event(ctx, id, e).await,
+        Route::RelayList => relays::list(ctx).await,
+        Route::RelayTest(b) => relays::test(ctx, b).await,
+        Route::RelayChannel(b, c, op) => relays::channel(ctx, b, c, op).await,
         Route::LogQuery => logs::query(ctx).await,
     }
 }

@@ -1,0 +1,91 @@
+//! `POST /api/device/register/` (a device registers itself, JSON form of the SUTAgent
+//! registration) and `POST /api/inventory/sync/` (admin: sync inventory-owned devices).
+
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::devices::device_json;
+use crate::http::body::{Body, json, json_response, ok};
+use crate::http::dispatch::Ctx;
+use crate::http::error::ApiError;
+use crate::inventory_sync::{SyncBody, SyncError, sync};
+use crate::registration::apply::{Channel, apply, log_malformed};
+use crate::registration::parse::from_pairs;
+
+/// `POST /api/device/register/` with `{"NAME": "...", "IPADDR": "...", ...}`. Keys are
+/// matched case-insensitively; values are strings or integers (`null` = absent). 201 with
+/// the device when created, 200 when updated, 400 when malformed, 409 when refused by policy
+/// (retired device, name collision).
+pub async fn register(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let peer = ctx.peer.ip();
+    let from = peer.to_string();
+    let body: serde_json::Map<String, Value> = json(&ctx.body)?;
+    let mut pairs = Vec::with_capacity(body.len());
+    let mut bad = None;
+    for (k, v) in body {
+        match v {
+            Value::String(s) => pairs.push((k, s)),
+            Value::Number(n) if n.is_u64() => pairs.push((k, n.to_string())),
+            Value::Null => {}
+            _ => {
+                bad = Some(format!(
+                    "field {k} must be a string or a non-negative integer"
+                ));
+                break;
+            }
+        }
+    }
+    let parsed = match bad {
+        Some(reason) => Err(reason),
+        None => from_pairs(pairs).map_err(|e| e.to_string()),
+    };
+    let msg = match parsed {
+        Ok(m) => m,
+        Err(reason) => {
+            let r = reason.clone();
+            ctx.app
+                .store
+                .write(move |tx, now| log_malformed(tx, now, &from, Channel::Http, &r))
+                .await?;
+            return Err(ApiError::bad_request(reason));
+        }
+    };
+    let server = ctx.app.server_name().to_owned();
+    let applied = ctx
+        .app
+        .store
+        .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Http))
+        .await?
+        .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "registration_refused", reason))?;
+    let status = if applied.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut v = device_json(&applied.device);
+    v["changes"] = json!(applied.changes);
+    Ok(json_response(status, &v))
+}
+
+/// `POST /api/inventory/sync/[?dry_run=1][&force=1]` with `{"devices": [...]}`: 200 with
+/// the change report; 400 for invalid rows; 409 when the safety valve refuses.
+pub async fn inventory_sync(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let body: SyncBody = json(&ctx.body)?;
+    let report = sync(
+        &ctx.app.store,
+        ctx.app.server_name(),
+        body.devices,
+        ctx.query.flag("dry_run"),
+        ctx.query.flag("force"),
+        Some(ctx.caller.name.clone()),
+    )
+    .await
+    .map_err(|e| match e {
+        SyncError::Invalid(m) => ApiError::bad_request(m),
+        e @ SyncError::TooManyRetirements { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "safety_valve", e.to_string())
+        }
+        SyncError::Store(s) => s.into(),
+    })?;
+    Ok(ok(&report))
+}

@@ -1,0 +1,365 @@
+//! The MozPool layer's API: `/api/device/{id|any}/request/` and `/api/request/…`, in the
+//! original 4.x shapes, with a long-poll status and a real queue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use hyper::{Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::logs::entry_json;
+use crate::http::body::{Body, json, no_content, ok};
+use crate::http::dispatch::Ctx;
+use crate::http::error::ApiError;
+use crate::model::request_subject;
+use crate::pool::driver::settled;
+use crate::pool::{DeviceChoice, Event, ImagingResult, PoolError, RequestSpec};
+use crate::storage::logs::{LogQuery, query};
+use crate::storage::requests::{self as reqs, StoredRequest};
+use crate::storage::{inventory as inv, tables};
+use crate::types::{EnvironmentName, HardwareType, ImageName, check_name};
+
+/// Longest accepted `wait` on a status long poll.
+const MAX_STATUS_WAIT: u64 = 300;
+/// Longest accepted `assignee`.
+const MAX_ASSIGNEE: usize = 256;
+
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
+        PoolError::Store(s) => s.into(),
+        PoolError::NoRequest(id) => ApiError::not_found(format!("no request with id {id}")),
+        PoolError::NoDevice(d) => ApiError::not_found(format!("no device named {d}")),
+        PoolError::NoImage(i) => ApiError::not_found(format!("no image named {i}")),
+        PoolError::Busy(m) | PoolError::Ignored(m) => ApiError::conflict(m),
+    }
+}
+
+/// The request object of the original (`id`, `requested_device`, `assignee`, `expires`,
+/// `environment`, `image`, `boot_config`, `assigned_device`, `url`) plus `state` and the new
+/// criteria.
+#[must_use]
+pub fn request_json(r: &StoredRequest, base_url: &str) -> Value {
+    let s = &r.snap;
+    json!({
+        "id": s.id,
+        "requested_device": s.spec.requested_device.to_string(),
+        "assignee": s.spec.assignee,
+        "expires": s.expires.iso(),
+        "environment": s.spec.environment.as_ref().map_or("any", |e| e.as_str()),
+        "image": s.spec.image.as_str(),
+        "boot_config": s.spec.boot_config_json(),
+        "assigned_device": s.assigned.as_ref().map_or(String::new(), |a| a.device.to_string()),
+        "url": format!("{base_url}/api/request/{}/", s.id),
+        "state": s.state.to_string(),
+        "imaging_server": r.server,
+        "hardware_type": s.spec.hardware_type.as_ref().map(ToString::to_string),
+        "processor": s.spec.processor,
+        "pool": s.spec.pool,
+        "os_version": s.spec.os_version,
+        "priority": s.spec.priority,
+        "wait": s.spec.wait,
+    })
+}
+
+fn field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    body.get(key).filter(|v| !v.is_null())
+}
+
+fn string_field(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match field(body, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(format!("{key} must be a string"))),
+    }
+}
+
+/// A whole number given as a JSON number or numeric string, as the original accepted.
+fn int_field(body: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError> {
+    match field(body, key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{key} must be a whole number"))),
+        Some(Value::String(s)) => {
+            s.trim().parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("{key} must be a whole number, got {s:?}"))
+            })
+        }
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key} must be a whole number"
+        ))),
+    }
+}
+
+fn name_field<T: std::str::FromStr<Err = crate::types::NameError>>(
+    body: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<T>, ApiError> {
+    string_field(body, key)?
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(|e| ApiError::bad_request(format!("{key}: {e}")))
+        })
+        .transpose()
+}
+
+/// `POST /api/device/{id|any}/request/`.
+pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, ApiError> {
+    let body: Value = json(&ctx.body)?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    let assignee = string_field(&body, "assignee")?
+        .ok_or_else(|| ApiError::bad_request("assignee is required"))?;
+    if assignee.trim().is_empty()
+        || assignee.len() > MAX_ASSIGNEE
+        || assignee.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "assignee must be 1 to {MAX_ASSIGNEE} printable characters"
+        )));
+    }
+    let duration = int_field(&body, "duration")?
+        .ok_or_else(|| ApiError::bad_request("duration is required"))?;
+    let duration = u64::try_from(duration)
+        .ok()
+        .filter(|d| *d > 0)
+        .ok_or_else(|| ApiError::bad_request("duration must be a positive number of seconds"))?;
+    let image: ImageName =
+        name_field(&body, "image")?.ok_or_else(|| ApiError::bad_request("image is required"))?;
+    let environment: Option<EnvironmentName> = name_field(&body, "environment")?;
+    let hardware_type: Option<HardwareType> = name_field(&body, "hardware_type")?;
+    let mut criteria = BTreeMap::new();
+    for key in ["processor", "pool", "os_version"] {
+        if let Some(v) = string_field(&body, key)? {
+            check_name(key, &v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            criteria.insert(key, v);
+        }
+    }
+    let priority = int_field(&body, "priority")?.unwrap_or(0);
+    let priority =
+        i32::try_from(priority).map_err(|_| ApiError::bad_request("priority is out of range"))?;
+    let wait = int_field(&body, "wait")?
+        .map(|w| {
+            u64::try_from(w)
+                .map_err(|_| ApiError::bad_request("wait must be a non-negative number of seconds"))
+        })
+        .transpose()?;
+    let img_name = image.to_string();
+    let img = ctx
+        .app
+        .store
+        .read(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &img_name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no image named {image}")))?;
+    let mut boot_config = BTreeMap::new();
+    for key in &img.boot_config_keys {
+        let v = field(&body, key).ok_or_else(|| {
+            ApiError::bad_request(format!("image {image} needs boot config key {key}"))
+        })?;
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.len() > 2048 {
+            return Err(ApiError::bad_request(format!(
+                "{key} is longer than 2048 bytes"
+            )));
+        }
+        boot_config.insert(key.clone(), text);
+    }
+    let mut spec = RequestSpec::new(device, &assignee, image, ctx.app.clock.now());
+    spec.boot_config = boot_config;
+    spec.environment = environment.filter(|e| e.as_str() != "any");
+    spec.hardware_type = hardware_type;
+    spec.processor = criteria.remove("processor");
+    spec.pool = criteria.remove("pool");
+    spec.os_version = criteria.remove("os_version");
+    spec.priority = priority;
+    spec.wait = wait;
+    let r = ctx
+        .app
+        .pool
+        .create(spec, duration, Some(ctx.caller.name.clone()))
+        .await
+        .map_err(pool_error)?;
+    Ok(ok(&json!({ "request": request_json(&r, &ctx.base_url) })))
+}
+
+/// `GET /api/request/list/[?include_closed=1]`.
+pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let include_closed = ctx.query.flag("include_closed");
+    let (requests, devices) = ctx
+        .app
+        .store
+        .read(move |tx| {
+            Ok((
+                reqs::list(tx, !include_closed)?,
+                inv::devices(&tx.open_table(tables::DEVICES)?)?,
+            ))
+        })
+        .await?;
+    let states: HashMap<&str, &str> = devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.state.as_str()))
+        .collect();
+    let rows: Vec<Value> = requests
+        .iter()
+        .filter(|r| include_closed || r.snap.state != crate::pool::RequestState::Closed)
+        .map(|r| {
+            let assigned = r
+                .snap
+                .assigned
+                .as_ref()
+                .map_or(String::new(), |a| a.device.to_string());
+            let mut v = request_json(r, &ctx.base_url);
+            v["device_state"] = json!(states.get(assigned.as_str()).copied().unwrap_or(""));
+            v
+        })
+        .collect();
+    Ok(ok(&json!({ "requests": rows })))
+}
+
+async fn load(ctx: &Ctx, id: u64) -> Result<StoredRequest, ApiError> {
+    ctx.app
+        .pool
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no request with id {id}")))
+}
+
+/// `GET /api/request/{id}/details/`.
+pub async fn details(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    Ok(ok(&request_json(&load(ctx, id).await?, &ctx.base_url)))
+}
+
+async fn log_rows(ctx: &Ctx, id: u64, limit: usize) -> Result<Vec<Value>, ApiError> {
+    let q = LogQuery {
+        subject: Some(request_subject(id)),
+        limit,
+        ..LogQuery::default()
+    };
+    let entries = ctx.app.store.read(move |tx| query(tx, &q)).await?;
+    Ok(entries.iter().rev().map(entry_json).collect())
+}
+
+/// `GET /api/request/{id}/status/[?wait=N]`: `{"state", "log"}` as the original, plus the
+/// queue position and why nothing matched yet while waiting. With `wait`, the call returns
+/// as soon as the state changes (or after N seconds), so clients need not busy-poll.
+pub async fn status(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    let mut r = load(ctx, id).await?;
+    if let Some(wait) = ctx.query.number("wait")? {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_STATUS_WAIT));
+        let start_state = r.snap.state;
+        let mut changes = ctx.app.pool.subscribe();
+        while r.snap.state == start_state && !settled(start_state) {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = ctx.app.shutdown.cancelled() => break,
+            }
+            r = load(ctx, id).await?;
+        }
+    }
+    let position = ctx.app.pool.queue_position(id).await?;
+    Ok(ok(&json!({
+        "state": r.snap.state.to_string(),
+        "log": log_rows(ctx, id, 100).await?,
+        "assigned_device": r.snap.assigned.as_ref().map_or(String::new(), |a| a.device.to_string()),
+        "expires": r.snap.expires.iso(),
+        "queue_position": position,
+        "waiting_because": r.explanation,
+    })))
+}
+
+/// `GET /api/request/{id}/log/`: every row, oldest first (at most 10000).
+pub async fn log(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    load(ctx, id).await?;
+    Ok(ok(&json!({ "log": log_rows(ctx, id, 10_000).await? })))
+}
+
+/// `POST /api/request/{id}/renew/` with `{"duration": seconds}`: the lease ends `duration`
+/// from now (replaces, as the original). 204.
+pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    let body: Value = json(&ctx.body)?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    let duration = int_field(&body, "duration")?
+        .ok_or_else(|| ApiError::bad_request("duration is required"))?;
+    let duration_secs = u64::try_from(duration)
+        .map_err(|_| ApiError::bad_request("duration must not be negative"))?;
+    load(ctx, id).await?;
+    ctx.app
+        .pool
+        .deliver(
+            id,
+            Event::Renew { duration_secs },
+            Some(ctx.caller.name.clone()),
+        )
+        .await
+        .map_err(pool_error)?;
+    Ok(no_content())
+}
+
+/// `POST /api/request/{id}/return/`: close the request; its device is rebooted and verified
+/// before anyone else gets it. 204, also when it was already closed.
+pub async fn return_request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    load(ctx, id).await?;
+    ctx.app
+        .pool
+        .deliver(id, Event::Close, Some(ctx.caller.name.clone()))
+        .await
+        .map_err(pool_error)?;
+    Ok(no_content())
+}
+
+/// `GET|POST /api/request/{id}/event/{event}/`: `close`, `expire`, or `lifeguard_finished`
+/// with `{"imaging_result": ...}`. 200 `{}` when taken; 409 when the state ignored it.
+pub async fn event(ctx: &Ctx, id: u64, event: String) -> Result<Response<Body>, ApiError> {
+    let r = load(ctx, id).await?;
+    let ev = match event.as_str() {
+        "close" => Event::Close,
+        "expire" => Event::Expire,
+        "lifeguard_finished" => {
+            let body: Value = json(&ctx.body)?;
+            let result = body
+                .get("imaging_result")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad_request("lifeguard_finished needs {\"imaging_result\": ...}")
+                })?;
+            let device = r
+                .snap
+                .assigned
+                .as_ref()
+                .map(|a| a.device.clone())
+                .ok_or_else(|| ApiError::conflict("the request holds no device"))?;
+            Event::LifeguardFinished {
+                device,
+                imaging_result: ImagingResult::parse(result),
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown or internal request event {other:?} (accepted: close, expire, lifeguard_finished)"
+            )));
+        }
+    };
+    let (accepted, after) = ctx
+        .app
+        .pool
+        .deliver(id, ev, Some(ctx.caller.name.clone()))
+        .await
+        .map_err(pool_error)?;
+    if accepted {
+        Ok(ok(&json!({})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("event {event} was ignored in state {}", after.snap.state),
+        ))
+    }
+}

@@ -1,0 +1,433 @@
+//! `SimDevice`: a simulated phone/board. Its power input follows a relay hook; on power-on
+//! it sits in its bootloader for a window (fastboot can catch it there and keep it until
+//! `fastboot reboot`), then boots the OS after `boot_time`; its `SimSutAgent` answers only
+//! while the OS runs. Flashed images are recorded per partition. A loopback control port
+//! (line protocol, one request per connection) lets the `fastboot` stand-in drive it.
+//!
+//! Control protocol: `state` → `off|bootloader|booting|os`; `catch` → `ok` (now held in
+//! the bootloader) | `wait` | `hang`; `getvar NAME` → `ok VALUE` | `err MSG`;
+//! `flash PART SHA256` → `ok` | `err MSG`; `reboot` → `ok` | `err MSG`.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::lock;
+use super::sut::{SimSutAgent, SimSutFaults};
+
+/// Device fault knobs, settable at runtime and from config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimFaults {
+    /// Never finishes booting the OS (SUTAgent never comes up).
+    pub does_not_boot: bool,
+    /// SUTAgent serves a connection only with this probability.
+    pub sut_flaky: Option<f64>,
+    /// fastboot catches the device and then hangs forever.
+    pub fastboot_hangs: bool,
+    /// SUTAgent answers garbage.
+    pub sut_garbage: bool,
+}
+
+/// Boot timings (scale them down in tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimTimings {
+    /// How long the bootloader waits for fastboot after power-on, in ms.
+    #[serde(with = "crate::hw::millis", rename = "bootloader_window_ms")]
+    pub bootloader_window: Duration,
+    /// OS boot time after the bootloader, in ms.
+    #[serde(with = "crate::hw::millis", rename = "boot_time_ms")]
+    pub boot_time: Duration,
+}
+
+impl Default for SimTimings {
+    fn default() -> Self {
+        SimTimings {
+            bootloader_window: Duration::from_secs(3),
+            boot_time: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimPhase {
+    /// No power.
+    Off,
+    /// In the bootloader (fastboot can talk to it).
+    Bootloader,
+    /// Booting the OS.
+    Booting,
+    /// OS running, SUTAgent up.
+    Os,
+}
+
+impl SimPhase {
+    fn name(self) -> &'static str {
+        match self {
+            SimPhase::Off => "off",
+            SimPhase::Bootloader => "bootloader",
+            SimPhase::Booting => "booting",
+            SimPhase::Os => "os",
+        }
+    }
+}
+
+/// Called with (serial, SUTAgent address) every time the OS finishes booting.
+pub type BootHook = Arc<dyn Fn(&str, SocketAddr) + Send + Sync>;
+
+/// Partitions a simulated device has unless configured otherwise.
+pub const DEFAULT_PARTITIONS: [&str; 5] = ["boot", "system", "userdata", "recovery", "cache"];
+
+struct State {
+    powered: bool,
+    phase: SimPhase,
+    until: Option<Instant>,
+    caught: bool,
+    faults: SimFaults,
+    timings: SimTimings,
+    flashed: BTreeMap<String, String>,
+    boots: u64,
+    partitions: Vec<String>,
+    on_boot: Option<BootHook>,
+}
+
+struct Inner {
+    serial: String,
+    product: String,
+    sut: SimSutAgent,
+    control: SocketAddr,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+/// Handle to a simulated device (cheap clone). Its threads stop once every handle is gone.
+#[derive(Clone)]
+pub struct SimDevice {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SimDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDevice")
+            .field("serial", &self.inner.serial)
+            .field("phase", &self.phase())
+            .finish()
+    }
+}
+
+impl SimDevice {
+    /// Start an unpowered device with its control port and SUTAgent on loopback. If
+    /// `rack_dir` is given, writes `rack_dir/<serial>` with the control address so the
+    /// fastboot stand-in can find it.
+    ///
+    /// # Errors
+    /// Socket or file errors.
+    pub fn start(
+        serial: &str,
+        product: &str,
+        timings: SimTimings,
+        rack_dir: Option<&Path>,
+    ) -> io::Result<Self> {
+        crate::types::check_name("serial", serial)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let sut = SimSutAgent::start(false, &format!("sim:{serial}"))?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let control = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            serial: serial.to_owned(),
+            product: product.to_owned(),
+            sut,
+            control,
+            state: Mutex::new(State {
+                powered: false,
+                phase: SimPhase::Off,
+                until: None,
+                caught: false,
+                faults: SimFaults::default(),
+                timings,
+                flashed: BTreeMap::new(),
+                boots: 0,
+                partitions: DEFAULT_PARTITIONS.iter().map(|s| (*s).to_owned()).collect(),
+                on_boot: None,
+            }),
+            cv: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.sut.set_on_reboot(Arc::new(move || {
+            if let Some(i) = weak.upgrade() {
+                SimDevice { inner: i }.reboot();
+            }
+        }));
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name(format!("sim-dev-{serial}"))
+            .spawn(move || phase_loop(&weak))?;
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name(format!("sim-ctl-{serial}"))
+            .spawn(move || control_loop(&listener, &weak))?;
+        if let Some(dir) = rack_dir {
+            let tmp = dir.join(format!(".{serial}.tmp"));
+            std::fs::write(&tmp, control.to_string())?;
+            std::fs::rename(&tmp, dir.join(serial))?;
+        }
+        Ok(SimDevice { inner })
+    }
+
+    /// Its fastboot serial.
+    #[must_use]
+    pub fn serial(&self) -> &str {
+        &self.inner.serial
+    }
+
+    /// Its SUTAgent command port.
+    #[must_use]
+    pub fn sut_addr(&self) -> SocketAddr {
+        self.inner.sut.addr()
+    }
+
+    /// Its control port (what the rack directory file contains).
+    #[must_use]
+    pub fn control_addr(&self) -> SocketAddr {
+        self.inner.control
+    }
+
+    /// Current phase.
+    #[must_use]
+    pub fn phase(&self) -> SimPhase {
+        lock(&self.inner.state).phase
+    }
+
+    /// Whether the power input is on.
+    #[must_use]
+    pub fn powered(&self) -> bool {
+        lock(&self.inner.state).powered
+    }
+
+    /// OS boots completed so far.
+    #[must_use]
+    pub fn boots(&self) -> u64 {
+        lock(&self.inner.state).boots
+    }
+
+    /// sha256 of the image flashed per partition.
+    #[must_use]
+    pub fn flashed(&self) -> BTreeMap<String, String> {
+        lock(&self.inner.state).flashed.clone()
+    }
+
+    /// Replace the partition table.
+    pub fn set_partitions(&self, parts: Vec<String>) {
+        lock(&self.inner.state).partitions = parts;
+    }
+
+    /// Replace the fault knobs (takes effect at once, including on the SUTAgent).
+    pub fn set_faults(&self, f: SimFaults) {
+        self.inner.sut.set_faults(SimSutFaults {
+            answer_probability: f.sut_flaky,
+            garbage: f.sut_garbage,
+            ..SimSutFaults::default()
+        });
+        lock(&self.inner.state).faults = f;
+        self.inner.cv.notify_all();
+    }
+
+    /// Current fault knobs.
+    #[must_use]
+    pub fn faults(&self) -> SimFaults {
+        lock(&self.inner.state).faults.clone()
+    }
+
+    /// Install the hook called when the OS has booted (for self-registration).
+    pub fn set_on_boot(&self, hook: BootHook) {
+        lock(&self.inner.state).on_boot = Some(hook);
+    }
+
+    /// Power input: on starts the bootloader window, off kills everything at once.
+    pub fn set_power(&self, on: bool) {
+        let mut st = lock(&self.inner.state);
+        if on == st.powered {
+            return;
+        }
+        st.powered = on;
+        if on {
+            enter_bootloader(&mut st);
+        } else {
+            st.phase = SimPhase::Off;
+            st.until = None;
+            st.caught = false;
+        }
+        self.inner.sut.set_up(false);
+        drop(st);
+        self.inner.cv.notify_all();
+    }
+
+    /// Warm reboot (SUTAgent `rebt`, `fastboot reboot`): back through the bootloader.
+    pub fn reboot(&self) {
+        let mut st = lock(&self.inner.state);
+        if st.powered {
+            enter_bootloader(&mut st);
+        }
+        self.inner.sut.set_up(false);
+        drop(st);
+        self.inner.cv.notify_all();
+    }
+
+    /// Wait until the device reaches `phase` (polling), up to `limit`.
+    #[must_use]
+    pub fn wait_for(&self, phase: SimPhase, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.phase() == phase {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.phase() == phase
+    }
+
+    fn control(&self, line: &str) -> String {
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or("");
+        let args: Vec<&str> = words.collect();
+        let mut st = lock(&self.inner.state);
+        let in_bl = st.phase == SimPhase::Bootloader && st.caught;
+        match (cmd, args.as_slice()) {
+            ("state", []) => st.phase.name().into(),
+            ("catch", []) => {
+                if st.phase == SimPhase::Bootloader {
+                    st.caught = true;
+                    st.until = None;
+                    if st.faults.fastboot_hangs {
+                        "hang"
+                    } else {
+                        "ok"
+                    }
+                    .into()
+                } else {
+                    "wait".into()
+                }
+            }
+            (_, _) if !in_bl => "err device not in bootloader".into(),
+            ("getvar", ["product"]) => format!("ok {}", self.inner.product),
+            ("getvar", ["serialno"]) => format!("ok {}", self.inner.serial),
+            ("getvar", [_]) => "err GetVar Variable Not found".into(),
+            ("flash", [part, sha]) => {
+                if st.partitions.iter().any(|p| p == part) {
+                    st.flashed.insert((*part).to_owned(), (*sha).to_owned());
+                    "ok".into()
+                } else {
+                    "err Partition not found".into()
+                }
+            }
+            ("reboot", []) => {
+                drop(st);
+                self.reboot();
+                "ok".into()
+            }
+            _ => "err unknown command".into(),
+        }
+    }
+}
+
+fn enter_bootloader(st: &mut State) {
+    st.phase = SimPhase::Bootloader;
+    st.until = Some(Instant::now() + st.timings.bootloader_window);
+    st.caught = false;
+}
+
+fn phase_loop(weak: &Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let mut st = lock(&inner.state);
+        let now = Instant::now();
+        let mut booted = None;
+        if let Some(until) = st.until
+            && now >= until
+        {
+            match st.phase {
+                SimPhase::Bootloader if !st.caught => {
+                    st.phase = SimPhase::Booting;
+                    st.until = if st.faults.does_not_boot {
+                        None
+                    } else {
+                        Some(now + st.timings.boot_time)
+                    };
+                }
+                SimPhase::Booting => {
+                    // Lock order is always device state, then agent.
+                    inner.sut.set_up(true);
+                    st.phase = SimPhase::Os;
+                    st.until = None;
+                    st.boots += 1;
+                    booted = Some(st.on_boot.clone());
+                }
+                _ => st.until = None,
+            }
+        }
+        if let Some(hook) = booted {
+            drop(st);
+            if let Some(h) = hook {
+                h(&inner.serial, inner.sut.addr());
+            }
+            continue;
+        }
+        let wait = st
+            .until
+            .map_or(Duration::from_millis(50), |u| {
+                u.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(50));
+        let _ = inner.cv.wait_timeout(st, wait);
+    }
+}
+
+fn control_loop(listener: &TcpListener, weak: &Weak<Inner>) {
+    loop {
+        if weak.strong_count() == 0 {
+            return;
+        }
+        match listener.accept() {
+            Ok((s, _)) => {
+                let Some(inner) = weak.upgrade() else { return };
+                let dev = SimDevice { inner };
+                let _ = serve_control(s, &dev);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn serve_control(s: TcpStream, dev: &SimDevice) -> io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(io::Read::take(s.try_clone()?, 1024)).read_line(&mut line)?;
+    let reply = dev.control(line.trim());
+    let mut s = s;
+    s.write_all(reply.as_bytes())?;
+    s.write_all(b"\n")
+}
+
+/// Send one control request to a device (used by the fastboot stand-in and tests).
+///
+/// # Errors
+/// Socket errors.
+pub fn control_request(addr: SocketAddr, line: &str) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(line.as_bytes())?;
+    s.write_all(b"\n")?;
+    let mut reply = String::new();
+    BufReader::new(io::Read::take(s, 4096)).read_line(&mut reply)?;
+    Ok(reply.trim().to_owned())
+}

@@ -1,0 +1,47 @@
+//! Simulators speaking the real protocols over the real transports (ptys, loopback TCP,
+//! a `fastboot` stand-in executable), with fault knobs. Used by tests and by
+//! `mozpool serve --simulate N`.
+//!
+//! They are test equipment, not drivers: they may block their own threads freely, but
+//! they never touch real hardware.
+
+pub mod device;
+pub mod fastboot;
+pub mod lcus;
+pub mod proxr;
+pub mod rack;
+pub mod sut;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
+pub use fastboot::sim_fastboot_main;
+pub use lcus::SimLcusBoard;
+pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
+pub use rack::{SimRack, SimRackDevice};
+pub use sut::{SimSutAgent, SimSutFaults};
+
+/// Called with (bank, relay, energised) whenever a simulated relay changes state. The
+/// simulated device's power follows it (normally closed: energised ⇒ unpowered).
+pub type RelayHook = Arc<dyn Fn(u8, u8, bool) + Send + Sync>;
+
+/// Lock a simulator mutex, ignoring poisoning (a panicked test thread must not cascade).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sleep up to `d`, waking early when `stop` is set; returns `false` if stopped.
+pub(crate) fn sleep_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(10)));
+    }
+}

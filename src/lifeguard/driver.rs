@@ -1,0 +1,668 @@
+//! The Lifeguard driver: the async side of the device state machine.
+//!
+//! It delivers events to devices through the store (one write transaction per event, or per
+//! batch of timeouts), executes the machine's actions on the hardware after the commit, and
+//! feeds every result back as an event tagged with the generation that asked for it. It
+//! also runs the timers (the store's deadline index) and resumes every device after a
+//! restart. One hardware action runs per device at a time: starting a new one cancels the
+//! previous one, whose result would be ignored anyway (wrong generation).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::store::{Applied, ApplyError, apply};
+use super::{Action, Event, ImagingResult, Timings, force, resume, step};
+use crate::clock::{Clock, Millis};
+use crate::config::HardwareConfig;
+use crate::hw::{
+    self, FlashDeadlines, Flasher, ImageFiles, ImageRecipe, ImageSource, RecipeStep, RelayAddr,
+    RelayBoards,
+};
+use crate::model::{Device, device_subject};
+use crate::storage::logs::{NewLog, append};
+use crate::storage::{Store, StoreError, inventory as inv, tables};
+
+/// Most fastboot output lines copied into a device's log per flash.
+const MAX_FLASH_LOG_LINES: usize = 400;
+
+/// The hardware the driver acts through.
+#[derive(Debug)]
+pub struct Hardware {
+    /// Relay boards (one actor thread each).
+    pub boards: RelayBoards,
+    /// The fastboot runner.
+    pub flasher: Flasher,
+    /// Image store and download cache.
+    pub images: ImageFiles,
+    /// Timeouts and limits.
+    pub settings: HardwareConfig,
+}
+
+impl Hardware {
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+/// How the driver tells the request layer about devices (set by the app; Lifeguard never
+/// imports the pool).
+pub trait PoolLink: Send + Sync {
+    /// A held device finished (or failed) the operation its request asked for.
+    fn imaging_result(&self, request: u64, device: &str, result: ImagingResult);
+    /// A device became free for the pool.
+    fn device_available(&self, device: &str);
+}
+
+/// Why an event was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The device or its state refused.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    timings: Timings,
+    hw: Arc<Hardware>,
+    link: OnceLock<Arc<dyn PoolLink>>,
+    inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
+    health: Semaphore,
+    wake: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Handle to the Lifeguard driver. Cheap to clone.
+#[derive(Clone)]
+pub struct Lifeguard {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Lifeguard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifeguard").finish_non_exhaustive()
+    }
+}
+
+impl Lifeguard {
+    /// A driver over `store` and `hw`; call [`Lifeguard::start`] to run it.
+    #[must_use]
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        timings: Timings,
+        hw: Arc<Hardware>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Lifeguard {
+        let health = Semaphore::new(hw.settings.health_concurrency.max(1));
+        Lifeguard {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                timings,
+                hw,
+                link: OnceLock::new(),
+                inflight: Mutex::new(HashMap::new()),
+                health,
+                wake: Notify::new(),
+                shutdown,
+                tasks,
+            }),
+        }
+    }
+
+    /// Connect the request layer.
+    pub fn set_link(&self, link: Arc<dyn PoolLink>) {
+        let _ = self.inner.link.set(link);
+    }
+
+    /// The state timeouts and limits in use.
+    #[must_use]
+    pub fn timings(&self) -> &Timings {
+        &self.inner.timings
+    }
+
+    /// The hardware.
+    #[must_use]
+    pub fn hardware(&self) -> &Arc<Hardware> {
+        &self.inner.hw
+    }
+
+    /// Resume every device after a (re)start, then run the timers until shutdown.
+    ///
+    /// # Errors
+    /// Storage failure while resuming.
+    pub async fn start(&self) -> Result<(), StoreError> {
+        let t = self.inner.timings.clone();
+        let applied = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                let names: Vec<String> = inv::devices(&tx.open_table(tables::DEVICES)?)?
+                    .into_iter()
+                    .filter(|d| !d.retired)
+                    .map(|d| d.name)
+                    .collect();
+                let mut out = Vec::new();
+                for name in names {
+                    if let Ok(a) = apply(tx, now, &name, None, |s| Ok(resume(s, now, &t)))? {
+                        out.push(a);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        for a in applied {
+            self.execute(a);
+        }
+        let this = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { this.timer_loop().await });
+        Ok(())
+    }
+
+    /// Deliver an event from outside (API, pool, human) and execute what it starts.
+    ///
+    /// # Errors
+    /// The refusal (HTTP 409), an unknown device, or a store failure.
+    pub async fn deliver(
+        &self,
+        name: &str,
+        event: Event,
+        actor: Option<String>,
+    ) -> Result<Applied, DeliverError> {
+        let t = self.inner.timings.clone();
+        let n = name.to_owned();
+        let applied = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                apply(tx, now, &n, actor.as_deref(), |s| {
+                    step(s, event, now, &t).map_err(ApplyError::from)
+                })
+            })
+            .await??;
+        self.execute(applied.clone());
+        Ok(applied)
+    }
+
+    /// The conditional state change: `from` → `to`, 409 when the device is not in `from`.
+    ///
+    /// # Errors
+    /// As [`Lifeguard::deliver`].
+    pub async fn force(
+        &self,
+        name: &str,
+        from: String,
+        to: String,
+        actor: Option<String>,
+    ) -> Result<Applied, DeliverError> {
+        let t = self.inner.timings.clone();
+        let n = name.to_owned();
+        let applied = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                apply(tx, now, &n, actor.as_deref(), |s| {
+                    force(s, &from, &to, now, &t).map_err(ApplyError::from)
+                })
+            })
+            .await??;
+        self.execute(applied.clone());
+        Ok(applied)
+    }
+
+    /// Run the actions of a committed transition.
+    pub fn execute(&self, applied: Applied) {
+        for action in applied.actions {
+            match action {
+                Action::NotifyRequest { request, result } => {
+                    if let Some(link) = self.inner.link.get() {
+                        link.imaging_result(request, &applied.device, result);
+                    }
+                }
+                hw_action => {
+                    self.spawn_action(applied.device.clone(), applied.generation, hw_action)
+                }
+            }
+        }
+        if applied.became_available
+            && let Some(link) = self.inner.link.get()
+        {
+            link.device_available(&applied.device);
+        }
+        self.inner.wake.notify_one();
+    }
+
+    fn spawn_action(&self, device: String, generation: u64, action: Action) {
+        let this = self.clone();
+        let name = device.clone();
+        let mut inflight = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, previous)) = inflight.remove(&device) {
+            previous.abort();
+        }
+        let handle = self.inner.tasks.spawn(async move {
+            let event = this.run_action(&name, generation, action).await;
+            {
+                let mut inflight = this
+                    .inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if inflight.get(&name).is_some_and(|(g, _)| *g == generation) {
+                    inflight.remove(&name);
+                }
+            }
+            if let Some(event) = event
+                && let Err(e) = this.deliver(&name, event, None).await
+            {
+                tracing::warn!(device = %name, error = %e, "could not deliver a hardware result");
+            }
+        });
+        inflight.insert(device, (generation, handle.abort_handle()));
+    }
+
+    /// Run one hardware action; `None` when the device vanished.
+    async fn run_action(&self, name: &str, generation: u64, action: Action) -> Option<Event> {
+        let n = name.to_owned();
+        let device = match self
+            .inner
+            .store
+            .read(move |tx| inv::device(&tx.open_table(tables::DEVICES)?, &n))
+            .await
+        {
+            Ok(Some(d)) => d,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(device = name, error = %e, "cannot read device for a hardware action");
+                return None;
+            }
+        };
+        let s = &self.inner.hw.settings;
+        let g = generation;
+        Some(match action {
+            Action::PowerCycle => match self.relay(&device) {
+                Ok(addr) => match self
+                    .inner
+                    .hw
+                    .boards
+                    .power_cycle(&addr, Hardware::ms(s.power_off_time_ms))
+                    .await
+                {
+                    Ok(()) => Event::PowerCycleOk { generation: g },
+                    Err(e) => Event::PowerCycleFailed {
+                        generation: g,
+                        reason: e.to_string(),
+                    },
+                },
+                Err(reason) => Event::PowerCycleFailed {
+                    generation: g,
+                    reason,
+                },
+            },
+            Action::PowerOff => match self.relay(&device) {
+                Ok(addr) => match self.inner.hw.boards.power_off(&addr).await {
+                    Ok(()) => Event::PowerOffOk { generation: g },
+                    Err(e) => Event::PowerOffFailed {
+                        generation: g,
+                        reason: e.to_string(),
+                    },
+                },
+                Err(reason) => Event::PowerOffFailed {
+                    generation: g,
+                    reason,
+                },
+            },
+            Action::SutReboot => match sut_addr(&device) {
+                Ok(addr) => match hw::sut::reboot(addr, Hardware::ms(s.sut_timeout_ms)).await {
+                    Ok(()) => Event::SutRebootOk { generation: g },
+                    Err(e) => Event::SutRebootFailed {
+                        generation: g,
+                        reason: e.to_string(),
+                    },
+                },
+                Err(reason) => Event::SutRebootFailed {
+                    generation: g,
+                    reason,
+                },
+            },
+            Action::Ping => match self.probe(&device).await {
+                Ok(()) => Event::PingOk { generation: g },
+                Err(reason) => Event::PingFailed {
+                    generation: g,
+                    reason,
+                },
+            },
+            Action::SutVerify => match self.sut_verify(&device).await {
+                Ok(()) => Event::SutVerifyOk { generation: g },
+                Err(reason) => Event::SutVerifyFailed {
+                    generation: g,
+                    reason,
+                },
+            },
+            Action::SutSdcardCheck => match sut_addr(&device) {
+                Ok(addr) => {
+                    match hw::sut::check_storage(addr, Hardware::ms(s.sut_timeout_ms)).await {
+                        Ok(_) => Event::SutSdcardOk { generation: g },
+                        Err(e) => Event::SutSdcardFailed {
+                            generation: g,
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+                Err(reason) => Event::SutSdcardFailed {
+                    generation: g,
+                    reason,
+                },
+            },
+            Action::HealthCheck { sut } => {
+                let _permit = self.inner.health.acquire().await;
+                let result = if sut {
+                    self.sut_verify(&device).await
+                } else {
+                    self.probe(&device).await
+                };
+                match result {
+                    Ok(()) => Event::HealthCheckOk { generation: g },
+                    Err(reason) => Event::HealthCheckFailed {
+                        generation: g,
+                        reason,
+                    },
+                }
+            }
+            Action::Flash { image, boot_config } => {
+                match self.flash(&device, image.as_str(), &boot_config).await {
+                    Ok(()) => Event::FlashOk { generation: g },
+                    Err((bad_image, reason)) => Event::FlashFailed {
+                        generation: g,
+                        bad_image,
+                        reason,
+                    },
+                }
+            }
+            Action::NotifyRequest { .. } => return None,
+        })
+    }
+
+    fn relay(&self, d: &Device) -> Result<RelayAddr, String> {
+        let text = d
+            .wiring
+            .relay
+            .as_deref()
+            .ok_or_else(|| "no relay wiring".to_owned())?;
+        text.parse()
+            .map_err(|e: hw::Error| format!("relay {text:?}: {e}"))
+    }
+
+    /// One reachability probe of a device, now (the `/ping/` endpoint); it changes no state.
+    ///
+    /// # Errors
+    /// Why the device did not answer.
+    pub async fn probe(&self, d: &Device) -> Result<(), String> {
+        let addr = sut_addr(d)?;
+        match hw::ping::probe(addr, Hardware::ms(self.inner.hw.settings.ping_timeout_ms)).await {
+            Ok(hw::ping::Reachability::Open) => Ok(()),
+            // Only a listening service port counts: on the simulated rack every device is on
+            // loopback, and on a real one a closed port means the OS is not fully up.
+            Ok(hw::ping::Reachability::Refused) => Err(format!("{addr} refused the connection")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn sut_verify(&self, d: &Device) -> Result<(), String> {
+        let addr = sut_addr(d)?;
+        hw::sut::verify(addr, Hardware::ms(self.inner.hw.settings.sut_timeout_ms))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Fetch the image's files, power-cycle the device into its bootloader, run fastboot.
+    /// The error says whether the image (rather than the device) is at fault.
+    async fn flash(
+        &self,
+        d: &Device,
+        image: &str,
+        boot_config: &str,
+    ) -> Result<(), (bool, String)> {
+        let s = &self.inner.hw.settings;
+        let name = image.to_owned();
+        let found = self
+            .inner
+            .store
+            .read(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &name))
+            .await
+            .map_err(|e| (false, e.to_string()))?;
+        let Some(img) = found else {
+            return Err((true, format!("image {image} is not in the registry")));
+        };
+        let recipe = ImageRecipe {
+            name: img
+                .name
+                .parse()
+                .map_err(|e| (true, format!("image name: {e}")))?,
+            steps: img
+                .steps
+                .iter()
+                .map(|st| RecipeStep {
+                    partition: st.partition.clone(),
+                    file: st.file.clone(),
+                })
+                .collect(),
+            has_sut_agent: img.has_sut_agent,
+            boot_config_keys: img.boot_config_keys.clone(),
+            can_reuse: img.can_reuse,
+            hidden: img.hidden,
+        };
+        let source = build_url(boot_config).map_or(ImageSource::Store, ImageSource::Url);
+        let serial = d
+            .wiring
+            .fastboot_serial
+            .clone()
+            .ok_or((false, "no fastboot serial in the inventory".to_owned()))?;
+        self.log(
+            &d.name,
+            "fastboot",
+            format!(
+                "preparing image {image} ({} partitions)",
+                recipe.steps.len()
+            ),
+        );
+        let store = self.inner.store.clone();
+        let dev = d.name.clone();
+        let steps = self
+            .inner
+            .hw
+            .images
+            .steps(
+                &recipe,
+                &source,
+                Hardware::ms(s.download_timeout_ms),
+                |file, n, total| {
+                    if total == Some(n) {
+                        let msg = format!("downloaded {file} ({n} bytes)");
+                        let dev = dev.clone();
+                        store.write_detached(move |tx, now| {
+                            append(tx, now, NewLog::new(device_subject(&dev), "fastboot", msg))
+                                .map(|_| ())
+                        });
+                    }
+                },
+            )
+            .await
+            .map_err(|e| (image_fault(&e), e.to_string()))?;
+        let addr = self.relay(d).map_err(|r| (false, r))?;
+        self.inner
+            .hw
+            .boards
+            .power_cycle(&addr, Hardware::ms(s.power_off_time_ms))
+            .await
+            .map_err(|e| (false, format!("power cycle into the bootloader: {e}")))?;
+        let deadlines = FlashDeadlines {
+            appear: Hardware::ms(s.flash_appear_ms),
+            per_step: Hardware::ms(s.flash_step_ms),
+            reboot: Hardware::ms(s.flash_reboot_ms),
+        };
+        let store = self.inner.store.clone();
+        let dev = d.name.clone();
+        let mut lines = 0usize;
+        self.inner
+            .hw
+            .flasher
+            .flash(&serial, &steps, &deadlines, move |line| {
+                lines += 1;
+                if lines <= MAX_FLASH_LOG_LINES {
+                    let msg = line.to_owned();
+                    let dev = dev.clone();
+                    store.write_detached(move |tx, now| {
+                        append(tx, now, NewLog::new(device_subject(&dev), "fastboot", msg))
+                            .map(|_| ())
+                    });
+                }
+            })
+            .await
+            .map_err(|e| (image_fault(&e), e.to_string()))
+    }
+
+    fn log(&self, device: &str, source: &str, message: String) {
+        let entry = NewLog::new(device_subject(device), source, message);
+        self.inner
+            .store
+            .write_detached(move |tx, now| append(tx, now, entry).map(|_| ()));
+    }
+
+    async fn timer_loop(&self) {
+        let t = self.inner.timings.clone();
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                break;
+            }
+            let now = self.inner.clock.now();
+            let due = self
+                .inner
+                .store
+                .read(move |tx| {
+                    inv::due_devices(&tx.open_table(tables::DEVICE_DEADLINES)?, now, 512)
+                })
+                .await;
+            let mut progressed = false;
+            match due {
+                Ok(due) if !due.is_empty() => {
+                    let t = t.clone();
+                    let names: Vec<String> = due.into_iter().map(|(_, n)| n).collect();
+                    let result = self
+                        .inner
+                        .store
+                        .write(move |tx, now| {
+                            let mut out = Vec::new();
+                            for name in names {
+                                let r = apply(tx, now, &name, None, |s| {
+                                    step(
+                                        s,
+                                        Event::Timeout {
+                                            generation: s.generation,
+                                        },
+                                        now,
+                                        &t,
+                                    )
+                                    .map_err(ApplyError::from)
+                                })?;
+                                if let Ok(a) = r {
+                                    out.push(a);
+                                }
+                            }
+                            Ok(out)
+                        })
+                        .await;
+                    match result {
+                        Ok(applied) => {
+                            progressed = !applied.is_empty();
+                            for a in applied {
+                                self.execute(a);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "timeout pass failed"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read device deadlines"),
+            }
+            let next = self
+                .inner
+                .store
+                .read(|tx| inv::next_deadline(&tx.open_table(tables::DEVICE_DEADLINES)?))
+                .await
+                .ok()
+                .flatten();
+            let now = self.inner.clock.now();
+            let mut wait = next
+                .map_or(Duration::from_secs(1), |d| Millis(d.0).since(now))
+                .min(Duration::from_secs(1));
+            if !progressed && wait.is_zero() {
+                // Something is due but did not move: do not spin.
+                wait = Duration::from_millis(50);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.inner.wake.notified() => {}
+                () = self.inner.shutdown.cancelled() => break,
+            }
+        }
+    }
+}
+
+/// A device's SUTAgent (service) address.
+fn sut_addr(d: &Device) -> Result<SocketAddr, String> {
+    let text = d
+        .wiring
+        .sut_addr
+        .as_deref()
+        .ok_or_else(|| "no SUTAgent address in the inventory".to_owned())?;
+    text.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text} resolves to no address"))
+}
+
+/// The build URL a boot config names (`b2gbase`, as the original's B2G images, or
+/// `build_url`), if any.
+fn build_url(boot_config: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(boot_config).ok()?;
+    ["build_url", "b2gbase"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(|u| u.as_str()).map(str::to_owned))
+}
+
+/// Whether a flashing error is the image's fault (bad file, missing partition, bad
+/// download) rather than the device's.
+fn image_fault(e: &hw::Error) -> bool {
+    match e {
+        hw::Error::FastbootFailed { msg } => {
+            let m = msg.to_ascii_lowercase();
+            m.contains("partition") || m.contains("image") || m.contains("too large")
+        }
+        hw::Error::Download { .. }
+        | hw::Error::ChecksumMismatch { .. }
+        | hw::Error::BadFileName(_) => true,
+        hw::Error::Io { context, .. } => context.starts_with("image file"),
+        _ => false,
+    }
+}

@@ -1,0 +1,754 @@
+//! The request driver: the async side of the request layer.
+//!
+//! Every request event runs inside one store write: the pure machine ([`step`]) decides, and
+//! its actions run in the same transaction where they touch the store: a queue pass
+//! ([`assign`]) hands free devices to waiting requests, and contacting Lifeguard (holding
+//! the device and making it accept `please_image`/`please_power_cycle`) happens in that same
+//! transaction, so no device is ever held twice and a device that is not free is never
+//! assigned. Hardware work started by Lifeguard runs after the commit.
+//!
+//! Requests are woken by their own timers (the store's request deadline index), by
+//! Lifeguard's reports (imaging results, devices becoming free) and by the API.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::WriteTransaction;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    Action, DeviceChoice, DeviceView, Event, Holder, ImagingResult, LifeguardEvent, QueuePolicy,
+    QueuedRequest, RequestSnapshot, RequestSpec, RequestState, Timings, assign, explain,
+    needs_image, satisfiable,
+};
+use crate::clock::{Clock, Millis};
+use crate::lifeguard::store::{Applied, ApplyError, apply};
+use crate::lifeguard::{self, Lifeguard, PoolLink, Refused};
+use crate::model::{Device, request_subject};
+use crate::storage::logs::{NewLog, append};
+use crate::storage::requests::{self, StoredRequest};
+use crate::storage::{Store, StoreError, inventory as inv, next_counter, tables};
+
+/// Deepest chain of request events one call may cause (search → assign → contact → lost →
+/// search ...). Deeper chains continue on the next timer tick.
+const MAX_DEPTH: u32 = 8;
+
+/// Why a pool call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such request.
+    #[error("no request with id {0}")]
+    NoRequest(u64),
+    /// No such device.
+    #[error("no device named {0}")]
+    NoDevice(String),
+    /// No such image.
+    #[error("no image named {0}")]
+    NoImage(String),
+    /// The named device is busy and the request did not ask to wait (HTTP 409).
+    #[error("{0}")]
+    Busy(String),
+    /// The request's state ignored the event (HTTP 409).
+    #[error("{0}")]
+    Ignored(String),
+}
+
+/// Settings the in-transaction code needs.
+#[derive(Debug, Clone)]
+struct Ctx {
+    timings: Timings,
+    policy: QueuePolicy,
+    lg: lifeguard::Timings,
+    server: String,
+}
+
+/// What to do after a commit.
+#[derive(Debug, Default)]
+struct Post {
+    lifeguard: Vec<Applied>,
+    changed: bool,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    ctx: Ctx,
+    lifeguard: Lifeguard,
+    changes: watch::Sender<u64>,
+    wake: Notify,
+    kick: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Handle to the request driver. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A driver; call [`Pool::start`] to run its timers.
+    #[allow(clippy::too_many_arguments)]
+    #[must_use]
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        timings: Timings,
+        policy: QueuePolicy,
+        lifeguard: Lifeguard,
+        server: String,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Pool {
+        let ctx = Ctx {
+            timings,
+            policy,
+            lg: lifeguard.timings().clone(),
+            server,
+        };
+        let (changes, _) = watch::channel(0);
+        Pool {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                ctx,
+                lifeguard,
+                changes,
+                wake: Notify::new(),
+                kick: Notify::new(),
+                shutdown,
+                tasks,
+            }),
+        }
+    }
+
+    /// Request timings in use.
+    #[must_use]
+    pub fn timings(&self) -> &Timings {
+        &self.inner.ctx.timings
+    }
+
+    /// A receiver that changes after every commit touching requests (long polls, live pages).
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Run the timers and the queue passes until shutdown.
+    pub fn start(&self) {
+        let this = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { this.timer_loop().await });
+        let this = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { this.pass_loop().await });
+        // Requests may have been waiting across a restart.
+        self.inner.kick.notify_one();
+    }
+
+    fn after_commit(&self, post: Post) {
+        for a in post.lifeguard {
+            self.inner.lifeguard.execute(a);
+        }
+        if post.changed {
+            self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Create a request and run its first search. A named device that is busy, when the
+    /// request does not ask to wait, is refused with [`PoolError::Busy`] and nothing is stored.
+    ///
+    /// # Errors
+    /// [`PoolError`].
+    pub async fn create(
+        &self,
+        spec: RequestSpec,
+        duration_secs: u64,
+        owner_token: Option<String>,
+    ) -> Result<StoredRequest, PoolError> {
+        let c = self.inner.ctx.clone();
+        let (result, post) = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                let mut post = Post::default();
+                let r = create_tx(tx, now, &c, spec, duration_secs, owner_token, &mut post)?;
+                Ok((r, post))
+            })
+            .await?;
+        self.after_commit(post);
+        result
+    }
+
+    /// Deliver an event to a request. Returns the request after it, and whether its state
+    /// took the event.
+    ///
+    /// # Errors
+    /// [`PoolError::NoRequest`] or a store failure.
+    pub async fn deliver(
+        &self,
+        id: u64,
+        event: Event,
+        actor: Option<String>,
+    ) -> Result<(bool, StoredRequest), PoolError> {
+        let c = self.inner.ctx.clone();
+        let (result, post) = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                let mut post = Post::default();
+                if let Some(a) = &actor {
+                    let name = event.name();
+                    append(
+                        tx,
+                        now,
+                        NewLog::new(
+                            request_subject(id),
+                            "api",
+                            format!("{name} requested by {a}"),
+                        )
+                        .by(Some(a.clone())),
+                    )?;
+                }
+                let accepted = deliver_tx(tx, now, &c, id, event, &mut post, 0)?;
+                let r = requests::get(&tx.open_table(tables::REQUESTS)?, id)?;
+                Ok((accepted.zip(r), post))
+            })
+            .await?;
+        self.after_commit(post);
+        result.ok_or(PoolError::NoRequest(id))
+    }
+
+    /// One request.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn get(&self, id: u64) -> Result<Option<StoredRequest>, StoreError> {
+        self.inner
+            .store
+            .read(move |tx| requests::get(&tx.open_table(tables::REQUESTS)?, id))
+            .await
+    }
+
+    /// The request's 1-based position among waiting requests, if it is waiting.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn queue_position(&self, id: u64) -> Result<Option<usize>, StoreError> {
+        let policy = self.inner.ctx.policy.clone();
+        let now = self.inner.clock.now();
+        self.inner
+            .store
+            .read(move |tx| {
+                let open = requests::list(tx, true)?;
+                let waiting = waiting(&open);
+                if !waiting.iter().any(|w| w.id == id) {
+                    return Ok(None);
+                }
+                let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+                let views = device_views(&devices, &open);
+                Ok(super::position(&waiting, &views, now, &policy)
+                    .into_iter()
+                    .find(|(r, _)| *r == id)
+                    .map(|(_, p)| p))
+            })
+            .await
+    }
+
+    async fn run_pass(&self) {
+        let c = self.inner.ctx.clone();
+        let result = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                let mut post = Post::default();
+                run_pass(tx, now, &c, &mut post, 0)?;
+                Ok(post)
+            })
+            .await;
+        match result {
+            Ok(post) => self.after_commit(post),
+            Err(e) => tracing::error!(error = %e, "queue pass failed"),
+        }
+    }
+
+    async fn pass_loop(&self) {
+        loop {
+            tokio::select! {
+                () = self.inner.kick.notified() => {}
+                () = self.inner.shutdown.cancelled() => break,
+            }
+            self.run_pass().await;
+        }
+    }
+
+    async fn timer_loop(&self) {
+        let grace = self.inner.ctx.timings.grace;
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                break;
+            }
+            let now = self.inner.clock.now();
+            let due = self
+                .inner
+                .store
+                .read(move |tx| requests::due(&tx.open_table(tables::REQUEST_DEADLINES)?, now, 512))
+                .await;
+            let mut progressed = false;
+            match due {
+                Ok(ids) if !ids.is_empty() => {
+                    let c = self.inner.ctx.clone();
+                    let result = self
+                        .inner
+                        .store
+                        .write(move |tx, now| {
+                            let mut post = Post::default();
+                            for id in ids {
+                                let Some(r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)?
+                                else {
+                                    continue;
+                                };
+                                let event = if now >= r.snap.expires.plus(grace) {
+                                    Event::Expire
+                                } else {
+                                    Event::Timeout {
+                                        generation: r.snap.generation,
+                                    }
+                                };
+                                deliver_tx(tx, now, &c, id, event, &mut post, 0)?;
+                            }
+                            Ok(post)
+                        })
+                        .await;
+                    match result {
+                        Ok(post) => {
+                            progressed = post.changed;
+                            self.after_commit(post);
+                        }
+                        Err(e) => tracing::error!(error = %e, "request timer pass failed"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read request deadlines"),
+            }
+            let next = self
+                .inner
+                .store
+                .read(|tx| requests::next_due(&tx.open_table(tables::REQUEST_DEADLINES)?))
+                .await
+                .ok()
+                .flatten();
+            let now = self.inner.clock.now();
+            let mut wait = next
+                .map_or(Duration::from_secs(1), |d| d.since(now))
+                .min(Duration::from_secs(1));
+            if !progressed && wait.is_zero() {
+                wait = Duration::from_millis(50);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.inner.wake.notified() => {}
+                () = self.inner.shutdown.cancelled() => break,
+            }
+        }
+    }
+}
+
+impl PoolLink for Pool {
+    fn imaging_result(&self, request: u64, device: &str, result: lifeguard::ImagingResult) {
+        let Ok(device) = device.parse() else { return };
+        let imaging_result = match result {
+            lifeguard::ImagingResult::Complete => ImagingResult::Complete,
+            lifeguard::ImagingResult::FailedBadDevice => ImagingResult::FailedBadDevice,
+            lifeguard::ImagingResult::FailedBadImage => ImagingResult::FailedBadImage,
+        };
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let event = Event::LifeguardFinished {
+                device,
+                imaging_result,
+            };
+            if let Err(e) = this.deliver(request, event, None).await {
+                tracing::warn!(request, error = %e, "could not deliver an imaging result");
+            }
+        });
+    }
+
+    fn device_available(&self, _device: &str) {
+        self.inner.kick.notify_one();
+    }
+}
+
+/// Waiting requests as the queue sees them.
+fn waiting(open: &[StoredRequest]) -> Vec<QueuedRequest> {
+    open.iter()
+        .filter(|r| r.snap.state.is_waiting())
+        .map(|r| QueuedRequest {
+            id: r.snap.id,
+            spec: r.snap.spec.clone(),
+            since: r.snap.spec.created,
+        })
+        .collect()
+}
+
+/// Devices as the queue sees them.
+fn device_views(devices: &[Device], open: &[StoredRequest]) -> Vec<DeviceView> {
+    let assignees: HashMap<u64, &str> = open
+        .iter()
+        .map(|r| (r.snap.id, r.snap.spec.assignee.as_str()))
+        .collect();
+    devices
+        .iter()
+        .filter_map(|d| {
+            let mut v = DeviceView::new(d.name.parse().ok()?);
+            v.lifeguard_state.clone_from(&d.state);
+            v.free = d.state == "ready";
+            v.failed = d.state.starts_with("failed_");
+            v.retired = d.retired;
+            v.held_by = d.request.map(|request| Holder {
+                request,
+                assignee: assignees
+                    .get(&request)
+                    .map_or_else(String::new, |a| (*a).to_owned()),
+            });
+            v.environment = d.facts.environment.as_deref().and_then(|e| e.parse().ok());
+            v.hardware_type = d
+                .facts
+                .hardware_type
+                .as_deref()
+                .and_then(|h| h.parse().ok());
+            v.processor.clone_from(&d.facts.processor);
+            v.pool.clone_from(&d.facts.pool);
+            v.os_version.clone_from(&d.facts.os_version);
+            v.current_image = d
+                .lifeguard
+                .current_image
+                .as_deref()
+                .and_then(|i| i.parse().ok());
+            v.current_boot_config
+                .clone_from(&d.lifeguard.current_boot_config);
+            Some(v)
+        })
+        .collect()
+}
+
+fn create_tx(
+    tx: &WriteTransaction,
+    now: Millis,
+    c: &Ctx,
+    mut spec: RequestSpec,
+    duration_secs: u64,
+    owner_token: Option<String>,
+    post: &mut Post,
+) -> Result<Result<StoredRequest, PoolError>, StoreError> {
+    let Some(image) = inv::image(&tx.open_table(tables::IMAGES)?, spec.image.as_str())? else {
+        return Ok(Err(PoolError::NoImage(spec.image.to_string())));
+    };
+    spec.can_reuse = image.can_reuse;
+    spec.boot_config_keys.clone_from(&image.boot_config_keys);
+    spec.created = now;
+    let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+    let open = requests::open_in_tx(tx)?;
+    if let DeviceChoice::Named(name) = &spec.requested_device {
+        let Some(d) = devices
+            .iter()
+            .find(|d| d.name == name.as_str() && !d.retired)
+        else {
+            return Ok(Err(PoolError::NoDevice(name.to_string())));
+        };
+        if spec.wait.is_none() && !d.state.starts_with("failed_") {
+            if let Some(held) = d.request {
+                return Ok(Err(PoolError::Busy(format!(
+                    "device {name} is busy: held by request {held}"
+                ))));
+            }
+            if d.state != "ready" {
+                return Ok(Err(PoolError::Busy(format!(
+                    "device {name} is busy: it is in state {} (pass \"wait\": seconds to queue for it)",
+                    d.state
+                ))));
+            }
+        }
+    }
+    let views = device_views(&devices, &open);
+    let id = next_counter(tx, "next_request_id")?;
+    let (expires, capped) = c.timings.lease_end(now, duration_secs);
+    let snap = RequestSnapshot::new(id, spec, expires);
+    let mut note = format!(
+        "request created for {} by {}: {} with image {}",
+        snap.spec.assignee,
+        owner_token.as_deref().unwrap_or("anonymous"),
+        snap.spec.requested_device,
+        snap.spec.image
+    );
+    if capped {
+        note.push_str(&format!(
+            " (duration capped at {} s)",
+            c.timings.max_duration.as_secs()
+        ));
+    }
+    let unsatisfiable = satisfiable(&snap.spec, &views).err();
+    let stored = StoredRequest {
+        snap,
+        server: c.server.clone(),
+        owner_token,
+        explanation: None,
+    };
+    requests::put(tx, &stored, c.timings.grace)?;
+    append(
+        tx,
+        now,
+        NewLog::new(request_subject(id), "api", note).by(stored.owner_token.clone()),
+    )?;
+    post.changed = true;
+    let event = match unsatisfiable {
+        Some(u) => Event::Unsatisfiable { reason: u.reason },
+        None => Event::FindDevice,
+    };
+    deliver_tx(tx, now, c, id, event, post, 0)?;
+    let r = requests::get(&tx.open_table(tables::REQUESTS)?, id)?;
+    Ok(r.ok_or(PoolError::NoRequest(id)))
+}
+
+/// Deliver one event to a request and run its actions. `None` when there is no such
+/// request; otherwise whether its state took the event.
+fn deliver_tx(
+    tx: &WriteTransaction,
+    now: Millis,
+    c: &Ctx,
+    id: u64,
+    event: Event,
+    post: &mut Post,
+    depth: u32,
+) -> Result<Option<bool>, StoreError> {
+    let Some(mut r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)? else {
+        return Ok(None);
+    };
+    let explanation = match &event {
+        Event::NoDevice { explanation } => Some(explanation.to_string()),
+        _ => None,
+    };
+    let before = r.snap.state;
+    let tr = super::step(&r.snap, event, now, &c.timings);
+    r.snap = tr.apply(&r.snap);
+    if explanation.is_some() {
+        r.explanation = explanation;
+    } else if !r.snap.state.is_waiting() {
+        r.explanation = None;
+    }
+    requests::put(tx, &r, c.timings.grace)?;
+    post.changed = true;
+    if before != r.snap.state {
+        tracing::info!(request = id, from = %before, to = %r.snap.state, "request state");
+    }
+    for line in tr.logs() {
+        append(
+            tx,
+            now,
+            NewLog::new(request_subject(id), "statemachine", line.to_owned()),
+        )?;
+    }
+    for action in tr.actions {
+        match action {
+            Action::Log(_) => {}
+            Action::Search => {
+                let got = run_pass(tx, now, c, post, depth + 1)?;
+                if !got.contains(&id) {
+                    let Some(r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)? else {
+                        continue;
+                    };
+                    if r.snap.state.is_waiting() && depth < MAX_DEPTH {
+                        let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+                        let open = requests::open_in_tx(tx)?;
+                        let explanation = explain(&r.snap.spec, &device_views(&devices, &open));
+                        deliver_tx(
+                            tx,
+                            now,
+                            c,
+                            id,
+                            Event::NoDevice { explanation },
+                            post,
+                            depth + 1,
+                        )?;
+                    }
+                }
+            }
+            Action::ContactLifeguard { device, event } => {
+                let result = contact_lifeguard(tx, now, c, id, device.as_str(), event)?;
+                let reply = match result {
+                    Ok(applied) => {
+                        post.lifeguard.push(applied);
+                        Event::LifeguardContacted { device }
+                    }
+                    Err(state) => Event::DeviceLost {
+                        device,
+                        lifeguard_state: state,
+                    },
+                };
+                if depth < MAX_DEPTH {
+                    deliver_tx(tx, now, c, id, reply, post, depth + 1)?;
+                }
+            }
+            Action::ReleaseDevice { device, reverify } => {
+                release(tx, now, c, id, device.as_str(), reverify, post)?;
+            }
+        }
+    }
+    Ok(Some(tr.accepted))
+}
+
+/// Hold `device` for request `id` and make Lifeguard accept the please event, in this
+/// transaction. `Err(state)` when the device is not free or refuses.
+fn contact_lifeguard(
+    tx: &WriteTransaction,
+    now: Millis,
+    c: &Ctx,
+    id: u64,
+    device: &str,
+    event: LifeguardEvent,
+) -> Result<Result<Applied, String>, StoreError> {
+    let please = match event {
+        LifeguardEvent::PleaseImage { image, boot_config } => {
+            let has_sut = inv::image(&tx.open_table(tables::IMAGES)?, image.as_str())?
+                .is_some_and(|i| i.has_sut_agent);
+            lifeguard::Event::PleaseImage {
+                image,
+                boot_config,
+                has_sut,
+                request: Some(id),
+            }
+        }
+        LifeguardEvent::PleasePowerCycle => lifeguard::Event::PleasePowerCycle,
+    };
+    let name = please_name(&please);
+    let t = c.lg.clone();
+    let result = apply(tx, now, device, Some("pool"), |s| {
+        let mut held = s.clone();
+        match held.request {
+            None => held.request = Some(id),
+            Some(r) if r == id => {}
+            Some(r) => {
+                return Err(ApplyError::Refused(Refused {
+                    state: s.state,
+                    event: name,
+                    reason: format!("held by request {r}"),
+                }));
+            }
+        }
+        if !s.state.is_free_for_pool() {
+            return Err(ApplyError::Refused(Refused {
+                state: s.state,
+                event: name,
+                reason: format!("not ready ({})", s.state),
+            }));
+        }
+        lifeguard::step(&held, please, now, &t).map_err(ApplyError::from)
+    })?;
+    Ok(result.map_err(|e| match e {
+        ApplyError::Refused(r) => r.state.to_string(),
+        other => other.to_string(),
+    }))
+}
+
+fn please_name(e: &lifeguard::Event) -> &'static str {
+    match e {
+        lifeguard::Event::PleaseImage { .. } => "please_image",
+        _ => "please_power_cycle",
+    }
+}
+
+/// Let go of a device: Lifeguard forgets the hold and, when asked to and the device is
+/// idle, reboots and verifies it (a self-test) before anyone else can get it.
+fn release(
+    tx: &WriteTransaction,
+    now: Millis,
+    c: &Ctx,
+    id: u64,
+    device: &str,
+    reverify: bool,
+    post: &mut Post,
+) -> Result<(), StoreError> {
+    let t = c.lg.clone();
+    let released = apply(tx, now, device, Some("pool"), |s| {
+        lifeguard::step(s, lifeguard::Event::Release { request: id }, now, &t)
+            .map_err(ApplyError::from)
+    })?;
+    let Ok(a) = released else { return Ok(()) };
+    let idle = a.state == lifeguard::DeviceState::Ready && a.request.is_none();
+    post.lifeguard.push(a);
+    if reverify && idle {
+        let t = c.lg.clone();
+        if let Ok(b) = apply(tx, now, device, Some("pool"), |s| {
+            lifeguard::step(s, lifeguard::Event::PleaseSelfTest, now, &t).map_err(ApplyError::from)
+        })? {
+            post.lifeguard.push(b);
+        }
+    }
+    Ok(())
+}
+
+/// One queue pass: give free devices to waiting requests. Returns the requests that got one.
+fn run_pass(
+    tx: &WriteTransaction,
+    now: Millis,
+    c: &Ctx,
+    post: &mut Post,
+    depth: u32,
+) -> Result<HashSet<u64>, StoreError> {
+    let mut got = HashSet::new();
+    if depth > MAX_DEPTH {
+        return Ok(got);
+    }
+    let open = requests::open_in_tx(tx)?;
+    let queue = waiting(&open);
+    if queue.is_empty() {
+        return Ok(got);
+    }
+    let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+    let views = device_views(&devices, &open);
+    for (rid, device) in assign(&queue, &views, now, &c.policy) {
+        let Some(q) = queue.iter().find(|q| q.id == rid) else {
+            continue;
+        };
+        let Some(view) = views.iter().find(|v| v.name == device) else {
+            continue;
+        };
+        let needs = needs_image(&q.spec, view);
+        got.insert(rid);
+        deliver_tx(
+            tx,
+            now,
+            c,
+            rid,
+            Event::Assigned {
+                device,
+                needs_image: needs,
+            },
+            post,
+            depth + 1,
+        )?;
+    }
+    Ok(got)
+}
+
+/// Whether a request's state means the client should stop polling.
+#[must_use]
+pub fn settled(state: RequestState) -> bool {
+    state == RequestState::Ready || state.is_terminal()
+}

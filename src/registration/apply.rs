@@ -1,0 +1,326 @@
+//! Applying a validated registration to the inventory, inside one store write.
+//!
+//! Decide first, then write (the store's contract): every refusal is decided before anything
+//! is written, and a refusal writes only its `registration` log entry.
+//!
+//! Policy:
+//! - The device is found by its device name, or else by an earlier registration whose agent
+//!   NAME is the same (a device created under another name that registered before).
+//! - Unknown → created through [`upsert_device`] (origin `registration`, state `new`, so
+//!   Lifeguard self-tests it before it joins the pool) with SUT address `IPADDR:CMDPORT`,
+//!   hardware type / pool from `HARDWARE` / `POOL` when they are valid names.
+//! - Known → SUT address updated (an IP change is logged explicitly); hardware type and pool
+//!   are only filled in when the inventory has none (the inventory wins).
+//! - Relay wiring is never taken from a registration. A device without wiring is flagged
+//!   [`Device::needs_tech`] and the flag is logged.
+//! - Refused: a retired device; a device owned by another controller; a device whose earlier
+//!   registration came from another agent NAME; a wired device whose SUT address was set by
+//!   the inventory/config/API (not by its own last registration) and names another host (a
+//!   registration cannot re-point a wired device's agent: a tech changes the inventory).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use redb::WriteTransaction;
+
+use super::parse::RegistrationMessage;
+use crate::clock::Millis;
+use crate::inventory::{DeviceFields, Upsert, upsert_device};
+use crate::model::{Device, Registration, device_subject};
+use crate::storage::logs::{NewLog, append};
+use crate::storage::{StoreError, inventory as inv, tables};
+use crate::types::HardwareType;
+
+/// Log subject of registration events (accepted and refused).
+pub const SUBJECT: &str = "registration";
+
+/// How the registration arrived (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The raw TCP protocol.
+    Tcp,
+    /// `POST /api/device/register/`.
+    Http,
+}
+
+impl Channel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Channel::Tcp => "tcp",
+            Channel::Http => "http",
+        }
+    }
+}
+
+/// A registration that was applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The device as stored afterwards.
+    pub device: Device,
+    /// Whether it was created by this registration.
+    pub created: bool,
+    /// What changed (empty when nothing did).
+    pub changes: Vec<String>,
+}
+
+/// Apply `msg` in `tx`. `Ok(Err(reason))` is a refusal (logged, nothing else written).
+///
+/// # Errors
+/// Storage failure only.
+pub fn apply(
+    tx: &WriteTransaction,
+    now: Millis,
+    server: &str,
+    msg: &RegistrationMessage,
+    peer: Option<IpAddr>,
+    channel: Channel,
+) -> Result<Result<Applied, String>, StoreError> {
+    let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let existing = find(tx, msg)?;
+    if let Some(reason) = existing.as_ref().and_then(|d| refusal(d, msg, server)) {
+        refuse(tx, now, msg, &from, channel, existing.as_ref(), &reason)?;
+        return Ok(Err(reason));
+    }
+    let name = existing
+        .as_ref()
+        .map_or_else(|| msg.device_name.clone(), |d| d.name.clone());
+    let valid = |v: &Option<String>| v.clone().filter(|h| h.parse::<HardwareType>().is_ok());
+    let fill = |have: &Option<String>, v: Option<String>| if have.is_none() { v } else { None };
+    let fields = match &existing {
+        None => DeviceFields {
+            hardware_type: valid(&msg.hardware),
+            pool: valid(&msg.pool),
+            sut: Some(msg.sut_addr()),
+            ..DeviceFields::default()
+        },
+        Some(d) => DeviceFields {
+            hardware_type: fill(&d.facts.hardware_type, valid(&msg.hardware)),
+            pool: fill(&d.facts.pool, valid(&msg.pool)),
+            sut: Some(msg.sut_addr()),
+            ..DeviceFields::default()
+        },
+    };
+    let old_ip = existing
+        .as_ref()
+        .and_then(|d| d.registration.as_ref())
+        .and_then(|r| r.ip.clone());
+    let actor = format!("agent {}", msg.agent_name);
+    let outcome = upsert_device(
+        tx,
+        now,
+        server,
+        &name,
+        &fields,
+        "registration",
+        Some(&actor),
+    )?;
+    let mut device = inv::device(&tx.open_table(tables::DEVICES)?, &name)?
+        .ok_or_else(|| StoreError::Task(format!("device {name} vanished while registering")))?;
+    let registration = Registration {
+        at: now,
+        agent_name: msg.agent_name.clone(),
+        ip: Some(msg.ip.clone()),
+        fields: msg.fields.clone(),
+    };
+    let mut changes = match &outcome {
+        Upsert::Updated(c) => c.clone(),
+        Upsert::Created | Upsert::Unchanged => Vec::new(),
+    };
+    if let Some(old) = &old_ip
+        && *old != msg.ip
+    {
+        changes.push(format!("IP address changed: {old} -> {}", msg.ip));
+    }
+    if let Some(old) = device.registration.as_ref().map(|r| &r.fields) {
+        let keys: BTreeSet<&String> = old.keys().chain(msg.fields.keys()).collect();
+        let changed: Vec<&str> = keys
+            .into_iter()
+            .filter(|k| old.get(*k) != msg.fields.get(*k))
+            .map(String::as_str)
+            .collect();
+        if !changed.is_empty() {
+            changes.push(format!("details changed: {}", changed.join(", ")));
+        }
+    }
+    device.registration = Some(registration);
+    inv::put_device(tx, &device)?;
+    let mut message = format!(
+        "registered via {} from {from}: NAME={} IPADDR={} sut={}",
+        channel.as_str(),
+        msg.agent_name,
+        msg.ip,
+        msg.sut_addr()
+    );
+    if outcome == Upsert::Created {
+        message.push_str(" (new device)");
+    }
+    if !changes.is_empty() {
+        message.push_str("; ");
+        message.push_str(&changes.join("; "));
+    }
+    if let Some(ip) = peer
+        && ip.to_string() != msg.ip
+        && !ip.is_loopback()
+    {
+        message.push_str(&format!("; note: connected from {ip}, not IPADDR"));
+    }
+    append(
+        tx,
+        now,
+        NewLog {
+            subjects: vec![device_subject(&name), SUBJECT.to_owned()],
+            source: "registration".into(),
+            actor: Some(actor.clone()),
+            message,
+        },
+    )?;
+    let news = outcome == Upsert::Created || !changes.is_empty();
+    if let Some(why) = device.needs_tech().filter(|_| news) {
+        append(
+            tx,
+            now,
+            NewLog::new(
+                device_subject(&name),
+                "registration",
+                format!("needs a tech: {why}"),
+            )
+            .by(Some(actor)),
+        )?;
+    }
+    Ok(Ok(Applied {
+        device,
+        created: outcome == Upsert::Created,
+        changes,
+    }))
+}
+
+/// The device this registration is about: by device name, else by an earlier registration
+/// with the same agent NAME (not for placeholder names, which many devices share).
+fn find(tx: &WriteTransaction, msg: &RegistrationMessage) -> Result<Option<Device>, StoreError> {
+    let table = tx.open_table(tables::DEVICES)?;
+    if let Some(d) = inv::device(&table, &msg.device_name)? {
+        return Ok(Some(d));
+    }
+    if msg.placeholder_name() {
+        return Ok(None);
+    }
+    Ok(inv::devices(&table)?.into_iter().find(|d| {
+        d.registration
+            .as_ref()
+            .is_some_and(|r| same_agent(&r.agent_name, &msg.agent_name))
+    }))
+}
+
+fn same_agent(a: &str, b: &str) -> bool {
+    match (super::parse::mac_of(a), super::parse::mac_of(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Why an existing device may not take this registration, if it may not.
+fn refusal(d: &Device, msg: &RegistrationMessage, server: &str) -> Option<String> {
+    if d.retired {
+        return Some(format!(
+            "device {} is retired; un-retire it in the inventory first",
+            d.name
+        ));
+    }
+    if d.server != server {
+        return Some(format!(
+            "device {} belongs to controller {}, not {server}",
+            d.name, d.server
+        ));
+    }
+    if !msg.placeholder_name()
+        && let Some(r) = &d.registration
+        && !same_agent(&r.agent_name, &msg.agent_name)
+    {
+        return Some(format!(
+            "name collision: device {} was registered by agent {}, not {}",
+            d.name, r.agent_name, msg.agent_name
+        ));
+    }
+    // A wired device whose SUT address was set by the inventory, config or API (not by its
+    // own last registration) cannot be re-pointed at another host by a registration.
+    if let (Some(relay), Some(sut)) = (&d.wiring.relay, &d.wiring.sut_addr) {
+        let from_registration = d
+            .registration
+            .as_ref()
+            .and_then(|r| r.ip.as_deref())
+            .is_some_and(|ip| host_of(sut) == ip);
+        if !from_registration && host_of(sut) != host_of(&msg.sut_addr()) {
+            return Some(format!(
+                "name collision: device {} is wired to relay {relay} with SUTAgent at {sut} (set by {}); a registration from {} cannot re-point it",
+                d.name, d.origin, msg.ip
+            ));
+        }
+    }
+    None
+}
+
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// Log a refusal under `registration` (and the device, when there is one).
+///
+/// # Errors
+/// Storage failure.
+pub fn refuse(
+    tx: &WriteTransaction,
+    now: Millis,
+    msg: &RegistrationMessage,
+    from: &str,
+    channel: Channel,
+    device: Option<&Device>,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let mut subjects = vec![SUBJECT.to_owned()];
+    subjects.extend(device.map(|d| device_subject(&d.name)));
+    append(
+        tx,
+        now,
+        NewLog {
+            subjects,
+            source: "registration".into(),
+            actor: Some(format!("agent {}", msg.agent_name)),
+            message: format!(
+                "registration refused (via {} from {from}, NAME={} IPADDR={}): {reason}",
+                channel.as_str(),
+                msg.agent_name,
+                msg.ip
+            ),
+        },
+    )?;
+    Ok(())
+}
+
+/// Log a message that did not even parse, under `registration`.
+///
+/// # Errors
+/// Storage failure.
+pub fn log_malformed(
+    tx: &WriteTransaction,
+    now: Millis,
+    from: &str,
+    channel: Channel,
+    reason: &str,
+) -> Result<(), StoreError> {
+    append(
+        tx,
+        now,
+        NewLog::new(
+            SUBJECT.to_owned(),
+            "registration",
+            format!(
+                "registration refused (via {} from {from}): {reason}",
+                channel.as_str()
+            ),
+        ),
+    )?;
+    Ok(())
+}

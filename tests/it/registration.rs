@@ -1,0 +1,606 @@
+//! Device self-registration and inventory sync, against a running service:
+//! - real TCP registration messages in both agent forms (Java: `register ...\n`, reads `ok`;
+//!   Negatus: no prefix, no newline, half-close, no read);
+//! - a new device is created in `new` and flagged as needing a tech (no relay wiring);
+//! - re-registration with a new IP updates the SUT address and logs the change;
+//! - malformed, oversized, silent and dribbling clients are refused or cut off within the
+//!   deadline, logged under `registration`, and nothing is stored;
+//! - registrations never re-point a wired device or revive a retired one;
+//! - the JSON form over HTTP;
+//! - inventory sync: twice (second changes nothing), dry run writes nothing, a vanished
+//!   device is retired and its history stays readable, the safety valve, the CLI with a CSV
+//!   file, and the start-up sync from an http:// source.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mozpool::registration::{AgentForm, send_registration};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::TestServer;
+
+const REG: &str =
+    "[server]\nregistration_listen = \"127.0.0.1:0\"\nregistration_timeout_secs = 1\n";
+
+const JAVA_LINE: &str = "register NAME=00%3A11%3A22%3A33%3A44%3A55&IPADDR=127.0.0.1&CMDPORT=20701&DATAPORT=20700&OS=Android-IMM76D&SCRNWIDTH=1024&SCRNHEIGHT=768&BPP=8&MEMORY=415232000&HARDWARE=panda&POOL=\n";
+
+async fn start(extra: &str) -> (TestServer, SocketAddr) {
+    let s = TestServer::start(&format!("{REG}{extra}")).await;
+    let addr = s.app.registration_addr.expect("registration listener");
+    (s, addr)
+}
+
+/// Write raw bytes, read the whole reply until the server closes.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(bytes).await.expect("write");
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+async fn messages(s: &TestServer, path: &str) -> Vec<String> {
+    let (status, body) = s.get(path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn device_names(s: &TestServer) -> Vec<Value> {
+    let (_, list) = s.get("/api/device/list/?include_retired=1").await;
+    list["devices"].as_array().expect("list").clone()
+}
+
+#[tokio::test]
+async fn java_agent_registers_a_new_device_that_needs_a_tech() {
+    let (s, addr) = start("").await;
+    let reply = raw(addr, JAVA_LINE.as_bytes()).await;
+    assert!(reply.to_lowercase().contains("ok"), "{reply:?}");
+    let (status, d) = s.get("/api/device/00:11:22:33:44:55/details/").await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["state"], "new", "self-tested before it joins the pool");
+    assert_eq!(d["origin"], "registration");
+    assert_eq!(d["sut"], "127.0.0.1:20701");
+    assert_eq!(d["fqdn"], "127.0.0.1");
+    assert_eq!(d["hardware_type"], "panda");
+    assert_eq!(d["pool"], Value::Null, "an empty POOL sets nothing");
+    assert_eq!(
+        d["relay_info"],
+        Value::Null,
+        "wiring never comes from a registration"
+    );
+    assert_eq!(d["needs_tech"], true);
+    assert_eq!(d["mac_address"], "001122334455");
+    assert_eq!(d["registration"]["agent_name"], "00:11:22:33:44:55");
+    assert_eq!(d["registration"]["fields"]["OS"], "Android-IMM76D");
+    let log = messages(&s, "/api/device/00:11:22:33:44:55/log/").await;
+    assert!(
+        log.iter()
+            .any(|m| m.contains("device created (registration)")),
+        "{log:?}"
+    );
+    assert!(log.iter().any(|m| m.contains("needs a tech")), "{log:?}");
+    let reg = messages(&s, "/api/log/?subject=registration").await;
+    assert!(
+        reg.iter().any(|m| m.contains("registered via tcp")),
+        "{reg:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn negatus_form_without_newline_and_half_close() {
+    let (s, addr) = start("").await;
+    // By hand: no prefix, no newline, shut down the write side, never read.
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"NAME=SUTAgent&IPADDR=10.1.2.3")
+        .await
+        .expect("write");
+    c.shutdown().await.expect("half-close");
+    // Through the public client the virtual rack uses.
+    let reply = send_registration(
+        addr,
+        &[("NAME", "SUTAgent"), ("IPADDR", "10.1.2.4")],
+        AgentForm::Negatus,
+    )
+    .await
+    .expect("negatus client");
+    assert_eq!(reply, "");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let names = device_names(&s).await;
+        if names.contains(&json!("sut-10-1-2-3")) && names.contains(&json!("sut-10-1-2-4")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Negatus devices not registered: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
+    let (_, d) = s.get("/api/device/sut-10-1-2-3/details/").await;
+    assert_eq!(d["sut"], "10.1.2.3:20701", "default command port");
+    assert_eq!(d["mac_address"], "");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn java_client_and_reregistration_with_a_new_ip() {
+    let (s, addr) = start("").await;
+    let fields = |ip: &'static str| {
+        vec![
+            ("NAME", "aa:bb:cc:dd:ee:01"),
+            ("IPADDR", ip),
+            ("CMDPORT", "20701"),
+            ("OS", "Android 4.0 (IMM76D)"),
+            ("POOL", "mobile"),
+        ]
+    };
+    let reply = send_registration(addr, &fields("10.0.0.1"), AgentForm::Java)
+        .await
+        .expect("register");
+    assert_eq!(reply, "OK");
+    let reply = send_registration(addr, &fields("10.0.0.2"), AgentForm::Java)
+        .await
+        .expect("re-register");
+    assert_eq!(reply, "OK");
+    let (_, d) = s.get("/api/device/aa:bb:cc:dd:ee:01/details/").await;
+    assert_eq!(d["sut"], "10.0.0.2:20701");
+    assert_eq!(d["pool"], "mobile");
+    assert_eq!(d["registration"]["fields"]["OS"], "Android 4.0 (IMM76D)");
+    assert_eq!(d["state"], "new");
+    let log = messages(&s, "/api/device/aa:bb:cc:dd:ee:01/log/").await;
+    assert!(
+        log.iter()
+            .any(|m| m.contains("IP address changed: 10.0.0.1 -> 10.0.0.2")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|m| m.contains("sut: 10.0.0.1:20701 -> 10.0.0.2:20701")),
+        "{log:?}"
+    );
+    // The same registration again changes nothing but is still recorded.
+    send_registration(addr, &fields("10.0.0.2"), AgentForm::Java)
+        .await
+        .expect("again");
+    assert_eq!(device_names(&s).await.len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_messages_are_refused_logged_and_store_nothing() {
+    let (s, addr) = start("").await;
+    let garbage = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(garbage.starts_with("ERROR "), "{garbage:?}");
+    let missing = raw(addr, b"register NAME=dev-1&CMDPORT=20701\n").await;
+    assert!(
+        missing.starts_with("ERROR ") && missing.contains("IPADDR"),
+        "{missing:?}"
+    );
+    let non_numeric = raw(addr, b"register NAME=dev-1&IPADDR=10.0.0.1&MEMORY=lots\n").await;
+    assert!(non_numeric.contains("MEMORY"), "{non_numeric:?}");
+    let control = raw(addr, b"register NAME=dev%0A1&IPADDR=10.0.0.1\n").await;
+    assert!(control.contains("control"), "{control:?}");
+    let mut big = b"register NAME=dev-1&IPADDR=10.0.0.1&OS=".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 8000));
+    big.push(b'\n');
+    let oversized = raw(addr, &big).await;
+    assert!(oversized.contains("longer than"), "{oversized:?}");
+
+    // A client that sends nothing is cut off within the deadline (1 s here).
+    let started = Instant::now();
+    let silent = raw(addr, b"").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(silent.starts_with("ERROR "), "{silent:?}");
+
+    // So is one that dribbles a byte every 100 ms without ever finishing.
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let mut cut_off = false;
+    for b in b"register NAME=dribble&IPADDR=10.0.0.9&OS=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        if c.write_all(&[*b]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        cut_off || reply.starts_with("ERROR "),
+        "dribbler not cut off: {reply:?}"
+    );
+    assert!(reply.is_empty() || reply.contains("within"), "{reply:?}");
+
+    assert!(device_names(&s).await.is_empty(), "nothing stored");
+    let reg = messages(&s, "/api/log/?subject=registration").await;
+    let refused = reg
+        .iter()
+        .filter(|m| m.contains("registration refused"))
+        .count();
+    assert!(refused >= 7, "{reg:?}");
+    // The service still works after all that.
+    let ok = send_registration(
+        addr,
+        &[("NAME", "after-1"), ("IPADDR", "10.0.0.3")],
+        AgentForm::Java,
+    )
+    .await
+    .expect("register");
+    assert_eq!(ok, "OK");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn registrations_never_overwrite_good_data() {
+    let config = r#"
+[[devices]]
+name = "panda-1"
+relay = "relay-1:bank1:relay1"
+sut = "10.9.9.9:20701"
+"#;
+    let (s, addr) = start(config).await;
+    let reply = send_registration(
+        addr,
+        &[("NAME", "panda-1"), ("IPADDR", "10.0.0.66")],
+        AgentForm::Java,
+    )
+    .await
+    .expect("register");
+    assert!(reply.starts_with("ERROR name collision"), "{reply}");
+    let (_, d) = s.get("/api/device/panda-1/details/").await;
+    assert_eq!(d["sut"], "10.9.9.9:20701", "unchanged");
+    assert_eq!(d["needs_tech"], false);
+    // The same host may re-register (details only).
+    let reply = send_registration(
+        addr,
+        &[("NAME", "panda-1"), ("IPADDR", "10.9.9.9"), ("OS", "x")],
+        AgentForm::Java,
+    )
+    .await
+    .expect("register");
+    assert_eq!(reply, "OK");
+    // A retired device is not revived by a registration.
+    let (status, _) = s.put("/api/device/old-1/", json!({})).await;
+    assert_eq!(status, 201);
+    let (status, _) = s.send(Method::DELETE, "/api/device/old-1/", None).await;
+    assert_eq!(status, 200);
+    let reply = send_registration(
+        addr,
+        &[("NAME", "old-1"), ("IPADDR", "10.0.0.5")],
+        AgentForm::Java,
+    )
+    .await
+    .expect("register");
+    assert!(reply.contains("retired"), "{reply}");
+    let (_, d) = s.get("/api/device/old-1/details/").await;
+    assert_eq!(d["retired"], true);
+    assert_eq!(d["sut"], Value::Null);
+    let log = messages(&s, "/api/device/panda-1/log/").await;
+    assert!(
+        log.iter().any(|m| m.contains("registration refused")),
+        "{log:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn json_registration_over_http() {
+    let s = TestServer::start("").await;
+    assert!(s.app.registration_addr.is_none(), "off unless configured");
+    let body = json!({"name": "nexus-7", "ipaddr": "10.0.0.8", "cmdport": 20701, "pool": "mobile", "SCRNWIDTH": 800});
+    let (status, d) = s.post("/api/device/register/", body.clone()).await;
+    assert_eq!(status, 201, "{d}");
+    assert_eq!(d["name"], "nexus-7");
+    assert_eq!(d["state"], "new");
+    assert_eq!(d["needs_tech"], true);
+    assert_eq!(d["sut"], "10.0.0.8:20701");
+    assert_eq!(d["registration"]["fields"]["SCRNWIDTH"], "800");
+    let (status, d) = s.post("/api/device/register/", body).await;
+    assert_eq!(status, 200, "{d}");
+    for (bad, want) in [
+        (json!({"NAME": "x"}), "IPADDR"),
+        (
+            json!({"NAME": "x", "IPADDR": "10.0.0.1", "CMDPORT": "abc"}),
+            "CMDPORT",
+        ),
+        (
+            json!({"NAME": "x", "name": "y", "IPADDR": "10.0.0.1"}),
+            "twice",
+        ),
+        (
+            json!({"NAME": "x", "IPADDR": "10.0.0.1", "OS": ["a"]}),
+            "OS",
+        ),
+        (json!({"NAME": "a b", "IPADDR": "10.0.0.1"}), "device name"),
+    ] {
+        let (status, e) = s.post("/api/device/register/", bad.clone()).await;
+        assert_eq!(status, 400, "{bad} -> {e}");
+        assert!(
+            e["error"].as_str().unwrap_or_default().contains(want),
+            "{bad} -> {e}"
+        );
+    }
+    let (status, e) = s.post("/api/device/register/", json!([1])).await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(device_names(&s).await, vec![json!("nexus-7")]);
+    let reg = messages(&s, "/api/log/?subject=registration").await;
+    assert!(reg.iter().any(|m| m.contains("via http")), "{reg:?}");
+    s.stop().await;
+}
+
+fn rows(names: &[&str]) -> Value {
+    let devices: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({"name": n, "hardware_type": "panda", "relay": format!("relay-1:bank1:relay{}", i + 1), "sut": format!("10.0.1.{}:20701", i + 1)}))
+        .collect();
+    json!({ "devices": devices })
+}
+
+#[tokio::test]
+async fn inventory_sync_is_idempotent_dry_runs_and_retires() {
+    let s = TestServer::start(crate::support::TWO_DEVICES).await;
+    // A registered device gets adopted by the inventory; a config device is left alone.
+    let (status, _) = s
+        .post(
+            "/api/device/register/",
+            json!({"NAME": "inv-3", "IPADDR": "10.0.1.3"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut body = rows(&["inv-1", "inv-2", "inv-3"]);
+    body["devices"]
+        .as_array_mut()
+        .expect("rows")
+        .push(json!({"name": "panda-1", "pool": "x"}));
+    let (status, r) = s.post("/api/inventory/sync/", body.clone()).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["added"], json!(["inv-1", "inv-2"]));
+    assert_eq!(r["updated"][0]["name"], "inv-3");
+    assert_eq!(r["skipped"][0]["name"], "panda-1");
+    assert_eq!(r["dry_run"], false);
+    let (_, d) = s.get("/api/device/inv-3/details/").await;
+    assert_eq!(d["origin"], "inventory");
+    assert_eq!(d["relay_info"], "relay-1:bank1:relay3");
+    assert_eq!(d["needs_tech"], false, "wired by the inventory");
+    let (_, d) = s.get("/api/device/inv-1/details/").await;
+    assert_eq!(d["state"], "new");
+
+    // Second run: nothing changes.
+    let (status, r) = s.post("/api/inventory/sync/", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(r["added"], json!([]));
+    assert_eq!(r["updated"], json!([]));
+    assert_eq!(r["retired"], json!([]));
+    assert_eq!(r["unchanged"], 3);
+
+    // Dry run of a change: reported, not written.
+    let mut next = rows(&["inv-1", "inv-3", "inv-4"]);
+    next["devices"][1]["pool"] = json!("b2g");
+    let before = messages(&s, "/api/log/?subject=inventory").await.len();
+    let (status, r) = s.post("/api/inventory/sync/?dry_run=1", next.clone()).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["added"], json!(["inv-4"]));
+    assert_eq!(r["retired"], json!(["inv-2"]));
+    assert_eq!(r["updated"][0]["name"], "inv-3");
+    let (status, _) = s.get("/api/device/inv-4/details/").await;
+    assert_eq!(status, 404, "dry run wrote nothing");
+    let (_, d) = s.get("/api/device/inv-2/details/").await;
+    assert_eq!(d["retired"], false);
+    assert_eq!(
+        messages(&s, "/api/log/?subject=inventory").await.len(),
+        before
+    );
+    let (_, d) = s.get("/api/device/inv-3/details/").await;
+    assert_eq!(d["pool"], Value::Null, "dry run updated nothing");
+
+    // For real: inv-2 retired, its history still readable.
+    let (status, r) = s.post("/api/inventory/sync/", next).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["retired"], json!(["inv-2"]));
+    let (_, d) = s.get("/api/device/inv-2/details/").await;
+    assert_eq!(d["retired"], true);
+    let log = messages(&s, "/api/device/inv-2/log/").await;
+    assert!(
+        log.iter().any(|m| m.contains("device created (inventory)")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|m| m.contains("retired: no longer in the inventory source")),
+        "{log:?}"
+    );
+    // Config and API devices were never retired.
+    let (_, d) = s.get("/api/device/panda-2/details/").await;
+    assert_eq!(d["retired"], false);
+    // Bringing it back un-retires it.
+    let (_, r) = s
+        .post(
+            "/api/inventory/sync/",
+            rows(&["inv-1", "inv-2", "inv-3", "inv-4"]),
+        )
+        .await;
+    assert!(
+        r["updated"]
+            .as_array()
+            .expect("updated")
+            .iter()
+            .any(|u| u["name"] == "inv-2"),
+        "{r}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn inventory_sync_safety_valve_and_bad_rows() {
+    let s = TestServer::start("").await;
+    let names: Vec<String> = (0..8).map(|i| format!("d-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (status, _) = s.post("/api/inventory/sync/", rows(&refs)).await;
+    assert_eq!(status, 200);
+    let (status, e) = s.post("/api/inventory/sync/", json!({"devices": []})).await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["code"], "safety_valve");
+    assert_eq!(device_names(&s).await.len(), 8);
+    let (_, d) = s.get("/api/device/d-0/details/").await;
+    assert_eq!(d["retired"], false);
+    let (status, r) = s
+        .post("/api/inventory/sync/?force=1", json!({"devices": []}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["retired"].as_array().map(Vec::len), Some(8));
+    for bad in [
+        json!({"devices": [{"name": "a"}, {"name": "a"}]}),
+        json!({"devices": [{"name": "../x"}]}),
+        json!({"devices": [{"name": "a", "sut": "nohost"}]}),
+        json!({"devices": [{"name": "a", "colour": "red"}]}),
+    ] {
+        let (status, e) = s.post("/api/inventory/sync/", bad.clone()).await;
+        assert_eq!(status, 400, "{bad} -> {e}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cli_syncs_a_csv_file() {
+    use clap::Parser;
+    let s = TestServer::start("").await;
+    let file = s.dir.path().join("inventory.csv");
+    std::fs::write(
+        &file,
+        "# the lab\nname,hardware_type,relay,sut,comments\npanda-10,panda,relay-2:bank1:relay1,10.0.2.1:20701,\"top shelf, left\"\npanda-11,panda,relay-2:bank1:relay2,10.0.2.2:20701,\n",
+    )
+    .expect("write csv");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "mozpool".to_owned(),
+            "inventory".into(),
+            "sync".into(),
+            file.display().to_string(),
+            "--url".into(),
+            s.url(""),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        mozpool::cli::run(mozpool::cli::Cli::try_parse_from(args).expect("args"))
+    };
+    run(&["--dry-run"]).await.expect("dry run");
+    assert!(device_names(&s).await.is_empty());
+    run(&[]).await.expect("sync");
+    let (_, d) = s.get("/api/device/panda-10/details/").await;
+    assert_eq!(d["comments"], "top shelf, left");
+    assert_eq!(d["relay_info"], "relay-2:bank1:relay1");
+    run(&[]).await.expect("sync again");
+    assert_eq!(device_names(&s).await.len(), 2);
+    s.stop().await;
+}
+
+/// A one-shot HTTP server answering every request with `body`.
+async fn serve_static(body: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn configured_source_syncs_at_start_up() {
+    let addr =
+        serve_static(r#"{"devices": [{"name": "remote-1", "relay": "relay-9:bank1:relay1"}]}"#)
+            .await;
+    let s = TestServer::start(&format!(
+        "[inventory]\nsource = \"http://{addr}/export.json\"\ninterval_secs = 0\n"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, d) = s.get("/api/device/remote-1/details/").await;
+        if status == 200 {
+            assert_eq!(d["origin"], "inventory");
+            assert_eq!(d["relay_info"], "relay-9:bank1:relay1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "start-up sync did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn wired_device_keeps_following_its_own_registrations() {
+    let s = TestServer::start("").await;
+    let reg = |ip: &str, mem: &str| json!({"NAME": "inv-9", "IPADDR": ip, "MEMORY": mem});
+    let (status, _) = s
+        .post("/api/device/register/", reg("10.0.3.1", "100"))
+        .await;
+    assert_eq!(status, 201);
+    // The inventory wires it (no SUT address in the row) and adopts it.
+    let (status, r) = s
+        .post(
+            "/api/inventory/sync/",
+            json!({"devices": [{"name": "inv-9", "relay": "relay-3:bank1:relay1"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    // DHCP moved it: its own registration may follow, the sut came from a registration.
+    let (status, d) = s
+        .post("/api/device/register/", reg("10.0.3.2", "200"))
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["sut"], "10.0.3.2:20701");
+    assert_eq!(d["relay_info"], "relay-3:bank1:relay1", "wiring untouched");
+    assert_eq!(d["needs_tech"], false);
+    let changes = d["changes"].to_string();
+    assert!(
+        changes.contains("IP address changed") && changes.contains("details changed: MEMORY"),
+        "{changes}"
+    );
+    // Once the inventory sets the SUT address, a registration from elsewhere is refused.
+    let (status, _) = s
+        .post(
+            "/api/inventory/sync/",
+            json!({"devices": [{"name": "inv-9", "relay": "relay-3:bank1:relay1", "sut": "10.0.3.50:20701"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, e) = s
+        .post("/api/device/register/", reg("10.0.3.3", "300"))
+        .await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["code"], "registration_refused");
+    let (_, d) = s.get("/api/device/inv-9/details/").await;
+    assert_eq!(d["sut"], "10.0.3.50:20701");
+    s.stop().await;
+}
