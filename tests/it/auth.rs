@@ -333,3 +333,56 @@ fn base64(s: &str) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn request_and_hardware_calls_need_their_roles() {
+    let s = TestServer::start(&config_with_auth("read")).await;
+    let ask = json!({"assignee": "ci", "duration": 60, "image": "b2g", "b2gbase": "http://x/"});
+    // Checking out a device: request role.
+    for (token, want) in [(None, 401), (Some(READ_TOKEN), 403)] {
+        let (status, _, body) = call(
+            &s,
+            Method::POST,
+            "/api/device/any/request/",
+            token,
+            Some(ask.clone()),
+        )
+        .await;
+        assert_eq!(status, want, "{token:?} {body}");
+    }
+    let (status, _, body) = call(
+        &s,
+        Method::POST,
+        "/api/device/any/request/",
+        Some(REQUEST_TOKEN),
+        Some(ask.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = call(&s, Method::GET, "/api/request/list/", None, None).await;
+    assert_eq!(status, 200);
+    // Power and state: admin only.
+    for path in [
+        "/api/device/panda-1/power-cycle/",
+        "/api/device/panda-1/power-off/",
+        "/api/device/panda-1/event/please_self_test/",
+        "/api/device/panda-1/state-change/new/to/ready/",
+    ] {
+        let (status, _, _) = call(&s, Method::POST, path, Some(REQUEST_TOKEN), None).await;
+        assert_eq!(status, 403, "{path}");
+        let (status, _, _) = call(&s, Method::POST, path, None, None).await;
+        assert_eq!(status, 401, "{path}");
+        let (status, _, body) = call(&s, Method::POST, path, Some(ADMIN_TOKEN), None).await;
+        assert!(status != 401 && status != 403, "{path} {status} {body}");
+    }
+    // The old GET form of power-off is no back door.
+    let (status, _, _) = call(
+        &s,
+        Method::GET,
+        "/api/device/panda-1/power-off/",
+        Some(READ_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+}
