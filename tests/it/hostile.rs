@@ -373,6 +373,26 @@ mod never_panics {
         }
 
         #[test]
+        fn hardware_and_registration_replies(data in vec(any::<u8>(), 0..256), sel in any::<u8>()) {
+            use mozpool::hw::relay::proxr::{Command, Framing, decode_reply, parse_command};
+            let _ = mozpool::hw::sut::parse_version(&data);
+            let _ = mozpool::hw::sut::parse_uptime(&data);
+            let _ = mozpool::hw::sut::find_prompt(&data);
+            let framing = if sel & 1 == 0 { Framing::Raw } else { Framing::Api };
+            let (bank, relay) = ((sel >> 1) % 6, (sel >> 4) % 10);
+            for cmd in [Command::Test, Command::On { bank, relay }, Command::Read { bank, relay }] {
+                let _ = decode_reply(cmd, framing, &data);
+            }
+            let _ = parse_command(framing, &data);
+            let _ = mozpool::registration::parse::parse(&data);
+        }
+
+        #[test]
+        fn registration_like(s in "(register )?([A-Za-z]{1,8}=[A-Za-z0-9%:.&+-]{0,12}&?){0,8}\n?") {
+            let _ = mozpool::registration::parse::parse(s.as_bytes());
+        }
+
+        #[test]
         fn records(data in vec(any::<u8>(), 0..256)) {
             let _ = decode_bytes::<LogRecord>(&data);
             let _ = decode_bytes::<DeviceRecord>(&data);
