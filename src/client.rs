@@ -12,7 +12,8 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     base: String,
-    /// Sent as `Authorization: Bearer`.
+    /// Bearer token sent as `Authorization: Bearer <token>` on every call, when set (from
+    /// `with_token`, or the password of credentials in the URL).
     token: Option<String>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
@@ -56,11 +57,12 @@ impl ApiClient {
         }
     }
 
-    /// Use `token` (when given; it wins over one in the URL).
+    /// The same client, sending `token` as `Authorization: Bearer` (an empty token is none).
+    /// A given token wins over one taken from the URL.
     #[must_use]
-    pub fn with_token(mut self, token: Option<String>) -> ApiClient {
-        if token.is_some() {
-            self.token = token;
+    pub fn with_token(mut self, token: Option<&str>) -> ApiClient {
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            self.token = Some(t.to_owned());
         }
         self
     }
@@ -85,13 +87,7 @@ impl ApiClient {
             .map_err(|_| ClientError::Url(url.clone()))?;
         req.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(token) = &self.token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                ClientError::Url("the token contains characters a header cannot carry".into())
-            })?;
-            v.set_sensitive(true);
-            req.headers_mut().insert(AUTHORIZATION, v);
-        }
+        self.authorize(&mut req)?;
         let resp = self
             .client
             .request(req)
@@ -126,12 +122,89 @@ impl ApiClient {
         Ok((status, value))
     }
 
+    /// Add the `Authorization` header when there is a token.
+    fn authorize(&self, req: &mut Request<Full<Bytes>>) -> Result<(), ClientError> {
+        if let Some(token) = &self.token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Url("the token is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, v);
+        }
+        Ok(())
+    }
+
     /// GET.
     ///
     /// # Errors
     /// [`ClientError`].
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         Ok(self.call(Method::GET, path, None).await?.1)
+    }
+
+    /// GET `path` and write the body to `dest` as it arrives. Returns the bytes written;
+    /// a body shorter than its `Content-Length` is an error.
+    ///
+    /// # Errors
+    /// [`ClientError`]; I/O errors on `dest` are reported as [`ClientError::Unreachable`]
+    /// with the file named.
+    pub async fn download(
+        &self,
+        path: &str,
+        dest: &mut tokio::fs::File,
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt as _;
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ClientError::Url(url.clone()))?;
+        self.authorize(&mut req)?;
+        let unreachable = |message: String| ClientError::Unreachable {
+            url: url.clone(),
+            message,
+        };
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        let expected = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status { status, message });
+        }
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unreachable(format!("download interrupted: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                dest.write_all(&data)
+                    .await
+                    .map_err(|e| unreachable(format!("cannot write the download: {e}")))?;
+                written += data.len() as u64;
+            }
+        }
+        if expected.is_some_and(|n| n != written) {
+            return Err(unreachable(format!(
+                "download truncated: got {written} of {} bytes",
+                expected.unwrap_or_default()
+            )));
+        }
+        Ok(written)
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! Layers, dependencies pointing down; only [`app`] wires them together:
-//! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`];
+//! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`], with the live canary
+//!   `mozpool check` in [`check`];
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
@@ -12,10 +13,12 @@
 //!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
 //! - [`auth`]: roles, tokens and the `Authorization` header (no I/O);
+//! - [`systemd`] (readiness, status, watchdog) and [`metrics`] (`/metrics`): operations;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -25,11 +28,13 @@ pub mod hw;
 pub mod inventory;
 pub mod inventory_sync;
 pub mod lifeguard;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod registration;
 pub mod shutdown;
 pub mod simulate;
 pub mod storage;
+pub mod systemd;
 pub mod telemetry;
 pub mod types;

@@ -55,11 +55,16 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let actor = caller
         .as_ref()
         .map_or_else(|_| "unauthenticated".to_owned(), |c| c.name.clone());
+    // Calls that change a device also go in that device's history; reads only in `api`, so
+    // a poller cannot bury the device's own log.
     let device = route
         .as_ref()
         .ok()
+        .filter(|r| r.mutates())
         .and_then(Route::device)
         .map(ToString::to_string);
+    // Scrapes come every few seconds; logging each one durably would only wear the SD card.
+    let audited = !matches!(route, Ok(Route::Metrics));
     let response = match (route, caller) {
         (Err(e), _) => route_error(&e, &path, query_text.as_deref()),
         (Ok(_), Err(e)) => error_response(&e.into()),
@@ -85,6 +90,11 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     };
     let status = response.status();
     let elapsed = started.elapsed();
+    app.metrics.record_api(status.as_u16(), elapsed);
+    if !audited {
+        tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
+        return response;
+    }
     tracing::info!(%method, %path, status = status.as_u16(), caller = %actor, %peer, micros = elapsed.as_micros() as u64, "api");
     let mut subjects = vec!["api".to_owned()];
     subjects.extend(device.as_deref().map(device_subject));

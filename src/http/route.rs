@@ -114,6 +114,12 @@ pub enum Route {
     RelayChannel(BoardName, String, RelayOp),
     /// `PUT /api/sim/device/{id}/faults/`: inject faults into a simulated device.
     SimFaults(DeviceName),
+    /// `GET /metrics`: Prometheus text format. No trailing slash (what scrapers expect);
+    /// `/metrics/` is accepted too.
+    Metrics,
+    /// `GET /api/backup/`: a consistent snapshot of the store as a redb file (admin: it is
+    /// the whole database).
+    Backup,
 }
 
 /// What a raw relay call does.
@@ -183,10 +189,18 @@ impl Route {
         if segs.iter().any(|s| s.is_empty()) {
             return Err(RouteError::NotFound);
         }
+        if segs == ["metrics"] {
+            // Scrapers ask for `/metrics` exactly; no 303 dance.
+            if !GET.contains(method) {
+                return Err(RouteError::MethodNotAllowed(GET));
+            }
+            return Ok(Route::Metrics);
+        }
         let (allowed, route) = match segs.as_slice() {
             ["api", "version"] => (GET, Route::Version),
             ["api", "health"] => (GET, Route::Health),
             ["api", "log"] => (GET, Route::LogQuery),
+            ["api", "backup"] => (GET, Route::Backup),
             ["api", "device", "list"] => (GET, Route::DeviceList),
             // A device named `register` stays reachable with PUT/DELETE.
             ["api", "device", "register"] if !matches!(*method, Method::PUT | Method::DELETE) => {
@@ -323,6 +337,7 @@ impl Route {
                 | Route::RelayList
                 | Route::RelayTest(_)
                 | Route::RelayChannel(_, _, RelayOp::Status)
+                | Route::Metrics
         )
     }
 
@@ -340,6 +355,11 @@ impl Route {
     pub fn required_role(&self) -> Role {
         match self {
             Route::Version | Route::Health => Role::None,
+            // Prometheus can send a bearer token (`authorization` in the scrape config); with
+            // the packaged `anonymous = "read"` it needs none.
+            Route::Metrics => Role::Read,
+            // A copy of the whole database.
+            Route::Backup => Role::Admin,
             Route::DeviceList
             | Route::DeviceDetails(_)
             | Route::DeviceLog(_)
@@ -481,6 +501,27 @@ mod tests {
         );
         assert!(Route::DeviceRegister.mutates() && Route::InventorySync.mutates());
         assert_eq!(Route::DeviceRegister.device(), None);
+    }
+
+    #[test]
+    fn operations_routes() {
+        assert_eq!(Route::parse(&Method::GET, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(Route::parse(&Method::GET, "/metrics/"), Ok(Route::Metrics));
+        assert!(matches!(
+            Route::parse(&Method::POST, "/metrics"),
+            Err(RouteError::MethodNotAllowed(_))
+        ));
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/backup/"),
+            Ok(Route::Backup)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/backup"),
+            Err(RouteError::AddSlash)
+        );
+        // A backup is the whole database: it counts as an admin call, not a plain read.
+        assert!(Route::Backup.mutates());
+        assert!(!Route::Metrics.mutates());
     }
 
     #[test]

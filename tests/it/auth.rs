@@ -204,7 +204,7 @@ async fn old_style_url_credentials_work() {
         .await
         .expect("cli call");
     assert_eq!(status, 200);
-    let client = ApiClient::new(&format!("http://{}", s.addr)).with_token(Some(READ_TOKEN.into()));
+    let client = ApiClient::new(&format!("http://{}", s.addr)).with_token(Some(READ_TOKEN));
     assert!(client.get("/api/device/list/").await.is_ok());
     let anonymous = ApiClient::new(&format!("http://{}", s.addr));
     assert!(matches!(
