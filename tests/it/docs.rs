@@ -182,7 +182,11 @@ const TABLES: &[(&str, &str, &str)] = &[
     ("queue", "`[queue]`", "[queue]\nzzz_probe = 1\n"),
     ("simulate", "`[simulate]`", "[simulate]\nzzz_probe = 1\n"),
     ("auth", "`[auth]`", "[auth]\nzzz_probe = 1\n"),
-    ("auth.tokens", "`[auth]`", "[[auth.tokens]]\nzzz_probe = 1\n"),
+    (
+        "auth.tokens",
+        "`[auth]`",
+        "[[auth.tokens]]\nzzz_probe = 1\n",
+    ),
     (
         "simulate.faults",
         "`[simulate]`",
