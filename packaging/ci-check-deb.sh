@@ -94,6 +94,10 @@ dpkg -x "$DEB" "$ROOT"
 BIN="$ROOT/usr/bin/mozpool"
 CONFIG="$ROOT/etc/mozpool/mozpool.toml"
 DATA="$WORK/data"
+# The packaged config enables [auth] without a token; make one for this check as postinst
+# does on a real install (its hash goes into the unpacked copy of the config).
+MOZPOOL_TOKEN=$("$BIN" token new ci-check --role admin --append-to "$CONFIG")
+export MOZPOOL_TOKEN
 printf 'binary: %s bytes\n' "$(stat -c %s "$BIN")"
 "$BIN" --version
 

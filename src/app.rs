@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, OPEN_WARNING};
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
 use crate::hw::images::DownloadCache;
@@ -41,6 +42,8 @@ pub struct App {
 pub struct AppInner {
     /// The configuration the service started with.
     pub config: Config,
+    /// The access-control policy, built from `config.auth`.
+    pub auth: Auth,
     /// The store.
     pub store: Store,
     /// The clock.
@@ -132,6 +135,12 @@ impl App {
         clean_scratch(&dir);
         let store = Store::open(&dir.join(crate::storage::backup::DB_FILE), clock.clone())?;
         let started = clock.now();
+        let auth = Auth::new(config.auth.as_ref());
+        if auth.is_open() {
+            tracing::warn!("{OPEN_WARNING}");
+        } else {
+            tracing::info!(anonymous = %auth.anonymous_role(), "access control enabled");
+        }
         let metrics = Arc::new(Metrics::default());
         let heartbeats = Heartbeats::default();
         let hw = &config.hardware;
@@ -191,6 +200,7 @@ impl App {
         let app = App {
             inner: Arc::new(AppInner {
                 config,
+                auth,
                 store,
                 clock,
                 started,
@@ -208,6 +218,13 @@ impl App {
         };
         app.sync_config().await?;
         Ok(app)
+    }
+
+    /// Is access control off (no `[auth]` section)? The web page shows a banner when it is,
+    /// as `/api/version/` and the start-up log do.
+    #[must_use]
+    pub fn auth_open(&self) -> bool {
+        self.auth.is_open()
     }
 
     /// The controller's name.

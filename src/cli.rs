@@ -4,7 +4,7 @@
 //! Exit codes scripts can rely on: 0 success, 1 the service refused or failed the call,
 //! 2 usage error, 3 the service could not be reached.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -13,6 +13,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::auth::{self, Role};
 use crate::client::{ApiClient, ClientError};
 use crate::clock::SystemClock;
 use crate::config::{self, Config};
@@ -44,6 +45,9 @@ pub enum Command {
     Log(LogArgs),
     /// Show a running service's version.
     Version(UrlArg),
+    /// Access tokens (made locally; the service only ever sees their hashes).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Save a consistent snapshot of a running service's database to FILE (atomically:
     /// FILE appears only once complete and verified).
     Backup(BackupArgs),
@@ -104,6 +108,23 @@ pub struct RestoreArgs {
     pub config: Option<PathBuf>,
 }
 
+/// `mozpool token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a random token, print it once with the lines to paste into the config.
+    New {
+        /// The token's name (recorded in the audit log; owns the requests it makes).
+        name: String,
+        /// `read`, `request` or `admin`.
+        #[arg(long)]
+        role: String,
+        /// Append the `[[auth.tokens]]` entry to this config file (checked first) instead of
+        /// printing it; the token itself is still printed, once.
+        #[arg(long, value_name = "FILE")]
+        append_to: Option<PathBuf>,
+    },
+}
+
 /// Where the service is.
 #[derive(Debug, Clone, Args)]
 pub struct UrlArg {
@@ -115,9 +136,18 @@ pub struct UrlArg {
         global = true
     )]
     pub url: String,
-    /// API token (sent as `Authorization: Bearer`), when the service requires one.
-    #[arg(long, env = "MOZPOOL_TOKEN", global = true, hide_env_values = true)]
+    /// Access token, sent as `Authorization: Bearer`. A URL of the form
+    /// `http://name:TOKEN@host/` works too.
+    #[arg(long, env = "MOZPOOL_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+}
+
+impl UrlArg {
+    /// A client for this service with this token.
+    #[must_use]
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.url).with_token(self.token.as_deref())
+    }
 }
 
 /// `mozpool serve`.
@@ -301,9 +331,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             force,
             url,
-        }) => inventory_sync(&source, dry_run, force, &url.url).await,
+        }) => inventory_sync(&source, dry_run, force, &url).await,
         Command::Image(ImageCmd::List(url)) => {
-            let v = ApiClient::new(&url.url)
+            let v = url
+                .client()
                 .get("/api/image/list/")
                 .await
                 .map_err(Exit::from)?;
@@ -321,10 +352,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(s) = &args.subject {
                 path.push_str(&format!("&subject={}", encode(s)));
             }
-            let v = ApiClient::new(&args.url.url)
-                .get(&path)
-                .await
-                .map_err(Exit::from)?;
+            let v = args.url.client().get(&path).await.map_err(Exit::from)?;
             for row in v["log"].as_array().into_iter().flatten() {
                 println!(
                     "{} {:<12} {:<10} {}",
@@ -336,10 +364,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Token(TokenCmd::New {
+            name,
+            role,
+            append_to,
+        }) => Ok(token_new(&name, &role, append_to.as_deref())?),
         Command::Backup(args) => backup(args).await,
         Command::Restore(args) => restore(args).await,
         Command::Version(url) => {
-            let v = ApiClient::new(&url.url)
+            let v = url
+                .client()
                 .get("/api/version/")
                 .await
                 .map_err(Exit::from)?;
@@ -357,7 +391,7 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
             } else {
                 "/api/device/list/"
             };
-            let v = ApiClient::new(&url.url).get(path).await?;
+            let v = url.client().get(path).await?;
             if details {
                 print_json(&v);
             } else {
@@ -367,7 +401,8 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
             }
         }
         DeviceCmd::Show { name, url } => {
-            let v = ApiClient::new(&url.url)
+            let v = url
+                .client()
                 .get(&format!("/api/device/{}/details/", encode(&name)))
                 .await?;
             print_json(&v);
@@ -389,7 +424,8 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
                     body.insert(k.to_owned(), json!(v));
                 }
             }
-            let (_, v) = ApiClient::new(&url.url)
+            let (_, v) = url
+                .client()
                 .call(
                     Method::PUT,
                     &format!("/api/device/{}/", encode(&name)),
@@ -399,7 +435,8 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
             print_json(&v);
         }
         DeviceCmd::Retire { name, url } => {
-            let (_, v) = ApiClient::new(&url.url)
+            let (_, v) = url
+                .client()
                 .call(
                     Method::DELETE,
                     &format!("/api/device/{}/", encode(&name)),
@@ -412,7 +449,66 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
     Ok(())
 }
 
-async fn inventory_sync(source: &str, dry_run: bool, force: bool, url: &str) -> anyhow::Result<()> {
+fn token_new(name: &str, role: &str, append_to: Option<&Path>) -> Result<(), Exit> {
+    let usage = |message: String| Exit { code: 2, message };
+    crate::types::check_name("token name", name).map_err(|e| usage(e.to_string()))?;
+    let role: Role = role.parse().map_err(usage)?;
+    if role == Role::None {
+        return Err(usage("a token's role is read, request or admin".into()));
+    }
+    let token = auth::new_token();
+    let entry = format!(
+        "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+        auth::token_digest_hex(&token)
+    );
+    match append_to {
+        None => {
+            println!(
+                "token for {name} (role {role}); it is shown only this once:\n\n    {token}\n"
+            );
+            println!("Add these lines to the service's configuration (/etc/mozpool/mozpool.toml)");
+            println!("and restart it; keep an [auth] section with `anonymous = ...` above them:\n");
+            print!("{entry}");
+            println!(
+                "\nClients send it as `Authorization: Bearer {token}`, with --token/MOZPOOL_TOKEN,"
+            );
+            println!("or in the URL: http://{name}:{token}@HOST:PORT/");
+        }
+        Some(path) => {
+            let fail = |message: String| Exit { code: 1, message };
+            let old = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            let sep = if old.is_empty() || old.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            let new = format!("{old}{sep}{entry}");
+            Config::parse(path, &new).map_err(|e| {
+                fail(format!(
+                    "not changing {}: with the new token it would not load: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+            std::io::Write::write_all(&mut f, format!("{sep}{entry}").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+async fn inventory_sync(
+    source: &str,
+    dry_run: bool,
+    force: bool,
+    url: &UrlArg,
+) -> anyhow::Result<()> {
     let bytes = crate::inventory_sync::load_source(source)
         .await
         .map_err(|message| Exit { code: 1, message })?;
@@ -428,7 +524,8 @@ async fn inventory_sync(source: &str, dry_run: bool, force: bool, url: &str) -> 
         path.push_str("force=1");
     }
     let body = json!({ "devices": rows });
-    let (_, v) = ApiClient::new(url)
+    let (_, v) = url
+        .client()
         .call(Method::POST, path.trim_end_matches(['?', '&']), Some(&body))
         .await
         .map_err(Exit::from)?;
@@ -479,7 +576,8 @@ async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         let mut file = tokio::fs::File::create(&partial)
             .await
             .with_context(|| format!("creating {}", partial.display()))?;
-        ApiClient::new(&args.url.url)
+        args.url
+            .client()
             .download("/api/backup/", &mut file)
             .await
             .map_err(Exit::from)?;
@@ -592,6 +690,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
     };
     crate::telemetry::init(&config.log.level);
+    if config.auth.is_none() {
+        eprintln!("WARNING: {}", auth::OPEN_WARNING);
+    }
     if let Some(addr) = args.listen {
         config.server.listen = addr;
     }

@@ -12,7 +12,8 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     base: String,
-    /// Bearer token sent as `Authorization: Bearer <token>` on every call, when set.
+    /// Bearer token sent as `Authorization: Bearer <token>` on every call, when set (from
+    /// `with_token`, or the password of credentials in the URL).
     token: Option<String>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
@@ -42,20 +43,27 @@ pub enum ClientError {
 }
 
 impl ApiClient {
-    /// A client for `base` (`http://host:port`).
+    /// A client for `base` (`http://host:port`). Credentials in the URL
+    /// (`http://name:TOKEN@host/`, as old MozPool clients used) are taken out of it and sent
+    /// as the token.
     #[must_use]
     pub fn new(base: &str) -> ApiClient {
+        let base = base.trim_end_matches('/');
+        let (base, token) = split_userinfo(base);
         ApiClient {
-            base: base.trim_end_matches('/').to_owned(),
-            token: None,
+            base,
+            token,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
     /// The same client, sending `token` as `Authorization: Bearer` (an empty token is none).
+    /// A given token wins over one taken from the URL.
     #[must_use]
     pub fn with_token(mut self, token: Option<&str>) -> ApiClient {
-        self.token = token.filter(|t| !t.is_empty()).map(str::to_owned);
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            self.token = Some(t.to_owned());
+        }
         self
     }
 
@@ -79,11 +87,7 @@ impl ApiClient {
             .map_err(|_| ClientError::Url(url.clone()))?;
         req.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(token) = &self.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| ClientError::Url("the token is not a valid header value".into()))?;
-            req.headers_mut().insert(AUTHORIZATION, value);
-        }
+        self.authorize(&mut req)?;
         let resp = self
             .client
             .request(req)
@@ -118,6 +122,17 @@ impl ApiClient {
         Ok((status, value))
     }
 
+    /// Add the `Authorization` header when there is a token.
+    fn authorize(&self, req: &mut Request<Full<Bytes>>) -> Result<(), ClientError> {
+        if let Some(token) = &self.token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Url("the token is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, v);
+        }
+        Ok(())
+    }
+
     /// GET.
     ///
     /// # Errors
@@ -139,11 +154,12 @@ impl ApiClient {
     ) -> Result<u64, ClientError> {
         use tokio::io::AsyncWriteExt as _;
         let url = format!("{}{path}", self.base);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::GET)
             .uri(&url)
             .body(Full::new(Bytes::new()))
             .map_err(|_| ClientError::Url(url.clone()))?;
+        self.authorize(&mut req)?;
         let unreachable = |message: String| ClientError::Unreachable {
             url: url.clone(),
             message,
@@ -189,5 +205,50 @@ impl ApiClient {
             )));
         }
         Ok(written)
+    }
+}
+
+/// Split `scheme://user:token@host…` into the URL without credentials and the token (the
+/// password, or the user part when there is no password).
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let userinfo = &rest[..at];
+    let token = match userinfo.split_once(':') {
+        Some((_, pass)) if !pass.is_empty() => pass,
+        Some((user, _)) => user,
+        None => userinfo,
+    };
+    let token = crate::http::body::decode_component(token);
+    (
+        format!("{scheme}://{}", &rest[at + 1..]),
+        (!token.is_empty()).then_some(token),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_credentials_become_the_token() {
+        assert_eq!(
+            split_userinfo("http://ci:abc@rack1:8080"),
+            ("http://rack1:8080".to_owned(), Some("abc".to_owned()))
+        );
+        assert_eq!(
+            split_userinfo("http://abc@rack1"),
+            ("http://rack1".to_owned(), Some("abc".to_owned()))
+        );
+        assert_eq!(
+            split_userinfo("http://rack1/x@y"),
+            ("http://rack1/x@y".to_owned(), None)
+        );
+        assert_eq!(split_userinfo("rack1"), ("rack1".to_owned(), None));
     }
 }

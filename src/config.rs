@@ -74,6 +74,10 @@ pub struct Config {
     /// Devices wired to this controller.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Access control. Absent: the service is open, as the original MozPool was (and says
+    /// so loudly); see [`crate::auth`].
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
     /// Hardware drivers: fastboot, image files, probe timeouts.
     #[serde(default)]
     pub hardware: HardwareConfig,
@@ -189,6 +193,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Seconds a client has to send its request headers.
     pub header_timeout_secs: u64,
+    /// Seconds a client has to send its whole request body once the headers are in; a
+    /// client dribbling bytes is answered 408 and disconnected.
+    pub body_timeout_secs: u64,
     /// Where devices register themselves (SUTAgent registration protocol, raw TCP, normally
     /// port 28001); unset = no registration listener.
     pub registration_listen: Option<SocketAddr>,
@@ -206,6 +213,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024,
             max_connections: 512,
             header_timeout_secs: 10,
+            body_timeout_secs: 30,
             registration_listen: None,
             registration_timeout_secs: 10,
         }
@@ -413,6 +421,17 @@ impl Config {
                 "server.max_body_bytes must be at least 1024 and server.max_connections at least 1"
                     .into(),
             ));
+        }
+        if self.server.header_timeout_secs == 0 || self.server.body_timeout_secs == 0 {
+            return Err(invalid(
+                0..0,
+                "server.header_timeout_secs and server.body_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(auth) = &self.auth
+            && let Err((offset, message)) = auth.check()
+        {
+            return Err(invalid(offset..offset, message));
         }
         if self.server.registration_timeout_secs == 0 {
             return Err(invalid(

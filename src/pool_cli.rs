@@ -11,7 +11,6 @@ use hyper::Method;
 use serde_json::{Map, Value, json};
 
 use crate::cli::{Exit, UrlArg};
-use crate::client::ApiClient;
 
 /// `mozpool request DEVICE|any --image X --duration S [--wait]`.
 #[derive(Debug, Args)]
@@ -93,7 +92,7 @@ fn default_assignee() -> String {
 /// # Errors
 /// [`Exit`] with the exit code.
 pub async fn request(a: RequestArgs) -> Result<(), Exit> {
-    let client = ApiClient::new(&a.url.url).with_token(a.url.token.as_deref());
+    let client = a.url.client();
     let mut body = Map::new();
     body.insert(
         "assignee".into(),
@@ -201,7 +200,7 @@ pub async fn request(a: RequestArgs) -> Result<(), Exit> {
 /// # Errors
 /// [`Exit`] with the exit code.
 pub async fn return_request(id: u64, url: &UrlArg) -> Result<(), Exit> {
-    let client = ApiClient::new(&url.url).with_token(url.token.as_deref());
+    let client = url.client();
     client
         .call(Method::POST, &format!("/api/request/{id}/return/"), None)
         .await?;
@@ -214,7 +213,7 @@ pub async fn return_request(id: u64, url: &UrlArg) -> Result<(), Exit> {
 /// # Errors
 /// [`Exit`] with the exit code.
 pub async fn renew(id: u64, seconds: u64, url: &UrlArg) -> Result<(), Exit> {
-    let client = ApiClient::new(&url.url).with_token(url.token.as_deref());
+    let client = url.client();
     client
         .call(
             Method::POST,
@@ -237,7 +236,7 @@ pub async fn renew(id: u64, seconds: u64, url: &UrlArg) -> Result<(), Exit> {
 /// # Errors
 /// [`Exit`] with the exit code.
 pub async fn devices(url: &UrlArg) -> Result<(), Exit> {
-    let client = ApiClient::new(&url.url).with_token(url.token.as_deref());
+    let client = url.client();
     let (_, v) = client
         .call(Method::GET, "/api/device/list/?details=1", None)
         .await?;
@@ -272,7 +271,7 @@ pub async fn relay(a: RelayArgs) -> Result<(), Exit> {
             message: "bank must be 1-4 and relay 1-8".into(),
         });
     }
-    let client = ApiClient::new(&a.url.url).with_token(a.url.token.as_deref());
+    let client = a.url.client();
     let path = format!(
         "/api/relay/{}/bank{}:relay{}/{}/",
         crate::cli::encode(&a.board),

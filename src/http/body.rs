@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -177,11 +177,23 @@ pub fn bytes_response(
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let body = serde_json::json!({ "error": e.message, "code": e.code });
     let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
-    bytes_response(
+    let mut r = bytes_response(
         e.status,
         "application/json; charset=utf-8",
         Bytes::from(bytes),
-    )
+    );
+    if e.status == StatusCode::UNAUTHORIZED {
+        // Both schemes: Bearer for new clients, Basic so that clients holding credentials
+        // in an `http://name:token@host/` URL answer the challenge.
+        for challenge in [
+            "Bearer realm=\"mozpool\"",
+            "Basic realm=\"mozpool\", charset=\"UTF-8\"",
+        ] {
+            r.headers_mut()
+                .append(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+    }
+    r
 }
 
 /// A parsed query string.

@@ -1,12 +1,17 @@
-//! The request pipeline, top to bottom: parse the route, identify the caller, read the body,
-//! run the handler, map errors to JSON, record the call in the audit log.
+//! The request pipeline, top to bottom: parse the route, identify the caller, check the
+//! caller's role against the route's (before any body is read, so an unauthorised client
+//! cannot make the server read a large body), read the body under a size limit and a
+//! deadline, run the handler, map errors to JSON, record the call and the caller in the
+//! audit log.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_LENGTH, HOST, HeaderValue, LOCATION};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, LOCATION,
+};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::api;
@@ -14,15 +19,11 @@ use super::body::{Body, Query, error_response, read_limited};
 use super::error::ApiError;
 use super::route::{Route, RouteError};
 use crate::app::App;
+use crate::auth::authorize;
 use crate::model::device_subject;
 use crate::storage::logs::{NewLog, append};
 
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// Name for the audit log (`anonymous` when none was given).
-    pub name: String,
-}
+pub use crate::auth::Caller;
 
 /// Everything a handler gets besides its typed route.
 #[derive(Debug)]
@@ -48,9 +49,12 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let path = req.uri().path().to_owned();
     let query_text = req.uri().query().map(str::to_owned);
     let route = Route::parse(&method, &path);
-    let caller = Caller {
-        name: "anonymous".to_owned(),
-    };
+    let caller = app
+        .auth
+        .authenticate(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes));
+    let actor = caller
+        .as_ref()
+        .map_or_else(|_| "unauthenticated".to_owned(), |c| c.name.clone());
     // Calls that change a device also go in that device's history; reads only in `api`, so
     // a poller cannot bury the device's own log.
     let device = route
@@ -61,21 +65,28 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
         .map(ToString::to_string);
     // Scrapes come every few seconds; logging each one durably would only wear the SD card.
     let audited = !matches!(route, Ok(Route::Metrics));
-    let response = match route {
-        Ok(route) => match run(
-            &app,
-            route,
-            req,
-            caller.clone(),
-            query_text.as_deref(),
-            peer,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => error_response(&e),
+    let response = match (route, caller) {
+        (Err(e), _) => route_error(&e, &path, query_text.as_deref()),
+        (Ok(_), Err(e)) => error_response(&e.into()),
+        (Ok(route), Ok(caller)) => match authorize(&caller, route.required_role()) {
+            Err(e) => error_response(&e.into()),
+            Ok(()) => match run(&app, route, req, caller, query_text.as_deref(), peer).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut r = error_response(&e);
+                    if matches!(
+                        e.status,
+                        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+                    ) {
+                        // The body was not read to its end: do not try to reuse the
+                        // connection (and do not wait for the rest of a slow body).
+                        r.headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    r
+                }
+            },
         },
-        Err(e) => route_error(&e, &path, query_text.as_deref()),
     };
     let status = response.status();
     let elapsed = started.elapsed();
@@ -84,7 +95,7 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
         tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
         return response;
     }
-    tracing::info!(%method, %path, status = status.as_u16(), caller = %caller.name, %peer, micros = elapsed.as_micros() as u64, "api");
+    tracing::info!(%method, %path, status = status.as_u16(), caller = %actor, %peer, micros = elapsed.as_micros() as u64, "api");
     let mut subjects = vec!["api".to_owned()];
     subjects.extend(device.as_deref().map(device_subject));
     let message = format!(
@@ -95,7 +106,7 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let entry = NewLog {
         subjects,
         source: "api".into(),
-        actor: Some(caller.name),
+        actor: Some(actor),
         message,
     };
     app.store
@@ -120,7 +131,15 @@ async fn run(
     let body = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Bytes::new()
     } else {
-        read_limited(declared, req.into_body(), app.config.server.max_body_bytes).await?
+        let deadline = Duration::from_secs(app.config.server.body_timeout_secs.max(1));
+        let read = read_limited(declared, req.into_body(), app.config.server.max_body_bytes);
+        tokio::time::timeout(deadline, read).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {deadline:?}"),
+            )
+        })??
     };
     let ctx = Ctx {
         app: app.clone(),

@@ -33,6 +33,19 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 401: credentials missing where needed, or wrong (the response carries
+    /// `WWW-Authenticate`).
+    #[must_use]
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: the caller is known but its role may not do this.
+    #[must_use]
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 404.
     #[must_use]
     pub fn not_found(message: impl Into<String>) -> ApiError {
@@ -55,6 +68,15 @@ impl ApiError {
     #[must_use]
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> ApiError {
+        match e {
+            crate::auth::AuthError::Unauthenticated(m) => ApiError::unauthorized(m),
+            crate::auth::AuthError::Forbidden(m) => ApiError::forbidden(m),
+        }
     }
 }
 

@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 
+/// Largest request head (request line plus headers) accepted; beyond it, 431. (hyper's
+/// default of at most 100 header fields also applies, 431 beyond.)
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// How long shutdown waits for in-flight requests.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -34,7 +38,12 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken)
         .header_read_timeout(Duration::from_secs(
             app.config.server.header_timeout_secs.max(1),
         ))
-        .max_buf_size(64 * 1024);
+        // max_buf_size alone does not bound headers: hyper checks it only while headers are
+        // incomplete, and its read buffer can grow to ~2x the limit in one go, so a 100 KiB
+        // header arriving fast was accepted. max_header_size is checked on the complete
+        // head too (431 and close).
+        .max_buf_size(64 * 1024)
+        .max_header_size(MAX_HEADER_BYTES);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
     if let Ok(addr) = listener.local_addr() {

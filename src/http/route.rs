@@ -10,6 +10,7 @@
 
 use hyper::Method;
 
+use crate::auth::Role;
 use crate::pool::DeviceChoice;
 use crate::types::{
     BoardName, DeviceName, EnvironmentName, HardwareType, ImageName, NameError, check_name,
@@ -340,6 +341,81 @@ impl Route {
         )
     }
 
+    /// The role a caller needs for this call. One exhaustive `match`: a new route does not
+    /// compile until it is classified here. The table is documented in `docs/api.md`.
+    ///
+    /// - [`Role::None`] (anyone, even with `anonymous = "none"`): version and health, so
+    ///   monitoring needs no token;
+    /// - [`Role::Read`]: every other GET;
+    /// - [`Role::Request`]: the request endpoints (check out, renew, return own requests);
+    /// - [`Role::Admin`]: inventory writes (devices, images, environments, hardware types),
+    ///   device comments and environment (inventory fields, edited by lab staff), and
+    ///   anything touching power, state or maintenance.
+    #[must_use]
+    pub fn required_role(&self) -> Role {
+        match self {
+            Route::Version | Route::Health => Role::None,
+            // Prometheus can send a bearer token (`authorization` in the scrape config); with
+            // the packaged `anonymous = "read"` it needs none.
+            Route::Metrics => Role::Read,
+            // A copy of the whole database.
+            Route::Backup => Role::Admin,
+            Route::DeviceList
+            | Route::DeviceDetails(_)
+            | Route::DeviceLog(_)
+            | Route::DeviceStatus(_)
+            | Route::DeviceState(_)
+            | Route::ImageList
+            | Route::ImageDetails(_)
+            | Route::EnvironmentList
+            | Route::HardwareTypeList
+            | Route::LogQuery => Role::Read,
+            Route::DevicePut(_)
+            | Route::DeviceRetire(_)
+            | Route::DeviceSetComments(_)
+            | Route::DeviceSetEnvironment(_)
+            | Route::ImagePut(_)
+            | Route::ImageDelete(_)
+            | Route::EnvironmentPut(_)
+            | Route::EnvironmentDelete(_)
+            | Route::HardwareTypePut(_)
+            | Route::HardwareTypeDelete(_) => Role::Admin,
+            // Hardware queries that change nothing.
+            Route::DevicePing(_)
+            | Route::DeviceBootconfig(_)
+            | Route::RelayList
+            | Route::RelayTest(_)
+            | Route::RelayChannel(_, _, RelayOp::Status) => Role::Read,
+            // Power, state, flashing, Lifeguard events, inventory sync, simulator faults.
+            Route::DeviceEvent(..)
+            | Route::DeviceStateChange(..)
+            | Route::DevicePowerCycle(_)
+            | Route::DevicePowerOff(_)
+            | Route::DevicePowerOn(_)
+            | Route::DeviceReboot(_)
+            | Route::DeviceFlash(_)
+            | Route::DeviceClearPxe(_)
+            | Route::RelayChannel(..)
+            | Route::InventorySync
+            | Route::SimFaults(_) => Role::Admin,
+            // Devices registering themselves change the inventory: an admin token (the
+            // SUTAgent TCP registration listener is not behind HTTP auth).
+            Route::DeviceRegister => Role::Admin,
+            Route::RequestList
+            | Route::RequestDetails(_)
+            | Route::RequestStatus(_)
+            | Route::RequestLog(_) => Role::Read,
+            // Ownership (only the token that made it, or an admin) is checked by the handler
+            // with `auth::may_manage_request`.
+            Route::DeviceRequest(_) | Route::RequestRenew(_) | Route::RequestReturn(_) => {
+                Role::Request
+            }
+            Route::RequestEvent(_, event) if event == "close" => Role::Request,
+            // `expire`, `lifeguard_finished` and anything else are internal.
+            Route::RequestEvent(..) => Role::Admin,
+        }
+    }
+
     /// The device this call is about, for the audit log's device index.
     #[must_use]
     pub fn device(&self) -> Option<&DeviceName> {
@@ -490,6 +566,26 @@ mod tests {
             Route::parse(&Method::GET, "/api/device/-s/status/"),
             Err(RouteError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn mutating_routes_need_more_than_read() {
+        let samples = [
+            (Method::GET, "/api/version/"),
+            (Method::GET, "/api/device/list/"),
+            (Method::GET, "/api/log/"),
+            (Method::PUT, "/api/device/p1/"),
+            (Method::DELETE, "/api/device/p1/"),
+            (Method::POST, "/api/device/p1/set-comments/"),
+            (Method::POST, "/api/device/p1/set-environment/"),
+            (Method::PUT, "/api/image/b2g/"),
+            (Method::DELETE, "/api/environment/prod/"),
+            (Method::PUT, "/api/hardware-type/panda/"),
+        ];
+        for (m, p) in samples {
+            let r = Route::parse(&m, p).expect(p);
+            assert_eq!(r.mutates(), r.required_role() > Role::Read, "{p}");
+        }
     }
 
     proptest::proptest! {

@@ -181,6 +181,12 @@ const TABLES: &[(&str, &str, &str)] = &[
     ("requests", "`[requests]`", "[requests]\nzzz_probe = 1\n"),
     ("queue", "`[queue]`", "[queue]\nzzz_probe = 1\n"),
     ("simulate", "`[simulate]`", "[simulate]\nzzz_probe = 1\n"),
+    ("auth", "`[auth]`", "[auth]\nzzz_probe = 1\n"),
+    (
+        "auth.tokens",
+        "`[auth]`",
+        "[[auth.tokens]]\nzzz_probe = 1\n",
+    ),
     (
         "simulate.faults",
         "`[simulate]`",

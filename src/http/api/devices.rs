@@ -261,3 +261,14 @@ pub async fn state(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiErr
     }
     Ok(r)
 }
+
+/// Decode `data` as each body this module accepts and run the same checks the handlers do
+/// (the fuzz/robustness entry point; see [`super::decode_bodies`]).
+pub(super) fn decode_bodies(data: &[u8]) {
+    let _ = json::<CommentsBody>(data);
+    let _ = json::<EnvironmentBody>(data)
+        .map(|b| b.environment.parse::<crate::types::EnvironmentName>());
+    if let Ok(fields) = json::<DeviceFields>(data) {
+        let _ = check_fields(&fields);
+    }
+}

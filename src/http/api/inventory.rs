@@ -300,3 +300,25 @@ pub async fn hardware_type_delete(
     })
     .await
 }
+
+/// Decode `data` as each body this module accepts and run the same checks the handlers do
+/// (the fuzz/robustness entry point; see [`super::decode_bodies`]).
+pub(super) fn decode_bodies(data: &[u8]) {
+    let bad = |e: crate::types::NameError| ApiError::bad_request(e.to_string());
+    if let Ok(b) = json::<ImageBody>(data) {
+        let _ = check_description(b.description.as_ref());
+        for k in &b.boot_config_keys {
+            let _ = check_name("boot config key", k).map_err(bad);
+        }
+        for s in &b.steps {
+            let _ = check_name("partition", &s.partition).map_err(bad);
+            let _ = check_name("file name", &s.file).map_err(bad);
+        }
+    }
+    if let Ok(b) = json::<DescribedBody>(data) {
+        let _ = check_description(b.description.as_ref());
+        if let Some(p) = &b.processor {
+            let _ = check_name("processor", p).map_err(bad);
+        }
+    }
+}

@@ -181,7 +181,7 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
     let r = ctx
         .app
         .pool
-        .create(spec, duration, Some(ctx.caller.name.clone()))
+        .create(spec, duration, ctx.caller.token.clone())
         .await
         .map_err(pool_error)?;
     Ok(ok(&json!({ "request": request_json(&r, &ctx.base_url) })))
@@ -219,6 +219,18 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         })
         .collect();
     Ok(ok(&json!({ "requests": rows })))
+}
+
+/// Only the token that made a request, or an admin, may renew, return or close it.
+fn check_owner(ctx: &Ctx, r: &StoredRequest) -> Result<(), ApiError> {
+    if crate::auth::may_manage_request(&ctx.caller, r.owner_token.as_deref()) {
+        return Ok(());
+    }
+    let owner = r.owner_token.as_deref().unwrap_or("anonymous callers");
+    Err(ApiError::forbidden(format!(
+        "request {} belongs to {owner}; only its owner or an admin may change it",
+        r.snap.id
+    )))
 }
 
 async fn load(ctx: &Ctx, id: u64) -> Result<StoredRequest, ApiError> {
@@ -290,7 +302,7 @@ pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
         .ok_or_else(|| ApiError::bad_request("duration is required"))?;
     let duration_secs = u64::try_from(duration)
         .map_err(|_| ApiError::bad_request("duration must not be negative"))?;
-    load(ctx, id).await?;
+    check_owner(ctx, &load(ctx, id).await?)?;
     ctx.app
         .pool
         .deliver(
@@ -306,7 +318,7 @@ pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
 /// `POST /api/request/{id}/return/`: close the request; its device is rebooted and verified
 /// before anyone else gets it. 204, also when it was already closed.
 pub async fn return_request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
-    load(ctx, id).await?;
+    check_owner(ctx, &load(ctx, id).await?)?;
     ctx.app
         .pool
         .deliver(id, Event::Close, Some(ctx.caller.name.clone()))
@@ -320,7 +332,10 @@ pub async fn return_request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiErr
 pub async fn event(ctx: &Ctx, id: u64, event: String) -> Result<Response<Body>, ApiError> {
     let r = load(ctx, id).await?;
     let ev = match event.as_str() {
-        "close" => Event::Close,
+        "close" => {
+            check_owner(ctx, &r)?;
+            Event::Close
+        }
         "expire" => Event::Expire,
         "lifeguard_finished" => {
             let body: Value = json(&ctx.body)?;

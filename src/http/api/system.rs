@@ -14,11 +14,18 @@ use crate::storage::logs;
 
 /// `GET /api/version/`.
 pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    Ok(ok(&json!({
+    let mut body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "server": ctx.app.server_name(),
         "started": ctx.app.started.iso(),
-    })))
+        "auth": if ctx.app.auth_open() { "open" } else { "enabled" },
+        "anonymous_role": ctx.app.auth.anonymous_role().as_str(),
+        "caller": { "name": ctx.caller.name, "role": ctx.caller.role.as_str() },
+    });
+    if ctx.app.auth_open() {
+        body["warning"] = json!(crate::auth::OPEN_WARNING);
+    }
+    Ok(ok(&body))
 }
 
 /// `GET /api/health/`: 200 when storage answers reads and its last commit succeeded, else 503.
