@@ -31,13 +31,14 @@ log "building the .deb"
 if ! command -v cargo-deb >/dev/null 2>&1; then
     cargo install cargo-deb --locked
 fi
-rm -f target/debian/mozpool_*.deb
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+rm -f "$TARGET_DIR"/debian/mozpool_*.deb
 if [ "${1:-}" = "--no-build" ]; then
     cargo deb --locked --no-build
 else
     cargo deb --locked
 fi
-DEB=$(ls target/debian/mozpool_*.deb)
+DEB=$(ls "$TARGET_DIR"/debian/mozpool_*.deb)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 ARCH=$(dpkg --print-architecture)
 case "$(basename "$DEB")" in
