@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! Layers, dependencies pointing down; only [`app`] wires them together:
-//! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`];
+//! - [`http`] (the JSON API), [`ui`] (the on-box web page over that API) and the CLI in [`cli`] / [`client`];
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
@@ -31,3 +31,4 @@ pub mod simulate;
 pub mod storage;
 pub mod telemetry;
 pub mod types;
+pub mod ui;

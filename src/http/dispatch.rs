@@ -39,6 +39,8 @@ pub struct Ctx {
     pub base_url: String,
     /// The client's address (registrations log it).
     pub peer: SocketAddr,
+    /// The request's headers (conditional GETs of static files read `If-None-Match`).
+    pub headers: hyper::HeaderMap,
 }
 
 /// Answer one request.
@@ -56,6 +58,9 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
         .ok()
         .and_then(Route::device)
         .map(ToString::to_string);
+    // Pages, static files and the pages' live feed are not audited (an open page would
+    // fill the log with its long polls); the API calls the pages make are.
+    let audited = !route.as_ref().is_ok_and(Route::is_ui);
     let response = match route {
         Ok(route) => match run(
             &app,
@@ -74,6 +79,10 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     };
     let status = response.status();
     let elapsed = started.elapsed();
+    if !audited {
+        tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "page");
+        return response;
+    }
     tracing::info!(%method, %path, status = status.as_u16(), caller = %caller.name, %peer, micros = elapsed.as_micros() as u64, "api");
     let mut subjects = vec!["api".to_owned()];
     subjects.extend(device.as_deref().map(device_subject));
@@ -102,6 +111,7 @@ async fn run(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let base_url = base_url(app, &req);
+    let headers = req.headers().clone();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -119,6 +129,7 @@ async fn run(
         caller,
         base_url,
         peer,
+        headers,
     };
     api::dispatch(&ctx, route).await
 }

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,6 +80,9 @@ struct Inner {
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
     health: Semaphore,
     wake: Notify,
+    /// Bumped after every committed transition, so live pages and long polls learn that
+    /// some device changed without polling the store.
+    changes: watch::Sender<u64>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -118,6 +121,7 @@ impl Lifeguard {
                 inflight: Mutex::new(HashMap::new()),
                 health,
                 wake: Notify::new(),
+                changes: watch::channel(0).0,
                 shutdown,
                 tasks,
             }),
@@ -226,8 +230,16 @@ impl Lifeguard {
         Ok(applied)
     }
 
+    /// A receiver that changes after every committed device transition (live pages, long
+    /// polls).
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
     /// Run the actions of a committed transition.
     pub fn execute(&self, applied: Applied) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
         for action in applied.actions {
             match action {
                 Action::NotifyRequest { request, result } => {

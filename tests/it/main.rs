@@ -14,3 +14,5 @@ mod hw_sim_device;
 mod hw_sut;
 mod registration;
 mod storage;
+mod ui;
+mod ui_browser;
