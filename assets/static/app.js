@@ -115,6 +115,30 @@ function follow(initialVersion, onUpdate) {
   return kick;
 }
 
+// Replace a table's body without losing the user's place: the focused link or button and
+// anything typed into inputs (renew durations) survive a live update.
+function rebuild(table, body) {
+  const a = document.activeElement;
+  let key = null;
+  if (a && table.contains(a)) {
+    if (a.id) key = `#${CSS.escape(a.id)}`;
+    else if (a.getAttribute('href')) key = `a[href="${CSS.escape(a.getAttribute('href'))}"]`;
+    else if (a.dataset.renew) key = `button[data-renew="${CSS.escape(a.dataset.renew)}"]`;
+    else if (a.dataset.return) key = `button[data-return="${CSS.escape(a.dataset.return)}"]`;
+  }
+  const values = {};
+  for (const i of table.querySelectorAll('input[id]')) values[i.id] = i.value;
+  table.tBodies[0].replaceWith(body);
+  for (const [id, v] of Object.entries(values)) {
+    const i = document.getElementById(id);
+    if (i) i.value = v;
+  }
+  if (key) {
+    const n = table.querySelector(key);
+    if (n) n.focus();
+  }
+}
+
 async function fillSelect(select, items, keep) {
   const current = keep !== undefined ? keep : select.value;
   for (const o of [...select.options]) if (o.dataset.dynamic) o.remove();
@@ -182,10 +206,15 @@ function poolPage() {
     }
   }
 
+  let last = '';
   function render(v) {
+    const snapshot = JSON.stringify([v.devices, v.counts]);
+    if (snapshot === last) return;
+    last = snapshot;
     const body = el('tbody');
     for (const d of v.devices) body.append(deviceRow(d));
-    table.tBodies[0].replaceWith(body);
+    rebuild(table, body);
+    const chip = document.activeElement && counts.contains(document.activeElement) ? document.activeElement.dataset : null;
     counts.replaceChildren(...v.counts.map((c) => el('li', {},
       el('button', { type: 'button', class: `chip ${c.look.class}`, 'data-state': c.state, 'data-class': c.look.class, 'aria-pressed': 'false' },
         el('span', { text: c.look.class === 'held' ? `${c.state} (in use)` : c.state }), ' ', el('b', { text: String(c.count) })))));
@@ -193,6 +222,10 @@ function poolPage() {
     document.getElementById('total').textContent = String(v.total);
     table.dataset.version = String(v.version);
     bindChips();
+    if (chip) {
+      const again = counts.querySelector(`button[data-state="${CSS.escape(chip.state)}"][data-class="${CSS.escape(chip.class)}"]`);
+      if (again) again.focus();
+    }
     applyFilter();
   }
 
@@ -368,6 +401,7 @@ function requestsPage() {
   const includeClosed = document.getElementById('include-closed');
   const form = document.getElementById('request-form');
   let images = [];
+  let last = '';
 
   includeClosed.addEventListener('change', () => {
     window.location.search = includeClosed.checked ? '?closed=1' : '';
@@ -388,9 +422,12 @@ function requestsPage() {
     const d = await api('GET', `/api/request/list/${closed ? '?include_closed=1' : ''}`);
     const rows = d.requests.slice().sort((a, b) => b.id - a.id);
     const queues = await Promise.all(rows.map((r) => (r.waiting ? queueText(r.id) : '')));
+    const snapshot = JSON.stringify([rows, queues]);
+    if (snapshot === last) return;
+    last = snapshot;
     const body = el('tbody');
     rows.forEach((r, i) => body.append(requestRow(r, queues[i])));
-    table.tBodies[0].replaceWith(body);
+    rebuild(table, body);
     document.getElementById('empty').hidden = rows.length > 0;
   }
 

@@ -106,6 +106,17 @@ try {
   missing = await unlabelled();
   if (missing.length) throw new Error(`unlabelled controls on the device page: ${missing}`);
   await page.locator('#dev-state', { hasText: 'ready' }).waitFor({ timeout: 90000 });
+  // Log paging: older entries load below the newest ones.
+  if (await page.locator('#older').isVisible()) {
+    const before = await page.locator('#log tbody tr').count();
+    await page.locator('#older').click();
+    await page.waitForFunction((n) => document.querySelectorAll('#log tbody tr').length > n, before);
+    step(`log paging: ${before} -> ${await page.locator('#log tbody tr').count()} rows`);
+  }
+  // Keyboard: a button is reachable and focus is visible.
+  await page.locator('button[data-action="ping"]').focus();
+  await page.keyboard.press('Enter');
+  await page.locator('#result', { hasText: 'Ping' }).waitFor();
   await shot('device');
 
   // 5. Return the request.
@@ -130,7 +141,25 @@ try {
   }
   await shot('relays');
 
-  // 7. Phone-sized screen.
+  // 7. Force a device into a failure state from its page; the pool page shows it standing out.
+  step(`force ${free} to failed_self_test`);
+  await page.goto(`${base}/ui/device/${free}/`);
+  await page.locator('#dev-state', { hasText: 'ready' }).waitFor({ timeout: 90000 });
+  await page.fill('#force-to', 'failed_self_test');
+  await page.locator('#force-form button[type="submit"]').click();
+  await confirm();
+  await page.locator('#result', { hasText: 'State changed' }).waitFor();
+  await page.goto(`${base}/ui/`);
+  await page.locator(`#devices tr.failed[data-name="${free}"]`).waitFor();
+  await page.locator('#counts button.chip.failed').first().waitFor();
+  await page.locator('#only-problems').check();
+  const problemsShown = await page.locator('#devices tbody tr:not([hidden])').count();
+  const problemRows = await page.locator('#devices tbody tr.failed, #devices tbody tr.out').count();
+  if (problemsShown !== problemRows || problemsShown === 0) throw new Error('the failure filter does not filter');
+  await page.locator('#only-problems').uncheck();
+  await shot('pool-failed');
+
+  // 8. Phone-sized screen.
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${base}/ui/`);
   await page.locator('#devices tbody tr').first().waitFor();
