@@ -384,7 +384,8 @@ function requestRow(r, queue) {
       el('button', { type: 'button', 'data-return': r.id, text: 'Return' }));
   }
   return el('tr', { id: `request-${r.id}`, 'data-id': r.id, 'data-state': r.state, 'data-open': r.open ? 'yes' : 'no', 'data-waiting': r.waiting ? 'yes' : 'no' },
-    el('th', { scope: 'row', 'data-label': 'Request' }, `#${r.id} `, el('span', { class: 'muted', text: `for ${r.requested_device}` })),
+    el('th', { scope: 'row', 'data-label': 'Request' }, `#${r.id} `, el('span', { class: 'muted', text: `for ${r.requested_device}` }), ' ',
+      el('a', { class: 'small', href: `/api/request/${r.id}/log/`, text: 'log' })),
     el('td', { 'data-label': 'State' }, el('span', { class: 'rstate', text: r.state })),
     el('td', { 'data-label': 'Assignee', text: r.assignee }),
     dev,

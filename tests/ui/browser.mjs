@@ -166,6 +166,12 @@ try {
   await shot('pool-phone');
   await page.goto(`${base}/ui/device/${free}/`);
   await shot('device-phone');
+  for (const u of ['/ui/', `/ui/device/${free}/`, '/ui/requests/', '/ui/relays/']) {
+    await page.goto(`${base}${u}`);
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    if (width > 390) throw new Error(`${u} is ${width}px wide on a 390px screen`);
+  }
+  step('phone-sized pages fit the screen');
 
   if (problems.length) throw new Error(`browser reported problems:\n${problems.join('\n')}`);
   step('all steps passed');
