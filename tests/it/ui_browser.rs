@@ -1,9 +1,12 @@
 //! The web page in real headless Chromium (Debian's `chromium`), driven by
 //! `tests/ui/browser.mjs` with playwright-core against `mozpool serve --simulate` (the built
-//! binary): load the pool page and watch devices become ready live, request a device from the
-//! requests page and watch it become ready without a reload, power-cycle a device from its
-//! page and see its log, return the request, test a relay board. Screenshots of every page go
-//! to `target/ui-screenshots/`.
+//! binary): load the pool page and watch devices become ready live; request a device from the
+//! requests page and watch it become ready without a reload; queue a request for that device
+//! and see its position and reason; power-cycle a device from its page and see its log, and a
+//! refusal's reason; renew and return the request; test a relay board; force a failure state
+//! and see it stand out and filter; check every page fits a phone-sized screen, has labelled
+//! controls and logs no browser errors. Screenshots of every page go to
+//! `target/ui-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` (or `MOZPOOL_CHROMIUM`), `node`, and `npm ci` run in `tests/ui`
 //! (`.ci/run` does all three). Without them the test says so and passes; set

@@ -80,6 +80,18 @@ try {
   if (navigations.length) throw new Error(`the requests page reloaded: ${navigations}`);
   const held = (await page.locator(`#request-${id} td[data-label="Device"] a`).textContent()).trim();
   step(`request #${id} ready live with ${held}`);
+  // Ask for that very device, willing to wait: the request queues and says why.
+  await page.selectOption('#rq-device', held);
+  await page.locator('details.criteria summary').click();
+  await page.fill('#rq-wait', '300');
+  await page.fill('#rq-assignee', 'browser-queue');
+  await page.locator('#result').evaluate((e) => { e.textContent = ''; });
+  await page.locator('#request-form button[type="submit"]').click();
+  await confirm();
+  await page.locator('#result', { hasText: /Request #\d+ created/ }).waitFor();
+  const queuedId = Number(/#(\d+)/.exec(await page.locator('#result').textContent())[1]);
+  await page.locator(`#request-${queuedId} td.queue`, { hasText: 'position 1' }).waitFor();
+  step(`request #${queuedId} queued: ${await page.locator(`#request-${queuedId} td.queue`).textContent()}`);
   missing = await unlabelled();
   if (missing.length) throw new Error(`unlabelled controls on the requests page: ${missing}`);
   await shot('requests');
@@ -120,8 +132,12 @@ try {
   await shot('device');
 
   // 5. Return the request.
-  step(`return request #${id}`);
+  step(`renew and return request #${id}`);
   await page.goto(`${base}/ui/requests/`);
+  await page.fill(`#renew-${id}`, '1200');
+  await page.locator(`button[data-renew="${id}"]`).click();
+  await confirm();
+  await page.locator('#result', { hasText: `Request #${id} renewed for 1200 s` }).waitFor();
   await page.locator(`button[data-return="${id}"]`).click();
   await confirm();
   await page.locator('#result', { hasText: 'returned' }).waitFor();
