@@ -61,6 +61,7 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     // Pages, static files and the pages' live feed are not audited (an open page would
     // fill the log with its long polls); the API calls the pages make are.
     let audited = !route.as_ref().is_ok_and(Route::is_ui);
+    let mutates = route.as_ref().is_ok_and(Route::mutates);
     let response = match route {
         Ok(route) => match run(
             &app,
@@ -79,6 +80,10 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     };
     let status = response.status();
     let elapsed = started.elapsed();
+    if mutates && status.is_success() {
+        // Inventory edits, comments and the like change what live pages show.
+        app.lifeguard.touch();
+    }
     if !audited {
         tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "page");
         return response;

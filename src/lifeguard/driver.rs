@@ -237,9 +237,15 @@ impl Lifeguard {
         self.inner.changes.subscribe()
     }
 
+    /// Tell subscribers that some device changed outside the state machine (comments,
+    /// environment, inventory fields), so live pages refresh.
+    pub fn touch(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Run the actions of a committed transition.
     pub fn execute(&self, applied: Applied) {
-        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.touch();
         for action in applied.actions {
             match action {
                 Action::NotifyRequest { request, result } => {

@@ -153,6 +153,35 @@ async fn overview_long_polls_until_a_change() {
     let row = &v["devices"][1];
     assert_eq!(row["state"], "locked_out");
     assert_eq!(row["look"]["class"], "out");
+    // Non-state changes (comments, environment) wake the feed too.
+    let version = v["version"].as_u64().expect("version");
+    let poll = {
+        let url = s.url(&format!("/api/pool/overview/?since={version}&wait=30"));
+        let http = s.http.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let v: serde_json::Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("json");
+            (t.elapsed(), v)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, _) = s
+        .post(
+            "/api/device/panda-1/set-environment/",
+            json!({ "environment": "staging" }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (elapsed, v) = poll.await.expect("poll task");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(v["devices"][0]["environment"], "staging");
     // The feed and the pages are not written to the audit log.
     let (_, log) = s.get("/api/log/?subject=api&limit=1000").await;
     let rows = log["log"].as_array().expect("rows");
