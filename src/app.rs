@@ -21,9 +21,11 @@ use crate::hw::sim::SimRack;
 use crate::hw::{Flasher, ImageFiles, ImageStore, RelayBoards};
 use crate::inventory::{DeviceFields, upsert_device};
 use crate::lifeguard::{Hardware, Lifeguard};
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::storage::logs::{NewLog, append, prune};
 use crate::storage::{Store, StoreError, inventory as inv, tables};
+use crate::systemd::{self, Heartbeats};
 
 /// Longest time shutdown waits for background tasks.
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
@@ -53,6 +55,9 @@ pub struct AppInner {
     pub lifeguard: Lifeguard,
     /// The request driver.
     pub pool: Pool,
+    /// Keeps the request driver reachable from Lifeguard (which holds it weakly).
+    #[expect(dead_code, reason = "only held, so Lifeguard's weak link stays valid")]
+    pool_link: Arc<dyn crate::lifeguard::PoolLink>,
     /// The simulated rack, when running with `--simulate`.
     pub sim: Option<Arc<SimRack>>,
     /// The web page's template environment (built once; debug builds reload edited
@@ -63,6 +68,11 @@ pub struct AppInner {
     registration: std::sync::Mutex<Option<TcpListener>>,
     /// Where devices register, when the registration listener is on.
     pub registration_addr: Option<SocketAddr>,
+    /// Numbers for `/metrics`; the hardware layer records into `metrics.hw`.
+    pub metrics: Arc<Metrics>,
+    /// Heartbeats of critical loops, checked by the systemd watchdog
+    /// (the Lifeguard and request timer loops are registered; add board actors the same way).
+    pub heartbeats: Heartbeats,
 }
 
 impl std::ops::Deref for App {
@@ -122,8 +132,11 @@ impl App {
             path: dir.clone(),
             source,
         })?;
-        let store = Store::open(&dir.join("mozpool.redb"), clock.clone())?;
+        clean_scratch(&dir);
+        let store = Store::open(&dir.join(crate::storage::backup::DB_FILE), clock.clone())?;
         let started = clock.now();
+        let metrics = Arc::new(Metrics::default());
+        let heartbeats = Heartbeats::default();
         let hw = &config.hardware;
         let hardware = Arc::new(Hardware {
             boards: RelayBoards::start(config.relay_boards.clone())?,
@@ -139,6 +152,7 @@ impl App {
                 )?,
             },
             settings: hw.clone(),
+            metrics: metrics.hw.clone(),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -160,7 +174,11 @@ impl App {
             shutdown.clone(),
             tasks.clone(),
         );
-        lifeguard.set_link(Arc::new(pool.clone()));
+        let pool_link: Arc<dyn crate::lifeguard::PoolLink> = Arc::new(pool.clone());
+        lifeguard.set_link(&pool_link);
+        // The watchdog stops pinging when a driver's timer loop stops turning.
+        lifeguard.set_heartbeat(heartbeats.register("lifeguard timers"));
+        pool.set_heartbeat(heartbeats.register("request timers"));
         let registration = match config.server.registration_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -183,10 +201,13 @@ impl App {
                 tasks,
                 lifeguard,
                 pool,
+                pool_link,
                 sim,
                 ui: crate::ui::Ui::new(),
                 registration: std::sync::Mutex::new(registration),
                 registration_addr,
+                metrics,
+                heartbeats,
             }),
         };
         app.sync_config().await?;
@@ -263,6 +284,9 @@ impl App {
 
     /// Run until `shutdown` is cancelled: background tasks plus the HTTP server on
     /// `listener`. Returns after in-flight requests finished (or the deadline passed).
+    ///
+    /// Under systemd: `READY=1` once the listener is bound and the tasks run, the watchdog
+    /// pinger, a periodic `STATUS=` line, and `STOPPING=1` when shutdown begins.
     pub async fn run(self, listener: TcpListener) {
         self.spawn_retention();
         if let Err(e) = self.lifeguard.start().await {
@@ -271,12 +295,24 @@ impl App {
         self.pool.start();
         self.spawn_registration();
         self.spawn_inventory_sync();
+        systemd::spawn_watchdog(
+            &self.tasks,
+            self.store.clone(),
+            self.heartbeats.clone(),
+            self.shutdown.clone(),
+        );
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let http = tokio::spawn(crate::http::serve(
             self.clone(),
             listener,
             self.shutdown.clone(),
         ));
+        systemd::ready(&format!("serving on {addr}"));
+        self.spawn_status(addr);
         self.shutdown.cancelled().await;
+        systemd::stopping();
         if let Err(e) = http.await {
             tracing::error!(error = %e, "HTTP server task failed");
         }
@@ -337,6 +373,41 @@ impl App {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(interval)) => {}
                     () = app.shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    /// Under systemd, keep `systemctl status`'s status line current: device counts, once a
+    /// minute.
+    fn spawn_status(&self, addr: String) {
+        if !systemd::under_systemd() {
+            return;
+        }
+        let app = self.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = app.shutdown.cancelled() => break,
+                }
+                match app.store.read(crate::metrics::store_counts).await {
+                    Ok(c) => {
+                        let total: u64 = c.devices.values().sum();
+                        let ready = c.devices.get("ready").copied().unwrap_or(0);
+                        let failed: u64 = c
+                            .devices
+                            .iter()
+                            .filter(|(s, _)| s.starts_with("failed_"))
+                            .map(|(_, n)| n)
+                            .sum();
+                        systemd::status(&format!(
+                            "serving on {addr}; {total} devices, {ready} ready, {failed} failed"
+                        ));
+                    }
+                    Err(e) => systemd::status(&format!("serving on {addr}; store error: {e}")),
                 }
             }
         });
@@ -475,4 +546,16 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
             }
         });
     }));
+}
+
+/// Remove scratch files a crash left behind (half-written backup snapshots in `tmp/`).
+fn clean_scratch(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("tmp")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("backup-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }

@@ -44,6 +44,40 @@ pub enum Command {
     Log(LogArgs),
     /// Show a running service's version.
     Version(UrlArg),
+    /// Save a consistent snapshot of a running service's database to FILE (atomically:
+    /// FILE appears only once complete and verified).
+    Backup(BackupArgs),
+    /// Replace the database with a backup. Offline: stop the service first. The previous
+    /// database is kept as `mozpool.redb.bak-<time>`.
+    Restore(RestoreArgs),
+    /// End-to-end canary against a running service: request a device, wait for it, ping
+    /// it, read its log, return it and watch it verify back to ready (docs/staging.md).
+    Check(crate::check::CheckArgs),
+}
+
+/// `mozpool backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where to write the snapshot.
+    pub file: PathBuf,
+    /// Service.
+    #[command(flatten)]
+    pub url: UrlArg,
+}
+
+/// `mozpool restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot to restore (from `mozpool backup`).
+    pub file: PathBuf,
+    /// The service's data directory (default: the config's `data_dir`, else
+    /// /var/lib/mozpool).
+    #[arg(long, env = "STATE_DIRECTORY")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file to take `data_dir` from (default /etc/mozpool/mozpool.toml when it
+    /// exists).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 /// Where the service is.
@@ -77,7 +111,9 @@ pub struct ServeArgs {
     #[arg(long, env = "STATE_DIRECTORY")]
     pub data_dir: Option<PathBuf>,
     /// Run on a simulated rack of N devices (default 10), with no hardware; data goes to a
-    /// fresh temporary directory unless --data-dir is given.
+    /// fresh temporary directory unless --data-dir (or a `server.data_dir` other than the
+    /// default) is given. Combines with --config: `[simulate]` tunes the rack, and the rack's
+    /// boards, devices and image are added to the file's.
     #[arg(long, num_args = 0..=1, default_missing_value = "10", value_name = "N")]
     pub simulate: Option<u32>,
 }
@@ -226,6 +262,7 @@ impl From<ClientError> for Exit {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Check(args) => Ok(crate::check::run(args).await?),
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Inventory(InventoryCmd::Sync {
             source,
@@ -267,6 +304,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backup(args) => backup(args).await,
+        Command::Restore(args) => restore(args).await,
         Command::Version(url) => {
             let v = ApiClient::new(&url.url)
                 .get("/api/version/")
@@ -392,6 +431,97 @@ async fn inventory_sync(source: &str, dry_run: bool, force: bool, url: &str) -> 
     Ok(())
 }
 
+async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let dest = args.file;
+    let name = dest
+        .file_name()
+        .with_context(|| format!("{} is not a file name", dest.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let partial = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .with_context(|| format!("creating {}", partial.display()))?;
+        ApiClient::new(&args.url.url)
+            .download("/api/backup/", &mut file)
+            .await
+            .map_err(Exit::from)?;
+        file.sync_all()
+            .await
+            .with_context(|| format!("syncing {}", partial.display()))?;
+        drop(file);
+        let check = partial.clone();
+        let info = tokio::task::spawn_blocking(move || crate::storage::backup::validate(&check))
+            .await
+            .context("validation task")?
+            .context("the downloaded snapshot does not validate")?;
+        std::fs::rename(&partial, &dest)
+            .with_context(|| format!("renaming to {}", dest.display()))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+        Ok::<_, anyhow::Error>(info)
+    }
+    .await;
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    println!(
+        "backup written to {} ({} bytes, schema {}, {} devices, {} log records)",
+        dest.display(),
+        info.bytes,
+        info.schema_version,
+        info.rows("devices"),
+        info.rows("logs")
+    );
+    Ok(())
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let data_dir = match (args.data_dir, args.config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => Config::load(&c)?.server.data_dir,
+        (None, None) if std::path::Path::new(config::DEFAULT_PATH).exists() => {
+            Config::load(std::path::Path::new(config::DEFAULT_PATH))?
+                .server
+                .data_dir
+        }
+        (None, None) => crate::config::ServerConfig::default().data_dir,
+    };
+    let label = crate::storage::backup::file_label(crate::clock::Clock::now(&SystemClock));
+    let snapshot = args.file;
+    let dir = data_dir.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        crate::storage::backup::restore(&snapshot, &dir, &label)
+    })
+    .await
+    .context("restore task")?
+    .map_err(|e| Exit {
+        code: 1,
+        message: format!("restore refused: {e}"),
+    })?;
+    println!(
+        "restored {} ({} devices, {} log records, schema {})",
+        report.store.display(),
+        report.info.rows("devices"),
+        report.info.rows("logs"),
+        report.info.schema_version
+    );
+    if let Some(prev) = report.previous {
+        println!("previous database kept as {}", prev.display());
+    }
+    Ok(())
+}
+
 fn print_json(v: &Value) {
     println!(
         "{}",
@@ -441,7 +571,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut _tempdir = None;
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
-    } else if args.simulate.is_some() && args.config.is_none() {
+    } else if args.simulate.is_some()
+        && (args.config.is_none()
+            || config.server.data_dir == config::ServerConfig::default().data_dir)
+    {
+        // A simulated rack never shares the packaged data directory (a staging instance on
+        // the production controller must not open production's database), unless asked to
+        // with --data-dir or an explicit `server.data_dir`.
         let dir = tempfile::Builder::new()
             .prefix("mozpool-sim-")
             .tempdir()

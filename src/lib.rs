@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! Layers, dependencies pointing down; only [`app`] wires them together:
-//! - [`http`] (the JSON API), [`ui`] (the on-box web page over that API) and the CLI in [`cli`] / [`client`];
+//! - [`http`] (the JSON API), [`ui`] (the on-box web page over that API) and the CLI in
+//!   [`cli`] / [`client`], with the live canary `mozpool check` in [`check`];
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
@@ -11,9 +12,11 @@
 //! - [`registration`]: devices registering themselves (SUTAgent protocol over TCP, JSON over
 //!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
+//! - [`systemd`] (readiness, status, watchdog) and [`metrics`] (`/metrics`): operations;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -23,12 +26,14 @@ pub mod hw;
 pub mod inventory;
 pub mod inventory_sync;
 pub mod lifeguard;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod registration;
 pub mod shutdown;
 pub mod simulate;
 pub mod storage;
+pub mod systemd;
 pub mod telemetry;
 pub mod types;
 pub mod ui;

@@ -53,6 +53,17 @@ pub fn start_rack(
         b.cool_down = std::time::Duration::from_millis(20);
         config.relay_boards.push(b);
     }
+    // A board serves its devices one at a time, so a power cycle may wait for every other
+    // device on its board: keep the power states' timeouts above that worst case (the
+    // original chose 60 s for 14 devices x ~3 s for the same reason).
+    let per_op = 200 + 20 + 100;
+    let per_board = u64::from(n.min(32));
+    let floor = per_board * per_op + 1000;
+    let l = &mut config.lifeguard;
+    l.pc_power_cycling_ms = l.pc_power_cycling_ms.max(floor);
+    l.sut_verify_power_cycle_ms = l.sut_verify_power_cycle_ms.max(floor);
+    l.powering_off_ms = l.powering_off_ms.max(floor);
+    l.flashing_ms = l.flashing_ms.max(floor + 30_000);
     config.hardware.fastboot.clone_from(&rack.fastboot_path);
     config.hardware.sut_timeout_ms = 2000;
     config.hardware.ping_timeout_ms = 1000;

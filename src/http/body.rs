@@ -1,9 +1,12 @@
 //! Request bodies in, responses out: size-limited body reading, strict JSON decoding with
 //! clear 4xx errors, query strings, and the response builders every handler uses.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
@@ -11,8 +14,70 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// The one response body type.
-pub type Body = Full<Bytes>;
+/// The one response body type: a body held in memory (almost every response), or chunks
+/// streamed from a channel (large downloads such as `/api/backup/`, which must not be held in
+/// memory: the unit caps the service at `MemoryMax=256M`).
+#[derive(Debug)]
+pub struct Body {
+    kind: BodyKind,
+}
+
+#[derive(Debug)]
+enum BodyKind {
+    Full(Full<Bytes>),
+    Channel(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>),
+}
+
+impl Body {
+    /// A body held in memory.
+    #[must_use]
+    pub fn new(bytes: Bytes) -> Body {
+        Body {
+            kind: BodyKind::Full(Full::new(bytes)),
+        }
+    }
+
+    /// A body streamed from a channel: the producer sends chunks and closes the channel at
+    /// the end. An `Err` chunk aborts the response (the client sees a truncated body, which
+    /// the `Content-Length` header lets it detect).
+    #[must_use]
+    pub fn channel(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> Body {
+        Body {
+            kind: BodyKind::Channel(rx),
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match &mut self.get_mut().kind {
+            BodyKind::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            BodyKind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full(full) => full.is_end_stream(),
+            BodyKind::Channel(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Full(full) => full.size_hint(),
+            BodyKind::Channel(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// Read a whole body of at most `limit` bytes (413 beyond it).
 ///

@@ -53,14 +53,18 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let caller = Caller {
         name: "anonymous".to_owned(),
     };
+    // Calls that change a device also go in that device's history; reads only in `api`, so
+    // a poller cannot bury the device's own log.
     let device = route
         .as_ref()
         .ok()
+        .filter(|r| r.mutates())
         .and_then(Route::device)
         .map(ToString::to_string);
-    // Pages, static files and the pages' live feed are not audited (an open page would
-    // fill the log with its long polls); the API calls the pages make are.
-    let audited = !route.as_ref().is_ok_and(Route::is_ui);
+    // Not audited: scrapes (every few seconds; logging each durably would only wear the SD
+    // card), and pages, static files and the pages' live feed (an open page long-polls it);
+    // the API calls the pages make are audited.
+    let audited = !matches!(route, Ok(Route::Metrics)) && !route.as_ref().is_ok_and(Route::is_ui);
     let mutates = route.as_ref().is_ok_and(Route::mutates);
     let response = match route {
         Ok(route) => match run(
@@ -80,12 +84,13 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     };
     let status = response.status();
     let elapsed = started.elapsed();
+    app.metrics.record_api(status.as_u16(), elapsed);
     if mutates && status.is_success() {
         // Inventory edits, comments and the like change what live pages show.
         app.lifeguard.touch();
     }
     if !audited {
-        tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "page");
+        tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
         return response;
     }
     tracing::info!(%method, %path, status = status.as_u16(), caller = %caller.name, %peer, micros = elapsed.as_micros() as u64, "api");

@@ -113,6 +113,12 @@ pub enum Route {
     RelayChannel(BoardName, String, RelayOp),
     /// `PUT /api/sim/device/{id}/faults/`: inject faults into a simulated device.
     SimFaults(DeviceName),
+    /// `GET /metrics`: Prometheus text format. No trailing slash (what scrapers expect);
+    /// `/metrics/` is accepted too.
+    Metrics,
+    /// `GET /api/backup/`: a consistent snapshot of the store as a redb file (admin: it is
+    /// the whole database).
+    Backup,
     /// `GET /api/pool/overview/[?since=V&wait=N]`: every device with its holder and last log
     /// line, counts per state, and a change version for long polls (the pool page's feed).
     PoolOverview,
@@ -242,10 +248,18 @@ impl Route {
         if segs.iter().any(|s| s.is_empty()) {
             return Err(RouteError::NotFound);
         }
+        if segs == ["metrics"] {
+            // Scrapers ask for `/metrics` exactly; no 303 dance.
+            if !GET.contains(method) {
+                return Err(RouteError::MethodNotAllowed(GET));
+            }
+            return Ok(Route::Metrics);
+        }
         let (allowed, route) = match segs.as_slice() {
             ["api", "version"] => (GET, Route::Version),
             ["api", "health"] => (GET, Route::Health),
             ["api", "log"] => (GET, Route::LogQuery),
+            ["api", "backup"] => (GET, Route::Backup),
             ["api", "device", "list"] => (GET, Route::DeviceList),
             // A device named `register` stays reachable with PUT/DELETE.
             ["api", "device", "register"] if !matches!(*method, Method::PUT | Method::DELETE) => {
@@ -404,6 +418,7 @@ impl Route {
                     | Route::RelayList
                     | Route::RelayTest(_)
                     | Route::RelayChannel(_, _, RelayOp::Status)
+                    | Route::Metrics
             )
     }
 
@@ -542,6 +557,27 @@ mod tests {
         ));
         assert!(!Route::UiPool.mutates() && Route::UiPool.is_ui());
         assert!(!Route::PoolOverview.mutates());
+    }
+
+    #[test]
+    fn operations_routes() {
+        assert_eq!(Route::parse(&Method::GET, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(Route::parse(&Method::GET, "/metrics/"), Ok(Route::Metrics));
+        assert!(matches!(
+            Route::parse(&Method::POST, "/metrics"),
+            Err(RouteError::MethodNotAllowed(_))
+        ));
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/backup/"),
+            Ok(Route::Backup)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/backup"),
+            Err(RouteError::AddSlash)
+        );
+        // A backup is the whole database: it counts as an admin call, not a plain read.
+        assert!(Route::Backup.mutates());
+        assert!(!Route::Metrics.mutates());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, watch};
@@ -43,6 +43,8 @@ pub struct Hardware {
     pub images: ImageFiles,
     /// Timeouts and limits.
     pub settings: HardwareConfig,
+    /// Where finished hardware operations are counted and timed (`/metrics`).
+    pub metrics: Arc<crate::metrics::HwMetrics>,
 }
 
 impl Hardware {
@@ -53,7 +55,7 @@ impl Hardware {
 
 /// How the driver tells the request layer about devices (set by the app; Lifeguard never
 /// imports the pool).
-pub trait PoolLink: Send + Sync {
+pub trait PoolLink: Send + Sync + std::fmt::Debug {
     /// A held device finished (or failed) the operation its request asked for.
     fn imaging_result(&self, request: u64, device: &str, result: ImagingResult);
     /// A device became free for the pool.
@@ -76,7 +78,11 @@ struct Inner {
     clock: Arc<dyn Clock>,
     timings: Timings,
     hw: Arc<Hardware>,
-    link: OnceLock<Arc<dyn PoolLink>>,
+    /// Weak: the pool holds this driver, so a strong link would be a cycle that keeps the
+    /// store open after shutdown.
+    link: OnceLock<Weak<dyn PoolLink>>,
+    /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
+    heartbeat: OnceLock<crate::systemd::Heartbeat>,
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
     health: Semaphore,
     wake: Notify,
@@ -118,6 +124,7 @@ impl Lifeguard {
                 timings,
                 hw,
                 link: OnceLock::new(),
+                heartbeat: OnceLock::new(),
                 inflight: Mutex::new(HashMap::new()),
                 health,
                 wake: Notify::new(),
@@ -128,9 +135,18 @@ impl Lifeguard {
         }
     }
 
-    /// Connect the request layer.
-    pub fn set_link(&self, link: Arc<dyn PoolLink>) {
-        let _ = self.inner.link.set(link);
+    /// Connect the request layer. The caller keeps `link` alive (the driver holds it weakly).
+    pub fn set_link(&self, link: &Arc<dyn PoolLink>) {
+        let _ = self.inner.link.set(Arc::downgrade(link));
+    }
+
+    fn link(&self) -> Option<Arc<dyn PoolLink>> {
+        self.inner.link.get().and_then(Weak::upgrade)
+    }
+
+    /// Give the timer loop a heartbeat to beat on every pass (at least once a second).
+    pub fn set_heartbeat(&self, heartbeat: crate::systemd::Heartbeat) {
+        let _ = self.inner.heartbeat.set(heartbeat);
     }
 
     /// The state timeouts and limits in use.
@@ -249,7 +265,7 @@ impl Lifeguard {
         for action in applied.actions {
             match action {
                 Action::NotifyRequest { request, result } => {
-                    if let Some(link) = self.inner.link.get() {
+                    if let Some(link) = self.link() {
                         link.imaging_result(request, &applied.device, result);
                     }
                 }
@@ -259,7 +275,7 @@ impl Lifeguard {
             }
         }
         if applied.became_available
-            && let Some(link) = self.inner.link.get()
+            && let Some(link) = self.link()
         {
             link.device_available(&applied.device);
         }
@@ -278,7 +294,12 @@ impl Lifeguard {
             previous.abort();
         }
         let handle = self.inner.tasks.spawn(async move {
-            let event = this.run_action(&name, generation, action).await;
+            // Shutdown cancels hardware work in flight (a fastboot child is killed with its
+            // future); the state and its deadline are stored, so the restart resumes it.
+            let event = tokio::select! {
+                e = this.run_action(&name, generation, action) => e,
+                () = this.inner.shutdown.cancelled() => return,
+            };
             {
                 let mut inflight = this
                     .inner
@@ -316,7 +337,9 @@ impl Lifeguard {
         };
         let s = &self.inner.hw.settings;
         let g = generation;
-        Some(match action {
+        let kind = hw_kind(&action);
+        let started = std::time::Instant::now();
+        let event = match action {
             Action::PowerCycle => match self.relay(&device) {
                 Ok(addr) => match self
                     .inner
@@ -417,7 +440,12 @@ impl Lifeguard {
                 }
             }
             Action::NotifyRequest { .. } => return None,
-        })
+        };
+        self.inner
+            .hw
+            .metrics
+            .record(kind, hw_ok(&event), started.elapsed());
+        Some(event)
     }
 
     fn relay(&self, d: &Device) -> Result<RelayAddr, String> {
@@ -573,6 +601,9 @@ impl Lifeguard {
             if self.inner.shutdown.is_cancelled() {
                 break;
             }
+            if let Some(h) = self.inner.heartbeat.get() {
+                h.beat();
+            }
             let now = self.inner.clock.now();
             let due = self
                 .inner
@@ -683,4 +714,34 @@ fn image_fault(e: &hw::Error) -> bool {
         hw::Error::Io { context, .. } => context.starts_with("image file"),
         _ => false,
     }
+}
+
+/// The `/metrics` kind of a hardware action (`mozpool_hw_operations_total{kind=...}`).
+fn hw_kind(action: &Action) -> &'static str {
+    match action {
+        Action::PowerCycle => "power_cycle",
+        Action::PowerOff => "power_off",
+        Action::SutReboot => "sut_reboot",
+        Action::Ping => "ping",
+        Action::SutVerify => "sut_verify",
+        Action::SutSdcardCheck => "sut_sdcard_check",
+        Action::HealthCheck { .. } => "health_check",
+        Action::Flash { .. } => "flash",
+        Action::NotifyRequest { .. } => "notify_request",
+    }
+}
+
+/// Whether a hardware action's result event is a success.
+fn hw_ok(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::PowerCycleOk { .. }
+            | Event::PowerOffOk { .. }
+            | Event::SutRebootOk { .. }
+            | Event::PingOk { .. }
+            | Event::SutVerifyOk { .. }
+            | Event::SutSdcardOk { .. }
+            | Event::HealthCheckOk { .. }
+            | Event::FlashOk { .. }
+    )
 }

@@ -85,6 +85,8 @@ struct Inner {
     kick: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
+    heartbeat: std::sync::OnceLock<crate::systemd::Heartbeat>,
 }
 
 /// Handle to the request driver. Cheap to clone.
@@ -131,8 +133,14 @@ impl Pool {
                 kick: Notify::new(),
                 shutdown,
                 tasks,
+                heartbeat: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Give the timer loop a heartbeat to beat on every pass (at least once a second).
+    pub fn set_heartbeat(&self, heartbeat: crate::systemd::Heartbeat) {
+        let _ = self.inner.heartbeat.set(heartbeat);
     }
 
     /// Request timings in use.
@@ -303,6 +311,9 @@ impl Pool {
         loop {
             if self.inner.shutdown.is_cancelled() {
                 break;
+            }
+            if let Some(h) = self.inner.heartbeat.get() {
+                h.beat();
             }
             let now = self.inner.clock.now();
             let due = self

@@ -13,6 +13,7 @@
 //!
 //! Reads run on tokio's blocking pool in their own MVCC snapshot and never wait for writes.
 
+pub mod backup;
 mod codec;
 pub mod inventory;
 pub mod logs;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
 
 use crate::clock::{Clock, Millis};
+use crate::metrics::histogram::{FAST_BUCKETS, Histogram};
 
 /// The schema version this binary writes. A store with a newer version is refused.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -85,6 +87,9 @@ pub enum StoreError {
     /// The writer thread is gone (shutting down).
     #[error("the store is shut down")]
     Closed,
+    /// A backup or restore could not be done (the message says why).
+    #[error("{0}")]
+    Backup(String),
     /// A blocking read task failed.
     #[error("read task failed: {0}")]
     Task(String),
@@ -111,8 +116,8 @@ redb_from!(
 type Job = Box<dyn FnOnce(&WriteTransaction, Millis) -> (bool, Completion) + Send>;
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-/// Counters the writer keeps for `/metrics` and benchmarks.
-#[derive(Debug, Default)]
+/// Counters the writer keeps for `/metrics`, the watchdog and benchmarks.
+#[derive(Debug)]
 pub struct StoreStats {
     /// Commits done.
     pub commits: AtomicU64,
@@ -124,6 +129,47 @@ pub struct StoreStats {
     pub max_commit_micros: AtomicU64,
     /// Commits that failed.
     pub failures: AtomicU64,
+    /// Latency of every commit attempt (the whole batch: closures plus fsync).
+    pub commit_latency: Histogram,
+    /// The writer's heartbeat: milliseconds after `epoch` of the last successful commit, plus
+    /// one (0 = none yet). The watchdog reads it to tell a live writer from a stuck one.
+    last_commit: AtomicU64,
+    /// Base for `last_commit`.
+    epoch: Instant,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            max_commit_micros: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            commit_latency: Histogram::new(FAST_BUCKETS),
+            last_commit: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl StoreStats {
+    /// Time since the last successful commit, `None` before the first.
+    #[must_use]
+    pub fn since_last_commit(&self) -> Option<Duration> {
+        match self.last_commit.load(Ordering::Relaxed) {
+            0 => None,
+            at => {
+                let now = self.epoch.elapsed();
+                Some(now.saturating_sub(Duration::from_millis(at - 1)))
+            }
+        }
+    }
+
+    fn mark_commit(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_commit.store(ms + 1, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -356,12 +402,15 @@ fn writer_loop(
         let started = Instant::now();
         let n = batch.len();
         let outcome = run_batch(db, batch.drain(..), now);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        stats.commit_latency.observe(elapsed);
         stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
         stats.max_commit_micros.fetch_max(micros, Ordering::Relaxed);
         if outcome {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.writes.fetch_add(n as u64, Ordering::Relaxed);
+            stats.mark_commit();
             healthy.store(true, Ordering::Relaxed);
         } else {
             stats.failures.fetch_add(1, Ordering::Relaxed);

@@ -6,13 +6,17 @@ mod support;
 
 mod api_errors;
 mod api_inventory;
+mod appliance;
+mod check;
 mod crash;
+mod docs;
 mod hw_fastboot;
 mod hw_images;
 mod hw_relay;
 mod hw_sim_device;
 mod hw_sut;
+mod lifeguard;
 mod registration;
+mod requests;
 mod storage;
 mod ui;
-mod ui_browser;

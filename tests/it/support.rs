@@ -18,6 +18,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
+    config: Option<Config>,
 }
 
 impl TestServer {
@@ -32,7 +33,52 @@ impl TestServer {
         let mut config = Config::parse(Path::new("test.toml"), config_text).expect("test config");
         config.server.data_dir = dir.path().to_owned();
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
-        let app = App::open(config, Arc::new(SystemClock))
+        Self::launch(config, dir, None).await
+    }
+
+    /// Start a service on a fresh simulated rack of `n` devices, with fast timings unless
+    /// `config_text` sets its own `[simulate]` section.
+    pub async fn start_rack(n: u32, config_text: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = if config_text.contains("[simulate]") {
+            config_text.to_owned()
+        } else {
+            format!("{config_text}\n{FAST_RACK}")
+        };
+        let mut config = Config::parse(Path::new("test.toml"), &text).expect("test config");
+        config.server.data_dir = dir.path().to_owned();
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        let exe = Path::new(env!("CARGO_BIN_EXE_mozpool"));
+        let rack = mozpool::simulate::start_rack(&mut config, n, exe, dir.path()).expect("rack");
+        let rack = Arc::new(rack);
+        let server = Self::launch(config.clone(), dir, Some(rack)).await;
+        TestServer {
+            config: Some(config),
+            ..server
+        }
+    }
+
+    /// Stop the service (graceful) and start it again on the same data and rack, as after a
+    /// controller restart.
+    pub async fn restart(self) -> TestServer {
+        let config = self.config.clone().expect("restart needs start_rack");
+        let rack = self.app.sim.clone();
+        let dir = self.stop().await;
+        // Let the old store's writer thread release the file.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let server = Self::launch(config.clone(), dir, rack).await;
+        TestServer {
+            config: Some(config),
+            ..server
+        }
+    }
+
+    async fn launch(
+        config: Config,
+        dir: tempfile::TempDir,
+        rack: Option<Arc<mozpool::hw::sim::SimRack>>,
+    ) -> TestServer {
+        let app = App::open_with(config, Arc::new(SystemClock), rack)
             .await
             .expect("app opens");
         let listener = app.bind().await.expect("bind");
@@ -44,6 +90,7 @@ impl TestServer {
             dir,
             http: reqwest::Client::new(),
             task,
+            config: None,
         }
     }
 
@@ -85,6 +132,64 @@ impl TestServer {
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
         self.send(reqwest::Method::PUT, path, Some(body)).await
     }
+
+    /// A device's Lifeguard state.
+    pub async fn state(&self, device: &str) -> String {
+        let (_, v) = self.get(&format!("/api/device/{device}/state/")).await;
+        v["state"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Wait until `device` is in a state accepted by `pred`, or panic after `secs`.
+    pub async fn wait_state(&self, device: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let st = self.state(device).await;
+            if pred(&st) {
+                return st;
+            }
+            if std::time::Instant::now() > deadline {
+                let (_, log) = self
+                    .get(&format!("/api/device/{device}/log/?limit=40"))
+                    .await;
+                panic!("{device} still in {st} after {secs} s; log: {log:#}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every device of the rack is `ready`.
+    pub async fn wait_all_ready(&self, secs: u64) {
+        let names: Vec<String> = self
+            .app
+            .sim
+            .as_ref()
+            .map(|r| r.devices.iter().map(|d| d.name.to_string()).collect())
+            .unwrap_or_default();
+        for n in names {
+            self.wait_state(&n, secs, |s| s == "ready").await;
+        }
+    }
+
+    /// Device log messages, oldest first.
+    pub async fn device_log(&self, device: &str) -> Vec<String> {
+        let (_, log) = self.get(&format!("/api/device/{device}/log/")).await;
+        log["log"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["message"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// A simulated device.
+    pub fn sim(&self, device: &str) -> mozpool::hw::sim::SimDevice {
+        self.app
+            .sim
+            .as_ref()
+            .and_then(|r| r.devices.iter().find(|d| d.name.as_str() == device))
+            .map(|d| d.device.clone())
+            .expect("simulated device")
+    }
 }
 
 pub async fn decode(r: reqwest::Response) -> (u16, Value) {
@@ -121,4 +226,13 @@ environment = "prod"
 [[devices]]
 name = "panda-2"
 hardware_type = "panda"
+"#;
+
+/// Fast timings for a simulated rack in tests: devices boot in well under a second and the
+/// state machines run on a 1/100 time scale.
+pub const FAST_RACK: &str = r#"
+[simulate]
+time_scale = 0.01
+boot_time_ms = 300
+bootloader_window_ms = 1500
 "#;

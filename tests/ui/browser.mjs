@@ -3,7 +3,7 @@
 //
 //   node tests/ui/browser.mjs BASE_URL SCREENSHOT_DIR
 //
-// BASE_URL is a running `mozpool serve --simulate N` (tests/it/ui_browser.rs starts one).
+// BASE_URL is a running `mozpool serve --simulate N` (tests/ui_browser.rs starts one).
 // Exits non-zero on the first failed step; saves a screenshot of every page.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';

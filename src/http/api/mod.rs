@@ -69,6 +69,8 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::RelayTest(b) => relays::test(ctx, b).await,
         Route::RelayChannel(b, c, op) => relays::channel(ctx, b, c, op).await,
         Route::LogQuery => logs::query(ctx).await,
+        Route::Metrics => system::metrics(ctx).await,
+        Route::Backup => system::backup(ctx).await,
         Route::PoolOverview => crate::ui::pages::overview(ctx).await,
         page @ (Route::UiHome
         | Route::UiPool

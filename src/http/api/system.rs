@@ -1,9 +1,13 @@
-//! `/api/version/` and `/api/health/`.
+//! `/api/version/`, `/api/health/`, `/metrics` and `/api/backup/`.
 
+use std::io::Read as _;
+
+use bytes::Bytes;
+use hyper::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::http::body::{Body, json_response, ok};
+use crate::http::body::{Body, bytes_response, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::storage::logs;
@@ -40,4 +44,94 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     Ok(json_response(status, &body))
+}
+
+/// `GET /metrics`: Prometheus text format 0.0.4.
+pub async fn metrics(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let app = &ctx.app;
+    let text = crate::metrics::render(&app.metrics, &app.store, app.started.0)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot read the store: {e}")))?;
+    Ok(bytes_response(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Bytes::from(text),
+    ))
+}
+
+/// Size of the chunks a backup is streamed in.
+const BACKUP_CHUNK: usize = 64 * 1024;
+
+/// `GET /api/backup/`: a consistent snapshot of the whole store, as a redb file.
+///
+/// The snapshot is written to a temporary file under `<data_dir>/tmp/` (one read transaction
+/// copied into a fresh store file; see `storage::backup`), the file is unlinked while still
+/// open, and its bytes are streamed, so the service never holds the database in memory and
+/// no snapshot file survives a crash. Headers: `Content-Length`, and
+/// `X-Mozpool-Schema-Version`.
+pub async fn backup(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let store = ctx.app.store.clone();
+    let scratch = ctx.app.config.server.data_dir.join("tmp");
+    let (file, info) = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("backup-")
+            .suffix(".redb")
+            .tempfile_in(&scratch)
+            .map_err(|e| {
+                format!(
+                    "cannot create a snapshot file in {}: {e}",
+                    scratch.display()
+                )
+            })?;
+        let info =
+            crate::storage::backup::snapshot(&store, tmp.path()).map_err(|e| e.to_string())?;
+        let file = tmp
+            .reopen()
+            .map_err(|e| format!("cannot reopen the snapshot: {e}"))?;
+        // Dropping the handle unlinks the path; the open file keeps the data.
+        drop(tmp);
+        Ok::<_, String>((file, info))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("snapshot task failed: {e}")))?
+    .map_err(ApiError::internal)?;
+    tracing::info!(bytes = info.bytes, caller = %ctx.caller.name, "backup snapshot taken");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        loop {
+            let mut buf = vec![0u8; BACKUP_CHUNK];
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        break; // the client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    let mut r = Response::new(Body::channel(rx));
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(CONTENT_LENGTH, HeaderValue::from(info.bytes));
+    h.insert(
+        CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"mozpool-backup.redb\""),
+    );
+    h.insert(
+        "x-mozpool-schema-version",
+        HeaderValue::from(info.schema_version),
+    );
+    Ok(r)
 }

@@ -8,6 +8,10 @@
 //! controls and logs no browser errors. Screenshots of every page go to
 //! `target/ui-screenshots/`.
 //!
+//! A test binary of its own (not a module of `tests/it`), so Chromium and the second service
+//! do not run alongside the timing-sensitive integration tests: cargo runs test binaries one
+//! after another.
+//!
 //! Needs `/usr/bin/chromium` (or `MOZPOOL_CHROMIUM`), `node`, and `npm ci` run in `tests/ui`
 //! (`.ci/run` does all three). Without them the test says so and passes; set
 //! `MOZPOOL_REQUIRE_BROWSER=1` (CI does) to make a missing browser a failure instead.

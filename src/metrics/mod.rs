@@ -1,0 +1,383 @@
+//! `/metrics`: the service's numbers in the Prometheus text format (version 0.0.4).
+//!
+//! Two kinds of numbers:
+//! - **Recorded** as things happen, into atomics held by [`Metrics`]: API latency (recorded
+//!   by `http::dispatch::handle`), hardware operations ([`HwMetrics::record`], called by the
+//!   hardware layer) and store commits (the store's own `StoreStats`).
+//! - **Computed at scrape time** from one read snapshot of the store: devices per state,
+//!   requests per state, the durable log's size. Nothing is cached, so nothing can drift.
+//!
+//! No metrics crate: a handful of counters and fixed-bucket histograms ([`histogram`]) is all
+//! the appliance needs. Recording never allocates (except the first time a hardware operation
+//! kind is seen); rendering builds one `String`.
+
+pub mod histogram;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
+
+use self::histogram::{FAST_BUCKETS, Histogram, SLOW_BUCKETS};
+use crate::lifeguard::DeviceState;
+use crate::storage::records::DeviceRecord;
+use crate::storage::{Store, StoreError, decode, logs, tables};
+
+/// Everything recorded as it happens. One per service, shared by `Arc` (held by `App`).
+#[derive(Debug)]
+pub struct Metrics {
+    /// API call latency, whole pipeline (route, body, handler, error mapping).
+    api_latency: Histogram,
+    /// API responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    api_status: [AtomicU64; 5],
+    /// Hardware operations, recorded by the hardware layer.
+    pub hw: std::sync::Arc<HwMetrics>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            api_latency: Histogram::new(FAST_BUCKETS),
+            api_status: Default::default(),
+            hw: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Record one API call.
+    pub fn record_api(&self, status: u16, elapsed: Duration) {
+        self.api_latency.observe(elapsed);
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        if let Some(c) = self.api_status.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Hardware operation counts, failures and latency per kind (`relay_power_cycle`,
+/// `sut_ping`, `fastboot_flash`, ...). The hardware layer holds an `Arc<HwMetrics>` and
+/// calls [`HwMetrics::record`] once per finished operation.
+#[derive(Debug, Default)]
+pub struct HwMetrics {
+    kinds: Mutex<BTreeMap<String, std::sync::Arc<HwKind>>>,
+}
+
+#[derive(Debug)]
+struct HwKind {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    latency: Histogram,
+}
+
+impl HwMetrics {
+    /// Record one finished hardware operation of `kind` (a short snake_case name; it becomes
+    /// a label value), whether it succeeded, and how long it took.
+    pub fn record(&self, kind: &str, ok: bool, elapsed: Duration) {
+        let entry = {
+            let mut kinds = match self.kinds.lock() {
+                Ok(k) => k,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match kinds.get(kind) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = std::sync::Arc::new(HwKind {
+                        ok: AtomicU64::new(0),
+                        failed: AtomicU64::new(0),
+                        latency: Histogram::new(SLOW_BUCKETS),
+                    });
+                    kinds.insert(kind.to_owned(), e.clone());
+                    e
+                }
+            }
+        };
+        if ok { &entry.ok } else { &entry.failed }.fetch_add(1, Ordering::Relaxed);
+        entry.latency.observe(elapsed);
+    }
+
+    fn snapshot(&self) -> Vec<(String, std::sync::Arc<HwKind>)> {
+        let kinds = match self.kinds.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        kinds.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Numbers read from one store snapshot at scrape time.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Non-retired devices per Lifeguard state name; every known state is present (0 when
+    /// empty), plus any unknown name found in the store.
+    pub devices: BTreeMap<String, u64>,
+    /// Open requests per state (see [`requests_per_state`]).
+    pub requests: Option<BTreeMap<String, u64>>,
+    /// Requests stored, open or not.
+    pub requests_stored: u64,
+    /// Records in the durable log.
+    pub log_records: u64,
+}
+
+/// Count devices per state and the log, in one read transaction.
+///
+/// # Errors
+/// Storage failure or a corrupt record.
+pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
+    let mut devices: BTreeMap<String, u64> = DeviceState::ALL
+        .iter()
+        .map(|s| (s.name().to_owned(), 0))
+        .collect();
+    for item in tx.open_table(tables::DEVICES)?.iter()? {
+        let (k, v) = item?;
+        let d: crate::model::Device =
+            decode::<DeviceRecord>("devices", k.value(), &v.value())?.into();
+        if !d.retired {
+            *devices.entry(d.state).or_insert(0) += 1;
+        }
+    }
+    Ok(StoreCounts {
+        devices,
+        requests: requests_per_state(tx)?,
+        requests_stored: tx.open_table(tables::REQUESTS)?.len()?,
+        log_records: logs::count(tx)?,
+    })
+}
+
+/// Open requests per state for `mozpool_requests`: every open (non-terminal) state of
+/// `pool::state::ALL_STATES` is listed, 0 when empty. Only open requests are counted (read
+/// through the `open_requests` index), so a scrape costs the same after years of history;
+/// closed and failed requests are history, counted by `mozpool_requests_stored`.
+///
+/// # Errors
+/// Storage failure or a corrupt record.
+pub fn requests_per_state(
+    tx: &ReadTransaction,
+) -> Result<Option<BTreeMap<String, u64>>, StoreError> {
+    let mut out: BTreeMap<String, u64> = crate::pool::state::ALL_STATES
+        .iter()
+        .filter(|s| s.is_open())
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    for r in crate::storage::requests::list(tx, true)? {
+        *out.entry(r.snap.state.as_str().to_owned()).or_insert(0) += 1;
+    }
+    Ok(Some(out))
+}
+
+/// Escape a label value (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Render the whole `/metrics` page.
+///
+/// # Errors
+/// Storage failure while counting.
+pub async fn render(
+    metrics: &Metrics,
+    store: &Store,
+    started_unix_ms: u64,
+) -> Result<String, StoreError> {
+    let counts = store.read(store_counts).await?;
+    let file_bytes = std::fs::metadata(store.path()).map_or(0, |m| m.len());
+    let mut out = String::with_capacity(8 * 1024);
+    let o = &mut out;
+
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_build_info Version of the running service."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_build_info gauge");
+    let _ = writeln!(
+        o,
+        "mozpool_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_start_time_seconds When the service started (Unix time)."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_start_time_seconds gauge");
+    let _ = writeln!(
+        o,
+        "mozpool_start_time_seconds {}",
+        started_unix_ms as f64 / 1000.0
+    );
+
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_devices Devices (not retired) per Lifeguard state."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_devices gauge");
+    for (state, n) in &counts.devices {
+        let _ = writeln!(o, "mozpool_devices{{state=\"{}\"}} {n}", label(state));
+    }
+    if let Some(requests) = &counts.requests {
+        let _ = writeln!(o, "# HELP mozpool_requests Open requests per state.");
+        let _ = writeln!(o, "# TYPE mozpool_requests gauge");
+        for (state, n) in requests {
+            let _ = writeln!(o, "mozpool_requests{{state=\"{}\"}} {n}", label(state));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_requests_stored Requests in the store, open or closed."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_requests_stored gauge");
+    let _ = writeln!(o, "mozpool_requests_stored {}", counts.requests_stored);
+
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_api_request_duration_seconds API call latency."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_api_request_duration_seconds histogram");
+    metrics
+        .api_latency
+        .render(o, "mozpool_api_request_duration_seconds", "");
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_api_responses_total API responses by status class."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_api_responses_total counter");
+    for (i, c) in metrics.api_status.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "mozpool_api_responses_total{{code=\"{}xx\"}} {}",
+            i + 1,
+            c.load(Ordering::Relaxed)
+        );
+    }
+
+    let hw = metrics.hw.snapshot();
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_hw_operations_total Finished hardware operations by kind and outcome."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_hw_operations_total counter");
+    for (kind, k) in &hw {
+        let kind = label(kind);
+        let _ = writeln!(
+            o,
+            "mozpool_hw_operations_total{{kind=\"{kind}\",result=\"ok\"}} {}",
+            k.ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "mozpool_hw_operations_total{{kind=\"{kind}\",result=\"failed\"}} {}",
+            k.failed.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_hw_operation_duration_seconds Hardware operation latency by kind."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_hw_operation_duration_seconds histogram");
+    for (kind, k) in &hw {
+        k.latency.render(
+            o,
+            "mozpool_hw_operation_duration_seconds",
+            &format!("kind=\"{}\"", label(kind)),
+        );
+    }
+
+    let stats = store.stats();
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_store_commit_duration_seconds Store commit latency (one batch: writes plus fsync)."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_store_commit_duration_seconds histogram");
+    stats
+        .commit_latency
+        .render(o, "mozpool_store_commit_duration_seconds", "");
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_store_commits_total Successful store commits."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_store_commits_total counter");
+    let _ = writeln!(
+        o,
+        "mozpool_store_commits_total {}",
+        stats.commits.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_store_writes_total Writes committed (several per commit under load)."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_store_writes_total counter");
+    let _ = writeln!(
+        o,
+        "mozpool_store_writes_total {}",
+        stats.writes.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_store_commit_failures_total Failed store commits."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_store_commit_failures_total counter");
+    let _ = writeln!(
+        o,
+        "mozpool_store_commit_failures_total {}",
+        stats.failures.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_store_healthy 1 when the last commit succeeded."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_store_healthy gauge");
+    let _ = writeln!(o, "mozpool_store_healthy {}", u8::from(store.healthy()));
+
+    let _ = writeln!(o, "# HELP mozpool_log_records Records in the durable log.");
+    let _ = writeln!(o, "# TYPE mozpool_log_records gauge");
+    let _ = writeln!(o, "mozpool_log_records {}", counts.log_records);
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_store_file_bytes Size of the store file (mozpool.redb)."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_store_file_bytes gauge");
+    let _ = writeln!(o, "mozpool_store_file_bytes {file_bytes}");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hw_kinds() {
+        let hw = HwMetrics::default();
+        hw.record("relay_power_cycle", true, Duration::from_millis(300));
+        hw.record("relay_power_cycle", false, Duration::from_secs(5));
+        hw.record("sut_ping", true, Duration::from_millis(20));
+        let snap = hw.snapshot();
+        assert_eq!(snap.len(), 2);
+        assert_eq!(snap[0].0, "relay_power_cycle");
+        assert_eq!(snap[0].1.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(snap[0].1.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(snap[0].1.latency.count(), 2);
+    }
+
+    #[test]
+    fn api_classes() {
+        let m = Metrics::default();
+        m.record_api(200, Duration::from_millis(1));
+        m.record_api(404, Duration::from_millis(1));
+        m.record_api(503, Duration::from_millis(1));
+        let counts: Vec<u64> = m
+            .api_status
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts, vec![0, 1, 0, 1, 1]);
+    }
+
+    #[test]
+    fn label_escaping() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

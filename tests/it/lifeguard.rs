@@ -1,0 +1,221 @@
+//! Lifeguard end to end on the virtual rack: the real relay, SUTAgent and fastboot drivers
+//! against simulated devices, through the state machine and the store.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_devices_self_test_to_free() {
+    let s = TestServer::start_rack(3, "").await;
+    s.wait_all_ready(30).await;
+    let log = s.device_log("sim-0002").await;
+    let joined = log.join("\n");
+    for step in [
+        "new -> start_self_test",
+        "pc_power_cycling -> pc_rebooting",
+        "-> ready",
+    ] {
+        assert!(joined.contains(step), "missing {step:?} in\n{joined}");
+    }
+    // The relay really was cycled: the simulated device booted again.
+    assert!(s.sim("sim-0002").boots() >= 1);
+    // Every transition is in the log with its reason.
+    assert!(
+        log.iter().any(|l| l.contains("self-test passed")),
+        "{joined}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_boots_fails_after_the_configured_retries() {
+    let config = r#"
+[lifeguard]
+max_pc_pinging = 12
+max_pc_rounds = 2
+
+[simulate]
+time_scale = 0.01
+boot_time_ms = 300
+bootloader_window_ms = 1500
+
+[simulate.faults]
+"sim-0001" = { does_not_boot = true }
+"#;
+    let s = TestServer::start_rack(2, config).await;
+    let st = s
+        .wait_state("sim-0001", 60, |st| st.starts_with("failed_"))
+        .await;
+    // It was failing its self-test (new devices are self-tested), so that is the failure.
+    assert_eq!(st, "failed_self_test");
+    let log = s.device_log("sim-0001").await.join("\n");
+    assert!(log.contains("pc_pinging"), "{log}");
+    // Bounded: each self-test power-cycles once plus max_pc_rounds (2) more rounds, and
+    // failed_pinging is retried by 3 automatic self-tests: (1 + 3) * (1 + 2) = 12.
+    let cycles = log.matches("-> pc_power_cycling").count();
+    assert_eq!(cycles, 12, "power cycles:\n{log}");
+    // The rest of the rack is unaffected.
+    s.wait_state("sim-0002", 30, |st| st == "ready").await;
+    // A failed device waits for a human; it is not handed out.
+    let (status, body) = s
+        .post(
+            "/api/device/sim-0001/request/",
+            json!({"assignee": "t", "duration": 60, "image": "android"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["request"]["id"].as_u64().expect("id");
+    let (_, st) = s.get(&format!("/api/request/{id}/status/")).await;
+    assert_eq!(st["state"], "failed_bad_device", "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_device_recovers() {
+    // Enough retries that a coin-flipping agent passes (p = 0.5^11 of failing the SD check).
+    let s = TestServer::start_rack(1, "[lifeguard]\nmax_sut_sdcard_verifying = 10\n").await;
+    s.wait_all_ready(30).await;
+    // Half the SUTAgent connections fail: verification retries until one passes.
+    let (status, _) = s
+        .put(
+            "/api/sim/device/sim-0001/faults/",
+            json!({"sut_flaky": 0.5}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = s
+        .post("/api/device/sim-0001/flash/", json!({"image": "android"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.wait_state("sim-0001", 60, |st| st == "ready").await;
+    let (_, d) = s.get("/api/device/sim-0001/details/").await;
+    let log = s.device_log("sim-0001").await.join("\n");
+    assert!(log.contains("operation_complete -> ready"), "{log}");
+    assert_eq!(d["state"], "ready");
+    // The image really was written to the device's partitions.
+    let flashed = s.sim("sim-0001").flashed();
+    assert!(
+        flashed.contains_key("boot") && flashed.contains_key("system"),
+        "{flashed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_caught_mid_flash_is_reflashed_after_a_restart() {
+    let s = TestServer::start_rack(1, "").await;
+    s.wait_all_ready(30).await;
+    // fastboot hangs on this device, so the flash is in progress when the controller goes down.
+    let (status, _) = s
+        .put(
+            "/api/sim/device/sim-0001/faults/",
+            json!({"fastboot_hangs": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = s
+        .post("/api/device/sim-0001/flash/", json!({"image": "android"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.wait_state("sim-0001", 10, |st| st == "flashing").await;
+    // Let fastboot catch the device in its bootloader (and hang there).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(s.state("sim-0001").await, "flashing");
+    // While it is being worked on, other hardware actions are refused with the reason.
+    let (status, body) = s.post("/api/device/sim-0001/power-cycle/", json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("flashing")),
+        "{body}"
+    );
+    s.sim("sim-0001")
+        .set_faults(mozpool::hw::sim::SimFaults::default());
+    let s = s.restart().await;
+    let st = s.wait_state("sim-0001", 60, |st| st == "ready").await;
+    assert_eq!(st, "ready");
+    let log = s.device_log("sim-0001").await.join("\n");
+    assert!(log.contains("mid-flash"), "{log}");
+    assert!(s.sim("sim-0001").flashed().contains_key("system"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_switch_and_conditional_state_change() {
+    let s = TestServer::start_rack(1, "").await;
+    s.wait_all_ready(30).await;
+    let (status, body) = s
+        .post(
+            "/api/device/sim-0001/event/please_start_maintenance/",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.state("sim-0001").await, "maintenance_mode");
+    // In maintenance nothing touches it: power actions are refused.
+    let (status, _) = s.post("/api/device/sim-0001/reboot/", json!({})).await;
+    assert_eq!(status, 409);
+    // Back online: a self-test returns it to the pool.
+    let (status, _) = s
+        .post(
+            "/api/device/sim-0001/event/please_end_maintenance/",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.wait_state("sim-0001", 30, |st| st == "ready").await;
+    // Conditional state change: 409 when not in `from`, 200 when it is.
+    let (status, _) = s
+        .post(
+            "/api/device/sim-0001/state-change/maintenance_mode/to/locked_out/",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = s
+        .post(
+            "/api/device/sim-0001/state-change/ready/to/locked_out/",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.state("sim-0001").await, "locked_out");
+    let (status, _) = s
+        .post(
+            "/api/device/sim-0001/state-change/locked_out/to/no_such_state/",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    // Internal events are not accepted from outside.
+    let (status, body) = s
+        .post("/api/device/sim-0001/event/power_cycle_ok/", json!({}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = s
+        .send(Method::GET, "/api/device/sim-0001/event/bogus/", None)
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_off_and_on_through_the_state_machine() {
+    let s = TestServer::start_rack(1, "").await;
+    s.wait_all_ready(30).await;
+    let (status, body) = s.post("/api/device/sim-0001/power-off/", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    s.wait_state("sim-0001", 10, |st| st == "off").await;
+    assert!(
+        !s.sim("sim-0001").powered(),
+        "the relay really cut the power"
+    );
+    let (_, relay) = s.get("/api/relay/sim-relay-1/bank1:relay1/status/").await;
+    assert_eq!(relay["powered"], false, "{relay}");
+    let (status, _) = s.post("/api/device/sim-0001/power-on/", json!({})).await;
+    assert_eq!(status, 200);
+    s.wait_state("sim-0001", 30, |st| st == "ready").await;
+    assert!(s.sim("sim-0001").powered());
+    let (_, ping) = s.get("/api/device/sim-0001/ping/").await;
+    assert_eq!(ping["success"], true, "{ping}");
+    let (_, test) = s.get("/api/relay/sim-relay-1/test/").await;
+    assert_eq!(test["success"], true, "{test}");
+}
