@@ -63,6 +63,9 @@ pub struct AppInner {
     pool_link: Arc<dyn crate::lifeguard::PoolLink>,
     /// The simulated rack, when running with `--simulate`.
     pub sim: Option<Arc<SimRack>>,
+    /// The web page's template environment (built once; debug builds reload edited
+    /// templates).
+    pub ui: crate::ui::Ui,
     /// The registration listener, bound by [`App::open`] (so a busy port stops start-up) and
     /// taken by [`App::run`].
     registration: std::sync::Mutex<Option<TcpListener>>,
@@ -210,6 +213,7 @@ impl App {
                 pool,
                 pool_link,
                 sim,
+                ui: crate::ui::Ui::new(),
                 registration: std::sync::Mutex::new(registration),
                 registration_addr,
                 metrics,

@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! Layers, dependencies pointing down; only [`app`] wires them together:
-//! - [`http`] (the JSON API) and the CLI in [`cli`] / [`client`], with the live canary
-//!   `mozpool check` in [`check`];
+//! - [`http`] (the JSON API), [`ui`] (the on-box web page over that API) and the CLI in
+//!   [`cli`] / [`client`], with the live canary `mozpool check` in [`check`];
 //! - [`pool`]: the request layer (who gets which device), pure logic;
 //! - [`lifeguard`]: the device health state machine, pure logic;
 //! - [`inventory`]: inventory operations shared by the API, config and registrations;
@@ -40,3 +40,4 @@ pub mod systemd;
 pub mod telemetry;
 pub mod timers;
 pub mod types;
+pub mod ui;

@@ -40,6 +40,8 @@ pub struct Ctx {
     pub base_url: String,
     /// The client's address (registrations log it).
     pub peer: SocketAddr,
+    /// The request's headers (conditional GETs of static files read `If-None-Match`).
+    pub headers: hyper::HeaderMap,
 }
 
 /// Answer one request.
@@ -63,8 +65,11 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
         .filter(|r| r.mutates())
         .and_then(Route::device)
         .map(ToString::to_string);
-    // Scrapes come every few seconds; logging each one durably would only wear the SD card.
-    let audited = !matches!(route, Ok(Route::Metrics));
+    // Not audited: scrapes (every few seconds; logging each durably would only wear the SD
+    // card), and pages, static files and the pages' live feed (an open page long-polls it);
+    // the API calls the pages make are audited.
+    let audited = !matches!(route, Ok(Route::Metrics)) && !route.as_ref().is_ok_and(Route::is_ui);
+    let mutates = route.as_ref().is_ok_and(Route::mutates);
     let response = match (route, caller) {
         (Err(e), _) => route_error(&e, &path, query_text.as_deref()),
         (Ok(_), Err(e)) => error_response(&e.into()),
@@ -91,6 +96,10 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let status = response.status();
     let elapsed = started.elapsed();
     app.metrics.record_api(status.as_u16(), elapsed);
+    if mutates && status.is_success() {
+        // Inventory edits, comments and the like change what live pages show.
+        app.lifeguard.touch();
+    }
     if !audited {
         tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
         return response;
@@ -123,6 +132,7 @@ async fn run(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let base_url = base_url(app, &req);
+    let headers = req.headers().clone();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -148,6 +158,7 @@ async fn run(
         caller,
         base_url,
         peer,
+        headers,
     };
     api::dispatch(&ctx, route).await
 }

@@ -120,6 +120,27 @@ pub enum Route {
     /// `GET /api/backup/`: a consistent snapshot of the store as a redb file (admin: it is
     /// the whole database).
     Backup,
+    /// `GET /api/pool/overview/[?since=V&wait=N]`: every device with its holder and last log
+    /// line, counts per state, and a change version for long polls (the pool page's feed).
+    PoolOverview,
+    /// `GET /`: 303 to the web page.
+    UiHome,
+    /// `GET /ui/`: the pool page.
+    UiPool,
+    /// `GET /ui/device/{id}/`: one device's page.
+    UiDevice(DeviceName),
+    /// `GET /ui/requests/`: the requests page.
+    UiRequests,
+    /// `GET /ui/relays/`: the relay boards page.
+    UiRelays,
+    /// `GET /static/{hash}/{file}`: an embedded asset (hash = content hash prefix, or
+    /// anything for an unversioned fetch).
+    Static {
+        /// The hash segment of the URL.
+        hash: String,
+        /// The file name under `assets/static/`.
+        file: String,
+    },
 }
 
 /// What a raw relay call does.
@@ -162,6 +183,38 @@ const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
 const GET_POST: &[Method] = &[Method::GET, Method::HEAD, Method::POST];
 const PUT: &[Method] = &[Method::PUT];
 
+fn only_get(method: &Method, route: Route) -> Result<Route, RouteError> {
+    if GET.contains(method) {
+        Ok(route)
+    } else {
+        Err(RouteError::MethodNotAllowed(GET))
+    }
+}
+
+/// `{hash}/{file}`: a hex hash and one plain file name (no `..`, no hidden files, no
+/// further slashes), so nothing outside the embedded folder can be named.
+fn parse_static(method: &Method, rest: &str) -> Result<Route, RouteError> {
+    let Some((hash, file)) = rest.split_once('/') else {
+        return Err(RouteError::NotFound);
+    };
+    let plain = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    if !plain(hash, b"") || !plain(file, b"._-") || file.starts_with('.') || file.contains("..") {
+        return Err(RouteError::NotFound);
+    }
+    only_get(
+        method,
+        Route::Static {
+            hash: hash.to_owned(),
+            file: file.to_owned(),
+        },
+    )
+}
+
 fn request_id(s: &str) -> Result<u64, RouteError> {
     s.parse()
         .map_err(|_| RouteError::BadId(s.chars().take(40).collect()))
@@ -178,6 +231,13 @@ impl Route {
     /// # Errors
     /// [`RouteError`] for everything that is not a known route.
     pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
+        // The two routes without a trailing slash: the root and the static files.
+        if path == "/" {
+            return only_get(method, Route::UiHome);
+        }
+        if let Some(rest) = path.strip_prefix("/static/") {
+            return parse_static(method, rest);
+        }
         let Some(rest) = path.strip_prefix('/') else {
             return Err(RouteError::NotFound);
         };
@@ -252,6 +312,11 @@ impl Route {
                 Route::RequestEvent(request_id(id)?, event_name(ev)?),
             ),
             ["api", "relay", "list"] => (GET, Route::RelayList),
+            ["api", "pool", "overview"] => (GET, Route::PoolOverview),
+            ["ui"] => (GET, Route::UiPool),
+            ["ui", "device", id] => (GET, Route::UiDevice(id.parse()?)),
+            ["ui", "requests"] => (GET, Route::UiRequests),
+            ["ui", "relays"] => (GET, Route::UiRelays),
             ["api", "relay", board, "test"] => (GET, Route::RelayTest(board.parse()?)),
             ["api", "relay", board, channel, op] => {
                 let op = match *op {
@@ -311,34 +376,51 @@ impl Route {
         Ok(route)
     }
 
+    /// Is this a web page, a static file or the pages' live feed? Those are not recorded in
+    /// the durable audit log (a page left open would fill it with long polls).
+    #[must_use]
+    pub fn is_ui(&self) -> bool {
+        matches!(
+            self,
+            Route::UiHome
+                | Route::UiPool
+                | Route::UiDevice(_)
+                | Route::UiRequests
+                | Route::UiRelays
+                | Route::Static { .. }
+                | Route::PoolOverview
+        )
+    }
+
     /// Does this route change anything (so it needs a write role and goes in the audit log)?
     #[must_use]
     pub fn mutates(&self) -> bool {
-        !matches!(
-            self,
-            Route::Version
-                | Route::Health
-                | Route::DeviceList
-                | Route::DeviceDetails(_)
-                | Route::DeviceLog(_)
-                | Route::DeviceStatus(_)
-                | Route::DeviceState(_)
-                | Route::ImageList
-                | Route::ImageDetails(_)
-                | Route::EnvironmentList
-                | Route::HardwareTypeList
-                | Route::LogQuery
-                | Route::DevicePing(_)
-                | Route::DeviceBootconfig(_)
-                | Route::RequestList
-                | Route::RequestDetails(_)
-                | Route::RequestStatus(_)
-                | Route::RequestLog(_)
-                | Route::RelayList
-                | Route::RelayTest(_)
-                | Route::RelayChannel(_, _, RelayOp::Status)
-                | Route::Metrics
-        )
+        !self.is_ui()
+            && !matches!(
+                self,
+                Route::Version
+                    | Route::Health
+                    | Route::DeviceList
+                    | Route::DeviceDetails(_)
+                    | Route::DeviceLog(_)
+                    | Route::DeviceStatus(_)
+                    | Route::DeviceState(_)
+                    | Route::ImageList
+                    | Route::ImageDetails(_)
+                    | Route::EnvironmentList
+                    | Route::HardwareTypeList
+                    | Route::LogQuery
+                    | Route::DevicePing(_)
+                    | Route::DeviceBootconfig(_)
+                    | Route::RequestList
+                    | Route::RequestDetails(_)
+                    | Route::RequestStatus(_)
+                    | Route::RequestLog(_)
+                    | Route::RelayList
+                    | Route::RelayTest(_)
+                    | Route::RelayChannel(_, _, RelayOp::Status)
+                    | Route::Metrics
+            )
     }
 
     /// The role a caller needs for this call. One exhaustive `match`: a new route does not
@@ -355,6 +437,16 @@ impl Route {
     pub fn required_role(&self) -> Role {
         match self {
             Route::Version | Route::Health => Role::None,
+            // Pages check the caller themselves: signed out they offer the sign-in form (and
+            // render read-only where anonymous callers may read); static files are public.
+            Route::UiHome
+            | Route::UiPool
+            | Route::UiDevice(_)
+            | Route::UiRequests
+            | Route::UiRelays
+            | Route::Static { .. } => Role::None,
+            // The pages' live feed: the same data as the device and request lists.
+            Route::PoolOverview => Role::Read,
             // Prometheus can send a bearer token (`authorization` in the scrape config); with
             // the packaged `anonymous = "read"` it needs none.
             Route::Metrics => Role::Read,
@@ -501,6 +593,56 @@ mod tests {
         );
         assert!(Route::DeviceRegister.mutates() && Route::InventorySync.mutates());
         assert_eq!(Route::DeviceRegister.device(), None);
+    }
+
+    #[test]
+    fn ui_routes() {
+        assert_eq!(Route::parse(&Method::GET, "/"), Ok(Route::UiHome));
+        assert_eq!(Route::parse(&Method::GET, "/ui/"), Ok(Route::UiPool));
+        assert_eq!(Route::parse(&Method::GET, "/ui"), Err(RouteError::AddSlash));
+        assert_eq!(
+            Route::parse(&Method::GET, "/ui/device/p1/"),
+            Ok(Route::UiDevice(dev("p1")))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/ui/requests/"),
+            Ok(Route::UiRequests)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/ui/relays/"),
+            Ok(Route::UiRelays)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/pool/overview/"),
+            Ok(Route::PoolOverview)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/static/0a1b/app.css"),
+            Ok(Route::Static {
+                hash: "0a1b".into(),
+                file: "app.css".into()
+            })
+        );
+        for bad in [
+            "/static/app.css",
+            "/static/x/../secret",
+            "/static/x/.hidden",
+            "/static/x/a/b.css",
+            "/static//app.css",
+            "/static/x%2f/app.css",
+        ] {
+            assert_eq!(
+                Route::parse(&Method::GET, bad),
+                Err(RouteError::NotFound),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Route::parse(&Method::POST, "/ui/"),
+            Err(RouteError::MethodNotAllowed(_))
+        ));
+        assert!(!Route::UiPool.mutates() && Route::UiPool.is_ui());
+        assert!(!Route::PoolOverview.mutates());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -86,6 +86,9 @@ struct Inner {
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
     health: Semaphore,
     wake: Notify,
+    /// Bumped after every committed transition, so live pages and long polls learn that
+    /// some device changed without polling the store.
+    changes: watch::Sender<u64>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -125,6 +128,7 @@ impl Lifeguard {
                 inflight: Mutex::new(HashMap::new()),
                 health,
                 wake: Notify::new(),
+                changes: watch::channel(0).0,
                 shutdown,
                 tasks,
             }),
@@ -247,8 +251,22 @@ impl Lifeguard {
         .await
     }
 
+    /// A receiver that changes after every committed device transition (live pages, long
+    /// polls).
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Tell subscribers that some device changed outside the state machine (comments,
+    /// environment, inventory fields), so live pages refresh.
+    pub fn touch(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Run the actions of a committed transition.
     pub fn execute(&self, applied: Applied) {
+        self.touch();
         for action in applied.actions {
             match action {
                 Action::NotifyRequest { request, result } => {

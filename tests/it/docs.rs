@@ -23,7 +23,7 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 49;
+const ROUTE_VARIANTS: usize = 56;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
@@ -83,6 +83,13 @@ fn pattern(r: &Route) -> (usize, &'static str) {
         Route::SimFaults(_) => (46, "PUT /api/sim/device/{id}/faults/"),
         Route::Metrics => (47, "GET /metrics"),
         Route::Backup => (48, "GET /api/backup/"),
+        Route::PoolOverview => (49, "GET /api/pool/overview/"),
+        Route::UiHome => (50, "GET /"),
+        Route::UiPool => (51, "GET /ui/"),
+        Route::UiDevice(_) => (52, "GET /ui/device/{id}/"),
+        Route::UiRequests => (53, "GET /ui/requests/"),
+        Route::UiRelays => (54, "GET /ui/relays/"),
+        Route::Static { .. } => (55, "GET /static/{hash}/{file}"),
     }
 }
 
@@ -140,6 +147,13 @@ const SAMPLES: &[(&str, &str)] = &[
     ("PUT", "/api/sim/device/sim-0001/faults/"),
     ("GET", "/metrics"),
     ("GET", "/api/backup/"),
+    ("GET", "/api/pool/overview/"),
+    ("GET", "/"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/device/panda-1/"),
+    ("GET", "/ui/requests/"),
+    ("GET", "/ui/relays/"),
+    ("GET", "/static/0123abcd/app.css"),
 ];
 
 #[test]

@@ -22,3 +22,4 @@ mod lifeguard;
 mod registration;
 mod requests;
 mod storage;
+mod ui;

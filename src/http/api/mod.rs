@@ -71,6 +71,13 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::LogQuery => logs::query(ctx).await,
         Route::Metrics => system::metrics(ctx).await,
         Route::Backup => system::backup(ctx).await,
+        Route::PoolOverview => crate::ui::pages::overview(ctx).await,
+        page @ (Route::UiHome
+        | Route::UiPool
+        | Route::UiDevice(_)
+        | Route::UiRequests
+        | Route::UiRelays
+        | Route::Static { .. }) => Ok(crate::ui::pages::page(ctx, page).await),
     }
 }
 

@@ -215,6 +215,8 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
                 .map_or(String::new(), |a| a.device.to_string());
             let mut v = request_json(r, &ctx.base_url);
             v["device_state"] = json!(states.get(assigned.as_str()).copied().unwrap_or(""));
+            v["open"] = json!(r.snap.state.is_open());
+            v["waiting"] = json!(r.snap.state.is_waiting());
             v
         })
         .collect();

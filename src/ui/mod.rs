@@ -1,0 +1,292 @@
+//! The on-box web page for lab techs: server-rendered HTML (minijinja templates embedded
+//! with rust-embed), a little plain JavaScript and CSS, all served by this binary with
+//! nothing fetched from elsewhere.
+//!
+//! - [`assets`]: static files under hashed, immutable URLs;
+//! - [`view`]: the `Serialize` view models templates (and the pool page's live feed) see,
+//!   built from domain types, never from storage records;
+//! - [`pages`]: the HTML handlers.
+//!
+//! The pages only *show*; every action a page offers is a `fetch()` of the JSON API that
+//! machines use, so nothing the page can do is missing from the API. This module must not
+//! change state itself.
+
+pub mod assets;
+pub mod pages;
+pub mod view;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+use rust_embed::Embed;
+
+/// The templates, `assets/templates/`. Debug builds read them from disk on every lookup
+/// (edits show up on reload); release builds carry them inside the binary.
+#[derive(Embed)]
+#[folder = "assets/templates/"]
+struct Templates;
+
+/// The template environment, built once at start-up and kept in the `App`.
+pub struct Ui {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Ui {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ui").finish_non_exhaustive()
+    }
+}
+
+impl Default for Ui {
+    fn default() -> Self {
+        Ui::new()
+    }
+}
+
+impl Ui {
+    /// The environment: embedded templates, strict undefined variables (a typo is an error,
+    /// not an empty cell), HTML autoescape (by the `.html` name), and `static_url()`.
+    #[must_use]
+    pub fn new() -> Ui {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_loader(|name| {
+            let Some(file) = Templates::get(name) else {
+                return Ok(None);
+            };
+            let hash = file.metadata.sha256_hash();
+            let text = String::from_utf8_lossy(&file.data).into_owned();
+            let owned = name.to_owned();
+            Ok(Some(
+                minijinja::TemplateSource::new(text).with_uptodate_check(move || {
+                    Templates::get(&owned).is_some_and(|f| f.metadata.sha256_hash() == hash)
+                }),
+            ))
+        });
+        env.set_auto_reload(cfg!(debug_assertions));
+        env.add_function("static_url", assets::static_url);
+        Ui { env }
+    }
+
+    /// Render one template.
+    ///
+    /// # Errors
+    /// An unknown template, a syntax error or an undefined variable.
+    pub fn render(&self, name: &str, ctx: Value) -> Result<String, minijinja::Error> {
+        self.env.get_template(name)?.render(ctx)
+    }
+
+    /// Names of every embedded template (for tests that render them all).
+    #[must_use]
+    pub fn template_names() -> Vec<String> {
+        Templates::iter().map(|n| n.into_owned()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Templates are only checked when rendered, so every template is rendered here with a
+    //! fixture context, and data from devices and clients must come out escaped.
+
+    use std::collections::BTreeMap;
+
+    use minijinja::context;
+    use minijinja::value::Serde;
+
+    use super::view::{self, LogLineView};
+    use super::*;
+    use crate::clock::Millis;
+    use crate::model::{Device, DeviceFacts, DeviceWiring, LifeguardData, LogEntry, Registration};
+    use crate::pool::{Assignment, DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
+    use crate::storage::requests::StoredRequest;
+
+    const EVIL: &str = "<script>alert('x')</script>";
+
+    fn device(name: &str, state: &str, comments: &str) -> Device {
+        Device {
+            id: 1,
+            name: name.to_owned(),
+            server: "rack1".to_owned(),
+            facts: DeviceFacts {
+                hardware_type: Some("panda".into()),
+                processor: Some("armv7".into()),
+                pool: Some("mobile".into()),
+                os_version: Some("4.0.4".into()),
+                environment: Some("prod".into()),
+            },
+            wiring: DeviceWiring {
+                relay: Some("relay-1:bank1:relay1".into()),
+                sut_addr: Some("10.0.0.5:20701".into()),
+                fastboot_serial: Some("0123".into()),
+            },
+            comments: Some(comments.to_owned()),
+            retired: false,
+            origin: "config".into(),
+            created: Millis(1_700_000_000_000),
+            updated: Millis(1_700_000_100_000),
+            state: state.to_owned(),
+            lifeguard: LifeguardData {
+                counters: BTreeMap::from([("power_cycle".to_owned(), 1)]),
+                ..LifeguardData::default()
+            },
+            request: None,
+            registration: Some(Registration {
+                at: Millis(1_700_000_000_000),
+                agent_name: "00:11:22:33:44:55".into(),
+                ip: Some("10.0.0.5".into()),
+                fields: BTreeMap::from([("OS".to_owned(), EVIL.to_owned())]),
+            }),
+        }
+    }
+
+    fn request(id: u64, device: &str, assignee: &str, state: RequestState) -> StoredRequest {
+        let spec = RequestSpec::new(
+            DeviceChoice::Any,
+            assignee,
+            "android".parse().expect("image name"),
+            Millis(1_700_000_000_000),
+        );
+        let mut snap = RequestSnapshot::new(id, spec, Millis(1_700_003_600_000));
+        snap.state = state;
+        snap.assigned = Some(Assignment {
+            device: device.parse().expect("device name"),
+            needs_image: true,
+        });
+        StoredRequest {
+            snap,
+            server: "rack1".into(),
+            owner_token: None,
+            explanation: None,
+        }
+    }
+
+    fn layout(page: &str) -> minijinja::Value {
+        context! {
+            page => page,
+            title => format!("{page} {EVIL}"),
+            server => "rack1",
+            version => "0.1.0",
+            auth_banner => "Open access",
+            sign_in_url => "",
+            signed_in_as => EVIL,
+        }
+    }
+
+    /// One context with every variable any template uses.
+    fn fixture() -> minijinja::Value {
+        let held = device("panda-1", "ready", EVIL);
+        let failed = device("panda-2", "failed_flashing", "fine");
+        let busy = device("panda-3", "flashing", "");
+        let r = request(7, "panda-1", EVIL, RequestState::Ready);
+        let log = LogEntry {
+            seq: 42,
+            ts: Millis(1_700_000_000_000),
+            subjects: vec!["device:panda-1".into()],
+            source: "statemachine".into(),
+            actor: Some(EVIL.into()),
+            message: format!("ready -> flashing: {EVIL}"),
+        };
+        let rows = vec![
+            view::device_view(&held, Some(&r), Some(log.clone())).row,
+            view::device_view(&failed, None, None).row,
+            view::device_view(&busy, None, None).row,
+        ];
+        let pool = view::PoolView {
+            version: 3,
+            total: rows.len(),
+            counts: vec![view::StateCountView {
+                state: "ready".into(),
+                look: view::look("ready", true),
+                count: 1,
+            }],
+            devices: rows,
+        };
+        let devices = vec![held.clone(), failed, busy];
+        let board = crate::hw::BoardStatus {
+            name: "relay-1".parse().expect("board name"),
+            kind: "proxr",
+            healthy: Some(false),
+            last_ok: Some(Millis(1_700_000_000_000)),
+            last_error: Some(EVIL.into()),
+            ops_ok: 3,
+            ops_failed: 1,
+            queued: 0,
+        };
+        context! {
+            layout => layout("device"),
+            pool => minijinja::Value::from(Serde(&pool)),
+            device => minijinja::Value::from(Serde(view::device_view(&held, Some(&r), Some(log.clone())))),
+            log => minijinja::Value::from(Serde(vec![LogLineView::from(&log)])),
+            next_before => Some(42),
+            log_page => 50,
+            requests => minijinja::Value::from(Serde(view::request_rows(&[r], &devices))),
+            include_closed => true,
+            boards => minijinja::Value::from(Serde(view::boards(vec![board], &devices))),
+            status => 404,
+            message => EVIL,
+        }
+    }
+
+    #[test]
+    fn every_template_renders_and_escapes() {
+        let ui = Ui::new();
+        let names = Ui::template_names();
+        for expected in [
+            "base.html",
+            "pool.html",
+            "device.html",
+            "requests.html",
+            "relays.html",
+            "error.html",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{expected} missing");
+        }
+        let ctx = fixture();
+        for name in &names {
+            let html = ui
+                .render(name, ctx.clone())
+                .unwrap_or_else(|e| panic!("{name} does not render: {e:#}"));
+            assert!(
+                !html.contains("<script>alert"),
+                "{name} let a script through"
+            );
+            assert!(html.contains("/static/"), "{name} links no assets");
+        }
+        let device = ui.render("device.html", ctx.clone()).expect("device page");
+        assert!(
+            device.contains("&lt;script&gt;alert("),
+            "comments shown escaped"
+        );
+        assert!(device.contains("failed") || device.contains("panda-1"));
+        let pool = ui.render("pool.html", ctx.clone()).expect("pool page");
+        assert!(
+            pool.contains(r#"class="state failed""#),
+            "failure states stand out"
+        );
+        assert!(pool.contains("failed_flashing"), "state text always shown");
+        assert!(pool.contains("FAILED") || pool.contains("working"));
+        let requests = ui.render("requests.html", ctx).expect("requests page");
+        assert!(requests.contains(r#"id="request-7""#));
+    }
+
+    #[test]
+    fn strict_undefined_catches_typos() {
+        let ui = Ui::new();
+        let err = ui
+            .render("error.html", context! { layout => layout("error") })
+            .expect_err("missing variables are errors");
+        assert!(err.to_string().contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn looks_never_rely_on_colour_alone() {
+        for s in crate::lifeguard::DeviceState::ALL {
+            let l = view::look(s.name(), false);
+            assert!(!l.label.is_empty());
+            if s.is_failed() {
+                assert_eq!(l.class, "failed", "{}", s.name());
+            }
+        }
+        assert_eq!(view::look("ready", true).class, "held");
+        assert_eq!(view::look("no_such_state", false).class, "out");
+        assert_eq!(view::when(Millis(1_700_000_000_123)), "2023-11-14 22:13:20");
+    }
+}

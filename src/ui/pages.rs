@@ -1,0 +1,238 @@
+//! The HTML handlers: `/` (303 to `/ui/`), the pool page, a device's page, the requests page
+//! and the relay boards page, plus the static files and the pool page's JSON feed.
+//!
+//! Handlers read a snapshot, build view models ([`super::view`]) and render a template.
+//! They never change state: every button on a page is a `fetch()` of the JSON API.
+
+use hyper::header::{CACHE_CONTROL, HeaderValue, LOCATION};
+use hyper::{Response, StatusCode};
+use minijinja::context;
+use minijinja::value::{Serde, Value};
+use serde::Serialize;
+
+use super::view::{self, LogLineView};
+use crate::http::body::{Body, bytes_response, error_response, ok};
+use crate::http::dispatch::Ctx;
+use crate::http::error::ApiError;
+use crate::http::route::Route;
+use crate::model::device_subject;
+use crate::storage::logs::{LogQuery, query};
+use crate::storage::requests as reqs;
+use crate::storage::{inventory as inv, tables};
+use crate::types::DeviceName;
+
+/// Log lines on the device page's first screen (and per "older" page).
+pub const LOG_PAGE: usize = 50;
+/// Longest wait of a feed long poll, in seconds.
+pub const MAX_FEED_WAIT: u64 = 60;
+
+/// What every page's layout needs.
+#[derive(Debug, Serialize)]
+struct Layout {
+    /// Which nav entry is current (`pool`, `device`, `requests`, `relays`, `error`).
+    page: &'static str,
+    /// `<title>` and heading.
+    title: String,
+    /// This controller's name.
+    server: String,
+    /// mozpool's version.
+    version: &'static str,
+    /// A warning shown on every page (empty = none): the sign-in work fills it when the
+    /// service runs without authentication.
+    auth_banner: String,
+    /// Where to sign in (empty = no link).
+    sign_in_url: String,
+    /// Who is signed in (empty = nobody).
+    signed_in_as: String,
+}
+
+/// The banner about access control. Today mozpool has no sign-in, so every page warns that
+/// anyone who reaches it can act on devices; the authentication work replaces this.
+fn auth_banner(_ctx: &Ctx) -> String {
+    "Open access: no sign-in is configured, so anyone who can reach this page can power, \
+     flash and hand out devices."
+        .to_owned()
+}
+
+fn layout(ctx: &Ctx, page: &'static str, title: impl Into<String>) -> Value {
+    Value::from(Serde(Layout {
+        page,
+        title: title.into(),
+        server: ctx.app.server_name().to_owned(),
+        version: env!("CARGO_PKG_VERSION"),
+        auth_banner: auth_banner(ctx),
+        sign_in_url: String::new(),
+        signed_in_as: String::new(),
+    }))
+}
+
+fn html(
+    ctx: &Ctx,
+    status: StatusCode,
+    template: &str,
+    c: Value,
+) -> Result<Response<Body>, ApiError> {
+    let text = ctx
+        .app
+        .ui
+        .render(template, c)
+        .map_err(|e| ApiError::internal(format!("cannot render {template}: {e:#}")))?;
+    let mut r = bytes_response(status, "text/html; charset=utf-8", text.into());
+    let h = r.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    Ok(r)
+}
+
+/// Answer a page, static file or redirect route; errors become an HTML error page.
+pub async fn page(ctx: &Ctx, route: Route) -> Response<Body> {
+    let result = match route {
+        Route::UiHome => {
+            let mut r = Response::new(Body::new(bytes::Bytes::new()));
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            r.headers_mut()
+                .insert(LOCATION, HeaderValue::from_static("/ui/"));
+            return r;
+        }
+        Route::Static { hash, file } => return super::assets::serve(&hash, &file, &ctx.headers),
+        Route::UiPool => pool(ctx).await,
+        Route::UiDevice(name) => device(ctx, name).await,
+        Route::UiRequests => requests(ctx).await,
+        Route::UiRelays => relays(ctx).await,
+        other => Err(ApiError::not_found(format!("{other:?} is not a page"))),
+    };
+    result.unwrap_or_else(|e| {
+        let c = context! {
+            layout => layout(ctx, "error", format!("Error {}", e.status.as_u16())),
+            status => e.status.as_u16(),
+            message => e.message.clone(),
+        };
+        html(ctx, e.status, "error.html", c).unwrap_or_else(|_| error_response(&e))
+    })
+}
+
+/// The change version: bumps whenever a device or a request changes.
+fn version(d: &tokio::sync::watch::Receiver<u64>, p: &tokio::sync::watch::Receiver<u64>) -> u64 {
+    d.borrow().wrapping_add(*p.borrow())
+}
+
+async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
+    let v = version(&ctx.app.lifeguard.subscribe(), &ctx.app.pool.subscribe());
+    Ok(ctx.app.store.read(move |tx| view::pool_view(tx, v)).await?)
+}
+
+/// `GET /api/pool/overview/[?since=V&wait=N]`: the [`view::PoolView`] as JSON. With `since`
+/// equal to the current version and `wait`, the call returns when something changes (or
+/// after `wait` seconds, at most 60), so a page can follow the rack with one open request.
+///
+/// # Errors
+/// 400 for bad numbers; storage failure.
+pub async fn overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let since = ctx.query.number("since")?;
+    let wait = ctx.query.number("wait")?.unwrap_or(0).min(MAX_FEED_WAIT);
+    let mut devices = ctx.app.lifeguard.subscribe();
+    let mut requests = ctx.app.pool.subscribe();
+    if wait > 0 && since == Some(version(&devices, &requests)) {
+        devices.borrow_and_update();
+        requests.borrow_and_update();
+        tokio::select! {
+            _ = devices.changed() => {}
+            _ = requests.changed() => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+            () = ctx.app.shutdown.cancelled() => {}
+        }
+    }
+    Ok(ok(&pool_view(ctx).await?))
+}
+
+async fn pool(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let v = pool_view(ctx).await?;
+    let c = context! {
+        layout => layout(ctx, "pool", "Devices"),
+        pool => Value::from(Serde(&v)),
+    };
+    html(ctx, StatusCode::OK, "pool.html", c)
+}
+
+async fn device(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
+    let n = name.to_string();
+    let (dv, log) = ctx
+        .app
+        .store
+        .read(move |tx| {
+            let dv = view::load_device_view(tx, &n)?;
+            let q = LogQuery {
+                subject: Some(device_subject(&n)),
+                limit: LOG_PAGE,
+                ..LogQuery::default()
+            };
+            let log: Vec<LogLineView> = query(tx, &q)?.iter().map(LogLineView::from).collect();
+            Ok((dv, log))
+        })
+        .await?;
+    let Some(dv) = dv else {
+        return Err(ApiError::not_found(format!("no device named {name}")));
+    };
+    let next_before = if log.len() == LOG_PAGE {
+        log.last().map(|l| l.id)
+    } else {
+        None
+    };
+    let c = context! {
+        layout => layout(ctx, "device", name.to_string()),
+        device => Value::from(Serde(&dv)),
+        log => Value::from(Serde(&log)),
+        next_before => next_before,
+        log_page => LOG_PAGE,
+    };
+    html(ctx, StatusCode::OK, "device.html", c)
+}
+
+async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let include_closed = ctx.query.flag("closed");
+    let rows = ctx
+        .app
+        .store
+        .read(move |tx| {
+            let requests = reqs::list(tx, !include_closed)?;
+            let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+            Ok(view::request_rows(&requests, &devices))
+        })
+        .await?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| include_closed || r.open)
+        .collect();
+    let c = context! {
+        layout => layout(ctx, "requests", "Requests"),
+        requests => Value::from(Serde(&rows)),
+        include_closed => include_closed,
+    };
+    html(ctx, StatusCode::OK, "requests.html", c)
+}
+
+async fn relays(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let devices = ctx
+        .app
+        .store
+        .read(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
+        .await?;
+    let status = ctx.app.lifeguard.hardware().boards.status();
+    let boards = view::boards(status, &devices);
+    let c = context! {
+        layout => layout(ctx, "relays", "Relay boards"),
+        boards => Value::from(Serde(&boards)),
+    };
+    html(ctx, StatusCode::OK, "relays.html", c)
+}

@@ -1,0 +1,480 @@
+//! View models: small `Serialize` structs the templates see, built from domain types
+//! (`Device`, `StoredRequest`, `LogEntry`, `BoardStatus`). The pool page's live feed
+//! (`GET /api/pool/overview/`) sends the same [`PoolView`], so the server-rendered table and
+//! the script that refreshes it read the same field names.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::hw::relay::BoardStatus;
+use crate::lifeguard::{DeviceState, StateClass};
+use crate::model::{Device, LogEntry, device_subject};
+use crate::storage::logs::{LogQuery, query};
+use crate::storage::requests::{self as reqs, StoredRequest};
+use crate::storage::{StoreError, inventory as inv, tables};
+
+/// A time for people: `2026-11-25 09:44:28` (UTC, whole seconds).
+#[must_use]
+pub fn when(m: crate::clock::Millis) -> String {
+    let iso = m.iso();
+    iso.get(..19).unwrap_or(&iso).replace('T', " ")
+}
+
+/// How a state is shown: a CSS class and a word, so colour is never the only cue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Look {
+    /// CSS class: `idle`, `held`, `busy`, `failed`, `out`.
+    pub class: &'static str,
+    /// Plain words for the class: `free`, `in use`, `working`, `FAILED`, `out of service`.
+    pub label: &'static str,
+}
+
+/// The look of a device state (an unknown stored name counts as out of service).
+#[must_use]
+pub fn look(state: &str, held: bool) -> Look {
+    let class = state
+        .parse::<DeviceState>()
+        .map_or(StateClass::OutOfService, DeviceState::class);
+    match class {
+        StateClass::Idle if held => Look {
+            class: "held",
+            label: "in use",
+        },
+        StateClass::Idle => Look {
+            class: "idle",
+            label: "free",
+        },
+        StateClass::InProgress => Look {
+            class: "busy",
+            label: "working",
+        },
+        StateClass::Failed => Look {
+            class: "failed",
+            label: "FAILED",
+        },
+        StateClass::OutOfService => Look {
+            class: "out",
+            label: "out of service",
+        },
+    }
+}
+
+/// One row of the pool page.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRowView {
+    /// Device name.
+    pub name: String,
+    /// Lifeguard state name, always shown as text.
+    pub state: String,
+    /// How the state is shown.
+    pub look: Look,
+    /// Hardware type, `""` when unknown.
+    pub hardware_type: String,
+    /// Pool, `""` when none.
+    pub pool: String,
+    /// Environment, `""` when none.
+    pub environment: String,
+    /// The request holding it.
+    pub request: Option<u64>,
+    /// Who holds it (the request's assignee), `""` when free.
+    pub assignee: String,
+    /// Until when (the request's expiry, UTC), `""` when free.
+    pub until: String,
+    /// Newest log line that is not an API call record.
+    pub last_log: String,
+    /// Its time (UTC).
+    pub last_log_time: String,
+    /// Why a tech must look at it, if anything (no relay wiring).
+    pub needs_tech: Option<&'static str>,
+}
+
+/// Devices per state and look (a held `ready` device counts apart from a free one), for
+/// the counts bar.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateCountView {
+    /// State name.
+    pub state: String,
+    /// How it is shown.
+    pub look: Look,
+    /// How many devices are in it.
+    pub count: usize,
+}
+
+/// The pool page and its live feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    /// Change version: pass it back as `since` to wait for the next change.
+    pub version: u64,
+    /// Every device not retired, by name.
+    pub devices: Vec<DeviceRowView>,
+    /// Devices per state: failures first, then by name.
+    pub counts: Vec<StateCountView>,
+    /// Number of devices.
+    pub total: usize,
+}
+
+/// Log lines scanned per device for its newest non-API line.
+const LAST_LOG_SCAN: usize = 25;
+
+fn last_log(tx: &redb::ReadTransaction, device: &str) -> Result<Option<LogEntry>, StoreError> {
+    let q = LogQuery {
+        subject: Some(device_subject(device)),
+        limit: LAST_LOG_SCAN,
+        ..LogQuery::default()
+    };
+    Ok(query(tx, &q)?.into_iter().find(|e| e.source != "api"))
+}
+
+fn holders(requests: &[StoredRequest]) -> HashMap<String, &StoredRequest> {
+    requests
+        .iter()
+        .filter(|r| r.snap.state.holds_device())
+        .filter_map(|r| Some((r.snap.assigned.as_ref()?.device.to_string(), r)))
+        .collect()
+}
+
+fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> DeviceRowView {
+    let request = d.request.or(holder.map(|r| r.snap.id));
+    DeviceRowView {
+        name: d.name.clone(),
+        state: d.state.clone(),
+        look: look(&d.state, request.is_some()),
+        hardware_type: d.facts.hardware_type.clone().unwrap_or_default(),
+        pool: d.facts.pool.clone().unwrap_or_default(),
+        environment: d.facts.environment.clone().unwrap_or_default(),
+        request,
+        assignee: holder
+            .map(|r| r.snap.spec.assignee.clone())
+            .unwrap_or_default(),
+        until: holder.map(|r| when(r.snap.expires)).unwrap_or_default(),
+        last_log_time: log.as_ref().map(|e| when(e.ts)).unwrap_or_default(),
+        last_log: log.map(|e| e.message).unwrap_or_default(),
+        needs_tech: d.needs_tech(),
+    }
+}
+
+/// Build the pool view in one read snapshot.
+///
+/// # Errors
+/// Storage failure.
+pub fn pool_view(tx: &redb::ReadTransaction, version: u64) -> Result<PoolView, StoreError> {
+    let devices: Vec<Device> = inv::devices(&tx.open_table(tables::DEVICES)?)?
+        .into_iter()
+        .filter(|d| !d.retired)
+        .collect();
+    let requests = reqs::list(tx, true)?;
+    let held = holders(&requests);
+    let mut rows = Vec::with_capacity(devices.len());
+    for d in &devices {
+        let log = last_log(tx, &d.name)?;
+        rows.push(row(d, held.get(&d.name).copied(), log));
+    }
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut per_state: BTreeMap<(String, &'static str), (Look, usize)> = BTreeMap::new();
+    for r in &rows {
+        per_state
+            .entry((r.state.clone(), r.look.class))
+            .or_insert((r.look, 0))
+            .1 += 1;
+    }
+    let order = |l: &Look| match l.class {
+        "failed" => 0,
+        "out" => 1,
+        "busy" => 2,
+        "held" => 3,
+        _ => 4,
+    };
+    let mut counts: Vec<StateCountView> = per_state
+        .into_iter()
+        .map(|((state, _), (look, count))| StateCountView { state, look, count })
+        .collect();
+    counts.sort_by(|a, b| {
+        order(&a.look)
+            .cmp(&order(&b.look))
+            .then(a.state.cmp(&b.state))
+    });
+    Ok(PoolView {
+        version,
+        total: rows.len(),
+        devices: rows,
+        counts,
+    })
+}
+
+/// One log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLineView {
+    /// Sequence number (paging: `before`).
+    pub id: u64,
+    /// Time (UTC).
+    pub timestamp: String,
+    /// Which part wrote it.
+    pub source: String,
+    /// Who caused it.
+    pub actor: String,
+    /// The text.
+    pub message: String,
+}
+
+impl From<&LogEntry> for LogLineView {
+    fn from(e: &LogEntry) -> Self {
+        LogLineView {
+            id: e.seq,
+            timestamp: when(e.ts),
+            source: e.source.clone(),
+            actor: e.actor.clone().unwrap_or_default(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// A key and a value, for detail tables.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldView {
+    /// Label.
+    pub key: String,
+    /// Value (`""` shown as a dash).
+    pub value: String,
+}
+
+fn field(key: &str, value: impl Into<String>) -> FieldView {
+    FieldView {
+        key: key.to_owned(),
+        value: value.into(),
+    }
+}
+
+/// The device page.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    /// The pool-page row (state, holder, ...).
+    pub row: DeviceRowView,
+    /// Operator notes.
+    pub comments: String,
+    /// Inventory and state details, in display order.
+    pub fields: Vec<FieldView>,
+    /// Retry counters of the current phase.
+    pub counters: Vec<FieldView>,
+    /// What it said when it last registered.
+    pub registration: Vec<FieldView>,
+}
+
+/// Build the device page's view.
+#[must_use]
+pub fn device_view(
+    d: &Device,
+    holder: Option<&StoredRequest>,
+    log: Option<LogEntry>,
+) -> DeviceView {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let lg = &d.lifeguard;
+    let fields = vec![
+        field("Hardware type", opt(&d.facts.hardware_type)),
+        field("Processor", opt(&d.facts.processor)),
+        field("Pool", opt(&d.facts.pool)),
+        field("OS version", opt(&d.facts.os_version)),
+        field("Environment", opt(&d.facts.environment)),
+        field("Relay", opt(&d.wiring.relay)),
+        field("SUTAgent", opt(&d.wiring.sut_addr)),
+        field("Fastboot serial", opt(&d.wiring.fastboot_serial)),
+        field("Current image", opt(&lg.current_image)),
+        field("Image being installed", opt(&lg.next_image)),
+        field("In this state since", when(lg.entered_at)),
+        field(
+            "State times out at",
+            lg.deadline.map(when).unwrap_or_default(),
+        ),
+        field("Controller", d.server.clone()),
+        field("Origin", d.origin.clone()),
+        field("Created", when(d.created)),
+        field("Updated", when(d.updated)),
+    ];
+    let counters = lg
+        .counters
+        .iter()
+        .map(|(k, v)| field(k, v.to_string()))
+        .collect();
+    let registration = d
+        .registration
+        .as_ref()
+        .map(|r| {
+            let mut out = vec![
+                field("Registered at", when(r.at)),
+                field("Agent name", r.agent_name.clone()),
+                field("IP address", r.ip.clone().unwrap_or_default()),
+            ];
+            out.extend(r.fields.iter().map(|(k, v)| field(k, v.clone())));
+            out
+        })
+        .unwrap_or_default();
+    DeviceView {
+        row: row(d, holder, log),
+        comments: d.comments.clone().unwrap_or_default(),
+        fields,
+        counters,
+        registration,
+    }
+}
+
+/// Load one device's view; `None` when there is no such device.
+///
+/// # Errors
+/// Storage failure.
+pub fn load_device_view(
+    tx: &redb::ReadTransaction,
+    name: &str,
+) -> Result<Option<DeviceView>, StoreError> {
+    let Some(d) = inv::device(&tx.open_table(tables::DEVICES)?, name)? else {
+        return Ok(None);
+    };
+    let requests = reqs::list(tx, true)?;
+    let held = holders(&requests);
+    let log = last_log(tx, name)?;
+    Ok(Some(device_view(&d, held.get(name).copied(), log)))
+}
+
+/// One row of the requests page; the same names as `GET /api/request/list/`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRowView {
+    /// Request id.
+    pub id: u64,
+    /// `any` or a device name.
+    pub requested_device: String,
+    /// Who it is for.
+    pub assignee: String,
+    /// Request state.
+    pub state: String,
+    /// The device it holds, `""` when none.
+    pub assigned_device: String,
+    /// That device's state.
+    pub device_state: String,
+    /// Lease end (UTC).
+    pub expires: String,
+    /// Environment asked for (`any`).
+    pub environment: String,
+    /// Image asked for.
+    pub image: String,
+    /// Still open (can be renewed and returned).
+    pub open: bool,
+    /// Waiting for a device (shows its queue position).
+    pub waiting: bool,
+}
+
+/// Build the request rows (newest first).
+#[must_use]
+pub fn request_rows(requests: &[StoredRequest], devices: &[Device]) -> Vec<RequestRowView> {
+    let states: HashMap<&str, &str> = devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.state.as_str()))
+        .collect();
+    let mut rows: Vec<RequestRowView> = requests
+        .iter()
+        .map(|r| {
+            let s = &r.snap;
+            let assigned = s
+                .assigned
+                .as_ref()
+                .map_or(String::new(), |a| a.device.to_string());
+            RequestRowView {
+                id: s.id,
+                requested_device: s.spec.requested_device.to_string(),
+                assignee: s.spec.assignee.clone(),
+                state: s.state.to_string(),
+                device_state: states
+                    .get(assigned.as_str())
+                    .copied()
+                    .unwrap_or("")
+                    .to_owned(),
+                assigned_device: assigned,
+                expires: when(s.expires),
+                environment: s
+                    .spec
+                    .environment
+                    .as_ref()
+                    .map_or("any".to_owned(), ToString::to_string),
+                image: s.spec.image.to_string(),
+                open: s.state.is_open(),
+                waiting: s.state.is_waiting(),
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.id));
+    rows
+}
+
+/// A device wired to a relay board.
+#[derive(Debug, Clone, Serialize)]
+pub struct WiredDeviceView {
+    /// Device name.
+    pub name: String,
+    /// Its relay address.
+    pub relay: String,
+    /// Its state.
+    pub state: String,
+    /// How the state is shown.
+    pub look: Look,
+}
+
+/// One relay board.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoardView {
+    /// Board name.
+    pub name: String,
+    /// Protocol (`proxr`, `lcus`, `gpio`).
+    pub kind: String,
+    /// `healthy`, `failing` or `unused` (no operation yet).
+    pub health: &'static str,
+    /// When an operation last succeeded.
+    pub last_ok: String,
+    /// The last error.
+    pub last_error: String,
+    /// Operations that succeeded / failed / are queued.
+    pub ops_ok: u64,
+    /// Operations that failed.
+    pub ops_failed: u64,
+    /// Operations waiting.
+    pub queued: usize,
+    /// Devices wired to it.
+    pub devices: Vec<WiredDeviceView>,
+}
+
+/// Build the relay boards' views.
+#[must_use]
+pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
+    status
+        .into_iter()
+        .map(|b| {
+            let mut wired: Vec<WiredDeviceView> = devices
+                .iter()
+                .filter(|d| !d.retired)
+                .filter_map(|d| {
+                    let relay = d.wiring.relay.as_deref()?;
+                    let addr: crate::hw::RelayAddr = relay.parse().ok()?;
+                    (addr.board == b.name).then(|| WiredDeviceView {
+                        name: d.name.clone(),
+                        relay: relay.to_owned(),
+                        state: d.state.clone(),
+                        look: look(&d.state, d.request.is_some()),
+                    })
+                })
+                .collect();
+            wired.sort_by(|a, b| a.name.cmp(&b.name));
+            BoardView {
+                name: b.name.to_string(),
+                kind: b.kind.to_owned(),
+                health: match b.healthy {
+                    Some(true) => "healthy",
+                    Some(false) => "failing",
+                    None => "unused",
+                },
+                last_ok: b.last_ok.map(when).unwrap_or_default(),
+                last_error: b.last_error.unwrap_or_default(),
+                ops_ok: b.ops_ok,
+                ops_failed: b.ops_failed,
+                queued: b.queued,
+                devices: wired,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,195 @@
+//! The web page over real HTTP: every page answers HTML, `/` redirects, unknown devices get
+//! an HTML 404, static files are cached by hash with ETag/304, the pool feed long-polls, and
+//! data from clients comes out escaped. (The browser test is `ui_browser.rs`.)
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{TWO_DEVICES, TestServer};
+
+async fn page(s: &TestServer, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+    let r = s.http.get(s.url(path)).send().await.expect("GET");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, r.text().await.expect("body"), headers)
+}
+
+#[tokio::test]
+async fn pages_render_and_escape() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (st, _) = s
+        .post(
+            "/api/device/panda-1/set-comments/",
+            json!({ "comments": "<script>alert(1)</script>" }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    for path in [
+        "/ui/",
+        "/ui/device/panda-1/",
+        "/ui/requests/",
+        "/ui/requests/?closed=1",
+        "/ui/relays/",
+    ] {
+        let (st, body, headers) = page(&s, path).await;
+        assert_eq!(st, 200, "{path}: {body}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(headers.contains_key("content-security-policy"), "{path}");
+        assert!(body.contains("id=\"auth-banner\""), "{path}: banner slot");
+        assert!(
+            !body.contains("<script>alert"),
+            "{path} let a script through"
+        );
+    }
+    let (_, device, _) = page(&s, "/ui/device/panda-1/").await;
+    assert!(device.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"));
+    let (_, pool, _) = page(&s, "/ui/").await;
+    assert!(pool.contains("panda-1") && pool.contains("panda-2"));
+
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(s.url("/"))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/ui/");
+
+    let (st, body, headers) = page(&s, "/ui/device/nope/").await;
+    assert_eq!(st, 404);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    assert!(body.contains("no device named nope"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn static_files_are_hashed_and_revalidated() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (_, pool, _) = page(&s, "/ui/").await;
+    let start = pool.find("/static/").expect("an asset link");
+    let end = start + pool[start..].find('"').expect("end of link");
+    let css = pool[start..end].replace("app.js", "app.css");
+    let r = s.http.get(s.url(&css)).send().await.expect("GET css");
+    assert_eq!(r.status().as_u16(), 200, "{css}");
+    let etag = r.headers()["etag"].clone();
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .expect("ascii")
+            .contains("immutable")
+    );
+    let r = s
+        .http
+        .get(s.url(&css))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("conditional GET");
+    assert_eq!(r.status().as_u16(), 304);
+    let (st, _, _) = page(&s, "/static/00/../Cargo.toml").await;
+    assert_eq!(st, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn overview_long_polls_until_a_change() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (st, v) = s.get("/api/pool/overview/").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["total"], 2);
+    assert_eq!(v["devices"][0]["name"], "panda-1");
+    let version = v["version"].as_u64().expect("version");
+    // Nothing changes: the poll waits about `wait` seconds, then answers the same version.
+    let t = Instant::now();
+    let (_, same) = s
+        .get(&format!("/api/pool/overview/?since={version}&wait=1"))
+        .await;
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    assert_eq!(same["version"], version);
+    // A device transition ends the wait early.
+    let poll = {
+        let url = s.url(&format!("/api/pool/overview/?since={version}&wait=30"));
+        let http = s.http.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let v: serde_json::Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("json");
+            (t.elapsed(), v)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, state) = s.get("/api/device/panda-2/state/").await;
+    let from = state["state"].as_str().expect("state").to_owned();
+    let (st, body) = s
+        .post(
+            &format!("/api/device/panda-2/state-change/{from}/to/locked_out/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let (elapsed, v) = poll.await.expect("poll task");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_ne!(v["version"], version);
+    let row = &v["devices"][1];
+    assert_eq!(row["state"], "locked_out");
+    assert_eq!(row["look"]["class"], "out");
+    // Non-state changes (comments, environment) wake the feed too.
+    let version = v["version"].as_u64().expect("version");
+    let poll = {
+        let url = s.url(&format!("/api/pool/overview/?since={version}&wait=30"));
+        let http = s.http.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let v: serde_json::Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("json");
+            (t.elapsed(), v)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, _) = s
+        .post(
+            "/api/device/panda-1/set-environment/",
+            json!({ "environment": "staging" }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (elapsed, v) = poll.await.expect("poll task");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(v["devices"][0]["environment"], "staging");
+    // The feed and the pages are not written to the audit log.
+    let (_, log) = s.get("/api/log/?subject=api&limit=1000").await;
+    let rows = log["log"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| {
+        !r["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/api/pool/overview/")
+    }));
+    s.stop().await;
+}
