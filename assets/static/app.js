@@ -377,7 +377,7 @@ function requestRow(r, queue) {
       el('span', { class: 'muted', text: r.device_state }));
   }
   const acts = el('td', { 'data-label': 'Actions', class: 'row-actions' });
-  if (r.open) {
+  if (r.open && document.body.dataset.canRequest === 'yes') {
     acts.append(el('label', { class: 'sr-only', for: `renew-${r.id}`, text: `Renew #${r.id} for seconds` }),
       el('input', { id: `renew-${r.id}`, class: 'renew-duration', type: 'number', min: '0', value: '3600' }), ' ',
       el('button', { type: 'button', 'data-renew': r.id, text: 'Renew' }), ' ',

@@ -44,6 +44,39 @@ pub struct Ctx {
     pub headers: hyper::HeaderMap,
 }
 
+/// Name of the web sign-in cookie (it holds the token; HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "mozpool_token";
+
+/// Who is calling: the `Authorization` header when there is one, else the sign-in cookie
+/// (a stale cookie counts as signed out), else anonymous. The flag says the cookie was used.
+fn identify(
+    app: &App,
+    headers: &hyper::HeaderMap,
+) -> (Result<Caller, crate::auth::AuthError>, bool) {
+    if let Some(h) = headers.get(AUTHORIZATION) {
+        return (app.auth.authenticate(Some(h.as_bytes())), false);
+    }
+    if let Some(token) = cookie(headers, SESSION_COOKIE)
+        && let Some(caller) = app.auth.identify(&token)
+    {
+        return (Ok(caller), true);
+    }
+    (app.auth.authenticate(None), false)
+}
+
+/// A cookie's value from the `Cookie` headers.
+#[must_use]
+pub fn cookie(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
 /// Answer one request.
 pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
@@ -51,9 +84,24 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let path = req.uri().path().to_owned();
     let query_text = req.uri().query().map(str::to_owned);
     let route = Route::parse(&method, &path);
-    let caller = app
-        .auth
-        .authenticate(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes));
+    let (caller, via_cookie) = identify(&app, req.headers());
+    // A browser signed in with the cookie must also send the header the pages' JavaScript
+    // adds, which a cross-site form cannot (the cookie is SameSite=Strict as well).
+    let caller = match caller {
+        Ok(_)
+            if via_cookie
+                && route.as_ref().is_ok_and(Route::mutates)
+                && !matches!(route, Ok(Route::UiSignIn | Route::UiSignOut))
+                && req.headers().get("x-requested-with").and_then(|v| v.to_str().ok())
+                    != Some("mozpool") =>
+        {
+            Err(crate::auth::AuthError::Forbidden(
+                "a signed-in browser must send X-Requested-With: mozpool with every change (CSRF protection)"
+                    .into(),
+            ))
+        }
+        other => other,
+    };
     let actor = caller
         .as_ref()
         .map_or_else(|_| "unauthenticated".to_owned(), |c| c.name.clone());

@@ -133,6 +133,13 @@ pub enum Route {
     UiRequests,
     /// `GET /ui/relays/`: the relay boards page.
     UiRelays,
+    /// `GET /ui/signin/`: the sign-in form.
+    UiSignInForm,
+    /// `POST /ui/signin/` (form field `token`): sign in by setting the HttpOnly,
+    /// SameSite=Strict session cookie.
+    UiSignIn,
+    /// `POST /ui/signout/`: clear the session cookie.
+    UiSignOut,
     /// `GET /static/{hash}/{file}`: an embedded asset (hash = content hash prefix, or
     /// anything for an unversioned fetch).
     Static {
@@ -317,6 +324,9 @@ impl Route {
             ["ui", "device", id] => (GET, Route::UiDevice(id.parse()?)),
             ["ui", "requests"] => (GET, Route::UiRequests),
             ["ui", "relays"] => (GET, Route::UiRelays),
+            ["ui", "signin"] if *method == Method::POST => (POST, Route::UiSignIn),
+            ["ui", "signin"] => (GET, Route::UiSignInForm),
+            ["ui", "signout"] => (POST, Route::UiSignOut),
             ["api", "relay", board, "test"] => (GET, Route::RelayTest(board.parse()?)),
             ["api", "relay", board, channel, op] => {
                 let op = match *op {
@@ -387,6 +397,7 @@ impl Route {
                 | Route::UiDevice(_)
                 | Route::UiRequests
                 | Route::UiRelays
+                | Route::UiSignInForm
                 | Route::Static { .. }
                 | Route::PoolOverview
         )
@@ -444,6 +455,9 @@ impl Route {
             | Route::UiDevice(_)
             | Route::UiRequests
             | Route::UiRelays
+            | Route::UiSignInForm
+            | Route::UiSignIn
+            | Route::UiSignOut
             | Route::Static { .. } => Role::None,
             // The pages' live feed: the same data as the device and request lists.
             Route::PoolOverview => Role::Read,

@@ -167,6 +167,8 @@ mod tests {
             auth_banner => "Open access",
             sign_in_url => "",
             signed_in_as => EVIL,
+            can_request => true,
+            can_admin => true,
         }
     }
 
@@ -222,6 +224,7 @@ mod tests {
             boards => minijinja::Value::from(Serde(view::boards(vec![board], &devices))),
             status => 404,
             message => EVIL,
+            error => EVIL,
         }
     }
 

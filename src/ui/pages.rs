@@ -11,6 +11,7 @@ use minijinja::value::{Serde, Value};
 use serde::Serialize;
 
 use super::view::{self, LogLineView};
+use crate::auth::Role;
 use crate::http::body::{Body, bytes_response, error_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
@@ -44,26 +45,110 @@ struct Layout {
     sign_in_url: String,
     /// Who is signed in (empty = nobody).
     signed_in_as: String,
+    /// The caller may request, renew and return devices (shows those controls).
+    can_request: bool,
+    /// The caller may power, flash and change devices (shows those controls).
+    can_admin: bool,
 }
 
-/// The banner about access control. Today mozpool has no sign-in, so every page warns that
-/// anyone who reaches it can act on devices; the authentication work replaces this.
-fn auth_banner(_ctx: &Ctx) -> String {
-    "Open access: no sign-in is configured, so anyone who can reach this page can power, \
-     flash and hand out devices."
-        .to_owned()
+/// The banner about access control: a warning on every page when the service runs without
+/// `[auth]`, as the issue asks; nothing otherwise.
+fn auth_banner(ctx: &Ctx) -> String {
+    if ctx.app.auth_open() {
+        "Open access: no [auth] is configured, so anyone who can reach this page can power, \
+         flash and hand out devices."
+            .to_owned()
+    } else {
+        String::new()
+    }
 }
 
 fn layout(ctx: &Ctx, page: &'static str, title: impl Into<String>) -> Value {
+    let open = ctx.app.auth_open();
+    let signed_in = ctx.caller.token.clone().unwrap_or_default();
     Value::from(Serde(Layout {
         page,
         title: title.into(),
         server: ctx.app.server_name().to_owned(),
         version: env!("CARGO_PKG_VERSION"),
         auth_banner: auth_banner(ctx),
-        sign_in_url: String::new(),
-        signed_in_as: String::new(),
+        sign_in_url: if open || !signed_in.is_empty() {
+            String::new()
+        } else {
+            "/ui/signin/".to_owned()
+        },
+        signed_in_as: signed_in,
+        can_request: ctx.caller.role >= Role::Request,
+        can_admin: ctx.caller.role >= Role::Admin,
     }))
+}
+
+fn see_other(location: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(bytes::Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut()
+        .insert(LOCATION, HeaderValue::from_static(location));
+    r
+}
+
+/// The sign-in form, with an error when the last attempt failed.
+fn signin_form(ctx: &Ctx, status: StatusCode, error: &str) -> Result<Response<Body>, ApiError> {
+    let c = context! { layout => layout(ctx, "signin", "Sign in"), error => error };
+    html(ctx, status, "signin.html", c)
+}
+
+/// `POST /ui/signin/` with the form field `token`: a valid token sets the session cookie
+/// (HttpOnly, SameSite=Strict, Secure behind https) and goes to the pool page.
+fn signin(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    // Only this site's own form may sign a browser in (no login CSRF).
+    if let Some(origin) = ctx.headers.get("origin").and_then(|v| v.to_str().ok())
+        && origin != ctx.base_url
+    {
+        return Err(ApiError::forbidden(format!(
+            "sign-in from another site ({origin}) refused"
+        )));
+    }
+    let form = crate::http::body::Query::parse(std::str::from_utf8(&ctx.body).ok());
+    let token = form.get("token").unwrap_or_default().trim().to_owned();
+    if ctx.app.auth_open() {
+        return Ok(see_other("/ui/"));
+    }
+    let valid = !token.is_empty()
+        && token.bytes().all(|b| b.is_ascii_graphic())
+        && ctx.app.auth.identify(&token).is_some();
+    if !valid {
+        return signin_form(
+            ctx,
+            StatusCode::UNAUTHORIZED,
+            "That token is not valid for this controller.",
+        );
+    }
+    let secure = if ctx.base_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{secure}",
+        crate::http::dispatch::SESSION_COOKIE
+    );
+    let mut r = see_other("/ui/");
+    let value = HeaderValue::from_str(&cookie).map_err(|_| ApiError::bad_request("bad token"))?;
+    r.headers_mut().insert(hyper::header::SET_COOKIE, value);
+    Ok(r)
+}
+
+/// `POST /ui/signout/`: clear the session cookie.
+fn signout() -> Response<Body> {
+    let mut r = see_other("/ui/");
+    let clear = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        crate::http::dispatch::SESSION_COOKIE
+    );
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        r.headers_mut().insert(hyper::header::SET_COOKIE, v);
+    }
+    r
 }
 
 fn html(
@@ -106,6 +191,15 @@ pub async fn page(ctx: &Ctx, route: Route) -> Response<Body> {
             return r;
         }
         Route::Static { hash, file } => return super::assets::serve(&hash, &file, &ctx.headers),
+        Route::UiSignInForm => signin_form(ctx, StatusCode::OK, ""),
+        Route::UiSignIn => signin(ctx),
+        Route::UiSignOut => return signout(),
+        // Signed out where anonymous callers may not read: the sign-in form.
+        Route::UiPool | Route::UiDevice(_) | Route::UiRequests | Route::UiRelays
+            if ctx.caller.role < Role::Read =>
+        {
+            return see_other("/ui/signin/");
+        }
         Route::UiPool => pool(ctx).await,
         Route::UiDevice(name) => device(ctx, name).await,
         Route::UiRequests => requests(ctx).await,

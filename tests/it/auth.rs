@@ -489,3 +489,137 @@ async fn only_the_owner_or_an_admin_manages_a_request() {
     .await;
     assert!(log.to_string().contains("by ops"), "{log}");
 }
+
+/// The web page: sign in with a token (HttpOnly, SameSite=Strict cookie), CSRF-safe actions,
+/// read-only or closed when signed out.
+#[tokio::test]
+async fn web_sign_in_cookie_and_csrf() {
+    let s = TestServer::start(&config_with_auth("none")).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // Signed out with anonymous = none: the pages send you to sign in.
+    let r = client.get(s.url("/ui/")).send().await.expect("get");
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/signin/");
+    let r = client.get(s.url("/ui/signin/")).send().await.expect("form");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("html").contains("name=\"token\""));
+    // A wrong token: 401 with the form again, no cookie.
+    let r = client
+        .post(s.url("/ui/signin/"))
+        .body("token=nope")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    // Another site's form may not sign a browser in.
+    let r = client
+        .post(s.url("/ui/signin/"))
+        .header("origin", "http://evil.example")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    // The right token: a cookie that scripts and other sites cannot use.
+    let r = client
+        .post(s.url("/ui/signin/"))
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().expect("pair").to_owned();
+    let page = client
+        .get(s.url("/ui/device/panda-1/"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("Signed in as <strong>ops</strong>"),
+        "signed in"
+    );
+    assert!(
+        !html.contains("<fieldset class=\"plain\" disabled>"),
+        "an admin gets live controls"
+    );
+    // Changes with the cookie need the pages' header (a cross-site form cannot send it).
+    let r = client
+        .post(s.url("/api/device/panda-1/set-comments/"))
+        .header("cookie", &pair)
+        .body(r#"{"comments": "x"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    let r = client
+        .post(s.url("/api/device/panda-1/set-comments/"))
+        .header("cookie", &pair)
+        .header("x-requested-with", "mozpool")
+        .body(r#"{"comments": "x"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    // Signing out clears the cookie.
+    let r = client
+        .post(s.url("/ui/signout/"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .expect("signout");
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .contains("Max-Age=0")
+    );
+}
+
+#[tokio::test]
+async fn signed_out_pages_are_read_only_where_anonymous_may_read() {
+    let s = TestServer::start(&config_with_auth("read")).await;
+    let html = s
+        .http
+        .get(s.url("/ui/device/panda-1/"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        html.contains("<fieldset class=\"plain\" disabled>"),
+        "controls disabled"
+    );
+    assert!(html.contains("href=\"/ui/signin/\""), "a sign-in link");
+    assert!(
+        !html.contains("Open access"),
+        "no open-access banner when auth is on"
+    );
+    let html = s
+        .http
+        .get(s.url("/ui/requests/"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("data-can-request=\"no\""));
+}

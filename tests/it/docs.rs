@@ -23,7 +23,7 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 56;
+const ROUTE_VARIANTS: usize = 59;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
@@ -90,11 +90,17 @@ fn pattern(r: &Route) -> (usize, &'static str) {
         Route::UiRequests => (53, "GET /ui/requests/"),
         Route::UiRelays => (54, "GET /ui/relays/"),
         Route::Static { .. } => (55, "GET /static/{hash}/{file}"),
+        Route::UiSignInForm => (56, "GET /ui/signin/"),
+        Route::UiSignIn => (57, "POST /ui/signin/"),
+        Route::UiSignOut => (58, "POST /ui/signout/"),
     }
 }
 
 /// One request per route (and per method where a path takes several).
 const SAMPLES: &[(&str, &str)] = &[
+    ("GET", "/ui/signin/"),
+    ("POST", "/ui/signin/"),
+    ("POST", "/ui/signout/"),
     ("GET", "/api/version/"),
     ("GET", "/api/health/"),
     ("GET", "/api/device/list/"),

@@ -77,6 +77,9 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         | Route::UiDevice(_)
         | Route::UiRequests
         | Route::UiRelays
+        | Route::UiSignInForm
+        | Route::UiSignIn
+        | Route::UiSignOut
         | Route::Static { .. }) => Ok(crate::ui::pages::page(ctx, page).await),
     }
 }
