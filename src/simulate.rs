@@ -64,6 +64,12 @@ pub fn start_rack(
     l.sut_verify_power_cycle_ms = l.sut_verify_power_cycle_ms.max(floor);
     l.powering_off_ms = l.powering_off_ms.max(floor);
     l.flashing_ms = l.flashing_ms.max(floor + 30_000);
+    // SUTAgent and reachability checks get at least a second per attempt, so a busy laptop
+    // (or CI machine) does not turn slow answers into failures.
+    l.sut_verifying_ms = l.sut_verifying_ms.max(1500);
+    l.sut_sdcard_verifying_ms = l.sut_sdcard_verifying_ms.max(1500);
+    l.pc_sut_rebooting_ms = l.pc_sut_rebooting_ms.max(1500);
+    l.pc_pinging_ms = l.pc_pinging_ms.max(250);
     config.hardware.fastboot.clone_from(&rack.fastboot_path);
     config.hardware.sut_timeout_ms = 2000;
     config.hardware.ping_timeout_ms = 1000;

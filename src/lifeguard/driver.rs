@@ -343,6 +343,20 @@ impl Lifeguard {
         let s = &self.inner.hw.settings;
         let g = generation;
         let kind = hw_kind(&action);
+        // An exchange that outlives its state's deadline would only be ignored as a late
+        // result (MozPool 4.x's 195 s wrapper around a 45 s state, §9.10): each one gets at
+        // most the time left in the state.
+        let left = device
+            .lifeguard
+            .deadline
+            .map_or(Duration::MAX, |d| d.since(self.inner.clock.now()));
+        let within = |ms: u64| {
+            Hardware::ms(ms)
+                .min(left.saturating_sub(Duration::from_millis(50)))
+                .max(Duration::from_millis(50))
+        };
+        let sut_limit = within(s.sut_timeout_ms);
+        let ping_limit = within(s.ping_timeout_ms);
         let started = std::time::Instant::now();
         let event = match action {
             Action::PowerCycle => match self.relay(&device) {
@@ -378,7 +392,7 @@ impl Lifeguard {
                 },
             },
             Action::SutReboot => match sut_addr(&device) {
-                Ok(addr) => match hw::sut::reboot(addr, Hardware::ms(s.sut_timeout_ms)).await {
+                Ok(addr) => match hw::sut::reboot(addr, sut_limit).await {
                     Ok(()) => Event::SutRebootOk { generation: g },
                     Err(e) => Event::SutRebootFailed {
                         generation: g,
@@ -390,14 +404,14 @@ impl Lifeguard {
                     reason,
                 },
             },
-            Action::Ping => match self.probe(&device).await {
+            Action::Ping => match self.probe_within(&device, ping_limit).await {
                 Ok(()) => Event::PingOk { generation: g },
                 Err(reason) => Event::PingFailed {
                     generation: g,
                     reason,
                 },
             },
-            Action::SutVerify => match self.sut_verify(&device).await {
+            Action::SutVerify => match self.sut_verify(&device, sut_limit).await {
                 Ok(()) => Event::SutVerifyOk { generation: g },
                 Err(reason) => Event::SutVerifyFailed {
                     generation: g,
@@ -405,15 +419,13 @@ impl Lifeguard {
                 },
             },
             Action::SutSdcardCheck => match sut_addr(&device) {
-                Ok(addr) => {
-                    match hw::sut::check_storage(addr, Hardware::ms(s.sut_timeout_ms)).await {
-                        Ok(_) => Event::SutSdcardOk { generation: g },
-                        Err(e) => Event::SutSdcardFailed {
-                            generation: g,
-                            reason: e.to_string(),
-                        },
-                    }
-                }
+                Ok(addr) => match hw::sut::check_storage(addr, sut_limit).await {
+                    Ok(_) => Event::SutSdcardOk { generation: g },
+                    Err(e) => Event::SutSdcardFailed {
+                        generation: g,
+                        reason: e.to_string(),
+                    },
+                },
                 Err(reason) => Event::SutSdcardFailed {
                     generation: g,
                     reason,
@@ -422,9 +434,9 @@ impl Lifeguard {
             Action::HealthCheck { sut } => {
                 let _permit = self.inner.health.acquire().await;
                 let result = if sut {
-                    self.sut_verify(&device).await
+                    self.sut_verify(&device, sut_limit).await
                 } else {
-                    self.probe(&device).await
+                    self.probe_within(&device, ping_limit).await
                 };
                 match result {
                     Ok(()) => Event::HealthCheckOk { generation: g },
@@ -468,8 +480,13 @@ impl Lifeguard {
     /// # Errors
     /// Why the device did not answer.
     pub async fn probe(&self, d: &Device) -> Result<(), String> {
+        self.probe_within(d, Hardware::ms(self.inner.hw.settings.ping_timeout_ms))
+            .await
+    }
+
+    async fn probe_within(&self, d: &Device, limit: Duration) -> Result<(), String> {
         let addr = sut_addr(d)?;
-        match hw::ping::probe(addr, Hardware::ms(self.inner.hw.settings.ping_timeout_ms)).await {
+        match hw::ping::probe(addr, limit).await {
             Ok(hw::ping::Reachability::Open) => Ok(()),
             // Only a listening service port counts: on the simulated rack every device is on
             // loopback, and on a real one a closed port means the OS is not fully up.
@@ -478,9 +495,9 @@ impl Lifeguard {
         }
     }
 
-    async fn sut_verify(&self, d: &Device) -> Result<(), String> {
+    async fn sut_verify(&self, d: &Device, limit: Duration) -> Result<(), String> {
         let addr = sut_addr(d)?;
-        hw::sut::verify(addr, Hardware::ms(self.inner.hw.settings.sut_timeout_ms))
+        hw::sut::verify(addr, limit)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

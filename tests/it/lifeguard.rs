@@ -32,8 +32,9 @@ async fn healthy_devices_self_test_to_free() {
 async fn a_device_that_never_boots_fails_after_the_configured_retries() {
     let config = r#"
 [lifeguard]
-max_pc_pinging = 12
+max_pc_pinging = 8
 max_pc_rounds = 2
+max_self_test_retries = 1
 
 [simulate]
 time_scale = 0.01
@@ -52,9 +53,10 @@ bootloader_window_ms = 1500
     let log = s.device_log("sim-0001").await.join("\n");
     assert!(log.contains("pc_pinging"), "{log}");
     // Bounded: each self-test power-cycles once plus max_pc_rounds (2) more rounds, and
-    // failed_pinging is retried by 3 automatic self-tests: (1 + 3) * (1 + 2) = 12.
+    // failed_pinging is retried by max_self_test_retries (1) automatic self-test:
+    // (1 + 1) * (1 + 2) = 6.
     let cycles = log.matches("-> pc_power_cycling").count();
-    assert_eq!(cycles, 12, "power cycles:\n{log}");
+    assert_eq!(cycles, 6, "power cycles:\n{log}");
     // The rest of the rack is unaffected.
     s.wait_state("sim-0002", 30, |st| st == "ready").await;
     // A failed device waits for a human; it is not handed out.
