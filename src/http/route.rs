@@ -222,6 +222,19 @@ fn parse_static(method: &Method, rest: &str) -> Result<Route, RouteError> {
     )
 }
 
+/// `PUT` or `DELETE` of one inventory entry; 405 for anything else.
+fn put_or_delete(
+    method: &Method,
+    put: Route,
+    delete: Route,
+) -> Result<(&'static [Method], Route), RouteError> {
+    match *method {
+        Method::PUT => Ok((PUT_DELETE, put)),
+        Method::DELETE => Ok((PUT_DELETE, delete)),
+        _ => Err(RouteError::MethodNotAllowed(PUT_DELETE)),
+    }
+}
+
 fn request_id(s: &str) -> Result<u64, RouteError> {
     s.parse()
         .map_err(|_| RouteError::BadId(s.chars().take(40).collect()))
@@ -275,12 +288,12 @@ impl Route {
             }
             ["api", "inventory", "sync"] => (POST, Route::InventorySync),
             ["api", "device", id] => {
-                let id = id.parse()?;
-                match *method {
-                    Method::PUT => (PUT_DELETE, Route::DevicePut(id)),
-                    Method::DELETE => (PUT_DELETE, Route::DeviceRetire(id)),
-                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
-                }
+                let id: DeviceName = id.parse()?;
+                put_or_delete(
+                    method,
+                    Route::DevicePut(id.clone()),
+                    Route::DeviceRetire(id),
+                )?
             }
             ["api", "device", id, "details"] => (GET, Route::DeviceDetails(id.parse()?)),
             ["api", "device", id, "set-comments"] => (POST, Route::DeviceSetComments(id.parse()?)),
@@ -347,30 +360,30 @@ impl Route {
             ["api", "image", "list"] => (GET, Route::ImageList),
             ["api", "image", name, "details"] => (GET, Route::ImageDetails(name.parse()?)),
             ["api", "image", name] => {
-                let name = name.parse()?;
-                match *method {
-                    Method::PUT => (PUT_DELETE, Route::ImagePut(name)),
-                    Method::DELETE => (PUT_DELETE, Route::ImageDelete(name)),
-                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
-                }
+                let name: ImageName = name.parse()?;
+                put_or_delete(
+                    method,
+                    Route::ImagePut(name.clone()),
+                    Route::ImageDelete(name),
+                )?
             }
             ["api", "environment", "list"] => (GET, Route::EnvironmentList),
             ["api", "environment", name] => {
-                let name = name.parse()?;
-                match *method {
-                    Method::PUT => (PUT_DELETE, Route::EnvironmentPut(name)),
-                    Method::DELETE => (PUT_DELETE, Route::EnvironmentDelete(name)),
-                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
-                }
+                let name: EnvironmentName = name.parse()?;
+                put_or_delete(
+                    method,
+                    Route::EnvironmentPut(name.clone()),
+                    Route::EnvironmentDelete(name),
+                )?
             }
             ["api", "hardware-type", "list"] => (GET, Route::HardwareTypeList),
             ["api", "hardware-type", name] => {
-                let name = name.parse()?;
-                match *method {
-                    Method::PUT => (PUT_DELETE, Route::HardwareTypePut(name)),
-                    Method::DELETE => (PUT_DELETE, Route::HardwareTypeDelete(name)),
-                    _ => return Err(RouteError::MethodNotAllowed(PUT_DELETE)),
-                }
+                let name: HardwareType = name.parse()?;
+                put_or_delete(
+                    method,
+                    Route::HardwareTypePut(name.clone()),
+                    Route::HardwareTypeDelete(name),
+                )?
             }
             _ => return Err(RouteError::NotFound),
         };
