@@ -221,3 +221,30 @@ async fn power_off_and_on_through_the_state_machine() {
     let (_, test) = s.get("/api/relay/sim-relay-1/test/").await;
     assert_eq!(test["success"], true, "{test}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_device_that_stops_answering_is_recovered() {
+    let s = TestServer::start_rack(2, "").await;
+    s.wait_all_ready(30).await;
+    // Someone cuts its power behind Lifeguard's back (a raw relay call, as a tech at the rack).
+    let (status, body) = s
+        .post("/api/relay/sim-relay-1/bank1:relay1/off/", json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!s.sim("sim-0001").powered());
+    // The next idle health check notices, takes it out of the pool and recovers it.
+    s.wait_state("sim-0001", 30, |st| st != "ready").await;
+    s.wait_state("sim-0001", 60, |st| st == "ready").await;
+    assert!(
+        s.sim("sim-0001").powered(),
+        "the self-test powered it back on"
+    );
+    let log = s.device_log("sim-0001").await.join("\n");
+    assert!(log.contains("health check"), "{log}");
+    assert!(
+        log.contains("raw power off"),
+        "the tech's action is in the device log: {log}"
+    );
+    // The other device was never disturbed.
+    assert_eq!(s.state("sim-0002").await, "ready");
+}
