@@ -130,6 +130,24 @@ impl App {
         clock: Arc<dyn Clock>,
         sim: Option<Arc<SimRack>>,
     ) -> Result<App, StartError> {
+        App::open_inner(config, clock, sim, false).await
+    }
+
+    /// [`App::open`] with every GPIO relay board on an in-memory [`crate::hw::SimGpio`]
+    /// (instant relays: `mozpool bench` measures the service, not the hardware).
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn open_sim_gpio(config: Config, clock: Arc<dyn Clock>) -> Result<App, StartError> {
+        App::open_inner(config, clock, None, true).await
+    }
+
+    async fn open_inner(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        sim: Option<Arc<SimRack>>,
+        sim_gpio: bool,
+    ) -> Result<App, StartError> {
         let dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
             path: dir.clone(),
@@ -148,7 +166,13 @@ impl App {
         let heartbeats = Heartbeats::default();
         let hw = &config.hardware;
         let hardware = Arc::new(Hardware {
-            boards: RelayBoards::start(config.relay_boards.clone())?,
+            boards: if sim_gpio {
+                RelayBoards::start_with_gpio(config.relay_boards.clone(), |_| {
+                    Box::new(crate::hw::SimGpio::new())
+                })?
+            } else {
+                RelayBoards::start(config.relay_boards.clone())?
+            },
             flasher: Flasher::new(hw.fastboot.clone()),
             images: ImageFiles {
                 store: ImageStore {

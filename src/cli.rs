@@ -81,6 +81,10 @@ pub enum Command {
     /// End-to-end canary against a running service: request a device, wait for it, ping
     /// it, read its log, return it and watch it verify back to ready (docs/staging.md).
     Check(crate::check::CheckArgs),
+    /// Benchmark the service in-process on a temporary directory and print one table of
+    /// figures against their targets (docs/performance.md).
+    #[command(hide = true)]
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `mozpool backup`.
@@ -325,6 +329,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Renew { id, seconds, url } => Ok(crate::pool_cli::renew(id, seconds, &url).await?),
         Command::Devices(url) => Ok(crate::pool_cli::devices(&url).await?),
         Command::Relay(args) => Ok(crate::pool_cli::relay(args).await?),
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Inventory(InventoryCmd::Sync {
             source,

@@ -78,6 +78,34 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), ClientError> {
+        let (status, bytes) = self.call_bytes(method, path, body).await?;
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        if status.is_client_error() || status.is_server_error() {
+            let message = value
+                .get("error")
+                .and_then(Value::as_str)
+                .map_or_else(|| value.to_string(), str::to_owned);
+            return Err(ClientError::Status { status, message });
+        }
+        Ok((status, value))
+    }
+
+    /// Call the API and return the status and the raw body, whatever the status (`mozpool
+    /// bench` times calls without parsing their JSON).
+    ///
+    /// # Errors
+    /// [`ClientError::Url`] or [`ClientError::Unreachable`].
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let mut req = Request::builder()
@@ -106,20 +134,7 @@ impl ApiClient {
                 message: e.to_string(),
             })?
             .to_bytes();
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        if status.is_client_error() || status.is_server_error() {
-            let message = value
-                .get("error")
-                .and_then(Value::as_str)
-                .map_or_else(|| value.to_string(), str::to_owned);
-            return Err(ClientError::Status { status, message });
-        }
-        Ok((status, value))
+        Ok((status, bytes))
     }
 
     /// Add the `Authorization` header when there is a token.

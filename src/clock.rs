@@ -36,22 +36,40 @@ impl Millis {
     /// `.ffffff` microseconds when non-zero; no zone suffix).
     #[must_use]
     pub fn iso(self) -> String {
-        let secs = self.0 / 1000;
-        let micros = (self.0 % 1000) * 1000;
+        Iso(self).to_string()
+    }
+}
+
+/// [`Millis::iso`] as a `Display` (and a serde string), so a JSON writer can format it in
+/// place without allocating a `String` per timestamp.
+#[derive(Debug, Clone, Copy)]
+pub struct Iso(pub Millis);
+
+impl std::fmt::Display for Iso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.0;
+        let secs = ms / 1000;
+        let micros = (ms % 1000) * 1000;
         let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
         let rem = secs % 86_400;
         let (y, m, d) = civil_from_days(days);
-        let base = format!(
+        write!(
+            f,
             "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
             rem / 3600,
             (rem / 60) % 60,
             rem % 60
-        );
-        if micros == 0 {
-            base
-        } else {
-            format!("{base}.{micros:06}")
+        )?;
+        if micros != 0 {
+            write!(f, ".{micros:06}")?;
         }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for Iso {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

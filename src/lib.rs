@@ -13,11 +13,13 @@
 //!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
 //! - [`storage`]: the redb store, its versioned records and the durable log;
 //! - [`auth`]: roles, tokens and the `Authorization` header (no I/O);
+//! - [`bench`]: `mozpool bench`, the performance figures of docs/performance.md;
 //! - [`systemd`] (readiness, status, watchdog) and [`metrics`] (`/metrics`): operations;
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod client;

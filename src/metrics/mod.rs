@@ -99,6 +99,21 @@ impl HwMetrics {
         entry.latency.observe(elapsed);
     }
 
+    /// Operations of `kind` finished so far: (succeeded, failed).
+    #[must_use]
+    pub fn count(&self, kind: &str) -> (u64, u64) {
+        let kinds = match self.kinds.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        kinds.get(kind).map_or((0, 0), |k| {
+            (
+                k.ok.load(Ordering::Relaxed),
+                k.failed.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     fn snapshot(&self) -> Vec<(String, std::sync::Arc<HwKind>)> {
         let kinds = match self.kinds.lock() {
             Ok(k) => k,

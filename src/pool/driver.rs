@@ -67,11 +67,27 @@ struct Ctx {
     server: String,
 }
 
-/// What to do after a commit.
+/// What to do after a commit, plus what one write closure may reuse while it runs.
 #[derive(Debug, Default)]
 struct Post {
     lifeguard: Vec<Applied>,
     changed: bool,
+    /// Every device as this transaction last read it, reused by the nested steps of one
+    /// request event (create → search → queue pass → explanation) instead of decoding the
+    /// whole inventory each time (~10 ms with 10,000 devices). Dropped by every device write
+    /// made through this closure ([`contact_lifeguard`], [`release`]), the only ones here.
+    devices: Option<Arc<Vec<Device>>>,
+}
+
+/// All devices, decoded once per write closure until a device is written (see
+/// [`Post::devices`]).
+fn devices_in_tx(tx: &WriteTransaction, post: &mut Post) -> Result<Arc<Vec<Device>>, StoreError> {
+    if let Some(d) = &post.devices {
+        return Ok(d.clone());
+    }
+    let d = Arc::new(inv::devices(&tx.open_table(tables::DEVICES)?)?);
+    post.devices = Some(d.clone());
+    Ok(d)
 }
 
 struct Inner {
@@ -462,7 +478,7 @@ fn create_tx(
     spec.can_reuse = image.can_reuse;
     spec.boot_config_keys.clone_from(&image.boot_config_keys);
     spec.created = now;
-    let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+    let devices = devices_in_tx(tx, post)?;
     let open = requests::open_in_tx(tx)?;
     if let DeviceChoice::Named(name) = &spec.requested_device {
         let Some(d) = devices
@@ -573,7 +589,7 @@ fn deliver_tx(
                         continue;
                     };
                     if r.snap.state.is_waiting() && depth < MAX_DEPTH {
-                        let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+                        let devices = devices_in_tx(tx, post)?;
                         let open = requests::open_in_tx(tx)?;
                         let explanation = explain(&r.snap.spec, &device_views(&devices, &open));
                         deliver_tx(
@@ -589,6 +605,7 @@ fn deliver_tx(
                 }
             }
             Action::ContactLifeguard { device, event } => {
+                post.devices = None;
                 let result = contact_lifeguard(tx, now, c, id, device.as_str(), event)?;
                 let reply = match result {
                     Ok(applied) => {
@@ -605,6 +622,7 @@ fn deliver_tx(
                 }
             }
             Action::ReleaseDevice { device, reverify } => {
+                post.devices = None;
                 release(tx, now, c, id, device.as_str(), reverify, post)?;
             }
         }
@@ -719,7 +737,7 @@ fn run_pass(
     if queue.is_empty() {
         return Ok(got);
     }
-    let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+    let devices = devices_in_tx(tx, post)?;
     let views = device_views(&devices, &open);
     for (rid, device) in assign(&queue, &views, now, &c.policy) {
         let Some(q) = queue.iter().find(|q| q.id == rid) else {

@@ -74,6 +74,22 @@ table_access!(
     Device
 );
 
+/// Visit every device in name order, one at a time (no list of all devices is built: the
+/// device list of a 10,000-device rack streams through this).
+///
+/// # Errors
+/// Storage failure, a corrupt record, or `f`'s error.
+pub fn for_each_device(
+    table: &impl ReadableTable<&'static str, Encoded<DeviceRecord>>,
+    mut f: impl FnMut(Device) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for item in table.iter()? {
+        let (k, v) = item?;
+        f(decode::<DeviceRecord>("devices", k.value(), &v.value())?.into())?;
+    }
+    Ok(())
+}
+
 /// Insert or replace a device, keeping the Lifeguard deadline index in step.
 ///
 /// # Errors

@@ -1,0 +1,975 @@
+//! `mozpool bench`: measure the service the way a lab uses it and print one table of
+//! figures against their targets (docs/performance.md).
+//!
+//! Everything runs the real service code: the in-process sections start an [`App`] on a
+//! temporary directory and talk to it over HTTP; the scale section runs the binary itself as
+//! a child process (`mozpool serve`) so its resident memory and start-up time are the
+//! process's own. The hardware is replaced by instant stand-ins only where the issue asks
+//! for "zero delay": GPIO relay boards on an in-memory backend ([`App::open_sim_gpio`]) and
+//! one light tokio SUTAgent per device ([`sut`]).
+//!
+//! With `--baseline FILE` the run fails when any figure (tail latencies and the fsync-bound
+//! single-writer figures excepted) is more than `--max-regression` times worse than the
+//! figure recorded in FILE (CI uses this with `--quick`).
+
+pub mod sut;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hyper::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::client::ApiClient;
+use crate::clock::{Clock, Millis, SystemClock};
+use crate::config::Config;
+use crate::storage::logs::{LogQuery, NewLog, append, query};
+use crate::storage::{Store, inventory as inv, tables};
+
+/// `mozpool bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Short run (about a minute): fewer log records, shorter load phases.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the figures as JSON to FILE (the format of docs/performance-baseline.json).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Fail when a figure is more than --max-regression times worse than in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Factor for --baseline.
+    #[arg(long, default_value_t = 3.0)]
+    pub max_regression: f64,
+    /// Log records to generate for the log query figure (default 10,000,000; 200,000 with
+    /// --quick).
+    #[arg(long, value_name = "N")]
+    pub log_records: Option<u64>,
+    /// Run only these sections (comma-separated: cycles, scale, health, store, logs).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// Which way is better for a figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    better: Better,
+    target: Option<f64>,
+}
+
+impl Figure {
+    fn pass(&self) -> Option<bool> {
+        self.target.map(|t| match self.better {
+            Better::Higher => self.value >= t,
+            Better::Lower => self.value <= t,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Figures(Vec<Figure>);
+
+impl Figures {
+    fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str, better: Better) {
+        self.target(name, value, unit, better, None);
+    }
+
+    fn target(
+        &mut self,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        better: Better,
+        target: Option<f64>,
+    ) {
+        let f = Figure {
+            name: name.into(),
+            value,
+            unit,
+            better,
+            target,
+        };
+        eprintln!("  {:<66} {:>12} {}", f.name, fmt(f.value), f.unit);
+        self.0.push(f);
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The q-quantile (0..=1) of `v` in milliseconds (sorts `v`).
+fn quantile(v: &mut [Duration], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    ms(v[i.min(v.len() - 1)])
+}
+
+/// Run the benchmark.
+///
+/// # Errors
+/// A section that could not run, or a gross regression against `--baseline`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let mut figs = Figures::default();
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("cannot find the mozpool binary")?;
+    #[allow(clippy::cast_precision_loss)]
+    let size = std::fs::metadata(&exe).map_or(0, |m| m.len()) as f64 / 1e6;
+    figs.add(
+        "binary size (as built, not stripped)",
+        size,
+        "MB",
+        Better::Lower,
+    );
+    if want("cycles") {
+        eprintln!("cycles: check-out/check-in over HTTP, instant simulated hardware");
+        cycles(args.quick, &mut figs).await.context("cycles")?;
+    }
+    if want("scale") {
+        for n in [1000, 10_000] {
+            eprintln!("scale: mozpool serve with {n} devices (child process)");
+            scale(&exe, n, &mut figs).await.context("scale")?;
+        }
+    }
+    if want("health") {
+        eprintln!("health: sweep of 1000 ready devices, SUTAgents answering after 50 ms");
+        health(1000, &mut figs).await.context("health")?;
+    }
+    if want("store") {
+        eprintln!("store: durable commits");
+        store(args.quick, &mut figs).await.context("store")?;
+    }
+    if want("logs") {
+        let n = args
+            .log_records
+            .unwrap_or(if args.quick { 200_000 } else { 10_000_000 });
+        eprintln!("logs: generating {n} log records");
+        logs(n, &mut figs).await.context("logs")?;
+    }
+    print_table(&figs, args.quick, started.elapsed());
+    if let Some(path) = &args.json {
+        std::fs::write(path, to_json(&figs, args.quick).to_string() + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.baseline {
+        compare(&figs, path, args.max_regression)?;
+    }
+    Ok(())
+}
+
+fn print_table(figs: &Figures, quick: bool, took: Duration) {
+    println!(
+        "mozpool bench{} on {} cores, {} ({:.0} s)",
+        if quick { " --quick" } else { "" },
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        crate::clock::Millis(SystemClock.now().0).iso(),
+        took.as_secs_f64()
+    );
+    println!(
+        "| {:<66} | {:>10} | {:<5} | {:>10} | {:<4} |",
+        "figure", "value", "unit", "target", "pass"
+    );
+    println!(
+        "|{:-<68}|{:->12}|{:-<7}|{:->12}|{:-<6}|",
+        "", "", "", "", ""
+    );
+    for f in &figs.0 {
+        let target = f.target.map_or_else(String::new, |t| {
+            format!(
+                "{} {}",
+                if f.better == Better::Higher {
+                    ">="
+                } else {
+                    "<="
+                },
+                fmt(t)
+            )
+        });
+        let pass = match f.pass() {
+            Some(true) => "pass",
+            Some(false) => "FAIL",
+            None => "",
+        };
+        println!(
+            "| {:<66} | {:>10} | {:<5} | {:>10} | {:<4} |",
+            f.name,
+            fmt(f.value),
+            f.unit,
+            target,
+            pass
+        );
+    }
+}
+
+fn to_json(figs: &Figures, quick: bool) -> Value {
+    let mut m = serde_json::Map::new();
+    for f in &figs.0 {
+        m.insert(
+            f.name.clone(),
+            json!({
+                "value": f.value,
+                "unit": f.unit,
+                "better": if f.better == Better::Higher { "higher" } else { "lower" },
+                "target": f.target,
+            }),
+        );
+    }
+    json!({ "quick": quick, "figures": m })
+}
+
+/// Figures (by a part of their name) that `--baseline` does not compare.
+const NOT_GATED: &[&str] = &["p99", "1 writer", "commit latency"];
+
+/// Fail on a figure more than `factor` times worse than the baseline's.
+fn compare(figs: &Figures, path: &Path, factor: f64) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the baseline {}", path.display()))?;
+    let base: Value = serde_json::from_str(&text).context("the baseline is not JSON")?;
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for f in &figs.0 {
+        // Tail latencies of a short run, and a lone writer's fsync-bound commits (0.25 to 4 ms
+        // on the same shared disk within an hour), are too noisy to gate on.
+        if NOT_GATED.iter().any(|s| f.name.contains(s)) {
+            continue;
+        }
+        let Some(b) = base["figures"][&f.name]["value"].as_f64() else {
+            continue;
+        };
+        if !(b.is_finite() && b > 0.0 && f.value.is_finite()) {
+            continue;
+        }
+        checked += 1;
+        let worse = match f.better {
+            Better::Higher => f.value * factor < b,
+            Better::Lower => f.value > b * factor,
+        };
+        if worse {
+            bad.push(format!(
+                "{}: {} {} against {} in the baseline",
+                f.name,
+                fmt(f.value),
+                f.unit,
+                fmt(b)
+            ));
+        }
+    }
+    println!(
+        "baseline {}: {checked} figures compared, {} more than {factor}x worse",
+        path.display(),
+        bad.len()
+    );
+    if !bad.is_empty() {
+        bail!("gross regression:\n  {}", bad.join("\n  "));
+    }
+    Ok(())
+}
+
+fn spanned<T: std::str::FromStr>(s: &str) -> anyhow::Result<toml::Spanned<T>> {
+    s.parse()
+        .map(|v| toml::Spanned::new(0..0, v))
+        .map_err(|_| anyhow::anyhow!("bad name {s}"))
+}
+
+/// A config for an in-process service on `dir`: `boards` GPIO boards (instant relays),
+/// the reusable image `android`, no delays in the hardware settings.
+fn config(dir: &Path, boards: usize) -> anyhow::Result<Config> {
+    let mut text = String::new();
+    for b in 0..boards {
+        text.push_str(&format!(
+            "[[relay_boards]]\nname = \"g{b}\"\nkind = {{ type = \"gpio\", active_low = false }}\ncool_down_ms = 0\n"
+        ));
+    }
+    let mut c = Config::parse(Path::new("bench.toml"), &text).context("bench config")?;
+    c.server.data_dir = dir.to_owned();
+    c.server.listen = "127.0.0.1:0".parse()?;
+    c.hardware.power_off_time_ms = 0;
+    c.hardware.sut_timeout_ms = 5000;
+    c.hardware.ping_timeout_ms = 5000;
+    // The simulated devices boot instantly: no boot wait before probing them.
+    c.lifeguard.pc_rebooting_ms = 0;
+    c.lifeguard.flash_rebooting_ms = 0;
+    c.images.push(crate::config::ImageConfig {
+        name: spanned("android")?,
+        description: None,
+        boot_config_keys: Vec::new(),
+        can_reuse: true,
+        hidden: false,
+        has_sut_agent: true,
+        steps: Vec::new(),
+    });
+    Ok(c)
+}
+
+fn device(
+    name: &str,
+    relay: Option<String>,
+    sut: String,
+) -> anyhow::Result<crate::config::DeviceConfig> {
+    Ok(crate::config::DeviceConfig {
+        name: spanned(name)?,
+        hardware_type: None,
+        processor: None,
+        pool: Some("mobile".into()),
+        os_version: None,
+        environment: None,
+        relay,
+        sut: Some(sut),
+        fastboot_serial: None,
+        comments: None,
+    })
+}
+
+/// Bench setup, not a service path: every device starts `ready` with the reusable image
+/// already on it (what a lab looks like after its first flash), with `deadline` as its
+/// next idle health check.
+async fn seed(app: &App, deadline: Option<Millis>) -> anyhow::Result<()> {
+    app.store
+        .write(move |tx, _| {
+            let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+            for mut d in devices {
+                d.state = "ready".into();
+                d.request = None;
+                d.lifeguard.current_image = Some("android".into());
+                d.lifeguard.current_has_sut = true;
+                d.lifeguard.counters.clear();
+                d.lifeguard.deadline = deadline;
+                inv::put_device(tx, &d)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// Check-out/check-in cycles at 1, 16 and 64 clients.
+async fn cycles(quick: bool, figs: &mut Figures) -> anyhow::Result<()> {
+    const DEVICES: usize = 192;
+    let pins = usize::from(crate::hw::relay::MAX_BCM_PIN) + 1;
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let addrs = sut::start(DEVICES, Duration::ZERO, &stop).await?;
+    let mut c = config(dir.path(), DEVICES.div_ceil(pins))?;
+    for (i, a) in addrs.iter().enumerate() {
+        let relay = format!("g{}:pin{}", i / pins, i % pins);
+        c.devices.push(device(
+            &format!("bench-{i:05}"),
+            Some(relay),
+            a.to_string(),
+        )?);
+    }
+    let (app, addr) = {
+        let app = App::open_sim_gpio(c, Arc::new(SystemClock)).await?;
+        seed(&app, None).await?;
+        let listener = app.bind().await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(app.clone().run(listener));
+        (app, addr)
+    };
+    let client = ApiClient::new(&format!("http://{addr}"));
+    let phase = Duration::from_secs(if quick { 3 } else { 10 });
+    let stats = app.store.clone();
+    let counters = move || {
+        let s = stats.stats();
+        (
+            s.commits.load(std::sync::atomic::Ordering::Relaxed),
+            s.writes.load(std::sync::atomic::Ordering::Relaxed),
+            s.commit_micros.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    for clients in [1usize, 16, 64] {
+        let (c0, w0, m0) = counters();
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                cycle_client(client, t0 + phase).await
+            }));
+        }
+        let (mut create, mut status, mut ret, mut total) = (vec![], vec![], vec![], vec![]);
+        let mut n = 0u64;
+        for t in tasks {
+            let r = t.await??;
+            n += r.cycles;
+            create.extend(r.create);
+            status.extend(r.status);
+            ret.extend(r.ret);
+            total.extend(r.total);
+        }
+        let took = t0.elapsed().as_secs_f64();
+        let (c1, w1, m1) = counters();
+        #[allow(clippy::cast_precision_loss)]
+        let rate = n as f64 / took;
+        #[allow(clippy::cast_precision_loss)]
+        let per = |x: u64| x as f64 / n.max(1) as f64;
+        let target = |t| (clients == 64).then_some(t);
+        figs.target(
+            format!("cycles/s, {clients} clients"),
+            rate,
+            "1/s",
+            Better::Higher,
+            target(5000.0),
+        );
+        for (call, v) in [
+            ("POST device/any/request", &mut create),
+            ("POST request/{id}/return", &mut ret),
+        ] {
+            figs.add(
+                format!("  p50 {call}, {clients} clients"),
+                quantile(v, 0.5),
+                "ms",
+                Better::Lower,
+            );
+            figs.target(
+                format!("  p99 {call}, {clients} clients"),
+                quantile(v, 0.99),
+                "ms",
+                Better::Lower,
+                target(10.0),
+            );
+        }
+        figs.add(
+            format!("  p50 GET request/{{id}}/status?wait, {clients} clients"),
+            quantile(&mut status, 0.5),
+            "ms",
+            Better::Lower,
+        );
+        figs.add(
+            format!("  p99 GET request/{{id}}/status?wait, {clients} clients"),
+            quantile(&mut status, 0.99),
+            "ms",
+            Better::Lower,
+        );
+        figs.add(
+            format!("  p50 whole cycle, {clients} clients"),
+            quantile(&mut total, 0.5),
+            "ms",
+            Better::Lower,
+        );
+        figs.add(
+            format!("  store commits per cycle, {clients} clients"),
+            per(c1 - c0),
+            "",
+            Better::Lower,
+        );
+        figs.add(
+            format!("  store writes per cycle, {clients} clients"),
+            per(w1 - w0),
+            "",
+            Better::Lower,
+        );
+        #[allow(clippy::cast_precision_loss)]
+        figs.add(
+            format!("  writer thread busy (commits incl. fsync), {clients} clients"),
+            (m1 - m0) as f64 / 1e4 / took,
+            "%",
+            Better::Lower,
+        );
+        // Let returned devices finish their self-tests before the next level.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    app.shutdown.cancel();
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct ClientRun {
+    cycles: u64,
+    create: Vec<Duration>,
+    status: Vec<Duration>,
+    ret: Vec<Duration>,
+    total: Vec<Duration>,
+}
+
+async fn cycle_client(client: ApiClient, until: Instant) -> anyhow::Result<ClientRun> {
+    let mut r = ClientRun::default();
+    let body = json!({"assignee": "bench", "duration": 3600, "image": "android"});
+    while Instant::now() < until {
+        let t0 = Instant::now();
+        let (_, v) = client
+            .call(Method::POST, "/api/device/any/request/", Some(&body))
+            .await?;
+        r.create.push(t0.elapsed());
+        let id = v["request"]["id"]
+            .as_u64()
+            .context("no request id in the reply")?;
+        let mut state = v["request"]["state"].as_str().unwrap_or("").to_owned();
+        while state != "ready" {
+            let t = Instant::now();
+            let v = client
+                .get(&format!("/api/request/{id}/status/?wait=10"))
+                .await?;
+            r.status.push(t.elapsed());
+            state = v["state"].as_str().unwrap_or("").to_owned();
+            if matches!(state.as_str(), "closed" | "failed" | "expired") {
+                bail!("request {id} ended in {state}: {v}");
+            }
+        }
+        let t = Instant::now();
+        client
+            .call(
+                Method::POST,
+                &format!("/api/request/{id}/return/"),
+                Some(&json!({})),
+            )
+            .await?;
+        r.ret.push(t.elapsed());
+        r.total.push(t0.elapsed());
+        r.cycles += 1;
+    }
+    Ok(r)
+}
+
+/// Start-up time, resident memory and device list latency of `mozpool serve` with `n`
+/// configured devices (unwired: no relay, no SUTAgent), in a child process.
+async fn scale(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n[[images]]\nname = \"android\"\ncan_reuse = true\n",
+        dir.path().join("data").display()
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[devices]]\nname = \"bench-{i:05}\"\npool = \"mobile\"\n"
+        ));
+    }
+    let conf = dir.path().join("mozpool.toml");
+    std::fs::write(&conf, text)?;
+    let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
+    let label = if n >= 10_000 { "10k" } else { "1k" };
+    // Round 0: first start (creates the devices), glibc's default malloc settings.
+    // Round 1: restart on the same store with the environment of the packaged systemd unit
+    // (MALLOC_TRIM_THRESHOLD_, see systemd/mozpool.service): the figures with targets.
+    for round in 0..2 {
+        let packaged = round == 1;
+        let t0 = Instant::now();
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if packaged {
+            cmd.env("MALLOC_TRIM_THRESHOLD_", UNIT_MALLOC_TRIM_THRESHOLD);
+        }
+        let mut child = cmd.spawn().context("cannot start mozpool serve")?;
+        loop {
+            if client.get("/api/version/").await.is_ok() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("mozpool serve with {n} devices did not answer within 60 s");
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("mozpool serve exited: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let up = ms(t0.elapsed());
+        if packaged {
+            figs.target(
+                format!("start-up, restart with {label} devices"),
+                up,
+                "ms",
+                Better::Lower,
+                Some(500.0),
+            );
+        } else {
+            figs.add(
+                format!("start-up, first start (creates {label} devices)"),
+                up,
+                "ms",
+                Better::Lower,
+            );
+        }
+        // Let the start finish resuming the devices before measuring.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let v = client.get("/api/device/list/").await?;
+        if v["devices"].as_array().map_or(0, Vec::len) != n {
+            bail!("device/list did not list {n} devices");
+        }
+        let (mut plain, mut details) = (Vec::new(), Vec::new());
+        // Timed without parsing the reply: the figure is the service's, not the client's.
+        for i in 0..30 {
+            let t = Instant::now();
+            let (s, _) = client
+                .call_bytes(Method::GET, "/api/device/list/", None)
+                .await?;
+            plain.push(t.elapsed());
+            if !s.is_success() {
+                bail!("device/list: {s}");
+            }
+            if i % 3 == 0 {
+                let t = Instant::now();
+                let (s, _) = client
+                    .call_bytes(Method::GET, "/api/device/list/?details=1", None)
+                    .await?;
+                details.push(t.elapsed());
+                if !s.is_success() {
+                    bail!("device/list?details=1: {s}");
+                }
+            }
+        }
+        if packaged {
+            let list_target = (n >= 10_000).then_some(20.0);
+            figs.target(
+                format!("device/list median, {label} devices"),
+                quantile(&mut plain, 0.5),
+                "ms",
+                Better::Lower,
+                list_target,
+            );
+            figs.target(
+                format!("device/list?details=1 median, {label} devices"),
+                quantile(&mut details, 0.5),
+                "ms",
+                Better::Lower,
+                list_target,
+            );
+            // A request against the whole inventory (no device is free: they are unwired),
+            // then its return: what one request costs the writer with n devices.
+            let body = json!({"assignee": "bench", "duration": 60, "image": "android"});
+            let (mut create, mut ret) = (Vec::new(), Vec::new());
+            for _ in 0..20 {
+                let t = Instant::now();
+                let (_, v) = client
+                    .call(Method::POST, "/api/device/any/request/", Some(&body))
+                    .await?;
+                create.push(t.elapsed());
+                let id = v["request"]["id"].as_u64().context("no request id")?;
+                let t = Instant::now();
+                client
+                    .call(
+                        Method::POST,
+                        &format!("/api/request/{id}/return/"),
+                        Some(&json!({})),
+                    )
+                    .await?;
+                ret.push(t.elapsed());
+            }
+            figs.add(
+                format!("POST device/any/request median, {label} devices, none free"),
+                quantile(&mut create, 0.5),
+                "ms",
+                Better::Lower,
+            );
+            figs.add(
+                format!("POST request/{{id}}/return median, {label} devices"),
+                quantile(&mut ret, 0.5),
+                "ms",
+                Better::Lower,
+            );
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let mb = child.id().and_then(vm_rss_kib).unwrap_or(0) as f64 / 1024.0;
+        if packaged {
+            figs.target(
+                format!("resident memory (VmRSS) after lists, {label} devices, as packaged"),
+                mb,
+                "MiB",
+                Better::Lower,
+                (n >= 10_000).then_some(50.0),
+            );
+        } else {
+            figs.add(
+                format!("resident memory (VmRSS) after lists, {label} devices, glibc defaults"),
+                mb,
+                "MiB",
+                Better::Lower,
+            );
+        }
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            child.kill().await?;
+        }
+    }
+    Ok(())
+}
+
+/// `MALLOC_TRIM_THRESHOLD_` as set by `systemd/mozpool.service` (keep the two in step):
+/// glibc returns freed memory above 128 KiB to the system instead of keeping it, so the
+/// buffers of a 10,000-device list do not stay resident.
+pub const UNIT_MALLOC_TRIM_THRESHOLD: &str = "131072";
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Time for the idle health checks of `n` ready devices, all due at once.
+async fn health(n: usize, figs: &mut Figures) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let addrs = sut::start(n, Duration::from_millis(50), &stop).await?;
+    let mut c = config(dir.path(), 0)?;
+    for (i, a) in addrs.iter().enumerate() {
+        c.devices
+            .push(device(&format!("bench-{i:05}"), None, a.to_string())?);
+    }
+    let app = App::open_sim_gpio(c, Arc::new(SystemClock)).await?;
+    seed(&app, Some(SystemClock.now())).await?;
+    let metrics = app.lifeguard.hardware().metrics.clone();
+    let listener = app.bind().await?;
+    let t0 = Instant::now();
+    tokio::spawn(app.clone().run(listener));
+    loop {
+        let (ok, failed) = metrics.count("health_check");
+        if ok + failed >= n as u64 {
+            if failed > 0 {
+                bail!("{failed} health checks failed");
+            }
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("health sweep unfinished after 120 s: {ok} ok, {failed} failed");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    figs.target(
+        format!("health sweep, {n} devices (SUTAgent delay 50 ms)"),
+        ms(t0.elapsed()),
+        "ms",
+        Better::Lower,
+        Some(2000.0),
+    );
+    app.shutdown.cancel();
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+/// Durable commits: one writer waiting for each commit, then 64 at once (group commit).
+async fn store(quick: bool, figs: &mut Figures) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("bench.redb"), Arc::new(SystemClock))?;
+    let n = if quick { 300 } else { 2000 };
+    let mut lat = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        store
+            .write(move |tx, now| {
+                append(
+                    tx,
+                    now,
+                    NewLog::new(format!("device:bench-{}", i % 100), "bench", "commit"),
+                )
+                .map(|_| ())
+            })
+            .await?;
+        lat.push(t.elapsed());
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    figs.add(
+        "store commits/s, 1 writer (durable)",
+        rate,
+        "1/s",
+        Better::Higher,
+    );
+    figs.add(
+        "  store commit latency p50 (durable)",
+        quantile(&mut lat, 0.5),
+        "ms",
+        Better::Lower,
+    );
+    figs.add(
+        "  store commit latency p99 (durable)",
+        quantile(&mut lat, 0.99),
+        "ms",
+        Better::Lower,
+    );
+    let phase = Duration::from_secs(if quick { 2 } else { 5 });
+    let commits0 = store
+        .stats()
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while t0.elapsed() < phase {
+                store
+                    .write(move |tx, now| {
+                        append(
+                            tx,
+                            now,
+                            NewLog::new(format!("device:bench-{w}"), "bench", "commit"),
+                        )
+                        .map(|_| ())
+                    })
+                    .await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut writes = 0;
+    for t in tasks {
+        writes += t.await??;
+    }
+    let took = t0.elapsed().as_secs_f64();
+    let commits = store
+        .stats()
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - commits0;
+    #[allow(clippy::cast_precision_loss)]
+    {
+        figs.add(
+            "store writes/s, 64 writers (group commit, durable)",
+            writes as f64 / took,
+            "1/s",
+            Better::Higher,
+        );
+        figs.add(
+            "  store commits/s, 64 writers",
+            commits as f64 / took,
+            "1/s",
+            Better::Higher,
+        );
+    }
+    Ok(())
+}
+
+/// Log query latency over `n` generated records (10,000 subjects).
+async fn logs(n: u64, figs: &mut Figures) -> anyhow::Result<()> {
+    const SUBJECTS: u64 = 10_000;
+    const BATCH: u64 = 50_000;
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("bench.redb"), Arc::new(SystemClock))?;
+    let t0 = Instant::now();
+    let mut written = 0;
+    while written < n {
+        let k = BATCH.min(n - written);
+        let from = written;
+        store
+            .write(move |tx, now| {
+                for i in from..from + k {
+                    append(
+                        tx,
+                        now,
+                        NewLog::new(
+                            format!("device:bench-{:05}", i % SUBJECTS),
+                            "lifeguard",
+                            "entering state ready (bench record)",
+                        ),
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        written += k;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    figs.add(
+        "log generation (batched writes)",
+        rate,
+        "rec/s",
+        Better::Higher,
+    );
+    let label = if n >= 1_000_000 {
+        format!("{}M", n / 1_000_000)
+    } else {
+        format!("{}k", n / 1000)
+    };
+    let mut by_subject = Vec::new();
+    let mut newest = Vec::new();
+    for i in 0..200u64 {
+        let subject = format!("device:bench-{:05}", (i * 7919) % SUBJECTS);
+        let q = LogQuery {
+            subject: Some(subject),
+            limit: 100,
+            ..LogQuery::default()
+        };
+        let t = Instant::now();
+        let rows = store.read(move |tx| query(tx, &q)).await?;
+        by_subject.push(t.elapsed());
+        if rows.is_empty() {
+            bail!("the log query found nothing");
+        }
+        let q = LogQuery {
+            limit: 100,
+            ..LogQuery::default()
+        };
+        let t = Instant::now();
+        store.read(move |tx| query(tx, &q)).await?;
+        newest.push(t.elapsed());
+    }
+    let mut sizes = BTreeMap::new();
+    sizes.insert("subject", by_subject);
+    sizes.insert("newest", newest);
+    for (what, mut v) in sizes {
+        let desc = if what == "subject" {
+            "one device's newest 100"
+        } else {
+            "newest 100 of all"
+        };
+        figs.add(
+            format!("log query p50, {desc}, {label} records"),
+            quantile(&mut v, 0.5),
+            "ms",
+            Better::Lower,
+        );
+        figs.add(
+            format!("  log query p99, {desc}, {label} records"),
+            quantile(&mut v, 0.99),
+            "ms",
+            Better::Lower,
+        );
+    }
+    Ok(())
+}
