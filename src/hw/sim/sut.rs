@@ -75,7 +75,7 @@ impl SimSutAgent {
     /// # Errors
     /// When no port can be bound.
     pub fn start(up: bool, id: &str) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = TcpListener::bind((own_loopback_ip(), 0))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Mutex::new(Shared {
@@ -168,6 +168,20 @@ impl Drop for SimSutAgent {
             let _ = t.join();
         }
     }
+}
+
+/// A loopback address of this agent's own. While an agent is down its port is free, and an
+/// agent started meanwhile (another simulated rack, in another test) could take it on a
+/// shared address, so the down agent's clients would reach a stranger. Each agent gets its
+/// own address in 127.0.0.0/8 (the process id and a counter), which keeps its port its own.
+fn own_loopback_ip() -> std::net::Ipv4Addr {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    // 127.P.N.N: P from the process id (never 0, so never 127.0.0.x), N a 16-bit counter.
+    let p = u8::try_from(pid % 254 + 1).unwrap_or(1);
+    let [_, _, hi, lo] = u32::try_from(n % 65_534 + 1).unwrap_or(1).to_be_bytes();
+    std::net::Ipv4Addr::new(127, p, hi, lo)
 }
 
 /// Bind or drop the listener to match `up && !refuse`. std sets SO_REUSEADDR, so the
