@@ -198,6 +198,7 @@ pub async fn render(
     metrics: &Metrics,
     store: &Store,
     started_unix_ms: u64,
+    status_long_polls: usize,
 ) -> Result<String, StoreError> {
     let counts = store.read(store_counts).await?;
     let file_bytes = std::fs::metadata(store.path()).map_or(0, |m| m.len());
@@ -356,6 +357,12 @@ pub async fn render(
     );
     let _ = writeln!(o, "# TYPE mozpool_store_file_bytes gauge");
     let _ = writeln!(o, "mozpool_store_file_bytes {file_bytes}");
+    let _ = writeln!(
+        o,
+        "# HELP mozpool_status_long_polls Requests with a status long poll (?wait) open now."
+    );
+    let _ = writeln!(o, "# TYPE mozpool_status_long_polls gauge");
+    let _ = writeln!(o, "mozpool_status_long_polls {status_long_polls}");
     Ok(out)
 }
 

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::{
     Action, DeviceChoice, DeviceView, Event, Holder, ImagingResult, LifeguardEvent, QueuePolicy,
     QueuedRequest, RequestSnapshot, RequestSpec, RequestState, Timings, assign, explain,
-    needs_image, satisfiable,
+    needs_image, satisfiable, select,
 };
 use crate::clock::{Clock, Millis};
 use crate::lifeguard::store::{Applied, ApplyError, apply};
@@ -72,6 +72,8 @@ struct Ctx {
 struct Post {
     lifeguard: Vec<Applied>,
     changed: bool,
+    /// Requests written by the closure (their status long polls are woken after the commit).
+    touched: Vec<u64>,
     /// Every device as this transaction last read it, reused by the nested steps of one
     /// request event (create → search → queue pass → explanation) instead of decoding the
     /// whole inventory each time (~10 ms with 10,000 devices). Dropped by every device write
@@ -96,6 +98,8 @@ struct Inner {
     ctx: Ctx,
     lifeguard: Lifeguard,
     changes: watch::Sender<u64>,
+    /// One channel per request that a status long poll is waiting on (see [`RequestWatch`]).
+    watchers: std::sync::Mutex<HashMap<u64, watch::Sender<u64>>>,
     wake: Notify,
     kick: Notify,
     shutdown: CancellationToken,
@@ -144,6 +148,7 @@ impl Pool {
                 ctx,
                 lifeguard,
                 changes,
+                watchers: std::sync::Mutex::default(),
                 wake: Notify::new(),
                 kick: Notify::new(),
                 shutdown,
@@ -170,6 +175,28 @@ impl Pool {
         self.inner.changes.subscribe()
     }
 
+    /// Follow one request: [`RequestWatch::changed`] returns after the next commit that
+    /// writes it. Only that request's waiters wake, not every long poll of the pool.
+    #[must_use]
+    pub fn watch_request(&self, id: u64) -> RequestWatch {
+        let mut watchers = lock(&self.inner.watchers);
+        let rx = watchers
+            .entry(id)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        RequestWatch {
+            inner: self.inner.clone(),
+            id,
+            rx: Some(rx),
+        }
+    }
+
+    /// How many requests have a status long poll waiting on them.
+    #[must_use]
+    pub fn watched_requests(&self) -> usize {
+        lock(&self.inner.watchers).len()
+    }
+
     /// Run the timers and the queue passes until shutdown.
     pub fn start(&self) {
         let this = self.clone();
@@ -190,6 +217,14 @@ impl Pool {
         }
         if post.changed {
             self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if !post.touched.is_empty() {
+            let watchers = lock(&self.inner.watchers);
+            for id in &post.touched {
+                if let Some(w) = watchers.get(id) {
+                    w.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
         }
         self.inner.wake.notify_one();
     }
@@ -410,6 +445,42 @@ impl PoolLink for Pool {
     }
 }
 
+/// A subscription to one request's commits, from [`Pool::watch_request`].
+pub struct RequestWatch {
+    inner: Arc<Inner>,
+    id: u64,
+    rx: Option<watch::Receiver<u64>>,
+}
+
+impl RequestWatch {
+    /// Wait for the next commit that writes the request (returns at once if one happened
+    /// since the last call or since the watch was made).
+    pub async fn changed(&mut self) {
+        if let Some(rx) = &mut self.rx {
+            // The sender lives in the pool's map as long as a receiver does.
+            let _ = rx.changed().await;
+        }
+    }
+}
+
+impl Drop for RequestWatch {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut watchers = lock(&self.inner.watchers);
+        if watchers
+            .get(&self.id)
+            .is_some_and(|w| w.receiver_count() == 0)
+        {
+            watchers.remove(&self.id);
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps stay consistent even if a holder panicked.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Waiting requests as the queue sees them.
 fn waiting(open: &[StoredRequest]) -> Vec<QueuedRequest> {
     open.iter()
@@ -430,37 +501,72 @@ fn device_views(devices: &[Device], open: &[StoredRequest]) -> Vec<DeviceView> {
         .collect();
     devices
         .iter()
-        .filter_map(|d| {
-            let mut v = DeviceView::new(d.name.parse().ok()?);
-            v.lifeguard_state.clone_from(&d.state);
-            v.free = d.state == "ready";
-            v.failed = d.state.starts_with("failed_");
-            v.retired = d.retired;
-            v.held_by = d.request.map(|request| Holder {
-                request,
-                assignee: assignees
-                    .get(&request)
-                    .map_or_else(String::new, |a| (*a).to_owned()),
-            });
-            v.environment = d.facts.environment.as_deref().and_then(|e| e.parse().ok());
-            v.hardware_type = d
-                .facts
-                .hardware_type
-                .as_deref()
-                .and_then(|h| h.parse().ok());
-            v.processor.clone_from(&d.facts.processor);
-            v.pool.clone_from(&d.facts.pool);
-            v.os_version.clone_from(&d.facts.os_version);
-            v.current_image = d
-                .lifeguard
-                .current_image
-                .as_deref()
-                .and_then(|i| i.parse().ok());
-            v.current_boot_config
-                .clone_from(&d.lifeguard.current_boot_config);
-            Some(v)
-        })
+        .filter_map(|d| device_view(d, &assignees))
         .collect()
+}
+
+/// One device as the queue sees it; `assignees` names the holder's assignee by request id.
+fn device_view(d: &Device, assignees: &HashMap<u64, &str>) -> Option<DeviceView> {
+    let mut v = DeviceView::new(d.name.parse().ok()?);
+    v.lifeguard_state.clone_from(&d.state);
+    v.free = d.state == "ready";
+    v.failed = d.state.starts_with("failed_");
+    v.retired = d.retired;
+    v.held_by = d.request.map(|request| Holder {
+        request,
+        assignee: assignees
+            .get(&request)
+            .map_or_else(String::new, |a| (*a).to_owned()),
+    });
+    v.environment = d.facts.environment.as_deref().and_then(|e| e.parse().ok());
+    v.hardware_type = d
+        .facts
+        .hardware_type
+        .as_deref()
+        .and_then(|h| h.parse().ok());
+    v.processor.clone_from(&d.facts.processor);
+    v.pool.clone_from(&d.facts.pool);
+    v.os_version.clone_from(&d.facts.os_version);
+    v.current_image = d
+        .lifeguard
+        .current_image
+        .as_deref()
+        .and_then(|i| i.parse().ok());
+    v.current_boot_config
+        .clone_from(&d.lifeguard.current_boot_config);
+    Some(v)
+}
+
+/// The device [`select::best`] would pick for `spec` among every device, found through
+/// the free-device index: a free device already running a reusable image is usually the
+/// first one looked at, so with one waiting request a pass reads a handful of records
+/// instead of the whole inventory. Only free devices can be picked, and only they are read.
+fn free_pick(tx: &WriteTransaction, spec: &RequestSpec) -> Result<Option<DeviceView>, StoreError> {
+    let idx = tx.open_table(tables::FREE_DEVICES)?;
+    let devices = tx.open_table(tables::DEVICES)?;
+    let none = HashMap::new();
+    let view = |name: &str| -> Result<Option<DeviceView>, StoreError> {
+        Ok(inv::device(&devices, name)?.and_then(|d| device_view(&d, &none)))
+    };
+    if spec.can_reuse {
+        // Name order within one image: the first reusable match is the best device.
+        for name in inv::free_device_names(&idx, Some(spec.image.as_str()))? {
+            if let Some(v) = view(&name)?
+                && v.available()
+                && select::matches(spec, &v)
+                && select::reusable(spec, &v)
+            {
+                return Ok(Some(v));
+            }
+        }
+    }
+    let mut candidates = Vec::new();
+    for name in inv::free_device_names(&idx, None)? {
+        if let Some(v) = view(&name)? {
+            candidates.push(v);
+        }
+    }
+    Ok(select::best(spec, &candidates).cloned())
 }
 
 fn create_tx(
@@ -478,12 +584,9 @@ fn create_tx(
     spec.can_reuse = image.can_reuse;
     spec.boot_config_keys.clone_from(&image.boot_config_keys);
     spec.created = now;
-    let devices = devices_in_tx(tx, post)?;
-    let open = requests::open_in_tx(tx)?;
     if let DeviceChoice::Named(name) = &spec.requested_device {
-        let Some(d) = devices
-            .iter()
-            .find(|d| d.name == name.as_str() && !d.retired)
+        let Some(d) =
+            inv::device(&tx.open_table(tables::DEVICES)?, name.as_str())?.filter(|d| !d.retired)
         else {
             return Ok(Err(PoolError::NoDevice(name.to_string())));
         };
@@ -501,7 +604,6 @@ fn create_tx(
             }
         }
     }
-    let views = device_views(&devices, &open);
     let id = next_counter(tx, "next_request_id")?;
     let (expires, capped) = c.timings.lease_end(now, duration_secs);
     let snap = RequestSnapshot::new(id, spec, expires);
@@ -518,7 +620,14 @@ fn create_tx(
             c.timings.max_duration.as_secs()
         ));
     }
-    let unsatisfiable = satisfiable(&snap.spec, &views).err();
+    // A free device that fits proves the request satisfiable without reading the inventory.
+    let unsatisfiable = if free_pick(tx, &snap.spec)?.is_some() {
+        None
+    } else {
+        let devices = devices_in_tx(tx, post)?;
+        let open = requests::open_in_tx(tx)?;
+        satisfiable(&snap.spec, &device_views(&devices, &open)).err()
+    };
     let stored = StoredRequest {
         snap,
         server: c.server.clone(),
@@ -526,6 +635,7 @@ fn create_tx(
         explanation: None,
     };
     requests::put(tx, &stored, c.timings.grace)?;
+    post.touched.push(id);
     append(
         tx,
         now,
@@ -569,6 +679,7 @@ fn deliver_tx(
     }
     requests::put(tx, &r, c.timings.grace)?;
     post.changed = true;
+    post.touched.push(id);
     if before != r.snap.state {
         tracing::info!(request = id, from = %before, to = %r.snap.state, "request state");
     }
@@ -732,21 +843,32 @@ fn run_pass(
     if depth > MAX_DEPTH {
         return Ok(got);
     }
-    let open = requests::open_in_tx(tx)?;
-    let queue = waiting(&open);
-    if queue.is_empty() {
-        return Ok(got);
-    }
-    let devices = devices_in_tx(tx, post)?;
-    let views = device_views(&devices, &open);
-    for (rid, device) in assign(&queue, &views, now, &c.policy) {
+    let queue = waiting(&requests::waiting_in_tx(tx)?);
+    let picks: Vec<(u64, DeviceView)> = match queue.as_slice() {
+        [] => return Ok(got),
+        // One waiting request: neither order nor fair share matter, only its best device.
+        [only] => free_pick(tx, &only.spec)?
+            .map(|v| (only.id, v))
+            .into_iter()
+            .collect(),
+        _ => {
+            let open = requests::open_in_tx(tx)?;
+            let devices = devices_in_tx(tx, post)?;
+            let views = device_views(&devices, &open);
+            assign(&queue, &views, now, &c.policy)
+                .into_iter()
+                .filter_map(|(rid, device)| {
+                    let v = views.iter().find(|v| v.name == device)?;
+                    Some((rid, v.clone()))
+                })
+                .collect()
+        }
+    };
+    for (rid, view) in picks {
         let Some(q) = queue.iter().find(|q| q.id == rid) else {
             continue;
         };
-        let Some(view) = views.iter().find(|v| v.name == device) else {
-            continue;
-        };
-        let needs = needs_image(&q.spec, view);
+        let needs = needs_image(&q.spec, &view);
         got.insert(rid);
         deliver_tx(
             tx,
@@ -754,7 +876,7 @@ fn run_pass(
             c,
             rid,
             Event::Assigned {
-                device,
+                device: view.name,
                 needs_image: needs,
             },
             post,

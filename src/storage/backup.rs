@@ -97,6 +97,16 @@ const TABLES: &[TableOps] = &[
         copy: |s, d| copy(s, d, tables::REQUEST_DEADLINES),
         check: |s| walk(s, tables::REQUEST_DEADLINES),
     },
+    TableOps {
+        name: "free_devices",
+        copy: |s, d| copy(s, d, tables::FREE_DEVICES),
+        check: |s| walk(s, tables::FREE_DEVICES),
+    },
+    TableOps {
+        name: "waiting_requests",
+        copy: |s, d| copy(s, d, tables::WAITING_REQUESTS),
+        check: |s| walk(s, tables::WAITING_REQUESTS),
+    },
 ];
 
 /// What a snapshot or a validation found.

@@ -6,7 +6,9 @@
 use redb::{ReadableTable, WriteTransaction};
 
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
-use super::tables::{DEVICE_DEADLINES, DEVICES, ENVIRONMENTS, HARDWARE_TYPES, IMAGES};
+use super::tables::{
+    DEVICE_DEADLINES, DEVICES, ENVIRONMENTS, FREE_DEVICES, HARDWARE_TYPES, IMAGES,
+};
 use super::{Encoded, StoreError, decode, encode};
 use crate::clock::Millis;
 use crate::model::{Device, Environment, HardwareTypeInfo, Image};
@@ -90,13 +92,26 @@ pub fn for_each_device(
     Ok(())
 }
 
-/// Insert or replace a device, keeping the Lifeguard deadline index in step.
+/// The device's key in `FREE_DEVICES` when the pool may hand it out right now: `ready`,
+/// not held, not retired. (image on it or "", name).
+#[must_use]
+pub fn free_key(d: &Device) -> Option<(&str, &str)> {
+    (!d.retired && d.request.is_none() && d.state == "ready").then(|| {
+        (
+            d.lifeguard.current_image.as_deref().unwrap_or(""),
+            d.name.as_str(),
+        )
+    })
+}
+
+/// Insert or replace a device, keeping the Lifeguard deadline index and the free-device
+/// index in step.
 ///
 /// # Errors
 /// Storage failure or a corrupt previous record.
 pub fn put_device(tx: &WriteTransaction, d: &Device) -> Result<(), StoreError> {
-    let old_deadline =
-        device(&tx.open_table(DEVICES)?, &d.name)?.and_then(|o| o.lifeguard.deadline);
+    let old = device(&tx.open_table(DEVICES)?, &d.name)?;
+    let old_deadline = old.as_ref().and_then(|o| o.lifeguard.deadline);
     let new_deadline = if d.retired {
         None
     } else {
@@ -111,7 +126,67 @@ pub fn put_device(tx: &WriteTransaction, d: &Device) -> Result<(), StoreError> {
             idx.insert((n.0, d.name.as_str()), ())?;
         }
     }
+    let old_free = old.as_ref().and_then(free_key);
+    let new_free = free_key(d);
+    if old_free != new_free {
+        let mut idx = tx.open_table(FREE_DEVICES)?;
+        if let Some(k) = old_free {
+            idx.remove(k)?;
+        }
+        if let Some(k) = new_free {
+            idx.insert(k, ())?;
+        }
+    }
     put_device_record(tx, d)
+}
+
+/// Names of devices the pool may hand out right now, in (image, name) order; with `image`,
+/// only those already running it, in name order.
+///
+/// # Errors
+/// Storage failure.
+pub fn free_device_names(
+    idx: &impl ReadableTable<(&'static str, &'static str), ()>,
+    image: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let range = match image {
+        Some(i) => idx.range((i, "")..)?,
+        None => idx.iter()?,
+    };
+    let mut out = Vec::new();
+    for item in range {
+        let (k, _) = item?;
+        let (on_device, name) = k.value();
+        if image.is_some_and(|i| i != on_device) {
+            break;
+        }
+        out.push(name.to_owned());
+    }
+    Ok(out)
+}
+
+/// Rebuild `FREE_DEVICES` from `DEVICES` (schema upgrade). A record that does not decode
+/// is left out with a warning: it is not free, and reading it elsewhere reports it.
+///
+/// # Errors
+/// Storage failure.
+pub fn rebuild_free_index(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let devices = tx.open_table(DEVICES)?;
+    let mut idx = tx.open_table(FREE_DEVICES)?;
+    idx.retain(|_, ()| false)?;
+    for item in devices.iter()? {
+        let (k, v) = item?;
+        match decode::<DeviceRecord>("devices", k.value(), &v.value()) {
+            Ok(record) => {
+                let d: Device = record.into();
+                if let Some(key) = free_key(&d) {
+                    idx.insert(key, ())?;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "device left out of the free-device index"),
+        }
+    }
+    Ok(())
 }
 
 /// Devices whose deadline is at or before `now`, earliest first, at most `limit`.

@@ -35,7 +35,10 @@ use crate::clock::{Clock, Millis};
 use crate::metrics::histogram::{FAST_BUCKETS, Histogram};
 
 /// The schema version this binary writes. A store with a newer version is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// 2: the `free_devices` and `waiting_requests` indexes (built from the records when a
+/// version-1 store is opened).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Largest number of write closures committed together.
 const MAX_BATCH: usize = 512;
@@ -348,7 +351,7 @@ impl Store {
 /// Create the tables, record the schema version, refuse a newer file.
 fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     let tx = db.begin_write()?;
-    {
+    let found = {
         let mut meta = tx.open_table(tables::META)?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
@@ -360,8 +363,15 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
                 });
             }
             Some(v) if v == SCHEMA_VERSION => {}
-            _ => {
+            found => {
                 meta.insert("schema_version", SCHEMA_VERSION)?;
+                if found.is_some() {
+                    tracing::info!(
+                        from = ?found,
+                        to = SCHEMA_VERSION,
+                        "upgrading the store's schema"
+                    );
+                }
             }
         }
         tx.open_table(tables::DEVICES)?;
@@ -374,6 +384,14 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
         tx.open_table(tables::REQUESTS)?;
         tx.open_table(tables::OPEN_REQUESTS)?;
         tx.open_table(tables::REQUEST_DEADLINES)?;
+        tx.open_table(tables::FREE_DEVICES)?;
+        tx.open_table(tables::WAITING_REQUESTS)?;
+        found
+    };
+    // Stores from before version 2 (or without a version) get their indexes built.
+    if found.is_none_or(|v| v < 2) {
+        inventory::rebuild_free_index(&tx)?;
+        requests::rebuild_waiting_index(&tx)?;
     }
     tx.commit()?;
     Ok(())

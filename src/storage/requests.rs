@@ -5,7 +5,7 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::codec::Record;
-use super::tables::{OPEN_REQUESTS, REQUEST_DEADLINES, REQUESTS};
+use super::tables::{OPEN_REQUESTS, REQUEST_DEADLINES, REQUESTS, WAITING_REQUESTS};
 use super::{Encoded, StoreError, decode, encode};
 use crate::clock::Millis;
 use crate::pool::{Assignment, Counters, DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
@@ -219,15 +219,55 @@ pub fn list(tx: &redb::ReadTransaction, open_only: bool) -> Result<Vec<StoredReq
 /// # Errors
 /// Storage failure or a corrupt record.
 pub fn open_in_tx(tx: &WriteTransaction) -> Result<Vec<StoredRequest>, StoreError> {
+    by_index(tx, OPEN_REQUESTS)
+}
+
+/// Requests waiting for a device, oldest first, inside a write transaction.
+///
+/// # Errors
+/// Storage failure or a corrupt record.
+pub fn waiting_in_tx(tx: &WriteTransaction) -> Result<Vec<StoredRequest>, StoreError> {
+    by_index(tx, WAITING_REQUESTS)
+}
+
+fn by_index(
+    tx: &WriteTransaction,
+    index: redb::TableDefinition<u64, ()>,
+) -> Result<Vec<StoredRequest>, StoreError> {
     let requests = tx.open_table(REQUESTS)?;
     let mut out = Vec::new();
-    for item in tx.open_table(OPEN_REQUESTS)?.iter()? {
+    for item in tx.open_table(index)?.iter()? {
         let id = item?.0.value();
         if let Some(r) = get(&requests, id)? {
             out.push(r);
         }
     }
     Ok(out)
+}
+
+/// Rebuild `WAITING_REQUESTS` from the open requests (schema upgrade). A record that does
+/// not decode is left out with a warning (reading it elsewhere reports it).
+///
+/// # Errors
+/// Storage failure.
+pub fn rebuild_waiting_index(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let requests = tx.open_table(REQUESTS)?;
+    let open = tx.open_table(OPEN_REQUESTS)?;
+    let mut idx = tx.open_table(WAITING_REQUESTS)?;
+    idx.retain(|_, ()| false)?;
+    for item in open.iter()? {
+        let id = item?.0.value();
+        match get(&requests, id) {
+            Ok(Some(r)) if r.snap.state.is_waiting() => {
+                idx.insert(id, ())?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(request = id, error = %e, "request left out of the waiting index")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// When the driver must next look at a request: its state timeout, or its expiry plus
@@ -241,7 +281,7 @@ pub fn due_at(r: &RequestSnapshot, grace: std::time::Duration) -> Option<Millis>
     Some(r.timeout.map_or(expiry, |t| t.min(expiry)))
 }
 
-/// Insert or replace a request, keeping the open and deadline indexes in step.
+/// Insert or replace a request, keeping the open, waiting and deadline indexes in step.
 ///
 /// # Errors
 /// Storage failure or a corrupt previous record.
@@ -268,6 +308,12 @@ pub fn put(
         open.remove(id)?;
     } else {
         open.insert(id, ())?;
+    }
+    let mut waiting = tx.open_table(WAITING_REQUESTS)?;
+    if r.snap.state.is_waiting() {
+        waiting.insert(id, ())?;
+    } else {
+        waiting.remove(id)?;
     }
     table.insert(id, encode(&to_record(r))?)?;
     Ok(())

@@ -276,8 +276,55 @@ async fn a_waiting_request_queues_and_explains_why() {
         .expect("explanation")
         .to_owned();
     assert!(why.contains("held"), "{why}");
-    // When the holder returns, the device is verified and then goes to the queued request.
     wait_request(&s, a, 60, |st| st == "ready").await;
+    // A long poll on the queued request: it follows that request only.
+    let poll = {
+        let http = s.http.clone();
+        let url = s.url(&format!("/api/request/{b}/status/?wait=50"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = http.get(url).send().await.expect("long poll");
+            let v: Value = r.json().await.expect("json");
+            (started.elapsed(), v)
+        })
+    };
+    let long_polls = |s: &TestServer| {
+        let http = s.http.clone();
+        let url = s.url("/metrics");
+        async move {
+            let text = http
+                .get(url)
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            text.lines()
+                .find_map(|l| l.strip_prefix("mozpool_status_long_polls "))
+                .expect("gauge")
+                .to_owned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while long_polls(&s).await != "1" {
+        assert!(Instant::now() < deadline, "the long poll never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another request changing does not end it.
+    let (status, _) = s
+        .post(
+            &format!("/api/request/{a}/renew/"),
+            json!({"duration": 900}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "the poll returned on another request's change"
+    );
+    // When the holder returns, the device is verified and then goes to the queued request.
     let r = s
         .http
         .post(s.url(&format!("/api/request/{a}/return/")))
@@ -285,6 +332,13 @@ async fn a_waiting_request_queues_and_explains_why() {
         .await
         .expect("return");
     assert_eq!(r.status(), 204);
+    let (took, st) = poll.await.expect("poll task");
+    assert_ne!(st["state"], "queued", "{st}");
+    assert!(
+        took < Duration::from_secs(45),
+        "returned at its change, not its timeout"
+    );
+    assert_eq!(long_polls(&s).await, "0", "no waiter left behind");
     let st = wait_request(&s, b, 60, |st| st == "ready").await;
     assert_eq!(st["assigned_device"], "sim-0001");
 }

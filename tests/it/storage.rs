@@ -244,6 +244,11 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
     assert_eq!(d.lifeguard.generation, 0);
     assert_eq!(d.lifeguard.entered_at, Millis(1_764_000_100_000));
     assert!(d.request.is_none() && d.registration.is_none());
+    assert_eq!(
+        free_names(&store, None),
+        ["panda-0042"],
+        "indexed on upgrade"
+    );
     // Writing it back stores layout 2, which reads back the same.
     let again = d.clone();
     store
@@ -264,6 +269,96 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
         .expect("raw")
         .expect("present");
     assert_eq!(raw[0], 1, "written as variant 1 (layout 2)");
+}
+
+/// Open `path` again once the previous `Store`'s writer thread has let go of the file.
+fn reopen(path: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(path, Arc::new(ManualClock::new(START))) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("already open"), "{e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
+fn free_names(store: &Store, image: Option<&'static str>) -> Vec<String> {
+    store
+        .read_blocking(|tx| inv::free_device_names(&tx.open_table(tables::FREE_DEVICES)?, image))
+        .expect("free index")
+}
+
+#[test]
+fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("v1.redb");
+    {
+        // A version-1 store: devices, but no free-device index.
+        let db = redb::Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut t = tx.open_table(tables::DEVICES).expect("table");
+            t.insert(
+                "panda-0042",
+                Encoded::<DeviceRecord>::from_raw(DEVICE_V1.to_vec()),
+            )
+            .expect("insert");
+            tx.open_table(tables::META)
+                .expect("meta")
+                .insert("schema_version", 1)
+                .expect("version");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
+    // The ready, unheld device is indexed under "" (no image on it).
+    assert_eq!(free_names(&store, None), ["panda-0042"]);
+    assert_eq!(free_names(&store, Some("")), ["panda-0042"]);
+    let get = |store: &Store| {
+        store
+            .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
+            .expect("read")
+            .expect("present")
+    };
+    let put = |store: &Store, d: mozpool::model::Device| {
+        store
+            .write_blocking(move |tx, _| inv::put_device(tx, &d))
+            .expect("write");
+    };
+    // Imaged: indexed under its image.
+    let mut d = get(&store);
+    d.lifeguard.current_image = Some("android".into());
+    put(&store, d.clone());
+    assert_eq!(free_names(&store, Some("android")), ["panda-0042"]);
+    assert!(free_names(&store, Some("")).is_empty());
+    // Held, busy, or retired: not free.
+    for change in [
+        |d: &mut mozpool::model::Device| d.request = Some(7),
+        |d: &mut mozpool::model::Device| d.state = "pc_power_cycling".into(),
+        |d: &mut mozpool::model::Device| d.retired = true,
+    ] {
+        let mut busy = d.clone();
+        change(&mut busy);
+        put(&store, busy);
+        assert!(free_names(&store, None).is_empty());
+        put(&store, d.clone());
+        assert_eq!(free_names(&store, None), ["panda-0042"]);
+    }
+    // A second device: the index is in (image, name) order.
+    let mut other = d.clone();
+    other.name = "panda-0001".into();
+    other.lifeguard.current_image = Some("b2g".into());
+    put(&store, other);
+    assert_eq!(free_names(&store, None), ["panda-0042", "panda-0001"]);
+    assert_eq!(free_names(&store, Some("android")), ["panda-0042"]);
+    drop(store);
+    // Reopening a version-2 store keeps the index as it is.
+    let store = reopen(&path);
+    assert_eq!(free_names(&store, None), ["panda-0042", "panda-0001"]);
 }
 
 #[test]
@@ -305,4 +400,63 @@ fn a_newer_database_is_refused() {
     }
     let err = Store::open(&path, Arc::new(ManualClock::new(START))).expect_err("too new");
     assert!(err.to_string().contains("newer than this release"), "{err}");
+}
+
+#[test]
+fn the_waiting_request_index_follows_request_writes_and_is_rebuilt_on_upgrade() {
+    use mozpool::pool::{DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
+    use mozpool::storage::requests::{self, StoredRequest};
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("w.redb");
+    let waiting_ids = |store: &Store| -> Vec<u64> {
+        store
+            .write_blocking(|tx, _| {
+                Ok(requests::waiting_in_tx(tx)?
+                    .iter()
+                    .map(|r| r.snap.id)
+                    .collect())
+            })
+            .expect("waiting")
+    };
+    let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("open");
+    let put = |store: &Store, id: u64, state: RequestState| {
+        let spec = RequestSpec::new(
+            DeviceChoice::Any,
+            "ci",
+            "android".parse().expect("image"),
+            START,
+        );
+        let mut snap = RequestSnapshot::new(id, spec, START.plus(Duration::from_secs(60)));
+        snap.state = state;
+        let r = StoredRequest {
+            snap,
+            server: "rack1".into(),
+            owner_token: None,
+            explanation: None,
+        };
+        store
+            .write_blocking(move |tx, _| requests::put(tx, &r, Duration::from_secs(5)))
+            .expect("put");
+    };
+    put(&store, 1, RequestState::Queued);
+    put(&store, 2, RequestState::FindingDevice);
+    put(&store, 3, RequestState::Pending);
+    assert_eq!(waiting_ids(&store), [1, 2]);
+    put(&store, 1, RequestState::ContactingLifeguard);
+    put(&store, 3, RequestState::Closed);
+    assert_eq!(waiting_ids(&store), [2]);
+    put(&store, 4, RequestState::Queued);
+    // Pretend this is a version-1 store: no waiting index yet.
+    store
+        .write_blocking(|tx, _| {
+            tx.open_table(tables::WAITING_REQUESTS)?
+                .retain(|_, ()| false)?;
+            tx.open_table(tables::META)?.insert("schema_version", 1)?;
+            Ok(())
+        })
+        .expect("downgrade");
+    assert!(waiting_ids(&store).is_empty());
+    drop(store);
+    let store = reopen(&path);
+    assert_eq!(waiting_ids(&store), [2, 4]);
 }

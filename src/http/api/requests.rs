@@ -262,21 +262,28 @@ async fn log_rows(ctx: &Ctx, id: u64, limit: usize) -> Result<Vec<Value>, ApiErr
 /// queue position and why nothing matched yet while waiting. With `wait`, the call returns
 /// as soon as the state changes (or after N seconds), so clients need not busy-poll.
 pub async fn status(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    let wait = ctx.query.number("wait")?;
+    // Subscribed before the first read, so a change right after it is not missed.
+    let mut watch = wait.map(|_| ctx.app.pool.watch_request(id));
     let mut r = load(ctx, id).await?;
-    if let Some(wait) = ctx.query.number("wait")? {
+    if let (Some(wait), Some(watch)) = (wait, &mut watch) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_STATUS_WAIT));
         let start_state = r.snap.state;
-        let mut changes = ctx.app.pool.subscribe();
         while r.snap.state == start_state && !settled(start_state) {
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { break },
+                () = watch.changed() => {}
                 () = tokio::time::sleep_until(deadline) => break,
                 () = ctx.app.shutdown.cancelled() => break,
             }
             r = load(ctx, id).await?;
         }
     }
-    let position = ctx.app.pool.queue_position(id).await?;
+    drop(watch);
+    let position = if r.snap.state.is_waiting() {
+        ctx.app.pool.queue_position(id).await?
+    } else {
+        None
+    };
     Ok(ok(&json!({
         "state": r.snap.state.to_string(),
         "log": log_rows(ctx, id, 100).await?,

@@ -65,9 +65,14 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 /// `GET /metrics`: Prometheus text format 0.0.4.
 pub async fn metrics(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let app = &ctx.app;
-    let text = crate::metrics::render(&app.metrics, &app.store, app.started.0)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot read the store: {e}")))?;
+    let text = crate::metrics::render(
+        &app.metrics,
+        &app.store,
+        app.started.0,
+        app.pool.watched_requests(),
+    )
+    .await
+    .map_err(|e| ApiError::internal(format!("cannot read the store: {e}")))?;
     Ok(bytes_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
