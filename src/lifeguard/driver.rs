@@ -275,7 +275,7 @@ impl Lifeguard {
                     }
                 }
                 hw_action => {
-                    self.spawn_action(applied.device.clone(), applied.generation, hw_action)
+                    self.spawn_action(applied.record.clone(), applied.generation, hw_action)
                 }
             }
         }
@@ -287,8 +287,9 @@ impl Lifeguard {
         self.inner.wake.notify_one();
     }
 
-    fn spawn_action(&self, device: String, generation: u64, action: Action) {
+    fn spawn_action(&self, record: Arc<Device>, generation: u64, action: Action) {
         let this = self.clone();
+        let device = record.name.clone();
         let name = device.clone();
         let mut inflight = self
             .inner
@@ -302,7 +303,7 @@ impl Lifeguard {
             // Shutdown cancels hardware work in flight (a fastboot child is killed with its
             // future); the state and its deadline are stored, so the restart resumes it.
             let event = tokio::select! {
-                e = this.run_action(&name, generation, action) => e,
+                e = this.run_action(&record, generation, action) => e,
                 () = this.inner.shutdown.cancelled() => return,
             };
             {
@@ -324,22 +325,8 @@ impl Lifeguard {
         inflight.insert(device, (generation, handle.abort_handle()));
     }
 
-    /// Run one hardware action; `None` when the device vanished.
-    async fn run_action(&self, name: &str, generation: u64, action: Action) -> Option<Event> {
-        let n = name.to_owned();
-        let device = match self
-            .inner
-            .store
-            .read(move |tx| inv::device(&tx.open_table(tables::DEVICES)?, &n))
-            .await
-        {
-            Ok(Some(d)) => d,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::error!(device = name, error = %e, "cannot read device for a hardware action");
-                return None;
-            }
-        };
+    /// Run one hardware action on `device` as its transition committed it.
+    async fn run_action(&self, device: &Device, generation: u64, action: Action) -> Option<Event> {
         let s = &self.inner.hw.settings;
         let g = generation;
         let kind = hw_kind(&action);
@@ -359,7 +346,7 @@ impl Lifeguard {
         let ping_limit = within(s.ping_timeout_ms);
         let started = std::time::Instant::now();
         let event = match action {
-            Action::PowerCycle => match self.relay(&device) {
+            Action::PowerCycle => match self.relay(device) {
                 Ok(addr) => match self
                     .inner
                     .hw
@@ -378,7 +365,7 @@ impl Lifeguard {
                     reason,
                 },
             },
-            Action::PowerOff => match self.relay(&device) {
+            Action::PowerOff => match self.relay(device) {
                 Ok(addr) => match self.inner.hw.boards.power_off(&addr).await {
                     Ok(()) => Event::PowerOffOk { generation: g },
                     Err(e) => Event::PowerOffFailed {
@@ -391,7 +378,7 @@ impl Lifeguard {
                     reason,
                 },
             },
-            Action::SutReboot => match sut_addr(&device) {
+            Action::SutReboot => match sut_addr(device) {
                 Ok(addr) => match hw::sut::reboot(addr, sut_limit).await {
                     Ok(()) => Event::SutRebootOk { generation: g },
                     Err(e) => Event::SutRebootFailed {
@@ -404,21 +391,21 @@ impl Lifeguard {
                     reason,
                 },
             },
-            Action::Ping => match self.probe_within(&device, ping_limit).await {
+            Action::Ping => match self.probe_within(device, ping_limit).await {
                 Ok(()) => Event::PingOk { generation: g },
                 Err(reason) => Event::PingFailed {
                     generation: g,
                     reason,
                 },
             },
-            Action::SutVerify => match self.sut_verify(&device, sut_limit).await {
+            Action::SutVerify => match self.sut_verify(device, sut_limit).await {
                 Ok(()) => Event::SutVerifyOk { generation: g },
                 Err(reason) => Event::SutVerifyFailed {
                     generation: g,
                     reason,
                 },
             },
-            Action::SutSdcardCheck => match sut_addr(&device) {
+            Action::SutSdcardCheck => match sut_addr(device) {
                 Ok(addr) => match hw::sut::check_storage(addr, sut_limit).await {
                     Ok(_) => Event::SutSdcardOk { generation: g },
                     Err(e) => Event::SutSdcardFailed {
@@ -434,9 +421,9 @@ impl Lifeguard {
             Action::HealthCheck { sut } => {
                 let _permit = self.inner.health.acquire().await;
                 let result = if sut {
-                    self.sut_verify(&device, sut_limit).await
+                    self.sut_verify(device, sut_limit).await
                 } else {
-                    self.probe_within(&device, ping_limit).await
+                    self.probe_within(device, ping_limit).await
                 };
                 match result {
                     Ok(()) => Event::HealthCheckOk { generation: g },
@@ -447,7 +434,7 @@ impl Lifeguard {
                 }
             }
             Action::Flash { image, boot_config } => {
-                match self.flash(&device, image.as_str(), &boot_config).await {
+                match self.flash(device, image.as_str(), &boot_config).await {
                     Ok(()) => Event::FlashOk { generation: g },
                     Err((bad_image, reason)) => Event::FlashFailed {
                         generation: g,

@@ -183,6 +183,27 @@ fn please(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Result<Tra
             });
             r.goto(S::StartFlash, "please_image");
         }
+        Event::Hold { request } => {
+            if st != S::Ready || snap.request.is_some() {
+                return Err(refuse(busy_reason(st)));
+            }
+            if snap.counters.get(counter::HEALTH_CHECK_IN_FLIGHT) > 0 {
+                return Err(refuse("a health check is in flight".into()));
+            }
+            if snap.counters.get(counter::VERIFIED_CLEAN) == 0 {
+                return Err(refuse(
+                    "not rebooted and verified since it was last held".into(),
+                ));
+            }
+            r.s.counters.clear(counter::VERIFIED_CLEAN);
+            r.s.request = Some(request);
+            r.goto(
+                S::Ready,
+                format!(
+                    "held by request {request} as it is: rebooted and verified since its last use"
+                ),
+            );
+        }
         Event::PleaseSelfTest | Event::PleaseStartMaintenance => {
             if !st.accepts_basic_please() {
                 return Err(refuse(busy_reason(st)));
@@ -254,6 +275,7 @@ fn internal(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Transiti
     if let Event::Release { request } = event {
         if snap.request == Some(request) {
             r.s.request = None;
+            r.s.counters.clear(counter::VERIFIED_CLEAN);
             if st == S::Ready {
                 r.goto(S::Ready, format!("request {request} released"));
             } else {
@@ -551,6 +573,8 @@ impl<'a> Run<'a> {
                         request,
                         result: ImagingResult::Complete,
                     });
+                } else {
+                    self.s.counters.set(counter::VERIFIED_CLEAN, 1);
                 }
                 self.goto(S::Ready, "operation complete");
             }
@@ -644,6 +668,9 @@ impl<'a> Run<'a> {
         match self.s.purpose {
             Purpose::SelfTest => {
                 self.s.counters.clear_non_sticky();
+                if self.s.request.is_none() {
+                    self.s.counters.set(counter::VERIFIED_CLEAN, 1);
+                }
                 self.goto(S::Ready, format!("self-test passed ({why})"));
             }
             Purpose::Operation => self.goto(S::OperationComplete, why),

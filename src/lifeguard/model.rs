@@ -35,6 +35,10 @@ pub mod counter {
     pub const POWERING_OFF: &str = "powering_off";
     /// 1 while an idle health check is in flight in `ready`.
     pub const HEALTH_CHECK_IN_FLIGHT: &str = "health_check_in_flight";
+    /// 1 while the device is `ready`, unheld, and was rebooted and verified after it was last
+    /// held (self-test or operation passed with no request attached); cleared when it is held,
+    /// released, forced or starts any operation. Lets the pool hand it over at once.
+    pub const VERIFIED_CLEAN: &str = "verified_clean";
     /// Sticky: automatic self-tests started after failures.
     pub const SELF_TEST_RETRIES: &str = "self_test_retries";
     /// Sticky: failed idle health checks.
@@ -227,6 +231,13 @@ pub enum Event {
     PleaseStartMaintenance,
     /// Back from maintenance through a self-test.
     PleaseEndMaintenance,
+    /// The pool hands this `ready` device to `request` as it is, without another power cycle.
+    /// Refused unless it was rebooted and verified since it was last held
+    /// ([`counter::VERIFIED_CLEAN`]) and no health check is in flight. Pool only (not HTTP).
+    Hold {
+        /// The request taking the device.
+        request: u64,
+    },
     /// The pool closed `request`: detach it (never refused; no-op if it does not hold the device).
     Release {
         /// The request being closed.
@@ -352,6 +363,7 @@ impl Event {
             Event::PleaseSelfTest => "please_self_test",
             Event::PleaseStartMaintenance => "please_start_maintenance",
             Event::PleaseEndMaintenance => "please_end_maintenance",
+            Event::Hold { .. } => "hold",
             Event::Release { .. } => "release",
             Event::Timeout { .. } => "timeout",
             Event::PowerCycleOk { .. } => "power_cycle_ok",
@@ -385,6 +397,7 @@ impl Event {
             | Event::PleaseSelfTest
             | Event::PleaseStartMaintenance
             | Event::PleaseEndMaintenance
+            | Event::Hold { .. }
             | Event::Release { .. } => None,
             Event::Timeout { generation }
             | Event::PowerCycleOk { generation }
@@ -419,6 +432,7 @@ impl Event {
                 | Event::PleaseSelfTest
                 | Event::PleaseStartMaintenance
                 | Event::PleaseEndMaintenance
+                | Event::Hold { .. }
         )
     }
 }

@@ -5,6 +5,8 @@
 //! Running inside the caller's write transaction is what lets the request layer assign a
 //! device and make it accept `please_image` atomically (MozPool 4.x raced here, §9.8).
 
+use std::sync::Arc;
+
 use redb::WriteTransaction;
 
 use super::{
@@ -81,6 +83,8 @@ pub struct Applied {
     pub request: Option<u64>,
     /// The device is free for the pool after the transition (and was not before).
     pub became_available: bool,
+    /// The device record as this transition left it (its wiring is what the actions use).
+    pub record: Arc<Device>,
 }
 
 /// Why a transition was not applied.
@@ -121,6 +125,7 @@ where
     if device.retired {
         return Ok(Err(ApplyError::Retired(name.to_owned())));
     }
+    let old = inv::IndexKeys::of(&device);
     let before = snapshot_of(&device);
     let tr = match f(&before) {
         Ok(tr) => tr,
@@ -131,7 +136,7 @@ where
     if !tr.is_noop(&before) {
         write_back(&mut device, &tr.next);
         device.updated = now;
-        inv::put_device(tx, &device)?;
+        inv::replace_device(tx, Some(old), &device)?;
     }
     if before.state != tr.next.state {
         tracing::info!(device = name, from = %before.state, to = %tr.next.state, "device state");
@@ -151,5 +156,6 @@ where
         actions: tr.actions,
         request: tr.next.request,
         became_available,
+        record: Arc::new(device),
     }))
 }

@@ -136,6 +136,79 @@ fn new_device_self_tests_by_ping_into_ready() {
     assert!(tr.next.is_available());
 }
 
+/// Self-test an unheld ready device by relay and ping, back to `ready`.
+fn self_tested(s: &Snapshot) -> Snapshot {
+    let tr = please_ok(s, Event::PleaseSelfTest);
+    let tr = go(
+        &tr.next,
+        Event::PowerCycleOk {
+            generation: g(&tr.next),
+        },
+    );
+    let tr = timeout(&tr.next);
+    let tr = go(
+        &tr.next,
+        Event::PingOk {
+            generation: g(&tr.next),
+        },
+    );
+    assert_eq!(tr.next.state, S::Ready);
+    tr.next
+}
+
+#[test]
+fn hold_hands_over_only_a_device_verified_since_its_last_use() {
+    let hold = |request| Event::Hold { request };
+    // Forced or restored into ready: nothing proves it was verified.
+    let unproven = at(S::Ready, true, false);
+    let r = step(&unproven, hold(1), T0, &t()).expect_err("not verified");
+    assert!(r.reason.contains("not rebooted and verified"), "{r}");
+    // A passed self-test proves it: held at once, no hardware, no idle check while held.
+    let clean = self_tested(&unproven);
+    assert_eq!(clean.counters.get(counter::VERIFIED_CLEAN), 1);
+    let tr = please_ok(&clean, hold(7));
+    assert_eq!(tr.next.state, S::Ready);
+    assert_eq!(tr.next.request, Some(7));
+    assert!(tr.actions.is_empty(), "{:?}", tr.actions);
+    assert_eq!(tr.next.deadline, None, "no idle health check while held");
+    assert!(logs(&tr).contains("held by request 7"), "{}", logs(&tr));
+    // Used: a second hold is refused, and so is one after the release (not rebooted since).
+    assert!(step(&tr.next, hold(8), T0, &t()).is_err());
+    let released = go(&tr.next, Event::Release { request: 7 }).next;
+    assert_eq!(released.request, None);
+    let r = step(&released, hold(8), T0, &t()).expect_err("used since");
+    assert!(r.reason.contains("not rebooted and verified"), "{r}");
+    // The self-test after the release makes it clean again.
+    assert!(step(&self_tested(&released), hold(8), T0, &t()).is_ok());
+    // A passed idle health check keeps it clean; one in flight blocks the hold.
+    let check = timeout(&clean);
+    assert_eq!(check.actions, vec![Action::HealthCheck { sut: false }]);
+    let r = step(&check.next, hold(9), T0, &t()).expect_err("check in flight");
+    assert!(r.reason.contains("health check"), "{r}");
+    let checked = go(
+        &check.next,
+        Event::HealthCheckOk {
+            generation: g(&check.next),
+        },
+    )
+    .next;
+    assert!(step(&checked, hold(9), T0, &t()).is_ok());
+    // An operation for a request leaves it unclean; one without a request leaves it clean.
+    let held_image = please_ok(&clean, image_event(Some(3), false)).next;
+    assert_eq!(held_image.counters.get(counter::VERIFIED_CLEAN), 0);
+    // A conditional state change into ready proves nothing.
+    let forced = force(&clean, "ready", "ready", T0, &t())
+        .expect("forced")
+        .next;
+    assert!(step(&forced, hold(10), T0, &t()).is_err());
+    // Busy or failed devices are refused like any please event.
+    for st in [S::PcPowerCycling, S::FailedPinging, S::MaintenanceMode] {
+        let mut s = at(st, true, false);
+        s.counters.set(counter::VERIFIED_CLEAN, 1);
+        assert!(step(&s, hold(11), T0, &t()).is_err(), "{st}");
+    }
+}
+
 #[test]
 fn sut_image_self_test_verifies_through_sut_and_sdcard() {
     let s = at(S::Troubleshooting, true, true);
@@ -1131,7 +1204,7 @@ fn counter_limit(t: &Timings, name: &str) -> u32 {
         counter::SUT_VERIFY_POWER_CYCLE => t.max_sut_verify_power_cycle + 1,
         counter::SUT_SDCARD_VERIFYING => t.max_sut_sdcard_verifying + 1,
         counter::POWERING_OFF => t.max_powering_off + 1,
-        counter::HEALTH_CHECK_IN_FLIGHT => 1,
+        counter::HEALTH_CHECK_IN_FLIGHT | counter::VERIFIED_CLEAN => 1,
         counter::SELF_TEST_RETRIES => t.max_self_test_retries,
         counter::HEALTH_CHECK_FAILURES => t.max_health_check_failures + 1,
         other => panic!("unknown counter {other}"),
@@ -1149,6 +1222,7 @@ const COUNTERS: &[&str] = &[
     counter::SUT_SDCARD_VERIFYING,
     counter::POWERING_OFF,
     counter::HEALTH_CHECK_IN_FLIGHT,
+    counter::VERIFIED_CLEAN,
     counter::SELF_TEST_RETRIES,
     counter::HEALTH_CHECK_FAILURES,
 ];

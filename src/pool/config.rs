@@ -40,6 +40,10 @@ pub struct Timings {
     /// Longest lease a create or renew may ask for (new; longer asks are capped).
     #[serde(with = "secs")]
     pub max_duration: Duration,
+    /// Power-cycle a device on every assignment even when it already runs the requested
+    /// reusable image and was rebooted and verified since its last user (4.x: always). By
+    /// default such a device is handed over at once: it was rebooted when it was returned.
+    pub reboot_before_handover: bool,
 }
 
 impl Default for Timings {
@@ -55,6 +59,7 @@ impl Default for Timings {
             bad_image_tries: 2,
             grace: Duration::from_secs(60),
             max_duration: Duration::from_secs(24 * 3600),
+            reboot_before_handover: false,
         }
     }
 }

@@ -634,7 +634,7 @@ fn create_tx(
         owner_token,
         explanation: None,
     };
-    requests::put(tx, &stored, c.timings.grace)?;
+    requests::replace(tx, None, &stored, c.timings.grace)?;
     post.touched.push(id);
     append(
         tx,
@@ -670,6 +670,7 @@ fn deliver_tx(
         _ => None,
     };
     let before = r.snap.state;
+    let old_due = requests::due_at(&r.snap, c.timings.grace);
     let tr = super::step(&r.snap, event, now, &c.timings);
     r.snap = tr.apply(&r.snap);
     if explanation.is_some() {
@@ -677,7 +678,7 @@ fn deliver_tx(
     } else if !r.snap.state.is_waiting() {
         r.explanation = None;
     }
-    requests::put(tx, &r, c.timings.grace)?;
+    requests::replace(tx, old_due, &r, c.timings.grace)?;
     post.changed = true;
     post.touched.push(id);
     if before != r.snap.state {
@@ -718,18 +719,34 @@ fn deliver_tx(
             Action::ContactLifeguard { device, event } => {
                 post.devices = None;
                 let result = contact_lifeguard(tx, now, c, id, device.as_str(), event)?;
-                let reply = match result {
-                    Ok(applied) => {
+                let (reply, handed_over) = match result {
+                    Ok((applied, handed_over)) => {
                         post.lifeguard.push(applied);
-                        Event::LifeguardContacted { device }
+                        (
+                            Event::LifeguardContacted {
+                                device: device.clone(),
+                            },
+                            handed_over,
+                        )
                     }
-                    Err(state) => Event::DeviceLost {
-                        device,
-                        lifeguard_state: state,
-                    },
+                    Err(state) => (
+                        Event::DeviceLost {
+                            device: device.clone(),
+                            lifeguard_state: state,
+                        },
+                        false,
+                    ),
                 };
                 if depth < MAX_DEPTH {
                     deliver_tx(tx, now, c, id, reply, post, depth + 1)?;
+                    if handed_over {
+                        // Nothing to wait for: the device is ready for this request now.
+                        let done = Event::LifeguardFinished {
+                            device,
+                            imaging_result: ImagingResult::Complete,
+                        };
+                        deliver_tx(tx, now, c, id, done, post, depth + 1)?;
+                    }
                 }
             }
             Action::ReleaseDevice { device, reverify } => {
@@ -742,7 +759,10 @@ fn deliver_tx(
 }
 
 /// Hold `device` for request `id` and make Lifeguard accept the please event, in this
-/// transaction. `Err(state)` when the device is not free or refuses.
+/// transaction. A power cycle is skipped when the device was rebooted and verified since
+/// its last user (Lifeguard's `hold`; see `reboot_before_handover`): then the second value
+/// is true and the device is ready for the request already. `Err(state)` when the device
+/// is not free or refuses.
 fn contact_lifeguard(
     tx: &WriteTransaction,
     now: Millis,
@@ -750,7 +770,17 @@ fn contact_lifeguard(
     id: u64,
     device: &str,
     event: LifeguardEvent,
-) -> Result<Result<Applied, String>, StoreError> {
+) -> Result<Result<(Applied, bool), String>, StoreError> {
+    if matches!(event, LifeguardEvent::PleasePowerCycle) && !c.timings.reboot_before_handover {
+        let t = c.lg.clone();
+        let held = apply(tx, now, device, Some("pool"), |s| {
+            lifeguard::step(s, lifeguard::Event::Hold { request: id }, now, &t)
+                .map_err(ApplyError::from)
+        })?;
+        if let Ok(applied) = held {
+            return Ok(Ok((applied, true)));
+        }
+    }
     let please = match event {
         LifeguardEvent::PleaseImage { image, boot_config } => {
             let has_sut = inv::image(&tx.open_table(tables::IMAGES)?, image.as_str())?
@@ -788,7 +818,7 @@ fn contact_lifeguard(
         }
         lifeguard::step(&held, please, now, &t).map_err(ApplyError::from)
     })?;
-    Ok(result.map_err(|e| match e {
+    Ok(result.map(|applied| (applied, false)).map_err(|e| match e {
         ApplyError::Refused(r) => r.state.to_string(),
         other => other.to_string(),
     }))

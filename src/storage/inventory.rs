@@ -111,7 +111,38 @@ pub fn free_key(d: &Device) -> Option<(&str, &str)> {
 /// Storage failure or a corrupt previous record.
 pub fn put_device(tx: &WriteTransaction, d: &Device) -> Result<(), StoreError> {
     let old = device(&tx.open_table(DEVICES)?, &d.name)?;
-    let old_deadline = old.as_ref().and_then(|o| o.lifeguard.deadline);
+    replace_device(tx, old.as_ref().map(IndexKeys::of), d)
+}
+
+/// Where a stored device sits in the indexes `put_device` keeps in step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexKeys {
+    deadline: Option<Millis>,
+    free: Option<(String, String)>,
+}
+
+impl IndexKeys {
+    /// The index keys of `d` as stored.
+    #[must_use]
+    pub fn of(d: &Device) -> IndexKeys {
+        IndexKeys {
+            deadline: d.lifeguard.deadline,
+            free: free_key(d).map(|(i, n)| (i.to_owned(), n.to_owned())),
+        }
+    }
+}
+
+/// [`put_device`] for a caller that has just read the stored record in this transaction
+/// and kept its [`IndexKeys`] (so it is not decoded twice).
+///
+/// # Errors
+/// Storage failure.
+pub fn replace_device(
+    tx: &WriteTransaction,
+    old: Option<IndexKeys>,
+    d: &Device,
+) -> Result<(), StoreError> {
+    let old_deadline = old.as_ref().and_then(|o| o.deadline);
     let new_deadline = if d.retired {
         None
     } else {
@@ -126,7 +157,10 @@ pub fn put_device(tx: &WriteTransaction, d: &Device) -> Result<(), StoreError> {
             idx.insert((n.0, d.name.as_str()), ())?;
         }
     }
-    let old_free = old.as_ref().and_then(free_key);
+    let old_free = old
+        .as_ref()
+        .and_then(|o| o.free.as_ref())
+        .map(|(i, n)| (i.as_str(), n.as_str()));
     let new_free = free_key(d);
     if old_free != new_free {
         let mut idx = tx.open_table(FREE_DEVICES)?;

@@ -290,9 +290,23 @@ pub fn put(
     r: &StoredRequest,
     grace: std::time::Duration,
 ) -> Result<(), StoreError> {
+    let old_due = get(&tx.open_table(REQUESTS)?, r.snap.id)?.and_then(|o| due_at(&o.snap, grace));
+    replace(tx, old_due, r, grace)
+}
+
+/// [`put`] for a caller that knows the stored request's [`due_at`] (it read it in this
+/// transaction, or the request is new: `None`), so it is not decoded again.
+///
+/// # Errors
+/// Storage failure.
+pub fn replace(
+    tx: &WriteTransaction,
+    old_due: Option<Millis>,
+    r: &StoredRequest,
+    grace: std::time::Duration,
+) -> Result<(), StoreError> {
     let id = r.snap.id;
     let mut table = tx.open_table(REQUESTS)?;
-    let old_due = get(&table, id)?.and_then(|o| due_at(&o.snap, grace));
     let new_due = due_at(&r.snap, grace);
     if old_due != new_due {
         let mut idx = tx.open_table(REQUEST_DEADLINES)?;

@@ -445,3 +445,85 @@ async fn sixty_four_clients_twenty_devices_no_double_booking() {
         "all closed: {list}"
     );
 }
+
+/// Request "android" on a one-device rack, wait until ready, return it, and wait until the
+/// device has been self-tested back to `ready`. Returns the device name.
+async fn use_and_return(s: &TestServer) -> String {
+    let (status, body) = s
+        .post(
+            "/api/device/any/request/",
+            json!({"assignee": "ci", "duration": 600, "image": "android"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["request"]["id"].as_u64().expect("id");
+    let st = wait_request(s, id, 60, |st| st == "ready").await;
+    let device = st["assigned_device"].as_str().expect("device").to_owned();
+    let (status, _) = s
+        .post(&format!("/api/request/{id}/return/"), json!({}))
+        .await;
+    assert_eq!(status, 204);
+    s.wait_state(&device, 60, |st| st == "ready").await;
+    // Self-tested after the return before anyone else can have it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s
+        .device_log(&device)
+        .await
+        .iter()
+        .any(|l| l.contains("self-test passed"))
+    {
+        assert!(Instant::now() < deadline, "no self-test after the return");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    device
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_verified_since_its_last_use_is_handed_over_at_once() {
+    let s = TestServer::start_rack(1, "").await;
+    s.wait_all_ready(30).await;
+    let device = use_and_return(&s).await;
+    let (status, body) = s
+        .post(
+            "/api/device/any/request/",
+            json!({"assignee": "ci", "duration": 600, "image": "android"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["request"]["state"], "ready",
+        "ready in the reply: {body}"
+    );
+    assert_eq!(body["request"]["assigned_device"], device.as_str());
+    let log = s.device_log(&device).await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("as it is: rebooted and verified since its last use")),
+        "{log:#?}"
+    );
+    assert_eq!(s.state(&device).await, "ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_before_handover_power_cycles_every_assignment() {
+    let s = TestServer::start_rack(1, "[requests]\nreboot_before_handover = true\n").await;
+    s.wait_all_ready(30).await;
+    use_and_return(&s).await;
+    let (status, body) = s
+        .post(
+            "/api/device/any/request/",
+            json!({"assignee": "ci", "duration": 600, "image": "android"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["request"]["state"], "ready", "{body}");
+    let id = body["request"]["id"].as_u64().expect("id");
+    let st = wait_request(&s, id, 60, |st| st == "ready").await;
+    let device = st["assigned_device"].as_str().expect("device");
+    let log = s.device_log(device).await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("accepted please_power_cycle")),
+        "{log:#?}"
+    );
+}
