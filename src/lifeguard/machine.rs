@@ -766,19 +766,35 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn power_cycle_failed(&mut self, reason: &str) {
-        let c = self.s.counters.increment(counter::POWER_CYCLING);
-        if c > self.t.max_power_cycling {
-            self.fail(
-                S::FailedPowerCycling,
-                format!("power cycle failed {c} times (last: {reason})"),
-            );
+    /// One more failure of `what`, counted on `counter`: past `limit` the device fails into
+    /// `failed`, otherwise it re-enters `retry`.
+    fn retry_or_fail(
+        &mut self,
+        counter: &'static str,
+        limit: u32,
+        failed: DeviceState,
+        retry: DeviceState,
+        what: &str,
+        reason: &str,
+    ) {
+        let c = self.s.counters.increment(counter);
+        if c > limit {
+            self.fail(failed, format!("{what} failed {c} times (last: {reason})"));
         } else {
-            self.goto(
-                S::PcPowerCycling,
-                format!("power cycle failed ({reason}); retry {c}"),
-            );
+            self.goto(retry, format!("{what} failed ({reason}); retry {c}"));
         }
+    }
+
+    fn power_cycle_failed(&mut self, reason: &str) {
+        let limit = self.t.max_power_cycling;
+        self.retry_or_fail(
+            counter::POWER_CYCLING,
+            limit,
+            S::FailedPowerCycling,
+            S::PcPowerCycling,
+            "power cycle",
+            reason,
+        );
     }
 
     fn soft_reboot_failed(&mut self, reason: &str) {
@@ -835,15 +851,15 @@ impl<'a> Run<'a> {
     }
 
     fn flash_failed(&mut self, reason: &str) {
-        let c = self.s.counters.increment(counter::FLASHING);
-        if c > self.t.max_flashing {
-            self.fail(
-                S::FailedFlashing,
-                format!("flash failed {c} times (last: {reason})"),
-            );
-        } else {
-            self.goto(S::Flashing, format!("flash failed ({reason}); retry {c}"));
-        }
+        let limit = self.t.max_flashing;
+        self.retry_or_fail(
+            counter::FLASHING,
+            limit,
+            S::FailedFlashing,
+            S::Flashing,
+            "flash",
+            reason,
+        );
     }
 
     fn sut_verify_power_cycle_failed(&mut self, reason: &str) {
@@ -862,32 +878,26 @@ impl<'a> Run<'a> {
     }
 
     fn sdcard_failed(&mut self, reason: &str) {
-        let c = self.s.counters.increment(counter::SUT_SDCARD_VERIFYING);
-        if c > self.t.max_sut_sdcard_verifying {
-            self.fail(
-                S::FailedSutSdcardVerifying,
-                format!("SD card check failed {c} times (last: {reason})"),
-            );
-        } else {
-            self.goto(
-                S::SutSdcardVerifying,
-                format!("SD card check failed ({reason}); retry {c}"),
-            );
-        }
+        let limit = self.t.max_sut_sdcard_verifying;
+        self.retry_or_fail(
+            counter::SUT_SDCARD_VERIFYING,
+            limit,
+            S::FailedSutSdcardVerifying,
+            S::SutSdcardVerifying,
+            "SD card check",
+            reason,
+        );
     }
 
     fn power_off_failed(&mut self, reason: &str) {
-        let c = self.s.counters.increment(counter::POWERING_OFF);
-        if c > self.t.max_powering_off {
-            self.fail(
-                S::FailedPoweringOff,
-                format!("power off failed {c} times (last: {reason})"),
-            );
-        } else {
-            self.goto(
-                S::PoweringOff,
-                format!("power off failed ({reason}); retry {c}"),
-            );
-        }
+        let limit = self.t.max_powering_off;
+        self.retry_or_fail(
+            counter::POWERING_OFF,
+            limit,
+            S::FailedPoweringOff,
+            S::PoweringOff,
+            "power off",
+            reason,
+        );
     }
 }

@@ -205,62 +205,67 @@ pub async fn render(
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;
 
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_build_info Version of the running service."
+        "mozpool_build_info",
+        "gauge",
+        "Version of the running service.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_build_info gauge");
     let _ = writeln!(
         o,
         "mozpool_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_start_time_seconds When the service started (Unix time)."
+        "mozpool_start_time_seconds",
+        "gauge",
+        "When the service started (Unix time).",
     );
-    let _ = writeln!(o, "# TYPE mozpool_start_time_seconds gauge");
-    let _ = writeln!(
+    sample(
         o,
-        "mozpool_start_time_seconds {}",
-        started_unix_ms as f64 / 1000.0
+        "mozpool_start_time_seconds",
+        started_unix_ms as f64 / 1000.0,
     );
 
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_devices Devices (not retired) per Lifeguard state."
+        "mozpool_devices",
+        "gauge",
+        "Devices (not retired) per Lifeguard state.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_devices gauge");
     for (state, n) in &counts.devices {
         let _ = writeln!(o, "mozpool_devices{{state=\"{}\"}} {n}", label(state));
     }
     if let Some(requests) = &counts.requests {
-        let _ = writeln!(o, "# HELP mozpool_requests Open requests per state.");
-        let _ = writeln!(o, "# TYPE mozpool_requests gauge");
+        family(o, "mozpool_requests", "gauge", "Open requests per state.");
         for (state, n) in requests {
             let _ = writeln!(o, "mozpool_requests{{state=\"{}\"}} {n}", label(state));
         }
     }
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_requests_stored Requests in the store, open or closed."
+        "mozpool_requests_stored",
+        "gauge",
+        "Requests in the store, open or closed.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_requests_stored gauge");
-    let _ = writeln!(o, "mozpool_requests_stored {}", counts.requests_stored);
+    sample(o, "mozpool_requests_stored", counts.requests_stored);
 
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_api_request_duration_seconds API call latency."
+        "mozpool_api_request_duration_seconds",
+        "histogram",
+        "API call latency.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_api_request_duration_seconds histogram");
     metrics
         .api_latency
         .render(o, "mozpool_api_request_duration_seconds", "");
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_api_responses_total API responses by status class."
+        "mozpool_api_responses_total",
+        "counter",
+        "API responses by status class.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_api_responses_total counter");
     for (i, c) in metrics.api_status.iter().enumerate() {
         let _ = writeln!(
             o,
@@ -271,11 +276,12 @@ pub async fn render(
     }
 
     let hw = metrics.hw.snapshot();
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_hw_operations_total Finished hardware operations by kind and outcome."
+        "mozpool_hw_operations_total",
+        "counter",
+        "Finished hardware operations by kind and outcome.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_hw_operations_total counter");
     for (kind, k) in &hw {
         let kind = label(kind);
         let _ = writeln!(
@@ -289,11 +295,12 @@ pub async fn render(
             k.failed.load(Ordering::Relaxed)
         );
     }
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_hw_operation_duration_seconds Hardware operation latency by kind."
+        "mozpool_hw_operation_duration_seconds",
+        "histogram",
+        "Hardware operation latency by kind.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_hw_operation_duration_seconds histogram");
     for (kind, k) in &hw {
         k.latency.render(
             o,
@@ -303,67 +310,89 @@ pub async fn render(
     }
 
     let stats = store.stats();
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_store_commit_duration_seconds Store commit latency (one batch: writes plus fsync)."
+        "mozpool_store_commit_duration_seconds",
+        "histogram",
+        "Store commit latency (one batch: writes plus fsync).",
     );
-    let _ = writeln!(o, "# TYPE mozpool_store_commit_duration_seconds histogram");
     stats
         .commit_latency
         .render(o, "mozpool_store_commit_duration_seconds", "");
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_store_commits_total Successful store commits."
+        "mozpool_store_commits_total",
+        "counter",
+        "Successful store commits.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_store_commits_total counter");
-    let _ = writeln!(
+    sample(
         o,
-        "mozpool_store_commits_total {}",
-        stats.commits.load(Ordering::Relaxed)
+        "mozpool_store_commits_total",
+        stats.commits.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_store_writes_total Writes committed (several per commit under load)."
+        "mozpool_store_writes_total",
+        "counter",
+        "Writes committed (several per commit under load).",
     );
-    let _ = writeln!(o, "# TYPE mozpool_store_writes_total counter");
-    let _ = writeln!(
+    sample(
         o,
-        "mozpool_store_writes_total {}",
-        stats.writes.load(Ordering::Relaxed)
+        "mozpool_store_writes_total",
+        stats.writes.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_store_commit_failures_total Failed store commits."
+        "mozpool_store_commit_failures_total",
+        "counter",
+        "Failed store commits.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_store_commit_failures_total counter");
-    let _ = writeln!(
+    sample(
         o,
-        "mozpool_store_commit_failures_total {}",
-        stats.failures.load(Ordering::Relaxed)
+        "mozpool_store_commit_failures_total",
+        stats.failures.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_store_healthy 1 when the last commit succeeded."
+        "mozpool_store_healthy",
+        "gauge",
+        "1 when the last commit succeeded.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_store_healthy gauge");
-    let _ = writeln!(o, "mozpool_store_healthy {}", u8::from(store.healthy()));
+    sample(o, "mozpool_store_healthy", u8::from(store.healthy()));
 
-    let _ = writeln!(o, "# HELP mozpool_log_records Records in the durable log.");
-    let _ = writeln!(o, "# TYPE mozpool_log_records gauge");
-    let _ = writeln!(o, "mozpool_log_records {}", counts.log_records);
-    let _ = writeln!(
+    family(
         o,
-        "# HELP mozpool_store_file_bytes Size of the store file (mozpool.redb)."
+        "mozpool_log_records",
+        "gauge",
+        "Records in the durable log.",
     );
-    let _ = writeln!(o, "# TYPE mozpool_store_file_bytes gauge");
-    let _ = writeln!(o, "mozpool_store_file_bytes {file_bytes}");
-    let _ = writeln!(
+    sample(o, "mozpool_log_records", counts.log_records);
+    family(
         o,
-        "# HELP mozpool_status_long_polls Requests with a status long poll (?wait) open now."
+        "mozpool_store_file_bytes",
+        "gauge",
+        "Size of the store file (mozpool.redb).",
     );
-    let _ = writeln!(o, "# TYPE mozpool_status_long_polls gauge");
-    let _ = writeln!(o, "mozpool_status_long_polls {status_long_polls}");
+    sample(o, "mozpool_store_file_bytes", file_bytes);
+    family(
+        o,
+        "mozpool_status_long_polls",
+        "gauge",
+        "Requests with a status long poll (?wait) open now.",
+    );
+    sample(o, "mozpool_status_long_polls", status_long_polls);
     Ok(out)
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family.
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+/// One sample without labels.
+fn sample(o: &mut String, name: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(o, "{name} {value}");
 }
 
 #[cfg(test)]

@@ -79,6 +79,17 @@ struct Post {
     /// whole inventory each time (~10 ms with 10,000 devices). Dropped by every device write
     /// made through this closure ([`contact_lifeguard`], [`release`]), the only ones here.
     devices: Option<Arc<Vec<Device>>>,
+    /// [`free_pick`]'s answer for one request, found when the request was created and
+    /// reused by the queue pass that follows in the same closure. Dropped with `devices`.
+    pick: Option<(u64, Option<DeviceView>)>,
+}
+
+impl Post {
+    /// The closure wrote a device: what it cached about devices is stale.
+    fn devices_written(&mut self) {
+        self.devices = None;
+        self.pick = None;
+    }
 }
 
 /// All devices, decoded once per write closure until a device is written (see
@@ -211,6 +222,29 @@ impl Pool {
         self.inner.kick.notify_one();
     }
 
+    /// Run `f` in one store write with the driver's settings and a fresh [`Post`], then
+    /// carry out what the post collected once the commit is durable.
+    async fn transact<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, Millis, &Ctx, &mut Post) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        let c = self.inner.ctx.clone();
+        let (value, post) = self
+            .inner
+            .store
+            .write(move |tx, now| {
+                let mut post = Post::default();
+                let value = f(tx, now, &c, &mut post)?;
+                Ok((value, post))
+            })
+            .await?;
+        self.after_commit(post);
+        Ok(value)
+    }
+
     fn after_commit(&self, post: Post) {
         for a in post.lifeguard {
             self.inner.lifeguard.execute(a);
@@ -240,18 +274,10 @@ impl Pool {
         duration_secs: u64,
         owner_token: Option<String>,
     ) -> Result<StoredRequest, PoolError> {
-        let c = self.inner.ctx.clone();
-        let (result, post) = self
-            .inner
-            .store
-            .write(move |tx, now| {
-                let mut post = Post::default();
-                let r = create_tx(tx, now, &c, spec, duration_secs, owner_token, &mut post)?;
-                Ok((r, post))
-            })
-            .await?;
-        self.after_commit(post);
-        result
+        self.transact(move |tx, now, c, post| {
+            create_tx(tx, now, c, spec, duration_secs, owner_token, post)
+        })
+        .await?
     }
 
     /// Deliver an event to a request. Returns the request after it, and whether its state
@@ -265,12 +291,8 @@ impl Pool {
         event: Event,
         actor: Option<String>,
     ) -> Result<(bool, StoredRequest), PoolError> {
-        let c = self.inner.ctx.clone();
-        let (result, post) = self
-            .inner
-            .store
-            .write(move |tx, now| {
-                let mut post = Post::default();
+        let result = self
+            .transact(move |tx, now, c, post| {
                 if let Some(a) = &actor {
                     let name = event.name();
                     append(
@@ -284,12 +306,11 @@ impl Pool {
                         .by(Some(a.clone())),
                     )?;
                 }
-                let accepted = deliver_tx(tx, now, &c, id, event, &mut post, 0)?;
+                let accepted = deliver_tx(tx, now, c, id, event, post, 0)?;
                 let r = requests::get(&tx.open_table(tables::REQUESTS)?, id)?;
-                Ok((accepted.zip(r), post))
+                Ok(accepted.zip(r))
             })
             .await?;
-        self.after_commit(post);
         result.ok_or(PoolError::NoRequest(id))
     }
 
@@ -330,19 +351,11 @@ impl Pool {
     }
 
     async fn run_pass(&self) {
-        let c = self.inner.ctx.clone();
         let result = self
-            .inner
-            .store
-            .write(move |tx, now| {
-                let mut post = Post::default();
-                run_pass(tx, now, &c, &mut post, 0)?;
-                Ok(post)
-            })
+            .transact(|tx, now, c, post| run_pass(tx, now, c, post, 0))
             .await;
-        match result {
-            Ok(post) => self.after_commit(post),
-            Err(e) => tracing::error!(error = %e, "queue pass failed"),
+        if let Err(e) = result {
+            tracing::error!(error = %e, "queue pass failed");
         }
     }
 
@@ -383,13 +396,9 @@ impl Pool {
                 return false;
             }
         };
-        let c = self.inner.ctx.clone();
-        let grace = c.timings.grace;
         let result = self
-            .inner
-            .store
-            .write(move |tx, now| {
-                let mut post = Post::default();
+            .transact(move |tx, now, c, post| {
+                let grace = c.timings.grace;
                 for id in ids {
                     let Some(r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)? else {
                         continue;
@@ -401,17 +410,13 @@ impl Pool {
                             generation: r.snap.generation,
                         }
                     };
-                    deliver_tx(tx, now, &c, id, event, &mut post, 0)?;
+                    deliver_tx(tx, now, c, id, event, post, 0)?;
                 }
-                Ok(post)
+                Ok(post.changed)
             })
             .await;
         match result {
-            Ok(post) => {
-                let progressed = post.changed;
-                self.after_commit(post);
-                progressed
-            }
+            Ok(progressed) => progressed,
             Err(e) => {
                 tracing::error!(error = %e, "request timer pass failed");
                 false
@@ -621,7 +626,10 @@ fn create_tx(
         ));
     }
     // A free device that fits proves the request satisfiable without reading the inventory.
-    let unsatisfiable = if free_pick(tx, &snap.spec)?.is_some() {
+    let pick = free_pick(tx, &snap.spec)?;
+    let fits = pick.is_some();
+    post.pick = Some((id, pick));
+    let unsatisfiable = if fits {
         None
     } else {
         let devices = devices_in_tx(tx, post)?;
@@ -717,7 +725,7 @@ fn deliver_tx(
                 }
             }
             Action::ContactLifeguard { device, event } => {
-                post.devices = None;
+                post.devices_written();
                 let result = contact_lifeguard(tx, now, c, id, device.as_str(), event)?;
                 let (reply, handed_over) = match result {
                     Ok((applied, handed_over)) => {
@@ -750,7 +758,7 @@ fn deliver_tx(
                 }
             }
             Action::ReleaseDevice { device, reverify } => {
-                post.devices = None;
+                post.devices_written();
                 release(tx, now, c, id, device.as_str(), reverify, post)?;
             }
         }
@@ -877,10 +885,13 @@ fn run_pass(
     let picks: Vec<(u64, DeviceView)> = match queue.as_slice() {
         [] => return Ok(got),
         // One waiting request: neither order nor fair share matter, only its best device.
-        [only] => free_pick(tx, &only.spec)?
-            .map(|v| (only.id, v))
-            .into_iter()
-            .collect(),
+        [only] => match post.pick.take() {
+            Some((id, pick)) if id == only.id => pick,
+            _ => free_pick(tx, &only.spec)?,
+        }
+        .map(|v| (only.id, v))
+        .into_iter()
+        .collect(),
         _ => {
             let open = requests::open_in_tx(tx)?;
             let devices = devices_in_tx(tx, post)?;

@@ -39,74 +39,48 @@ struct TableOps {
     check: fn(&ReadTransaction) -> Result<u64, StoreError>,
 }
 
+/// A table copied as it is and checked by reading every row.
+macro_rules! walked {
+    ($name:literal, $def:expr) => {
+        TableOps {
+            name: $name,
+            copy: |s, d| copy(s, d, $def),
+            check: |s| walk(s, $def),
+        }
+    };
+}
+
+/// A table of versioned records, checked by decoding every one.
+macro_rules! decoded {
+    ($name:literal, $def:expr) => {
+        TableOps {
+            name: $name,
+            copy: |s, d| copy(s, d, $def),
+            check: |s| check_records(s, $name, $def),
+        }
+    };
+}
+
 /// Every table of the store. **Add new tables here** (the snapshot refuses otherwise).
 const TABLES: &[TableOps] = &[
-    TableOps {
-        name: "meta",
-        copy: |s, d| copy(s, d, tables::META),
-        check: |s| walk(s, tables::META),
-    },
-    TableOps {
-        name: "devices",
-        copy: |s, d| copy(s, d, tables::DEVICES),
-        check: |s| check_records(s, "devices", tables::DEVICES),
-    },
-    TableOps {
-        name: "images",
-        copy: |s, d| copy(s, d, tables::IMAGES),
-        check: |s| check_records(s, "images", tables::IMAGES),
-    },
-    TableOps {
-        name: "environments",
-        copy: |s, d| copy(s, d, tables::ENVIRONMENTS),
-        check: |s| check_records(s, "environments", tables::ENVIRONMENTS),
-    },
-    TableOps {
-        name: "hardware_types",
-        copy: |s, d| copy(s, d, tables::HARDWARE_TYPES),
-        check: |s| check_records(s, "hardware_types", tables::HARDWARE_TYPES),
-    },
-    TableOps {
-        name: "logs",
-        copy: |s, d| copy(s, d, tables::LOGS),
-        check: |s| check_records(s, "logs", tables::LOGS),
-    },
-    TableOps {
-        name: "log_index",
-        copy: |s, d| copy(s, d, tables::LOG_INDEX),
-        check: |s| walk(s, tables::LOG_INDEX),
-    },
-    TableOps {
-        name: "device_deadlines",
-        copy: |s, d| copy(s, d, tables::DEVICE_DEADLINES),
-        check: |s| walk(s, tables::DEVICE_DEADLINES),
-    },
+    walked!("meta", tables::META),
+    decoded!("devices", tables::DEVICES),
+    decoded!("images", tables::IMAGES),
+    decoded!("environments", tables::ENVIRONMENTS),
+    decoded!("hardware_types", tables::HARDWARE_TYPES),
+    decoded!("logs", tables::LOGS),
+    walked!("log_index", tables::LOG_INDEX),
+    walked!("device_deadlines", tables::DEVICE_DEADLINES),
     TableOps {
         name: "requests",
         copy: |s, d| copy(s, d, tables::REQUESTS),
         // Decoded and converted, as the request driver will read them.
         check: |s| super::requests::list(s, false).map(|v| v.len() as u64),
     },
-    TableOps {
-        name: "open_requests",
-        copy: |s, d| copy(s, d, tables::OPEN_REQUESTS),
-        check: |s| walk(s, tables::OPEN_REQUESTS),
-    },
-    TableOps {
-        name: "request_deadlines",
-        copy: |s, d| copy(s, d, tables::REQUEST_DEADLINES),
-        check: |s| walk(s, tables::REQUEST_DEADLINES),
-    },
-    TableOps {
-        name: "free_devices",
-        copy: |s, d| copy(s, d, tables::FREE_DEVICES),
-        check: |s| walk(s, tables::FREE_DEVICES),
-    },
-    TableOps {
-        name: "waiting_requests",
-        copy: |s, d| copy(s, d, tables::WAITING_REQUESTS),
-        check: |s| walk(s, tables::WAITING_REQUESTS),
-    },
+    walked!("open_requests", tables::OPEN_REQUESTS),
+    walked!("request_deadlines", tables::REQUEST_DEADLINES),
+    walked!("free_devices", tables::FREE_DEVICES),
+    walked!("waiting_requests", tables::WAITING_REQUESTS),
 ];
 
 /// What a snapshot or a validation found.
