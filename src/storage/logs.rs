@@ -5,13 +5,14 @@
 //! which never goes backwards, so sequence order is time order and a time-bounded query can
 //! stop at the first record that is too old.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::records::{LogRecord, LogV1};
-use super::tables::{LOG_INDEX, LOGS};
-use super::{StoreError, decode, encode, next_counter};
+use super::tables::{LOG_INDEX, LOGS, META};
+use super::{StoreError, decode, encode};
 use crate::clock::Millis;
 use crate::model::LogEntry;
 
@@ -51,13 +52,84 @@ impl NewLog {
     }
 }
 
-/// Append an entry; returns its sequence number.
+thread_local! {
+    /// Entries appended by the write closures of the batch this thread (the store's writer)
+    /// is running, written together just before the batch commits; `None` outside a batch,
+    /// where [`append`] writes at once. One batch writes the log's tables and counter once
+    /// instead of once per entry.
+    static BATCH: RefCell<Option<Vec<(Millis, NewLog)>>> = const { RefCell::new(None) };
+}
+
+/// The writer starts a batch: appends are held until [`finish_batch`].
+pub(super) fn begin_batch() {
+    BATCH.with(|b| *b.borrow_mut() = Some(Vec::new()));
+}
+
+/// The writer ends a batch: with `Some(tx)` the held entries are written into it, in the
+/// order they were appended; with `None` (the batch aborts) they are dropped.
 ///
 /// # Errors
 /// Storage failure.
-pub fn append(tx: &WriteTransaction, now: Millis, entry: NewLog) -> Result<u64, StoreError> {
-    let seq = next_counter(tx, "next_log_seq")?;
-    let mut message = entry.message;
+pub(super) fn finish_batch(tx: Option<&WriteTransaction>) -> Result<(), StoreError> {
+    let held = BATCH.with(|b| b.borrow_mut().take()).unwrap_or_default();
+    match tx {
+        Some(tx) => write_entries(tx, held),
+        None => Ok(()),
+    }
+}
+
+/// Append an entry. Inside the writer's batch it is written with the batch, just before
+/// the commit (same transaction, so it is durable exactly when the caller's other writes
+/// are); elsewhere at once.
+///
+/// # Errors
+/// Storage failure.
+pub fn append(tx: &WriteTransaction, now: Millis, entry: NewLog) -> Result<(), StoreError> {
+    let entry = BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(held) => {
+            held.push((now, entry));
+            None
+        }
+        None => Some(entry),
+    });
+    match entry {
+        Some(entry) => write_entries(tx, vec![(now, entry)]),
+        None => Ok(()),
+    }
+}
+
+/// Write entries under consecutive sequence numbers.
+fn write_entries(tx: &WriteTransaction, entries: Vec<(Millis, NewLog)>) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut meta = tx.open_table(META)?;
+    let mut logs = tx.open_table(LOGS)?;
+    let mut index = tx.open_table(LOG_INDEX)?;
+    let mut seq = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
+    for (now, entry) in entries {
+        seq += 1;
+        let record = LogRecord::V1(LogV1 {
+            ts: now.0,
+            subjects: entry.subjects,
+            source: entry.source,
+            actor: entry.actor,
+            message: bounded(entry.message),
+        });
+        for s in record.subjects() {
+            index.insert((s.as_str(), seq), ())?;
+        }
+        logs.insert(seq, encode(&record)?)?;
+    }
+    meta.insert(NEXT_SEQ, seq)?;
+    Ok(())
+}
+
+/// META counter holding the last sequence number used.
+const NEXT_SEQ: &str = "next_log_seq";
+
+/// `message`, cut at [`MAX_MESSAGE_LEN`] bytes (on a character boundary).
+fn bounded(mut message: String) -> String {
     if message.len() > MAX_MESSAGE_LEN {
         let mut cut = MAX_MESSAGE_LEN;
         while !message.is_char_boundary(cut) {
@@ -66,21 +138,7 @@ pub fn append(tx: &WriteTransaction, now: Millis, entry: NewLog) -> Result<u64, 
         message.truncate(cut);
         message.push_str(" [truncated]");
     }
-    let record = LogRecord::V1(LogV1 {
-        ts: now.0,
-        subjects: entry.subjects,
-        source: entry.source,
-        actor: entry.actor,
-        message,
-    });
-    {
-        let mut index = tx.open_table(LOG_INDEX)?;
-        for s in record.subjects() {
-            index.insert((s.as_str(), seq), ())?;
-        }
-    }
-    tx.open_table(LOGS)?.insert(seq, encode(&record)?)?;
-    Ok(seq)
+    message
 }
 
 /// What to read from the log.

@@ -459,12 +459,18 @@ fn run_batch(db: &Database, jobs: impl Iterator<Item = Job>, now: Millis) -> boo
     };
     let mut completions = Vec::new();
     let mut failed = None;
+    logs::begin_batch();
     for job in jobs {
         let (hard_error, done) = job(&tx, now);
         if hard_error && failed.is_none() {
             failed = Some("a storage error in the same batch".to_owned());
         }
         completions.push((hard_error, done));
+    }
+    let logged = logs::finish_batch(failed.is_none().then_some(&tx));
+    if let Err(e) = logged {
+        tracing::error!(error = %e, "cannot write the batch's log entries");
+        failed = Some(format!("cannot write the log: {e}"));
     }
     let result = match failed {
         Some(msg) => {

@@ -175,6 +175,80 @@ async fn concurrent_writes_are_grouped_and_all_durable() {
     assert_eq!(store.read_blocking(count).expect("count"), 200);
 }
 
+#[tokio::test]
+async fn a_batch_writes_its_log_entries_in_order_and_an_aborted_batch_none() {
+    let (_dir, store, _clock) = store();
+    // Many writers, most of them in shared batches: every entry once, sequence numbers
+    // consecutive, each writer's two entries in the order it appended them.
+    let mut tasks = Vec::new();
+    for i in 0..100u32 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.write(move |tx, now| {
+                append(
+                    tx,
+                    now,
+                    NewLog::new(device_subject("w"), "t", format!("{i}a")),
+                )?;
+                append(
+                    tx,
+                    now,
+                    NewLog::new(device_subject("w"), "t", format!("{i}b")),
+                )
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("write");
+    }
+    let all = store
+        .read_blocking(|tx| {
+            query(
+                tx,
+                &LogQuery {
+                    limit: 1000,
+                    ..LogQuery::default()
+                },
+            )
+        })
+        .expect("query");
+    assert_eq!(all.len(), 200);
+    let mut seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    for i in 0..100u32 {
+        let seq_of = |m: String| all.iter().find(|e| e.message == m).expect("entry").seq;
+        assert_eq!(seq_of(format!("{i}b")), seq_of(format!("{i}a")) + 1);
+    }
+    // A write that fails after appending: its entry is not written, and the log goes on.
+    let failed = store
+        .write(|tx, now| {
+            append(tx, now, NewLog::new(device_subject("w"), "t", "lost"))?;
+            Err::<(), _>(mozpool::storage::StoreError::Backup("boom".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    store
+        .write(|tx, now| append(tx, now, NewLog::new(device_subject("w"), "t", "after")))
+        .await
+        .expect("write");
+    let newest = store
+        .read_blocking(|tx| {
+            query(
+                tx,
+                &LogQuery {
+                    limit: 2,
+                    ..LogQuery::default()
+                },
+            )
+        })
+        .expect("query");
+    assert_eq!(newest[0].message, "after");
+    assert_eq!(newest[0].seq, 201);
+    assert_ne!(newest[1].message, "lost");
+}
+
 /// The golden bytes of a layout-1 device record, frozen when layout 1 was released.
 const DEVICE_V1: &[u8] = include_bytes!("../fixtures/records/device_v1.bin");
 
