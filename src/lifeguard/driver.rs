@@ -290,7 +290,6 @@ impl Lifeguard {
     fn spawn_action(&self, record: Arc<Device>, generation: u64, action: Action) {
         let this = self.clone();
         let device = record.name.clone();
-        let name = device.clone();
         let mut inflight = self
             .inner
             .inflight
@@ -306,18 +305,19 @@ impl Lifeguard {
                 e = this.run_action(&record, generation, action) => e,
                 () = this.inner.shutdown.cancelled() => return,
             };
+            let name = &record.name;
             {
                 let mut inflight = this
                     .inner
                     .inflight
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if inflight.get(&name).is_some_and(|(g, _)| *g == generation) {
-                    inflight.remove(&name);
+                if inflight.get(name).is_some_and(|(g, _)| *g == generation) {
+                    inflight.remove(name);
                 }
             }
             if let Some(event) = event
-                && let Err(e) = this.deliver(&name, event, None).await
+                && let Err(e) = this.deliver(name, event, None).await
             {
                 tracing::warn!(device = %name, error = %e, "could not deliver a hardware result");
             }

@@ -11,6 +11,7 @@
 //! Lifeguard's reports (imaging results, devices becoming free) and by the API.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use redb::WriteTransaction;
@@ -71,8 +72,8 @@ struct Ctx {
 #[derive(Debug, Default)]
 struct Post {
     lifeguard: Vec<Applied>,
-    changed: bool,
-    /// Requests written by the closure (their status long polls are woken after the commit).
+    /// Requests written by the closure: subscribers and these requests' status long polls
+    /// are woken after the commit.
     touched: Vec<u64>,
     /// Every device as this transaction last read it, reused by the nested steps of one
     /// request event (create → search → queue pass → explanation) instead of decoding the
@@ -249,10 +250,8 @@ impl Pool {
         for a in post.lifeguard {
             self.inner.lifeguard.execute(a);
         }
-        if post.changed {
-            self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
-        }
         if !post.touched.is_empty() {
+            self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
             let watchers = lock(&self.inner.watchers);
             for id in &post.touched {
                 if let Some(w) = watchers.get(id) {
@@ -412,7 +411,7 @@ impl Pool {
                     };
                     deliver_tx(tx, now, c, id, event, post, 0)?;
                 }
-                Ok(post.changed)
+                Ok(!post.touched.is_empty())
             })
             .await;
         match result {
@@ -555,22 +554,25 @@ fn free_pick(tx: &WriteTransaction, spec: &RequestSpec) -> Result<Option<DeviceV
     };
     if spec.can_reuse {
         // Name order within one image: the first reusable match is the best device.
-        for name in inv::free_device_names(&idx, Some(spec.image.as_str()))? {
-            if let Some(v) = view(&name)?
-                && v.available()
-                && select::matches(spec, &v)
-                && select::reusable(spec, &v)
-            {
-                return Ok(Some(v));
-            }
+        let mut found = None;
+        inv::visit_free_devices(&idx, Some(spec.image.as_str()), |name| {
+            found = view(name)?
+                .filter(|v| v.available() && select::matches(spec, v) && select::reusable(spec, v));
+            Ok(if found.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        if found.is_some() {
+            return Ok(found);
         }
     }
     let mut candidates = Vec::new();
-    for name in inv::free_device_names(&idx, None)? {
-        if let Some(v) = view(&name)? {
-            candidates.push(v);
-        }
-    }
+    inv::visit_free_devices(&idx, None, |name| {
+        candidates.extend(view(name)?);
+        Ok(ControlFlow::Continue(()))
+    })?;
     Ok(select::best(spec, &candidates).cloned())
 }
 
@@ -649,7 +651,6 @@ fn create_tx(
         now,
         NewLog::new(request_subject(id), "api", note).by(stored.owner_token.clone()),
     )?;
-    post.changed = true;
     let event = match unsatisfiable {
         Some(u) => Event::Unsatisfiable { reason: u.reason },
         None => Event::FindDevice,
@@ -687,7 +688,6 @@ fn deliver_tx(
         r.explanation = None;
     }
     requests::replace(tx, old_due, &r, c.timings.grace)?;
-    post.changed = true;
     post.touched.push(id);
     if before != r.snap.state {
         tracing::info!(request = id, from = %before, to = %r.snap.state, "request state");
@@ -727,33 +727,32 @@ fn deliver_tx(
             Action::ContactLifeguard { device, event } => {
                 post.devices_written();
                 let result = contact_lifeguard(tx, now, c, id, device.as_str(), event)?;
-                let (reply, handed_over) = match result {
-                    Ok((applied, handed_over)) => {
+                let replies = match result {
+                    // Held as it is: nothing to wait for, the device is ready for it now.
+                    Ok((applied, true)) => {
                         post.lifeguard.push(applied);
-                        (
+                        vec![
                             Event::LifeguardContacted {
                                 device: device.clone(),
                             },
-                            handed_over,
-                        )
+                            Event::LifeguardFinished {
+                                device,
+                                imaging_result: ImagingResult::Complete,
+                            },
+                        ]
                     }
-                    Err(state) => (
-                        Event::DeviceLost {
-                            device: device.clone(),
-                            lifeguard_state: state,
-                        },
-                        false,
-                    ),
+                    Ok((applied, false)) => {
+                        post.lifeguard.push(applied);
+                        vec![Event::LifeguardContacted { device }]
+                    }
+                    Err(state) => vec![Event::DeviceLost {
+                        device,
+                        lifeguard_state: state,
+                    }],
                 };
                 if depth < MAX_DEPTH {
-                    deliver_tx(tx, now, c, id, reply, post, depth + 1)?;
-                    if handed_over {
-                        // Nothing to wait for: the device is ready for this request now.
-                        let done = Event::LifeguardFinished {
-                            device,
-                            imaging_result: ImagingResult::Complete,
-                        };
-                        deliver_tx(tx, now, c, id, done, post, depth + 1)?;
+                    for reply in replies {
+                        deliver_tx(tx, now, c, id, reply, post, depth + 1)?;
                     }
                 }
             }

@@ -3,6 +3,8 @@
 //! Readers are generic over redb's `ReadableTable`, so the same function works in a read
 //! snapshot and inside a read-modify-write transaction.
 
+use std::ops::ControlFlow;
+
 use redb::{ReadableTable, WriteTransaction};
 
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
@@ -183,20 +185,35 @@ pub fn free_device_names(
     idx: &impl ReadableTable<(&'static str, &'static str), ()>,
     image: Option<&str>,
 ) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    visit_free_devices(idx, image, |name| {
+        out.push(name.to_owned());
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
+}
+
+/// Visit the names [`free_device_names`] lists, in the same order, until `f` breaks.
+///
+/// # Errors
+/// Storage failure or `f`'s error.
+pub fn visit_free_devices(
+    idx: &impl ReadableTable<(&'static str, &'static str), ()>,
+    image: Option<&str>,
+    mut f: impl FnMut(&str) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(), StoreError> {
     let range = match image {
         Some(i) => idx.range((i, "")..)?,
         None => idx.iter()?,
     };
-    let mut out = Vec::new();
     for item in range {
         let (k, _) = item?;
         let (on_device, name) = k.value();
-        if image.is_some_and(|i| i != on_device) {
+        if image.is_some_and(|i| i != on_device) || f(name)?.is_break() {
             break;
         }
-        out.push(name.to_owned());
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Rebuild `FREE_DEVICES` from `DEVICES` (schema upgrade). A record that does not decode

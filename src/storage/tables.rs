@@ -42,7 +42,7 @@ pub const DEVICE_DEADLINES: TableDefinition<(u64, &str), ()> =
 /// Devices the pool may hand out right now (`ready`, not held, not retired), keyed by
 /// (image on the device, or "" when none; device name), so a request finds a free device
 /// that already runs its image with one range scan instead of decoding the inventory.
-/// Kept in step with `DEVICES` by `inventory::put_device`.
+/// Kept in step with `DEVICES` by `inventory::put_device` and `inventory::replace_device`.
 pub const FREE_DEVICES: TableDefinition<(&str, &str), ()> = TableDefinition::new("free_devices");
 
 /// Requests by id (ascending = oldest first).
@@ -53,7 +53,7 @@ pub const REQUESTS: TableDefinition<u64, Encoded<RequestRecord>> = TableDefiniti
 pub const OPEN_REQUESTS: TableDefinition<u64, ()> = TableDefinition::new("open_requests");
 
 /// Ids of requests waiting for a device (`finding_device`, `queued`), so a queue pass reads
-/// only those. Kept in step with `REQUESTS` by `requests::put`.
+/// only those. Kept in step with `REQUESTS` by `requests::put` and `requests::replace`.
 pub const WAITING_REQUESTS: TableDefinition<u64, ()> = TableDefinition::new("waiting_requests");
 
 /// Request timers: (when the driver must look at it, id): the earlier of its state timeout
