@@ -289,24 +289,33 @@ fn golden_device_v2_still_decodes() {
     );
 }
 
+/// Write a store as an older release did: the device `panda-0042` in layout 1 and, with
+/// `schema`, that schema version (no indexes of later versions).
+fn old_store(path: &std::path::Path, schema: Option<u64>) {
+    let db = redb::Database::create(path).expect("create");
+    let tx = db.begin_write().expect("tx");
+    {
+        let mut t = tx.open_table(tables::DEVICES).expect("table");
+        t.insert(
+            "panda-0042",
+            Encoded::<DeviceRecord>::from_raw(DEVICE_V1.to_vec()),
+        )
+        .expect("insert");
+        if let Some(v) = schema {
+            tx.open_table(tables::META)
+                .expect("meta")
+                .insert("schema_version", v)
+                .expect("version");
+        }
+    }
+    tx.commit().expect("commit");
+}
+
 #[test]
 fn a_database_written_with_layout_1_opens_and_upgrades() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("old.redb");
-    {
-        // Write the table exactly as a release with layout 1 wrote it.
-        let db = redb::Database::create(&path).expect("create");
-        let tx = db.begin_write().expect("tx");
-        {
-            let mut t = tx.open_table(tables::DEVICES).expect("table");
-            t.insert(
-                "panda-0042",
-                Encoded::<DeviceRecord>::from_raw(DEVICE_V1.to_vec()),
-            )
-            .expect("insert");
-        }
-        tx.commit().expect("commit");
-    }
+    old_store(&path, None);
     let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
     let d = store
         .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
@@ -370,24 +379,8 @@ fn free_names(store: &Store, image: Option<&'static str>) -> Vec<String> {
 fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("v1.redb");
-    {
-        // A version-1 store: devices, but no free-device index.
-        let db = redb::Database::create(&path).expect("create");
-        let tx = db.begin_write().expect("tx");
-        {
-            let mut t = tx.open_table(tables::DEVICES).expect("table");
-            t.insert(
-                "panda-0042",
-                Encoded::<DeviceRecord>::from_raw(DEVICE_V1.to_vec()),
-            )
-            .expect("insert");
-            tx.open_table(tables::META)
-                .expect("meta")
-                .insert("schema_version", 1)
-                .expect("version");
-        }
-        tx.commit().expect("commit");
-    }
+    // A version-1 store: devices, but no free-device index.
+    old_store(&path, Some(1));
     let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
     // The ready, unheld device is indexed under "" (no image on it).
     assert_eq!(free_names(&store, None), ["panda-0042"]);
