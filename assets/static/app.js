@@ -116,9 +116,25 @@ function follow(initialVersion, onUpdate) {
 }
 
 // Replace a table's body without losing the user's place: the focused link or button and
-// anything typed into inputs (renew durations) survive a live update.
+// anything typed into inputs (renew durations) survive a live update. While the user is in
+// one of the table's inputs, the new body waits until focus leaves the table: replacing the
+// input under their fingers would put the caret back at the start of what they typed.
 function rebuild(table, body) {
   const a = document.activeElement;
+  if (a && a.tagName === 'INPUT' && table.contains(a)) {
+    if (!table.pendingBody) {
+      table.addEventListener('focusout', function apply(ev) {
+        if (ev.relatedTarget && table.contains(ev.relatedTarget)) return;
+        table.removeEventListener('focusout', apply);
+        const pending = table.pendingBody;
+        table.pendingBody = null;
+        if (pending) rebuild(table, pending);
+      });
+    }
+    table.pendingBody = body;
+    return;
+  }
+  table.pendingBody = null;
   let key = null;
   if (a && table.contains(a)) {
     if (a.id) key = `#${CSS.escape(a.id)}`;

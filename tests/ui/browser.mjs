@@ -134,9 +134,26 @@ try {
   // 5. Return the request.
   step(`renew and return request #${id}`);
   await page.goto(`${base}/ui/requests/`);
+  // A live update while the user is in the renew box (its text selected, about to be
+  // typed over) must not take the box from under them.
+  await page.locator(`#renew-${id}`).click();
+  await page.keyboard.press('Control+A');
+  await page.evaluate(async (rid) => {
+    await fetch(`/api/request/${rid}/renew/`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-Requested-With': 'mozpool' },
+      body: JSON.stringify({ duration: 900 }),
+    });
+  }, queuedId);
+  await page.waitForTimeout(1500);
+  await page.keyboard.type('1200');
+  const typed = await page.locator(`#renew-${id}`).inputValue();
+  if (typed !== '1200') throw new Error(`a live update took the renew box from under the user: it reads ${typed}`);
   await page.fill(`#renew-${id}`, '1200');
   await page.locator(`button[data-renew="${id}"]`).click();
   await confirm();
+  await page.locator('#result', { hasText: /renewed|Refused|Failed|Cancelled/ }).waitFor();
+  step(`renew: ${await page.locator('#result').textContent()}`);
   await page.locator('#result', { hasText: `Request #${id} renewed for 1200 s` }).waitFor();
   await page.locator(`button[data-return="${id}"]`).click();
   await confirm();
