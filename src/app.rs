@@ -25,7 +25,7 @@ use crate::lifeguard::{Hardware, Lifeguard};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::storage::logs::{NewLog, append, prune};
-use crate::storage::{Store, StoreError, inventory as inv, tables};
+use crate::storage::{Store, StoreError, inventory as inv};
 use crate::systemd::{self, Heartbeats};
 
 /// Longest time shutdown waits for background tasks.
@@ -278,7 +278,7 @@ impl App {
                 for i in config.image_models() {
                     inv::put_image(tx, &i)?;
                 }
-                let types = inv::hardware_types(&tx.open_table(tables::HARDWARE_TYPES)?)?;
+                let types = inv::hardware_types(&*tx.hardware_types()?)?;
                 for d in &config.devices {
                     let processor = d.processor.clone().or_else(|| {
                         d.hardware_type.as_ref().and_then(|t| {

@@ -5,13 +5,13 @@
 //! Each function runs inside a caller's write transaction, so a change and its log entry
 //! commit together or not at all.
 
-use redb::WriteTransaction;
+use crate::storage::Tx;
 use serde::Deserialize;
 
 use crate::clock::Millis;
 use crate::model::{Device, DeviceFacts, DeviceWiring, device_subject};
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{StoreError, inventory as inv, next_counter, tables};
+use crate::storage::{StoreError, inventory as inv, next_counter};
 
 /// The inventory fields of a device that an admin, the config or an inventory file sets.
 /// `None` leaves a field unchanged on update.
@@ -96,7 +96,7 @@ pub enum Upsert {
 /// # Errors
 /// Storage failure.
 pub fn upsert_device(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     server: &str,
     name: &str,
@@ -104,7 +104,7 @@ pub fn upsert_device(
     origin: &str,
     actor: Option<&str>,
 ) -> Result<Upsert, StoreError> {
-    let existing = inv::device(&tx.open_table(tables::DEVICES)?, name)?;
+    let existing = inv::device(&*tx.devices()?, name)?;
     let (device, outcome) = match existing {
         None => {
             let id = next_counter(tx, "next_device_id")?;
@@ -202,13 +202,13 @@ pub fn upsert_device(
 /// # Errors
 /// Storage failure.
 pub fn retire_device(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     name: &str,
     reason: &str,
     actor: Option<&str>,
 ) -> Result<Option<bool>, StoreError> {
-    let Some(mut d) = inv::device(&tx.open_table(tables::DEVICES)?, name)? else {
+    let Some(mut d) = inv::device(&*tx.devices()?, name)? else {
         return Ok(None);
     };
     if d.retired {

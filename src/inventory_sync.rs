@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 use crate::inventory::{DeviceFields, check_fields, retire_device, upsert_device};
 use crate::model::{Device, device_subject};
+use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{Store, StoreError, inventory as inv, tables};
+use crate::storage::{Store, StoreError, inventory as inv};
 use crate::types::DeviceName;
 
 /// Most rows a source may have.
@@ -437,7 +438,7 @@ pub async fn sync(
     let server = server.to_owned();
     store
         .write(move |tx, now| {
-            let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+            let devices = inv::devices(&*tx.devices()?)?;
             let (mut report, adopt) = plan(&devices, &rows, &server);
             report.dry_run = dry_run;
             let owned = devices
@@ -462,7 +463,7 @@ pub async fn sync(
 }
 
 fn write(
-    tx: &redb::WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     server: &str,
     rows: &[InventoryRow],
@@ -481,7 +482,7 @@ fn write(
     }
     for &i in adopt {
         let name = &rows[i].name;
-        let found = inv::device(&tx.open_table(tables::DEVICES)?, name)?;
+        let found = inv::device(&*tx.devices()?, name)?;
         if let Some(mut d) = found {
             let old = std::mem::replace(&mut d.origin, ORIGIN.to_owned());
             d.updated = now;

@@ -29,7 +29,7 @@ use crate::client::ApiClient;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::config::Config;
 use crate::storage::logs::{LogQuery, NewLog, append, query};
-use crate::storage::{Store, inventory as inv, tables};
+use crate::storage::{Store, inventory as inv};
 
 /// `mozpool bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -360,7 +360,7 @@ fn device(
 async fn seed(app: &App, deadline: Option<Millis>) -> anyhow::Result<()> {
     app.store
         .write(move |tx, _| {
-            let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+            let devices = inv::devices(&*tx.devices()?)?;
             for mut d in devices {
                 d.state = "ready".into();
                 d.request = None;

@@ -171,7 +171,7 @@ impl Lifeguard {
             .inner
             .store
             .write(move |tx, now| {
-                let names: Vec<String> = inv::devices(&tx.open_table(tables::DEVICES)?)?
+                let names: Vec<String> = inv::devices(&*tx.devices()?)?
                     .into_iter()
                     .filter(|d| !d.retired)
                     .map(|d| d.name)

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use redb::WriteTransaction;
+use crate::storage::Tx;
 
 use super::{
     Action, Counters, DeviceState, ForceError, NextImage, Purpose, Refused, Snapshot, Transition,
@@ -15,7 +15,7 @@ use super::{
 use crate::clock::Millis;
 use crate::model::{Device, device_subject};
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{StoreError, inventory as inv, tables};
+use crate::storage::{StoreError, inventory as inv};
 
 /// The machine's view of a stored device.
 #[must_use]
@@ -110,7 +110,7 @@ pub enum ApplyError {
 /// # Errors
 /// Outer: storage failure. Inner: the refusal.
 pub fn apply<F>(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     name: &str,
     actor: Option<&str>,
@@ -119,7 +119,7 @@ pub fn apply<F>(
 where
     F: FnOnce(&Snapshot) -> Result<Transition, ApplyError>,
 {
-    let Some(mut device) = inv::device(&tx.open_table(tables::DEVICES)?, name)? else {
+    let Some(mut device) = inv::device(&*tx.devices()?, name)? else {
         return Ok(Err(ApplyError::NoDevice(name.to_owned())));
     };
     if device.retired {

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use redb::WriteTransaction;
+use crate::storage::Tx;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,11 +95,11 @@ impl Post {
 
 /// All devices, decoded once per write closure until a device is written (see
 /// [`Post::devices`]).
-fn devices_in_tx(tx: &WriteTransaction, post: &mut Post) -> Result<Arc<Vec<Device>>, StoreError> {
+fn devices_in_tx(tx: &Tx<'_>, post: &mut Post) -> Result<Arc<Vec<Device>>, StoreError> {
     if let Some(d) = &post.devices {
         return Ok(d.clone());
     }
-    let d = Arc::new(inv::devices(&tx.open_table(tables::DEVICES)?)?);
+    let d = Arc::new(inv::devices(&*tx.devices()?)?);
     post.devices = Some(d.clone());
     Ok(d)
 }
@@ -228,9 +228,7 @@ impl Pool {
     async fn transact<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction, Millis, &Ctx, &mut Post) -> Result<T, StoreError>
-            + Send
-            + 'static,
+        F: FnOnce(&Tx<'_>, Millis, &Ctx, &mut Post) -> Result<T, StoreError> + Send + 'static,
     {
         let c = self.inner.ctx.clone();
         let (value, post) = self
@@ -306,7 +304,7 @@ impl Pool {
                     )?;
                 }
                 let accepted = deliver_tx(tx, now, c, id, event, post, 0)?;
-                let r = requests::get(&tx.open_table(tables::REQUESTS)?, id)?;
+                let r = requests::get(&*tx.requests()?, id)?;
                 Ok(accepted.zip(r))
             })
             .await?;
@@ -399,7 +397,7 @@ impl Pool {
             .transact(move |tx, now, c, post| {
                 let grace = c.timings.grace;
                 for id in ids {
-                    let Some(r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)? else {
+                    let Some(r) = requests::get(&*tx.requests()?, id)? else {
                         continue;
                     };
                     let event = if now >= r.snap.expires.plus(grace) {
@@ -545,17 +543,17 @@ fn device_view(d: &Device, assignees: &HashMap<u64, &str>) -> Option<DeviceView>
 /// the free-device index: a free device already running a reusable image is usually the
 /// first one looked at, so with one waiting request a pass reads a handful of records
 /// instead of the whole inventory. Only free devices can be picked, and only they are read.
-fn free_pick(tx: &WriteTransaction, spec: &RequestSpec) -> Result<Option<DeviceView>, StoreError> {
-    let idx = tx.open_table(tables::FREE_DEVICES)?;
-    let devices = tx.open_table(tables::DEVICES)?;
+fn free_pick(tx: &Tx<'_>, spec: &RequestSpec) -> Result<Option<DeviceView>, StoreError> {
+    let idx = tx.free_devices()?;
+    let devices = tx.devices()?;
     let none = HashMap::new();
     let view = |name: &str| -> Result<Option<DeviceView>, StoreError> {
-        Ok(inv::device(&devices, name)?.and_then(|d| device_view(&d, &none)))
+        Ok(inv::device(&*devices, name)?.and_then(|d| device_view(&d, &none)))
     };
     if spec.can_reuse {
         // Name order within one image: the first reusable match is the best device.
         let mut found = None;
-        inv::visit_free_devices(&idx, Some(spec.image.as_str()), |name| {
+        inv::visit_free_devices(&*idx, Some(spec.image.as_str()), |name| {
             found = view(name)?
                 .filter(|v| v.available() && select::matches(spec, v) && select::reusable(spec, v));
             Ok(if found.is_some() {
@@ -569,7 +567,7 @@ fn free_pick(tx: &WriteTransaction, spec: &RequestSpec) -> Result<Option<DeviceV
         }
     }
     let mut candidates = Vec::new();
-    inv::visit_free_devices(&idx, None, |name| {
+    inv::visit_free_devices(&*idx, None, |name| {
         candidates.extend(view(name)?);
         Ok(ControlFlow::Continue(()))
     })?;
@@ -577,7 +575,7 @@ fn free_pick(tx: &WriteTransaction, spec: &RequestSpec) -> Result<Option<DeviceV
 }
 
 fn create_tx(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     c: &Ctx,
     mut spec: RequestSpec,
@@ -585,16 +583,14 @@ fn create_tx(
     owner_token: Option<String>,
     post: &mut Post,
 ) -> Result<Result<StoredRequest, PoolError>, StoreError> {
-    let Some(image) = inv::image(&tx.open_table(tables::IMAGES)?, spec.image.as_str())? else {
+    let Some(image) = inv::image(&*tx.images()?, spec.image.as_str())? else {
         return Ok(Err(PoolError::NoImage(spec.image.to_string())));
     };
     spec.can_reuse = image.can_reuse;
     spec.boot_config_keys.clone_from(&image.boot_config_keys);
     spec.created = now;
     if let DeviceChoice::Named(name) = &spec.requested_device {
-        let Some(d) =
-            inv::device(&tx.open_table(tables::DEVICES)?, name.as_str())?.filter(|d| !d.retired)
-        else {
+        let Some(d) = inv::device(&*tx.devices()?, name.as_str())?.filter(|d| !d.retired) else {
             return Ok(Err(PoolError::NoDevice(name.to_string())));
         };
         if spec.wait.is_none() && !d.state.starts_with("failed_") {
@@ -656,14 +652,14 @@ fn create_tx(
         None => Event::FindDevice,
     };
     deliver_tx(tx, now, c, id, event, post, 0)?;
-    let r = requests::get(&tx.open_table(tables::REQUESTS)?, id)?;
+    let r = requests::get(&*tx.requests()?, id)?;
     Ok(r.ok_or(PoolError::NoRequest(id)))
 }
 
 /// Deliver one event to a request and run its actions. `None` when there is no such
 /// request; otherwise whether its state took the event.
 fn deliver_tx(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     c: &Ctx,
     id: u64,
@@ -671,7 +667,7 @@ fn deliver_tx(
     post: &mut Post,
     depth: u32,
 ) -> Result<Option<bool>, StoreError> {
-    let Some(mut r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)? else {
+    let Some(mut r) = requests::get(&*tx.requests()?, id)? else {
         return Ok(None);
     };
     let explanation = match &event {
@@ -705,7 +701,7 @@ fn deliver_tx(
             Action::Search => {
                 let got = run_pass(tx, now, c, post, depth + 1)?;
                 if !got.contains(&id) {
-                    let Some(r) = requests::get(&tx.open_table(tables::REQUESTS)?, id)? else {
+                    let Some(r) = requests::get(&*tx.requests()?, id)? else {
                         continue;
                     };
                     if r.snap.state.is_waiting() && depth < MAX_DEPTH {
@@ -771,7 +767,7 @@ fn deliver_tx(
 /// is true and the device is ready for the request already. `Err(state)` when the device
 /// is not free or refuses.
 fn contact_lifeguard(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     c: &Ctx,
     id: u64,
@@ -790,8 +786,8 @@ fn contact_lifeguard(
     }
     let please = match event {
         LifeguardEvent::PleaseImage { image, boot_config } => {
-            let has_sut = inv::image(&tx.open_table(tables::IMAGES)?, image.as_str())?
-                .is_some_and(|i| i.has_sut_agent);
+            let has_sut =
+                inv::image(&*tx.images()?, image.as_str())?.is_some_and(|i| i.has_sut_agent);
             lifeguard::Event::PleaseImage {
                 image,
                 boot_config,
@@ -841,7 +837,7 @@ fn please_name(e: &lifeguard::Event) -> &'static str {
 /// Let go of a device: Lifeguard forgets the hold and, when asked to and the device is
 /// idle, reboots and verifies it (a self-test) before anyone else can get it.
 fn release(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     c: &Ctx,
     id: u64,
@@ -870,7 +866,7 @@ fn release(
 
 /// One queue pass: give free devices to waiting requests. Returns the requests that got one.
 fn run_pass(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     c: &Ctx,
     post: &mut Post,

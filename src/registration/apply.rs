@@ -21,14 +21,14 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use redb::WriteTransaction;
+use crate::storage::Tx;
 
 use super::parse::RegistrationMessage;
 use crate::clock::Millis;
 use crate::inventory::{DeviceFields, Upsert, upsert_device};
 use crate::model::{Device, Registration, device_subject};
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{StoreError, inventory as inv, tables};
+use crate::storage::{StoreError, inventory as inv};
 use crate::types::HardwareType;
 
 /// Log subject of registration events (accepted and refused).
@@ -68,7 +68,7 @@ pub struct Applied {
 /// # Errors
 /// Storage failure only.
 pub fn apply(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     server: &str,
     msg: &RegistrationMessage,
@@ -114,7 +114,7 @@ pub fn apply(
         "registration",
         Some(&actor),
     )?;
-    let mut device = inv::device(&tx.open_table(tables::DEVICES)?, &name)?
+    let mut device = inv::device(&*tx.devices()?, &name)?
         .ok_or_else(|| StoreError::Task(format!("device {name} vanished while registering")))?;
     let registration = Registration {
         at: now,
@@ -196,15 +196,15 @@ pub fn apply(
 
 /// The device this registration is about: by device name, else by an earlier registration
 /// with the same agent NAME (not for placeholder names, which many devices share).
-fn find(tx: &WriteTransaction, msg: &RegistrationMessage) -> Result<Option<Device>, StoreError> {
-    let table = tx.open_table(tables::DEVICES)?;
-    if let Some(d) = inv::device(&table, &msg.device_name)? {
+fn find(tx: &Tx<'_>, msg: &RegistrationMessage) -> Result<Option<Device>, StoreError> {
+    let table = tx.devices()?;
+    if let Some(d) = inv::device(&*table, &msg.device_name)? {
         return Ok(Some(d));
     }
     if msg.placeholder_name() {
         return Ok(None);
     }
-    Ok(inv::devices(&table)?.into_iter().find(|d| {
+    Ok(inv::devices(&*table)?.into_iter().find(|d| {
         d.registration
             .as_ref()
             .is_some_and(|r| same_agent(&r.agent_name, &msg.agent_name))
@@ -271,7 +271,7 @@ fn host_of(addr: &str) -> &str {
 /// # Errors
 /// Storage failure.
 pub fn refuse(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     msg: &RegistrationMessage,
     from: &str,
@@ -304,7 +304,7 @@ pub fn refuse(
 /// # Errors
 /// Storage failure.
 pub fn log_malformed(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     from: &str,
     channel: Channel,

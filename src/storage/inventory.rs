@@ -5,13 +5,10 @@
 
 use std::ops::ControlFlow;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
-use super::tables::{
-    DEVICE_DEADLINES, DEVICES, ENVIRONMENTS, FREE_DEVICES, HARDWARE_TYPES, IMAGES,
-};
-use super::{Encoded, StoreError, decode, encode};
+use super::{Encoded, StoreError, Tx, decode, encode};
 use crate::clock::Millis;
 use crate::model::{Device, Environment, HardwareTypeInfo, Image};
 
@@ -50,10 +47,9 @@ macro_rules! table_access {
         ///
         /// # Errors
         /// Storage failure.
-        pub fn $put(tx: &WriteTransaction, value: &$domain) -> Result<(), StoreError> {
+        pub fn $put(tx: &Tx<'_>, value: &$domain) -> Result<(), StoreError> {
             let record: $record = value.into();
-            tx.open_table($table)?
-                .insert(value.name.as_str(), encode(&record)?)?;
+            tx.$table()?.insert(value.name.as_str(), encode(&record)?)?;
             Ok(())
         }
 
@@ -61,8 +57,8 @@ macro_rules! table_access {
         ///
         /// # Errors
         /// Storage failure.
-        pub fn $remove(tx: &WriteTransaction, name: &str) -> Result<bool, StoreError> {
-            Ok(tx.open_table($table)?.remove(name)?.is_some())
+        pub fn $remove(tx: &Tx<'_>, name: &str) -> Result<bool, StoreError> {
+            Ok(tx.$table()?.remove(name)?.is_some())
         }
     };
 }
@@ -72,7 +68,7 @@ table_access!(
     devices,
     put_device_record,
     remove_device_record,
-    DEVICES,
+    devices,
     "devices",
     DeviceRecord,
     Device
@@ -111,8 +107,8 @@ pub fn free_key(d: &Device) -> Option<(&str, &str)> {
 ///
 /// # Errors
 /// Storage failure or a corrupt previous record.
-pub fn put_device(tx: &WriteTransaction, d: &Device) -> Result<(), StoreError> {
-    let old = device(&tx.open_table(DEVICES)?, &d.name)?;
+pub fn put_device(tx: &Tx<'_>, d: &Device) -> Result<(), StoreError> {
+    let old = device(&*tx.devices()?, &d.name)?;
     replace_device(tx, old.as_ref().map(IndexKeys::of), d)
 }
 
@@ -139,11 +135,7 @@ impl IndexKeys {
 ///
 /// # Errors
 /// Storage failure.
-pub fn replace_device(
-    tx: &WriteTransaction,
-    old: Option<IndexKeys>,
-    d: &Device,
-) -> Result<(), StoreError> {
+pub fn replace_device(tx: &Tx<'_>, old: Option<IndexKeys>, d: &Device) -> Result<(), StoreError> {
     let old_deadline = old.as_ref().and_then(|o| o.deadline);
     let new_deadline = if d.retired {
         None
@@ -151,7 +143,7 @@ pub fn replace_device(
         d.lifeguard.deadline
     };
     if old_deadline != new_deadline {
-        let mut idx = tx.open_table(DEVICE_DEADLINES)?;
+        let mut idx = tx.device_deadlines()?;
         if let Some(o) = old_deadline {
             idx.remove((o.0, d.name.as_str()))?;
         }
@@ -165,7 +157,7 @@ pub fn replace_device(
         .map(|(i, n)| (i.as_str(), n.as_str()));
     let new_free = free_key(d);
     if old_free != new_free {
-        let mut idx = tx.open_table(FREE_DEVICES)?;
+        let mut idx = tx.free_devices()?;
         if let Some(k) = old_free {
             idx.remove(k)?;
         }
@@ -221,9 +213,9 @@ pub fn visit_free_devices(
 ///
 /// # Errors
 /// Storage failure.
-pub fn rebuild_free_index(tx: &WriteTransaction) -> Result<(), StoreError> {
-    let devices = tx.open_table(DEVICES)?;
-    let mut idx = tx.open_table(FREE_DEVICES)?;
+pub fn rebuild_free_index(tx: &Tx<'_>) -> Result<(), StoreError> {
+    let devices = tx.devices()?;
+    let mut idx = tx.free_devices()?;
     idx.retain(|_, ()| false)?;
     for item in devices.iter()? {
         let (k, v) = item?;
@@ -275,7 +267,7 @@ table_access!(
     images,
     put_image,
     remove_image,
-    IMAGES,
+    images,
     "images",
     ImageRecord,
     Image
@@ -285,7 +277,7 @@ table_access!(
     environments,
     put_environment,
     remove_environment,
-    ENVIRONMENTS,
+    environments,
     "environments",
     EnvironmentRecord,
     Environment
@@ -295,7 +287,7 @@ table_access!(
     hardware_types,
     put_hardware_type,
     remove_hardware_type,
-    HARDWARE_TYPES,
+    hardware_types,
     "hardware_types",
     HardwareTypeRecord,
     HardwareTypeInfo

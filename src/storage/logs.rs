@@ -5,14 +5,13 @@
 //! which never goes backwards, so sequence order is time order and a time-bounded query can
 //! stop at the first record that is too old.
 
-use std::cell::RefCell;
 use std::time::Duration;
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::records::{LogRecord, LogV1};
-use super::tables::{LOG_INDEX, LOGS, META};
-use super::{StoreError, decode, encode};
+use super::tables::{LOG_INDEX, LOGS};
+use super::{StoreError, Tx, decode, encode};
 use crate::clock::Millis;
 use crate::model::LogEntry;
 
@@ -52,60 +51,25 @@ impl NewLog {
     }
 }
 
-thread_local! {
-    /// Entries appended by the write closures of the batch this thread (the store's writer)
-    /// is running, written together just before the batch commits; `None` outside a batch,
-    /// where [`append`] writes at once. One batch writes the log's tables and counter once
-    /// instead of once per entry.
-    static BATCH: RefCell<Option<Vec<(Millis, NewLog)>>> = const { RefCell::new(None) };
-}
-
-/// The writer starts a batch: appends are held until [`finish_batch`].
-pub(super) fn begin_batch() {
-    BATCH.with(|b| *b.borrow_mut() = Some(Vec::new()));
-}
-
-/// The writer ends a batch: with `Some(tx)` the held entries are written into it, in the
-/// order they were appended; with `None` (the batch aborts) they are dropped.
+/// Append an entry. It is held by the batch's [`Tx`] and written with the batch's other
+/// entries just before the commit (same transaction, so it is durable exactly when the
+/// caller's other writes are; an aborted batch drops it with everything else).
 ///
 /// # Errors
-/// Storage failure.
-pub(super) fn finish_batch(tx: Option<&WriteTransaction>) -> Result<(), StoreError> {
-    let held = BATCH.with(|b| b.borrow_mut().take()).unwrap_or_default();
-    match tx {
-        Some(tx) => write_entries(tx, held),
-        None => Ok(()),
-    }
-}
-
-/// Append an entry. Inside the writer's batch it is written with the batch, just before
-/// the commit (same transaction, so it is durable exactly when the caller's other writes
-/// are); elsewhere at once.
-///
-/// # Errors
-/// Storage failure.
-pub fn append(tx: &WriteTransaction, now: Millis, entry: NewLog) -> Result<(), StoreError> {
-    let entry = BATCH.with(|b| match b.borrow_mut().as_mut() {
-        Some(held) => {
-            held.push((now, entry));
-            None
-        }
-        None => Some(entry),
-    });
-    match entry {
-        Some(entry) => write_entries(tx, vec![(now, entry)]),
-        None => Ok(()),
-    }
+/// None today; the signature keeps callers ready for a failing log.
+pub fn append(tx: &Tx<'_>, now: Millis, entry: NewLog) -> Result<(), StoreError> {
+    tx.hold_log(now, entry);
+    Ok(())
 }
 
 /// Write entries under consecutive sequence numbers.
-fn write_entries(tx: &WriteTransaction, entries: Vec<(Millis, NewLog)>) -> Result<(), StoreError> {
+pub(super) fn write_entries(tx: &Tx<'_>, entries: Vec<(Millis, NewLog)>) -> Result<(), StoreError> {
     if entries.is_empty() {
         return Ok(());
     }
-    let mut meta = tx.open_table(META)?;
-    let mut logs = tx.open_table(LOGS)?;
-    let mut index = tx.open_table(LOG_INDEX)?;
+    let mut meta = tx.meta()?;
+    let mut logs = tx.logs()?;
+    let mut index = tx.log_index()?;
     let mut seq = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
     for (now, entry) in entries {
         seq += 1;
@@ -228,13 +192,13 @@ pub fn count(tx: &ReadTransaction) -> Result<u64, StoreError> {
 /// # Errors
 /// Storage failure or a corrupt record.
 pub fn prune(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     now: Millis,
     retention: Retention,
     batch: usize,
 ) -> Result<usize, StoreError> {
-    let mut logs = tx.open_table(LOGS)?;
-    let mut index = tx.open_table(LOG_INDEX)?;
+    let mut logs = tx.logs()?;
+    let mut index = tx.log_index()?;
     let total = logs.len()?;
     let over_count = total.saturating_sub(retention.max_records);
     let cutoff = Millis(

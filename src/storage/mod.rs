@@ -20,16 +20,18 @@ pub mod logs;
 pub mod records;
 pub mod requests;
 pub mod tables;
+mod tx;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
+pub use tx::{TableMut, Tx};
 
 use crate::clock::{Clock, Millis};
 use crate::metrics::histogram::{FAST_BUCKETS, Histogram};
@@ -96,6 +98,9 @@ pub enum StoreError {
     /// A blocking read task failed.
     #[error("read task failed: {0}")]
     Task(String),
+    /// A write asked for a table its own code still holds (a bug in the caller).
+    #[error("table {0} is already in use in this transaction")]
+    TableInUse(String),
 }
 
 macro_rules! redb_from {
@@ -116,7 +121,7 @@ redb_from!(
 
 /// What the writer thread runs: the caller's closure, returning a completion to call with
 /// the commit's outcome and whether the closure failed at the storage level.
-type Job = Box<dyn FnOnce(&WriteTransaction, Millis) -> (bool, Completion) + Send>;
+type Job = Box<dyn FnOnce(&Tx<'_>, Millis) -> (bool, Completion) + Send>;
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Counters the writer keeps for `/metrics`, the watchdog and benchmarks.
@@ -263,7 +268,7 @@ impl Store {
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction, Millis) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
         let rx = self.submit(f)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -273,7 +278,7 @@ impl Store {
     /// becomes durable with the next commit, which the writer starts at once).
     pub fn write_detached<F>(&self, f: F)
     where
-        F: FnOnce(&WriteTransaction, Millis) -> Result<(), StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, Millis) -> Result<(), StoreError> + Send + 'static,
     {
         if let Err(e) = self.submit(f) {
             tracing::warn!(error = %e, "dropped a detached write");
@@ -287,7 +292,7 @@ impl Store {
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction, Millis) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
         let rx = self.submit(f)?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
@@ -296,7 +301,7 @@ impl Store {
     fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction, Millis) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |wtx, now| match f(wtx, now) {
@@ -350,9 +355,10 @@ impl Store {
 
 /// Create the tables, record the schema version, refuse a newer file.
 fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
-    let tx = db.begin_write()?;
+    let wtx = db.begin_write()?;
+    let tx = Tx::new(&wtx);
     let found = {
-        let mut meta = tx.open_table(tables::META)?;
+        let mut meta = tx.meta()?;
         let found = meta.get("schema_version")?.map(|v| v.value());
         match found {
             Some(v) if v > SCHEMA_VERSION => {
@@ -374,26 +380,29 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
                 }
             }
         }
-        tx.open_table(tables::DEVICES)?;
-        tx.open_table(tables::IMAGES)?;
-        tx.open_table(tables::ENVIRONMENTS)?;
-        tx.open_table(tables::HARDWARE_TYPES)?;
-        tx.open_table(tables::LOGS)?;
-        tx.open_table(tables::LOG_INDEX)?;
-        tx.open_table(tables::DEVICE_DEADLINES)?;
-        tx.open_table(tables::REQUESTS)?;
-        tx.open_table(tables::OPEN_REQUESTS)?;
-        tx.open_table(tables::REQUEST_DEADLINES)?;
-        tx.open_table(tables::FREE_DEVICES)?;
-        tx.open_table(tables::WAITING_REQUESTS)?;
         found
     };
+    // Every table exists from the first start on (readers need not tell "missing" apart
+    // from "empty").
+    tx.devices()?;
+    tx.images()?;
+    tx.environments()?;
+    tx.hardware_types()?;
+    tx.logs()?;
+    tx.log_index()?;
+    tx.device_deadlines()?;
+    tx.requests()?;
+    tx.open_requests()?;
+    tx.request_deadlines()?;
+    tx.free_devices()?;
+    tx.waiting_requests()?;
     // Stores from before version 2 (or without a version) get their indexes built.
     if found.is_none_or(|v| v < 2) {
         inventory::rebuild_free_index(&tx)?;
         requests::rebuild_waiting_index(&tx)?;
     }
-    tx.commit()?;
+    tx.finish()?;
+    wtx.commit()?;
     Ok(())
 }
 
@@ -459,18 +468,21 @@ fn run_batch(db: &Database, jobs: impl Iterator<Item = Job>, now: Millis) -> boo
     };
     let mut completions = Vec::new();
     let mut failed = None;
-    logs::begin_batch();
+    let batch = Tx::new(&tx);
     for job in jobs {
-        let (hard_error, done) = job(&tx, now);
+        let (hard_error, done) = job(&batch, now);
         if hard_error && failed.is_none() {
             failed = Some("a storage error in the same batch".to_owned());
         }
         completions.push((hard_error, done));
     }
-    let logged = logs::finish_batch(failed.is_none().then_some(&tx));
-    if let Err(e) = logged {
-        tracing::error!(error = %e, "cannot write the batch's log entries");
-        failed = Some(format!("cannot write the log: {e}"));
+    if failed.is_none() {
+        if let Err(e) = batch.finish() {
+            tracing::error!(error = %e, "cannot write the batch's log entries");
+            failed = Some(format!("cannot write the log: {e}"));
+        }
+    } else {
+        drop(batch);
     }
     let result = match failed {
         Some(msg) => {
@@ -518,8 +530,8 @@ pub fn encode<T: Record>(value: &T) -> Result<Encoded<T>, StoreError> {
 ///
 /// # Errors
 /// Storage failure.
-pub fn next_counter(tx: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
-    let mut meta = tx.open_table(tables::META)?;
+pub fn next_counter(tx: &Tx<'_>, name: &str) -> Result<u64, StoreError> {
+    let mut meta = tx.meta()?;
     let next = meta.get(name)?.map_or(1, |v| v.value() + 1);
     meta.insert(name, next)?;
     Ok(next)

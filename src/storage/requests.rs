@@ -1,12 +1,12 @@
 //! Requests: the versioned record, conversions to the pool's [`RequestSnapshot`], and the
 //! indexes that keep the request driver's scans small (open requests, and deadlines).
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::codec::Record;
-use super::tables::{OPEN_REQUESTS, REQUEST_DEADLINES, REQUESTS, WAITING_REQUESTS};
-use super::{Encoded, StoreError, decode, encode};
+use super::tables::{OPEN_REQUESTS, REQUESTS};
+use super::{Encoded, StoreError, Tx, decode, encode};
 use crate::clock::Millis;
 use crate::pool::{Assignment, Counters, DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
 
@@ -218,27 +218,26 @@ pub fn list(tx: &redb::ReadTransaction, open_only: bool) -> Result<Vec<StoredReq
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub fn open_in_tx(tx: &WriteTransaction) -> Result<Vec<StoredRequest>, StoreError> {
-    by_index(tx, OPEN_REQUESTS)
+pub fn open_in_tx(tx: &Tx<'_>) -> Result<Vec<StoredRequest>, StoreError> {
+    by_index(&*tx.requests()?, &*tx.open_requests()?)
 }
 
 /// Requests waiting for a device, oldest first, inside a write transaction.
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub fn waiting_in_tx(tx: &WriteTransaction) -> Result<Vec<StoredRequest>, StoreError> {
-    by_index(tx, WAITING_REQUESTS)
+pub fn waiting_in_tx(tx: &Tx<'_>) -> Result<Vec<StoredRequest>, StoreError> {
+    by_index(&*tx.requests()?, &*tx.waiting_requests()?)
 }
 
 fn by_index(
-    tx: &WriteTransaction,
-    index: redb::TableDefinition<u64, ()>,
+    requests: &impl ReadableTable<u64, Encoded<RequestRecord>>,
+    index: &impl ReadableTable<u64, ()>,
 ) -> Result<Vec<StoredRequest>, StoreError> {
-    let requests = tx.open_table(REQUESTS)?;
     let mut out = Vec::new();
-    for item in tx.open_table(index)?.iter()? {
+    for item in index.iter()? {
         let id = item?.0.value();
-        if let Some(r) = get(&requests, id)? {
+        if let Some(r) = get(requests, id)? {
             out.push(r);
         }
     }
@@ -250,14 +249,14 @@ fn by_index(
 ///
 /// # Errors
 /// Storage failure.
-pub fn rebuild_waiting_index(tx: &WriteTransaction) -> Result<(), StoreError> {
-    let requests = tx.open_table(REQUESTS)?;
-    let open = tx.open_table(OPEN_REQUESTS)?;
-    let mut idx = tx.open_table(WAITING_REQUESTS)?;
+pub fn rebuild_waiting_index(tx: &Tx<'_>) -> Result<(), StoreError> {
+    let requests = tx.requests()?;
+    let open = tx.open_requests()?;
+    let mut idx = tx.waiting_requests()?;
     idx.retain(|_, ()| false)?;
     for item in open.iter()? {
         let id = item?.0.value();
-        match get(&requests, id) {
+        match get(&*requests, id) {
             Ok(Some(r)) if r.snap.state.is_waiting() => {
                 idx.insert(id, ())?;
             }
@@ -285,12 +284,8 @@ pub fn due_at(r: &RequestSnapshot, grace: std::time::Duration) -> Option<Millis>
 ///
 /// # Errors
 /// Storage failure or a corrupt previous record.
-pub fn put(
-    tx: &WriteTransaction,
-    r: &StoredRequest,
-    grace: std::time::Duration,
-) -> Result<(), StoreError> {
-    let old_due = get(&tx.open_table(REQUESTS)?, r.snap.id)?.and_then(|o| due_at(&o.snap, grace));
+pub fn put(tx: &Tx<'_>, r: &StoredRequest, grace: std::time::Duration) -> Result<(), StoreError> {
+    let old_due = get(&*tx.requests()?, r.snap.id)?.and_then(|o| due_at(&o.snap, grace));
     replace(tx, old_due, r, grace)
 }
 
@@ -300,16 +295,16 @@ pub fn put(
 /// # Errors
 /// Storage failure.
 pub fn replace(
-    tx: &WriteTransaction,
+    tx: &Tx<'_>,
     old_due: Option<Millis>,
     r: &StoredRequest,
     grace: std::time::Duration,
 ) -> Result<(), StoreError> {
     let id = r.snap.id;
-    let mut table = tx.open_table(REQUESTS)?;
+    let mut table = tx.requests()?;
     let new_due = due_at(&r.snap, grace);
     if old_due != new_due {
-        let mut idx = tx.open_table(REQUEST_DEADLINES)?;
+        let mut idx = tx.request_deadlines()?;
         if let Some(o) = old_due {
             idx.remove((o.0, id))?;
         }
@@ -317,13 +312,13 @@ pub fn replace(
             idx.insert((n.0, id), ())?;
         }
     }
-    let mut open = tx.open_table(OPEN_REQUESTS)?;
+    let mut open = tx.open_requests()?;
     if r.snap.state.is_terminal() {
         open.remove(id)?;
     } else {
         open.insert(id, ())?;
     }
-    let mut waiting = tx.open_table(WAITING_REQUESTS)?;
+    let mut waiting = tx.waiting_requests()?;
     if r.snap.state.is_waiting() {
         waiting.insert(id, ())?;
     } else {

@@ -516,9 +516,8 @@ fn the_waiting_request_index_follows_request_writes_and_is_rebuilt_on_upgrade() 
     // Pretend this is a version-1 store: no waiting index yet.
     store
         .write_blocking(|tx, _| {
-            tx.open_table(tables::WAITING_REQUESTS)?
-                .retain(|_, ()| false)?;
-            tx.open_table(tables::META)?.insert("schema_version", 1)?;
+            tx.waiting_requests()?.retain(|_, ()| false)?;
+            tx.meta()?.insert("schema_version", 1)?;
             Ok(())
         })
         .expect("downgrade");

@@ -194,7 +194,7 @@ pub async fn put(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError
         .store
         .write(move |tx, now| {
             let outcome = upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
-            let device = inv::device(&tx.open_table(tables::DEVICES)?, &n)?;
+            let device = inv::device(&*tx.devices()?, &n)?;
             Ok((outcome, device))
         })
         .await?;
@@ -270,7 +270,7 @@ async fn update(
         .app
         .store
         .write(move |tx, now| {
-            if inv::device(&tx.open_table(tables::DEVICES)?, &n)?.is_none() {
+            if inv::device(&*tx.devices()?, &n)?.is_none() {
                 return Ok(false);
             }
             upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;

@@ -9,6 +9,7 @@ use crate::http::body::{Body, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::model::{Environment, FlashStep, HardwareTypeInfo, Image};
+use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{inventory as inv, tables};
 use crate::types::{EnvironmentName, HardwareType, ImageName, check_name};
@@ -96,7 +97,7 @@ fn check_description(d: Option<&String>) -> Result<(), ApiError> {
 /// Write an inventory entry and log it, answering 201 when new, 200 when replaced.
 async fn put_entry<F>(ctx: &Ctx, what: String, exists: F) -> Result<Response<Body>, ApiError>
 where
-    F: FnOnce(&redb::WriteTransaction) -> Result<bool, crate::storage::StoreError> + Send + 'static,
+    F: FnOnce(&Tx<'_>) -> Result<bool, crate::storage::StoreError> + Send + 'static,
 {
     let actor = ctx.caller.name.clone();
     let msg = what.clone();
@@ -124,7 +125,7 @@ where
 
 async fn delete_entry<F>(ctx: &Ctx, what: String, remove: F) -> Result<Response<Body>, ApiError>
 where
-    F: FnOnce(&redb::WriteTransaction) -> Result<bool, crate::storage::StoreError> + Send + 'static,
+    F: FnOnce(&Tx<'_>) -> Result<bool, crate::storage::StoreError> + Send + 'static,
 {
     let actor = ctx.caller.name.clone();
     let msg = what.clone();
@@ -179,7 +180,7 @@ pub async fn image_put(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, Api
             .collect(),
     };
     put_entry(ctx, format!("image {name}"), move |tx| {
-        let existed = inv::image(&tx.open_table(tables::IMAGES)?, &image.name)?.is_some();
+        let existed = inv::image(&*tx.images()?, &image.name)?.is_some();
         inv::put_image(tx, &image)?;
         Ok(existed)
     })
@@ -239,7 +240,7 @@ pub async fn environment_put(ctx: &Ctx, name: EnvironmentName) -> Result<Respons
         description: b.description,
     };
     put_entry(ctx, format!("environment {name}"), move |tx| {
-        let existed = inv::environment(&tx.open_table(tables::ENVIRONMENTS)?, &env.name)?.is_some();
+        let existed = inv::environment(&*tx.environments()?, &env.name)?.is_some();
         inv::put_environment(tx, &env)?;
         Ok(existed)
     })
@@ -281,8 +282,7 @@ pub async fn hardware_type_put(ctx: &Ctx, name: HardwareType) -> Result<Response
         description: b.description,
     };
     put_entry(ctx, format!("hardware type {name}"), move |tx| {
-        let existed =
-            inv::hardware_type(&tx.open_table(tables::HARDWARE_TYPES)?, &h.name)?.is_some();
+        let existed = inv::hardware_type(&*tx.hardware_types()?, &h.name)?.is_some();
         inv::put_hardware_type(tx, &h)?;
         Ok(existed)
     })

@@ -1,0 +1,129 @@
+//! [`Tx`]: the writer's transaction as write closures see it, with every table opened at
+//! most once per batch.
+//!
+//! Opening a redb table looks it up in the transaction's table tree, and closing it writes
+//! its new root back; a batch of a hundred closures that each open four or five tables paid
+//! that several hundred times per commit. `Tx` opens a table the first time a closure asks
+//! for it and keeps it open until the batch ends ([`Tx::finish`]), so the later closures of
+//! the batch find it open.
+//!
+//! A table is lent out one borrower at a time, as redb itself allows only one open handle
+//! per table: asking for a table that is already lent out (a caller still holds the
+//! handle) is a [`StoreError::TableInUse`], never a panic. Every write closure gets its
+//! tables through `Tx` only; the underlying `WriteTransaction` is not reachable from it, so
+//! nothing can open a table behind the cache's back.
+//!
+//! Log entries appended during the batch ([`super::logs::append`]) are held here and
+//! written together by [`Tx::finish`], just before the commit.
+
+use std::cell::{RefCell, RefMut};
+
+use redb::{Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
+
+use super::StoreError;
+use super::codec::Encoded;
+use super::logs::{self, NewLog};
+use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord};
+use super::requests::RequestRecord;
+use super::tables;
+use crate::clock::Millis;
+
+/// A table lent out by [`Tx`]; give it back (drop it) before asking for the same table again.
+pub type TableMut<'a, 't, K, V> = RefMut<'a, Table<'t, K, V>>;
+
+type Slot<'t, K, V> = RefCell<Option<Table<'t, K, V>>>;
+
+macro_rules! tx_tables {
+    ($( $(#[$doc:meta])* $field:ident: $def:ident <$k:ty, $v:ty>; )+) => {
+        /// The writer's transaction, handed to every write closure of a batch.
+        pub struct Tx<'t> {
+            tx: &'t WriteTransaction,
+            held_logs: RefCell<Vec<(Millis, NewLog)>>,
+            $( $field: Slot<'t, $k, $v>, )+
+        }
+
+        impl<'t> Tx<'t> {
+            /// Wrap a write transaction; call [`Tx::finish`] before committing it.
+            #[must_use]
+            pub fn new(tx: &'t WriteTransaction) -> Tx<'t> {
+                Tx {
+                    tx,
+                    held_logs: RefCell::new(Vec::new()),
+                    $( $field: RefCell::new(None), )+
+                }
+            }
+
+            $(
+                $(#[$doc])*
+                ///
+                /// # Errors
+                /// Storage failure, or [`StoreError::TableInUse`] while a caller still
+                /// holds the table.
+                pub fn $field(&self) -> Result<TableMut<'_, 't, $k, $v>, StoreError> {
+                    lend(self.tx, &self.$field, tables::$def)
+                }
+            )+
+        }
+    };
+}
+
+tx_tables! {
+    /// [`tables::META`]: counters and markers.
+    meta: META<&'static str, u64>;
+    /// [`tables::DEVICES`].
+    devices: DEVICES<&'static str, Encoded<DeviceRecord>>;
+    /// [`tables::IMAGES`].
+    images: IMAGES<&'static str, Encoded<ImageRecord>>;
+    /// [`tables::ENVIRONMENTS`].
+    environments: ENVIRONMENTS<&'static str, Encoded<EnvironmentRecord>>;
+    /// [`tables::HARDWARE_TYPES`].
+    hardware_types: HARDWARE_TYPES<&'static str, Encoded<HardwareTypeRecord>>;
+    /// [`tables::LOGS`].
+    logs: LOGS<u64, Encoded<LogRecord>>;
+    /// [`tables::LOG_INDEX`].
+    log_index: LOG_INDEX<(&'static str, u64), ()>;
+    /// [`tables::DEVICE_DEADLINES`].
+    device_deadlines: DEVICE_DEADLINES<(u64, &'static str), ()>;
+    /// [`tables::FREE_DEVICES`].
+    free_devices: FREE_DEVICES<(&'static str, &'static str), ()>;
+    /// [`tables::REQUESTS`].
+    requests: REQUESTS<u64, Encoded<RequestRecord>>;
+    /// [`tables::OPEN_REQUESTS`].
+    open_requests: OPEN_REQUESTS<u64, ()>;
+    /// [`tables::WAITING_REQUESTS`].
+    waiting_requests: WAITING_REQUESTS<u64, ()>;
+    /// [`tables::REQUEST_DEADLINES`].
+    request_deadlines: REQUEST_DEADLINES<(u64, u64), ()>;
+}
+
+impl Tx<'_> {
+    /// Hold a log entry until [`Tx::finish`].
+    pub(super) fn hold_log(&self, now: Millis, entry: NewLog) {
+        self.held_logs.borrow_mut().push((now, entry));
+    }
+
+    /// End the batch's use of the transaction: write the held log entries, in the order
+    /// they were appended, then close every table (their roots go into the transaction).
+    /// Commit the transaction afterwards; to abort instead, just drop the `Tx`.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub fn finish(self) -> Result<(), StoreError> {
+        let held = self.held_logs.take();
+        logs::write_entries(&self, held)
+    }
+}
+
+/// Lend `slot`'s table, opening it on first use.
+fn lend<'s, 't, K: Key + 'static, V: Value + 'static>(
+    tx: &'t WriteTransaction,
+    slot: &'s Slot<'t, K, V>,
+    def: TableDefinition<K, V>,
+) -> Result<TableMut<'s, 't, K, V>, StoreError> {
+    let in_use = || StoreError::TableInUse(def.name().to_owned());
+    let mut held = slot.try_borrow_mut().map_err(|_| in_use())?;
+    if held.is_none() {
+        *held = Some(tx.open_table(def)?);
+    }
+    RefMut::filter_map(held, Option::as_mut).map_err(|_| in_use())
+}
