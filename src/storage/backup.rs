@@ -70,6 +70,7 @@ const TABLES: &[TableOps] = &[
     decoded!("hardware_types", tables::HARDWARE_TYPES),
     decoded!("logs", tables::LOGS),
     walked!("log_index", tables::LOG_INDEX),
+    walked!("log_heads", tables::LOG_HEADS),
     walked!("device_deadlines", tables::DEVICE_DEADLINES),
     TableOps {
         name: "requests",

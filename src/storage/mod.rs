@@ -40,7 +40,10 @@ use crate::metrics::histogram::{FAST_BUCKETS, Histogram};
 ///
 /// 2: the `free_devices` and `waiting_requests` indexes (built from the records when a
 /// version-1 store is opened).
-pub const SCHEMA_VERSION: u64 = 2;
+/// 3: log layout 2: per-subject chains (`log_heads`, `LogV2::prev`) with sparse
+/// `log_index` checkpoints instead of an index row per entry and subject. Older entries
+/// keep their rows and are read as before; nothing is rewritten on upgrade.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Largest number of write closures committed together.
 const MAX_BATCH: usize = 512;
@@ -390,6 +393,7 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     tx.hardware_types()?;
     tx.logs()?;
     tx.log_index()?;
+    tx.log_heads()?;
     tx.device_deadlines()?;
     tx.requests()?;
     tx.open_requests()?;

@@ -360,8 +360,10 @@ impl From<&HardwareTypeInfo> for HardwareTypeRecord {
 /// Log table value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LogRecord {
-    /// Layout 1.
+    /// Layout 1: found through a `log_index` row per subject.
     V1(LogV1),
+    /// Layout 2: also links each subject's previous entry (the per-subject chain).
+    V2(LogV2),
 }
 
 impl Record for LogRecord {
@@ -379,27 +381,44 @@ pub struct LogV1 {
     pub message: String,
 }
 
+/// Log layout 2. `prev[i]` is the sequence number of the previous entry about
+/// `subjects[i]` (0: none, or written before layout 2), so a subject's history is a walk
+/// back along its chain from the newest entry (`log_heads`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct LogV2 {
+    pub ts: u64,
+    pub subjects: Vec<String>,
+    pub prev: Vec<u64>,
+    pub source: String,
+    pub actor: Option<String>,
+    pub message: String,
+}
+
 impl LogRecord {
     /// Convert to the domain type, given the key.
     #[must_use]
     pub fn into_entry(self, seq: u64) -> LogEntry {
-        match self {
-            LogRecord::V1(v) => LogEntry {
-                seq,
-                ts: Millis(v.ts),
-                subjects: v.subjects,
-                source: v.source,
-                actor: v.actor,
-                message: v.message,
-            },
+        let (ts, subjects, source, actor, message) = match self {
+            LogRecord::V1(v) => (v.ts, v.subjects, v.source, v.actor, v.message),
+            LogRecord::V2(v) => (v.ts, v.subjects, v.source, v.actor, v.message),
+        };
+        LogEntry {
+            seq,
+            ts: Millis(ts),
+            subjects,
+            source,
+            actor,
+            message,
         }
     }
 
-    /// The subjects this record is indexed under.
+    /// The subjects this record is about.
     #[must_use]
     pub fn subjects(&self) -> &[String] {
         match self {
             LogRecord::V1(v) => &v.subjects,
+            LogRecord::V2(v) => &v.subjects,
         }
     }
 
@@ -408,6 +427,21 @@ impl LogRecord {
     pub fn ts(&self) -> Millis {
         match self {
             LogRecord::V1(v) => Millis(v.ts),
+            LogRecord::V2(v) => Millis(v.ts),
+        }
+    }
+
+    /// The previous entry about `subject` in its chain: `None` for a layout-1 record or a
+    /// record not about `subject`, `Some(0)` where the chain starts.
+    #[must_use]
+    pub fn prev_for(&self, subject: &str) -> Option<u64> {
+        match self {
+            LogRecord::V1(_) => None,
+            LogRecord::V2(v) => v
+                .subjects
+                .iter()
+                .position(|s| s == subject)
+                .map(|i| v.prev.get(i).copied().unwrap_or(0)),
         }
     }
 }

@@ -29,9 +29,16 @@ pub const HARDWARE_TYPES: TableDefinition<&str, Encoded<HardwareTypeRecord>> =
 /// The durable log by sequence number (ascending = oldest first).
 pub const LOGS: TableDefinition<u64, Encoded<LogRecord>> = TableDefinition::new("logs");
 
-/// Log index: (subject, sequence number) for every subject of every log record, so one
-/// device's or request's history is a range scan.
+/// Log index: (subject, sequence number). Layout-1 records have a row per subject; since
+/// schema 3 only every [`crate::storage::logs::CHECKPOINT_EVERY`]th entry of a subject's
+/// chain has one (a checkpoint, so paging deep into a history walks a bounded part of the
+/// chain instead of all of it from the newest entry).
 pub const LOG_INDEX: TableDefinition<(&str, u64), ()> = TableDefinition::new("log_index");
+
+/// Head of each subject's log chain (schema 3): subject → (sequence number of its newest
+/// entry, entries in its chain). The chain links each entry to the subject's previous one
+/// (`LogV2::prev`).
+pub const LOG_HEADS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("log_heads");
 
 /// Lifeguard timers: (deadline in ms, device name) for every device whose state times out,
 /// so "which devices are due?" is one range scan. Kept in step with `DEVICES` by

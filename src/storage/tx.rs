@@ -82,6 +82,8 @@ tx_tables! {
     logs: LOGS<u64, Encoded<LogRecord>>;
     /// [`tables::LOG_INDEX`].
     log_index: LOG_INDEX<(&'static str, u64), ()>;
+    /// [`tables::LOG_HEADS`].
+    log_heads: LOG_HEADS<&'static str, (u64, u64)>;
     /// [`tables::DEVICE_DEADLINES`].
     device_deadlines: DEVICE_DEADLINES<(u64, &'static str), ()>;
     /// [`tables::FREE_DEVICES`].

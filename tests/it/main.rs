@@ -19,6 +19,7 @@ mod hw_relay;
 mod hw_sim_device;
 mod hw_sut;
 mod lifeguard;
+mod log_chain;
 mod registration;
 mod requests;
 mod storage;
