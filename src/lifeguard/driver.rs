@@ -503,8 +503,7 @@ impl Lifeguard {
         let found = self
             .inner
             .store
-            .read(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &name))
-            .await
+            .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &name))
             .map_err(|e| (false, e.to_string()))?;
         let Some(img) = found else {
             return Err((true, format!("image {image} is not in the registry")));
@@ -620,8 +619,7 @@ impl Lifeguard {
         let due = self
             .inner
             .store
-            .read(move |tx| inv::due_devices(&tx.open_table(tables::DEVICE_DEADLINES)?, now, 512))
-            .await;
+            .peek(move |tx| inv::due_devices(&tx.open_table(tables::DEVICE_DEADLINES)?, now, 512));
         let names: Vec<String> = match due {
             Ok(due) if !due.is_empty() => due.into_iter().map(|(_, n)| n).collect(),
             Ok(_) => return false,
@@ -747,8 +745,7 @@ impl crate::timers::Deadlines for Lifeguard {
     async fn next_deadline(&self) -> Option<Millis> {
         self.inner
             .store
-            .read(|tx| inv::next_deadline(&tx.open_table(tables::DEVICE_DEADLINES)?))
-            .await
+            .peek(|tx| inv::next_deadline(&tx.open_table(tables::DEVICE_DEADLINES)?))
             .ok()
             .flatten()
     }

@@ -318,8 +318,7 @@ impl Pool {
     pub async fn get(&self, id: u64) -> Result<Option<StoredRequest>, StoreError> {
         self.inner
             .store
-            .read(move |tx| requests::get(&tx.open_table(tables::REQUESTS)?, id))
-            .await
+            .peek(move |tx| requests::get(&tx.open_table(tables::REQUESTS)?, id))
     }
 
     /// The request's 1-based position among waiting requests, if it is waiting.
@@ -383,8 +382,7 @@ impl Pool {
         let due = self
             .inner
             .store
-            .read(move |tx| requests::due(&tx.open_table(tables::REQUEST_DEADLINES)?, now, 512))
-            .await;
+            .peek(move |tx| requests::due(&tx.open_table(tables::REQUEST_DEADLINES)?, now, 512));
         let ids = match due {
             Ok(ids) if !ids.is_empty() => ids,
             Ok(_) => return false,
@@ -675,7 +673,7 @@ fn deliver_tx(
         _ => None,
     };
     let before = r.snap.state;
-    let old_due = requests::due_at(&r.snap, c.timings.grace);
+    let old = requests::IndexKeys::of(&r.snap, c.timings.grace);
     let tr = super::step(&r.snap, event, now, &c.timings);
     r.snap = tr.apply(&r.snap);
     if explanation.is_some() {
@@ -683,7 +681,7 @@ fn deliver_tx(
     } else if !r.snap.state.is_waiting() {
         r.explanation = None;
     }
-    requests::replace(tx, old_due, &r, c.timings.grace)?;
+    requests::replace(tx, Some(old), &r, c.timings.grace)?;
     post.touched.push(id);
     if before != r.snap.state {
         tracing::info!(request = id, from = %before, to = %r.snap.state, "request state");
@@ -936,8 +934,7 @@ impl crate::timers::Deadlines for Pool {
     async fn next_deadline(&self) -> Option<Millis> {
         self.inner
             .store
-            .read(|tx| requests::next_due(&tx.open_table(tables::REQUEST_DEADLINES)?))
-            .await
+            .peek(|tx| requests::next_due(&tx.open_table(tables::REQUEST_DEADLINES)?))
             .ok()
             .flatten()
     }

@@ -343,6 +343,19 @@ impl Store {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// A short read on the calling thread: a point lookup or a scan bounded by a small
+    /// limit, never one that grows with the store. Handing such a read to the blocking pool
+    /// (two thread wake-ups) costs more than the read, whose pages are in redb's cache.
+    ///
+    /// # Errors
+    /// `f`'s error.
+    pub fn peek<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    {
+        self.read_blocking(f)
+    }
+
     /// Blocking form of [`Store::read`].
     ///
     /// # Errors

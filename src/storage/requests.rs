@@ -285,46 +285,71 @@ pub fn due_at(r: &RequestSnapshot, grace: std::time::Duration) -> Option<Millis>
 /// # Errors
 /// Storage failure or a corrupt previous record.
 pub fn put(tx: &Tx<'_>, r: &StoredRequest, grace: std::time::Duration) -> Result<(), StoreError> {
-    let old_due = get(&*tx.requests()?, r.snap.id)?.and_then(|o| due_at(&o.snap, grace));
-    replace(tx, old_due, r, grace)
+    let old = get(&*tx.requests()?, r.snap.id)?.map(|o| IndexKeys::of(&o.snap, grace));
+    replace(tx, old, r, grace)
 }
 
-/// [`put`] for a caller that knows the stored request's [`due_at`] (it read it in this
-/// transaction, or the request is new: `None`), so it is not decoded again.
+/// Where a stored request sits in the indexes [`put`] keeps in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexKeys {
+    due: Option<Millis>,
+    open: bool,
+    waiting: bool,
+}
+
+impl IndexKeys {
+    /// The index keys of `r` as stored.
+    #[must_use]
+    pub fn of(r: &RequestSnapshot, grace: std::time::Duration) -> IndexKeys {
+        IndexKeys {
+            due: due_at(r, grace),
+            open: !r.state.is_terminal(),
+            waiting: r.state.is_waiting(),
+        }
+    }
+}
+
+/// [`put`] for a caller that read the stored request in this transaction and kept its
+/// [`IndexKeys`] (or knows the request is new: `None`), so it is not decoded again and only
+/// the index rows that change are written.
 ///
 /// # Errors
 /// Storage failure.
 pub fn replace(
     tx: &Tx<'_>,
-    old_due: Option<Millis>,
+    old: Option<IndexKeys>,
     r: &StoredRequest,
     grace: std::time::Duration,
 ) -> Result<(), StoreError> {
     let id = r.snap.id;
-    let mut table = tx.requests()?;
-    let new_due = due_at(&r.snap, grace);
-    if old_due != new_due {
+    let new = IndexKeys::of(&r.snap, grace);
+    let old_due = old.and_then(|o| o.due);
+    if old_due != new.due {
         let mut idx = tx.request_deadlines()?;
         if let Some(o) = old_due {
             idx.remove((o.0, id))?;
         }
-        if let Some(n) = new_due {
+        if let Some(n) = new.due {
             idx.insert((n.0, id), ())?;
         }
     }
-    let mut open = tx.open_requests()?;
-    if r.snap.state.is_terminal() {
-        open.remove(id)?;
-    } else {
-        open.insert(id, ())?;
+    if old.map(|o| o.open) != Some(new.open) {
+        let mut open = tx.open_requests()?;
+        if new.open {
+            open.insert(id, ())?;
+        } else {
+            open.remove(id)?;
+        }
     }
-    let mut waiting = tx.waiting_requests()?;
-    if r.snap.state.is_waiting() {
-        waiting.insert(id, ())?;
-    } else {
-        waiting.remove(id)?;
+    if old.map(|o| o.waiting) != Some(new.waiting) {
+        let mut waiting = tx.waiting_requests()?;
+        if new.waiting {
+            waiting.insert(id, ())?;
+        } else {
+            waiting.remove(id)?;
+        }
     }
-    table.insert(id, encode(&to_record(r))?)?;
+    tx.requests()?.insert(id, encode(&to_record(r))?)?;
     Ok(())
 }
 

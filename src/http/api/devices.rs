@@ -127,8 +127,7 @@ pub(super) async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiErro
     let n = name.to_string();
     ctx.app
         .store
-        .read(move |tx| inv::device(&tx.open_table(tables::DEVICES)?, &n))
-        .await?
+        .peek(move |tx| inv::device(&tx.open_table(tables::DEVICES)?, &n))?
         .ok_or_else(|| ApiError::not_found(format!("no device named {name}")))
 }
 

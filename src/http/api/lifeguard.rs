@@ -82,8 +82,7 @@ async fn please_image(ctx: &Ctx, name: &DeviceName) -> Result<Response<Body>, Ap
     let found = ctx
         .app
         .store
-        .read(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &image))
-        .await?;
+        .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &image))?;
     let Some(img) = found else {
         return Err(ApiError::not_found(format!(
             "no image named {}",

@@ -150,8 +150,7 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
     let img = ctx
         .app
         .store
-        .read(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &img_name))
-        .await?
+        .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &img_name))?
         .ok_or_else(|| ApiError::not_found(format!("no image named {image}")))?;
     let mut boot_config = BTreeMap::new();
     for key in &img.boot_config_keys {
