@@ -844,20 +844,28 @@ fn release(
     post: &mut Post,
 ) -> Result<(), StoreError> {
     let t = c.lg.clone();
+    // Release and, when asked to and the device is then idle, start its self-test: one
+    // step after the other on the same snapshot, written once (and no queue pass is woken
+    // for the moment the device was free in between).
     let released = apply(tx, now, device, Some("pool"), |s| {
-        lifeguard::step(s, lifeguard::Event::Release { request: id }, now, &t)
-            .map_err(ApplyError::from)
-    })?;
-    let Ok(a) = released else { return Ok(()) };
-    let idle = a.state == lifeguard::DeviceState::Ready && a.request.is_none();
-    post.lifeguard.push(a);
-    if reverify && idle {
-        let t = c.lg.clone();
-        if let Ok(b) = apply(tx, now, device, Some("pool"), |s| {
-            lifeguard::step(s, lifeguard::Event::PleaseSelfTest, now, &t).map_err(ApplyError::from)
-        })? {
-            post.lifeguard.push(b);
+        let done = lifeguard::step(s, lifeguard::Event::Release { request: id }, now, &t)?;
+        let idle = done.next.state == lifeguard::DeviceState::Ready && done.next.request.is_none();
+        if !(reverify && idle) {
+            return Ok(done);
         }
+        Ok(
+            match lifeguard::step(&done.next, lifeguard::Event::PleaseSelfTest, now, &t) {
+                Ok(test) => lifeguard::Transition {
+                    next: test.next,
+                    actions: [done.actions, test.actions].concat(),
+                    log: [done.log, test.log].concat(),
+                },
+                Err(_) => done,
+            },
+        )
+    })?;
+    if let Ok(a) = released {
+        post.lifeguard.push(a);
     }
     Ok(())
 }

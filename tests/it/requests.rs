@@ -276,7 +276,9 @@ async fn a_waiting_request_queues_and_explains_why() {
         .expect("explanation")
         .to_owned();
     assert!(why.contains("held"), "{why}");
+    assert_request_indexes_match_records(&s);
     wait_request(&s, a, 60, |st| st == "ready").await;
+    assert_request_indexes_match_records(&s);
     // A long poll on the queued request: it follows that request only.
     let poll = {
         let http = s.http.clone();
@@ -444,6 +446,52 @@ async fn sixty_four_clients_twenty_devices_no_double_booking() {
         list["requests"].as_array().expect("list").is_empty(),
         "all closed: {list}"
     );
+    assert_request_indexes_match_records(&s);
+}
+
+/// The request indexes (open, waiting, deadlines) hold exactly what the request records
+/// say: the driver writes each request once per event, however many steps it took.
+fn assert_request_indexes_match_records(s: &TestServer) {
+    use mozpool::storage::{requests, tables};
+    use redb::ReadableTable;
+    let grace = s.app.pool.timings().grace;
+    s.app
+        .store
+        .read_blocking(|tx| {
+            let all = requests::list(tx, false)?;
+            let keys = |t| -> Result<Vec<u64>, mozpool::storage::StoreError> {
+                let mut out = Vec::new();
+                for item in tx.open_table(t)?.iter()? {
+                    out.push(item?.0.value());
+                }
+                Ok(out)
+            };
+            let open: Vec<u64> = all
+                .iter()
+                .filter(|r| !r.snap.state.is_terminal())
+                .map(|r| r.snap.id)
+                .collect();
+            let waiting: Vec<u64> = all
+                .iter()
+                .filter(|r| r.snap.state.is_waiting())
+                .map(|r| r.snap.id)
+                .collect();
+            assert_eq!(keys(tables::OPEN_REQUESTS)?, open, "open_requests");
+            assert_eq!(keys(tables::WAITING_REQUESTS)?, waiting, "waiting_requests");
+            let mut due: Vec<(u64, u64)> = all
+                .iter()
+                .filter_map(|r| requests::due_at(&r.snap, grace).map(|d| (d.0, r.snap.id)))
+                .collect();
+            due.sort_unstable();
+            let mut stored = Vec::new();
+            for item in tx.open_table(tables::REQUEST_DEADLINES)?.iter()? {
+                stored.push(item?.0.value());
+            }
+            assert_eq!(stored, due, "request_deadlines");
+            assert!(!all.is_empty());
+            Ok(())
+        })
+        .expect("read");
 }
 
 /// Request "android" on a one-device rack, wait until ready, return it, and wait until the
