@@ -343,6 +343,17 @@ pub async fn render(
     );
     family(
         o,
+        "mozpool_log_records_total",
+        "counter",
+        "Log entries committed (state transitions, API calls, registrations, ...).",
+    );
+    sample(
+        o,
+        "mozpool_log_records_total",
+        stats.log_records.load(Ordering::Relaxed),
+    );
+    family(
+        o,
         "mozpool_store_commit_failures_total",
         "counter",
         "Failed store commits.",

@@ -134,6 +134,8 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Write closures committed.
     pub writes: AtomicU64,
+    /// Log entries committed.
+    pub log_records: AtomicU64,
     /// Total commit time in microseconds.
     pub commit_micros: AtomicU64,
     /// Longest commit in microseconds.
@@ -154,6 +156,7 @@ impl Default for StoreStats {
         StoreStats {
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            log_records: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
             max_commit_micros: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -445,7 +448,7 @@ fn writer_loop(
         last_now = now;
         let started = Instant::now();
         let n = batch.len();
-        let outcome = run_batch(db, batch.drain(..), now);
+        let outcome = run_batch(db, batch.drain(..), now, stats);
         let elapsed = started.elapsed();
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         stats.commit_latency.observe(elapsed);
@@ -470,7 +473,12 @@ fn writer_loop(
 }
 
 /// Run one batch in one transaction. Returns whether it committed.
-fn run_batch(db: &Database, jobs: impl Iterator<Item = Job>, now: Millis) -> bool {
+fn run_batch(
+    db: &Database,
+    jobs: impl Iterator<Item = Job>,
+    now: Millis,
+    stats: &StoreStats,
+) -> bool {
     let tx = match db.begin_write() {
         Ok(tx) => tx,
         Err(e) => {
@@ -493,10 +501,14 @@ fn run_batch(db: &Database, jobs: impl Iterator<Item = Job>, now: Millis) -> boo
         }
         completions.push((hard_error, done));
     }
+    let mut logged = 0;
     if failed.is_none() {
-        if let Err(e) = batch.finish() {
-            tracing::error!(error = %e, "cannot write the batch's log entries");
-            failed = Some(format!("cannot write the log: {e}"));
+        match batch.finish() {
+            Ok(n) => logged = n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the batch's log entries");
+                failed = Some(format!("cannot write the log: {e}"));
+            }
         }
     } else {
         drop(batch);
@@ -513,6 +525,11 @@ fn run_batch(db: &Database, jobs: impl Iterator<Item = Job>, now: Millis) -> boo
         }),
     };
     let ok = result.is_ok();
+    if ok {
+        stats
+            .log_records
+            .fetch_add(logged as u64, Ordering::Relaxed);
+    }
     for (_, done) in completions {
         done(result.clone());
     }

@@ -106,13 +106,16 @@ impl Tx<'_> {
 
     /// End the batch's use of the transaction: write the held log entries, in the order
     /// they were appended, then close every table (their roots go into the transaction).
-    /// Commit the transaction afterwards; to abort instead, just drop the `Tx`.
+    /// Commit the transaction afterwards; to abort instead, just drop the `Tx`. Returns the
+    /// number of log entries written.
     ///
     /// # Errors
     /// Storage failure.
-    pub fn finish(self) -> Result<(), StoreError> {
+    pub fn finish(self) -> Result<usize, StoreError> {
         let held = self.held_logs.take();
-        logs::write_entries(&self, held)
+        let n = held.len();
+        logs::write_entries(&self, held)?;
+        Ok(n)
     }
 }
 
