@@ -123,6 +123,18 @@ fn check_subject(store: &Store, all: &[LogEntry], subject: &str, rng: &mut Lcg) 
     }
 }
 
+/// Count retention: keep the newest `max_records` entries. Returns how many were removed.
+async fn keep_newest(store: &Store, max_records: u64) -> usize {
+    let keep = Retention {
+        max_age: Duration::from_secs(365 * 86_400),
+        max_records,
+    };
+    store
+        .write(move |tx, now| prune(tx, now, keep, 100_000))
+        .await
+        .expect("prune")
+}
+
 fn subjects() -> Vec<String> {
     let mut s: Vec<String> = (0..6).map(|i| format!("device:d{i}")).collect();
     s.extend((0..25).map(|i| format!("request:{i}")));
@@ -191,15 +203,7 @@ async fn a_subjects_history_is_exactly_its_entries_however_it_is_read() {
         check_subject(&store, &all, &s, &mut rng);
     }
     // Retention removes the oldest entries; every history loses exactly those.
-    let keep = Retention {
-        max_age: Duration::from_secs(365 * 86_400),
-        max_records: 1200,
-    };
-    let removed = store
-        .write(move |tx, now| prune(tx, now, keep, 100_000))
-        .await
-        .expect("prune");
-    assert_eq!(removed, written - 1200);
+    assert_eq!(keep_newest(&store, 1200).await, written - 1200);
     let all = everything(&store);
     assert_eq!(all.len(), 1200);
     for s in subjects() {
@@ -220,14 +224,7 @@ async fn a_subjects_history_is_exactly_its_entries_however_it_is_read() {
         })
         .await
         .expect("write");
-    let keep_one = Retention {
-        max_age: Duration::from_secs(365 * 86_400),
-        max_records: 0,
-    };
-    store
-        .write(move |tx, now| prune(tx, now, keep_one, 100_000))
-        .await
-        .expect("prune");
+    keep_newest(&store, 0).await;
     assert_eq!(store.read_blocking(count).expect("count"), 0);
     let heads_after = store
         .read_blocking(|tx| Ok(tx.open_table(tables::LOG_HEADS)?.len()?))
@@ -318,14 +315,7 @@ async fn entries_from_before_the_chains_read_on_with_the_new_ones() {
         check_subject(&store, &all, s, &mut rng);
     }
     // Retention across the boundary.
-    let keep = Retention {
-        max_age: Duration::from_secs(365 * 86_400),
-        max_records: 350,
-    };
-    store
-        .write(move |tx, now| prune(tx, now, keep, 100_000))
-        .await
-        .expect("prune");
+    assert_eq!(keep_newest(&store, 350).await, 150);
     let all = everything(&store);
     assert_eq!(all.len(), 350);
     for s in ["device:old", "device:other", "device:new", "api"] {

@@ -7,7 +7,7 @@ use mozpool::clock::{ManualClock, Millis};
 use mozpool::model::device_subject;
 use mozpool::storage::inventory as inv;
 use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, count, prune, query};
-use mozpool::storage::records::DeviceRecord;
+use mozpool::storage::records::{DeviceRecord, LogRecord};
 use mozpool::storage::{Encoded, Store, decode_bytes, tables};
 
 const START: Millis = Millis(1_764_000_000_000);
@@ -287,6 +287,34 @@ fn golden_device_v2_still_decodes() {
         reg.fields.get("OS").map(String::as_str),
         Some("Android-IMM76D")
     );
+}
+
+/// The golden bytes of log layouts 1 and 2, frozen when each was released.
+const LOG_V1: &[u8] = include_bytes!("../fixtures/records/log_v1.bin");
+const LOG_V2: &[u8] = include_bytes!("../fixtures/records/log_v2.bin");
+
+#[test]
+fn golden_log_records_still_decode() {
+    let v1 = decode_bytes::<LogRecord>(LOG_V1).expect("layout 1 decodes");
+    assert_eq!(v1.prev_for("api"), None, "layout 1 has no chain");
+    let e = v1.into_entry(5);
+    assert_eq!(e.seq, 5);
+    assert_eq!(e.ts, Millis(1_764_000_123_456));
+    assert_eq!(e.subjects, ["device:panda-0042", "api"]);
+    assert_eq!(e.actor.as_deref(), Some("ci-token"));
+    assert!(e.message.starts_with("POST /api/device/panda-0042/"));
+    let v2 = decode_bytes::<LogRecord>(LOG_V2).expect("layout 2 decodes");
+    assert_eq!(v2.prev_for("device:panda-0042"), Some(41));
+    assert_eq!(v2.prev_for("request:7"), Some(0), "the chain starts here");
+    assert_eq!(v2.prev_for("api"), None, "not about api");
+    let e = v2.into_entry(42);
+    assert_eq!(e.source, "statemachine");
+    assert_eq!(e.actor, None);
+    assert_eq!(e.message, "ready -> start_self_test: please_self_test");
+    // Written today, layout 2 encodes to the same bytes.
+    let again =
+        Encoded::encode(&decode_bytes::<LogRecord>(LOG_V2).expect("decodes")).expect("encodes");
+    assert_eq!(again.bytes(), LOG_V2);
 }
 
 /// Write a store as an older release did: the device `panda-0042` in layout 1 and, with
