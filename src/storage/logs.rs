@@ -92,9 +92,15 @@ pub(super) fn write_entries(tx: &Tx<'_>, entries: Vec<(Millis, NewLog)>) -> Resu
     for (now, entry) in entries {
         seq += 1;
         let mut subjects = entry.subjects;
-        // A subject listed twice would link an entry to itself.
-        let mut seen = std::collections::HashSet::new();
-        subjects.retain(|s| seen.insert(s.clone()));
+        // A subject listed twice would link an entry to itself (lists are one to three long).
+        let mut i = 0;
+        while i < subjects.len() {
+            if subjects[..i].contains(&subjects[i]) {
+                subjects.remove(i);
+            } else {
+                i += 1;
+            }
+        }
         let mut prev = Vec::with_capacity(subjects.len());
         for s in &subjects {
             let head = match heads.get_mut(s) {

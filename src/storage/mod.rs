@@ -228,13 +228,15 @@ impl Store {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(StoreStats::default());
         let healthy = Arc::new(AtomicBool::new(true));
+        // Callers are answered from a task on the runtime that opened the store, if any.
+        let answer = tokio::runtime::Handle::try_current().ok();
         {
             let db = db.clone();
             let stats = stats.clone();
             let healthy = healthy.clone();
             std::thread::Builder::new()
                 .name("redb-writer".into())
-                .spawn(move || writer_loop(&db, rx, clock.as_ref(), &stats, &healthy))
+                .spawn(move || writer_loop(&db, rx, clock.as_ref(), &stats, &healthy, answer))
                 .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         }
         Ok(Store {
@@ -432,6 +434,7 @@ fn writer_loop(
     clock: &dyn Clock,
     stats: &StoreStats,
     healthy: &AtomicBool,
+    answer: Option<tokio::runtime::Handle>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut last_now = Millis(0);
@@ -448,7 +451,7 @@ fn writer_loop(
         last_now = now;
         let started = Instant::now();
         let n = batch.len();
-        let outcome = run_batch(db, batch.drain(..), now, stats);
+        let outcome = run_batch(db, batch.drain(..), now, stats, answer.as_ref());
         let elapsed = started.elapsed();
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         stats.commit_latency.observe(elapsed);
@@ -478,6 +481,7 @@ fn run_batch(
     jobs: impl Iterator<Item = Job>,
     now: Millis,
     stats: &StoreStats,
+    answer: Option<&tokio::runtime::Handle>,
 ) -> bool {
     let tx = match db.begin_write() {
         Ok(tx) => tx,
@@ -530,8 +534,17 @@ fn run_batch(
             .log_records
             .fetch_add(logged as u64, Ordering::Relaxed);
     }
-    for (_, done) in completions {
-        done(result.clone());
+    let deliver = move || {
+        for (_, done) in completions {
+            done(result.clone());
+        }
+    };
+    match answer {
+        // Waking each caller from this thread cost the writer a thread wake-up per write
+        // (~7 % of its time); one task on the runtime wakes them instead, while the writer
+        // starts the next batch.
+        Some(rt) => drop(rt.spawn(async move { deliver() })),
+        None => deliver(),
     }
     ok
 }
