@@ -143,7 +143,11 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         .store
         .read(move |tx| {
             let table = tx.open_table(tables::DEVICES)?;
-            let mut out = Vec::with_capacity(4096);
+            // Sized up front (a details entry is ~700 bytes): growing a 7 MB reply by
+            // doubling copied it several times over.
+            let per = if details { 768 } else { 24 };
+            let n = usize::try_from(redb::ReadableTableMetadata::len(&table)?).unwrap_or(0);
+            let mut out = Vec::with_capacity(64 + n.saturating_mul(per));
             out.extend_from_slice(b"{\"devices\":[");
             let mut first = true;
             inv::for_each_device(&table, |d| {
