@@ -200,7 +200,10 @@ pub fn query(tx: &ReadTransaction, q: &LogQuery) -> Result<Vec<LogEntry>, StoreE
                 .map(|(k, _)| k.value().1),
             None => None,
         };
-        let mut cursor = above.or(heads.get(s)?.map(|g| g.value().0));
+        let mut cursor = match above {
+            Some(seq) => Some(seq),
+            None => heads.get(s)?.map(|g| g.value().0),
+        };
         // Where the rows of layout-1 entries (one per entry) take over, inclusive.
         let mut rows_upto = Some(upper);
         while let Some(seq) = cursor.filter(|&c| c != 0) {

@@ -503,7 +503,7 @@ fn run_batch(
         if hard_error && failed.is_none() {
             failed = Some("a storage error in the same batch".to_owned());
         }
-        completions.push((hard_error, done));
+        completions.push(done);
     }
     let mut logged = 0;
     if failed.is_none() {
@@ -535,7 +535,7 @@ fn run_batch(
             .fetch_add(logged as u64, Ordering::Relaxed);
     }
     let deliver = move || {
-        for (_, done) in completions {
+        for done in completions {
             done(result.clone());
         }
     };

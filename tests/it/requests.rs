@@ -494,9 +494,9 @@ fn assert_request_indexes_match_records(s: &TestServer) {
         .expect("read");
 }
 
-/// Request "android" on a one-device rack, wait until ready, return it, and wait until the
-/// device has been self-tested back to `ready`. Returns the device name.
-async fn use_and_return(s: &TestServer) -> String {
+/// `POST /api/device/any/request/` for "android" as `ci`, one 600 s lease; the reply, which
+/// must be 200.
+async fn request_android(s: &TestServer) -> Value {
     let (status, body) = s
         .post(
             "/api/device/any/request/",
@@ -504,6 +504,13 @@ async fn use_and_return(s: &TestServer) -> String {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Request "android" on a one-device rack, wait until ready, return it, and wait until the
+/// device has been self-tested back to `ready`. Returns the device name.
+async fn use_and_return(s: &TestServer) -> String {
+    let body = request_android(s).await;
     let id = body["request"]["id"].as_u64().expect("id");
     let st = wait_request(s, id, 60, |st| st == "ready").await;
     let device = st["assigned_device"].as_str().expect("device").to_owned();
@@ -531,13 +538,7 @@ async fn a_device_verified_since_its_last_use_is_handed_over_at_once() {
     let s = TestServer::start_rack(1, "").await;
     s.wait_all_ready(30).await;
     let device = use_and_return(&s).await;
-    let (status, body) = s
-        .post(
-            "/api/device/any/request/",
-            json!({"assignee": "ci", "duration": 600, "image": "android"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = request_android(&s).await;
     assert_eq!(
         body["request"]["state"], "ready",
         "ready in the reply: {body}"
@@ -557,13 +558,7 @@ async fn reboot_before_handover_power_cycles_every_assignment() {
     let s = TestServer::start_rack(1, "[requests]\nreboot_before_handover = true\n").await;
     s.wait_all_ready(30).await;
     use_and_return(&s).await;
-    let (status, body) = s
-        .post(
-            "/api/device/any/request/",
-            json!({"assignee": "ci", "duration": 600, "image": "android"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = request_android(&s).await;
     assert_ne!(body["request"]["state"], "ready", "{body}");
     let id = body["request"]["id"].as_u64().expect("id");
     let st = wait_request(&s, id, 60, |st| st == "ready").await;
