@@ -617,9 +617,9 @@ async fn scale(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
     std::fs::write(&conf, text)?;
     let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
     let label = if n >= 10_000 { "10k" } else { "1k" };
-    // Round 0: first start (creates the devices), glibc's default malloc settings.
+    // Round 0: first start (creates the devices), the allocator's default settings.
     // Round 1: restart on the same store with the environment of the packaged systemd unit
-    // (MALLOC_TRIM_THRESHOLD_, see systemd/mozpool.service): the figures with targets.
+    // (UNIT_ENV, see systemd/mozpool.service): the figures with targets.
     for round in 0..2 {
         let packaged = round == 1;
         let t0 = Instant::now();
@@ -631,7 +631,7 @@ async fn scale(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
         if packaged {
-            cmd.env("MALLOC_TRIM_THRESHOLD_", UNIT_MALLOC_TRIM_THRESHOLD);
+            cmd.envs(UNIT_ENV);
         }
         let mut child = cmd.spawn().context("cannot start mozpool serve")?;
         loop {
@@ -753,7 +753,7 @@ async fn scale(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
             );
         } else {
             figs.add(
-                format!("resident memory (VmRSS) after lists, {label} devices, glibc defaults"),
+                format!("resident memory (VmRSS) after lists, {label} devices, allocator defaults"),
                 mb,
                 "MiB",
                 Better::Lower,
@@ -775,10 +775,10 @@ async fn scale(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `MALLOC_TRIM_THRESHOLD_` as set by `systemd/mozpool.service` (keep the two in step):
-/// glibc returns freed memory above 128 KiB to the system instead of keeping it, so the
+/// The environment `systemd/mozpool.service` sets for the allocator (a test keeps the two in
+/// step): mimalloc returns freed pages to the system at once instead of after a delay, so the
 /// buffers of a 10,000-device list do not stay resident.
-pub const UNIT_MALLOC_TRIM_THRESHOLD: &str = "131072";
+pub const UNIT_ENV: [(&str, &str); 1] = [("MIMALLOC_PURGE_DELAY", "0")];
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -1012,4 +1012,23 @@ async fn logs(n: u64, figs: &mut Figures) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bench's "as packaged" figures are only the packaged service's if the child runs
+    /// with the unit's environment.
+    #[test]
+    fn unit_env_is_the_systemd_units() {
+        let unit = include_str!("../../systemd/mozpool.service");
+        let set: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .collect();
+        let expected: Vec<String> = super::UNIT_ENV
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(set, expected, "systemd/mozpool.service vs bench::UNIT_ENV");
+    }
 }
