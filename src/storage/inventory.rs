@@ -35,7 +35,7 @@ macro_rules! table_access {
         pub fn $list(
             table: &impl ReadableTable<&'static str, Encoded<$record>>,
         ) -> Result<Vec<$domain>, StoreError> {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
             for item in table.iter()? {
                 let (k, v) = item?;
                 out.push(decode::<$record>($name, k.value(), &v.value())?.into());
