@@ -753,7 +753,7 @@ async fn scale(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
             );
         } else {
             figs.add(
-                format!("resident memory (VmRSS) after lists, {label} devices, allocator defaults"),
+                format!("resident memory (VmRSS) after lists, {label} devices, default env"),
                 mb,
                 "MiB",
                 Better::Lower,
