@@ -952,3 +952,105 @@ impl crate::timers::Deadlines for Pool {
             .flatten()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::model::{DeviceFacts, DeviceWiring, LifeguardData};
+    use crate::pool::{DeviceChoice, RequestSnapshot, RequestSpec};
+
+    fn ready_device(name: &str) -> Device {
+        Device {
+            id: 1,
+            name: name.to_owned(),
+            server: "rack1".to_owned(),
+            facts: DeviceFacts {
+                hardware_type: Some("panda".into()),
+                processor: None,
+                pool: None,
+                os_version: None,
+                environment: None,
+            },
+            wiring: DeviceWiring {
+                relay: Some("relay-1:bank1:relay1".into()),
+                sut_addr: None,
+                fastboot_serial: None,
+            },
+            comments: None,
+            retired: false,
+            origin: "config".into(),
+            created: Millis(0),
+            updated: Millis(0),
+            state: "ready".to_owned(),
+            lifeguard: LifeguardData {
+                current_image: Some("android".into()),
+                counters: BTreeMap::new(),
+                ..LifeguardData::default()
+            },
+            request: None,
+            registration: None,
+        }
+    }
+
+    /// The views a closure keeps ([`Post::views`]) must not outlive a device write made in
+    /// the same closure: a queue pass or an explanation after an assignment has to see the
+    /// device held.
+    #[tokio::test]
+    async fn views_built_before_an_assignment_are_not_reused_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("store");
+        let ctx = Ctx {
+            timings: Timings::default(),
+            policy: QueuePolicy::default(),
+            lg: lifeguard::Timings::default(),
+            server: "rack1".to_owned(),
+        };
+        let grace = ctx.timings.grace;
+        store
+            .write(move |tx, now| {
+                inv::put_device(tx, &ready_device("panda-1"))?;
+                let spec = RequestSpec::new(
+                    DeviceChoice::Any,
+                    "alice",
+                    "android".parse().expect("image"),
+                    now,
+                );
+                let mut snap = RequestSnapshot::new(7, spec, Millis(now.0 + 3_600_000));
+                snap.state = RequestState::FindingDevice;
+                let r = StoredRequest {
+                    snap,
+                    server: "rack1".to_owned(),
+                    owner_token: None,
+                    explanation: None,
+                };
+                requests::put(tx, &r, grace)
+            })
+            .await
+            .expect("setup");
+        let (before, after) = store
+            .write(move |tx, now| {
+                let mut post = Post::default();
+                let before = views_in_tx(tx, &mut post)?;
+                let event = Event::Assigned {
+                    device: "panda-1".parse().expect("name"),
+                    needs_image: false,
+                };
+                deliver_tx(tx, now, &ctx, 7, event, &mut post, 0)?;
+                let after = views_in_tx(tx, &mut post)?;
+                Ok((before, after))
+            })
+            .await
+            .expect("assign");
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].held_by, None, "{before:?}");
+        assert_eq!(after.len(), 1);
+        let held = after[0]
+            .held_by
+            .as_ref()
+            .expect("held after the assignment");
+        assert_eq!((held.request, held.assignee.as_str()), (7, "alice"));
+    }
+}
