@@ -45,6 +45,37 @@ pub struct Device {
 }
 
 impl Device {
+    /// A wired PandaBoard named `name` in `state`, for tests; change what a test needs.
+    #[cfg(test)]
+    pub(crate) fn for_test(name: &str, state: &str) -> Device {
+        Device {
+            id: 1,
+            name: name.to_owned(),
+            server: "rack1".to_owned(),
+            facts: DeviceFacts {
+                hardware_type: Some("panda".into()),
+                processor: None,
+                pool: None,
+                os_version: None,
+                environment: None,
+            },
+            wiring: DeviceWiring {
+                relay: Some("relay-1:bank1:relay1".into()),
+                sut_addr: None,
+                fastboot_serial: None,
+            },
+            comments: None,
+            retired: false,
+            origin: "config".into(),
+            created: Millis(0),
+            updated: Millis(0),
+            state: state.to_owned(),
+            lifeguard: LifeguardData::default(),
+            request: None,
+            registration: None,
+        }
+    }
+
     /// Why a tech must look at this device before it can be used, if anything.
     #[must_use]
     pub fn needs_tech(&self) -> Option<&'static str> {

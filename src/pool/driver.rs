@@ -955,45 +955,9 @@ impl crate::timers::Deadlines for Pool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::clock::SystemClock;
-    use crate::model::{DeviceFacts, DeviceWiring, LifeguardData};
     use crate::pool::{DeviceChoice, RequestSnapshot, RequestSpec};
-
-    fn ready_device(name: &str) -> Device {
-        Device {
-            id: 1,
-            name: name.to_owned(),
-            server: "rack1".to_owned(),
-            facts: DeviceFacts {
-                hardware_type: Some("panda".into()),
-                processor: None,
-                pool: None,
-                os_version: None,
-                environment: None,
-            },
-            wiring: DeviceWiring {
-                relay: Some("relay-1:bank1:relay1".into()),
-                sut_addr: None,
-                fastboot_serial: None,
-            },
-            comments: None,
-            retired: false,
-            origin: "config".into(),
-            created: Millis(0),
-            updated: Millis(0),
-            state: "ready".to_owned(),
-            lifeguard: LifeguardData {
-                current_image: Some("android".into()),
-                counters: BTreeMap::new(),
-                ..LifeguardData::default()
-            },
-            request: None,
-            registration: None,
-        }
-    }
 
     /// The views a closure keeps ([`Post::views`]) must not outlive a device write made in
     /// the same closure: a queue pass or an explanation after an assignment has to see the
@@ -1011,7 +975,9 @@ mod tests {
         let grace = ctx.timings.grace;
         store
             .write(move |tx, now| {
-                inv::put_device(tx, &ready_device("panda-1"))?;
+                let mut d = Device::for_test("panda-1", "ready");
+                d.lifeguard.current_image = Some("android".into());
+                inv::put_device(tx, &d)?;
                 let spec = RequestSpec::new(
                     DeviceChoice::Any,
                     "alice",

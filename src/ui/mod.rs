@@ -94,47 +94,34 @@ mod tests {
     use super::view::{self, LogLineView};
     use super::*;
     use crate::clock::Millis;
-    use crate::model::{Device, DeviceFacts, DeviceWiring, LifeguardData, LogEntry, Registration};
+    use crate::model::{Device, DeviceFacts, LogEntry, Registration};
     use crate::pool::{Assignment, DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
     use crate::storage::requests::StoredRequest;
 
     const EVIL: &str = "<script>alert('x')</script>";
 
     fn device(name: &str, state: &str, comments: &str) -> Device {
-        Device {
-            id: 1,
-            name: name.to_owned(),
-            server: "rack1".to_owned(),
-            facts: DeviceFacts {
-                hardware_type: Some("panda".into()),
-                processor: Some("armv7".into()),
-                pool: Some("mobile".into()),
-                os_version: Some("4.0.4".into()),
-                environment: Some("prod".into()),
-            },
-            wiring: DeviceWiring {
-                relay: Some("relay-1:bank1:relay1".into()),
-                sut_addr: Some("10.0.0.5:20701".into()),
-                fastboot_serial: Some("0123".into()),
-            },
-            comments: Some(comments.to_owned()),
-            retired: false,
-            origin: "config".into(),
-            created: Millis(1_700_000_000_000),
-            updated: Millis(1_700_000_100_000),
-            state: state.to_owned(),
-            lifeguard: LifeguardData {
-                counters: BTreeMap::from([("power_cycle".to_owned(), 1)]),
-                ..LifeguardData::default()
-            },
-            request: None,
-            registration: Some(Registration {
-                at: Millis(1_700_000_000_000),
-                agent_name: "00:11:22:33:44:55".into(),
-                ip: Some("10.0.0.5".into()),
-                fields: BTreeMap::from([("OS".to_owned(), EVIL.to_owned())]),
-            }),
-        }
+        let mut d = Device::for_test(name, state);
+        d.facts = DeviceFacts {
+            hardware_type: Some("panda".into()),
+            processor: Some("armv7".into()),
+            pool: Some("mobile".into()),
+            os_version: Some("4.0.4".into()),
+            environment: Some("prod".into()),
+        };
+        d.wiring.sut_addr = Some("10.0.0.5:20701".into());
+        d.wiring.fastboot_serial = Some("0123".into());
+        d.comments = Some(comments.to_owned());
+        d.created = Millis(1_700_000_000_000);
+        d.updated = Millis(1_700_000_100_000);
+        d.lifeguard.counters = BTreeMap::from([("power_cycle".to_owned(), 1)]);
+        d.registration = Some(Registration {
+            at: Millis(1_700_000_000_000),
+            agent_name: "00:11:22:33:44:55".into(),
+            ip: Some("10.0.0.5".into()),
+            fields: BTreeMap::from([("OS".to_owned(), EVIL.to_owned())]),
+        });
+        d
     }
 
     fn request(id: u64, device: &str, assignee: &str, state: RequestState) -> StoredRequest {
