@@ -4,7 +4,9 @@
 /// buffers, records and log lines for every write, and glibc's malloc/free took ~21 % of its
 /// time at 64 clients; with mimalloc the check-out/check-in cycle bench went from ~3,300 to
 /// ~4,300 cycles/s (docs/performance.md). mimalloc keeps freed pages for a while by default;
-/// the systemd unit sets `MIMALLOC_PURGE_DELAY=0` so they go back to the system at once.
+/// the systemd unit sets `MIMALLOC_PURGE_DELAY=0` so they go back to the system at once. Built
+/// with `no_thp` (Cargo.toml): no transparent huge pages for its memory, whose first touch
+/// stalled the writer ~5.5 ms for the kernel to zero 2 MiB (fix 18 in docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
