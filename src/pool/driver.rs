@@ -14,8 +14,6 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use crate::storage::records::DeviceRecord;
-use crate::storage::{Encoded, Tx};
 use redb::ReadableTable;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +29,9 @@ use crate::lifeguard::store::{Applied, ApplyError, apply};
 use crate::lifeguard::{self, Lifeguard, PoolLink, Refused};
 use crate::model::{Device, request_subject};
 use crate::storage::logs::{NewLog, append};
+use crate::storage::records::DeviceRecord;
 use crate::storage::requests::{self, StoredRequest};
-use crate::storage::{Store, StoreError, inventory as inv, next_counter, tables};
+use crate::storage::{Encoded, Store, StoreError, Tx, inventory as inv, next_counter, tables};
 
 /// Deepest chain of request events one call may cause (search → assign → contact → lost →
 /// search ...). Deeper chains continue on the next timer tick.
