@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::{
     Action, DeviceChoice, DeviceView, Event, Holder, ImagingResult, LifeguardEvent, QueuePolicy,
     QueuedRequest, RequestSnapshot, RequestSpec, RequestState, Timings, assign, explain,
-    needs_image, satisfiable, select,
+    fair_share_applies, needs_image, satisfiable, select,
 };
 use crate::clock::{Clock, Millis};
 use crate::lifeguard::store::{Applied, ApplyError, apply};
@@ -552,17 +552,15 @@ fn device_view(d: &Device, assignees: &HashMap<u64, &str>) -> Option<DeviceView>
 /// first one looked at, so with one waiting request a pass reads a handful of records
 /// instead of the whole inventory. Only free devices can be picked, and only they are read.
 fn free_pick(tx: &Tx<'_>, spec: &RequestSpec) -> Result<Option<DeviceView>, StoreError> {
-    let idx = tx.free_devices()?;
-    let devices = tx.devices()?;
-    let none = HashMap::new();
-    let view = |name: &str| -> Result<Option<DeviceView>, StoreError> {
-        Ok(inv::device(&*devices, name)?.and_then(|d| device_view(&d, &none)))
-    };
     if spec.can_reuse {
+        let idx = tx.free_devices()?;
+        let devices = tx.devices()?;
+        let none = HashMap::new();
         // Name order within one image: the first reusable match is the best device.
         let mut found = None;
         inv::visit_free_devices(&*idx, Some(spec.image.as_str()), |name| {
-            found = view(name)?
+            found = inv::device(&*devices, name)?
+                .and_then(|d| device_view(&d, &none))
                 .filter(|v| v.available() && select::matches(spec, v) && select::reusable(spec, v));
             Ok(if found.is_some() {
                 ControlFlow::Break(())
@@ -574,12 +572,22 @@ fn free_pick(tx: &Tx<'_>, spec: &RequestSpec) -> Result<Option<DeviceView>, Stor
             return Ok(found);
         }
     }
-    let mut candidates = Vec::new();
+    Ok(select::best(spec, &free_views(tx)?).cloned())
+}
+
+/// Every device the pool may hand out right now, as the queue sees it, read through the
+/// free-device index: the records of busy devices are not decoded. Nobody holds a free
+/// device, so the views name no holder.
+fn free_views(tx: &Tx<'_>) -> Result<Vec<DeviceView>, StoreError> {
+    let idx = tx.free_devices()?;
+    let devices = tx.devices()?;
+    let none = HashMap::new();
+    let mut views = Vec::new();
     inv::visit_free_devices(&*idx, None, |name| {
-        candidates.extend(view(name)?);
+        views.extend(inv::device(&*devices, name)?.and_then(|d| device_view(&d, &none)));
         Ok(ControlFlow::Continue(()))
     })?;
-    Ok(select::best(spec, &candidates).cloned())
+    Ok(views)
 }
 
 fn create_tx(
@@ -900,7 +908,18 @@ fn run_pass(
         .into_iter()
         .collect(),
         _ => {
-            let views = views_in_tx(tx, post)?;
+            // Without fair share a pass looks at available devices only, and those are
+            // the free-device index's: the rest of the inventory is decoded only when
+            // fair share has to count what each assignee holds (or when this closure has
+            // built the views already).
+            let views = if fair_share_applies(&queue, &c.policy) || post.views.is_some() {
+                views_in_tx(tx, post)?
+            } else {
+                Arc::new(free_views(tx)?)
+            };
+            if !views.iter().any(DeviceView::available) {
+                return Ok(got);
+            }
             assign(&queue, &views, now, &c.policy)
                 .into_iter()
                 .filter_map(|(rid, device)| {
@@ -958,6 +977,80 @@ mod tests {
     use crate::clock::SystemClock;
     use crate::pool::{DeviceChoice, RequestSnapshot, RequestSpec};
 
+    fn ctx() -> Ctx {
+        Ctx {
+            timings: Timings::default(),
+            policy: QueuePolicy::default(),
+            lg: lifeguard::Timings::default(),
+            server: "rack1".to_owned(),
+        }
+    }
+
+    fn stored(id: u64, assignee: &str, state: RequestState, created: Millis) -> StoredRequest {
+        let spec = RequestSpec::new(
+            DeviceChoice::Any,
+            assignee,
+            "android".parse().expect("image"),
+            created,
+        );
+        let mut snap = RequestSnapshot::new(id, spec, Millis(created.0 + 3_600_000));
+        snap.state = state;
+        StoredRequest {
+            snap,
+            server: "rack1".to_owned(),
+            owner_token: None,
+            explanation: None,
+        }
+    }
+
+    /// A pass with two assignees waiting must see what each already holds (fair share),
+    /// although it otherwise reads only the free devices.
+    #[tokio::test]
+    async fn a_pass_with_fair_share_counts_the_devices_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("store");
+        let grace = ctx().timings.grace;
+        store
+            .write(move |tx, now| {
+                for (name, holder) in [
+                    ("panda-1", Some(1)),
+                    ("panda-2", Some(2)),
+                    ("panda-3", None),
+                ] {
+                    let mut d = Device::for_test(name, "ready");
+                    d.lifeguard.current_image = Some("android".into());
+                    d.request = holder;
+                    inv::put_device(tx, &d)?;
+                }
+                // Alice holds two of the three devices and waits with an older request of
+                // higher priority; Bob waits too.
+                for (id, who, state) in [
+                    (1, "alice", RequestState::Ready),
+                    (2, "alice", RequestState::Ready),
+                    (3, "alice", RequestState::FindingDevice),
+                    (4, "bob", RequestState::FindingDevice),
+                ] {
+                    let mut r = stored(id, who, state, Millis(now.0 - 1000 + id));
+                    if id == 3 {
+                        r.snap.spec.priority = 5;
+                    }
+                    requests::put(tx, &r, grace)?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("setup");
+        let got = store
+            .write(move |tx, now| run_pass(tx, now, &ctx(), &mut Post::default(), 0))
+            .await
+            .expect("pass");
+        assert_eq!(
+            got,
+            HashSet::from([4]),
+            "alice is at her share of 2 of 3 devices"
+        );
+    }
+
     /// The views a closure keeps ([`Post::views`]) must not outlive a device write made in
     /// the same closure: a queue pass or an explanation after an assignment has to see the
     /// device held.
@@ -965,33 +1058,18 @@ mod tests {
     async fn views_built_before_an_assignment_are_not_reused_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("store");
-        let ctx = Ctx {
-            timings: Timings::default(),
-            policy: QueuePolicy::default(),
-            lg: lifeguard::Timings::default(),
-            server: "rack1".to_owned(),
-        };
+        let ctx = ctx();
         let grace = ctx.timings.grace;
         store
             .write(move |tx, now| {
                 let mut d = Device::for_test("panda-1", "ready");
                 d.lifeguard.current_image = Some("android".into());
                 inv::put_device(tx, &d)?;
-                let spec = RequestSpec::new(
-                    DeviceChoice::Any,
-                    "alice",
-                    "android".parse().expect("image"),
-                    now,
-                );
-                let mut snap = RequestSnapshot::new(7, spec, Millis(now.0 + 3_600_000));
-                snap.state = RequestState::FindingDevice;
-                let r = StoredRequest {
-                    snap,
-                    server: "rack1".to_owned(),
-                    owner_token: None,
-                    explanation: None,
-                };
-                requests::put(tx, &r, grace)
+                requests::put(
+                    tx,
+                    &stored(7, "alice", RequestState::FindingDevice, now),
+                    grace,
+                )
             })
             .await
             .expect("setup");

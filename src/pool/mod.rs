@@ -29,7 +29,7 @@ mod model_tests;
 pub use config::{QueuePolicy, Timings};
 pub use driver::{Pool, PoolError};
 pub use machine::{Action, Assignment, Event, LifeguardEvent, RequestSnapshot, Transition, step};
-pub use queue::{QueuedRequest, assign, effective_priority, position};
+pub use queue::{QueuedRequest, assign, effective_priority, fair_share_applies, position};
 pub use select::{Explanation, Unsatisfiable, explain, matches, needs_image, satisfiable};
 pub use spec::{DeviceChoice, DeviceView, Holder, RequestSpec};
 pub use state::{Counters, ImagingResult, RequestState};

@@ -77,6 +77,15 @@ fn assignees(waiting: &[QueuedRequest]) -> usize {
         .len()
 }
 
+/// Whether fair share decides anything in a pass over `waiting`: the policy enables it and
+/// at least two assignees wait. Only then does [`assign`] look at devices that are not
+/// available (to count each assignee's holdings); otherwise it needs the available devices
+/// alone.
+#[must_use]
+pub fn fair_share_applies(waiting: &[QueuedRequest], policy: &QueuePolicy) -> bool {
+    policy.fair_share && assignees(waiting) >= 2
+}
+
 /// Whether `r`'s assignee holds at least its share of `r`'s matching devices, counting
 /// devices held in `devices` plus `granted` (device name → assignee) from this pass.
 fn over_share(
@@ -114,7 +123,7 @@ pub fn assign(
 ) -> Vec<(u64, DeviceName)> {
     let order = order(waiting, now, policy);
     let k = assignees(waiting);
-    let fair = policy.fair_share && k >= 2;
+    let fair = fair_share_applies(waiting, policy);
     // By name, so even a (bogus) inventory listing a name twice cannot hand it out twice.
     let mut taken: HashSet<&DeviceName> = HashSet::new();
     let mut served: HashSet<u64> = HashSet::new();
@@ -156,7 +165,7 @@ pub fn position(
 ) -> Vec<(u64, usize)> {
     let mut order = order(waiting, now, policy);
     let k = assignees(waiting);
-    if policy.fair_share && k >= 2 {
+    if fair_share_applies(waiting, policy) {
         order.sort_by_key(|&i| over_share(&waiting[i], devices, &[], k));
     }
     order
@@ -389,6 +398,51 @@ mod tests {
                     .count();
                 proptest::prop_assert!(have >= wanted.min(ndev / 2), "{} got {}", who, have);
             }
+        }
+
+        /// Without fair share (one assignee, or the policy off) a pass decides from the
+        /// available devices alone: handing it only those (the driver reads them through
+        /// the free-device index) gives the same assignments as the whole inventory.
+        #[test]
+        fn without_fair_share_only_available_devices_matter(
+            kinds in proptest::collection::vec(0u8..6, 0..12),
+            wants in proptest::collection::vec((proptest::bool::ANY, 0i32..3), 0..10),
+            two_assignees in proptest::bool::ANY,
+        ) {
+            let d: Vec<DeviceView> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| {
+                    let mut x = dev(&format!("d{i:02}"));
+                    match k {
+                        1 => x.free = false,
+                        2 => x.retired = true,
+                        3 => x.held_by = Some(Holder { request: 900, assignee: "a".into() }),
+                        4 => x.hardware_type = Some("panda".parse().expect("hw")),
+                        _ => {}
+                    }
+                    x
+                })
+                .collect();
+            let w: Vec<QueuedRequest> = wants
+                .iter()
+                .enumerate()
+                .map(|(i, &(panda, priority))| {
+                    let who = if two_assignees && i % 2 == 1 { "b" } else { "a" };
+                    let mut r = req(i as u64, who, priority, i as u64);
+                    if panda {
+                        r.spec.hardware_type = Some("panda".parse().expect("hw"));
+                    }
+                    r
+                })
+                .collect();
+            let policy = QueuePolicy { fair_share: !two_assignees, ..no_aging() };
+            proptest::prop_assert!(!fair_share_applies(&w, &policy));
+            let available: Vec<DeviceView> = d.iter().filter(|x| x.available()).cloned().collect();
+            proptest::prop_assert_eq!(
+                assign(&w, &d, Millis(50), &policy),
+                assign(&w, &available, Millis(50), &policy)
+            );
         }
     }
 }
