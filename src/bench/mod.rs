@@ -193,9 +193,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_table(figs: &Figures, quick: bool, took: Duration) {
     println!(
-        "mozpool bench{} on {} cores, {} ({:.0} s)",
+        "mozpool bench{} on {} cores, {} async worker thread(s), {} ({:.0} s)",
         if quick { " --quick" } else { "" },
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        tokio::runtime::Handle::current().metrics().num_workers(),
         crate::clock::Millis(SystemClock.now().0).iso(),
         took.as_secs_f64()
     );
