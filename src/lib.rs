@@ -43,3 +43,9 @@ pub mod telemetry;
 pub mod timers;
 pub mod types;
 pub mod ui;
+
+/// Lock a mutex, ignoring poisoning: the maps and lists guarded this way stay consistent
+/// even if a holder panicked, and one panicked task must not take the others down.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

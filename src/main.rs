@@ -56,4 +56,3 @@ fn worker_threads() -> Option<usize> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     Some(cores.saturating_sub(1).max(1))
 }
-

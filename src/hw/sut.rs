@@ -96,7 +96,10 @@ pub fn parse_uptime(reply: &[u8]) -> Result<u64> {
     })
 }
 
-struct Session {
+/// An open command-port connection, past the agent's greeting. One connection can serve
+/// several exchanges ([`Session::ver`], then [`Session::check_storage`]); each runs within
+/// the deadline last set by [`Session::open`] or [`Session::renew`].
+pub struct Session {
     stream: TcpStream,
     buf: Vec<u8>,
     deadline: Instant,
@@ -104,9 +107,21 @@ struct Session {
     addr: SocketAddr,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Session {
-    /// Connect and read the greeting prompt.
-    async fn open(addr: SocketAddr, timeout: Duration) -> Result<Self> {
+    /// Connect and read the greeting prompt, all within `timeout`.
+    ///
+    /// # Errors
+    /// Refused/unreachable ([`Error::Io`]), silent or slow ([`Error::Timeout`]), closed
+    /// ([`Error::NoReply`]), garbage ([`Error::TooLarge`]).
+    pub async fn open(addr: SocketAddr, timeout: Duration) -> Result<Self> {
         let started = Instant::now();
         let deadline = started + timeout;
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -129,6 +144,56 @@ impl Session {
         };
         s.read_to_prompt("greeting").await?;
         Ok(s)
+    }
+
+    /// The agent's address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Give the exchanges that follow `timeout` from now.
+    pub fn renew(&mut self, timeout: Duration) {
+        self.started = Instant::now();
+        self.deadline = self.started + timeout;
+    }
+
+    /// Ask `ver` and check `<agent> Version <v>`.
+    ///
+    /// # Errors
+    /// As [`Session::open`]; [`Error::BadReply`] for anything but a version line.
+    pub async fn ver(&mut self) -> Result<SutInfo> {
+        let reply = self.command("ver").await?;
+        parse_version(&reply)
+    }
+
+    /// Storage check (the original's SD-card check, reduced to what the agent answers
+    /// without writing): ask `testroot` and check with `isdir` that it exists. Returns the
+    /// test root.
+    ///
+    /// # Errors
+    /// As [`Session::open`]; [`Error::BadReply`] when the test root is not an absolute
+    /// path or `isdir` answers anything but `TRUE`.
+    pub async fn check_storage(&mut self) -> Result<String> {
+        let root = reply_text(&self.command("testroot").await?)?;
+        let root = root.trim().to_owned();
+        if root.is_empty() || root.contains(char::is_whitespace) || !root.starts_with('/') {
+            return Err(Error::BadReply {
+                op: "testroot".into(),
+                expected: "an absolute path".into(),
+                got: format!("{root:?}"),
+            });
+        }
+        let isdir = reply_text(&self.command(&format!("isdir {root}")).await?)?;
+        if isdir.trim() == "TRUE" {
+            Ok(root)
+        } else {
+            Err(Error::BadReply {
+                op: format!("isdir {root}"),
+                expected: "TRUE".into(),
+                got: format!("{:?}", isdir.trim()),
+            })
+        }
     }
 
     fn timeout(&self, op: &str) -> Error {
@@ -183,7 +248,7 @@ impl Session {
     }
 
     /// Polite close: `quit`, without waiting for its reply.
-    async fn quit(mut self) {
+    pub async fn quit(mut self) {
         let _ = self.send("quit").await;
         let _ = self.stream.shutdown().await;
     }
@@ -196,39 +261,44 @@ impl Session {
 /// ([`Error::NoReply`]), garbage ([`Error::BadReply`], [`Error::TooLarge`]), warnings.
 pub async fn verify(addr: SocketAddr, timeout: Duration) -> Result<SutInfo> {
     let mut s = Session::open(addr, timeout).await?;
-    let reply = s.command("ver").await?;
-    let info = parse_version(&reply)?;
+    let info = s.ver().await?;
     s.quit().await;
     Ok(info)
 }
 
-/// Storage check (the original's SD-card check, reduced to what the agent answers without
-/// writing): ask `testroot` and check with `isdir` that it exists. Anything but `TRUE` fails.
+/// [`Session::check_storage`] on a connection of its own.
 ///
 /// # Errors
 /// As [`verify`]; [`Error::BadReply`] when the test root is missing or not a directory.
 pub async fn check_storage(addr: SocketAddr, timeout: Duration) -> Result<String> {
     let mut s = Session::open(addr, timeout).await?;
-    let root = reply_text(&s.command("testroot").await?)?;
-    let root = root.trim().to_owned();
-    if root.is_empty() || root.contains(char::is_whitespace) || !root.starts_with('/') {
-        return Err(Error::BadReply {
-            op: "testroot".into(),
-            expected: "an absolute path".into(),
-            got: format!("{root:?}"),
-        });
-    }
-    let isdir = reply_text(&s.command(&format!("isdir {root}")).await?)?;
+    let result = s.check_storage().await;
     s.quit().await;
-    if isdir.trim() == "TRUE" {
-        Ok(root)
-    } else {
-        Err(Error::BadReply {
-            op: format!("isdir {root}"),
-            expected: "TRUE".into(),
-            got: format!("{:?}", isdir.trim()),
-        })
+    result
+}
+
+/// [`Session::check_storage`] on `kept`, a connection left open by an earlier exchange,
+/// when it is to `addr`; else, or when the agent has closed `kept` in the meantime (an I/O
+/// error or no reply), on a new connection. Says `quit` either way.
+///
+/// # Errors
+/// As [`check_storage`].
+pub async fn check_storage_on(
+    kept: Option<Session>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<String> {
+    if let Some(mut s) = kept.filter(|s| s.addr() == addr) {
+        s.renew(timeout);
+        match s.check_storage().await {
+            Err(Error::Io { .. } | Error::NoReply { .. }) => {}
+            other => {
+                s.quit().await;
+                return other;
+            }
+        }
     }
+    check_storage(addr, timeout).await
 }
 
 /// `info uptimemillis`: milliseconds since the agent's device booted.

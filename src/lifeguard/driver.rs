@@ -25,12 +25,24 @@ use crate::hw::{
     self, FlashDeadlines, Flasher, ImageFiles, ImageRecipe, ImageSource, RecipeStep, RelayAddr,
     RelayBoards,
 };
+use crate::lock;
 use crate::model::{Device, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{Store, StoreError, inventory as inv, tables};
 
 /// Most fastboot output lines copied into a device's log per flash.
 const MAX_FLASH_LOG_LINES: usize = 400;
+
+/// How long the SUTAgent connection of a successful `sut_verifying` waits for the storage
+/// check of `sut_sdcard_verifying`, the state that always follows (normally a few
+/// milliseconds later). Unclaimed, it is closed by the timer loop.
+const KEEP_SUT_SESSION: Duration = Duration::from_secs(5);
+
+/// A SUTAgent connection kept from one state's action for the next one's.
+struct KeptSession {
+    session: hw::sut::Session,
+    until: tokio::time::Instant,
+}
 
 /// The hardware the driver acts through.
 #[derive(Debug)]
@@ -84,6 +96,9 @@ struct Inner {
     /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
     heartbeat: OnceLock<crate::systemd::Heartbeat>,
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
+    /// By device: the connection a successful SUTAgent verify leaves open for the storage
+    /// check that follows it, so a self-test connects once instead of twice.
+    kept: Mutex<HashMap<String, KeptSession>>,
     health: Semaphore,
     wake: Notify,
     /// Bumped after every committed transition, so live pages and long polls learn that
@@ -126,6 +141,7 @@ impl Lifeguard {
                 link: OnceLock::new(),
                 heartbeat: OnceLock::new(),
                 inflight: Mutex::new(HashMap::new()),
+                kept: Mutex::new(HashMap::new()),
                 health,
                 wake: Notify::new(),
                 changes: watch::channel(0).0,
@@ -290,11 +306,7 @@ impl Lifeguard {
     fn spawn_action(&self, record: Arc<Device>, generation: u64, action: Action) {
         let this = self.clone();
         let device = record.name.clone();
-        let mut inflight = self
-            .inner
-            .inflight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inflight = lock(&self.inner.inflight);
         if let Some((_, previous)) = inflight.remove(&device) {
             previous.abort();
         }
@@ -307,11 +319,7 @@ impl Lifeguard {
             };
             let name = &record.name;
             {
-                let mut inflight = this
-                    .inner
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut inflight = lock(&this.inner.inflight);
                 if inflight.get(name).is_some_and(|(g, _)| *g == generation) {
                     inflight.remove(name);
                 }
@@ -398,21 +406,15 @@ impl Lifeguard {
                     reason,
                 },
             },
-            Action::SutVerify => match self.sut_verify(device, sut_limit).await {
+            Action::SutVerify => match self.sut_verify_keeping(device, sut_limit).await {
                 Ok(()) => Event::SutVerifyOk { generation: g },
                 Err(reason) => Event::SutVerifyFailed {
                     generation: g,
                     reason,
                 },
             },
-            Action::SutSdcardCheck => match sut_addr(device) {
-                Ok(addr) => match hw::sut::check_storage(addr, sut_limit).await {
-                    Ok(_) => Event::SutSdcardOk { generation: g },
-                    Err(e) => Event::SutSdcardFailed {
-                        generation: g,
-                        reason: e.to_string(),
-                    },
-                },
+            Action::SutSdcardCheck => match self.storage_check(device, sut_limit).await {
+                Ok(()) => Event::SutSdcardOk { generation: g },
                 Err(reason) => Event::SutSdcardFailed {
                     generation: g,
                     reason,
@@ -488,6 +490,55 @@ impl Lifeguard {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// `ver` on a new connection; after a good answer the connection is kept for the
+    /// storage check that follows ([`Lifeguard::storage_check`]).
+    async fn sut_verify_keeping(&self, d: &Device, limit: Duration) -> Result<(), String> {
+        let addr = sut_addr(d)?;
+        let mut session = hw::sut::Session::open(addr, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        match session.ver().await {
+            Ok(_) => {
+                let now = tokio::time::Instant::now();
+                let mut kept = lock(&self.inner.kept);
+                kept.retain(|_, k| k.until > now);
+                kept.insert(
+                    d.name.clone(),
+                    KeptSession {
+                        session,
+                        until: now + KEEP_SUT_SESSION,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                session.quit().await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The storage check, on the connection the verify before it kept when there is one
+    /// and it has not expired ([`hw::sut::check_storage_on`]: a kept connection the agent
+    /// has closed meanwhile is not held against the device).
+    async fn storage_check(&self, d: &Device, limit: Duration) -> Result<(), String> {
+        let addr = sut_addr(d)?;
+        let kept = lock(&self.inner.kept)
+            .remove(&d.name)
+            .filter(|k| k.until > tokio::time::Instant::now())
+            .map(|k| k.session);
+        hw::sut::check_storage_on(kept, addr, limit)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Close kept SUTAgent connections nobody claimed in time.
+    fn close_expired_sessions(&self) {
+        let now = tokio::time::Instant::now();
+        lock(&self.inner.kept).retain(|_, k| k.until > now);
     }
 
     /// Fetch the image's files, power-cycle the device into its bootloader, run fastboot.
@@ -739,6 +790,7 @@ fn hw_ok(event: &Event) -> bool {
 
 impl crate::timers::Deadlines for Lifeguard {
     async fn pass(&self, now: Millis) -> bool {
+        self.close_expired_sessions();
         self.timeout_pass(now).await
     }
 

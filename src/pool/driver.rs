@@ -27,6 +27,7 @@ use super::{
 use crate::clock::{Clock, Millis};
 use crate::lifeguard::store::{Applied, ApplyError, apply};
 use crate::lifeguard::{self, Lifeguard, PoolLink, Refused};
+use crate::lock;
 use crate::model::{Device, request_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::records::DeviceRecord;
@@ -478,11 +479,6 @@ impl Drop for RequestWatch {
             watchers.remove(&self.id);
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded maps stay consistent even if a holder panicked.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Waiting requests as the queue sees them.

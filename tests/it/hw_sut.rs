@@ -33,6 +33,48 @@ async fn verify_reads_split_prompt_and_parses_version() {
 }
 
 #[tokio::test]
+async fn storage_check_reuses_a_kept_session_or_opens_a_new_one() {
+    let a = SimSutAgent::start(true, "id").expect("sim");
+    // On the connection a verify left open: no second connection.
+    let mut s = sut::Session::open(a.addr(), T).await.expect("open");
+    s.ver().await.expect("ver");
+    let root = sut::check_storage_on(Some(s), a.addr(), T)
+        .await
+        .expect("storage on the kept session");
+    assert_eq!(root, "/mnt/sdcard");
+    settle().await;
+    assert_eq!(a.connections(), 1);
+    assert_eq!(
+        a.commands(),
+        ["ver", "testroot", "isdir /mnt/sdcard", "quit"]
+    );
+    // The agent went down and up again, closing the kept connection: the check is asked
+    // on a new one instead of failing.
+    let mut s = sut::Session::open(a.addr(), T).await.expect("open");
+    s.ver().await.expect("ver");
+    a.set_up(false);
+    a.set_up(true);
+    settle().await;
+    sut::check_storage_on(Some(s), a.addr(), T)
+        .await
+        .expect("storage on a new connection");
+    assert_eq!(a.connections(), 3);
+    // A garbage answer on the kept connection is the agent's failure, not a closed
+    // connection: no retry.
+    let mut s = sut::Session::open(a.addr(), T).await.expect("open");
+    s.ver().await.expect("ver");
+    a.set_faults(SimSutFaults {
+        garbage: true,
+        ..Default::default()
+    });
+    let e = sut::check_storage_on(Some(s), a.addr(), T)
+        .await
+        .expect_err("garbage");
+    assert!(matches!(e, Error::BadReply { .. }), "{e}");
+    assert_eq!(a.connections(), 4);
+}
+
+#[tokio::test]
 async fn uptime_and_reboot_hook() {
     let a = SimSutAgent::start(true, "id").expect("sim");
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -29,6 +29,38 @@ async fn healthy_devices_self_test_to_free() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_test_verifies_and_checks_storage_on_one_sutagent_connection() {
+    let s = TestServer::start_rack(1, "[lifeguard]\nready_check_ms = 3600000\n").await;
+    s.wait_all_ready(30).await;
+    // An image with a SUTAgent, so the self-test goes through sut_verifying and
+    // sut_sdcard_verifying.
+    let (status, body) = s
+        .post("/api/device/sim-0001/flash/", json!({"image": "android"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.wait_state("sim-0001", 60, |st| st == "ready").await;
+    let sim = s.sim("sim-0001");
+    let (conns, commands) = (sim.sut_connections(), sim.sut_commands().len());
+    let (status, body) = s
+        .post("/api/device/sim-0001/event/please_self_test/", json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.wait_state("sim-0001", 60, |st| st != "ready").await;
+    s.wait_state("sim-0001", 60, |st| st == "ready").await;
+    let log = s.device_log("sim-0001").await.join("\n");
+    assert!(
+        log.ends_with("sut_sdcard_verifying -> ready: self-test passed (SD card verified)"),
+        "{log}"
+    );
+    assert_eq!(
+        sim.sut_commands()[commands..],
+        ["ver", "testroot", "isdir /mnt/sdcard", "quit"],
+        "{log}"
+    );
+    assert_eq!(sim.sut_connections() - conns, 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_never_boots_fails_after_the_configured_retries() {
     let config = r#"
 [lifeguard]

@@ -219,6 +219,18 @@ impl SimDevice {
         lock(&self.inner.state).boots
     }
 
+    /// Connections its SUTAgent has accepted so far.
+    #[must_use]
+    pub fn sut_connections(&self) -> u64 {
+        self.inner.sut.connections()
+    }
+
+    /// Commands its SUTAgent has received so far, oldest first.
+    #[must_use]
+    pub fn sut_commands(&self) -> Vec<String> {
+        self.inner.sut.commands()
+    }
+
     /// sha256 of the image flashed per partition.
     #[must_use]
     pub fn flashed(&self) -> BTreeMap<String, String> {

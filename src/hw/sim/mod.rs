@@ -12,7 +12,7 @@ pub mod proxr;
 pub mod rack;
 pub mod sut;
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
@@ -26,10 +26,7 @@ pub use sut::{SimSutAgent, SimSutFaults};
 /// simulated device's power follows it (normally closed: energised ⇒ unpowered).
 pub type RelayHook = Arc<dyn Fn(u8, u8, bool) + Send + Sync>;
 
-/// Lock a simulator mutex, ignoring poisoning (a panicked test thread must not cascade).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use crate::lock;
 
 /// Sleep up to `d`, waking early when `stop` is set; returns `false` if stopped.
 pub(crate) fn sleep_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) -> bool {
