@@ -1,5 +1,7 @@
 //! SUTAgent command-port client (TCP 20701): prompt framing (`$>\0`, possibly split across
-//! reads), `ver` verification, `rebt`, `info uptimemillis`, and the pure reply parsers.
+//! reads), `ver` verification, the storage check (`testroot`, `isdir`), `rebt`,
+//! `info uptimemillis`, and the pure reply parsers. Each call opens its own connection,
+//! except that a [`Session`] can be kept open for a later exchange ([`check_storage_on`]).
 //!
 //! Every call has one overall deadline; a refused, silent, slow, garbage-spewing or
 //! half-open peer is an error within it, and at most [`MAX_REPLY`] bytes are buffered.

@@ -1,7 +1,8 @@
 //! The request driver: the async side of the request layer.
 //!
-//! Every request event runs inside one store write: the pure machine ([`step`]) decides, and
-//! its actions run in the same transaction where they touch the store: a queue pass
+//! Every request event runs inside one store write: the pure machine
+//! ([`step`](super::step)) decides, and its actions run in the same transaction where they
+//! touch the store: a queue pass
 //! ([`assign`]) hands free devices to waiting requests, and contacting Lifeguard (holding
 //! the device and making it accept `please_image`/`please_power_cycle`) happens in that same
 //! transaction, so no device is ever held twice and a device that is not free is never
