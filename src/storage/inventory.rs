@@ -81,13 +81,40 @@ table_access!(
 /// Storage failure, a corrupt record, or `f`'s error.
 pub fn for_each_device(
     table: &impl ReadableTable<&'static str, Encoded<DeviceRecord>>,
+    f: impl FnMut(Device) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for_each_device_in(table, .., f)
+}
+
+/// [`for_each_device`] over the devices whose names fall in `names`.
+///
+/// # Errors
+/// As [`for_each_device`].
+pub fn for_each_device_in<'a>(
+    table: &impl ReadableTable<&'static str, Encoded<DeviceRecord>>,
+    names: impl std::ops::RangeBounds<&'a str> + 'a,
     mut f: impl FnMut(Device) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    for item in table.iter()? {
+    for item in table.range(names)? {
         let (k, v) = item?;
         f(decode::<DeviceRecord>("devices", k.value(), &v.value())?.into())?;
     }
     Ok(())
+}
+
+/// The name `n` places into the name order (`None` past the end): where to split the
+/// inventory into parts. Walks keys only; no record is decoded.
+///
+/// # Errors
+/// Storage failure.
+pub fn nth_device_name(
+    table: &impl ReadableTable<&'static str, Encoded<DeviceRecord>>,
+    n: usize,
+) -> Result<Option<String>, StoreError> {
+    match table.iter()?.nth(n) {
+        Some(item) => Ok(Some(item?.0.value().to_owned())),
+        None => Ok(None),
+    }
 }
 
 /// The device's key in `FREE_DEVICES` when the pool may hand it out right now: `ready`,
