@@ -141,7 +141,7 @@ pub(super) async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiErro
 pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let details = ctx.query.flag("details");
     let retired = ctx.query.flag("include_retired");
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = cores();
     let body = ctx
         .app
         .store
@@ -161,6 +161,13 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         "application/json; charset=utf-8",
         bytes::Bytes::from(body),
     ))
+}
+
+/// Cores this process may use, read once (on Linux the standard library reads the
+/// cgroup's CPU quota from files to answer).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }
 
 /// From this many devices on (and with a second core), `device/list/?details=1` decodes and
