@@ -18,34 +18,11 @@
 //! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
 
 pub mod app;
-pub mod auth;
-pub mod bench;
-pub mod check;
 pub mod cli;
-pub mod client;
-pub mod clock;
-pub mod config;
+pub mod domain;
 pub mod http;
 pub mod hw;
 pub mod inventory;
-pub mod inventory_sync;
 pub mod lifeguard;
-pub mod metrics;
-pub mod model;
 pub mod pool;
-pub mod pool_cli;
-pub mod registration;
-pub mod shutdown;
-pub mod simulate;
 pub mod storage;
-pub mod systemd;
-pub mod telemetry;
-pub mod timers;
-pub mod types;
-pub mod ui;
-
-/// Lock a mutex, ignoring poisoning: the maps and lists guarded this way stay consistent
-/// even if a holder panicked, and one panicked task must not take the others down.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}

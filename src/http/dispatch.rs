@@ -5,7 +5,7 @@
 //! audit log.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -18,18 +18,20 @@ use super::api;
 use super::body::{Body, Query, error_response, read_limited};
 use super::error::ApiError;
 use super::route::{Route, RouteError};
-use crate::app::App;
-use crate::auth::authorize;
-use crate::model::device_subject;
+use std::sync::Arc;
+
+use crate::domain::model::device_subject;
+use crate::http::auth::authorize;
+use crate::http::services::Services;
 use crate::storage::logs::{NewLog, append};
 
-pub use crate::auth::Caller;
+pub use crate::http::auth::Caller;
 
 /// Everything a handler gets besides its typed route.
 #[derive(Debug)]
 pub struct Ctx {
-    /// The application.
-    pub app: App,
+    /// What handlers reach.
+    pub svc: Arc<Services>,
     /// Query string.
     pub query: Query,
     /// Request body (empty for GET).
@@ -50,9 +52,9 @@ pub const SESSION_COOKIE: &str = "mozpool_token";
 /// Who is calling: the `Authorization` header when there is one, else the sign-in cookie
 /// (a stale cookie counts as signed out), else anonymous. The flag says the cookie was used.
 fn identify(
-    app: &App,
+    app: &Services,
     headers: &hyper::HeaderMap,
-) -> (Result<Caller, crate::auth::AuthError>, bool) {
+) -> (Result<Caller, crate::http::auth::AuthError>, bool) {
     if let Some(h) = headers.get(AUTHORIZATION) {
         return (app.auth.authenticate(Some(h.as_bytes())), false);
     }
@@ -78,7 +80,11 @@ pub fn cookie(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Answer one request.
-pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    app: Arc<Services>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -95,7 +101,7 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 && req.headers().get("x-requested-with").and_then(|v| v.to_str().ok())
                     != Some("mozpool") =>
         {
-            Err(crate::auth::AuthError::Forbidden(
+            Err(crate::http::auth::AuthError::Forbidden(
                 "a signed-in browser must send X-Requested-With: mozpool with every change (CSRF protection)"
                     .into(),
             ))
@@ -172,7 +178,7 @@ pub async fn handle(app: App, req: Request<Incoming>, peer: SocketAddr) -> Respo
 }
 
 async fn run(
-    app: &App,
+    app: &Arc<Services>,
     route: Route,
     req: Request<Incoming>,
     caller: Caller,
@@ -189,8 +195,8 @@ async fn run(
     let body = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Bytes::new()
     } else {
-        let deadline = Duration::from_secs(app.config.server.body_timeout_secs.max(1));
-        let read = read_limited(declared, req.into_body(), app.config.server.max_body_bytes);
+        let deadline = app.settings.body_timeout;
+        let read = read_limited(declared, req.into_body(), app.settings.max_body_bytes);
         tokio::time::timeout(deadline, read).await.map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
@@ -200,7 +206,7 @@ async fn run(
         })??
     };
     let ctx = Ctx {
-        app: app.clone(),
+        svc: Arc::clone(app),
         query: Query::parse(query),
         body,
         caller,
@@ -211,8 +217,8 @@ async fn run(
     api::dispatch(&ctx, route).await
 }
 
-fn base_url(app: &App, req: &Request<Incoming>) -> String {
-    if let Some(url) = &app.config.server.public_url {
+fn base_url(app: &Services, req: &Request<Incoming>) -> String {
+    if let Some(url) = &app.settings.public_url {
         return url.trim_end_matches('/').to_owned();
     }
     let host = req
@@ -224,7 +230,7 @@ fn base_url(app: &App, req: &Request<Incoming>) -> String {
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
                 && !h.is_empty()
         })
-        .map_or_else(|| app.config.server.listen.to_string(), str::to_owned);
+        .map_or_else(|| app.settings.listen.to_string(), str::to_owned);
     format!("http://{host}")
 }
 

@@ -71,11 +71,11 @@ impl ApiError {
     }
 }
 
-impl From<crate::auth::AuthError> for ApiError {
-    fn from(e: crate::auth::AuthError) -> ApiError {
+impl From<crate::http::auth::AuthError> for ApiError {
+    fn from(e: crate::http::auth::AuthError) -> ApiError {
         match e {
-            crate::auth::AuthError::Unauthenticated(m) => ApiError::unauthorized(m),
-            crate::auth::AuthError::Forbidden(m) => ApiError::forbidden(m),
+            crate::http::auth::AuthError::Unauthenticated(m) => ApiError::unauthorized(m),
+            crate::http::auth::AuthError::Forbidden(m) => ApiError::forbidden(m),
         }
     }
 }

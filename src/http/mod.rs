@@ -4,10 +4,14 @@
 //! Request handling itself is in [`dispatch`]; routing in [`route`]; handlers in [`api`].
 
 pub mod api;
+pub mod auth;
 pub mod body;
 pub mod dispatch;
 pub mod error;
+pub mod metrics;
 pub mod route;
+pub mod services;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::http::services::Services;
 
 /// Largest request head (request line plus headers) accepted; beyond it, 431. (hyper's
 /// default of at most 100 header fields also applies, 431 beyond.)
@@ -31,13 +35,11 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serve HTTP on `listener` until `shutdown` is cancelled, then drain.
-pub async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve(app: Arc<Services>, listener: TcpListener, shutdown: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(
-            app.config.server.header_timeout_secs.max(1),
-        ))
+        .header_read_timeout(app.settings.header_timeout)
         // max_buf_size alone does not bound headers: hyper checks it only while headers are
         // incomplete, and its read buffer can grow to ~2x the limit in one go, so a 100 KiB
         // header arriving fast was accepted. max_header_size is checked on the complete
@@ -45,7 +47,7 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken)
         .max_buf_size(64 * 1024)
         .max_header_size(MAX_HEADER_BYTES);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let permits = Arc::new(Semaphore::new(app.settings.max_connections));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP server listening");
     }

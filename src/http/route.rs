@@ -10,11 +10,11 @@
 
 use hyper::Method;
 
-use crate::auth::Role;
-use crate::pool::DeviceChoice;
-use crate::types::{
+use crate::domain::names::{
     BoardName, DeviceName, EnvironmentName, HardwareType, ImageName, NameError, check_name,
 };
+use crate::http::auth::Role;
+use crate::pool::DeviceChoice;
 
 /// Every API call the service answers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::domain::names::check_name;
 use crate::hw::{Error, Result};
-use crate::types::check_name;
 
 /// Longest output line kept; longer lines are cut.
 const MAX_LINE: usize = 4096;

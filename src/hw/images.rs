@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::domain::names::{ImageName, check_name};
 use crate::hw::fastboot::FlashStep;
 use crate::hw::{Error, Result};
-use crate::types::{ImageName, check_name};
 
 /// Largest `.sha256` file read.
 const MAX_SHA_FILE: usize = 1024;

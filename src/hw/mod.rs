@@ -7,8 +7,10 @@
 //! [`Error`] values back. Nothing here blocks a tokio worker: relay boards are served by
 //! one OS thread each ([`relay::RelayBoards`]), everything else is async.
 
+pub mod config;
 pub mod fastboot;
 pub mod images;
+pub mod metrics;
 pub mod ping;
 pub mod relay;
 pub mod sim;

@@ -19,14 +19,14 @@ use tokio_util::task::TaskTracker;
 
 use super::store::{Applied, ApplyError, apply};
 use super::{Action, Event, ImagingResult, Timings, force, resume, step};
-use crate::clock::{Clock, Millis};
-use crate::config::HardwareConfig;
+use crate::domain::clock::{Clock, Millis};
+use crate::domain::lock;
+use crate::domain::model::{Device, device_subject};
+use crate::hw::config::HardwareConfig;
 use crate::hw::{
     self, FlashDeadlines, Flasher, ImageFiles, ImageRecipe, ImageSource, RecipeStep, RelayAddr,
     RelayBoards,
 };
-use crate::lock;
-use crate::model::{Device, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{Store, StoreError, inventory as inv, tables};
 
@@ -56,7 +56,7 @@ pub struct Hardware {
     /// Timeouts and limits.
     pub settings: HardwareConfig,
     /// Where finished hardware operations are counted and timed (`/metrics`).
-    pub metrics: Arc<crate::metrics::HwMetrics>,
+    pub metrics: Arc<crate::hw::metrics::HwMetrics>,
 }
 
 impl Hardware {
@@ -94,7 +94,7 @@ struct Inner {
     /// store open after shutdown.
     link: OnceLock<Weak<dyn PoolLink>>,
     /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
-    heartbeat: OnceLock<crate::systemd::Heartbeat>,
+    heartbeat: OnceLock<crate::domain::heartbeat::Heartbeat>,
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
     /// By device: the connection a successful SUTAgent verify leaves open for the storage
     /// check that follows it, so a self-test connects once instead of twice.
@@ -161,7 +161,7 @@ impl Lifeguard {
     }
 
     /// Give the timer loop a heartbeat to beat on every pass (at least once a second).
-    pub fn set_heartbeat(&self, heartbeat: crate::systemd::Heartbeat) {
+    pub fn set_heartbeat(&self, heartbeat: crate::domain::heartbeat::Heartbeat) {
         let _ = self.inner.heartbeat.set(heartbeat);
     }
 
@@ -656,7 +656,7 @@ impl Lifeguard {
 
     async fn timer_loop(&self) {
         let inner = &self.inner;
-        let timer = crate::timers::TimerLoop {
+        let timer = crate::domain::timers::TimerLoop {
             clock: inner.clock.as_ref(),
             wake: &inner.wake,
             shutdown: &inner.shutdown,
@@ -788,7 +788,7 @@ fn hw_ok(event: &Event) -> bool {
     )
 }
 
-impl crate::timers::Deadlines for Lifeguard {
+impl crate::domain::timers::Deadlines for Lifeguard {
     async fn pass(&self, now: Millis) -> bool {
         self.close_expired_sessions();
         self.timeout_pass(now).await

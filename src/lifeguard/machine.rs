@@ -9,7 +9,7 @@ use super::model::{
     counter,
 };
 use super::{DeviceState, Timings};
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
 
 use DeviceState as S;
 

@@ -21,17 +21,16 @@
 pub mod driver;
 mod machine;
 mod model;
-mod state;
 pub mod store;
 mod timings;
 
+pub use crate::domain::device_state::{DeviceState, StateClass, UnknownState};
 pub use driver::{DeliverError, Hardware, Lifeguard, PoolLink};
 pub use machine::{force, resume, step};
 pub use model::{
     Action, Counters, Event, ForceError, ImagingResult, NextImage, Purpose, Refused, Snapshot,
     Transition, counter,
 };
-pub use state::{DeviceState, StateClass, UnknownState};
 pub use timings::Timings;
 
 #[cfg(test)]

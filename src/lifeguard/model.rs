@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::DeviceState;
-use crate::clock::Millis;
-use crate::types::ImageName;
+use crate::domain::clock::Millis;
+use crate::domain::names::ImageName;
 
 /// Counter names used by the machine (persisted: never rename).
 pub mod counter {
@@ -526,5 +526,5 @@ pub enum ForceError {
     },
     /// `from` or `to` is not a state name (HTTP 400).
     #[error(transparent)]
-    UnknownState(#[from] super::state::UnknownState),
+    UnknownState(#[from] crate::domain::device_state::UnknownState),
 }

@@ -12,8 +12,8 @@ use crate::storage::Tx;
 use super::{
     Action, Counters, DeviceState, ForceError, NextImage, Purpose, Refused, Snapshot, Transition,
 };
-use crate::clock::Millis;
-use crate::model::{Device, device_subject};
+use crate::domain::clock::Millis;
+use crate::domain::model::{Device, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv};
 

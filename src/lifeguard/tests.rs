@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::clock::Millis;
-use crate::types::ImageName;
+use crate::domain::clock::Millis;
+use crate::domain::names::ImageName;
 
 use DeviceState as S;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
 
 /// Timeouts and retry limits of the request machine (§4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,11 +25,11 @@ use super::{
     QueuedRequest, RequestSnapshot, RequestSpec, RequestState, Timings, assign, explain,
     fair_share_applies, needs_image, satisfiable, select,
 };
-use crate::clock::{Clock, Millis};
+use crate::domain::clock::{Clock, Millis};
+use crate::domain::lock;
+use crate::domain::model::{Device, request_subject};
 use crate::lifeguard::store::{Applied, ApplyError, apply};
 use crate::lifeguard::{self, Lifeguard, PoolLink, Refused};
-use crate::lock;
-use crate::model::{Device, request_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::records::DeviceRecord;
 use crate::storage::requests::{self, StoredRequest};
@@ -124,7 +124,7 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
-    heartbeat: std::sync::OnceLock<crate::systemd::Heartbeat>,
+    heartbeat: std::sync::OnceLock<crate::domain::heartbeat::Heartbeat>,
 }
 
 /// Handle to the request driver. Cheap to clone.
@@ -178,7 +178,7 @@ impl Pool {
     }
 
     /// Give the timer loop a heartbeat to beat on every pass (at least once a second).
-    pub fn set_heartbeat(&self, heartbeat: crate::systemd::Heartbeat) {
+    pub fn set_heartbeat(&self, heartbeat: crate::domain::heartbeat::Heartbeat) {
         let _ = self.inner.heartbeat.set(heartbeat);
     }
 
@@ -373,7 +373,7 @@ impl Pool {
 
     async fn timer_loop(&self) {
         let inner = &self.inner;
-        let timer = crate::timers::TimerLoop {
+        let timer = crate::domain::timers::TimerLoop {
             clock: inner.clock.as_ref(),
             wake: &inner.wake,
             shutdown: &inner.shutdown,
@@ -954,7 +954,7 @@ pub fn settled(state: RequestState) -> bool {
     state == RequestState::Ready || state.is_terminal()
 }
 
-impl crate::timers::Deadlines for Pool {
+impl crate::domain::timers::Deadlines for Pool {
     async fn pass(&self, now: Millis) -> bool {
         self.timeout_pass(now).await
     }
@@ -971,7 +971,7 @@ impl crate::timers::Deadlines for Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SystemClock;
+    use crate::domain::clock::SystemClock;
     use crate::pool::{DeviceChoice, RequestSnapshot, RequestSpec};
 
     fn ctx() -> Ctx {

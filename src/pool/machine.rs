@@ -14,60 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Timings;
 use super::select::Explanation;
-use super::spec::{DeviceChoice, RequestSpec};
-use super::state::{Counters, ImagingResult, RequestState};
-use crate::clock::Millis;
-use crate::types::{DeviceName, ImageName};
-
-/// The device a request holds and how it must be prepared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// The held device.
-    pub device: DeviceName,
-    /// `false` when the device already runs the (reusable) image with an equal boot config,
-    /// so a power cycle suffices.
-    pub needs_image: bool,
-}
-
-/// Everything `step` needs to know about one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestSnapshot {
-    /// Request id.
-    pub id: u64,
-    /// What it asks for.
-    pub spec: RequestSpec,
-    /// Current state.
-    pub state: RequestState,
-    /// Bumped on every state entry (including re-entry); a `Timeout` carrying an older
-    /// generation is late and ignored (§9.9).
-    pub generation: u64,
-    /// When the current state times out, if it does.
-    pub timeout: Option<Millis>,
-    /// Retry counters.
-    pub counters: Counters,
-    /// The held device, if any.
-    pub assigned: Option<Assignment>,
-    /// Lease end (UTC ms); the device is reclaimed at `expires + grace`.
-    pub expires: Millis,
-}
-
-impl RequestSnapshot {
-    /// A request just created by the API (state `new`). The API then delivers
-    /// [`Event::FindDevice`] (or [`Event::Unsatisfiable`]).
-    #[must_use]
-    pub fn new(id: u64, spec: RequestSpec, expires: Millis) -> RequestSnapshot {
-        RequestSnapshot {
-            id,
-            spec,
-            state: RequestState::New,
-            generation: 0,
-            timeout: None,
-            counters: Counters::default(),
-            assigned: None,
-            expires,
-        }
-    }
-}
+use crate::domain::clock::Millis;
+use crate::domain::names::{DeviceName, ImageName};
+use crate::domain::request::{Assignment, DeviceChoice, RequestSnapshot};
+use crate::domain::request_state::{Counters, ImagingResult, RequestState};
 
 /// Inputs to the machine: API calls, search results, Lifeguard reports and timers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,15 +21,15 @@ pub mod machine;
 pub mod queue;
 pub mod select;
 pub mod spec;
-pub mod state;
 
 #[cfg(test)]
 mod model_tests;
 
+pub use crate::domain::request::{Assignment, DeviceChoice, RequestSnapshot, RequestSpec};
+pub use crate::domain::request_state::{Counters, ImagingResult, RequestState};
 pub use config::{QueuePolicy, Timings};
 pub use driver::{Pool, PoolError};
-pub use machine::{Action, Assignment, Event, LifeguardEvent, RequestSnapshot, Transition, step};
+pub use machine::{Action, Event, LifeguardEvent, Transition, step};
 pub use queue::{QueuedRequest, assign, effective_priority, fair_share_applies, position};
 pub use select::{Explanation, Unsatisfiable, explain, matches, needs_image, satisfiable};
-pub use spec::{DeviceChoice, DeviceView, Holder, RequestSpec};
-pub use state::{Counters, ImagingResult, RequestState};
+pub use spec::{DeviceView, Holder};

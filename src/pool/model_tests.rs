@@ -17,13 +17,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use proptest::prelude::*;
 
 use super::config::{QueuePolicy, Timings};
-use super::machine::{Action, Event, RequestSnapshot, step};
+use super::machine::{Action, Event, step};
 use super::queue::{QueuedRequest, assign};
 use super::select::{self, explain, satisfiable};
-use super::spec::{DeviceChoice, DeviceView, Holder, RequestSpec};
-use super::state::{ImagingResult, RequestState};
-use crate::clock::Millis;
-use crate::types::DeviceName;
+use super::spec::{DeviceView, Holder};
+use crate::domain::clock::Millis;
+use crate::domain::names::DeviceName;
+use crate::domain::request::RequestSnapshot;
+use crate::domain::request::{DeviceChoice, RequestSpec};
+use crate::domain::request_state::{ImagingResult, RequestState};
 
 const NDEV: usize = 5;
 

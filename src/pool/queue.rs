@@ -30,9 +30,10 @@ use serde::{Deserialize, Serialize};
 
 use super::config::QueuePolicy;
 use super::select;
-use super::spec::{DeviceView, RequestSpec};
-use crate::clock::Millis;
-use crate::types::DeviceName;
+use super::spec::DeviceView;
+use crate::domain::clock::Millis;
+use crate::domain::names::DeviceName;
+use crate::domain::request::RequestSpec;
 
 /// A request waiting for a device (state `finding_device` or `queued`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,7 +360,7 @@ mod tests {
     #[test]
     fn specific_device_requests_wait_for_their_device() {
         let mut r = req(1, "a", 9, 0);
-        r.spec.requested_device = crate::pool::spec::DeviceChoice::parse("d1").expect("n");
+        r.spec.requested_device = crate::domain::request::DeviceChoice::parse("d1").expect("n");
         let w = vec![r, req(2, "b", 0, 1)];
         let got = assign(&w, &devs(2), Millis(10), &no_aging());
         assert_eq!(

@@ -10,7 +10,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::spec::{DeviceChoice, DeviceView, RequestSpec};
+use super::spec::DeviceView;
+use crate::domain::request::{DeviceChoice, RequestSpec};
 
 /// One request criterion that narrows the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -245,7 +246,7 @@ pub fn satisfiable(spec: &RequestSpec, inventory: &[DeviceView]) -> Result<(), U
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::clock::Millis;
+    use crate::domain::clock::Millis;
     use crate::pool::spec::Holder;
 
     pub(crate) fn dev(name: &str) -> DeviceView {

@@ -388,7 +388,7 @@ fn match_owner(file: &Path, dir: &Path) {
 
 /// `20261125T084331` from a time, for file names.
 #[must_use]
-pub fn file_label(now: crate::clock::Millis) -> String {
+pub fn file_label(now: crate::domain::clock::Millis) -> String {
     now.iso()
         .split('.')
         .next()
@@ -401,7 +401,7 @@ pub fn file_label(now: crate::clock::Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Millis;
+    use crate::domain::clock::Millis;
 
     #[test]
     fn label() {
@@ -413,7 +413,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(
             &dir.path().join(DB_FILE),
-            std::sync::Arc::new(crate::clock::SystemClock),
+            std::sync::Arc::new(crate::domain::clock::SystemClock),
         )
         .expect("open");
         let tx = store.inner.db.begin_read().expect("read");

@@ -9,8 +9,8 @@ use redb::ReadableTable;
 
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
 use super::{Encoded, StoreError, Tx, decode, encode};
-use crate::clock::Millis;
-use crate::model::{Device, Environment, HardwareTypeInfo, Image};
+use crate::domain::clock::Millis;
+use crate::domain::model::{Device, Environment, HardwareTypeInfo, Image};
 
 macro_rules! table_access {
     ($get:ident, $list:ident, $put:ident, $remove:ident, $table:ident, $name:literal, $record:ty, $domain:ty) => {

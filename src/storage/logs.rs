@@ -18,8 +18,8 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 use super::records::{LogRecord, LogV2};
 use super::tables::{LOG_HEADS, LOG_INDEX, LOGS};
 use super::{StoreError, Tx, decode, encode};
-use crate::clock::Millis;
-use crate::model::LogEntry;
+use crate::domain::clock::Millis;
+use crate::domain::model::LogEntry;
 
 /// Longest message kept; longer ones are cut (a device's output cannot fill the disk).
 pub const MAX_MESSAGE_LEN: usize = 4096;

@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
 pub use tx::{TableMut, Tx};
 
-use crate::clock::{Clock, Millis};
-use crate::metrics::histogram::{FAST_BUCKETS, Histogram};
+use crate::domain::clock::{Clock, Millis};
+use crate::domain::histogram::{FAST_BUCKETS, Histogram};
 
 /// The schema version this binary writes. A store with a newer version is refused.
 ///

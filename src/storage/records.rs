@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::codec::Record;
-use crate::clock::Millis;
-use crate::model::{
+use crate::domain::clock::Millis;
+use crate::domain::model::{
     Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image,
     LifeguardData, LogEntry, Registration,
 };

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::codec::Record;
 use super::tables::{OPEN_REQUESTS, REQUESTS};
 use super::{Encoded, StoreError, Tx, decode, encode};
-use crate::clock::Millis;
-use crate::pool::{Assignment, Counters, DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
+use crate::domain::clock::Millis;
+use crate::domain::request::{Assignment, DeviceChoice, RequestSnapshot, RequestSpec};
+use crate::domain::request_state::{Counters, RequestState};
 
 /// Request table value.
 // Records live only between decode and conversion; their size does not matter.

@@ -26,7 +26,7 @@ use super::logs::{self, NewLog};
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord};
 use super::requests::RequestRecord;
 use super::tables;
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
 
 /// A table lent out by [`Tx`]; give it back (drop it) before asking for the same table again.
 pub type TableMut<'a, 't, K, V> = RefMut<'a, Table<'t, K, V>>;

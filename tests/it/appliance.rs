@@ -313,8 +313,9 @@ async fn bad_backups_are_refused_and_leave_the_store_alone() {
     let store = dir.path().join("mozpool.redb");
     let good = out.path().join("good.redb");
     {
-        let s = mozpool::storage::Store::open(&store, Arc::new(mozpool::clock::SystemClock))
-            .expect("store");
+        let s =
+            mozpool::storage::Store::open(&store, Arc::new(mozpool::domain::clock::SystemClock))
+                .expect("store");
         s.write(|tx, now| {
             mozpool::storage::logs::append(
                 tx,
@@ -406,7 +407,7 @@ async fn bad_backups_are_refused_and_leave_the_store_alone() {
 fn packaged_config_and_its_examples_parse() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mozpool.toml");
     let text = std::fs::read_to_string(&path).expect("packaged config");
-    let config = mozpool::config::Config::parse(&path, &text).expect("packaged config parses");
+    let config = mozpool::app::config::Config::parse(&path, &text).expect("packaged config parses");
     assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(
         config.server.data_dir,
@@ -429,7 +430,7 @@ fn packaged_config_and_its_examples_parse() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let full = mozpool::config::Config::parse(&path, &examples)
+    let full = mozpool::app::config::Config::parse(&path, &examples)
         .unwrap_or_else(|e| panic!("examples do not parse: {e}\n{examples}"));
     assert_eq!(full.devices.len(), 1);
     assert_eq!(full.images.len(), 2);

@@ -2,8 +2,8 @@
 //! 403, old-style `http://name:token@host/` clients, the audit trail naming the token, and
 //! the open (no `[auth]`) mode saying so.
 
-use mozpool::auth::token_digest_hex;
-use mozpool::client::{ApiClient, ClientError};
+use mozpool::cli::client::{ApiClient, ClientError};
+use mozpool::http::auth::token_digest_hex;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -294,7 +294,7 @@ async fn no_auth_section_is_open_and_says_so() {
 fn config_refuses_bad_auth() {
     use std::path::Path;
 
-    use mozpool::config::Config;
+    use mozpool::app::config::Config;
     let parse = |t: &str| Config::parse(Path::new("t.toml"), t).map(|_| ());
     assert!(parse(&config_with_auth("read")).is_ok());
     let e = parse("[auth]\nanonymous = \"admin\"\n").expect_err("admin");

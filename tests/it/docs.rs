@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use hyper::Method;
-use mozpool::config::Config;
+use mozpool::app::config::Config;
 use mozpool::http::route::{RelayOp, Route};
 
 fn doc(name: &str) -> String {

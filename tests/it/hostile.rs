@@ -339,7 +339,7 @@ async fn injection_in_names_and_queries_is_4xx() {
 mod never_panics {
     use std::path::Path;
 
-    use mozpool::config::Config;
+    use mozpool::app::config::Config;
     use mozpool::http::api::decode_bodies;
     use mozpool::storage::decode_bytes;
     use mozpool::storage::records::{
@@ -384,12 +384,12 @@ mod never_panics {
                 let _ = decode_reply(cmd, framing, &data);
             }
             let _ = parse_command(framing, &data);
-            let _ = mozpool::registration::parse::parse(&data);
+            let _ = mozpool::inventory::registration::parse::parse(&data);
         }
 
         #[test]
         fn registration_like(s in "(register )?([A-Za-z]{1,8}=[A-Za-z0-9%:.&+-]{0,12}&?){0,8}\n?") {
-            let _ = mozpool::registration::parse::parse(s.as_bytes());
+            let _ = mozpool::inventory::registration::parse::parse(s.as_bytes());
         }
 
         #[test]

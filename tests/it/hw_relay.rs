@@ -4,12 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mozpool::domain::names::BoardName;
 use mozpool::hw::Error;
 use mozpool::hw::relay::{
     BoardConfig, BoardKind, Contact, Framing, RelayAddr, RelayBoards, SimGpio, Transport,
 };
 use mozpool::hw::sim::{SimAction, SimLcusBoard, SimProxrBoard, SimRelayFaults};
-use mozpool::types::BoardName;
 
 fn name(s: &str) -> BoardName {
     s.parse().expect("valid board name")

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mozpool::clock::{ManualClock, Millis};
-use mozpool::model::LogEntry;
+use mozpool::domain::clock::{ManualClock, Millis};
+use mozpool::domain::model::LogEntry;
 use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, count, prune, query};
 use mozpool::storage::records::{LogRecord, LogV1};
 use mozpool::storage::{Encoded, Store, tables};

@@ -18,6 +18,7 @@ mod hw_images;
 mod hw_relay;
 mod hw_sim_device;
 mod hw_sut;
+mod layers;
 mod lifeguard;
 mod log_chain;
 mod registration;

@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mozpool::registration::{AgentForm, send_registration};
+use mozpool::inventory::registration::{AgentForm, send_registration};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mozpool::clock::{ManualClock, Millis};
-use mozpool::model::device_subject;
+use mozpool::domain::clock::{ManualClock, Millis};
+use mozpool::domain::model::device_subject;
 use mozpool::storage::inventory as inv;
 use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, count, prune, query};
 use mozpool::storage::records::{DeviceRecord, LogRecord};
@@ -255,7 +255,7 @@ const DEVICE_V1: &[u8] = include_bytes!("../fixtures/records/device_v1.bin");
 #[test]
 fn golden_device_v1_still_decodes() {
     let record: DeviceRecord = decode_bytes(DEVICE_V1).expect("layout 1 decodes");
-    let device: mozpool::model::Device = record.into();
+    let device: mozpool::domain::model::Device = record.into();
     assert_eq!(device.name, "panda-0042");
     assert_eq!(device.facts.hardware_type.as_deref(), Some("panda"));
     assert_eq!(device.wiring.relay.as_deref(), Some("relay-1:bank2:relay6"));
@@ -267,7 +267,7 @@ const DEVICE_V2: &[u8] = include_bytes!("../fixtures/records/device_v2.bin");
 
 #[test]
 fn golden_device_v2_still_decodes() {
-    let device: mozpool::model::Device = decode_bytes::<DeviceRecord>(DEVICE_V2)
+    let device: mozpool::domain::model::Device = decode_bytes::<DeviceRecord>(DEVICE_V2)
         .expect("layout 2 decodes")
         .into();
     assert_eq!(device.name, "panda-0043");
@@ -419,7 +419,7 @@ fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write()
             .expect("read")
             .expect("present")
     };
-    let put = |store: &Store, d: mozpool::model::Device| {
+    let put = |store: &Store, d: mozpool::domain::model::Device| {
         store
             .write_blocking(move |tx, _| inv::put_device(tx, &d))
             .expect("write");
@@ -432,9 +432,9 @@ fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write()
     assert!(free_names(&store, Some("")).is_empty());
     // Held, busy, or retired: not free.
     for change in [
-        |d: &mut mozpool::model::Device| d.request = Some(7),
-        |d: &mut mozpool::model::Device| d.state = "pc_power_cycling".into(),
-        |d: &mut mozpool::model::Device| d.retired = true,
+        |d: &mut mozpool::domain::model::Device| d.request = Some(7),
+        |d: &mut mozpool::domain::model::Device| d.state = "pc_power_cycling".into(),
+        |d: &mut mozpool::domain::model::Device| d.retired = true,
     ] {
         let mut busy = d.clone();
         change(&mut busy);

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mozpool::app::App;
-use mozpool::clock::SystemClock;
-use mozpool::config::Config;
+use mozpool::app::config::Config;
+use mozpool::domain::clock::SystemClock;
 use serde_json::Value;
 
 /// A running in-process service.
@@ -49,7 +49,8 @@ impl TestServer {
         config.server.data_dir = dir.path().to_owned();
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
         let exe = Path::new(env!("CARGO_BIN_EXE_mozpool"));
-        let rack = mozpool::simulate::start_rack(&mut config, n, exe, dir.path()).expect("rack");
+        let rack =
+            mozpool::app::simulate::start_rack(&mut config, n, exe, dir.path()).expect("rack");
         let rack = Arc::new(rack);
         let server = Self::launch(config.clone(), dir, Some(rack)).await;
         TestServer {

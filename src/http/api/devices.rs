@@ -8,16 +8,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::logs::entry_json;
-use crate::clock::Iso;
+use crate::domain::clock::Iso;
+use crate::domain::model::{Device, device_subject};
+use crate::domain::names::DeviceName;
 use crate::http::body::{Body, bytes_response, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::inventory::{DeviceFields, Upsert, retire_device, upsert_device};
-use crate::model::{Device, device_subject};
 use crate::storage::logs::{LogQuery, query};
 use crate::storage::records::DeviceRecord;
 use crate::storage::{Encoded, StoreError, inventory as inv, tables};
-use crate::types::DeviceName;
 
 /// The device JSON of `/api/device/list/?details=1`: the original's 13 keys plus the new
 /// inventory fields.
@@ -120,14 +120,14 @@ impl<'a> DeviceJson<'a> {
 fn mac_address(d: &Device) -> String {
     d.registration
         .as_ref()
-        .and_then(|r| crate::registration::parse::mac_of(&r.agent_name))
+        .and_then(|r| crate::inventory::registration::parse::mac_of(&r.agent_name))
         .unwrap_or_default()
 }
 
 /// A device by name, or 404.
 pub(super) async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiError> {
     let n = name.to_string();
-    ctx.app
+    ctx.svc
         .store
         .peek(move |tx| inv::device(&tx.open_table(tables::DEVICES)?, &n))?
         .ok_or_else(|| ApiError::not_found(format!("no device named {name}")))
@@ -143,7 +143,7 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let retired = ctx.query.flag("include_retired");
     let threads = cores();
     let body = ctx
-        .app
+        .svc
         .store
         .read(move |tx| {
             let table = tx.open_table(tables::DEVICES)?;
@@ -269,11 +269,11 @@ fn check_fields(f: &DeviceFields) -> Result<(), ApiError> {
 pub async fn put(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
     let fields: DeviceFields = json(&ctx.body)?;
     check_fields(&fields)?;
-    let server = ctx.app.server_name().to_owned();
+    let server = ctx.svc.server_name().to_owned();
     let actor = ctx.caller.name.clone();
     let n = name.to_string();
     let (outcome, device) = ctx
-        .app
+        .svc
         .store
         .write(move |tx, now| {
             let outcome = upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
@@ -295,7 +295,7 @@ pub async fn retire(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiEr
     let actor = ctx.caller.name.clone();
     let n = name.to_string();
     let done = ctx
-        .app
+        .svc
         .store
         .write(move |tx, now| retire_device(tx, now, &n, "retired through the API", Some(&actor)))
         .await?;
@@ -346,11 +346,11 @@ async fn update(
     fields: DeviceFields,
 ) -> Result<Response<Body>, ApiError> {
     check_fields(&fields)?;
-    let server = ctx.app.server_name().to_owned();
+    let server = ctx.svc.server_name().to_owned();
     let actor = ctx.caller.name.clone();
     let n = name.to_string();
     let found = ctx
-        .app
+        .svc
         .store
         .write(move |tx, now| {
             if inv::device(&*tx.devices()?, &n)?.is_none() {
@@ -370,17 +370,17 @@ async fn update(
 /// Read a device's log, newest first.
 async fn recent(ctx: &Ctx, name: &DeviceName, q: LogQuery) -> Result<Vec<Value>, ApiError> {
     load(ctx, name).await?;
-    let entries = ctx.app.store.read(move |tx| query(tx, &q)).await?;
+    let entries = ctx.svc.store.read(move |tx| query(tx, &q)).await?;
     Ok(entries.iter().rev().map(entry_json).collect())
 }
 
 /// `GET /api/device/{id}/log/[?timeperiod=S][&limit=N]`: oldest first, as the original.
 pub async fn log(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
-    let now = ctx.app.clock.now();
+    let now = ctx.svc.clock.now();
     let since = ctx
         .query
         .number("timeperiod")?
-        .map(|s| crate::clock::Millis(now.0.saturating_sub(s.saturating_mul(1000))));
+        .map(|s| crate::domain::clock::Millis(now.0.saturating_sub(s.saturating_mul(1000))));
     let limit = ctx
         .query
         .number("limit")?
@@ -424,8 +424,10 @@ pub async fn state(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiErr
 /// (the fuzz/robustness entry point; see [`super::decode_bodies`]).
 pub(super) fn decode_bodies(data: &[u8]) {
     let _ = json::<CommentsBody>(data);
-    let _ = json::<EnvironmentBody>(data)
-        .map(|b| b.environment.parse::<crate::types::EnvironmentName>());
+    let _ = json::<EnvironmentBody>(data).map(|b| {
+        b.environment
+            .parse::<crate::domain::names::EnvironmentName>()
+    });
     if let Ok(fields) = json::<DeviceFields>(data) {
         let _ = check_fields(&fields);
     }
@@ -436,7 +438,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::clock::SystemClock;
+    use crate::domain::clock::SystemClock;
     use crate::storage::Store;
 
     /// Split in two halves on two threads, the list is byte for byte the one-thread list,

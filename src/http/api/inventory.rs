@@ -5,14 +5,14 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::domain::model::{Environment, FlashStep, HardwareTypeInfo, Image};
+use crate::domain::names::{EnvironmentName, HardwareType, ImageName, check_name};
 use crate::http::body::{Body, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
-use crate::model::{Environment, FlashStep, HardwareTypeInfo, Image};
 use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{inventory as inv, tables};
-use crate::types::{EnvironmentName, HardwareType, ImageName, check_name};
 
 /// Longest description accepted.
 const MAX_DESCRIPTION: usize = 1000;
@@ -33,7 +33,7 @@ fn image_json(i: &Image, id: usize) -> Value {
 /// `GET /api/image/list/`: images that are not hidden, in the original's shape.
 pub async fn image_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let images = ctx
-        .app
+        .svc
         .store
         .read(|tx| inv::images(&tx.open_table(tables::IMAGES)?))
         .await?;
@@ -49,7 +49,7 @@ pub async fn image_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 /// `GET /api/image/{name}/details/` (hidden images too).
 pub async fn image_details(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, ApiError> {
     let images = ctx
-        .app
+        .svc
         .store
         .read(|tx| inv::images(&tx.open_table(tables::IMAGES)?))
         .await?;
@@ -102,7 +102,7 @@ where
     let actor = ctx.caller.name.clone();
     let msg = what.clone();
     let existed = ctx
-        .app
+        .svc
         .store
         .write(move |tx, now| {
             let existed = exists(tx)?;
@@ -130,7 +130,7 @@ where
     let actor = ctx.caller.name.clone();
     let msg = what.clone();
     let removed = ctx
-        .app
+        .svc
         .store
         .write(move |tx, now| {
             let removed = remove(tx)?;
@@ -200,7 +200,7 @@ pub async fn image_delete(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, 
 /// names, sorted, as the original's list of strings.
 pub async fn environment_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let (envs, devices) = ctx
-        .app
+        .svc
         .store
         .read(|tx| {
             Ok((
@@ -262,7 +262,7 @@ pub async fn environment_delete(
 /// `GET /api/hardware-type/list/`.
 pub async fn hardware_type_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let types = ctx
-        .app
+        .svc
         .store
         .read(|tx| inv::hardware_types(&tx.open_table(tables::HARDWARE_TYPES)?))
         .await?;
@@ -304,7 +304,7 @@ pub async fn hardware_type_delete(
 /// Decode `data` as each body this module accepts and run the same checks the handlers do
 /// (the fuzz/robustness entry point; see [`super::decode_bodies`]).
 pub(super) fn decode_bodies(data: &[u8]) {
-    let bad = |e: crate::types::NameError| ApiError::bad_request(e.to_string());
+    let bad = |e: crate::domain::names::NameError| ApiError::bad_request(e.to_string());
     if let Ok(b) = json::<ImageBody>(data) {
         let _ = check_description(b.description.as_ref());
         for k in &b.boot_config_keys {

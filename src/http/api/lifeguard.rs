@@ -10,13 +10,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::devices::load;
+use crate::domain::names::{DeviceName, ImageName};
 use crate::http::body::{Body, bytes_response, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::lifeguard::store::ApplyError;
 use crate::lifeguard::{DeliverError, Event};
 use crate::storage::{inventory as inv, tables};
-use crate::types::{DeviceName, ImageName};
 
 /// Map a delivery failure to the API's answer.
 fn deliver_error(e: DeliverError) -> ApiError {
@@ -40,7 +40,7 @@ fn deliver_error(e: DeliverError) -> ApiError {
 
 async fn deliver(ctx: &Ctx, name: &DeviceName, event: Event) -> Result<Response<Body>, ApiError> {
     let applied = ctx
-        .app
+        .svc
         .lifeguard
         .deliver(name.as_str(), event, Some(ctx.caller.name.clone()))
         .await
@@ -80,7 +80,7 @@ async fn please_image(ctx: &Ctx, name: &DeviceName) -> Result<Response<Body>, Ap
     let boot_config = boot_config_text(body.boot_config)?;
     let image = body.image.to_string();
     let found = ctx
-        .app
+        .svc
         .store
         .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &image))?;
     let Some(img) = found else {
@@ -153,7 +153,7 @@ pub async fn state_change(
     to: String,
 ) -> Result<Response<Body>, ApiError> {
     let applied = ctx
-        .app
+        .svc
         .lifeguard
         .force(name.as_str(), from, to, Some(ctx.caller.name.clone()))
         .await
@@ -211,7 +211,7 @@ pub async fn clear_pxe(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, Ap
 /// `GET /api/device/{id}/ping/`: `{"success": bool}` (plus `error` when it failed).
 pub async fn ping(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
     let device = load(ctx, &name).await?;
-    match ctx.app.lifeguard.probe(&device).await {
+    match ctx.svc.lifeguard.probe(&device).await {
         Ok(()) => Ok(ok(&json!({ "success": true }))),
         Err(e) => Ok(ok(&json!({ "success": false, "error": e }))),
     }
@@ -242,7 +242,7 @@ pub async fn sim_faults(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, A
             "sut_flaky is a probability between 0 and 1",
         ));
     }
-    let Some(rack) = &ctx.app.sim else {
+    let Some(rack) = &ctx.svc.sim else {
         return Err(ApiError::not_found("not running on a simulated rack"));
     };
     let Some(d) = rack.devices.iter().find(|d| d.name == name) else {

@@ -4,13 +4,13 @@
 use hyper::Response;
 use serde_json::{Value, json};
 
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
+use crate::domain::model::{LogEntry, device_subject, request_subject};
+use crate::domain::names::{DeviceName, check_name};
 use crate::http::body::{Body, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
-use crate::model::{LogEntry, device_subject, request_subject};
 use crate::storage::logs::{LogQuery, query as run_query};
-use crate::types::{DeviceName, check_name};
 
 /// Most entries one call returns.
 pub const MAX_LIMIT: u64 = 10_000;
@@ -59,7 +59,7 @@ pub async fn query(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         before: q.number("before")?,
         limit: usize::try_from(limit).unwrap_or(100),
     };
-    let entries = ctx.app.store.read(move |tx| run_query(tx, &lq)).await?;
+    let entries = ctx.svc.store.read(move |tx| run_query(tx, &lq)).await?;
     let next = entries.last().map(|e| e.seq);
     let rows: Vec<Value> = entries.iter().map(entry_json).collect();
     Ok(ok(&json!({ "log": rows, "next_before": next })))

@@ -71,7 +71,7 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::LogQuery => logs::query(ctx).await,
         Route::Metrics => system::metrics(ctx).await,
         Route::Backup => system::backup(ctx).await,
-        Route::PoolOverview => crate::ui::pages::overview(ctx).await,
+        Route::PoolOverview => crate::http::ui::pages::overview(ctx).await,
         page @ (Route::UiHome
         | Route::UiPool
         | Route::UiDevice(_)
@@ -80,7 +80,7 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         | Route::UiSignInForm
         | Route::UiSignIn
         | Route::UiSignOut
-        | Route::Static { .. }) => Ok(crate::ui::pages::page(ctx, page).await),
+        | Route::Static { .. }) => Ok(crate::http::ui::pages::page(ctx, page).await),
     }
 }
 

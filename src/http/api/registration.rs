@@ -8,9 +8,9 @@ use super::devices::device_json;
 use crate::http::body::{Body, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
-use crate::inventory_sync::{SyncBody, SyncError, sync};
-use crate::registration::apply::{Channel, apply, log_malformed};
-use crate::registration::parse::from_pairs;
+use crate::inventory::registration::apply::{Channel, apply, log_malformed};
+use crate::inventory::registration::parse::from_pairs;
+use crate::inventory::sync::{SyncBody, SyncError, sync};
 
 /// `POST /api/device/register/` with `{"NAME": "...", "IPADDR": "...", ...}`. Keys are
 /// matched case-insensitively; values are strings or integers (`null` = absent). 201 with
@@ -43,16 +43,16 @@ pub async fn register(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         Ok(m) => m,
         Err(reason) => {
             let r = reason.clone();
-            ctx.app
+            ctx.svc
                 .store
                 .write(move |tx, now| log_malformed(tx, now, &from, Channel::Http, &r))
                 .await?;
             return Err(ApiError::bad_request(reason));
         }
     };
-    let server = ctx.app.server_name().to_owned();
+    let server = ctx.svc.server_name().to_owned();
     let applied = ctx
-        .app
+        .svc
         .store
         .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Http))
         .await?
@@ -72,8 +72,8 @@ pub async fn register(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 pub async fn inventory_sync(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let body: SyncBody = json(&ctx.body)?;
     let report = sync(
-        &ctx.app.store,
-        ctx.app.server_name(),
+        &ctx.svc.store,
+        ctx.svc.server_name(),
         body.devices,
         ctx.query.flag("dry_run"),
         ctx.query.flag("force"),

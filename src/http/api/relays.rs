@@ -9,15 +9,15 @@ use std::time::Duration;
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::domain::model::device_subject;
+use crate::domain::names::BoardName;
 use crate::http::body::{Body, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::http::route::RelayOp;
 use crate::hw::RelayAddr;
-use crate::model::device_subject;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{inventory as inv, tables};
-use crate::types::BoardName;
 
 fn hw_error(e: &crate::hw::Error) -> ApiError {
     match e {
@@ -32,12 +32,12 @@ fn hw_error(e: &crate::hw::Error) -> ApiError {
 /// `GET /api/relay/list/`: every board's health and the devices wired to it.
 pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let devices = ctx
-        .app
+        .svc
         .store
         .read(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
         .await?;
     let boards: Vec<Value> = ctx
-        .app
+        .svc
         .lifeguard
         .hardware()
         .boards
@@ -62,7 +62,7 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `GET /api/relay/{board}/test/`: `{"success": bool}` (plus `error`).
 pub async fn test(ctx: &Ctx, board: BoardName) -> Result<Response<Body>, ApiError> {
-    match ctx.app.lifeguard.hardware().boards.test(&board).await {
+    match ctx.svc.lifeguard.hardware().boards.test(&board).await {
         Ok(()) => Ok(ok(&json!({ "success": true }))),
         Err(crate::hw::Error::UnknownBoard(b)) => {
             Err(ApiError::not_found(format!("no relay board named {b}")))
@@ -82,7 +82,7 @@ pub async fn channel(
     let addr: RelayAddr = text
         .parse()
         .map_err(|e: crate::hw::Error| ApiError::bad_request(e.to_string()))?;
-    let hw = ctx.app.lifeguard.hardware();
+    let hw = ctx.svc.lifeguard.hardware();
     let off_time = Duration::from_millis(hw.settings.power_off_time_ms);
     let result = match op {
         RelayOp::Status => {
@@ -107,7 +107,7 @@ pub async fn channel(
         Err(e) => format!("failed: {e}"),
     };
     let devices = ctx
-        .app
+        .svc
         .store
         .read(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
         .await?;
@@ -130,7 +130,7 @@ pub async fn channel(
         actor: Some(ctx.caller.name.clone()),
         message: format!("raw {verb} of {text} by a tech (bypassing Lifeguard): {outcome}"),
     };
-    ctx.app
+    ctx.svc
         .store
         .write(move |tx, now| append(tx, now, entry).map(|_| ()))
         .await?;

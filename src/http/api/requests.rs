@@ -8,16 +8,16 @@ use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::logs::entry_json;
+use crate::domain::model::request_subject;
+use crate::domain::names::{EnvironmentName, HardwareType, ImageName, check_name};
 use crate::http::body::{Body, json, no_content, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
-use crate::model::request_subject;
 use crate::pool::driver::settled;
 use crate::pool::{DeviceChoice, Event, ImagingResult, PoolError, RequestSpec};
 use crate::storage::logs::{LogQuery, query};
 use crate::storage::requests::{self as reqs, StoredRequest};
 use crate::storage::{inventory as inv, tables};
-use crate::types::{EnvironmentName, HardwareType, ImageName, check_name};
 
 /// Longest accepted `wait` on a status long poll.
 const MAX_STATUS_WAIT: u64 = 300;
@@ -92,7 +92,7 @@ fn int_field(body: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiErr
     }
 }
 
-fn name_field<T: std::str::FromStr<Err = crate::types::NameError>>(
+fn name_field<T: std::str::FromStr<Err = crate::domain::names::NameError>>(
     body: &Map<String, Value>,
     key: &str,
 ) -> Result<Option<T>, ApiError> {
@@ -148,7 +148,7 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
         .transpose()?;
     let img_name = image.to_string();
     let img = ctx
-        .app
+        .svc
         .store
         .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &img_name))?
         .ok_or_else(|| ApiError::not_found(format!("no image named {image}")))?;
@@ -168,7 +168,7 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
         }
         boot_config.insert(key.clone(), text);
     }
-    let mut spec = RequestSpec::new(device, &assignee, image, ctx.app.clock.now());
+    let mut spec = RequestSpec::new(device, &assignee, image, ctx.svc.clock.now());
     spec.boot_config = boot_config;
     spec.environment = environment.filter(|e| e.as_str() != "any");
     spec.hardware_type = hardware_type;
@@ -178,7 +178,7 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
     spec.priority = priority;
     spec.wait = wait;
     let r = ctx
-        .app
+        .svc
         .pool
         .create(spec, duration, ctx.caller.token.clone())
         .await
@@ -190,7 +190,7 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
 pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let include_closed = ctx.query.flag("include_closed");
     let (requests, devices) = ctx
-        .app
+        .svc
         .store
         .read(move |tx| {
             Ok((
@@ -224,7 +224,7 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 
 /// Only the token that made a request, or an admin, may renew, return or close it.
 fn check_owner(ctx: &Ctx, r: &StoredRequest) -> Result<(), ApiError> {
-    if crate::auth::may_manage_request(&ctx.caller, r.owner_token.as_deref()) {
+    if crate::http::auth::may_manage_request(&ctx.caller, r.owner_token.as_deref()) {
         return Ok(());
     }
     let owner = r.owner_token.as_deref().unwrap_or("anonymous callers");
@@ -235,7 +235,7 @@ fn check_owner(ctx: &Ctx, r: &StoredRequest) -> Result<(), ApiError> {
 }
 
 async fn load(ctx: &Ctx, id: u64) -> Result<StoredRequest, ApiError> {
-    ctx.app
+    ctx.svc
         .pool
         .get(id)
         .await?
@@ -253,7 +253,7 @@ async fn log_rows(ctx: &Ctx, id: u64, limit: usize) -> Result<Vec<Value>, ApiErr
         limit,
         ..LogQuery::default()
     };
-    let entries = ctx.app.store.read(move |tx| query(tx, &q)).await?;
+    let entries = ctx.svc.store.read(move |tx| query(tx, &q)).await?;
     Ok(entries.iter().rev().map(entry_json).collect())
 }
 
@@ -263,7 +263,7 @@ async fn log_rows(ctx: &Ctx, id: u64, limit: usize) -> Result<Vec<Value>, ApiErr
 pub async fn status(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
     let wait = ctx.query.number("wait")?;
     // Subscribed before the first read, so a change right after it is not missed.
-    let mut watch = wait.map(|_| ctx.app.pool.watch_request(id));
+    let mut watch = wait.map(|_| ctx.svc.pool.watch_request(id));
     let mut r = load(ctx, id).await?;
     if let (Some(wait), Some(watch)) = (wait, &mut watch) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_STATUS_WAIT));
@@ -272,14 +272,14 @@ pub async fn status(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
             tokio::select! {
                 () = watch.changed() => {}
                 () = tokio::time::sleep_until(deadline) => break,
-                () = ctx.app.shutdown.cancelled() => break,
+                () = ctx.svc.shutdown.cancelled() => break,
             }
             r = load(ctx, id).await?;
         }
     }
     drop(watch);
     let position = if r.snap.state.is_waiting() {
-        ctx.app.pool.queue_position(id).await?
+        ctx.svc.pool.queue_position(id).await?
     } else {
         None
     };
@@ -311,7 +311,7 @@ pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
     let duration_secs = u64::try_from(duration)
         .map_err(|_| ApiError::bad_request("duration must not be negative"))?;
     check_owner(ctx, &load(ctx, id).await?)?;
-    ctx.app
+    ctx.svc
         .pool
         .deliver(
             id,
@@ -327,7 +327,7 @@ pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
 /// before anyone else gets it. 204, also when it was already closed.
 pub async fn return_request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
     check_owner(ctx, &load(ctx, id).await?)?;
-    ctx.app
+    ctx.svc
         .pool
         .deliver(id, Event::Close, Some(ctx.caller.name.clone()))
         .await
@@ -371,7 +371,7 @@ pub async fn event(ctx: &Ctx, id: u64, event: String) -> Result<Response<Body>, 
         }
     };
     let (accepted, after) = ctx
-        .app
+        .svc
         .pool
         .deliver(id, ev, Some(ctx.caller.name.clone()))
         .await

@@ -16,14 +16,14 @@ use crate::storage::logs;
 pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let mut body = json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "server": ctx.app.server_name(),
-        "started": ctx.app.started.iso(),
-        "auth": if ctx.app.auth_open() { "open" } else { "enabled" },
-        "anonymous_role": ctx.app.auth.anonymous_role().as_str(),
+        "server": ctx.svc.server_name(),
+        "started": ctx.svc.started.iso(),
+        "auth": if ctx.svc.auth_open() { "open" } else { "enabled" },
+        "anonymous_role": ctx.svc.auth.anonymous_role().as_str(),
         "caller": { "name": ctx.caller.name, "role": ctx.caller.role.as_str() },
     });
-    if ctx.app.auth_open() {
-        body["warning"] = json!(crate::auth::OPEN_WARNING);
+    if ctx.svc.auth_open() {
+        body["warning"] = json!(crate::http::auth::OPEN_WARNING);
     }
     Ok(ok(&body))
 }
@@ -33,12 +33,12 @@ pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 /// last operation failed; the service still works for the other boards, so that alone is
 /// not a 503).
 pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let store = &ctx.app.store;
+    let store = &ctx.svc.store;
     let read = store.read(logs::count).await;
     let committed = store.healthy();
     let storage_ok = read.is_ok() && committed;
     let stats = store.stats();
-    let boards = ctx.app.lifeguard.hardware().boards.status();
+    let boards = ctx.svc.lifeguard.hardware().boards.status();
     let hardware_ok = boards.iter().all(|b| b.healthy != Some(false));
     let body = json!({
         "ok": storage_ok && hardware_ok,
@@ -64,8 +64,8 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `GET /metrics`: Prometheus text format 0.0.4.
 pub async fn metrics(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let app = &ctx.app;
-    let text = crate::metrics::render(
+    let app = &ctx.svc;
+    let text = crate::http::metrics::render(
         &app.metrics,
         &app.store,
         app.started.0,
@@ -91,8 +91,8 @@ const BACKUP_CHUNK: usize = 64 * 1024;
 /// no snapshot file survives a crash. Headers: `Content-Length`, and
 /// `X-Mozpool-Schema-Version`.
 pub async fn backup(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let store = ctx.app.store.clone();
-    let scratch = ctx.app.config.server.data_dir.join("tmp");
+    let store = ctx.svc.store.clone();
+    let scratch = ctx.svc.settings.scratch_dir.clone();
     let (file, info) = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&scratch)
             .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;

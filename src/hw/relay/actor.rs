@@ -16,7 +16,7 @@ use super::proxr::{self, Command, Framing, Reply};
 use super::{
     BoardConfig, BoardKind, BoardStatus, Channel, Deadline, GpioBackend, RelayAddr, Transport, lcus,
 };
-use crate::clock::{Clock, SystemClock};
+use crate::domain::clock::{Clock, SystemClock};
 use crate::hw::{Error, Result, hex};
 
 /// Extra wait on the async side past the deadline before giving up on the actor.
@@ -55,7 +55,7 @@ struct Job {
 #[derive(Default)]
 struct Health {
     healthy: Option<bool>,
-    last_ok: Option<crate::clock::Millis>,
+    last_ok: Option<crate::domain::clock::Millis>,
     last_error: Option<String>,
     ops_ok: u64,
     ops_failed: u64,

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
+use crate::domain::names::BoardName;
 use crate::hw::{Error, Result};
-use crate::types::BoardName;
 
 pub use gpio::{GpioBackend, RppalGpio, SimGpio};
 pub use proxr::Framing;

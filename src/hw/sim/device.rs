@@ -136,7 +136,7 @@ impl SimDevice {
         timings: SimTimings,
         rack_dir: Option<&Path>,
     ) -> io::Result<Self> {
-        crate::types::check_name("serial", serial)
+        crate::domain::names::check_name("serial", serial)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let sut = SimSutAgent::start(false, &format!("sim:{serial}"))?;
         let listener = TcpListener::bind("127.0.0.1:0")?;

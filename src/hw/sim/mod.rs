@@ -26,7 +26,7 @@ pub use sut::{SimSutAgent, SimSutFaults};
 /// simulated device's power follows it (normally closed: energised ⇒ unpowered).
 pub type RelayHook = Arc<dyn Fn(u8, u8, bool) + Send + Sync>;
 
-pub(crate) use crate::lock;
+pub(crate) use crate::domain::lock;
 
 /// Sleep up to `d`, waking early when `stop` is set; returns `false` if stopped.
 pub(crate) fn sleep_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) -> bool {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use super::device::{BootHook, SimDevice, SimTimings};
 use super::proxr::SimProxrBoard;
+use crate::domain::names::{BoardName, DeviceName};
 use crate::hw::relay::{BoardConfig, BoardKind, Contact, Framing, RelayAddr, Transport};
-use crate::types::{BoardName, DeviceName};
 
 /// Relays per ProXR board (4 banks × 8 relays).
 pub const RELAYS_PER_BOARD: usize = 32;

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use super::*;
+use crate::domain::request_state::ALL_STATES;
 use crate::pool::select::tests::{any_spec, dev};
 use crate::pool::select::{Explanation, explain};
-use crate::pool::state::ALL_STATES;
 
 const T0: Millis = Millis(1_000_000);
 const HOUR: u64 = 3_600_000;

@@ -4,13 +4,13 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use mozpool::auth::{Auth, base64_decode, credential};
-use mozpool::config::Config;
+use mozpool::http::auth::{Auth, base64_decode, credential};
+use mozpool::app::config::Config;
 
 static AUTH: LazyLock<Auth> = LazyLock::new(|| {
     let text = format!(
         "[auth]\nanonymous = \"none\"\n[[auth.tokens]]\nname = \"ci\"\nrole = \"request\"\nsha256 = \"{}\"\n",
-        mozpool::auth::token_digest_hex("s3cret")
+        mozpool::http::auth::token_digest_hex("s3cret")
     );
     let config = Config::parse(std::path::Path::new("fuzz.toml"), &text).expect("fuzz config");
     Auth::new(config.auth.as_ref())

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mozpool::registration::parse::{from_pairs, mac_of, parse};
+use mozpool::inventory::registration::parse::{from_pairs, mac_of, parse};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = parse(data) {

@@ -11,16 +11,16 @@ use minijinja::value::{Serde, Value};
 use serde::Serialize;
 
 use super::view::{self, LogLineView};
-use crate::auth::Role;
+use crate::domain::model::device_subject;
+use crate::domain::names::DeviceName;
+use crate::http::auth::Role;
 use crate::http::body::{Body, bytes_response, error_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::http::route::Route;
-use crate::model::device_subject;
 use crate::storage::logs::{LogQuery, query};
 use crate::storage::requests as reqs;
 use crate::storage::{inventory as inv, tables};
-use crate::types::DeviceName;
 
 /// Log lines on the device page's first screen (and per "older" page).
 pub const LOG_PAGE: usize = 50;
@@ -54,7 +54,7 @@ struct Layout {
 /// The banner about access control: a warning on every page when the service runs without
 /// `[auth]`, as the issue asks; nothing otherwise.
 fn auth_banner(ctx: &Ctx) -> String {
-    if ctx.app.auth_open() {
+    if ctx.svc.auth_open() {
         "Open access: no [auth] is configured, so anyone who can reach this page can power, \
          flash and hand out devices."
             .to_owned()
@@ -64,12 +64,12 @@ fn auth_banner(ctx: &Ctx) -> String {
 }
 
 fn layout(ctx: &Ctx, page: &'static str, title: impl Into<String>) -> Value {
-    let open = ctx.app.auth_open();
+    let open = ctx.svc.auth_open();
     let signed_in = ctx.caller.token.clone().unwrap_or_default();
     Value::from(Serde(Layout {
         page,
         title: title.into(),
-        server: ctx.app.server_name().to_owned(),
+        server: ctx.svc.server_name().to_owned(),
         version: env!("CARGO_PKG_VERSION"),
         auth_banner: auth_banner(ctx),
         sign_in_url: if open || !signed_in.is_empty() {
@@ -110,12 +110,12 @@ fn signin(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     }
     let form = crate::http::body::Query::parse(std::str::from_utf8(&ctx.body).ok());
     let token = form.get("token").unwrap_or_default().trim().to_owned();
-    if ctx.app.auth_open() {
+    if ctx.svc.auth_open() {
         return Ok(see_other("/ui/"));
     }
     let valid = !token.is_empty()
         && token.bytes().all(|b| b.is_ascii_graphic())
-        && ctx.app.auth.identify(&token).is_some();
+        && ctx.svc.auth.identify(&token).is_some();
     if !valid {
         return signin_form(
             ctx,
@@ -158,7 +158,7 @@ fn html(
     c: Value,
 ) -> Result<Response<Body>, ApiError> {
     let text = ctx
-        .app
+        .svc
         .ui
         .render(template, c)
         .map_err(|e| ApiError::internal(format!("cannot render {template}: {e:#}")))?;
@@ -222,8 +222,8 @@ fn version(d: &tokio::sync::watch::Receiver<u64>, p: &tokio::sync::watch::Receiv
 }
 
 async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
-    let v = version(&ctx.app.lifeguard.subscribe(), &ctx.app.pool.subscribe());
-    Ok(ctx.app.store.read(move |tx| view::pool_view(tx, v)).await?)
+    let v = version(&ctx.svc.lifeguard.subscribe(), &ctx.svc.pool.subscribe());
+    Ok(ctx.svc.store.read(move |tx| view::pool_view(tx, v)).await?)
 }
 
 /// `GET /api/pool/overview/[?since=V&wait=N]`: the [`view::PoolView`] as JSON. With `since`
@@ -235,8 +235,8 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
 pub async fn overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let since = ctx.query.number("since")?;
     let wait = ctx.query.number("wait")?.unwrap_or(0).min(MAX_FEED_WAIT);
-    let mut devices = ctx.app.lifeguard.subscribe();
-    let mut requests = ctx.app.pool.subscribe();
+    let mut devices = ctx.svc.lifeguard.subscribe();
+    let mut requests = ctx.svc.pool.subscribe();
     if wait > 0 && since == Some(version(&devices, &requests)) {
         devices.borrow_and_update();
         requests.borrow_and_update();
@@ -244,7 +244,7 @@ pub async fn overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             _ = devices.changed() => {}
             _ = requests.changed() => {}
             () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
-            () = ctx.app.shutdown.cancelled() => {}
+            () = ctx.svc.shutdown.cancelled() => {}
         }
     }
     Ok(ok(&pool_view(ctx).await?))
@@ -262,7 +262,7 @@ async fn pool(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 async fn device(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
     let n = name.to_string();
     let (dv, log) = ctx
-        .app
+        .svc
         .store
         .read(move |tx| {
             let dv = view::load_device_view(tx, &n)?;
@@ -296,7 +296,7 @@ async fn device(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError>
 async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let include_closed = ctx.query.flag("closed");
     let rows = ctx
-        .app
+        .svc
         .store
         .read(move |tx| {
             let requests = reqs::list(tx, !include_closed)?;
@@ -318,11 +318,11 @@ async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 
 async fn relays(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let devices = ctx
-        .app
+        .svc
         .store
         .read(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
         .await?;
-    let status = ctx.app.lifeguard.hardware().boards.status();
+    let status = ctx.svc.lifeguard.hardware().boards.status();
     let boards = view::boards(status, &devices);
     let c = context! {
         layout => layout(ctx, "relays", "Relay boards"),

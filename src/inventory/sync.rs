@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
+use crate::domain::model::{Device, device_subject};
+use crate::domain::names::DeviceName;
 use crate::inventory::{DeviceFields, check_fields, retire_device, upsert_device};
-use crate::model::{Device, device_subject};
 use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{Store, StoreError, inventory as inv};
-use crate::types::DeviceName;
 
 /// Most rows a source may have.
 pub const MAX_ROWS: usize = 10_000;

@@ -24,12 +24,12 @@ use std::net::IpAddr;
 use crate::storage::Tx;
 
 use super::parse::RegistrationMessage;
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
+use crate::domain::model::{Device, Registration, device_subject};
+use crate::domain::names::HardwareType;
 use crate::inventory::{DeviceFields, Upsert, upsert_device};
-use crate::model::{Device, Registration, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv};
-use crate::types::HardwareType;
 
 /// Log subject of registration events (accepted and refused).
 pub const SUBJECT: &str = "registration";

@@ -120,7 +120,7 @@ impl AuthConfig {
         let mut digests = std::collections::BTreeSet::new();
         for t in &self.tokens {
             let name = t.name.get_ref();
-            if let Err(e) = crate::types::check_name("token name", name) {
+            if let Err(e) = crate::domain::names::check_name("token name", name) {
                 return Err((t.name.span().start, e.to_string()));
             }
             if name == ANONYMOUS {

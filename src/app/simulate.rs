@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::config::{
+use crate::app::config::{
     Config, DeviceConfig, EnvironmentConfig, FlashStepConfig, HardwareTypeConfig, ImageConfig,
 };
 use crate::hw::sim::{SimRack, SimTimings};

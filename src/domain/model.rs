@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Millis;
+use crate::domain::clock::Millis;
 
 /// One test device in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,16 +7,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use crate::domain::model::{Device, LogEntry, device_subject};
 use crate::hw::relay::BoardStatus;
 use crate::lifeguard::{DeviceState, StateClass};
-use crate::model::{Device, LogEntry, device_subject};
 use crate::storage::logs::{LogQuery, query};
 use crate::storage::requests::{self as reqs, StoredRequest};
 use crate::storage::{StoreError, inventory as inv, tables};
 
 /// A time for people: `2026-11-25 09:44:28` (UTC, whole seconds).
 #[must_use]
-pub fn when(m: crate::clock::Millis) -> String {
+pub fn when(m: crate::domain::clock::Millis) -> String {
     let iso = m.iso();
     iso.get(..19).unwrap_or(&iso).replace('T', " ")
 }

@@ -5,11 +5,14 @@
 //! Each function runs inside a caller's write transaction, so a change and its log entry
 //! commit together or not at all.
 
+pub mod registration;
+pub mod sync;
+
 use crate::storage::Tx;
 use serde::Deserialize;
 
-use crate::clock::Millis;
-use crate::model::{Device, DeviceFacts, DeviceWiring, device_subject};
+use crate::domain::clock::Millis;
+use crate::domain::model::{Device, DeviceFacts, DeviceWiring, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv, next_counter};
 
@@ -47,7 +50,7 @@ pub const MAX_COMMENT_LEN: usize = 2000;
 /// # Errors
 /// A message saying which field is wrong.
 pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
-    use crate::types::{EnvironmentName, HardwareType, check_name};
+    use crate::domain::names::{EnvironmentName, HardwareType, check_name};
     if let Some(e) = &f.environment {
         e.parse::<EnvironmentName>().map_err(|e| e.to_string())?;
     }
@@ -66,7 +69,7 @@ pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
         }
     }
     if let Some(s) = &f.sut
-        && !crate::config::valid_host_port(s)
+        && !crate::domain::names::valid_host_port(s)
     {
         return Err(format!("sut {s:?} must be host:port"));
     }
@@ -131,7 +134,7 @@ pub fn upsert_device(
                 updated: now,
                 state: "new".to_owned(),
                 // `new` is due at once: the Lifeguard driver starts its self-test.
-                lifeguard: crate::model::LifeguardData {
+                lifeguard: crate::domain::model::LifeguardData {
                     entered_at: now,
                     deadline: Some(now),
                     ..Default::default()

@@ -5,6 +5,12 @@
 //! token is cancelled, then stops them in order (HTTP first, so in-flight requests finish,
 //! then the background tasks, with a hard deadline).
 
+pub mod config;
+pub mod shutdown;
+pub mod simulate;
+pub mod systemd;
+pub mod telemetry;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,19 +20,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, OPEN_WARNING};
-use crate::clock::{Clock, Millis};
-use crate::config::Config;
+use crate::app::config::Config;
+use crate::domain::clock::Clock;
+use crate::http::auth::{Auth, OPEN_WARNING};
+use crate::http::metrics::Metrics;
+use crate::http::services::{Services, Settings};
 use crate::hw::images::DownloadCache;
 use crate::hw::sim::SimRack;
 use crate::hw::{Flasher, ImageFiles, ImageStore, RelayBoards};
 use crate::inventory::{DeviceFields, upsert_device};
 use crate::lifeguard::{Hardware, Lifeguard};
-use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::storage::logs::{NewLog, append, prune};
 use crate::storage::{Store, StoreError, inventory as inv};
-use crate::systemd::{self, Heartbeats};
+use systemd::Heartbeats;
 
 /// Longest time shutdown waits for background tasks.
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
@@ -37,45 +44,32 @@ pub struct App {
     inner: Arc<AppInner>,
 }
 
-/// What every handler and task can reach.
+/// The app's own state besides what HTTP handlers reach.
 #[derive(Debug)]
 pub struct AppInner {
+    /// What the HTTP handlers reach (store, Lifeguard, pool, auth, ...); the app's tasks use
+    /// the same handles.
+    pub services: Arc<Services>,
     /// The configuration the service started with.
     pub config: Config,
-    /// The access-control policy, built from `config.auth`.
-    pub auth: Auth,
-    /// The store.
-    pub store: Store,
-    /// The clock.
-    pub clock: Arc<dyn Clock>,
-    /// When the service started.
-    pub started: Millis,
-    /// Cancelled when the service stops.
-    pub shutdown: CancellationToken,
     /// Background tasks, awaited at shutdown.
     pub tasks: TaskTracker,
-    /// The device state machines' driver.
-    pub lifeguard: Lifeguard,
-    /// The request driver.
-    pub pool: Pool,
     /// Keeps the request driver reachable from Lifeguard (which holds it weakly).
     #[expect(dead_code, reason = "only held, so Lifeguard's weak link stays valid")]
     pool_link: Arc<dyn crate::lifeguard::PoolLink>,
-    /// The simulated rack, when running with `--simulate`.
-    pub sim: Option<Arc<SimRack>>,
-    /// The web page's template environment (built once; debug builds reload edited
-    /// templates).
-    pub ui: crate::ui::Ui,
     /// The registration listener, bound by [`App::open`] (so a busy port stops start-up) and
     /// taken by [`App::run`].
     registration: std::sync::Mutex<Option<TcpListener>>,
-    /// Where devices register, when the registration listener is on.
-    pub registration_addr: Option<SocketAddr>,
-    /// Numbers for `/metrics`; the hardware layer records into `metrics.hw`.
-    pub metrics: Arc<Metrics>,
     /// Heartbeats of critical loops, checked by the systemd watchdog
     /// (the Lifeguard and request timer loops are registered; add board actors the same way).
     pub heartbeats: Heartbeats,
+}
+
+impl std::ops::Deref for AppInner {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
 }
 
 impl std::ops::Deref for App {
@@ -224,41 +218,42 @@ impl App {
         if let (Some(rack), Some(addr)) = (&sim, registration_addr) {
             register_on_boot(rack, addr);
         }
+        let settings = Settings {
+            name: config.server.name.clone(),
+            listen: config.server.listen,
+            public_url: config.server.public_url.clone(),
+            scratch_dir: dir.join("tmp"),
+            max_body_bytes: config.server.max_body_bytes,
+            max_connections: config.server.max_connections,
+            header_timeout: Duration::from_secs(config.server.header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(config.server.body_timeout_secs.max(1)),
+        };
+        let services = Arc::new(Services {
+            settings,
+            auth,
+            store,
+            clock,
+            started,
+            shutdown,
+            lifeguard,
+            pool,
+            sim,
+            ui: crate::http::ui::Ui::new(),
+            registration_addr,
+            metrics,
+        });
         let app = App {
             inner: Arc::new(AppInner {
+                services,
                 config,
-                auth,
-                store,
-                clock,
-                started,
-                shutdown,
                 tasks,
-                lifeguard,
-                pool,
                 pool_link,
-                sim,
-                ui: crate::ui::Ui::new(),
                 registration: std::sync::Mutex::new(registration),
-                registration_addr,
-                metrics,
                 heartbeats,
             }),
         };
         app.sync_config().await?;
         Ok(app)
-    }
-
-    /// Is access control off (no `[auth]` section)? The web page shows a banner when it is,
-    /// as `/api/version/` and the start-up log do.
-    #[must_use]
-    pub fn auth_open(&self) -> bool {
-        self.auth.is_open()
-    }
-
-    /// The controller's name.
-    #[must_use]
-    pub fn server_name(&self) -> &str {
-        self.config.server.name.as_str()
     }
 
     /// Bring the store's inventory in line with the configuration: configured hardware types,
@@ -346,7 +341,7 @@ impl App {
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let http = tokio::spawn(crate::http::serve(
-            self.clone(),
+            Arc::clone(&self.services),
             listener,
             self.shutdown.clone(),
         ));
@@ -385,12 +380,18 @@ impl App {
         };
         let Some(listener) = listener else { return };
         let deadline = Duration::from_secs(self.config.server.registration_timeout_secs.max(1));
-        self.tasks.spawn(crate::registration::server::serve(
-            self.clone(),
-            listener,
-            deadline,
-            self.shutdown.clone(),
-        ));
+        let registration = crate::inventory::registration::server::Listener {
+            store: self.store.clone(),
+            server: self.server_name().into(),
+            tasks: self.tasks.clone(),
+        };
+        self.tasks
+            .spawn(crate::inventory::registration::server::serve(
+                registration,
+                listener,
+                deadline,
+                self.shutdown.clone(),
+            ));
     }
 
     /// Inventory sync from `[inventory] source`: once at start-up, then every
@@ -434,7 +435,7 @@ impl App {
                     _ = tick.tick() => {}
                     () = app.shutdown.cancelled() => break,
                 }
-                match app.store.read(crate::metrics::store_counts).await {
+                match app.store.read(crate::http::metrics::store_counts).await {
                     Ok(c) => {
                         let total: u64 = c.devices.values().sum();
                         let ready = c.devices.get("ready").copied().unwrap_or(0);
@@ -456,7 +457,7 @@ impl App {
 
     /// One automatic inventory sync; failures are logged under the `inventory` subject.
     async fn sync_inventory(&self, source: &str) {
-        use crate::inventory_sync::{load_source, parse_source, sync};
+        use crate::inventory::sync::{load_source, parse_source, sync};
         let rows = match load_source(source).await.and_then(|b| parse_source(&b)) {
             Ok(rows) => rows,
             Err(e) => return self.log_inventory_failure(source, e).await,
@@ -576,10 +577,10 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
                 ("HARDWARE", "sim-panda"),
                 ("POOL", "mobile"),
             ];
-            let sent = crate::registration::send_registration(
+            let sent = crate::inventory::registration::send_registration(
                 registration,
                 &fields,
-                crate::registration::AgentForm::Java,
+                crate::inventory::registration::AgentForm::Java,
             )
             .await;
             if let Err(e) = sent {

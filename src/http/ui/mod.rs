@@ -93,8 +93,8 @@ mod tests {
 
     use super::view::{self, LogLineView};
     use super::*;
-    use crate::clock::Millis;
-    use crate::model::{Device, DeviceFacts, LogEntry, Registration};
+    use crate::domain::clock::Millis;
+    use crate::domain::model::{Device, DeviceFacts, LogEntry, Registration};
     use crate::pool::{Assignment, DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
     use crate::storage::requests::StoredRequest;
 

@@ -12,8 +12,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{Environment, FlashStep, HardwareTypeInfo, Image};
-use crate::types::{DeviceName, EnvironmentName, HardwareType, ImageName, ServerName};
+use crate::domain::model::{Environment, FlashStep, HardwareTypeInfo, Image};
+use crate::domain::names::{
+    DeviceName, EnvironmentName, HardwareType, ImageName, ServerName, valid_host_port,
+};
+use crate::hw::config::HardwareConfig;
 
 /// Where the packaged configuration lives.
 pub const DEFAULT_PATH: &str = "/etc/mozpool/mozpool.toml";
@@ -75,9 +78,9 @@ pub struct Config {
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
     /// Access control. Absent: the service is open, as the original MozPool was (and says
-    /// so loudly); see [`crate::auth`].
+    /// so loudly); see [`crate::http::auth`].
     #[serde(default)]
-    pub auth: Option<crate::auth::AuthConfig>,
+    pub auth: Option<crate::http::auth::AuthConfig>,
     /// Hardware drivers: fastboot, image files, probe timeouts.
     #[serde(default)]
     pub hardware: HardwareConfig,
@@ -96,55 +99,6 @@ pub struct Config {
     /// The simulated rack (`mozpool serve --simulate N`): timings and injected faults.
     #[serde(default)]
     pub simulate: SimulateConfig,
-}
-
-/// `[hardware]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HardwareConfig {
-    /// The `fastboot` executable.
-    pub fastboot: PathBuf,
-    /// Image store: `<image_store>/<image>/<file>`. Default `<data_dir>/images`.
-    pub image_store: Option<PathBuf>,
-    /// Size limit of the download cache for build URLs, in MiB.
-    pub download_cache_mib: u64,
-    /// Largest single downloaded file, in MiB.
-    pub max_download_mib: u64,
-    /// Time limit for downloading one image's files, in ms.
-    pub download_timeout_ms: u64,
-    /// Time limit of one SUTAgent exchange (verify, reboot, storage check), in ms.
-    pub sut_timeout_ms: u64,
-    /// Time limit of one reachability probe, in ms.
-    pub ping_timeout_ms: u64,
-    /// How long a power cycle keeps the device unpowered, in ms.
-    pub power_off_time_ms: u64,
-    /// How long fastboot may wait for the device to appear in its bootloader, in ms.
-    pub flash_appear_ms: u64,
-    /// Time limit of flashing one partition, in ms.
-    pub flash_step_ms: u64,
-    /// Time limit of `fastboot reboot`, in ms.
-    pub flash_reboot_ms: u64,
-    /// Most health checks running at once across the rack.
-    pub health_concurrency: usize,
-}
-
-impl Default for HardwareConfig {
-    fn default() -> Self {
-        HardwareConfig {
-            fastboot: PathBuf::from("/usr/bin/fastboot"),
-            image_store: None,
-            download_cache_mib: 4096,
-            max_download_mib: 2048,
-            download_timeout_ms: 30 * 60 * 1000,
-            sut_timeout_ms: 30_000,
-            ping_timeout_ms: 10_000,
-            power_off_time_ms: 1000,
-            flash_appear_ms: 60_000,
-            flash_step_ms: 300_000,
-            flash_reboot_ms: 60_000,
-            health_concurrency: 64,
-        }
-    }
 }
 
 /// `[simulate]`: only used with `mozpool serve --simulate N`.
@@ -475,8 +429,8 @@ impl Config {
                 ));
             }
             for s in &i.steps {
-                if crate::types::check_name("partition", &s.partition).is_err()
-                    || crate::types::check_name("file name", &s.file).is_err()
+                if crate::domain::names::check_name("partition", &s.partition).is_err()
+                    || crate::domain::names::check_name("file name", &s.file).is_err()
                 {
                     return Err(invalid(
                         i.name.span(),
@@ -490,7 +444,7 @@ impl Config {
                 }
             }
             for k in &i.boot_config_keys {
-                if crate::types::check_name("boot config key", k).is_err() {
+                if crate::domain::names::check_name("boot config key", k).is_err() {
                     return Err(invalid(
                         i.name.span(),
                         format!(
@@ -599,22 +553,6 @@ impl Config {
                 description: h.description.clone(),
             })
             .collect()
-    }
-}
-
-/// `host:port` with a non-empty host and a numeric port.
-#[must_use]
-pub fn valid_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && host.len() <= 253
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b))
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
-        }
-        None => false,
     }
 }
 

@@ -11,17 +11,15 @@
 //! the appliance needs. Recording never allocates (except the first time a hardware operation
 //! kind is seen); rendering builds one `String`.
 
-pub mod histogram;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
-use self::histogram::{FAST_BUCKETS, Histogram, SLOW_BUCKETS};
+use crate::domain::histogram::{FAST_BUCKETS, Histogram};
+use crate::hw::metrics::HwMetrics;
 use crate::lifeguard::DeviceState;
 use crate::storage::records::DeviceRecord;
 use crate::storage::{Store, StoreError, decode, logs, tables};
@@ -58,71 +56,6 @@ impl Metrics {
     }
 }
 
-/// Hardware operation counts, failures and latency per kind (`relay_power_cycle`,
-/// `sut_ping`, `fastboot_flash`, ...). The hardware layer holds an `Arc<HwMetrics>` and
-/// calls [`HwMetrics::record`] once per finished operation.
-#[derive(Debug, Default)]
-pub struct HwMetrics {
-    kinds: Mutex<BTreeMap<String, std::sync::Arc<HwKind>>>,
-}
-
-#[derive(Debug)]
-struct HwKind {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    latency: Histogram,
-}
-
-impl HwMetrics {
-    /// Record one finished hardware operation of `kind` (a short snake_case name; it becomes
-    /// a label value), whether it succeeded, and how long it took.
-    pub fn record(&self, kind: &str, ok: bool, elapsed: Duration) {
-        let entry = {
-            let mut kinds = match self.kinds.lock() {
-                Ok(k) => k,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            match kinds.get(kind) {
-                Some(e) => e.clone(),
-                None => {
-                    let e = std::sync::Arc::new(HwKind {
-                        ok: AtomicU64::new(0),
-                        failed: AtomicU64::new(0),
-                        latency: Histogram::new(SLOW_BUCKETS),
-                    });
-                    kinds.insert(kind.to_owned(), e.clone());
-                    e
-                }
-            }
-        };
-        if ok { &entry.ok } else { &entry.failed }.fetch_add(1, Ordering::Relaxed);
-        entry.latency.observe(elapsed);
-    }
-
-    /// Operations of `kind` finished so far: (succeeded, failed).
-    #[must_use]
-    pub fn count(&self, kind: &str) -> (u64, u64) {
-        let kinds = match self.kinds.lock() {
-            Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        kinds.get(kind).map_or((0, 0), |k| {
-            (
-                k.ok.load(Ordering::Relaxed),
-                k.failed.load(Ordering::Relaxed),
-            )
-        })
-    }
-
-    fn snapshot(&self) -> Vec<(String, std::sync::Arc<HwKind>)> {
-        let kinds = match self.kinds.lock() {
-            Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        kinds.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-}
-
 /// Numbers read from one store snapshot at scrape time.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StoreCounts {
@@ -148,7 +81,7 @@ pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
         .collect();
     for item in tx.open_table(tables::DEVICES)?.iter()? {
         let (k, v) = item?;
-        let d: crate::model::Device =
+        let d: crate::domain::model::Device =
             decode::<DeviceRecord>("devices", k.value(), &v.value())?.into();
         if !d.retired {
             *devices.entry(d.state).or_insert(0) += 1;
@@ -163,7 +96,7 @@ pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
 }
 
 /// Open requests per state for `mozpool_requests`: every open (non-terminal) state of
-/// `pool::state::ALL_STATES` is listed, 0 when empty. Only open requests are counted (read
+/// `domain::request_state::ALL_STATES` is listed, 0 when empty. Only open requests are counted (read
 /// through the `open_requests` index), so a scrape costs the same after years of history;
 /// closed and failed requests are history, counted by `mozpool_requests_stored`.
 ///
@@ -172,7 +105,7 @@ pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
 pub fn requests_per_state(
     tx: &ReadTransaction,
 ) -> Result<Option<BTreeMap<String, u64>>, StoreError> {
-    let mut out: BTreeMap<String, u64> = crate::pool::state::ALL_STATES
+    let mut out: BTreeMap<String, u64> = crate::domain::request_state::ALL_STATES
         .iter()
         .filter(|s| s.is_open())
         .map(|s| (s.as_str().to_owned(), 0))

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::types::check_name;
+use crate::domain::names::check_name;
 
 /// Largest registration message accepted, in bytes (a real one is about 250).
 pub const MAX_MESSAGE_BYTES: usize = 4096;

@@ -15,11 +15,12 @@
 //!
 //! Any failed check skips the ping and logs why; a later successful check resumes pinging.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
+
+use crate::domain::heartbeat::Heartbeat;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -64,7 +65,7 @@ pub struct Heartbeats {
 #[derive(Debug, Default)]
 struct HeartbeatsInner {
     epoch: OnceInstant,
-    beats: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+    beats: Mutex<Vec<(String, Heartbeat)>>,
 }
 
 #[derive(Debug)]
@@ -76,52 +77,21 @@ impl Default for OnceInstant {
     }
 }
 
-/// One loop's heartbeat. The loop must call [`Heartbeat::beat`] at least once per watchdog
-/// period (30 s in the unit) even when idle, e.g. on a timer in its `select!`.
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    epoch: Instant,
-    last: Arc<AtomicU64>,
-}
-
-impl Heartbeat {
-    /// Record that the loop is alive now.
-    pub fn beat(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-}
-
 impl Heartbeats {
     /// Register a loop by name; it counts as alive from now.
     #[must_use]
     pub fn register(&self, name: &str) -> Heartbeat {
-        let h = Heartbeat {
-            epoch: self.inner.epoch.0,
-            last: Arc::new(AtomicU64::new(0)),
-        };
-        h.beat();
-        let mut beats = match self.inner.beats.lock() {
-            Ok(b) => b,
-            Err(p) => p.into_inner(),
-        };
-        beats.push((name.to_owned(), h.last.clone()));
+        let h = Heartbeat::new(self.inner.epoch.0);
+        crate::domain::lock(&self.inner.beats).push((name.to_owned(), h.clone()));
         h
     }
 
     /// Names of loops that did not beat within `max_age`.
     #[must_use]
     pub fn stale(&self, max_age: Duration) -> Vec<String> {
-        let now = self.inner.epoch.0.elapsed();
-        let beats = match self.inner.beats.lock() {
-            Ok(b) => b,
-            Err(p) => p.into_inner(),
-        };
-        beats
+        crate::domain::lock(&self.inner.beats)
             .iter()
-            .filter(|(_, last)| {
-                now.saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed))) > max_age
-            })
+            .filter(|(_, h)| h.age() > max_age)
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -229,7 +199,7 @@ pub fn spawn_watchdog(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SystemClock;
+    use crate::domain::clock::SystemClock;
 
     #[tokio::test]
     async fn healthy_store_passes_and_stuck_writer_fails() {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{Clock, Millis};
-use crate::systemd::Heartbeat;
+use crate::domain::clock::{Clock, Millis};
+use crate::domain::heartbeat::Heartbeat;
 
 /// Longest sleep between passes (also the heartbeat period).
 const MAX_SLEEP: Duration = Duration::from_secs(1);

@@ -17,7 +17,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply::{Channel, apply, log_malformed};
 use super::parse::{MAX_MESSAGE_BYTES, parse};
-use crate::app::App;
+use crate::storage::Store;
+use tokio_util::task::TaskTracker;
+
+/// What the listener needs: the store it writes registrations to and this controller's name
+/// (new devices are recorded as owned by it). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Where registrations are applied and logged.
+    pub store: Store,
+    /// This controller's name.
+    pub server: Arc<str>,
+    /// Connection tasks, awaited at shutdown.
+    pub tasks: TaskTracker,
+}
 
 /// Most registration connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -25,7 +38,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Serve registrations on `listener` until `shutdown` is cancelled. `deadline` bounds each
 /// connection from accept to close.
 pub async fn serve(
-    app: App,
+    app: Listener,
     listener: TcpListener,
     deadline: Duration,
     shutdown: CancellationToken,
@@ -63,7 +76,7 @@ pub async fn serve(
 }
 
 /// Serve one connection within `deadline`.
-async fn handle(app: &App, mut stream: TcpStream, peer: SocketAddr, deadline: Duration) {
+async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadline: Duration) {
     let started = tokio::time::Instant::now();
     let reply = match tokio::time::timeout(deadline, read_message(&mut stream)).await {
         Err(_) => Err(format!(
@@ -128,7 +141,7 @@ async fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
 }
 
 /// Parse and apply one message; the reply line.
-async fn register(app: &App, bytes: &[u8], peer: IpAddr) -> String {
+async fn register(app: &Listener, bytes: &[u8], peer: IpAddr) -> String {
     let msg = match parse(bytes) {
         Ok(m) => m,
         Err(e) => {
@@ -138,7 +151,7 @@ async fn register(app: &App, bytes: &[u8], peer: IpAddr) -> String {
             return format!("ERROR {reason}\n");
         }
     };
-    let server = app.server_name().to_owned();
+    let server = app.server.to_string();
     let result = app
         .store
         .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Tcp))
@@ -159,7 +172,7 @@ async fn register(app: &App, bytes: &[u8], peer: IpAddr) -> String {
     }
 }
 
-async fn log(app: &App, peer: IpAddr, reason: String) {
+async fn log(app: &Listener, peer: IpAddr, reason: String) {
     let from = peer.to_string();
     if let Err(e) = app
         .store

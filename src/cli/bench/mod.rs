@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::client::ApiClient;
-use crate::clock::{Clock, Millis, SystemClock};
-use crate::config::Config;
+use crate::app::config::Config;
+use crate::cli::client::ApiClient;
+use crate::domain::clock::{Clock, Millis, SystemClock};
 use crate::storage::logs::{LogQuery, NewLog, append, query};
 use crate::storage::{Store, inventory as inv};
 
@@ -197,7 +197,7 @@ fn print_table(figs: &Figures, quick: bool, took: Duration) {
         if quick { " --quick" } else { "" },
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         tokio::runtime::Handle::current().metrics().num_workers(),
-        crate::clock::Millis(SystemClock.now().0).iso(),
+        crate::domain::clock::Millis(SystemClock.now().0).iso(),
         took.as_secs_f64()
     );
     println!(
@@ -331,7 +331,7 @@ fn config(dir: &Path, boards: usize) -> anyhow::Result<Config> {
     // The simulated devices boot instantly: no boot wait before probing them.
     c.lifeguard.pc_rebooting_ms = 0;
     c.lifeguard.flash_rebooting_ms = 0;
-    c.images.push(crate::config::ImageConfig {
+    c.images.push(crate::app::config::ImageConfig {
         name: spanned("android")?,
         description: None,
         boot_config_keys: Vec::new(),
@@ -347,8 +347,8 @@ fn device(
     name: &str,
     relay: Option<String>,
     sut: String,
-) -> anyhow::Result<crate::config::DeviceConfig> {
-    Ok(crate::config::DeviceConfig {
+) -> anyhow::Result<crate::app::config::DeviceConfig> {
+    Ok(crate::app::config::DeviceConfig {
         name: spanned(name)?,
         hardware_type: None,
         processor: None,
@@ -1085,7 +1085,7 @@ mod tests {
     /// with the unit's environment.
     #[test]
     fn unit_env_is_the_systemd_units() {
-        let unit = include_str!("../../systemd/mozpool.service");
+        let unit = include_str!("../../../systemd/mozpool.service");
         let set: Vec<&str> = unit
             .lines()
             .filter_map(|l| l.strip_prefix("Environment="))

@@ -4,6 +4,11 @@
 //! Exit codes scripts can rely on: 0 success, 1 the service refused or failed the call,
 //! 2 usage error, 3 the service could not be reached.
 
+pub mod bench;
+pub mod check;
+pub mod client;
+pub mod pool;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,10 +18,10 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::auth::{self, Role};
-use crate::client::{ApiClient, ClientError};
-use crate::clock::SystemClock;
-use crate::config::{self, Config};
+use crate::app::config::{self, Config};
+use crate::cli::client::{ApiClient, ClientError};
+use crate::domain::clock::SystemClock;
+use crate::http::auth::{self, Role};
 
 /// mozpool: power, check, flash and hand out mobile test devices.
 #[derive(Debug, Parser)]
@@ -55,7 +60,7 @@ pub enum Command {
     /// database is kept as `mozpool.redb.bak-<time>`.
     Restore(RestoreArgs),
     /// Ask for a device (`any` or a name) and optionally wait until it is ready.
-    Request(crate::pool_cli::RequestArgs),
+    Request(crate::cli::pool::RequestArgs),
     /// Return a request's device.
     Return {
         /// Request id.
@@ -77,14 +82,14 @@ pub enum Command {
     /// List devices with their state and holder.
     Devices(UrlArg),
     /// Raw relay control for techs at the rack (bypasses Lifeguard; logged).
-    Relay(crate::pool_cli::RelayArgs),
+    Relay(crate::cli::pool::RelayArgs),
     /// End-to-end canary against a running service: request a device, wait for it, ping
     /// it, read its log, return it and watch it verify back to ready (docs/staging.md).
-    Check(crate::check::CheckArgs),
+    Check(crate::cli::check::CheckArgs),
     /// Benchmark the service in-process on a temporary directory and print one table of
     /// figures against their targets (docs/performance.md).
     #[command(hide = true)]
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::cli::bench::BenchArgs),
 }
 
 /// `mozpool backup`.
@@ -323,13 +328,15 @@ impl From<ClientError> for Exit {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Check(args) => Ok(crate::check::run(args).await?),
-        Command::Request(args) => Ok(crate::pool_cli::request(args).await?),
-        Command::Return { id, url } => Ok(crate::pool_cli::return_request(id, &url).await?),
-        Command::Renew { id, seconds, url } => Ok(crate::pool_cli::renew(id, seconds, &url).await?),
-        Command::Devices(url) => Ok(crate::pool_cli::devices(&url).await?),
-        Command::Relay(args) => Ok(crate::pool_cli::relay(args).await?),
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Check(args) => Ok(crate::cli::check::run(args).await?),
+        Command::Request(args) => Ok(crate::cli::pool::request(args).await?),
+        Command::Return { id, url } => Ok(crate::cli::pool::return_request(id, &url).await?),
+        Command::Renew { id, seconds, url } => {
+            Ok(crate::cli::pool::renew(id, seconds, &url).await?)
+        }
+        Command::Devices(url) => Ok(crate::cli::pool::devices(&url).await?),
+        Command::Relay(args) => Ok(crate::cli::pool::relay(args).await?),
+        Command::Bench(args) => crate::cli::bench::run(args).await,
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Inventory(InventoryCmd::Sync {
             source,
@@ -456,7 +463,7 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
 
 fn token_new(name: &str, role: &str, append_to: Option<&Path>) -> Result<(), Exit> {
     let usage = |message: String| Exit { code: 2, message };
-    crate::types::check_name("token name", name).map_err(|e| usage(e.to_string()))?;
+    crate::domain::names::check_name("token name", name).map_err(|e| usage(e.to_string()))?;
     let role: Role = role.parse().map_err(usage)?;
     if role == Role::None {
         return Err(usage("a token's role is read, request or admin".into()));
@@ -514,10 +521,10 @@ async fn inventory_sync(
     force: bool,
     url: &UrlArg,
 ) -> anyhow::Result<()> {
-    let bytes = crate::inventory_sync::load_source(source)
+    let bytes = crate::inventory::sync::load_source(source)
         .await
         .map_err(|message| Exit { code: 1, message })?;
-    let rows = crate::inventory_sync::parse_source(&bytes).map_err(|message| Exit {
+    let rows = crate::inventory::sync::parse_source(&bytes).map_err(|message| Exit {
         code: 1,
         message: format!("{source}: {message}"),
     })?;
@@ -534,7 +541,7 @@ async fn inventory_sync(
         .call(Method::POST, path.trim_end_matches(['?', '&']), Some(&body))
         .await
         .map_err(Exit::from)?;
-    let report: crate::inventory_sync::SyncReport =
+    let report: crate::inventory::sync::SyncReport =
         serde_json::from_value(v).context("reading the service's sync report")?;
     let verb = if report.dry_run { "would be " } else { "" };
     for name in &report.added {
@@ -630,9 +637,9 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 .server
                 .data_dir
         }
-        (None, None) => crate::config::ServerConfig::default().data_dir,
+        (None, None) => crate::app::config::ServerConfig::default().data_dir,
     };
-    let label = crate::storage::backup::file_label(crate::clock::Clock::now(&SystemClock));
+    let label = crate::storage::backup::file_label(crate::domain::clock::Clock::now(&SystemClock));
     let snapshot = args.file;
     let dir = data_dir.clone();
     let report = tokio::task::spawn_blocking(move || {
@@ -694,7 +701,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config::DEFAULT_PATH
         ),
     };
-    crate::telemetry::init(&config.log.level);
+    crate::app::telemetry::init(&config.log.level);
     if config.auth.is_none() {
         eprintln!("WARNING: {}", auth::OPEN_WARNING);
     }
@@ -730,7 +737,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let dir = config.server.data_dir.clone();
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             Some(Arc::new(
-                crate::simulate::start_rack(&mut config, n, &exe, &dir)
+                crate::app::simulate::start_rack(&mut config, n, &exe, &dir)
                     .context("starting the simulated rack")?,
             ))
         }
@@ -753,7 +760,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {
-        crate::shutdown::wait_for_signal().await;
+        crate::app::shutdown::wait_for_signal().await;
         tracing::info!("shutdown requested");
         shutdown.cancel();
     });

@@ -20,7 +20,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use crate::cli::Exit;
-use crate::client::{ApiClient, ClientError};
+use crate::cli::client::{ApiClient, ClientError};
 
 /// `mozpool check`.
 #[derive(Debug, Args)]
@@ -98,7 +98,7 @@ pub async fn run(args: CheckArgs) -> Result<(), Exit> {
     let started = Instant::now();
     let outcome = tokio::select! {
         r = check.steps() => r,
-        () = crate::shutdown::wait_for_signal() => Err(fail("interrupted", "stopped by a signal")),
+        () = crate::app::shutdown::wait_for_signal() => Err(fail("interrupted", "stopped by a signal")),
     };
     // Cleanup runs on every path: success, failure and signal.
     let cleanup = check.return_request().await;
