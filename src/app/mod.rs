@@ -2,8 +2,11 @@
 //!
 //! [`App::open`] opens the store and brings the inventory in line with the configuration;
 //! [`App::run`] starts the background tasks and the HTTP server and runs until the shutdown
-//! token is cancelled, then stops them in order (HTTP first, so in-flight requests finish,
-//! then the background tasks, with a hard deadline).
+//! token is cancelled, then stops in order: the listeners stop accepting and HTTP drains
+//! (calls in flight finish, long polls end); then the drivers stop, and hardware work in
+//! flight finishes or is abandoned with a line in the device's log
+//! ([`crate::lifeguard::driver::SAFE_POINT_GRACE`]); the background tasks end within
+//! `EXIT_DEADLINE`; the store closes when its last handle goes.
 
 pub mod config;
 pub mod shutdown;
@@ -54,9 +57,9 @@ pub struct AppInner {
     pub config: Config,
     /// Background tasks, awaited at shutdown.
     pub tasks: TaskTracker,
-    /// Keeps the request driver reachable from Lifeguard (which holds it weakly).
-    #[expect(dead_code, reason = "only held, so Lifeguard's weak link stays valid")]
-    pool_link: Arc<dyn crate::lifeguard::PoolLink>,
+    /// Stops the drivers (Lifeguard, the pool), cancelled only after HTTP has drained, so a
+    /// call in flight still sees them working.
+    drivers: CancellationToken,
     /// The registration listener, bound by [`App::open`] (so a busy port stops start-up) and
     /// taken by [`App::run`].
     registration: std::sync::Mutex<Option<TcpListener>>,
@@ -182,13 +185,16 @@ impl App {
             metrics: metrics.hw.clone(),
         });
         let shutdown = CancellationToken::new();
+        let drivers = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let lifeguard = Lifeguard::new(
+        // The watchdog stops pinging when a driver's timer loop stops turning.
+        let (lifeguard, reports) = Lifeguard::new(
             store.clone(),
             clock.clone(),
             config.lifeguard.clone(),
             hardware,
-            shutdown.clone(),
+            Some(heartbeats.register("lifeguard timers")),
+            drivers.clone(),
             tasks.clone(),
         );
         let pool = Pool::new(
@@ -196,16 +202,12 @@ impl App {
             clock.clone(),
             config.requests.clone(),
             config.queue.clone(),
-            lifeguard.clone(),
+            (lifeguard.clone(), reports),
             config.server.name.to_string(),
-            shutdown.clone(),
+            Some(heartbeats.register("request timers")),
+            drivers.clone(),
             tasks.clone(),
         );
-        let pool_link: Arc<dyn crate::lifeguard::PoolLink> = Arc::new(pool.clone());
-        lifeguard.set_link(&pool_link);
-        // The watchdog stops pinging when a driver's timer loop stops turning.
-        lifeguard.set_heartbeat(heartbeats.register("lifeguard timers"));
-        pool.set_heartbeat(heartbeats.register("request timers"));
         let registration = match config.server.registration_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -247,7 +249,7 @@ impl App {
                 services,
                 config,
                 tasks,
-                pool_link,
+                drivers,
                 registration: std::sync::Mutex::new(registration),
                 heartbeats,
             }),
@@ -352,6 +354,10 @@ impl App {
         if let Err(e) = http.await {
             tracing::error!(error = %e, "HTTP server task failed");
         }
+        // HTTP has drained; now the drivers stop and hardware work in flight reaches a safe
+        // point (finished, or abandoned with a log line). The store closes when the last
+        // task holding it ends.
+        self.drivers.cancel();
         self.tasks.close();
         if tokio::time::timeout(EXIT_DEADLINE, self.tasks.wait())
             .await

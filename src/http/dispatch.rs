@@ -1,10 +1,11 @@
-//! The request pipeline, top to bottom: parse the route, identify the caller, check the
-//! caller's role against the route's (before any body is read, so an unauthorised client
-//! cannot make the server read a large body), read the body under a size limit and a
-//! deadline, run the handler, map errors to JSON, record the call and the caller in the
-//! audit log.
+//! The request pipeline. [`handle`] reads top to bottom as its steps: parse the route,
+//! (1) identify the caller, (2) check CSRF for signed-in browsers, (3) authorize the caller
+//! for the route (before any body is read, so an unauthorised client cannot make the server
+//! read a large body), (4) read the body under a size limit and a deadline, (5) dispatch to
+//! the handler, (6) map errors to JSON, (7) record metrics and the audit log.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,10 +19,8 @@ use super::api;
 use super::body::{Body, Query, error_response, read_limited};
 use super::error::ApiError;
 use super::route::{Route, RouteError};
-use std::sync::Arc;
-
 use crate::domain::model::device_subject;
-use crate::http::auth::authorize;
+use crate::http::auth::{AuthError, authorize};
 use crate::http::services::Services;
 use crate::storage::logs::{NewLog, append};
 
@@ -49,21 +48,45 @@ pub struct Ctx {
 /// Name of the web sign-in cookie (it holds the token; HttpOnly, SameSite=Strict).
 pub const SESSION_COOKIE: &str = "mozpool_token";
 
-/// Who is calling: the `Authorization` header when there is one, else the sign-in cookie
+/// Step 1, identify: the `Authorization` header when there is one, else the sign-in cookie
 /// (a stale cookie counts as signed out), else anonymous. The flag says the cookie was used.
-fn identify(
-    app: &Services,
-    headers: &hyper::HeaderMap,
-) -> (Result<Caller, crate::http::auth::AuthError>, bool) {
+fn identify(svc: &Services, headers: &hyper::HeaderMap) -> (Result<Caller, AuthError>, bool) {
     if let Some(h) = headers.get(AUTHORIZATION) {
-        return (app.auth.authenticate(Some(h.as_bytes())), false);
+        return (svc.auth.authenticate(Some(h.as_bytes())), false);
     }
     if let Some(token) = cookie(headers, SESSION_COOKIE)
-        && let Some(caller) = app.auth.identify(&token)
+        && let Some(caller) = svc.auth.identify(&token)
     {
         return (Ok(caller), true);
     }
-    (app.auth.authenticate(None), false)
+    (svc.auth.authenticate(None), false)
+}
+
+/// Step 2, CSRF: a browser signed in with the cookie must also send the header the pages'
+/// JavaScript adds with every change, which a cross-site form cannot (the cookie is
+/// SameSite=Strict as well).
+fn check_csrf(
+    caller: Result<Caller, AuthError>,
+    via_cookie: bool,
+    route: Option<&Route>,
+    headers: &hyper::HeaderMap,
+) -> Result<Caller, AuthError> {
+    let caller = caller?;
+    let exempt = matches!(route, Some(Route::UiSignIn | Route::UiSignOut));
+    if via_cookie
+        && route.is_some_and(Route::mutates)
+        && !exempt
+        && headers
+            .get("x-requested-with")
+            .and_then(|v| v.to_str().ok())
+            != Some("mozpool")
+    {
+        return Err(AuthError::Forbidden(
+            "a signed-in browser must send X-Requested-With: mozpool with every change (CSRF protection)"
+                .into(),
+        ));
+    }
+    Ok(caller)
 }
 
 /// A cookie's value from the `Cookie` headers.
@@ -79,88 +102,158 @@ pub fn cookie(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Answer one request.
+/// The parts of a call that outlive its `Request` (the body is consumed by the handler).
+struct Call {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    peer: SocketAddr,
+}
+
+/// Answer one request: the pipeline's steps in order.
 pub async fn handle(
-    app: Arc<Services>,
+    svc: Arc<Services>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let query_text = req.uri().query().map(str::to_owned);
-    let route = Route::parse(&method, &path);
-    let (caller, via_cookie) = identify(&app, req.headers());
-    // A browser signed in with the cookie must also send the header the pages' JavaScript
-    // adds, which a cross-site form cannot (the cookie is SameSite=Strict as well).
-    let caller = match caller {
-        Ok(_)
-            if via_cookie
-                && route.as_ref().is_ok_and(Route::mutates)
-                && !matches!(route, Ok(Route::UiSignIn | Route::UiSignOut))
-                && req.headers().get("x-requested-with").and_then(|v| v.to_str().ok())
-                    != Some("mozpool") =>
-        {
-            Err(crate::http::auth::AuthError::Forbidden(
-                "a signed-in browser must send X-Requested-With: mozpool with every change (CSRF protection)"
-                    .into(),
-            ))
-        }
-        other => other,
+    let call = Call {
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        query: req.uri().query().map(str::to_owned),
+        peer,
     };
-    let actor = caller
-        .as_ref()
-        .map_or_else(|_| "unauthenticated".to_owned(), |c| c.name.clone());
-    // Calls that change a device also go in that device's history; reads only in `api`, so
-    // a poller cannot bury the device's own log.
-    let device = route
-        .as_ref()
-        .ok()
-        .filter(|r| r.mutates())
-        .and_then(Route::device)
-        .map(ToString::to_string);
-    // Not audited: scrapes (every few seconds; logging each durably would only wear the SD
-    // card), and pages, static files and the pages' live feed (an open page long-polls it);
-    // the API calls the pages make are audited.
-    let audited = !matches!(route, Ok(Route::Metrics)) && !route.as_ref().is_ok_and(Route::is_ui);
-    let mutates = route.as_ref().is_ok_and(Route::mutates);
+    let route = Route::parse(&call.method, &call.path);
+    let (caller, via_cookie) = identify(&svc, req.headers());
+    let caller = check_csrf(caller, via_cookie, route.as_ref().ok(), req.headers());
+    let audit = Audit::of(route.as_ref().ok(), &caller);
     let response = match (route, caller) {
-        (Err(e), _) => route_error(&e, &path, query_text.as_deref()),
+        (Err(e), _) => route_error(&e, &call.path, call.query.as_deref()),
         (Ok(_), Err(e)) => error_response(&e.into()),
-        (Ok(route), Ok(caller)) => match authorize(&caller, route.required_role()) {
-            Err(e) => error_response(&e.into()),
-            Ok(()) => match run(&app, route, req, caller, query_text.as_deref(), peer).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let mut r = error_response(&e);
-                    if matches!(
-                        e.status,
-                        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
-                    ) {
-                        // The body was not read to its end: do not try to reuse the
-                        // connection (and do not wait for the rest of a slow body).
-                        r.headers_mut()
-                            .insert(CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    r
-                }
-            },
-        },
+        (Ok(route), Ok(caller)) => respond(&svc, route, caller, req, &call).await,
     };
+    record(&svc, &call, audit, &response, started.elapsed());
+    response
+}
+
+/// Steps 3 to 6 for a routed, identified call: authorize the caller for the route (before
+/// any body is read, so an unauthorised client cannot make the server read a large body),
+/// read the body, dispatch to the handler, and map its error to JSON.
+async fn respond(
+    svc: &Arc<Services>,
+    route: Route,
+    caller: Caller,
+    req: Request<Incoming>,
+    call: &Call,
+) -> Response<Body> {
+    if let Err(e) = authorize(&caller, route.required_role()) {
+        return error_response(&e.into());
+    }
+    let base_url = base_url(svc, &req);
+    let headers = req.headers().clone();
+    let body = match read_body(svc, req).await {
+        Ok(b) => b,
+        Err(e) => return error_with_close(&e),
+    };
+    let ctx = Ctx {
+        svc: Arc::clone(svc),
+        query: Query::parse(call.query.as_deref()),
+        body,
+        caller,
+        base_url,
+        peer: call.peer,
+        headers,
+    };
+    match api::dispatch(&ctx, route).await {
+        Ok(r) => r,
+        Err(e) => error_with_close(&e),
+    }
+}
+
+/// Step 4, read the body (none for GET and HEAD) under the size limit and the deadline.
+async fn read_body(svc: &Services, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Ok(Bytes::new());
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let deadline = svc.settings.body_timeout;
+    let read = read_limited(declared, req.into_body(), svc.settings.max_body_bytes);
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {deadline:?}"),
+        )
+    })?
+}
+
+/// Step 6, map an error to its JSON response.
+fn error_with_close(e: &ApiError) -> Response<Body> {
+    let mut r = error_response(e);
+    if matches!(
+        e.status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        // The body was not read to its end: do not try to reuse the connection (and do
+        // not wait for the rest of a slow body).
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// What the audit log records of a call, decided before the route is consumed.
+struct Audit {
+    /// Who called (`unauthenticated` when identification failed).
+    actor: String,
+    /// Calls that change a device also go in that device's history; reads only in `api`,
+    /// so a poller cannot bury the device's own log.
+    device: Option<String>,
+    /// Not audited: scrapes (every few seconds; logging each durably would only wear the
+    /// SD card), and pages, static files and the pages' live feed (an open page long-polls
+    /// it); the API calls the pages make are audited.
+    durable: bool,
+}
+
+impl Audit {
+    fn of(route: Option<&Route>, caller: &Result<Caller, AuthError>) -> Audit {
+        Audit {
+            actor: caller
+                .as_ref()
+                .map_or_else(|_| "unauthenticated".to_owned(), |c| c.name.clone()),
+            device: route
+                .filter(|r| r.mutates())
+                .and_then(Route::device)
+                .map(ToString::to_string),
+            durable: !matches!(route, Some(Route::Metrics)) && !route.is_some_and(Route::is_ui),
+        }
+    }
+}
+
+/// Step 7, record the call: metrics always, the durable audit log for API calls.
+fn record(
+    svc: &Services,
+    call: &Call,
+    audit: Audit,
+    response: &Response<Body>,
+    elapsed: std::time::Duration,
+) {
+    let Call {
+        method, path, peer, ..
+    } = call;
     let status = response.status();
-    let elapsed = started.elapsed();
-    app.metrics.record_api(status.as_u16(), elapsed);
-    if mutates && status.is_success() {
-        // Inventory edits, comments and the like change what live pages show.
-        app.lifeguard.touch();
-    }
-    if !audited {
+    svc.metrics.record_api(status.as_u16(), elapsed);
+    if !audit.durable {
         tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
-        return response;
+        return;
     }
-    tracing::info!(%method, %path, status = status.as_u16(), caller = %actor, %peer, micros = elapsed.as_micros() as u64, "api");
+    tracing::info!(%method, %path, status = status.as_u16(), caller = %audit.actor, %peer, micros = elapsed.as_micros() as u64, "api");
     let mut subjects = vec!["api".to_owned()];
-    subjects.extend(device.as_deref().map(device_subject));
+    subjects.extend(audit.device.as_deref().map(device_subject));
     let message = format!(
         "{method} {path} -> {} ({} ms) from {peer}",
         status.as_u16(),
@@ -169,56 +262,15 @@ pub async fn handle(
     let entry = NewLog {
         subjects,
         source: "api".into(),
-        actor: Some(actor),
+        actor: Some(audit.actor),
         message,
     };
-    app.store
+    svc.store
         .write_detached(move |tx, now| append(tx, now, entry).map(|_| ()));
-    response
 }
 
-async fn run(
-    app: &Arc<Services>,
-    route: Route,
-    req: Request<Incoming>,
-    caller: Caller,
-    query: Option<&str>,
-    peer: SocketAddr,
-) -> Result<Response<Body>, ApiError> {
-    let base_url = base_url(app, &req);
-    let headers = req.headers().clone();
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let body = if matches!(*req.method(), Method::GET | Method::HEAD) {
-        Bytes::new()
-    } else {
-        let deadline = app.settings.body_timeout;
-        let read = read_limited(declared, req.into_body(), app.settings.max_body_bytes);
-        tokio::time::timeout(deadline, read).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!("the request body did not arrive within {deadline:?}"),
-            )
-        })??
-    };
-    let ctx = Ctx {
-        svc: Arc::clone(app),
-        query: Query::parse(query),
-        body,
-        caller,
-        base_url,
-        peer,
-        headers,
-    };
-    api::dispatch(&ctx, route).await
-}
-
-fn base_url(app: &Services, req: &Request<Incoming>) -> String {
-    if let Some(url) = &app.settings.public_url {
+fn base_url(svc: &Services, req: &Request<Incoming>) -> String {
+    if let Some(url) = &svc.settings.public_url {
         return url.trim_end_matches('/').to_owned();
     }
     let host = req
@@ -230,7 +282,7 @@ fn base_url(app: &Services, req: &Request<Incoming>) -> String {
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
                 && !h.is_empty()
         })
-        .map_or_else(|| app.settings.listen.to_string(), str::to_owned);
+        .map_or_else(|| svc.settings.listen.to_string(), str::to_owned);
     format!("http://{host}")
 }
 

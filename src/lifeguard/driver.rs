@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::store::{Applied, ApplyError, apply};
 use super::{Action, Event, ImagingResult, Timings, force, resume, step};
 use crate::domain::clock::{Clock, Millis};
+use crate::domain::heartbeat::Heartbeat;
 use crate::domain::lock;
 use crate::domain::model::{Device, device_subject};
 use crate::hw::config::HardwareConfig;
@@ -65,14 +66,33 @@ impl Hardware {
     }
 }
 
-/// How the driver tells the request layer about devices (set by the app; Lifeguard never
-/// imports the pool).
-pub trait PoolLink: Send + Sync + std::fmt::Debug {
+/// How long a hardware action in flight when the service stops may take to finish before it
+/// is abandoned (long enough for a power cycle or a check, far shorter than a flash).
+pub const SAFE_POINT_GRACE: Duration = Duration::from_secs(5);
+
+/// What Lifeguard tells the layer above it (the pool) about devices, over the channel
+/// [`Lifeguard::new`] returns: Lifeguard never imports the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
     /// A held device finished (or failed) the operation its request asked for.
-    fn imaging_result(&self, request: u64, device: &str, result: ImagingResult);
+    ImagingResult {
+        /// The request that asked.
+        request: u64,
+        /// The device.
+        device: String,
+        /// How it went.
+        result: ImagingResult,
+    },
     /// A device became free for the pool.
-    fn device_available(&self, device: &str);
+    DeviceAvailable {
+        /// The device.
+        device: String,
+    },
 }
+
+/// The receiving end of Lifeguard's [`Report`]s. Unbounded: Lifeguard must never wait on
+/// the pool, and reports are few (one per finished operation or freed device).
+pub type Reports = mpsc::UnboundedReceiver<Report>;
 
 /// Why an event was not delivered.
 #[derive(Debug, thiserror::Error)]
@@ -90,20 +110,16 @@ struct Inner {
     clock: Arc<dyn Clock>,
     timings: Timings,
     hw: Arc<Hardware>,
-    /// Weak: the pool holds this driver, so a strong link would be a cycle that keeps the
-    /// store open after shutdown.
-    link: OnceLock<Weak<dyn PoolLink>>,
+    /// Where [`Report`]s go; nobody listening (a test without a pool) is fine.
+    reports: mpsc::UnboundedSender<Report>,
     /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
-    heartbeat: OnceLock<crate::domain::heartbeat::Heartbeat>,
+    heartbeat: Option<Heartbeat>,
     inflight: Mutex<HashMap<String, (u64, AbortHandle)>>,
     /// By device: the connection a successful SUTAgent verify leaves open for the storage
     /// check that follows it, so a self-test connects once instead of twice.
     kept: Mutex<HashMap<String, KeptSession>>,
     health: Semaphore,
     wake: Notify,
-    /// Bumped after every committed transition, so live pages and long polls learn that
-    /// some device changed without polling the store.
-    changes: watch::Sender<u64>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -121,48 +137,38 @@ impl std::fmt::Debug for Lifeguard {
 }
 
 impl Lifeguard {
-    /// A driver over `store` and `hw`; call [`Lifeguard::start`] to run it.
+    /// A driver over `store` and `hw`, and the channel of its [`Report`]s for the layer
+    /// above; call [`Lifeguard::start`] to run it. `heartbeat` is beaten by the timer loop
+    /// on every pass (at least once a second).
     #[must_use]
     pub fn new(
         store: Store,
         clock: Arc<dyn Clock>,
         timings: Timings,
         hw: Arc<Hardware>,
+        heartbeat: Option<Heartbeat>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
-    ) -> Lifeguard {
+    ) -> (Lifeguard, Reports) {
         let health = Semaphore::new(hw.settings.health_concurrency.max(1));
-        Lifeguard {
+        let (reports, receiver) = mpsc::unbounded_channel();
+        let lifeguard = Lifeguard {
             inner: Arc::new(Inner {
                 store,
                 clock,
                 timings,
                 hw,
-                link: OnceLock::new(),
-                heartbeat: OnceLock::new(),
+                reports,
+                heartbeat,
                 inflight: Mutex::new(HashMap::new()),
                 kept: Mutex::new(HashMap::new()),
                 health,
                 wake: Notify::new(),
-                changes: watch::channel(0).0,
                 shutdown,
                 tasks,
             }),
-        }
-    }
-
-    /// Connect the request layer. The caller keeps `link` alive (the driver holds it weakly).
-    pub fn set_link(&self, link: &Arc<dyn PoolLink>) {
-        let _ = self.inner.link.set(Arc::downgrade(link));
-    }
-
-    fn link(&self) -> Option<Arc<dyn PoolLink>> {
-        self.inner.link.get().and_then(Weak::upgrade)
-    }
-
-    /// Give the timer loop a heartbeat to beat on every pass (at least once a second).
-    pub fn set_heartbeat(&self, heartbeat: crate::domain::heartbeat::Heartbeat) {
-        let _ = self.inner.heartbeat.set(heartbeat);
+        };
+        (lifeguard, receiver)
     }
 
     /// The state timeouts and limits in use.
@@ -267,43 +273,55 @@ impl Lifeguard {
         .await
     }
 
-    /// A receiver that changes after every committed device transition (live pages, long
-    /// polls).
-    #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
-    }
-
-    /// Tell subscribers that some device changed outside the state machine (comments,
-    /// environment, inventory fields), so live pages refresh.
-    pub fn touch(&self) {
-        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
     /// Run the actions of a committed transition.
     pub fn execute(&self, applied: Applied) {
-        self.touch();
         for action in applied.actions {
             match action {
                 Action::NotifyRequest { request, result } => {
-                    if let Some(link) = self.link() {
-                        link.imaging_result(request, &applied.device, result);
-                    }
+                    let _ = self.inner.reports.send(Report::ImagingResult {
+                        request,
+                        device: applied.device.clone(),
+                        result,
+                    });
                 }
                 hw_action => {
                     self.spawn_action(applied.record.clone(), applied.generation, hw_action)
                 }
             }
         }
-        if applied.became_available
-            && let Some(link) = self.link()
-        {
-            link.device_available(&applied.device);
+        if applied.became_available {
+            let _ = self.inner.reports.send(Report::DeviceAvailable {
+                device: applied.device.clone(),
+            });
         }
         self.inner.wake.notify_one();
     }
 
+    /// Record in the device's log that a hardware action was cut short by shutdown.
+    async fn log_abandoned(&self, device: &str, what: &str) {
+        let entry = NewLog::new(
+            device_subject(device),
+            "statemachine",
+            format!(
+                "service stopping: {what} abandoned after {SAFE_POINT_GRACE:?} in flight; the restart resumes the state"
+            ),
+        );
+        if let Err(e) = self
+            .inner
+            .store
+            .write(move |tx, now| append(tx, now, entry))
+            .await
+        {
+            tracing::warn!(device, error = %e, "could not log an abandoned action");
+        }
+    }
+
     fn spawn_action(&self, record: Arc<Device>, generation: u64, action: Action) {
+        if self.inner.shutdown.is_cancelled() {
+            // Stopping: start nothing new; the stored state and deadline resume it.
+            tracing::debug!(device = %record.name, %action, "not started: stopping");
+            return;
+        }
         let this = self.clone();
         let device = record.name.clone();
         let mut inflight = lock(&self.inner.inflight);
@@ -311,11 +329,26 @@ impl Lifeguard {
             previous.abort();
         }
         let handle = self.inner.tasks.spawn(async move {
-            // Shutdown cancels hardware work in flight (a fastboot child is killed with its
-            // future); the state and its deadline are stored, so the restart resumes it.
+            let what = action.to_string();
+            // Boxed so that abandoning it below really drops it (and kills its child) before
+            // the log line is written.
+            let mut run = Box::pin(this.run_action(&record, generation, action));
             let event = tokio::select! {
-                e = this.run_action(&record, generation, action) => e,
-                () = this.inner.shutdown.cancelled() => return,
+                e = &mut run => e,
+                () = this.inner.shutdown.cancelled() => {
+                    // Stopping: a short action (a power cycle, a check) gets to its end and
+                    // its result is recorded; a long one (a flash) is abandoned, its child
+                    // killed with the future, and the device's log says so. The state and
+                    // its deadline are stored, so the restart resumes it.
+                    match tokio::time::timeout(SAFE_POINT_GRACE, &mut run).await {
+                        Ok(e) => e,
+                        Err(_) => {
+                            drop(run);
+                            this.log_abandoned(&record.name, &what).await;
+                            return;
+                        }
+                    }
+                }
             };
             let name = &record.name;
             {
@@ -660,7 +693,7 @@ impl Lifeguard {
             clock: inner.clock.as_ref(),
             wake: &inner.wake,
             shutdown: &inner.shutdown,
-            heartbeat: inner.heartbeat.get(),
+            heartbeat: inner.heartbeat.as_ref(),
         };
         timer.run(self).await;
     }

@@ -475,6 +475,23 @@ pub enum Action {
     },
 }
 
+impl std::fmt::Display for Action {
+    /// What the action is, as the device's log names it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::PowerCycle => f.write_str("power cycle"),
+            Action::PowerOff => f.write_str("power off"),
+            Action::SutReboot => f.write_str("SUTAgent reboot"),
+            Action::Ping => f.write_str("reachability probe"),
+            Action::SutVerify => f.write_str("SUTAgent verification"),
+            Action::SutSdcardCheck => f.write_str("SD card check"),
+            Action::HealthCheck { .. } => f.write_str("health check"),
+            Action::Flash { image, .. } => write!(f, "flash of {image}"),
+            Action::NotifyRequest { request, .. } => write!(f, "report to request {request}"),
+        }
+    }
+}
+
 impl Action {
     /// Touches the device (as opposed to notifying the pool).
     #[must_use]

@@ -26,10 +26,11 @@ use super::{
     fair_share_applies, needs_image, satisfiable, select,
 };
 use crate::domain::clock::{Clock, Millis};
+use crate::domain::heartbeat::Heartbeat;
 use crate::domain::lock;
 use crate::domain::model::{Device, request_subject};
 use crate::lifeguard::store::{Applied, ApplyError, apply};
-use crate::lifeguard::{self, Lifeguard, PoolLink, Refused};
+use crate::lifeguard::{self, Lifeguard, Refused, Report, Reports};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::records::DeviceRecord;
 use crate::storage::requests::{self, StoredRequest};
@@ -116,7 +117,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     ctx: Ctx,
     lifeguard: Lifeguard,
-    changes: watch::Sender<u64>,
+    /// Lifeguard's reports, until [`Pool::start`] takes them to follow.
+    reports: std::sync::Mutex<Option<Reports>>,
     /// One channel per request that a status long poll is waiting on (see [`RequestWatch`]).
     watchers: std::sync::Mutex<HashMap<u64, watch::Sender<u64>>>,
     wake: Notify,
@@ -124,7 +126,7 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Beaten by the timer loop; the systemd watchdog stops pinging when it goes stale.
-    heartbeat: std::sync::OnceLock<crate::domain::heartbeat::Heartbeat>,
+    heartbeat: Option<Heartbeat>,
 }
 
 /// Handle to the request driver. Cheap to clone.
@@ -140,7 +142,8 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A driver; call [`Pool::start`] to run its timers.
+    /// A driver over `lifeguard` and its `reports`; call [`Pool::start`] to run its timers.
+    /// `heartbeat` is beaten by the timer loop on every pass (at least once a second).
     #[allow(clippy::too_many_arguments)]
     #[must_use]
     pub fn new(
@@ -148,8 +151,9 @@ impl Pool {
         clock: Arc<dyn Clock>,
         timings: Timings,
         policy: QueuePolicy,
-        lifeguard: Lifeguard,
+        (lifeguard, reports): (Lifeguard, Reports),
         server: String,
+        heartbeat: Option<Heartbeat>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Pool {
@@ -159,39 +163,27 @@ impl Pool {
             lg: lifeguard.timings().clone(),
             server,
         };
-        let (changes, _) = watch::channel(0);
         Pool {
             inner: Arc::new(Inner {
                 store,
                 clock,
                 ctx,
                 lifeguard,
-                changes,
+                reports: std::sync::Mutex::new(Some(reports)),
                 watchers: std::sync::Mutex::default(),
                 wake: Notify::new(),
                 kick: Notify::new(),
                 shutdown,
                 tasks,
-                heartbeat: std::sync::OnceLock::new(),
+                heartbeat,
             }),
         }
-    }
-
-    /// Give the timer loop a heartbeat to beat on every pass (at least once a second).
-    pub fn set_heartbeat(&self, heartbeat: crate::domain::heartbeat::Heartbeat) {
-        let _ = self.inner.heartbeat.set(heartbeat);
     }
 
     /// Request timings in use.
     #[must_use]
     pub fn timings(&self) -> &Timings {
         &self.inner.ctx.timings
-    }
-
-    /// A receiver that changes after every commit touching requests (long polls, live pages).
-    #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
     }
 
     /// Follow one request: [`RequestWatch::changed`] returns after the next commit that
@@ -226,6 +218,12 @@ impl Pool {
         self.inner
             .tasks
             .spawn(async move { this.pass_loop().await });
+        if let Some(reports) = lock(&self.inner.reports).take() {
+            let this = self.clone();
+            self.inner
+                .tasks
+                .spawn(async move { this.follow_reports(reports).await });
+        }
         // Requests may have been waiting across a restart.
         self.inner.kick.notify_one();
     }
@@ -256,7 +254,6 @@ impl Pool {
             self.inner.lifeguard.execute(a);
         }
         if !post.touched.is_empty() {
-            self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
             let watchers = lock(&self.inner.watchers);
             for id in &post.touched {
                 if let Some(w) = watchers.get(id) {
@@ -377,7 +374,7 @@ impl Pool {
             clock: inner.clock.as_ref(),
             wake: &inner.wake,
             shutdown: &inner.shutdown,
-            heartbeat: inner.heartbeat.get(),
+            heartbeat: inner.heartbeat.as_ref(),
         };
         timer.run(self).await;
     }
@@ -426,28 +423,42 @@ impl Pool {
     }
 }
 
-impl PoolLink for Pool {
-    fn imaging_result(&self, request: u64, device: &str, result: lifeguard::ImagingResult) {
-        let Ok(device) = device.parse() else { return };
-        let imaging_result = match result {
-            lifeguard::ImagingResult::Complete => ImagingResult::Complete,
-            lifeguard::ImagingResult::FailedBadDevice => ImagingResult::FailedBadDevice,
-            lifeguard::ImagingResult::FailedBadImage => ImagingResult::FailedBadImage,
-        };
-        let this = self.clone();
-        self.inner.tasks.spawn(async move {
-            let event = Event::LifeguardFinished {
-                device,
-                imaging_result,
+impl Pool {
+    /// Follow Lifeguard's reports until shutdown: an imaging result goes to its request (on
+    /// a task of its own, so one slow delivery does not hold up the rest), and a device
+    /// that became free starts a queue pass.
+    async fn follow_reports(&self, mut reports: Reports) {
+        loop {
+            let report = tokio::select! {
+                r = reports.recv() => match r { Some(r) => r, None => break },
+                () = self.inner.shutdown.cancelled() => break,
             };
-            if let Err(e) = this.deliver(request, event, None).await {
-                tracing::warn!(request, error = %e, "could not deliver an imaging result");
+            match report {
+                Report::ImagingResult {
+                    request,
+                    device,
+                    result,
+                } => {
+                    let Ok(device) = device.parse() else { continue };
+                    let imaging_result = match result {
+                        lifeguard::ImagingResult::Complete => ImagingResult::Complete,
+                        lifeguard::ImagingResult::FailedBadDevice => ImagingResult::FailedBadDevice,
+                        lifeguard::ImagingResult::FailedBadImage => ImagingResult::FailedBadImage,
+                    };
+                    let this = self.clone();
+                    self.inner.tasks.spawn(async move {
+                        let event = Event::LifeguardFinished {
+                            device,
+                            imaging_result,
+                        };
+                        if let Err(e) = this.deliver(request, event, None).await {
+                            tracing::warn!(request, error = %e, "could not deliver an imaging result");
+                        }
+                    });
+                }
+                Report::DeviceAvailable { .. } => self.inner.kick.notify_one(),
             }
-        });
-    }
-
-    fn device_available(&self, _device: &str) {
-        self.inner.kick.notify_one();
+        }
     }
 }
 

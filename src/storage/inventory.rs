@@ -49,6 +49,7 @@ macro_rules! table_access {
         /// Storage failure.
         pub fn $put(tx: &Tx<'_>, value: &$domain) -> Result<(), StoreError> {
             let record: $record = value.into();
+            tx.mark_changed();
             tx.$table()?.insert(value.name.as_str(), encode(&record)?)?;
             Ok(())
         }
@@ -58,6 +59,7 @@ macro_rules! table_access {
         /// # Errors
         /// Storage failure.
         pub fn $remove(tx: &Tx<'_>, name: &str) -> Result<bool, StoreError> {
+            tx.mark_changed();
             Ok(tx.$table()?.remove(name)?.is_some())
         }
     };
@@ -163,6 +165,7 @@ impl IndexKeys {
 /// # Errors
 /// Storage failure.
 pub fn replace_device(tx: &Tx<'_>, old: Option<IndexKeys>, d: &Device) -> Result<(), StoreError> {
+    tx.mark_changed();
     let old_deadline = old.as_ref().and_then(|o| o.deadline);
     let new_deadline = if d.retired {
         None

@@ -192,6 +192,9 @@ struct Inner {
     jobs: mpsc::UnboundedSender<Job>,
     stats: Arc<StoreStats>,
     healthy: Arc<AtomicBool>,
+    /// Bumped after every commit that changed more than the log, so live pages and long
+    /// polls learn that something changed without polling (see [`Store::subscribe`]).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Handle to the store. Cheap to clone.
@@ -228,15 +231,24 @@ impl Store {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(StoreStats::default());
         let healthy = Arc::new(AtomicBool::new(true));
+        let changes = Arc::new(tokio::sync::watch::channel(0).0);
         // Callers are answered from a task on the runtime that opened the store, if any.
         let answer = tokio::runtime::Handle::try_current().ok();
         {
             let db = db.clone();
             let stats = stats.clone();
             let healthy = healthy.clone();
+            let changes = changes.clone();
             std::thread::Builder::new()
                 .name("redb-writer".into())
-                .spawn(move || writer_loop(&db, rx, clock.as_ref(), &stats, &healthy, answer))
+                .spawn(move || {
+                    let shared = Shared {
+                        stats: &stats,
+                        healthy: &healthy,
+                        changes: &changes,
+                    };
+                    writer_loop(&db, rx, clock.as_ref(), &shared, answer);
+                })
                 .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         }
         Ok(Store {
@@ -246,8 +258,16 @@ impl Store {
                 jobs: tx,
                 stats,
                 healthy,
+                changes,
             }),
         })
+    }
+
+    /// A receiver whose value changes after every commit that wrote more than log entries
+    /// (devices, requests, inventory): what the live page and its long poll wait on.
+    #[must_use]
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// The file path.
@@ -428,14 +448,21 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What the writer thread shares with the [`Store`] handles.
+struct Shared<'a> {
+    stats: &'a StoreStats,
+    healthy: &'a AtomicBool,
+    changes: &'a tokio::sync::watch::Sender<u64>,
+}
+
 fn writer_loop(
     db: &Database,
     mut rx: mpsc::UnboundedReceiver<Job>,
     clock: &dyn Clock,
-    stats: &StoreStats,
-    healthy: &AtomicBool,
+    shared: &Shared<'_>,
     answer: Option<tokio::runtime::Handle>,
 ) {
+    let Shared { stats, healthy, .. } = *shared;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut last_now = Millis(0);
     while let Some(first) = rx.blocking_recv() {
@@ -451,7 +478,7 @@ fn writer_loop(
         last_now = now;
         let started = Instant::now();
         let n = batch.len();
-        let outcome = run_batch(db, batch.drain(..), now, stats, answer.as_ref());
+        let outcome = run_batch(db, batch.drain(..), now, shared, answer.as_ref());
         let elapsed = started.elapsed();
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         stats.commit_latency.observe(elapsed);
@@ -480,9 +507,10 @@ fn run_batch(
     db: &Database,
     jobs: impl Iterator<Item = Job>,
     now: Millis,
-    stats: &StoreStats,
+    shared: &Shared<'_>,
     answer: Option<&tokio::runtime::Handle>,
 ) -> bool {
+    let stats = shared.stats;
     let tx = match db.begin_write() {
         Ok(tx) => tx,
         Err(e) => {
@@ -506,6 +534,7 @@ fn run_batch(
         completions.push(done);
     }
     let mut logged = 0;
+    let touched = batch.touched();
     if failed.is_none() {
         match batch.finish() {
             Ok(n) => logged = n,
@@ -529,6 +558,10 @@ fn run_batch(
         }),
     };
     let ok = result.is_ok();
+    if ok && touched {
+        // Before any caller is answered, so a caller that reads the version next sees it.
+        shared.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
     if ok {
         stats
             .log_records

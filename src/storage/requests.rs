@@ -350,6 +350,7 @@ pub fn replace(
             waiting.remove(id)?;
         }
     }
+    tx.mark_changed();
     tx.requests()?.insert(id, encode(&to_record(r))?)?;
     Ok(())
 }

@@ -39,6 +39,9 @@ macro_rules! tx_tables {
         pub struct Tx<'t> {
             tx: &'t WriteTransaction,
             held_logs: RefCell<Vec<(Millis, NewLog)>>,
+            /// A closure wrote a record (device, request, inventory entry): the store tells
+            /// its subscribers after the commit. Log entries and counters do not count.
+            touched: std::cell::Cell<bool>,
             $( $field: Slot<'t, $k, $v>, )+
         }
 
@@ -49,6 +52,7 @@ macro_rules! tx_tables {
                 Tx {
                     tx,
                     held_logs: RefCell::new(Vec::new()),
+                    touched: std::cell::Cell::new(false),
                     $( $field: RefCell::new(None), )+
                 }
             }
@@ -99,6 +103,16 @@ tx_tables! {
 }
 
 impl Tx<'_> {
+    /// Whether a closure of this batch wrote a record.
+    pub(super) fn touched(&self) -> bool {
+        self.touched.get()
+    }
+
+    /// Note that a record was written (every storage function that writes one calls this).
+    pub(super) fn mark_changed(&self) {
+        self.touched.set(true);
+    }
+
     /// Hold a log entry until [`Tx::finish`].
     pub(super) fn hold_log(&self, now: Millis, entry: NewLog) {
         self.held_logs.borrow_mut().push((now, entry));

@@ -280,3 +280,128 @@ async fn a_free_device_that_stops_answering_is_recovered() {
     // The other device was never disturbed.
     assert_eq!(s.state("sim-0002").await, "ready");
 }
+
+/// A child service that a failed test must not leave running.
+struct Served(Option<std::process::Child>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `mozpool serve --simulate 1` as systemd runs it, on `data`; returns the child and its URL.
+async fn serve_child(data: &std::path::Path) -> (Served, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let config = data.join("rack.toml");
+    std::fs::write(
+        &config,
+        format!("{}\n[log]\nlevel = \"warn\"\n", crate::support::FAST_RACK),
+    )
+    .expect("config");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mozpool"))
+        .args(["serve", "--simulate", "1", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data.join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn mozpool serve");
+    (Served(Some(child)), format!("http://127.0.0.1:{port}"))
+}
+
+/// Poll `url`'s device until `pred` holds for its state (or panic after `secs`).
+async fn child_state(http: &reqwest::Client, url: &str, secs: u64, pred: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = http
+            .get(format!("{url}/api/device/sim-0001/state/"))
+            .send()
+            .await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            last = v["state"].as_str().unwrap_or_default().to_owned();
+            if pred(&last) {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("device never reached the state wanted; last {last:?}");
+}
+
+/// Shutdown order: SIGTERM while fastboot hangs mid-flash. The service drains HTTP, then
+/// gives the flash its grace, abandons it with a line in the device's log, exits 0, and the
+/// restart resumes the device (reflashed, ready).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_flash_abandons_it_with_a_log_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = reqwest::Client::new();
+    let (mut child, url) = serve_child(dir.path()).await;
+    child_state(&http, &url, 60, |s| s == "ready").await;
+    let r = http
+        .put(format!("{url}/api/sim/device/sim-0001/faults/"))
+        .json(&json!({"fastboot_hangs": true}))
+        .send()
+        .await
+        .expect("faults");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{url}/api/device/sim-0001/flash/"))
+        .json(&json!({"image": "android"}))
+        .send()
+        .await
+        .expect("flash");
+    assert_eq!(r.status(), 200);
+    child_state(&http, &url, 10, |s| s == "flashing").await;
+    // Let fastboot catch the device in its bootloader and hang there.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut child = child.0.take().expect("running");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let stopping = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "exit status {status}");
+    let took = stopping.elapsed();
+    assert!(
+        took >= mozpool::lifeguard::driver::SAFE_POINT_GRACE,
+        "the flash was given its grace before being abandoned ({took:?})"
+    );
+
+    // Start again on the same data: the log has the abandonment, and the device recovers.
+    let (child, url) = serve_child(dir.path()).await;
+    child_state(&http, &url, 60, |s| s == "ready").await;
+    let log: serde_json::Value = http
+        .get(format!("{url}/api/device/sim-0001/log/"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    drop(child);
+    let lines: Vec<String> = log["log"]
+        .as_array()
+        .expect("log array")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let joined = lines.join("\n");
+    assert!(
+        joined.contains("service stopping: flash of android abandoned"),
+        "{joined}"
+    );
+    assert!(joined.contains("mid-flash"), "{joined}");
+}

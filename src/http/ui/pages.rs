@@ -216,13 +216,10 @@ pub async fn page(ctx: &Ctx, route: Route) -> Response<Body> {
     })
 }
 
-/// The change version: bumps whenever a device or a request changes.
-fn version(d: &tokio::sync::watch::Receiver<u64>, p: &tokio::sync::watch::Receiver<u64>) -> u64 {
-    d.borrow().wrapping_add(*p.borrow())
-}
-
 async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
-    let v = version(&ctx.svc.lifeguard.subscribe(), &ctx.svc.pool.subscribe());
+    // The store's change version: bumps with every commit that changed a device, a
+    // request or the inventory.
+    let v = *ctx.svc.store.subscribe().borrow();
     Ok(ctx.svc.store.read(move |tx| view::pool_view(tx, v)).await?)
 }
 
@@ -235,14 +232,10 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
 pub async fn overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let since = ctx.query.number("since")?;
     let wait = ctx.query.number("wait")?.unwrap_or(0).min(MAX_FEED_WAIT);
-    let mut devices = ctx.svc.lifeguard.subscribe();
-    let mut requests = ctx.svc.pool.subscribe();
-    if wait > 0 && since == Some(version(&devices, &requests)) {
-        devices.borrow_and_update();
-        requests.borrow_and_update();
+    let mut changes = ctx.svc.store.subscribe();
+    if wait > 0 && since == Some(*changes.borrow_and_update()) {
         tokio::select! {
-            _ = devices.changed() => {}
-            _ = requests.changed() => {}
+            _ = changes.changed() => {}
             () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
             () = ctx.svc.shutdown.cancelled() => {}
         }
