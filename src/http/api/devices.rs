@@ -274,7 +274,7 @@ pub async fn put(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError
         .store
         .write(move |tx, now| {
             let outcome = upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
-            let device = inv::device(&*tx.devices()?, &n)?;
+            let device = inv::device_in_tx(tx, &n)?;
             Ok((outcome, device))
         })
         .await?;
@@ -350,7 +350,7 @@ async fn update(
         .svc
         .store
         .write(move |tx, now| {
-            if inv::device(&*tx.devices()?, &n)?.is_none() {
+            if inv::device_in_tx(tx, &n)?.is_none() {
                 return Ok(false);
             }
             upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
@@ -461,13 +461,8 @@ mod tests {
             let stored = flags.clone();
             store
                 .write(move |tx, _| {
-                    let mut names = Vec::new();
-                    inv::for_each_device(&*tx.devices()?, |d| {
-                        names.push(d.name);
-                        Ok(())
-                    })?;
-                    for name in names {
-                        inv::remove_device_record(tx, &name)?;
+                    for d in inv::devices_in_tx(tx)? {
+                        inv::remove_device_record(tx, &d.name)?;
                     }
                     for (i, r) in stored.iter().enumerate() {
                         let mut d = Device::for_test(&format!("panda-{i:02}"), "ready");
