@@ -146,6 +146,10 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
         })
         .transpose()?;
     let img_name = image.to_string();
+    // Read here for the 404 and the boot config keys; the pool reads the image again in its
+    // create transaction (`create_tx`), where `can_reuse` and the keys are taken atomically
+    // with the request. Passing this copy down would save a read, but the transaction's is
+    // the one that counts, so both stay for now.
     let img = ctx
         .svc
         .store
