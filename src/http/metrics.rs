@@ -16,13 +16,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
-
 use crate::domain::histogram::{FAST_BUCKETS, Histogram};
 use crate::hw::metrics::HwMetrics;
 use crate::lifeguard::DeviceState;
-use crate::storage::records::DeviceRecord;
-use crate::storage::{Store, StoreError, decode, logs, tables};
+use crate::storage::{Snapshot, Store, StoreError};
 
 /// Everything recorded as it happens. One per service, shared by `Arc` (held by `App`).
 #[derive(Debug)]
@@ -70,28 +67,26 @@ pub struct StoreCounts {
     pub log_records: u64,
 }
 
-/// Count devices per state and the log, in one read transaction.
+/// Count devices per state and the log, in one read snapshot.
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
+pub fn store_counts(snap: &Snapshot) -> Result<StoreCounts, StoreError> {
     let mut devices: BTreeMap<String, u64> = DeviceState::ALL
         .iter()
         .map(|s| (s.name().to_owned(), 0))
         .collect();
-    for item in tx.open_table(tables::DEVICES)?.iter()? {
-        let (k, v) = item?;
-        let d: crate::domain::model::Device =
-            decode::<DeviceRecord>("devices", k.value(), &v.value())?.into();
+    snap.for_each_device(|d| {
         if !d.retired {
             *devices.entry(d.state).or_insert(0) += 1;
         }
-    }
+        Ok(())
+    })?;
     Ok(StoreCounts {
         devices,
-        requests: requests_per_state(tx)?,
-        requests_stored: tx.open_table(tables::REQUESTS)?.len()?,
-        log_records: logs::count(tx)?,
+        requests: requests_per_state(snap)?,
+        requests_stored: snap.request_count()?,
+        log_records: snap.log_count()?,
     })
 }
 
@@ -102,15 +97,13 @@ pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub fn requests_per_state(
-    tx: &ReadTransaction,
-) -> Result<Option<BTreeMap<String, u64>>, StoreError> {
+pub fn requests_per_state(snap: &Snapshot) -> Result<Option<BTreeMap<String, u64>>, StoreError> {
     let mut out: BTreeMap<String, u64> = crate::domain::request_state::ALL_STATES
         .iter()
         .filter(|s| s.is_open())
         .map(|s| (s.as_str().to_owned(), 0))
         .collect();
-    for r in crate::storage::requests::list(tx, true)? {
+    for r in snap.requests(true)? {
         *out.entry(r.snap.state.as_str().to_owned()).or_insert(0) += 1;
     }
     Ok(Some(out))

@@ -29,7 +29,7 @@ use crate::hw::{
     RelayBoards,
 };
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{Store, StoreError, inventory as inv, tables};
+use crate::storage::{Snapshot, Store, StoreError, inventory as inv};
 
 /// Most fastboot output lines copied into a device's log per flash.
 const MAX_FLASH_LOG_LINES: usize = 400;
@@ -587,7 +587,7 @@ impl Lifeguard {
         let found = self
             .inner
             .store
-            .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &name))
+            .peek(move |snap| snap.image(&name))
             .map_err(|e| (false, e.to_string()))?;
         let Some(img) = found else {
             return Err((true, format!("image {image} is not in the registry")));
@@ -703,7 +703,7 @@ impl Lifeguard {
         let due = self
             .inner
             .store
-            .peek(move |tx| inv::due_devices(&tx.open_table(tables::DEVICE_DEADLINES)?, now, 512));
+            .peek(move |snap| snap.due_devices(now, 512));
         let names: Vec<String> = match due {
             Ok(due) if !due.is_empty() => due.into_iter().map(|(_, n)| n).collect(),
             Ok(_) => return false,
@@ -830,7 +830,7 @@ impl crate::domain::timers::Deadlines for Lifeguard {
     async fn next_deadline(&self) -> Option<Millis> {
         self.inner
             .store
-            .peek(|tx| inv::next_deadline(&tx.open_table(tables::DEVICE_DEADLINES)?))
+            .peek(Snapshot::next_device_deadline)
             .ok()
             .flatten()
     }

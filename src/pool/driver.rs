@@ -34,7 +34,7 @@ use crate::lifeguard::{self, Lifeguard, Refused, Report, Reports};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::records::DeviceRecord;
 use crate::storage::requests::{self, StoredRequest};
-use crate::storage::{Encoded, Store, StoreError, Tx, inventory as inv, next_counter, tables};
+use crate::storage::{Encoded, Snapshot, Store, StoreError, Tx, inventory as inv, next_counter};
 
 /// Deepest chain of request events one call may cause (search → assign → contact → lost →
 /// search ...). Deeper chains continue on the next timer tick.
@@ -320,9 +320,7 @@ impl Pool {
     /// # Errors
     /// Store failure.
     pub async fn get(&self, id: u64) -> Result<Option<StoredRequest>, StoreError> {
-        self.inner
-            .store
-            .peek(move |tx| requests::get(&tx.open_table(tables::REQUESTS)?, id))
+        self.inner.store.peek(move |snap| snap.request(id))
     }
 
     /// The request's 1-based position among waiting requests, if it is waiting.
@@ -334,13 +332,22 @@ impl Pool {
         let now = self.inner.clock.now();
         self.inner
             .store
-            .read(move |tx| {
-                let open = requests::list(tx, true)?;
+            .read(move |snap| {
+                let open = snap.requests(true)?;
                 let waiting = waiting(&open);
                 if !waiting.iter().any(|w| w.id == id) {
                     return Ok(None);
                 }
-                let views = device_views(&tx.open_table(tables::DEVICES)?, &open)?;
+                // As `device_views`, from the read snapshot instead of the writer's tables.
+                let assignees: HashMap<u64, &str> = open
+                    .iter()
+                    .map(|r| (r.snap.id, r.snap.spec.assignee.as_str()))
+                    .collect();
+                let mut views = Vec::with_capacity(snap.device_count()?);
+                snap.for_each_device(|d| {
+                    views.extend(device_view(&d, &assignees));
+                    Ok(())
+                })?;
                 Ok(super::position(&waiting, &views, now, &policy)
                     .into_iter()
                     .find(|(r, _)| *r == id)
@@ -385,7 +392,7 @@ impl Pool {
         let due = self
             .inner
             .store
-            .peek(move |tx| requests::due(&tx.open_table(tables::REQUEST_DEADLINES)?, now, 512));
+            .peek(move |snap| snap.due_requests(now, 512));
         let ids = match due {
             Ok(ids) if !ids.is_empty() => ids,
             Ok(_) => return false,
@@ -973,7 +980,7 @@ impl crate::domain::timers::Deadlines for Pool {
     async fn next_deadline(&self) -> Option<Millis> {
         self.inner
             .store
-            .peek(|tx| requests::next_due(&tx.open_table(tables::REQUEST_DEADLINES)?))
+            .peek(Snapshot::next_request_deadline)
             .ok()
             .flatten()
     }

@@ -1,7 +1,9 @@
 //! Inventory queries and mutations: devices, images, environments, hardware types.
 //!
-//! Readers are generic over redb's `ReadableTable`, so the same function works in a read
-//! snapshot and inside a read-modify-write transaction.
+//! Readers are generic over redb's `ReadableTable`, so the same function serves a read
+//! [`super::Snapshot`] and a read-modify-write transaction. Code outside `storage` reaches
+//! them only through typed entry points: `Snapshot`'s queries, and the `*_in_tx` functions
+//! for write closures, which take the batch's [`Tx`] and open its cached table.
 
 use std::ops::ControlFlow;
 
@@ -13,7 +15,7 @@ use crate::domain::clock::Millis;
 use crate::domain::model::{Device, Environment, HardwareTypeInfo, Image};
 
 macro_rules! table_access {
-    ($get:ident, $list:ident, $put:ident, $remove:ident, $table:ident, $name:literal, $record:ty, $domain:ty) => {
+    ($get:ident, $list:ident, $get_in_tx:ident, $list_in_tx:ident, $put:ident, $remove:ident, $table:ident, $name:literal, $record:ty, $domain:ty) => {
         #[doc = concat!("One entry of `", $name, "` by name.")]
         ///
         /// # Errors
@@ -43,6 +45,23 @@ macro_rules! table_access {
             Ok(out)
         }
 
+        #[doc = concat!("One entry of `", $name, "` by name, read inside a write closure (to decide")]
+        /// before writing).
+        ///
+        /// # Errors
+        /// Storage failure or a corrupt record.
+        pub fn $get_in_tx(tx: &Tx<'_>, name: &str) -> Result<Option<$domain>, StoreError> {
+            $get(&*tx.$table()?, name)
+        }
+
+        #[doc = concat!("Every entry of `", $name, "`, ordered by name, read inside a write closure.")]
+        ///
+        /// # Errors
+        /// Storage failure or a corrupt record.
+        pub fn $list_in_tx(tx: &Tx<'_>) -> Result<Vec<$domain>, StoreError> {
+            $list(&*tx.$table()?)
+        }
+
         #[doc = concat!("Insert or replace an entry of `", $name, "`.")]
         ///
         /// # Errors
@@ -68,6 +87,8 @@ macro_rules! table_access {
 table_access!(
     device,
     devices,
+    device_in_tx,
+    devices_in_tx,
     put_device_record,
     remove_device_record,
     devices,
@@ -295,6 +316,8 @@ pub fn next_deadline(
 table_access!(
     image,
     images,
+    image_in_tx,
+    images_in_tx,
     put_image,
     remove_image,
     images,
@@ -305,6 +328,8 @@ table_access!(
 table_access!(
     environment,
     environments,
+    environment_in_tx,
+    environments_in_tx,
     put_environment,
     remove_environment,
     environments,
@@ -315,6 +340,8 @@ table_access!(
 table_access!(
     hardware_type,
     hardware_types,
+    hardware_type_in_tx,
+    hardware_types_in_tx,
     put_hardware_type,
     remove_hardware_type,
     hardware_types,

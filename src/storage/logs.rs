@@ -168,7 +168,7 @@ pub struct LogQuery {
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub fn query(tx: &ReadTransaction, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+pub(super) fn query(tx: &ReadTransaction, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
     let logs = tx.open_table(LOGS)?;
     let upper = q.before.map_or(u64::MAX, |b| b.saturating_sub(1));
     let mut out = Vec::new();
@@ -266,7 +266,7 @@ pub struct Retention {
 ///
 /// # Errors
 /// Storage failure.
-pub fn count(tx: &ReadTransaction) -> Result<u64, StoreError> {
+pub(super) fn count(tx: &ReadTransaction) -> Result<u64, StoreError> {
     Ok(tx.open_table(LOGS)?.len()?)
 }
 

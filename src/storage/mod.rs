@@ -12,6 +12,8 @@
 //! aborts the whole batch: every caller in it gets an error and nothing is committed.
 //!
 //! Reads run on tokio's blocking pool in their own MVCC snapshot and never wait for writes.
+//! Read closures get a [`Snapshot`], whose typed queries are the only way callers outside
+//! this module read the store: they never see redb, its tables or the on-disk records.
 
 pub mod backup;
 mod codec;
@@ -19,6 +21,7 @@ pub mod inventory;
 pub mod logs;
 pub mod records;
 pub mod requests;
+mod snapshot;
 pub mod tables;
 mod tx;
 
@@ -27,10 +30,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
+pub use snapshot::Snapshot;
 pub use tx::{TableMut, Tx};
 
 use crate::domain::clock::{Clock, Millis};
@@ -350,22 +354,19 @@ impl Store {
         Ok(rx)
     }
 
-    /// Run `f` on a read snapshot, on the blocking pool.
+    /// Run `f` on a read [`Snapshot`], on the blocking pool.
     ///
     /// # Errors
     /// `f`'s error, or a failed task.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Snapshot) -> Result<T, StoreError> + Send + 'static,
     {
         let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_read()?;
-            f(&tx)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&Snapshot::new(db.begin_read()?)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// A short read on the calling thread: a point lookup or a scan bounded by a small
@@ -376,7 +377,7 @@ impl Store {
     /// `f`'s error.
     pub fn peek<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+        F: FnOnce(&Snapshot) -> Result<T, StoreError>,
     {
         self.read_blocking(f)
     }
@@ -387,10 +388,9 @@ impl Store {
     /// `f`'s error.
     pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+        F: FnOnce(&Snapshot) -> Result<T, StoreError>,
     {
-        let tx = self.inner.db.begin_read()?;
-        f(&tx)
+        f(&Snapshot::new(self.inner.db.begin_read()?))
     }
 }
 

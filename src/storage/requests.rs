@@ -195,7 +195,10 @@ pub fn get(
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
-pub fn list(tx: &redb::ReadTransaction, open_only: bool) -> Result<Vec<StoredRequest>, StoreError> {
+pub(super) fn list(
+    tx: &redb::ReadTransaction,
+    open_only: bool,
+) -> Result<Vec<StoredRequest>, StoreError> {
     let requests = tx.open_table(REQUESTS)?;
     let mut out = Vec::new();
     if open_only {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use mozpool::domain::clock::{ManualClock, Millis};
 use mozpool::domain::model::LogEntry;
-use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, count, prune, query};
+use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, prune};
 use mozpool::storage::records::{LogRecord, LogV1};
-use mozpool::storage::{Encoded, Store, tables};
+use mozpool::storage::{Encoded, Snapshot, Store, tables};
 use redb::ReadableTableMetadata;
 
 const START: Millis = Millis(1_764_000_000_000);
@@ -29,7 +29,9 @@ impl Lcg {
 }
 
 fn read(store: &Store, q: LogQuery) -> Vec<LogEntry> {
-    store.read_blocking(move |tx| query(tx, &q)).expect("query")
+    store
+        .read_blocking(move |snap| snap.logs(&q))
+        .expect("query")
 }
 
 /// Every entry, newest first, by a scan of the whole log.
@@ -211,7 +213,7 @@ async fn a_subjects_history_is_exactly_its_entries_however_it_is_read() {
     }
     // A subject whose every entry is pruned has no chain head left behind.
     let heads_before = store
-        .read_blocking(|tx| Ok(tx.open_table(tables::LOG_HEADS)?.len()?))
+        .read_blocking(|snap| Ok(snap.redb_for_tests().open_table(tables::LOG_HEADS)?.len()?))
         .expect("heads");
     write_random(&store, &clock, &mut rng, 500).await;
     store
@@ -225,9 +227,9 @@ async fn a_subjects_history_is_exactly_its_entries_however_it_is_read() {
         .await
         .expect("write");
     keep_newest(&store, 0).await;
-    assert_eq!(store.read_blocking(count).expect("count"), 0);
+    assert_eq!(store.read_blocking(Snapshot::log_count).expect("count"), 0);
     let heads_after = store
-        .read_blocking(|tx| Ok(tx.open_table(tables::LOG_HEADS)?.len()?))
+        .read_blocking(|snap| Ok(snap.redb_for_tests().open_table(tables::LOG_HEADS)?.len()?))
         .expect("heads");
     assert!(heads_before > 0);
     assert_eq!(heads_after, 0, "heads of pruned subjects are removed");

@@ -457,8 +457,9 @@ fn assert_request_indexes_match_records(s: &TestServer) {
     let grace = s.app.pool.timings().grace;
     s.app
         .store
-        .read_blocking(|tx| {
-            let all = requests::list(tx, false)?;
+        .read_blocking(|snap| {
+            let all = snap.requests(false)?;
+            let tx = snap.redb_for_tests();
             let keys = |t| -> Result<Vec<u64>, mozpool::storage::StoreError> {
                 let mut out = Vec::new();
                 for item in tx.open_table(t)?.iter()? {

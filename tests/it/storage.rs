@@ -6,9 +6,9 @@ use std::time::Duration;
 use mozpool::domain::clock::{ManualClock, Millis};
 use mozpool::domain::model::device_subject;
 use mozpool::storage::inventory as inv;
-use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, count, prune, query};
+use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, prune};
 use mozpool::storage::records::{DeviceRecord, LogRecord};
-use mozpool::storage::{Encoded, Store, decode_bytes, tables};
+use mozpool::storage::{Encoded, Snapshot, Store, decode_bytes, tables};
 
 const START: Millis = Millis(1_764_000_000_000);
 
@@ -30,7 +30,11 @@ async fn log_queries_by_subject_time_and_page() {
             .expect("append");
         clock.advance(Duration::from_secs(1));
     }
-    let read = |q: LogQuery| store.read_blocking(move |tx| query(tx, &q)).expect("query");
+    let read = |q: LogQuery| {
+        store
+            .read_blocking(move |snap| snap.logs(&q))
+            .expect("query")
+    };
     // By subject, newest first, limited.
     let a = read(LogQuery {
         subject: Some(device_subject("a")),
@@ -99,17 +103,14 @@ async fn retention_by_count_and_age_removes_index_too() {
         .await
         .expect("prune");
     assert_eq!(removed, 20);
-    assert_eq!(store.read_blocking(count).expect("count"), 80);
+    assert_eq!(store.read_blocking(Snapshot::log_count).expect("count"), 80);
     let oldest = store
-        .read_blocking(|tx| {
-            query(
-                tx,
-                &LogQuery {
-                    subject: Some(device_subject("d")),
-                    limit: 1000,
-                    ..LogQuery::default()
-                },
-            )
+        .read_blocking(|snap| {
+            snap.logs(&LogQuery {
+                subject: Some(device_subject("d")),
+                limit: 1000,
+                ..LogQuery::default()
+            })
         })
         .expect("q");
     assert_eq!(
@@ -135,7 +136,7 @@ async fn retention_by_count_and_age_removes_index_too() {
         }
     }
     assert_eq!(total, 50);
-    assert_eq!(store.read_blocking(count).expect("count"), 30);
+    assert_eq!(store.read_blocking(Snapshot::log_count).expect("count"), 30);
 }
 
 #[tokio::test]
@@ -172,7 +173,10 @@ async fn concurrent_writes_are_grouped_and_all_durable() {
         Arc::new(ManualClock::new(START)),
     )
     .expect("reopen");
-    assert_eq!(store.read_blocking(count).expect("count"), 200);
+    assert_eq!(
+        store.read_blocking(Snapshot::log_count).expect("count"),
+        200
+    );
 }
 
 #[tokio::test]
@@ -203,14 +207,11 @@ async fn a_batch_writes_its_log_entries_in_order_and_an_aborted_batch_none() {
         t.await.expect("join").expect("write");
     }
     let all = store
-        .read_blocking(|tx| {
-            query(
-                tx,
-                &LogQuery {
-                    limit: 1000,
-                    ..LogQuery::default()
-                },
-            )
+        .read_blocking(|snap| {
+            snap.logs(&LogQuery {
+                limit: 1000,
+                ..LogQuery::default()
+            })
         })
         .expect("query");
     assert_eq!(all.len(), 200);
@@ -234,14 +235,11 @@ async fn a_batch_writes_its_log_entries_in_order_and_an_aborted_batch_none() {
         .await
         .expect("write");
     let newest = store
-        .read_blocking(|tx| {
-            query(
-                tx,
-                &LogQuery {
-                    limit: 2,
-                    ..LogQuery::default()
-                },
-            )
+        .read_blocking(|snap| {
+            snap.logs(&LogQuery {
+                limit: 2,
+                ..LogQuery::default()
+            })
         })
         .expect("query");
     assert_eq!(newest[0].message, "after");
@@ -346,7 +344,7 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
     old_store(&path, None);
     let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
     let d = store
-        .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
+        .read_blocking(|snap| snap.device("panda-0042"))
         .expect("read")
         .expect("present");
     assert_eq!(d.state, "ready");
@@ -366,13 +364,14 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
         .write_blocking(move |tx, _| inv::put_device(tx, &again))
         .expect("write");
     let d2 = store
-        .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
+        .read_blocking(|snap| snap.device("panda-0042"))
         .expect("read")
         .expect("present");
     assert_eq!(d, d2);
     let raw = store
-        .read_blocking(|tx| {
-            Ok(tx
+        .read_blocking(|snap| {
+            Ok(snap
+                .redb_for_tests()
                 .open_table(tables::DEVICES)?
                 .get("panda-0042")?
                 .map(|g| g.value().bytes().to_vec()))
@@ -399,7 +398,12 @@ fn reopen(path: &std::path::Path) -> Store {
 
 fn free_names(store: &Store, image: Option<&'static str>) -> Vec<String> {
     store
-        .read_blocking(|tx| inv::free_device_names(&tx.open_table(tables::FREE_DEVICES)?, image))
+        .read_blocking(|snap| {
+            inv::free_device_names(
+                &snap.redb_for_tests().open_table(tables::FREE_DEVICES)?,
+                image,
+            )
+        })
         .expect("free index")
 }
 
@@ -415,7 +419,7 @@ fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write()
     assert_eq!(free_names(&store, Some("")), ["panda-0042"]);
     let get = |store: &Store| {
         store
-            .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
+            .read_blocking(|snap| snap.device("panda-0042"))
             .expect("read")
             .expect("present")
     };
@@ -471,9 +475,7 @@ fn corrupt_record_is_an_error_not_a_panic() {
         tx.commit().expect("commit");
     }
     let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
-    let err = store
-        .read_blocking(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
-        .expect_err("corrupt");
+    let err = store.read_blocking(Snapshot::devices).expect_err("corrupt");
     assert!(
         err.to_string().contains("corrupt record in devices"),
         "{err}"

@@ -28,7 +28,7 @@ use crate::app::App;
 use crate::app::config::Config;
 use crate::cli::client::ApiClient;
 use crate::domain::clock::{Clock, Millis, SystemClock};
-use crate::storage::logs::{LogQuery, NewLog, append, query};
+use crate::storage::logs::{LogQuery, NewLog, append};
 use crate::storage::{Store, inventory as inv};
 
 /// `mozpool bench`.
@@ -368,7 +368,7 @@ fn device(
 async fn seed(app: &App, deadline: Option<Millis>) -> anyhow::Result<()> {
     app.store
         .write(move |tx, _| {
-            let devices = inv::devices(&*tx.devices()?)?;
+            let devices = inv::devices_in_tx(tx)?;
             for mut d in devices {
                 d.state = "ready".into();
                 d.request = None;
@@ -1041,7 +1041,7 @@ async fn logs(n: u64, figs: &mut Figures) -> anyhow::Result<()> {
             ..LogQuery::default()
         };
         let t = Instant::now();
-        let rows = store.read(move |tx| query(tx, &q)).await?;
+        let rows = store.read(move |snap| snap.logs(&q)).await?;
         by_subject.push(t.elapsed());
         if rows.is_empty() {
             bail!("the log query found nothing");
@@ -1051,7 +1051,7 @@ async fn logs(n: u64, figs: &mut Figures) -> anyhow::Result<()> {
             ..LogQuery::default()
         };
         let t = Instant::now();
-        store.read(move |tx| query(tx, &q)).await?;
+        store.read(move |snap| snap.logs(&q)).await?;
         newest.push(t.elapsed());
     }
     let mut sizes = BTreeMap::new();

@@ -3,7 +3,6 @@
 
 use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Response, StatusCode};
-use redb::ReadableTable;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -15,9 +14,8 @@ use crate::http::body::{Body, bytes_response, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::inventory::{DeviceFields, Upsert, retire_device, upsert_device};
-use crate::storage::logs::{LogQuery, query};
-use crate::storage::records::DeviceRecord;
-use crate::storage::{Encoded, StoreError, inventory as inv, tables};
+use crate::storage::logs::LogQuery;
+use crate::storage::{Snapshot, StoreError, inventory as inv};
 
 /// The device JSON of `/api/device/list/?details=1`: the original's 13 keys plus the new
 /// inventory fields.
@@ -129,7 +127,7 @@ pub(super) async fn load(ctx: &Ctx, name: &DeviceName) -> Result<Device, ApiErro
     let n = name.to_string();
     ctx.svc
         .store
-        .peek(move |tx| inv::device(&tx.open_table(tables::DEVICES)?, &n))?
+        .peek(move |snap| snap.device(&n))?
         .ok_or_else(|| ApiError::not_found(format!("no device named {name}")))
 }
 
@@ -145,15 +143,14 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let body = ctx
         .svc
         .store
-        .read(move |tx| {
-            let table = tx.open_table(tables::DEVICES)?;
-            let n = usize::try_from(redb::ReadableTableMetadata::len(&table)?).unwrap_or(0);
+        .read(move |snap| {
+            let n = snap.device_count()?;
             let parts = if details && threads > 1 && n >= PARALLEL_DETAILS_FROM {
                 2
             } else {
                 1
             };
-            list_json(&table, n, details, retired, parts)
+            list_json(snap, n, details, retired, parts)
         })
         .await?;
     Ok(bytes_response(
@@ -176,14 +173,14 @@ fn cores() -> usize {
 /// lists and the names-only list stay on one thread.
 pub const PARALLEL_DETAILS_FROM: usize = 2000;
 
-/// The device list's JSON (`{"devices": [...]}`) from `table` of `n` devices, written in
+/// The device list's JSON (`{"devices": [...]}`) from `snap`'s `n` devices, written in
 /// `parts` (1 or 2) name ranges, the second on a scoped thread. The bytes do not depend on
 /// `parts`.
 ///
 /// # Errors
 /// Storage failure or a corrupt record.
 pub fn list_json(
-    table: &(impl ReadableTable<&'static str, Encoded<DeviceRecord>> + Sync),
+    snap: &Snapshot,
     n: usize,
     details: bool,
     retired: bool,
@@ -195,13 +192,13 @@ pub fn list_json(
     let mut out = Vec::with_capacity(64 + n.saturating_mul(per));
     out.extend_from_slice(b"{\"devices\":[");
     let split = if parts > 1 {
-        inv::nth_device_name(table, n / 2)?
+        snap.nth_device_name(n / 2)?
     } else {
         None
     };
     match split {
         None => {
-            entries(table, .., details, retired, &mut out)?;
+            entries(snap, .., details, retired, &mut out)?;
         }
         Some(mid) => {
             let mid = mid.as_str();
@@ -209,9 +206,9 @@ pub fn list_json(
             std::thread::scope(|s| {
                 let later = s.spawn(move || {
                     let mut v = Vec::with_capacity(cap);
-                    entries(table, mid.., details, retired, &mut v).map(|any| (any, v))
+                    entries(snap, mid.., details, retired, &mut v).map(|any| (any, v))
                 });
-                let first = entries(table, ..mid, details, retired, &mut out);
+                let first = entries(snap, ..mid, details, retired, &mut out);
                 let later = later
                     .join()
                     .map_err(|_| StoreError::Task("the device list's second half panicked".into()));
@@ -231,14 +228,14 @@ pub fn list_json(
 /// Append the list entries of the devices named in `names` to `out`, comma-separated.
 /// Returns whether it wrote any.
 fn entries<'a>(
-    table: &impl ReadableTable<&'static str, Encoded<DeviceRecord>>,
+    snap: &Snapshot,
     names: impl std::ops::RangeBounds<&'a str> + 'a,
     details: bool,
     retired: bool,
     out: &mut Vec<u8>,
 ) -> Result<bool, StoreError> {
     let mut first = true;
-    inv::for_each_device_in(table, names, |d| {
+    snap.for_each_device_in(names, |d| {
         if d.retired && !retired {
             return Ok(());
         }
@@ -277,7 +274,7 @@ pub async fn put(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError
         .store
         .write(move |tx, now| {
             let outcome = upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
-            let device = inv::device(&*tx.devices()?, &n)?;
+            let device = inv::device_in_tx(tx, &n)?;
             Ok((outcome, device))
         })
         .await?;
@@ -353,7 +350,7 @@ async fn update(
         .svc
         .store
         .write(move |tx, now| {
-            if inv::device(&*tx.devices()?, &n)?.is_none() {
+            if inv::device_in_tx(tx, &n)?.is_none() {
                 return Ok(false);
             }
             upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
@@ -370,7 +367,7 @@ async fn update(
 /// Read a device's log, newest first.
 async fn recent(ctx: &Ctx, name: &DeviceName, q: LogQuery) -> Result<Vec<Value>, ApiError> {
     load(ctx, name).await?;
-    let entries = ctx.svc.store.read(move |tx| query(tx, &q)).await?;
+    let entries = ctx.svc.store.read(move |snap| snap.logs(&q)).await?;
     Ok(entries.iter().rev().map(entry_json).collect())
 }
 
@@ -464,13 +461,8 @@ mod tests {
             let stored = flags.clone();
             store
                 .write(move |tx, _| {
-                    let mut names = Vec::new();
-                    inv::for_each_device(&*tx.devices()?, |d| {
-                        names.push(d.name);
-                        Ok(())
-                    })?;
-                    for name in names {
-                        inv::remove_device_record(tx, &name)?;
+                    for d in inv::devices_in_tx(tx)? {
+                        inv::remove_device_record(tx, &d.name)?;
                     }
                     for (i, r) in stored.iter().enumerate() {
                         let mut d = Device::for_test(&format!("panda-{i:02}"), "ready");
@@ -484,11 +476,10 @@ mod tests {
             for details in [false, true] {
                 for include_retired in [false, true] {
                     let (one, two) = store
-                        .read_blocking(|tx| {
-                            let t = tx.open_table(tables::DEVICES)?;
+                        .read_blocking(|snap| {
                             Ok((
-                                list_json(&t, n, details, include_retired, 1)?,
-                                list_json(&t, n, details, include_retired, 2)?,
+                                list_json(snap, n, details, include_retired, 1)?,
+                                list_json(snap, n, details, include_retired, 2)?,
                             ))
                         })
                         .expect("lists");

@@ -11,8 +11,8 @@ use crate::http::body::{Body, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::storage::Tx;
+use crate::storage::inventory as inv;
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{inventory as inv, tables};
 
 /// Longest description accepted.
 const MAX_DESCRIPTION: usize = 1000;
@@ -32,11 +32,7 @@ fn image_json(i: &Image, id: usize) -> Value {
 
 /// `GET /api/image/list/`: images that are not hidden, in the original's shape.
 pub async fn image_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let images = ctx
-        .svc
-        .store
-        .read(|tx| inv::images(&tx.open_table(tables::IMAGES)?))
-        .await?;
+    let images = ctx.svc.store.read(|snap| snap.images()).await?;
     let list: Vec<Value> = images
         .iter()
         .enumerate()
@@ -48,11 +44,7 @@ pub async fn image_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `GET /api/image/{name}/details/` (hidden images too).
 pub async fn image_details(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, ApiError> {
-    let images = ctx
-        .svc
-        .store
-        .read(|tx| inv::images(&tx.open_table(tables::IMAGES)?))
-        .await?;
+    let images = ctx.svc.store.read(|snap| snap.images()).await?;
     images
         .iter()
         .enumerate()
@@ -180,7 +172,7 @@ pub async fn image_put(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, Api
             .collect(),
     };
     put_entry(ctx, format!("image {name}"), move |tx| {
-        let existed = inv::image(&*tx.images()?, &image.name)?.is_some();
+        let existed = inv::image_in_tx(tx, &image.name)?.is_some();
         inv::put_image(tx, &image)?;
         Ok(existed)
     })
@@ -202,12 +194,7 @@ pub async fn environment_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let (envs, devices) = ctx
         .svc
         .store
-        .read(|tx| {
-            Ok((
-                inv::environments(&tx.open_table(tables::ENVIRONMENTS)?)?,
-                inv::devices(&tx.open_table(tables::DEVICES)?)?,
-            ))
-        })
+        .read(|snap| Ok((snap.environments()?, snap.devices()?)))
         .await?;
     let mut names: std::collections::BTreeSet<String> = envs.into_iter().map(|e| e.name).collect();
     names.extend(
@@ -240,7 +227,7 @@ pub async fn environment_put(ctx: &Ctx, name: EnvironmentName) -> Result<Respons
         description: b.description,
     };
     put_entry(ctx, format!("environment {name}"), move |tx| {
-        let existed = inv::environment(&*tx.environments()?, &env.name)?.is_some();
+        let existed = inv::environment_in_tx(tx, &env.name)?.is_some();
         inv::put_environment(tx, &env)?;
         Ok(existed)
     })
@@ -261,11 +248,7 @@ pub async fn environment_delete(
 
 /// `GET /api/hardware-type/list/`.
 pub async fn hardware_type_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let types = ctx
-        .svc
-        .store
-        .read(|tx| inv::hardware_types(&tx.open_table(tables::HARDWARE_TYPES)?))
-        .await?;
+    let types = ctx.svc.store.read(|snap| snap.hardware_types()).await?;
     Ok(ok(&json!({ "hardware_types": types })))
 }
 
@@ -282,7 +265,7 @@ pub async fn hardware_type_put(ctx: &Ctx, name: HardwareType) -> Result<Response
         description: b.description,
     };
     put_entry(ctx, format!("hardware type {name}"), move |tx| {
-        let existed = inv::hardware_type(&*tx.hardware_types()?, &h.name)?.is_some();
+        let existed = inv::hardware_type_in_tx(tx, &h.name)?.is_some();
         inv::put_hardware_type(tx, &h)?;
         Ok(existed)
     })

@@ -16,7 +16,6 @@ use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::lifeguard::store::ApplyError;
 use crate::lifeguard::{DeliverError, Event};
-use crate::storage::{inventory as inv, tables};
 
 /// Map a delivery failure to the API's answer.
 fn deliver_error(e: DeliverError) -> ApiError {
@@ -79,10 +78,7 @@ async fn please_image(ctx: &Ctx, name: &DeviceName) -> Result<Response<Body>, Ap
     let body: ImageBody = json(&ctx.body)?;
     let boot_config = boot_config_text(body.boot_config)?;
     let image = body.image.to_string();
-    let found = ctx
-        .svc
-        .store
-        .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &image))?;
+    let found = ctx.svc.store.peek(move |snap| snap.image(&image))?;
     let Some(img) = found else {
         return Err(ApiError::not_found(format!(
             "no image named {}",

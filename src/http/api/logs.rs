@@ -10,7 +10,7 @@ use crate::domain::names::{DeviceName, check_name};
 use crate::http::body::{Body, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
-use crate::storage::logs::{LogQuery, query as run_query};
+use crate::storage::logs::LogQuery;
 
 /// Most entries one call returns.
 pub const MAX_LIMIT: u64 = 10_000;
@@ -59,7 +59,7 @@ pub async fn query(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         before: q.number("before")?,
         limit: usize::try_from(limit).unwrap_or(100),
     };
-    let entries = ctx.svc.store.read(move |tx| run_query(tx, &lq)).await?;
+    let entries = ctx.svc.store.read(move |snap| snap.logs(&lq)).await?;
     let next = entries.last().map(|e| e.seq);
     let rows: Vec<Value> = entries.iter().map(entry_json).collect();
     Ok(ok(&json!({ "log": rows, "next_before": next })))

@@ -17,7 +17,6 @@ use crate::http::error::ApiError;
 use crate::http::route::RelayOp;
 use crate::hw::RelayAddr;
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{inventory as inv, tables};
 
 fn hw_error(e: &crate::hw::Error) -> ApiError {
     match e {
@@ -31,11 +30,7 @@ fn hw_error(e: &crate::hw::Error) -> ApiError {
 
 /// `GET /api/relay/list/`: every board's health and the devices wired to it.
 pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let devices = ctx
-        .svc
-        .store
-        .read(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
-        .await?;
+    let devices = ctx.svc.store.read(|snap| snap.devices()).await?;
     let boards: Vec<Value> = ctx
         .svc
         .lifeguard
@@ -106,11 +101,7 @@ pub async fn channel(
         Ok(()) => "done".to_owned(),
         Err(e) => format!("failed: {e}"),
     };
-    let devices = ctx
-        .svc
-        .store
-        .read(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
-        .await?;
+    let devices = ctx.svc.store.read(|snap| snap.devices()).await?;
     let mut subjects = vec![format!("board:{board}")];
     subjects.extend(
         devices

@@ -15,9 +15,8 @@ use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::pool::driver::settled;
 use crate::pool::{DeviceChoice, Event, ImagingResult, PoolError, RequestSpec};
-use crate::storage::logs::{LogQuery, query};
-use crate::storage::requests::{self as reqs, StoredRequest};
-use crate::storage::{inventory as inv, tables};
+use crate::storage::logs::LogQuery;
+use crate::storage::requests::StoredRequest;
 
 /// Longest accepted `wait` on a status long poll.
 const MAX_STATUS_WAIT: u64 = 300;
@@ -147,10 +146,14 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
         })
         .transpose()?;
     let img_name = image.to_string();
+    // Read here for the 404 and the boot config keys; the pool reads the image again in its
+    // create transaction (`create_tx`), where `can_reuse` and the keys are taken atomically
+    // with the request. Passing this copy down would save a read, but the transaction's is
+    // the one that counts, so both stay for now.
     let img = ctx
         .svc
         .store
-        .peek(move |tx| inv::image(&tx.open_table(tables::IMAGES)?, &img_name))?
+        .peek(move |snap| snap.image(&img_name))?
         .ok_or_else(|| ApiError::not_found(format!("no image named {image}")))?;
     let mut boot_config = BTreeMap::new();
     for key in &img.boot_config_keys {
@@ -192,12 +195,7 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let (requests, devices) = ctx
         .svc
         .store
-        .read(move |tx| {
-            Ok((
-                reqs::list(tx, !include_closed)?,
-                inv::devices(&tx.open_table(tables::DEVICES)?)?,
-            ))
-        })
+        .read(move |snap| Ok((snap.requests(!include_closed)?, snap.devices()?)))
         .await?;
     let states: HashMap<&str, &str> = devices
         .iter()
@@ -253,7 +251,7 @@ async fn log_rows(ctx: &Ctx, id: u64, limit: usize) -> Result<Vec<Value>, ApiErr
         limit,
         ..LogQuery::default()
     };
-    let entries = ctx.svc.store.read(move |tx| query(tx, &q)).await?;
+    let entries = ctx.svc.store.read(move |snap| snap.logs(&q)).await?;
     Ok(entries.iter().rev().map(entry_json).collect())
 }
 

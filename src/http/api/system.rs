@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::http::body::{Body, bytes_response, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
-use crate::storage::logs;
+use crate::storage::Snapshot;
 
 /// `GET /api/version/`.
 pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
@@ -34,7 +34,7 @@ pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 /// not a 503).
 pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let store = &ctx.svc.store;
-    let read = store.read(logs::count).await;
+    let read = store.read(Snapshot::log_count).await;
     let committed = store.healthy();
     let storage_ok = read.is_ok() && committed;
     let stats = store.stats();

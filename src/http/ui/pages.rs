@@ -18,9 +18,7 @@ use crate::http::body::{Body, bytes_response, error_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::http::route::Route;
-use crate::storage::logs::{LogQuery, query};
-use crate::storage::requests as reqs;
-use crate::storage::{inventory as inv, tables};
+use crate::storage::logs::LogQuery;
 
 /// Log lines on the device page's first screen (and per "older" page).
 pub const LOG_PAGE: usize = 50;
@@ -220,7 +218,11 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
     // The store's change version: bumps with every commit that changed a device, a
     // request or the inventory.
     let v = *ctx.svc.store.subscribe().borrow();
-    Ok(ctx.svc.store.read(move |tx| view::pool_view(tx, v)).await?)
+    Ok(ctx
+        .svc
+        .store
+        .read(move |snap| view::pool_view(snap, v))
+        .await?)
 }
 
 /// `GET /api/pool/overview/[?since=V&wait=N]`: the [`view::PoolView`] as JSON. With `since`
@@ -257,14 +259,14 @@ async fn device(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError>
     let (dv, log) = ctx
         .svc
         .store
-        .read(move |tx| {
-            let dv = view::load_device_view(tx, &n)?;
+        .read(move |snap| {
+            let dv = view::load_device_view(snap, &n)?;
             let q = LogQuery {
                 subject: Some(device_subject(&n)),
                 limit: LOG_PAGE,
                 ..LogQuery::default()
             };
-            let log: Vec<LogLineView> = query(tx, &q)?.iter().map(LogLineView::from).collect();
+            let log: Vec<LogLineView> = snap.logs(&q)?.iter().map(LogLineView::from).collect();
             Ok((dv, log))
         })
         .await?;
@@ -291,9 +293,9 @@ async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let rows = ctx
         .svc
         .store
-        .read(move |tx| {
-            let requests = reqs::list(tx, !include_closed)?;
-            let devices = inv::devices(&tx.open_table(tables::DEVICES)?)?;
+        .read(move |snap| {
+            let requests = snap.requests(!include_closed)?;
+            let devices = snap.devices()?;
             Ok(view::request_rows(&requests, &devices))
         })
         .await?;
@@ -310,11 +312,7 @@ async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 async fn relays(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let devices = ctx
-        .svc
-        .store
-        .read(|tx| inv::devices(&tx.open_table(tables::DEVICES)?))
-        .await?;
+    let devices = ctx.svc.store.read(|snap| snap.devices()).await?;
     let status = ctx.svc.lifeguard.hardware().boards.status();
     let boards = view::boards(status, &devices);
     let c = context! {

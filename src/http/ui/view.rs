@@ -10,9 +10,9 @@ use serde::Serialize;
 use crate::domain::model::{Device, LogEntry, device_subject};
 use crate::hw::relay::BoardStatus;
 use crate::lifeguard::{DeviceState, StateClass};
-use crate::storage::logs::{LogQuery, query};
-use crate::storage::requests::{self as reqs, StoredRequest};
-use crate::storage::{StoreError, inventory as inv, tables};
+use crate::storage::logs::LogQuery;
+use crate::storage::requests::StoredRequest;
+use crate::storage::{Snapshot, StoreError};
 
 /// A time for people: `2026-11-25 09:44:28` (UTC, whole seconds).
 #[must_use]
@@ -117,13 +117,13 @@ pub struct PoolView {
 /// Log lines scanned per device for its newest non-API line.
 const LAST_LOG_SCAN: usize = 25;
 
-fn last_log(tx: &redb::ReadTransaction, device: &str) -> Result<Option<LogEntry>, StoreError> {
+fn last_log(snap: &Snapshot, device: &str) -> Result<Option<LogEntry>, StoreError> {
     let q = LogQuery {
         subject: Some(device_subject(device)),
         limit: LAST_LOG_SCAN,
         ..LogQuery::default()
     };
-    Ok(query(tx, &q)?.into_iter().find(|e| e.source != "api"))
+    Ok(snap.logs(&q)?.into_iter().find(|e| e.source != "api"))
 }
 
 fn holders(requests: &[StoredRequest]) -> HashMap<String, &StoredRequest> {
@@ -158,16 +158,13 @@ fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> Dev
 ///
 /// # Errors
 /// Storage failure.
-pub fn pool_view(tx: &redb::ReadTransaction, version: u64) -> Result<PoolView, StoreError> {
-    let devices: Vec<Device> = inv::devices(&tx.open_table(tables::DEVICES)?)?
-        .into_iter()
-        .filter(|d| !d.retired)
-        .collect();
-    let requests = reqs::list(tx, true)?;
+pub fn pool_view(snap: &Snapshot, version: u64) -> Result<PoolView, StoreError> {
+    let devices: Vec<Device> = snap.devices()?.into_iter().filter(|d| !d.retired).collect();
+    let requests = snap.requests(true)?;
     let held = holders(&requests);
     let mut rows = Vec::with_capacity(devices.len());
     for d in &devices {
-        let log = last_log(tx, &d.name)?;
+        let log = last_log(snap, &d.name)?;
         rows.push(row(d, held.get(&d.name).copied(), log));
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
@@ -321,16 +318,13 @@ pub fn device_view(
 ///
 /// # Errors
 /// Storage failure.
-pub fn load_device_view(
-    tx: &redb::ReadTransaction,
-    name: &str,
-) -> Result<Option<DeviceView>, StoreError> {
-    let Some(d) = inv::device(&tx.open_table(tables::DEVICES)?, name)? else {
+pub fn load_device_view(snap: &Snapshot, name: &str) -> Result<Option<DeviceView>, StoreError> {
+    let Some(d) = snap.device(name)? else {
         return Ok(None);
     };
-    let requests = reqs::list(tx, true)?;
+    let requests = snap.requests(true)?;
     let held = holders(&requests);
-    let log = last_log(tx, name)?;
+    let log = last_log(snap, name)?;
     Ok(Some(device_view(&d, held.get(name).copied(), log)))
 }
 
