@@ -1,11 +1,12 @@
 //! Inventory queries and mutations: devices, images, environments, hardware types.
 //!
-//! Readers are generic over redb's `ReadableTable`, so the same function works in a read
-//! snapshot and inside a read-modify-write transaction.
+//! Readers are generic over redb's `ReadableTable` for read snapshots; inside a write
+//! closure the `*_in_tx` readers and the writers take the [`Tx`] instead, so code above
+//! storage never opens a table itself.
 
 use std::ops::ControlFlow;
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
 use super::{Encoded, StoreError, Tx, decode, encode};
@@ -13,7 +14,10 @@ use crate::domain::clock::Millis;
 use crate::domain::model::{Device, Environment, HardwareTypeInfo, Image};
 
 macro_rules! table_access {
-    ($get:ident, $list:ident, $put:ident, $remove:ident, $table:ident, $name:literal, $record:ty, $domain:ty) => {
+    (
+        $get:ident, $list:ident, $get_in_tx:ident, $list_in_tx:ident, $put:ident, $remove:ident,
+        $table:ident, $name:literal, $record:ty, $domain:ty
+    ) => {
         #[doc = concat!("One entry of `", $name, "` by name.")]
         ///
         /// # Errors
@@ -43,6 +47,22 @@ macro_rules! table_access {
             Ok(out)
         }
 
+        #[doc = concat!("[`", stringify!($get), "`] inside a write transaction.")]
+        ///
+        /// # Errors
+        /// Storage failure or a corrupt record.
+        pub fn $get_in_tx(tx: &Tx<'_>, name: &str) -> Result<Option<$domain>, StoreError> {
+            $get(&*tx.$table()?, name)
+        }
+
+        #[doc = concat!("[`", stringify!($list), "`] inside a write transaction.")]
+        ///
+        /// # Errors
+        /// Storage failure or a corrupt record.
+        pub fn $list_in_tx(tx: &Tx<'_>) -> Result<Vec<$domain>, StoreError> {
+            $list(&*tx.$table()?)
+        }
+
         #[doc = concat!("Insert or replace an entry of `", $name, "`.")]
         ///
         /// # Errors
@@ -66,6 +86,8 @@ macro_rules! table_access {
 table_access!(
     device,
     devices,
+    device_in_tx,
+    devices_in_tx,
     put_device_record,
     remove_device_record,
     devices,
@@ -102,6 +124,28 @@ pub fn for_each_device_in<'a>(
     Ok(())
 }
 
+/// [`for_each_device`] inside a write transaction. The devices table stays lent out while
+/// `f` runs, so `f` must not read or write devices itself (that is a
+/// [`StoreError::TableInUse`]).
+///
+/// # Errors
+/// As [`for_each_device`].
+pub fn for_each_device_in_tx(
+    tx: &Tx<'_>,
+    f: impl FnMut(Device) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for_each_device(&*tx.devices()?, f)
+}
+
+/// How many devices the inventory holds, inside a write transaction (to size a list built
+/// by [`for_each_device_in_tx`] without a second pass).
+///
+/// # Errors
+/// Storage failure.
+pub fn device_count_in_tx(tx: &Tx<'_>) -> Result<u64, StoreError> {
+    Ok(tx.devices()?.len()?)
+}
+
 /// The name `n` places into the name order (`None` past the end): where to split the
 /// inventory into parts. Walks keys only; no record is decoded.
 ///
@@ -135,7 +179,7 @@ pub fn free_key(d: &Device) -> Option<(&str, &str)> {
 /// # Errors
 /// Storage failure or a corrupt previous record.
 pub fn put_device(tx: &Tx<'_>, d: &Device) -> Result<(), StoreError> {
-    let old = device(&*tx.devices()?, &d.name)?;
+    let old = device_in_tx(tx, &d.name)?;
     replace_device(tx, old.as_ref().map(IndexKeys::of), d)
 }
 
@@ -235,6 +279,26 @@ pub fn visit_free_devices(
     Ok(())
 }
 
+/// [`visit_free_devices`] inside a write transaction, handing `f` each free device decoded
+/// (a name whose record is missing is skipped). The index and the devices table stay open
+/// for the whole visit, one lookup per name; `f` must not use them itself (that is a
+/// [`StoreError::TableInUse`]).
+///
+/// # Errors
+/// Storage failure, a corrupt record, or `f`'s error.
+pub fn visit_free_devices_in_tx(
+    tx: &Tx<'_>,
+    image: Option<&str>,
+    mut f: impl FnMut(Device) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(), StoreError> {
+    let idx = tx.free_devices()?;
+    let devices = tx.devices()?;
+    visit_free_devices(&*idx, image, |name| match device(&*devices, name)? {
+        Some(d) => f(d),
+        None => Ok(ControlFlow::Continue(())),
+    })
+}
+
 /// Rebuild `FREE_DEVICES` from `DEVICES` (schema upgrade). A record that does not decode
 /// is left out with a warning: it is not free, and reading it elsewhere reports it.
 ///
@@ -292,6 +356,8 @@ pub fn next_deadline(
 table_access!(
     image,
     images,
+    image_in_tx,
+    images_in_tx,
     put_image,
     remove_image,
     images,
@@ -302,6 +368,8 @@ table_access!(
 table_access!(
     environment,
     environments,
+    environment_in_tx,
+    environments_in_tx,
     put_environment,
     remove_environment,
     environments,
@@ -312,6 +380,8 @@ table_access!(
 table_access!(
     hardware_type,
     hardware_types,
+    hardware_type_in_tx,
+    hardware_types_in_tx,
     put_hardware_type,
     remove_hardware_type,
     hardware_types,
