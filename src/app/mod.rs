@@ -273,7 +273,7 @@ impl App {
                 for i in config.image_models() {
                     inv::put_image(tx, &i)?;
                 }
-                let types = inv::hardware_types(&*tx.hardware_types()?)?;
+                let types = inv::hardware_types_in_tx(tx)?;
                 for d in &config.devices {
                     let processor = d.processor.clone().or_else(|| {
                         d.hardware_type.as_ref().and_then(|t| {

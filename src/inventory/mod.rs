@@ -107,7 +107,7 @@ pub fn upsert_device(
     origin: &str,
     actor: Option<&str>,
 ) -> Result<Upsert, StoreError> {
-    let existing = inv::device(&*tx.devices()?, name)?;
+    let existing = inv::device_in_tx(tx, name)?;
     let (device, outcome) = match existing {
         None => {
             let id = next_counter(tx, "next_device_id")?;
@@ -211,7 +211,7 @@ pub fn retire_device(
     reason: &str,
     actor: Option<&str>,
 ) -> Result<Option<bool>, StoreError> {
-    let Some(mut d) = inv::device(&*tx.devices()?, name)? else {
+    let Some(mut d) = inv::device_in_tx(tx, name)? else {
         return Ok(None);
     };
     if d.retired {

@@ -438,7 +438,7 @@ pub async fn sync(
     let server = server.to_owned();
     store
         .write(move |tx, now| {
-            let devices = inv::devices(&*tx.devices()?)?;
+            let devices = inv::devices_in_tx(tx)?;
             let (mut report, adopt) = plan(&devices, &rows, &server);
             report.dry_run = dry_run;
             let owned = devices
@@ -482,7 +482,7 @@ fn write(
     }
     for &i in adopt {
         let name = &rows[i].name;
-        let found = inv::device(&*tx.devices()?, name)?;
+        let found = inv::device_in_tx(tx, name)?;
         if let Some(mut d) = found {
             let old = std::mem::replace(&mut d.origin, ORIGIN.to_owned());
             d.updated = now;

@@ -31,7 +31,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
-pub use tx::{TableMut, Tx};
+pub use tx::Tx;
 
 use crate::domain::clock::{Clock, Millis};
 use crate::domain::histogram::{FAST_BUCKETS, Histogram};

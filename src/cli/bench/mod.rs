@@ -368,7 +368,7 @@ fn device(
 async fn seed(app: &App, deadline: Option<Millis>) -> anyhow::Result<()> {
     app.store
         .write(move |tx, _| {
-            let devices = inv::devices(&*tx.devices()?)?;
+            let devices = inv::devices_in_tx(tx)?;
             for mut d in devices {
                 d.state = "ready".into();
                 d.request = None;

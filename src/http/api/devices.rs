@@ -277,7 +277,7 @@ pub async fn put(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError
         .store
         .write(move |tx, now| {
             let outcome = upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
-            let device = inv::device(&*tx.devices()?, &n)?;
+            let device = inv::device_in_tx(tx, &n)?;
             Ok((outcome, device))
         })
         .await?;
@@ -353,7 +353,7 @@ async fn update(
         .svc
         .store
         .write(move |tx, now| {
-            if inv::device(&*tx.devices()?, &n)?.is_none() {
+            if inv::device_in_tx(tx, &n)?.is_none() {
                 return Ok(false);
             }
             upsert_device(tx, now, &server, &n, &fields, "api", Some(&actor))?;
@@ -465,7 +465,7 @@ mod tests {
             store
                 .write(move |tx, _| {
                     let mut names = Vec::new();
-                    inv::for_each_device(&*tx.devices()?, |d| {
+                    inv::for_each_device_in_tx(tx, |d| {
                         names.push(d.name);
                         Ok(())
                     })?;

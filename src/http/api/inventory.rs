@@ -180,7 +180,7 @@ pub async fn image_put(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, Api
             .collect(),
     };
     put_entry(ctx, format!("image {name}"), move |tx| {
-        let existed = inv::image(&*tx.images()?, &image.name)?.is_some();
+        let existed = inv::image_in_tx(tx, &image.name)?.is_some();
         inv::put_image(tx, &image)?;
         Ok(existed)
     })
@@ -240,7 +240,7 @@ pub async fn environment_put(ctx: &Ctx, name: EnvironmentName) -> Result<Respons
         description: b.description,
     };
     put_entry(ctx, format!("environment {name}"), move |tx| {
-        let existed = inv::environment(&*tx.environments()?, &env.name)?.is_some();
+        let existed = inv::environment_in_tx(tx, &env.name)?.is_some();
         inv::put_environment(tx, &env)?;
         Ok(existed)
     })
@@ -282,7 +282,7 @@ pub async fn hardware_type_put(ctx: &Ctx, name: HardwareType) -> Result<Response
         description: b.description,
     };
     put_entry(ctx, format!("hardware type {name}"), move |tx| {
-        let existed = inv::hardware_type(&*tx.hardware_types()?, &h.name)?.is_some();
+        let existed = inv::hardware_type_in_tx(tx, &h.name)?.is_some();
         inv::put_hardware_type(tx, &h)?;
         Ok(existed)
     })

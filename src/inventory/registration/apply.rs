@@ -114,7 +114,7 @@ pub fn apply(
         "registration",
         Some(&actor),
     )?;
-    let mut device = inv::device(&*tx.devices()?, &name)?
+    let mut device = inv::device_in_tx(tx, &name)?
         .ok_or_else(|| StoreError::Task(format!("device {name} vanished while registering")))?;
     let registration = Registration {
         at: now,
@@ -197,14 +197,13 @@ pub fn apply(
 /// The device this registration is about: by device name, else by an earlier registration
 /// with the same agent NAME (not for placeholder names, which many devices share).
 fn find(tx: &Tx<'_>, msg: &RegistrationMessage) -> Result<Option<Device>, StoreError> {
-    let table = tx.devices()?;
-    if let Some(d) = inv::device(&*table, &msg.device_name)? {
+    if let Some(d) = inv::device_in_tx(tx, &msg.device_name)? {
         return Ok(Some(d));
     }
     if msg.placeholder_name() {
         return Ok(None);
     }
-    Ok(inv::devices(&*table)?.into_iter().find(|d| {
+    Ok(inv::devices_in_tx(tx)?.into_iter().find(|d| {
         d.registration
             .as_ref()
             .is_some_and(|r| same_agent(&r.agent_name, &msg.agent_name))
