@@ -193,7 +193,7 @@ impl Lifeguard {
             .inner
             .store
             .write(move |tx, now| {
-                let names: Vec<String> = inv::devices(&*tx.devices()?)?
+                let names: Vec<String> = inv::devices_in_tx(tx)?
                     .into_iter()
                     .filter(|d| !d.retired)
                     .map(|d| d.name)

@@ -119,7 +119,7 @@ pub fn apply<F>(
 where
     F: FnOnce(&Snapshot) -> Result<Transition, ApplyError>,
 {
-    let Some(mut device) = inv::device(&*tx.devices()?, name)? else {
+    let Some(mut device) = inv::device_in_tx(tx, name)? else {
         return Ok(Err(ApplyError::NoDevice(name.to_owned())));
     };
     if device.retired {

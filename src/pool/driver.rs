@@ -15,7 +15,6 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use redb::ReadableTable;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,9 +31,8 @@ use crate::domain::model::{Device, request_subject};
 use crate::lifeguard::store::{Applied, ApplyError, apply};
 use crate::lifeguard::{self, Lifeguard, Refused, Report, Reports};
 use crate::storage::logs::{NewLog, append};
-use crate::storage::records::DeviceRecord;
 use crate::storage::requests::{self, StoredRequest};
-use crate::storage::{Encoded, Snapshot, Store, StoreError, Tx, inventory as inv, next_counter};
+use crate::storage::{Snapshot, Store, StoreError, Tx, inventory as inv, next_counter};
 
 /// Deepest chain of request events one call may cause (search → assign → contact → lost →
 /// search ...). Deeper chains continue on the next timer tick.
@@ -107,7 +105,13 @@ fn views_in_tx(tx: &Tx<'_>, post: &mut Post) -> Result<Arc<Vec<DeviceView>>, Sto
         return Ok(v.clone());
     }
     let open = requests::open_in_tx(tx)?;
-    let v = Arc::new(device_views(&*tx.devices()?, &open)?);
+    let assignees = assignees(&open);
+    let mut views = Vec::with_capacity(usize::try_from(inv::device_count_in_tx(tx)?).unwrap_or(0));
+    inv::for_each_device_in_tx(tx, |d| {
+        views.extend(device_view(&d, &assignees));
+        Ok(())
+    })?;
+    let v = Arc::new(views);
     post.views = Some(v.clone());
     Ok(v)
 }
@@ -308,7 +312,7 @@ impl Pool {
                     )?;
                 }
                 let accepted = deliver_tx(tx, now, c, id, event, post, 0)?;
-                let r = requests::get(&*tx.requests()?, id)?;
+                let r = requests::get_in_tx(tx, id)?;
                 Ok(accepted.zip(r))
             })
             .await?;
@@ -338,11 +342,7 @@ impl Pool {
                 if !waiting.iter().any(|w| w.id == id) {
                     return Ok(None);
                 }
-                // As `device_views`, from the read snapshot instead of the writer's tables.
-                let assignees: HashMap<u64, &str> = open
-                    .iter()
-                    .map(|r| (r.snap.id, r.snap.spec.assignee.as_str()))
-                    .collect();
+                let assignees = assignees(&open);
                 let mut views = Vec::with_capacity(snap.device_count()?);
                 snap.for_each_device(|d| {
                     views.extend(device_view(&d, &assignees));
@@ -405,7 +405,7 @@ impl Pool {
             .transact(move |tx, now, c, post| {
                 let grace = c.timings.grace;
                 for id in ids {
-                    let Some(r) = requests::get(&*tx.requests()?, id)? else {
+                    let Some(r) = requests::get_in_tx(tx, id)? else {
                         continue;
                     };
                     let event = if now >= r.snap.expires.plus(grace) {
@@ -512,22 +512,11 @@ fn waiting(open: &[StoredRequest]) -> Vec<QueuedRequest> {
         .collect()
 }
 
-/// Every device in `table` as the queue sees it; `open` (the open requests) names the
-/// holders' assignees. Decodes each device into its view without keeping the devices.
-fn device_views(
-    table: &impl ReadableTable<&'static str, Encoded<DeviceRecord>>,
-    open: &[StoredRequest],
-) -> Result<Vec<DeviceView>, StoreError> {
-    let assignees: HashMap<u64, &str> = open
-        .iter()
+/// The assignee of each open request, by id: what a device view names as its holder.
+fn assignees(open: &[StoredRequest]) -> HashMap<u64, &str> {
+    open.iter()
         .map(|r| (r.snap.id, r.snap.spec.assignee.as_str()))
-        .collect();
-    let mut views = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
-    inv::for_each_device(table, |d| {
-        views.extend(device_view(&d, &assignees));
-        Ok(())
-    })?;
-    Ok(views)
+        .collect()
 }
 
 /// One device as the queue sees it; `assignees` names the holder's assignee by request id.
@@ -568,14 +557,11 @@ fn device_view(d: &Device, assignees: &HashMap<u64, &str>) -> Option<DeviceView>
 /// instead of the whole inventory. Only free devices can be picked, and only they are read.
 fn free_pick(tx: &Tx<'_>, spec: &RequestSpec) -> Result<Option<DeviceView>, StoreError> {
     if spec.can_reuse {
-        let idx = tx.free_devices()?;
-        let devices = tx.devices()?;
         let none = HashMap::new();
         // Name order within one image: the first reusable match is the best device.
         let mut found = None;
-        inv::visit_free_devices(&*idx, Some(spec.image.as_str()), |name| {
-            found = inv::device(&*devices, name)?
-                .and_then(|d| device_view(&d, &none))
+        inv::visit_free_devices_in_tx(tx, Some(spec.image.as_str()), |d| {
+            found = device_view(&d, &none)
                 .filter(|v| v.available() && select::matches(spec, v) && select::reusable(spec, v));
             Ok(if found.is_some() {
                 ControlFlow::Break(())
@@ -594,12 +580,10 @@ fn free_pick(tx: &Tx<'_>, spec: &RequestSpec) -> Result<Option<DeviceView>, Stor
 /// free-device index: the records of busy devices are not decoded. Nobody holds a free
 /// device, so the views name no holder.
 fn free_views(tx: &Tx<'_>) -> Result<Vec<DeviceView>, StoreError> {
-    let idx = tx.free_devices()?;
-    let devices = tx.devices()?;
     let none = HashMap::new();
     let mut views = Vec::new();
-    inv::visit_free_devices(&*idx, None, |name| {
-        views.extend(inv::device(&*devices, name)?.and_then(|d| device_view(&d, &none)));
+    inv::visit_free_devices_in_tx(tx, None, |d| {
+        views.extend(device_view(&d, &none));
         Ok(ControlFlow::Continue(()))
     })?;
     Ok(views)
@@ -614,14 +598,14 @@ fn create_tx(
     owner_token: Option<String>,
     post: &mut Post,
 ) -> Result<Result<StoredRequest, PoolError>, StoreError> {
-    let Some(image) = inv::image(&*tx.images()?, spec.image.as_str())? else {
+    let Some(image) = inv::image_in_tx(tx, spec.image.as_str())? else {
         return Ok(Err(PoolError::NoImage(spec.image.to_string())));
     };
     spec.can_reuse = image.can_reuse;
     spec.boot_config_keys.clone_from(&image.boot_config_keys);
     spec.created = now;
     if let DeviceChoice::Named(name) = &spec.requested_device {
-        let Some(d) = inv::device(&*tx.devices()?, name.as_str())?.filter(|d| !d.retired) else {
+        let Some(d) = inv::device_in_tx(tx, name.as_str())?.filter(|d| !d.retired) else {
             return Ok(Err(PoolError::NoDevice(name.to_string())));
         };
         if spec.wait.is_none() && !d.state.starts_with("failed_") {
@@ -681,7 +665,7 @@ fn create_tx(
         None => Event::FindDevice,
     };
     deliver_tx(tx, now, c, id, event, post, 0)?;
-    let r = requests::get(&*tx.requests()?, id)?;
+    let r = requests::get_in_tx(tx, id)?;
     Ok(r.ok_or(PoolError::NoRequest(id)))
 }
 
@@ -696,7 +680,7 @@ fn deliver_tx(
     post: &mut Post,
     depth: u32,
 ) -> Result<Option<bool>, StoreError> {
-    let Some(mut r) = requests::get(&*tx.requests()?, id)? else {
+    let Some(mut r) = requests::get_in_tx(tx, id)? else {
         return Ok(None);
     };
     let explanation = match &event {
@@ -730,7 +714,7 @@ fn deliver_tx(
             Action::Search => {
                 let got = run_pass(tx, now, c, post, depth + 1)?;
                 if !got.contains(&id) {
-                    let Some(r) = requests::get(&*tx.requests()?, id)? else {
+                    let Some(r) = requests::get_in_tx(tx, id)? else {
                         continue;
                     };
                     if r.snap.state.is_waiting() && depth < MAX_DEPTH {
@@ -813,8 +797,7 @@ fn contact_lifeguard(
     }
     let please = match event {
         LifeguardEvent::PleaseImage { image, boot_config } => {
-            let has_sut =
-                inv::image(&*tx.images()?, image.as_str())?.is_some_and(|i| i.has_sut_agent);
+            let has_sut = inv::image_in_tx(tx, image.as_str())?.is_some_and(|i| i.has_sut_agent);
             lifeguard::Event::PleaseImage {
                 image,
                 boot_config,

@@ -7,7 +7,7 @@
 
 use std::ops::ControlFlow;
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
 use super::{Encoded, StoreError, Tx, decode, encode};
@@ -15,7 +15,10 @@ use crate::domain::clock::Millis;
 use crate::domain::model::{Device, Environment, HardwareTypeInfo, Image};
 
 macro_rules! table_access {
-    ($get:ident, $list:ident, $get_in_tx:ident, $list_in_tx:ident, $put:ident, $remove:ident, $table:ident, $name:literal, $record:ty, $domain:ty) => {
+    (
+        $get:ident, $list:ident, $get_in_tx:ident, $list_in_tx:ident, $put:ident, $remove:ident,
+        $table:ident, $name:literal, $record:ty, $domain:ty
+    ) => {
         #[doc = concat!("One entry of `", $name, "` by name.")]
         ///
         /// # Errors
@@ -125,6 +128,28 @@ pub fn for_each_device_in<'a>(
     Ok(())
 }
 
+/// [`for_each_device`] inside a write transaction. The devices table stays lent out while
+/// `f` runs, so `f` must not read or write devices itself (that is a
+/// [`StoreError::TableInUse`]).
+///
+/// # Errors
+/// As [`for_each_device`].
+pub fn for_each_device_in_tx(
+    tx: &Tx<'_>,
+    f: impl FnMut(Device) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for_each_device(&*tx.devices()?, f)
+}
+
+/// How many devices the inventory holds, inside a write transaction (to size a list built
+/// by [`for_each_device_in_tx`] without a second pass).
+///
+/// # Errors
+/// Storage failure.
+pub fn device_count_in_tx(tx: &Tx<'_>) -> Result<u64, StoreError> {
+    Ok(tx.devices()?.len()?)
+}
+
 /// The name `n` places into the name order (`None` past the end): where to split the
 /// inventory into parts. Walks keys only; no record is decoded.
 ///
@@ -158,7 +183,7 @@ pub fn free_key(d: &Device) -> Option<(&str, &str)> {
 /// # Errors
 /// Storage failure or a corrupt previous record.
 pub fn put_device(tx: &Tx<'_>, d: &Device) -> Result<(), StoreError> {
-    let old = device(&*tx.devices()?, &d.name)?;
+    let old = device_in_tx(tx, &d.name)?;
     replace_device(tx, old.as_ref().map(IndexKeys::of), d)
 }
 
@@ -257,6 +282,26 @@ pub fn visit_free_devices(
         }
     }
     Ok(())
+}
+
+/// [`visit_free_devices`] inside a write transaction, handing `f` each free device decoded
+/// (a name whose record is missing is skipped). The index and the devices table stay open
+/// for the whole visit, one lookup per name; `f` must not use them itself (that is a
+/// [`StoreError::TableInUse`]).
+///
+/// # Errors
+/// Storage failure, a corrupt record, or `f`'s error.
+pub fn visit_free_devices_in_tx(
+    tx: &Tx<'_>,
+    image: Option<&str>,
+    mut f: impl FnMut(Device) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(), StoreError> {
+    let idx = tx.free_devices()?;
+    let devices = tx.devices()?;
+    visit_free_devices(&*idx, image, |name| match device(&*devices, name)? {
+        Some(d) => f(d),
+        None => Ok(ControlFlow::Continue(())),
+    })
 }
 
 /// Rebuild `FREE_DEVICES` from `DEVICES` (schema upgrade). A record that does not decode

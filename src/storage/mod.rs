@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
 pub use snapshot::Snapshot;
-pub use tx::{TableMut, Tx};
+pub use tx::Tx;
 
 use crate::domain::clock::{Clock, Millis};
 use crate::domain::histogram::{FAST_BUCKETS, Histogram};

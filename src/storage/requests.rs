@@ -191,6 +191,14 @@ pub fn get(
     }
 }
 
+/// [`get`] inside a write transaction.
+///
+/// # Errors
+/// Storage failure or a corrupt record.
+pub fn get_in_tx(tx: &Tx<'_>, id: u64) -> Result<Option<StoredRequest>, StoreError> {
+    get(&*tx.requests()?, id)
+}
+
 /// Every request, oldest first; `open_only` reads just the open ones through their index.
 ///
 /// # Errors
@@ -289,7 +297,7 @@ pub fn due_at(r: &RequestSnapshot, grace: std::time::Duration) -> Option<Millis>
 /// # Errors
 /// Storage failure or a corrupt previous record.
 pub fn put(tx: &Tx<'_>, r: &StoredRequest, grace: std::time::Duration) -> Result<(), StoreError> {
-    let old = get(&*tx.requests()?, r.snap.id)?.map(|o| IndexKeys::of(&o.snap, grace));
+    let old = get_in_tx(tx, r.snap.id)?.map(|o| IndexKeys::of(&o.snap, grace));
     replace(tx, old, r, grace)
 }
 

@@ -9,8 +9,11 @@
 //!
 //! A table is lent out one borrower at a time, as redb itself allows only one open handle
 //! per table: asking for a table that is already lent out (a caller still holds the
-//! handle) is a [`StoreError::TableInUse`], never a panic. Every write closure gets its
-//! tables through `Tx` only; the underlying `WriteTransaction` is not reachable from it, so
+//! handle) is a [`StoreError::TableInUse`], never a panic. The table accessors are private to
+//! `storage`: a write closure reads and writes through storage's typed operations that take
+//! the `Tx` (`inventory::device_in_tx`, `inventory::replace_device`, `requests::get_in_tx`,
+//! `requests::replace`, `next_counter`, `logs::append`, ...), so code above storage never
+//! names a table or redb, and the underlying `WriteTransaction` is not reachable at all, so
 //! nothing can open a table behind the cache's back.
 //!
 //! Log entries appended during the batch ([`super::logs::append`]) are held here and
@@ -29,7 +32,7 @@ use super::tables;
 use crate::domain::clock::Millis;
 
 /// A table lent out by [`Tx`]; give it back (drop it) before asking for the same table again.
-pub type TableMut<'a, 't, K, V> = RefMut<'a, Table<'t, K, V>>;
+pub(super) type TableMut<'a, 't, K, V> = RefMut<'a, Table<'t, K, V>>;
 
 type Slot<'t, K, V> = RefCell<Option<Table<'t, K, V>>>;
 
@@ -46,9 +49,10 @@ macro_rules! tx_tables {
         }
 
         impl<'t> Tx<'t> {
-            /// Wrap a write transaction; call [`Tx::finish`] before committing it.
+            /// Wrap a write transaction; call [`Tx::finish`] before committing it. Only the
+            /// store makes one, for its writer and its schema check.
             #[must_use]
-            pub fn new(tx: &'t WriteTransaction) -> Tx<'t> {
+            pub(super) fn new(tx: &'t WriteTransaction) -> Tx<'t> {
                 Tx {
                     tx,
                     held_logs: RefCell::new(Vec::new()),
@@ -63,7 +67,7 @@ macro_rules! tx_tables {
                 /// # Errors
                 /// Storage failure, or [`StoreError::TableInUse`] while a caller still
                 /// holds the table.
-                pub fn $field(&self) -> Result<TableMut<'_, 't, $k, $v>, StoreError> {
+                pub(super) fn $field(&self) -> Result<TableMut<'_, 't, $k, $v>, StoreError> {
                     lend(self.tx, &self.$field, tables::$def)
                 }
             )+

@@ -297,11 +297,6 @@ fn imports_point_down() {
     );
 }
 
-/// Files the store check skips for now. TODO(sealw): the write closures of the pool and
-/// Lifeguard drivers still open tables themselves; the sealw branch converts them, and then
-/// this list goes (empty).
-const STORE_NAMES_PENDING: &[&str] = &["pool/driver.rs", "lifeguard/"];
-
 #[test]
 fn only_storage_names_redb_or_its_tables() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -314,10 +309,6 @@ fn only_storage_names_redb_or_its_tables() {
             .expect("under src")
             .to_string_lossy()
             .replace('\\', "/");
-        // TODO(sealw): drop this skip once the pool and Lifeguard write closures are typed.
-        if STORE_NAMES_PENDING.iter().any(|p| rel.starts_with(p)) {
-            continue;
-        }
         let text = std::fs::read_to_string(path).expect("read file");
         violations.extend(check_store_names(&rel, &text));
     }

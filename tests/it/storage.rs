@@ -396,6 +396,22 @@ fn reopen(path: &std::path::Path) -> Store {
     }
 }
 
+/// Open the store's file with redb itself, once the closed store's writer thread has let
+/// go of it.
+fn open_raw(path: &std::path::Path) -> redb::Database {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match redb::Database::create(path) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("already open"), "{e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
+}
+
 fn free_names(store: &Store, image: Option<&'static str>) -> Vec<String> {
     store
         .read_blocking(|snap| {
@@ -543,16 +559,26 @@ fn the_waiting_request_index_follows_request_writes_and_is_rebuilt_on_upgrade() 
     put(&store, 3, RequestState::Closed);
     assert_eq!(waiting_ids(&store), [2]);
     put(&store, 4, RequestState::Queued);
-    // Pretend this is a version-1 store: no waiting index yet.
-    store
-        .write_blocking(|tx, _| {
-            tx.waiting_requests()?.retain(|_, ()| false)?;
-            tx.meta()?.insert("schema_version", 1)?;
-            Ok(())
-        })
-        .expect("downgrade");
-    assert!(waiting_ids(&store).is_empty());
     drop(store);
+    // Pretend this is a version-1 store: no waiting index yet. Write closures cannot reach
+    // the tables, so the file is edited directly, as an older release left it.
+    {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let db = open_raw(&path);
+        let tx = db.begin_write().expect("tx");
+        tx.open_table(tables::WAITING_REQUESTS)
+            .expect("waiting")
+            .retain(|_, ()| false)
+            .expect("clear");
+        tx.open_table(tables::META)
+            .expect("meta")
+            .insert("schema_version", 1)
+            .expect("version");
+        tx.commit().expect("commit");
+        let rtx = db.begin_read().expect("read");
+        let waiting = rtx.open_table(tables::WAITING_REQUESTS).expect("waiting");
+        assert!(waiting.is_empty().expect("len"));
+    }
     let store = reopen(&path);
     assert_eq!(waiting_ids(&store), [2, 4]);
 }
