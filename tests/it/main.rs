@@ -5,6 +5,7 @@
 mod support;
 
 mod api_errors;
+mod api_golden;
 mod api_inventory;
 mod appliance;
 mod auth;
