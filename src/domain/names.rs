@@ -70,6 +70,9 @@ macro_rules! name_type {
         pub struct $name(String);
 
         impl $name {
+            /// What the name is called in error messages.
+            pub const KIND: &'static str = $kind;
+
             /// The name as text.
             #[must_use]
             pub fn as_str(&self) -> &str {

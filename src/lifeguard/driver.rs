@@ -461,7 +461,7 @@ impl Lifeguard {
             .as_deref()
             .ok_or_else(|| "no relay wiring".to_owned())?;
         text.parse()
-            .map_err(|e: hw::Error| format!("relay {text:?}: {e}"))
+            .map_err(|e: crate::domain::wiring::AddrError| format!("relay {text:?}: {e}"))
     }
 
     /// One reachability probe of a device, now (the `/ping/` endpoint); it changes no state.

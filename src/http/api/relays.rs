@@ -81,7 +81,7 @@ pub async fn channel(
     let text = format!("{board}:{channel}");
     let addr: RelayAddr = text
         .parse()
-        .map_err(|e: crate::hw::Error| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e: crate::domain::wiring::AddrError| ApiError::bad_request(e.to_string()))?;
     let hw = ctx.svc.lifeguard.hardware();
     let off_time = Duration::from_millis(hw.settings.power_off_time_ms);
     let result = match op {
