@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::clock::Millis;
+use crate::domain::device_state::DeviceState;
 
 /// One test device in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,8 +35,9 @@ pub struct Device {
     pub created: Millis,
     /// When the record last changed.
     pub updated: Millis,
-    /// The device's Lifeguard state name (`ready`, `failed_power_cycling`, ...).
-    pub state: String,
+    /// The device's Lifeguard state (stored as its name; a name this release does not know
+    /// reads as [`DeviceState::Unknown`], as in MozPool 4.x).
+    pub state: DeviceState,
     /// The rest of the Lifeguard state machine's persisted state.
     pub lifeguard: LifeguardData,
     /// The request holding the device, if any.
@@ -45,7 +47,8 @@ pub struct Device {
 }
 
 impl Device {
-    /// A wired PandaBoard named `name` in `state`, for tests; change what a test needs.
+    /// A wired PandaBoard named `name` in the state named `state`, for tests; change what a
+    /// test needs.
     #[cfg(test)]
     pub(crate) fn for_test(name: &str, state: &str) -> Device {
         Device {
@@ -69,11 +72,19 @@ impl Device {
             origin: "config".into(),
             created: Millis(0),
             updated: Millis(0),
-            state: state.to_owned(),
+            state: state.parse().expect("a state name"),
             lifeguard: LifeguardData::default(),
             request: None,
             registration: None,
         }
+    }
+
+    /// The pool may hand this device out right now: not retired, held by no request, and
+    /// `ready`. The one definition of "available": the free-device index, the pool's views
+    /// and Lifeguard's "became available" all ask this.
+    #[must_use]
+    pub fn available(&self) -> bool {
+        available(self.state, self.request, self.retired)
     }
 
     /// Why a tech must look at this device before it can be used, if anything.
@@ -87,6 +98,13 @@ impl Device {
             None
         }
     }
+}
+
+/// [`Device::available`] from its three facts, for Lifeguard's machine, whose snapshot has
+/// no device record (and never sees a retired device: Lifeguard refuses those first).
+#[must_use]
+pub const fn available(state: DeviceState, request: Option<u64>, retired: bool) -> bool {
+    !retired && request.is_none() && state.is_free_for_pool()
 }
 
 /// Persisted state of a device's Lifeguard state machine besides the state name.

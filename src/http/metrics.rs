@@ -84,7 +84,7 @@ pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
         let d: crate::domain::model::Device =
             decode::<DeviceRecord>("devices", k.value(), &v.value())?.into();
         if !d.retired {
-            *devices.entry(d.state).or_insert(0) += 1;
+            *devices.entry(d.state.name().to_owned()).or_insert(0) += 1;
         }
     }
     Ok(StoreCounts {

@@ -12,6 +12,7 @@ use crate::storage::Tx;
 use serde::Deserialize;
 
 use crate::domain::clock::Millis;
+use crate::domain::device_state::DeviceState;
 use crate::domain::model::{Device, DeviceFacts, DeviceWiring, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv, next_counter};
@@ -132,7 +133,7 @@ pub fn upsert_device(
                 origin: origin.to_owned(),
                 created: now,
                 updated: now,
-                state: "new".to_owned(),
+                state: DeviceState::New,
                 // `new` is due at once: the Lifeguard driver starts its self-test.
                 lifeguard: crate::domain::model::LifeguardData {
                     entered_at: now,
@@ -175,7 +176,7 @@ pub fn upsert_device(
             set("comments", &mut d.comments, &fields.comments);
             if d.retired {
                 d.retired = false;
-                d.state = "new".to_owned();
+                d.state = DeviceState::New;
                 changes.push("retired: true -> false".to_owned());
             }
             if changes.is_empty() {

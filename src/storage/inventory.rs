@@ -117,11 +117,11 @@ pub fn nth_device_name(
     }
 }
 
-/// The device's key in `FREE_DEVICES` when the pool may hand it out right now: `ready`,
-/// not held, not retired. (image on it or "", name).
+/// The device's key in `FREE_DEVICES` when the pool may hand it out right now
+/// ([`Device::available`]): (image on it or "", name).
 #[must_use]
 pub fn free_key(d: &Device) -> Option<(&str, &str)> {
-    (!d.retired && d.request.is_none() && d.state == "ready").then(|| {
+    d.available().then(|| {
         (
             d.lifeguard.current_image.as_deref().unwrap_or(""),
             d.name.as_str(),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::Record;
 use crate::domain::clock::Millis;
+use crate::domain::device_state::DeviceState;
 use crate::domain::model::{
     Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image,
     LifeguardData, LogEntry, Registration,
@@ -168,7 +169,8 @@ impl From<DeviceRecord> for Device {
             origin: v.origin,
             created: Millis(v.created),
             updated: Millis(v.updated),
-            state: v.state,
+            // A name this release does not know reads as `unknown` (MozPool 4.x's rule).
+            state: v.state.parse().unwrap_or(DeviceState::Unknown),
             lifeguard: LifeguardData {
                 generation: v.generation,
                 counters: v.counters.into_iter().collect(),
@@ -213,7 +215,7 @@ impl From<&Device> for DeviceRecord {
             origin: d.origin.clone(),
             created: d.created.0,
             updated: d.updated.0,
-            state: d.state.clone(),
+            state: d.state.name().to_owned(),
             generation: l.generation,
             counters: l.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             entered_at: l.entered_at.0,
@@ -443,5 +445,52 @@ impl LogRecord {
                 .position(|s| s == subject)
                 .map(|i| v.prev.get(i).copied().unwrap_or(0)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v1(state: &str) -> DeviceV1 {
+        DeviceV1 {
+            id: 3,
+            name: "panda-3".into(),
+            server: "rack1".into(),
+            hardware_type: Some("panda".into()),
+            processor: None,
+            pool: None,
+            os_version: None,
+            environment: None,
+            relay: Some("relay-1:bank1:relay3".into()),
+            sut_addr: Some("10.0.0.3:20701".into()),
+            fastboot_serial: None,
+            comments: None,
+            retired: false,
+            origin: "config".into(),
+            created: 1,
+            updated: 2,
+            state: state.into(),
+        }
+    }
+
+    fn bytes(r: &DeviceRecord) -> Vec<u8> {
+        postcard::to_allocvec(r).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_unknown_state_name_reads_as_unknown() {
+        let d = Device::from(DeviceRecord::V1(v1("pxe_booting")));
+        assert_eq!(d.state, DeviceState::Unknown);
+        assert!(!d.available());
+    }
+
+    #[test]
+    fn typed_fields_write_back_the_bytes_they_were_read_from() {
+        let stored = DeviceRecord::from(&Device::from(DeviceRecord::V1(v1("ready"))));
+        let d = Device::from(stored.clone());
+        assert_eq!(d.state, DeviceState::Ready);
+        assert!(d.available());
+        assert_eq!(bytes(&DeviceRecord::from(&d)), bytes(&stored));
     }
 }

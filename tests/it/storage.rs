@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mozpool::domain::clock::{ManualClock, Millis};
+use mozpool::domain::device_state::DeviceState;
 use mozpool::domain::model::device_subject;
 use mozpool::storage::inventory as inv;
 use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, count, prune, query};
@@ -259,7 +260,7 @@ fn golden_device_v1_still_decodes() {
     assert_eq!(device.name, "panda-0042");
     assert_eq!(device.facts.hardware_type.as_deref(), Some("panda"));
     assert_eq!(device.wiring.relay.as_deref(), Some("relay-1:bank2:relay6"));
-    assert_eq!(device.state, "ready");
+    assert_eq!(device.state, DeviceState::Ready);
 }
 
 /// Golden bytes of a layout-2 device record.
@@ -271,7 +272,7 @@ fn golden_device_v2_still_decodes() {
         .expect("layout 2 decodes")
         .into();
     assert_eq!(device.name, "panda-0043");
-    assert_eq!(device.state, "sut_verifying");
+    assert_eq!(device.state, DeviceState::SutVerifying);
     assert_eq!(device.lifeguard.generation, 17);
     assert_eq!(device.lifeguard.counters.get("sut_verifying"), Some(&3));
     assert_eq!(device.lifeguard.deadline, Some(Millis(1_764_000_135_000)));
@@ -349,7 +350,7 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
         .read_blocking(|tx| inv::device(&tx.open_table(tables::DEVICES)?, "panda-0042"))
         .expect("read")
         .expect("present");
-    assert_eq!(d.state, "ready");
+    assert_eq!(d.state, DeviceState::Ready);
     assert_eq!(d.facts.environment.as_deref(), Some("prod"));
     // Upgraded to layout 2: Lifeguard details start empty, the state is kept.
     assert_eq!(d.lifeguard.generation, 0);
@@ -433,7 +434,7 @@ fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write()
     // Held, busy, or retired: not free.
     for change in [
         |d: &mut mozpool::domain::model::Device| d.request = Some(7),
-        |d: &mut mozpool::domain::model::Device| d.state = "pc_power_cycling".into(),
+        |d: &mut mozpool::domain::model::Device| d.state = DeviceState::PcPowerCycling,
         |d: &mut mozpool::domain::model::Device| d.retired = true,
     ] {
         let mut busy = d.clone();

@@ -370,7 +370,7 @@ async fn seed(app: &App, deadline: Option<Millis>) -> anyhow::Result<()> {
         .write(move |tx, _| {
             let devices = inv::devices(&*tx.devices()?)?;
             for mut d in devices {
-                d.state = "ready".into();
+                d.state = crate::domain::device_state::DeviceState::Ready;
                 d.request = None;
                 d.lifeguard.current_image = Some("android".into());
                 d.lifeguard.current_has_sut = true;

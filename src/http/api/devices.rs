@@ -108,7 +108,7 @@ impl<'a> DeviceJson<'a> {
             relay_info: &d.wiring.relay,
             request_id: d.request,
             retired: d.retired,
-            state: &d.state,
+            state: d.state.name(),
             sut: &d.wiring.sut_addr,
             updated: Iso(d.updated),
         }

@@ -183,7 +183,7 @@ mod tests {
             total: rows.len(),
             counts: vec![view::StateCountView {
                 state: "ready".into(),
-                look: view::look("ready", true),
+                look: view::look(crate::lifeguard::DeviceState::Ready, true),
                 count: 1,
             }],
             devices: rows,
@@ -269,14 +269,20 @@ mod tests {
     #[test]
     fn looks_never_rely_on_colour_alone() {
         for s in crate::lifeguard::DeviceState::ALL {
-            let l = view::look(s.name(), false);
+            let l = view::look(*s, false);
             assert!(!l.label.is_empty());
             if s.is_failed() {
                 assert_eq!(l.class, "failed", "{}", s.name());
             }
         }
-        assert_eq!(view::look("ready", true).class, "held");
-        assert_eq!(view::look("no_such_state", false).class, "out");
+        assert_eq!(
+            view::look(crate::lifeguard::DeviceState::Ready, true).class,
+            "held"
+        );
+        assert_eq!(
+            view::look(crate::lifeguard::DeviceState::Unknown, false).class,
+            "out"
+        );
         assert_eq!(view::when(Millis(1_700_000_000_123)), "2023-11-14 22:13:20");
     }
 }

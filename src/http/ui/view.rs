@@ -30,13 +30,10 @@ pub struct Look {
     pub label: &'static str,
 }
 
-/// The look of a device state (an unknown stored name counts as out of service).
+/// The look of a device state (an unknown stored name reads as `unknown`: out of service).
 #[must_use]
-pub fn look(state: &str, held: bool) -> Look {
-    let class = state
-        .parse::<DeviceState>()
-        .map_or(StateClass::OutOfService, DeviceState::class);
-    match class {
+pub fn look(state: DeviceState, held: bool) -> Look {
+    match state.class() {
         StateClass::Idle if held => Look {
             class: "held",
             label: "in use",
@@ -138,8 +135,8 @@ fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> Dev
     let request = d.request.or(holder.map(|r| r.snap.id));
     DeviceRowView {
         name: d.name.clone(),
-        state: d.state.clone(),
-        look: look(&d.state, request.is_some()),
+        state: d.state.to_string(),
+        look: look(d.state, request.is_some()),
         hardware_type: d.facts.hardware_type.clone().unwrap_or_default(),
         pool: d.facts.pool.clone().unwrap_or_default(),
         environment: d.facts.environment.clone().unwrap_or_default(),
@@ -366,7 +363,7 @@ pub struct RequestRowView {
 pub fn request_rows(requests: &[StoredRequest], devices: &[Device]) -> Vec<RequestRowView> {
     let states: HashMap<&str, &str> = devices
         .iter()
-        .map(|d| (d.name.as_str(), d.state.as_str()))
+        .map(|d| (d.name.as_str(), d.state.name()))
         .collect();
     let mut rows: Vec<RequestRowView> = requests
         .iter()
@@ -454,8 +451,8 @@ pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
                     (addr.board == b.name).then(|| WiredDeviceView {
                         name: d.name.clone(),
                         relay: relay.to_owned(),
-                        state: d.state.clone(),
-                        look: look(&d.state, d.request.is_some()),
+                        state: d.state.to_string(),
+                        look: look(d.state, d.request.is_some()),
                     })
                 })
                 .collect();
