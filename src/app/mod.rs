@@ -294,15 +294,7 @@ impl App {
                         fastboot_serial: d.fastboot_serial.clone(),
                         comments: d.comments.clone(),
                     };
-                    upsert_device(
-                        tx,
-                        now,
-                        &server,
-                        d.name.get_ref().as_str(),
-                        &fields,
-                        "config",
-                        None,
-                    )?;
+                    upsert_device(tx, now, &server, d.name.get_ref(), &fields, "config", None)?;
                 }
                 append(
                     tx,

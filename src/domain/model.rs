@@ -10,14 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::clock::Millis;
 use crate::domain::device_state::DeviceState;
+use crate::domain::names::DeviceName;
 
 /// One test device in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// Stable integer id (the original's `id`, also its `inventory_id`).
     pub id: u64,
-    /// Short unique name (`panda-0042`).
-    pub name: String,
+    /// Short unique name (`panda-0042`), checked where it entered.
+    pub name: DeviceName,
     /// The controller that owns the device (its configured server name); only the owner
     /// powers, flashes or hands it out.
     pub server: String,
@@ -53,7 +54,7 @@ impl Device {
     pub(crate) fn for_test(name: &str, state: &str) -> Device {
         Device {
             id: 1,
-            name: name.to_owned(),
+            name: name.parse().expect("a device name"),
             server: "rack1".to_owned(),
             facts: DeviceFacts {
                 hardware_type: Some("panda".into()),

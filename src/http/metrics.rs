@@ -81,8 +81,10 @@ pub fn store_counts(tx: &ReadTransaction) -> Result<StoreCounts, StoreError> {
         .collect();
     for item in tx.open_table(tables::DEVICES)?.iter()? {
         let (k, v) = item?;
-        let d: crate::domain::model::Device =
-            decode::<DeviceRecord>("devices", k.value(), &v.value())?.into();
+        let d = crate::storage::inventory::device_of(
+            k.value(),
+            decode::<DeviceRecord>("devices", k.value(), &v.value())?,
+        )?;
         if !d.retired {
             *devices.entry(d.state.name().to_owned()).or_insert(0) += 1;
         }

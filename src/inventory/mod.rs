@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::domain::clock::Millis;
 use crate::domain::device_state::DeviceState;
 use crate::domain::model::{Device, DeviceFacts, DeviceWiring, device_subject};
+use crate::domain::names::DeviceName;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv, next_counter};
 
@@ -103,7 +104,7 @@ pub fn upsert_device(
     tx: &Tx<'_>,
     now: Millis,
     server: &str,
-    name: &str,
+    name: &DeviceName,
     fields: &DeviceFields,
     origin: &str,
     actor: Option<&str>,
@@ -114,7 +115,7 @@ pub fn upsert_device(
             let id = next_counter(tx, "next_device_id")?;
             let d = Device {
                 id,
-                name: name.to_owned(),
+                name: name.clone(),
                 server: server.to_owned(),
                 facts: DeviceFacts {
                     hardware_type: fields.hardware_type.clone(),

@@ -254,22 +254,35 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
     Ok(out)
 }
 
+/// A row that passed [`validate`]: what the sync plans and writes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRow {
+    /// The device.
+    pub name: DeviceName,
+    /// Its inventory fields, checked.
+    pub fields: DeviceFields,
+}
+
 /// Check the rows: valid, unique names and valid fields.
 ///
 /// # Errors
 /// The first problem, naming the device.
-pub fn validate(rows: &[InventoryRow]) -> Result<(), String> {
+pub fn validate(rows: &[InventoryRow]) -> Result<Vec<CheckedRow>, String> {
     let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        r.name
+        let name = r
+            .name
             .parse::<DeviceName>()
             .map_err(|e| format!("device {:?}: {e}", r.name))?;
         if !seen.insert(r.name.as_str()) {
             return Err(format!("device {} is listed twice", r.name));
         }
-        check_fields(&r.fields()).map_err(|e| format!("device {}: {e}", r.name))?;
+        let fields = r.fields();
+        check_fields(&fields).map_err(|e| format!("device {}: {e}", r.name))?;
+        out.push(CheckedRow { name, fields });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// One updated device in a [`SyncReport`].
@@ -339,30 +352,30 @@ pub enum SyncError {
 }
 
 /// What the sync will do, computed from the current devices without writing.
-fn plan(devices: &[Device], rows: &[InventoryRow], server: &str) -> (SyncReport, Vec<usize>) {
+fn plan(devices: &[Device], rows: &[CheckedRow], server: &str) -> (SyncReport, Vec<usize>) {
     let by_name: BTreeMap<&str, &Device> = devices.iter().map(|d| (d.name.as_str(), d)).collect();
     let mut report = SyncReport::default();
     let mut adopt = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let Some(d) = by_name.get(row.name.as_str()) else {
-            report.added.push(row.name.clone());
+            report.added.push(row.name.to_string());
             continue;
         };
         if d.server != server {
             report.skipped.push(Skipped {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 reason: format!("owned by controller {}", d.server),
             });
             continue;
         }
         if d.origin == "config" {
             report.skipped.push(Skipped {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 reason: "defined in the configuration file".into(),
             });
             continue;
         }
-        let mut changes = diff(d, &row.fields());
+        let mut changes = diff(d, &row.fields);
         if d.origin != ORIGIN {
             changes.push(format!("origin: {} -> {ORIGIN}", d.origin));
             adopt.push(i);
@@ -371,7 +384,7 @@ fn plan(devices: &[Device], rows: &[InventoryRow], server: &str) -> (SyncReport,
             report.unchanged += 1;
         } else {
             report.updated.push(Updated {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 changes,
             });
         }
@@ -385,7 +398,7 @@ fn plan(devices: &[Device], rows: &[InventoryRow], server: &str) -> (SyncReport,
                 && d.server == server
                 && !listed.contains(d.name.as_str())
         })
-        .map(|d| d.name.clone())
+        .map(|d| d.name.to_string())
         .collect();
     (report, adopt)
 }
@@ -434,7 +447,7 @@ pub async fn sync(
     force: bool,
     actor: Option<String>,
 ) -> Result<SyncReport, SyncError> {
-    validate(&rows).map_err(SyncError::Invalid)?;
+    let rows = validate(&rows).map_err(SyncError::Invalid)?;
     let server = server.to_owned();
     store
         .write(move |tx, now| {
@@ -466,7 +479,7 @@ fn write(
     tx: &Tx<'_>,
     now: Millis,
     server: &str,
-    rows: &[InventoryRow],
+    rows: &[CheckedRow],
     adopt: &[usize],
     report: &SyncReport,
     actor: Option<&str>,
@@ -478,7 +491,7 @@ fn write(
         .map(String::as_str)
         .collect();
     for row in rows.iter().filter(|r| touched.contains(r.name.as_str())) {
-        upsert_device(tx, now, server, &row.name, &row.fields(), ORIGIN, actor)?;
+        upsert_device(tx, now, server, &row.name, &row.fields, ORIGIN, actor)?;
     }
     for &i in adopt {
         let name = &rows[i].name;

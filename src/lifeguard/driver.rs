@@ -190,7 +190,7 @@ impl Lifeguard {
                 let names: Vec<String> = inv::devices(&*tx.devices()?)?
                     .into_iter()
                     .filter(|d| !d.retired)
-                    .map(|d| d.name)
+                    .map(|d| d.name.into())
                     .collect();
                 let mut out = Vec::new();
                 for name in names {
@@ -305,7 +305,7 @@ impl Lifeguard {
 
     fn spawn_action(&self, record: Arc<Device>, generation: u64, action: Action) {
         let this = self.clone();
-        let device = record.name.clone();
+        let device = record.name.to_string();
         let mut inflight = lock(&self.inner.inflight);
         if let Some((_, previous)) = inflight.remove(&device) {
             previous.abort();
@@ -317,7 +317,7 @@ impl Lifeguard {
                 e = this.run_action(&record, generation, action) => e,
                 () = this.inner.shutdown.cancelled() => return,
             };
-            let name = &record.name;
+            let name = record.name.as_str();
             {
                 let mut inflight = lock(&this.inner.inflight);
                 if inflight.get(name).is_some_and(|(g, _)| *g == generation) {
@@ -505,7 +505,7 @@ impl Lifeguard {
                 let mut kept = lock(&self.inner.kept);
                 kept.retain(|_, k| k.until > now);
                 kept.insert(
-                    d.name.clone(),
+                    d.name.to_string(),
                     KeptSession {
                         session,
                         until: now + KEEP_SUT_SESSION,
@@ -526,7 +526,7 @@ impl Lifeguard {
     async fn storage_check(&self, d: &Device, limit: Duration) -> Result<(), String> {
         let addr = sut_addr(d)?;
         let kept = lock(&self.inner.kept)
-            .remove(&d.name)
+            .remove(d.name.as_str())
             .filter(|k| k.until > tokio::time::Instant::now())
             .map(|k| k.session);
         hw::sut::check_storage_on(kept, addr, limit)

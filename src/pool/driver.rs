@@ -514,7 +514,7 @@ fn device_views(
 
 /// One device as the queue sees it; `assignees` names the holder's assignee by request id.
 fn device_view(d: &Device, assignees: &HashMap<u64, &str>) -> Option<DeviceView> {
-    let mut v = DeviceView::new(d.name.parse().ok()?);
+    let mut v = DeviceView::new(d.name.clone());
     v.lifeguard_state.replace_range(.., d.state.name());
     v.free = d.available();
     v.failed = d.state.is_failed();

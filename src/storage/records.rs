@@ -17,6 +17,7 @@ use crate::domain::model::{
     Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image,
     LifeguardData, LogEntry, Registration,
 };
+use crate::domain::names::{DeviceName, NameError};
 
 /// Device table value.
 // Records live only between decode and conversion; their size does not matter.
@@ -142,15 +143,19 @@ impl From<DeviceV1> for DeviceV2 {
     }
 }
 
-impl From<DeviceRecord> for Device {
-    fn from(r: DeviceRecord) -> Device {
+impl TryFrom<DeviceRecord> for Device {
+    type Error = NameError;
+
+    /// Fails only on a name that is not a device name, which no edge ever let in: such a
+    /// record is corrupt, and reading it reports that as for any corrupt record.
+    fn try_from(r: DeviceRecord) -> Result<Device, NameError> {
         let v = match r {
             DeviceRecord::V1(v1) => DeviceV2::from(v1),
             DeviceRecord::V2(v2) => v2,
         };
-        Device {
+        Ok(Device {
             id: v.id,
-            name: v.name,
+            name: DeviceName::try_from(v.name)?,
             server: v.server,
             facts: DeviceFacts {
                 hardware_type: v.hardware_type,
@@ -191,7 +196,7 @@ impl From<DeviceRecord> for Device {
                 ip: r.ip,
                 fields: r.fields.into_iter().collect(),
             }),
-        }
+        })
     }
 }
 
@@ -200,7 +205,7 @@ impl From<&Device> for DeviceRecord {
         let l = &d.lifeguard;
         DeviceRecord::V2(DeviceV2 {
             id: d.id,
-            name: d.name.clone(),
+            name: d.name.to_string(),
             server: d.server.clone(),
             hardware_type: d.facts.hardware_type.clone(),
             processor: d.facts.processor.clone(),
@@ -480,17 +485,25 @@ mod tests {
 
     #[test]
     fn an_unknown_state_name_reads_as_unknown() {
-        let d = Device::from(DeviceRecord::V1(v1("pxe_booting")));
+        let d = Device::try_from(DeviceRecord::V1(v1("pxe_booting"))).expect("valid");
         assert_eq!(d.state, DeviceState::Unknown);
         assert!(!d.available());
     }
 
     #[test]
     fn typed_fields_write_back_the_bytes_they_were_read_from() {
-        let stored = DeviceRecord::from(&Device::from(DeviceRecord::V1(v1("ready"))));
-        let d = Device::from(stored.clone());
+        let stored =
+            DeviceRecord::from(&Device::try_from(DeviceRecord::V1(v1("ready"))).expect("valid"));
+        let d = Device::try_from(stored.clone()).expect("valid");
         assert_eq!(d.state, DeviceState::Ready);
         assert!(d.available());
         assert_eq!(bytes(&DeviceRecord::from(&d)), bytes(&stored));
+    }
+
+    #[test]
+    fn a_stored_name_that_is_not_a_device_name_is_a_corrupt_record() {
+        let mut bad = v1("ready");
+        bad.name = "../x".into();
+        assert!(Device::try_from(DeviceRecord::V1(bad)).is_err());
     }
 }

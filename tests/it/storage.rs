@@ -256,7 +256,7 @@ const DEVICE_V1: &[u8] = include_bytes!("../fixtures/records/device_v1.bin");
 #[test]
 fn golden_device_v1_still_decodes() {
     let record: DeviceRecord = decode_bytes(DEVICE_V1).expect("layout 1 decodes");
-    let device: mozpool::domain::model::Device = record.into();
+    let device = mozpool::domain::model::Device::try_from(record).expect("a valid device");
     assert_eq!(device.name, "panda-0042");
     assert_eq!(device.facts.hardware_type.as_deref(), Some("panda"));
     assert_eq!(device.wiring.relay.as_deref(), Some("relay-1:bank2:relay6"));
@@ -268,9 +268,13 @@ const DEVICE_V2: &[u8] = include_bytes!("../fixtures/records/device_v2.bin");
 
 #[test]
 fn golden_device_v2_still_decodes() {
-    let device: mozpool::domain::model::Device = decode_bytes::<DeviceRecord>(DEVICE_V2)
-        .expect("layout 2 decodes")
-        .into();
+    let device = mozpool::domain::model::Device::try_from(
+        decode_bytes::<DeviceRecord>(DEVICE_V2).expect("layout 2 decodes"),
+    )
+    .expect("a valid device");
+    // The typed fields write back the very bytes they were read from.
+    let again = Encoded::encode(&DeviceRecord::from(&device)).expect("encodes");
+    assert_eq!(again.bytes(), DEVICE_V2);
     assert_eq!(device.name, "panda-0043");
     assert_eq!(device.state, DeviceState::SutVerifying);
     assert_eq!(device.lifeguard.generation, 17);
@@ -446,7 +450,7 @@ fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write()
     }
     // A second device: the index is in (image, name) order.
     let mut other = d.clone();
-    other.name = "panda-0001".into();
+    other.name = "panda-0001".parse().expect("a device name");
     other.lifeguard.current_image = Some("b2g".into());
     put(&store, other);
     assert_eq!(free_names(&store, None), ["panda-0042", "panda-0001"]);

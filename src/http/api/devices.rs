@@ -271,7 +271,7 @@ pub async fn put(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError
     check_fields(&fields)?;
     let server = ctx.svc.server_name().to_owned();
     let actor = ctx.caller.name.clone();
-    let n = name.to_string();
+    let n = name.clone();
     let (outcome, device) = ctx
         .svc
         .store
@@ -348,7 +348,7 @@ async fn update(
     check_fields(&fields)?;
     let server = ctx.svc.server_name().to_owned();
     let actor = ctx.caller.name.clone();
-    let n = name.to_string();
+    let n = name.clone();
     let found = ctx
         .svc
         .store

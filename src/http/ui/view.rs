@@ -134,7 +134,7 @@ fn holders(requests: &[StoredRequest]) -> HashMap<String, &StoredRequest> {
 fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> DeviceRowView {
     let request = d.request.or(holder.map(|r| r.snap.id));
     DeviceRowView {
-        name: d.name.clone(),
+        name: d.name.to_string(),
         state: d.state.to_string(),
         look: look(d.state, request.is_some()),
         hardware_type: d.facts.hardware_type.clone().unwrap_or_default(),
@@ -165,7 +165,7 @@ pub fn pool_view(tx: &redb::ReadTransaction, version: u64) -> Result<PoolView, S
     let mut rows = Vec::with_capacity(devices.len());
     for d in &devices {
         let log = last_log(tx, &d.name)?;
-        rows.push(row(d, held.get(&d.name).copied(), log));
+        rows.push(row(d, held.get(d.name.as_str()).copied(), log));
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     let mut per_state: BTreeMap<(String, &'static str), (Look, usize)> = BTreeMap::new();
@@ -449,7 +449,7 @@ pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
                     let relay = d.wiring.relay.as_deref()?;
                     let addr: crate::hw::RelayAddr = relay.parse().ok()?;
                     (addr.board == b.name).then(|| WiredDeviceView {
-                        name: d.name.clone(),
+                        name: d.name.to_string(),
                         relay: relay.to_owned(),
                         state: d.state.to_string(),
                         look: look(d.state, d.request.is_some()),

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::domain::names::check_name;
+use crate::domain::names::DeviceName;
 
 /// Largest registration message accepted, in bytes (a real one is about 250).
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -105,7 +105,7 @@ pub struct RegistrationMessage {
     /// The agent's `NAME` as it sent it (decoded), usually its Wi-Fi MAC.
     pub agent_name: String,
     /// The device name it maps to (see [`RegistrationMessage::device_name`]).
-    pub device_name: String,
+    pub device_name: DeviceName,
     /// The MAC address in the original's form (12 lowercase hex digits) when `NAME` is one.
     pub mac: Option<String>,
     /// `IPADDR`.
@@ -265,7 +265,7 @@ pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<RegistrationMessage, R
 ///   `sut-<address>` with `.` and `:` turned into `-` (`sut-10-0-0-5`), since the address is
 ///   the only thing telling such devices apart;
 /// - anything else is used as it is and must be a valid device name.
-fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<String, RegistrationError> {
+fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<DeviceName, RegistrationError> {
     let name = if let Some(mac) = mac {
         mac.as_bytes()
             .chunks(2)
@@ -281,11 +281,10 @@ fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<String, Regis
     } else {
         agent.to_owned()
     };
-    check_name("device name", &name).map_err(|e| RegistrationError::BadName {
+    DeviceName::try_from(name).map_err(|e| RegistrationError::BadName {
         name: agent.chars().take(80).collect(),
         reason: e.to_string(),
-    })?;
-    Ok(name)
+    })
 }
 
 fn is_placeholder(agent: &str) -> bool {
