@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::clock::Millis;
 use crate::domain::device_state::DeviceState;
 use crate::domain::names::DeviceName;
+use crate::domain::wiring::{RelayAddr, SutAddr};
 
 /// One test device in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +65,8 @@ impl Device {
                 environment: None,
             },
             wiring: DeviceWiring {
-                relay: Some("relay-1:bank1:relay1".into()),
-                sut_addr: None,
-                fastboot_serial: None,
+                relay: Some("relay-1:bank1:relay1".parse().expect("a relay address")),
+                ..DeviceWiring::default()
             },
             comments: None,
             retired: false,
@@ -91,7 +91,11 @@ impl Device {
     /// Why a tech must look at this device before it can be used, if anything.
     #[must_use]
     pub fn needs_tech(&self) -> Option<&'static str> {
-        if self.wiring.relay.is_none() {
+        if self.wiring.unparsed.relay.is_some() {
+            Some(
+                "the stored relay address does not parse: the device cannot be power-cycled until a tech records its wiring again in the inventory",
+            )
+        } else if self.wiring.relay.is_none() {
             Some(
                 "no relay wiring: the device cannot be power-cycled until a tech wires it and records it in the inventory",
             )
@@ -169,11 +173,26 @@ pub struct DeviceFacts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceWiring {
     /// Relay address (`board:bankB:relayR` or `board:pinN`); `None` = no power control.
-    pub relay: Option<String>,
+    pub relay: Option<RelayAddr>,
     /// SUTAgent command address `host:port`.
-    pub sut_addr: Option<String>,
+    pub sut_addr: Option<SutAddr>,
     /// fastboot serial number.
     pub fastboot_serial: Option<String>,
+    /// Stored wiring text this release cannot parse, kept so that nothing is lost.
+    #[serde(default)]
+    pub unparsed: UnparsedWiring,
+}
+
+/// Wiring text read from the store that does not parse (written before addresses were
+/// checked at the edge, when any name passed as a relay). It is written back verbatim while
+/// the typed field stays `None`, so the device counts as unwired (a tech must look at it)
+/// and nothing drives a relay from a guess; setting the field at an edge replaces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnparsedWiring {
+    /// The stored relay text, when it is not a relay address.
+    pub relay: Option<String>,
+    /// The stored SUTAgent address text, when it is not `host:port`.
+    pub sut_addr: Option<String>,
 }
 
 /// A named flashing recipe in the image registry.

@@ -88,6 +88,21 @@ macro_rules! name_type {
             }
         }
 
+        impl $name {
+            /// As [`TryFrom<String>`], handing the text back untouched when it is not a
+            /// name, for a caller that must keep it.
+            ///
+            /// # Errors
+            /// The text itself, when it is not a valid name.
+            pub fn parse_owned(s: String) -> Result<Self, String> {
+                if check_name($kind, &s).is_ok() {
+                    Ok($name(s))
+                } else {
+                    Err(s)
+                }
+            }
+        }
+
         impl TryFrom<String> for $name {
             type Error = NameError;
             fn try_from(s: String) -> Result<Self, NameError> {

@@ -25,6 +25,16 @@ pub struct AddrError {
     pub reason: String,
 }
 
+/// What is out of range in `channel`, if anything.
+fn channel_problem(channel: Channel) -> Option<&'static str> {
+    match channel {
+        Channel::Relay { bank, .. } if !(1..=4).contains(&bank) => Some("bank must be 1..=4"),
+        Channel::Relay { relay, .. } if !(1..=8).contains(&relay) => Some("relay must be 1..=8"),
+        Channel::Pin(p) if p > MAX_BCM_PIN => Some("BCM pin must be 0..=27"),
+        Channel::Relay { .. } | Channel::Pin(_) => None,
+    }
+}
+
 /// Which output of a board a device hangs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,26 +96,13 @@ impl RelayAddr {
     /// # Errors
     /// [`AddrError`] naming the bad number.
     pub fn check(&self) -> Result<(), AddrError> {
-        let bad = |reason: &str| AddrError {
-            addr: self.to_string(),
-            reason: reason.to_owned(),
-        };
-        match self.channel {
-            Channel::Relay { bank, relay } => {
-                if !(1..=4).contains(&bank) {
-                    return Err(bad("bank must be 1..=4"));
-                }
-                if !(1..=8).contains(&relay) {
-                    return Err(bad("relay must be 1..=8"));
-                }
-            }
-            Channel::Pin(p) => {
-                if p > MAX_BCM_PIN {
-                    return Err(bad("BCM pin must be 0..=27"));
-                }
-            }
+        match channel_problem(self.channel) {
+            Some(reason) => Err(AddrError {
+                addr: self.to_string(),
+                reason: reason.to_owned(),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The channel of `s` and the length of its board prefix, before the board name is
@@ -174,21 +171,24 @@ impl FromStr for RelayAddr {
     }
 }
 
-impl TryFrom<String> for RelayAddr {
-    type Error = AddrError;
-
-    /// As [`FromStr`], keeping the text's buffer for the board name, so decoding a stored
-    /// device allocates nothing more for its relay.
-    fn try_from(mut s: String) -> Result<Self, AddrError> {
-        let (len, channel) = RelayAddr::split(&s)?;
-        if let Err(e) = check_name(BoardName::KIND, &s[..len]) {
-            return Err(RelayAddr::bad_board(&s, &e));
+impl RelayAddr {
+    /// As [`FromStr`], but keeping the text's buffer for the board name (decoding a stored
+    /// device allocates nothing more for its relay), and handing the text back untouched
+    /// when it does not parse, for a caller that must keep it.
+    ///
+    /// # Errors
+    /// The text itself, when it is not a relay address.
+    pub fn parse_owned(mut s: String) -> Result<Self, String> {
+        let Ok((len, channel)) = RelayAddr::split(&s) else {
+            return Err(s);
+        };
+        if channel_problem(channel).is_some() || check_name(BoardName::KIND, &s[..len]).is_err() {
+            return Err(s);
         }
+        // Everything is checked: only the board name is left, and it passed above.
         s.truncate(len);
-        let board = BoardName::try_from(s).map_err(|e| RelayAddr::bad_board("", &e))?;
-        let a = RelayAddr { board, channel };
-        a.check()?;
-        Ok(a)
+        let board = BoardName::parse_owned(s)?;
+        Ok(RelayAddr { board, channel })
     }
 }
 
@@ -243,14 +243,17 @@ impl FromStr for SutAddr {
     }
 }
 
-impl TryFrom<String> for SutAddr {
-    type Error = SutAddrError;
-
-    fn try_from(s: String) -> Result<Self, SutAddrError> {
+impl SutAddr {
+    /// As [`FromStr`] without copying the text, handing it back untouched when it is not
+    /// `host:port`, for a caller that must keep it.
+    ///
+    /// # Errors
+    /// The text itself, when it is not `host:port`.
+    pub fn parse_owned(s: String) -> Result<Self, String> {
         if valid_host_port(&s) {
             Ok(SutAddr(s))
         } else {
-            Err(SutAddrError(s.chars().take(100).collect()))
+            Err(s)
         }
     }
 }
@@ -284,7 +287,8 @@ impl Serialize for SutAddr {
 
 impl<'de> Deserialize<'de> for SutAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        SutAddr::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+        SutAddr::parse_owned(String::deserialize(d)?)
+            .map_err(|s| serde::de::Error::custom(SutAddrError(s.chars().take(100).collect())))
     }
 }
 
@@ -304,8 +308,11 @@ mod tests {
             "",
         ] {
             let a = s.parse::<RelayAddr>();
-            let b = RelayAddr::try_from(s.to_owned());
-            assert_eq!(a, b, "{s}");
+            let b = RelayAddr::parse_owned(s.to_owned());
+            assert_eq!(a.clone().ok(), b.clone().ok(), "{s}");
+            if let Err(back) = b {
+                assert_eq!(back, s);
+            }
             if let Ok(a) = a {
                 assert_eq!(a.to_string(), s);
             }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::clock::Millis;
 use crate::domain::model::{Device, device_subject};
 use crate::domain::names::DeviceName;
+use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::inventory::{DeviceFields, check_fields, retire_device, upsert_device};
 use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
@@ -85,19 +86,28 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 impl InventoryRow {
-    fn fields(&self) -> DeviceFields {
+    /// The row's fields, with its addresses parsed.
+    fn fields(&self) -> Result<DeviceFields, String> {
         let ne = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        DeviceFields {
+        let relay = ne(&self.relay)
+            .map(|r| r.parse::<RelayAddr>())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let sut = ne(&self.sut)
+            .map(|s| s.parse::<SutAddr>())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(DeviceFields {
             hardware_type: ne(&self.hardware_type),
             processor: ne(&self.processor),
             pool: ne(&self.pool),
             os_version: ne(&self.os_version),
             environment: ne(&self.environment),
-            relay: ne(&self.relay),
-            sut: ne(&self.sut),
+            relay,
+            sut,
             fastboot_serial: ne(&self.fastboot_serial),
             comments: ne(&self.comments),
-        }
+        })
     }
 
     fn set(&mut self, column: &str, value: String) {
@@ -278,8 +288,10 @@ pub fn validate(rows: &[InventoryRow]) -> Result<Vec<CheckedRow>, String> {
         if !seen.insert(r.name.as_str()) {
             return Err(format!("device {} is listed twice", r.name));
         }
-        let fields = r.fields();
-        check_fields(&fields).map_err(|e| format!("device {}: {e}", r.name))?;
+        let fields = r
+            .fields()
+            .and_then(|f| check_fields(&f).map(|()| f))
+            .map_err(|e| format!("device {}: {e}", r.name))?;
         out.push(CheckedRow { name, fields });
     }
     Ok(out)
@@ -406,32 +418,90 @@ fn plan(devices: &[Device], rows: &[CheckedRow], server: &str) -> (SyncReport, V
 /// The changes [`upsert_device`] would make (same rules: `None` leaves a field alone).
 fn diff(d: &Device, f: &DeviceFields) -> Vec<String> {
     let mut out = Vec::new();
-    let mut check = |label: &str, have: &Option<String>, want: &Option<String>| {
-        if want.is_some() && have != want {
-            out.push(format!(
-                "{label}: {} -> {}",
-                have.as_deref().unwrap_or("(none)"),
-                want.as_deref().unwrap_or("(none)")
-            ));
-        }
-    };
-    check("hardware_type", &d.facts.hardware_type, &f.hardware_type);
-    check("processor", &d.facts.processor, &f.processor);
-    check("pool", &d.facts.pool, &f.pool);
-    check("os_version", &d.facts.os_version, &f.os_version);
-    check("environment", &d.facts.environment, &f.environment);
-    check("relay", &d.wiring.relay, &f.relay);
-    check("sut", &d.wiring.sut_addr, &f.sut);
-    check(
-        "fastboot_serial",
-        &d.wiring.fastboot_serial,
-        &f.fastboot_serial,
+    let (facts, w, unparsed) = (&d.facts, &d.wiring, &d.wiring.unparsed);
+    let o = &mut out;
+    changed(
+        o,
+        "hardware_type",
+        facts.hardware_type.as_ref(),
+        None,
+        f.hardware_type.as_ref(),
     );
-    check("comments", &d.comments, &f.comments);
+    changed(
+        o,
+        "processor",
+        facts.processor.as_ref(),
+        None,
+        f.processor.as_ref(),
+    );
+    changed(o, "pool", facts.pool.as_ref(), None, f.pool.as_ref());
+    changed(
+        o,
+        "os_version",
+        facts.os_version.as_ref(),
+        None,
+        f.os_version.as_ref(),
+    );
+    changed(
+        o,
+        "environment",
+        facts.environment.as_ref(),
+        None,
+        f.environment.as_ref(),
+    );
+    changed(
+        o,
+        "relay",
+        w.relay.as_ref(),
+        unparsed.relay.as_deref(),
+        f.relay.as_ref(),
+    );
+    changed(
+        o,
+        "sut",
+        w.sut_addr.as_ref(),
+        unparsed.sut_addr.as_deref(),
+        f.sut.as_ref(),
+    );
+    changed(
+        o,
+        "fastboot_serial",
+        w.fastboot_serial.as_ref(),
+        None,
+        f.fastboot_serial.as_ref(),
+    );
+    changed(
+        o,
+        "comments",
+        d.comments.as_ref(),
+        None,
+        f.comments.as_ref(),
+    );
     if d.retired {
         out.push("retired: true -> false".to_owned());
     }
     out
+}
+
+/// Note `label: old -> new` when `want` is given and differs from what the device has (its
+/// value, or stored text that did not parse, which any given value replaces).
+fn changed<T: PartialEq + std::fmt::Display>(
+    out: &mut Vec<String>,
+    label: &str,
+    have: Option<&T>,
+    unparsed: Option<&str>,
+    want: Option<&T>,
+) {
+    let Some(want) = want else { return };
+    if have == Some(want) && unparsed.is_none() {
+        return;
+    }
+    let old = match (have, unparsed) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(text)) => text.to_owned(),
+        (None, None) => "(none)".to_owned(),
+    };
+    out.push(format!("{label}: {old} -> {want}"));
 }
 
 /// Sync the store's devices with `rows` in one transaction (or, with `dry_run`, compute the

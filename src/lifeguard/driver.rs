@@ -455,13 +455,10 @@ impl Lifeguard {
     }
 
     fn relay(&self, d: &Device) -> Result<RelayAddr, String> {
-        let text = d
-            .wiring
+        d.wiring
             .relay
-            .as_deref()
-            .ok_or_else(|| "no relay wiring".to_owned())?;
-        text.parse()
-            .map_err(|e: crate::domain::wiring::AddrError| format!("relay {text:?}: {e}"))
+            .clone()
+            .ok_or_else(|| "no relay wiring".to_owned())
     }
 
     /// One reachability probe of a device, now (the `/ping/` endpoint); it changes no state.
@@ -725,7 +722,7 @@ fn sut_addr(d: &Device) -> Result<SocketAddr, String> {
     let text = d
         .wiring
         .sut_addr
-        .as_deref()
+        .as_ref()
         .ok_or_else(|| "no SUTAgent address in the inventory".to_owned())?;
     text.to_socket_addrs()
         .map_err(|e| format!("cannot resolve {text}: {e}"))?

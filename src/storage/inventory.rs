@@ -85,7 +85,7 @@ where
     })
 }
 
-/// A decoded device record as a [`Device`] (see [`convert`]).
+/// A decoded device record as a [`Device`].
 ///
 /// # Errors
 /// [`StoreError::BadRecord`] for a record whose name is not a device name.

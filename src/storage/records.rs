@@ -15,9 +15,10 @@ use crate::domain::clock::Millis;
 use crate::domain::device_state::DeviceState;
 use crate::domain::model::{
     Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image,
-    LifeguardData, LogEntry, Registration,
+    LifeguardData, LogEntry, Registration, UnparsedWiring,
 };
 use crate::domain::names::{DeviceName, NameError};
+use crate::domain::wiring::{RelayAddr, SutAddr};
 
 /// Device table value.
 // Records live only between decode and conversion; their size does not matter.
@@ -164,11 +165,7 @@ impl TryFrom<DeviceRecord> for Device {
                 os_version: v.os_version,
                 environment: v.environment,
             },
-            wiring: DeviceWiring {
-                relay: v.relay,
-                sut_addr: v.sut_addr,
-                fastboot_serial: v.fastboot_serial,
-            },
+            wiring: wiring(v.relay, v.sut_addr, v.fastboot_serial),
             comments: v.comments,
             retired: v.retired,
             origin: v.origin,
@@ -200,6 +197,37 @@ impl TryFrom<DeviceRecord> for Device {
     }
 }
 
+/// The typed wiring of stored text. Text that no longer parses (a relay saved when any name
+/// passed) is kept verbatim in [`UnparsedWiring`] rather than dropped or refused: the device
+/// stays readable, counts as unwired, and its record is written back unchanged.
+fn wiring(
+    relay: Option<String>,
+    sut_addr: Option<String>,
+    fastboot_serial: Option<String>,
+) -> DeviceWiring {
+    let mut unparsed = UnparsedWiring::default();
+    let relay = relay.and_then(|text| match RelayAddr::parse_owned(text) {
+        Ok(a) => Some(a),
+        Err(text) => {
+            unparsed.relay = Some(text);
+            None
+        }
+    });
+    let sut_addr = sut_addr.and_then(|text| match SutAddr::parse_owned(text) {
+        Ok(a) => Some(a),
+        Err(text) => {
+            unparsed.sut_addr = Some(text);
+            None
+        }
+    });
+    DeviceWiring {
+        relay,
+        sut_addr,
+        fastboot_serial,
+        unparsed,
+    }
+}
+
 impl From<&Device> for DeviceRecord {
     fn from(d: &Device) -> DeviceRecord {
         let l = &d.lifeguard;
@@ -212,8 +240,18 @@ impl From<&Device> for DeviceRecord {
             pool: d.facts.pool.clone(),
             os_version: d.facts.os_version.clone(),
             environment: d.facts.environment.clone(),
-            relay: d.wiring.relay.clone(),
-            sut_addr: d.wiring.sut_addr.clone(),
+            relay: d
+                .wiring
+                .relay
+                .as_ref()
+                .map(ToString::to_string)
+                .or_else(|| d.wiring.unparsed.relay.clone()),
+            sut_addr: d
+                .wiring
+                .sut_addr
+                .as_ref()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| d.wiring.unparsed.sut_addr.clone()),
             fastboot_serial: d.wiring.fastboot_serial.clone(),
             comments: d.comments.clone(),
             retired: d.retired,
@@ -498,6 +536,29 @@ mod tests {
         assert_eq!(d.state, DeviceState::Ready);
         assert!(d.available());
         assert_eq!(bytes(&DeviceRecord::from(&d)), bytes(&stored));
+    }
+
+    #[test]
+    fn wiring_text_that_does_not_parse_is_kept_verbatim() {
+        let mut old = v1("ready");
+        // Accepted as a name before relays were parsed at the edge, but not an address.
+        old.relay = Some("relay-1:bank5:relay1".into());
+        old.sut_addr = Some("panda-3".into());
+        let stored = DeviceRecord::V1(old);
+        let d = Device::try_from(stored.clone()).expect("readable");
+        assert_eq!(d.wiring.relay, None);
+        assert_eq!(d.wiring.sut_addr, None);
+        assert_eq!(
+            d.wiring.unparsed.relay.as_deref(),
+            Some("relay-1:bank5:relay1")
+        );
+        assert_eq!(d.wiring.unparsed.sut_addr.as_deref(), Some("panda-3"));
+        assert!(d.needs_tech().is_some());
+        let DeviceRecord::V2(back) = DeviceRecord::from(&d) else {
+            panic!("writes the newest layout");
+        };
+        assert_eq!(back.relay.as_deref(), Some("relay-1:bank5:relay1"));
+        assert_eq!(back.sut_addr.as_deref(), Some("panda-3"));
     }
 
     #[test]

@@ -259,7 +259,15 @@ fn golden_device_v1_still_decodes() {
     let device = mozpool::domain::model::Device::try_from(record).expect("a valid device");
     assert_eq!(device.name, "panda-0042");
     assert_eq!(device.facts.hardware_type.as_deref(), Some("panda"));
-    assert_eq!(device.wiring.relay.as_deref(), Some("relay-1:bank2:relay6"));
+    assert_eq!(
+        device
+            .wiring
+            .relay
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("relay-1:bank2:relay6")
+    );
     assert_eq!(device.state, DeviceState::Ready);
 }
 

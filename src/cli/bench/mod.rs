@@ -355,8 +355,8 @@ fn device(
         pool: Some("mobile".into()),
         os_version: None,
         environment: None,
-        relay,
-        sut: Some(sut),
+        relay: relay.map(|r| r.parse()).transpose()?,
+        sut: Some(sut.parse()?),
         fastboot_serial: None,
         comments: None,
     })

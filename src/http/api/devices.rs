@@ -11,6 +11,7 @@ use super::logs::entry_json;
 use crate::domain::clock::Iso;
 use crate::domain::model::{Device, device_subject};
 use crate::domain::names::DeviceName;
+use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::http::body::{Body, bytes_response, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
@@ -52,11 +53,11 @@ pub struct DeviceJson<'a> {
     pool: &'a Option<String>,
     processor: &'a Option<String>,
     registration: Option<RegistrationJson<'a>>,
-    relay_info: &'a Option<String>,
+    relay_info: &'a Option<RelayAddr>,
     request_id: Option<u64>,
     retired: bool,
     state: &'a str,
-    sut: &'a Option<String>,
+    sut: &'a Option<SutAddr>,
     updated: Iso,
 }
 
@@ -76,9 +77,8 @@ impl<'a> DeviceJson<'a> {
         let fqdn = d
             .wiring
             .sut_addr
-            .as_deref()
-            .and_then(|a| a.rsplit_once(':').map(|(h, _)| h))
-            .unwrap_or(d.name.as_str());
+            .as_ref()
+            .map_or(d.name.as_str(), SutAddr::host);
         DeviceJson {
             boot_config: &d.lifeguard.current_boot_config,
             comments: &d.comments,

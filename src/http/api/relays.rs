@@ -48,9 +48,8 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
                 .iter()
                 .filter(|d| !d.retired)
                 .filter_map(|d| {
-                    let relay = d.wiring.relay.as_deref()?;
-                    let addr: RelayAddr = relay.parse().ok()?;
-                    (addr.board == b.name)
+                    let relay = d.wiring.relay.as_ref()?;
+                    (relay.board == b.name)
                         .then(|| json!({ "device": d.name, "relay": relay, "state": d.state }))
                 })
                 .collect();
@@ -115,13 +114,7 @@ pub async fn channel(
     subjects.extend(
         devices
             .iter()
-            .filter(|d| {
-                d.wiring
-                    .relay
-                    .as_deref()
-                    .and_then(|r| r.parse::<RelayAddr>().ok())
-                    .is_some_and(|a| a == addr)
-            })
+            .filter(|d| d.wiring.relay.as_ref().is_some_and(|a| *a == addr))
             .map(|d| device_subject(&d.name)),
     );
     let entry = NewLog {

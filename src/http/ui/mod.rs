@@ -109,7 +109,7 @@ mod tests {
             os_version: Some("4.0.4".into()),
             environment: Some("prod".into()),
         };
-        d.wiring.sut_addr = Some("10.0.0.5:20701".into());
+        d.wiring.sut_addr = Some("10.0.0.5:20701".parse().expect("host:port"));
         d.wiring.fastboot_serial = Some("0123".into());
         d.comments = Some(comments.to_owned());
         d.created = Millis(1_700_000_000_000);

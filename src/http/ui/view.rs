@@ -235,6 +235,11 @@ pub struct FieldView {
     pub value: String,
 }
 
+/// A wiring field as shown: its value, else the stored text that did not parse, else "".
+fn wired<T: std::fmt::Display>(value: Option<&T>, unparsed: &Option<String>) -> String {
+    value.map_or_else(|| unparsed.clone().unwrap_or_default(), ToString::to_string)
+}
+
 fn field(key: &str, value: impl Into<String>) -> FieldView {
     FieldView {
         key: key.to_owned(),
@@ -272,8 +277,14 @@ pub fn device_view(
         field("Pool", opt(&d.facts.pool)),
         field("OS version", opt(&d.facts.os_version)),
         field("Environment", opt(&d.facts.environment)),
-        field("Relay", opt(&d.wiring.relay)),
-        field("SUTAgent", opt(&d.wiring.sut_addr)),
+        field(
+            "Relay",
+            wired(d.wiring.relay.as_ref(), &d.wiring.unparsed.relay),
+        ),
+        field(
+            "SUTAgent",
+            wired(d.wiring.sut_addr.as_ref(), &d.wiring.unparsed.sut_addr),
+        ),
         field("Fastboot serial", opt(&d.wiring.fastboot_serial)),
         field("Current image", opt(&lg.current_image)),
         field("Image being installed", opt(&lg.next_image)),
@@ -446,11 +457,10 @@ pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
                 .iter()
                 .filter(|d| !d.retired)
                 .filter_map(|d| {
-                    let relay = d.wiring.relay.as_deref()?;
-                    let addr: crate::hw::RelayAddr = relay.parse().ok()?;
+                    let addr = d.wiring.relay.as_ref()?;
                     (addr.board == b.name).then(|| WiredDeviceView {
                         name: d.name.to_string(),
-                        relay: relay.to_owned(),
+                        relay: addr.to_string(),
                         state: d.state.to_string(),
                         look: look(d.state, d.request.is_some()),
                     })

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::domain::names::DeviceName;
+use crate::domain::wiring::SutAddr;
 
 /// Largest registration message accepted, in bytes (a real one is about 250).
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -112,6 +113,8 @@ pub struct RegistrationMessage {
     pub ip: String,
     /// `CMDPORT`, [`DEFAULT_CMD_PORT`] when absent.
     pub cmd_port: u16,
+    /// The SUTAgent command address `IPADDR:CMDPORT` (IPv6 in brackets).
+    pub sut: SutAddr,
     /// `HARDWARE` when present and non-empty.
     pub hardware: Option<String>,
     /// `POOL` when present and non-empty.
@@ -123,12 +126,8 @@ pub struct RegistrationMessage {
 impl RegistrationMessage {
     /// The SUTAgent command address `IPADDR:CMDPORT` (IPv6 in brackets).
     #[must_use]
-    pub fn sut_addr(&self) -> String {
-        if self.ip.contains(':') {
-            format!("[{}]:{}", self.ip, self.cmd_port)
-        } else {
-            format!("{}:{}", self.ip, self.cmd_port)
-        }
+    pub fn sut_addr(&self) -> &SutAddr {
+        &self.sut
     }
 
     /// Whether the agent's NAME is a shared placeholder rather than an identity.
@@ -246,12 +245,19 @@ pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<RegistrationMessage, R
     let pool = non_empty("POOL");
     let mac = mac_of(&agent_name);
     let device_name = device_name(&agent_name, mac.as_deref(), &ip)?;
+    let sut = if ip.contains(':') {
+        format!("[{ip}]:{cmd_port}")
+    } else {
+        format!("{ip}:{cmd_port}")
+    };
+    let sut = SutAddr::parse_owned(sut).map_err(RegistrationError::BadAddress)?;
     Ok(RegistrationMessage {
         agent_name,
         device_name,
         mac,
         ip,
         cmd_port,
+        sut,
         hardware,
         pool,
         fields,
@@ -406,7 +412,7 @@ mod tests {
         assert_eq!(m.device_name, "00:11:22:33:44:55");
         assert_eq!(m.mac.as_deref(), Some("001122334455"));
         assert_eq!(m.ip, "127.0.0.1");
-        assert_eq!(m.sut_addr(), "127.0.0.1:20701");
+        assert_eq!(m.sut_addr().as_str(), "127.0.0.1:20701");
         assert_eq!(m.hardware.as_deref(), Some("panda"));
         assert_eq!(m.pool, None);
         assert_eq!(m.fields["OS"], "Android-IMM76D");
