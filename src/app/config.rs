@@ -13,9 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::domain::model::{Environment, FlashStep, HardwareTypeInfo, Image};
-use crate::domain::names::{
-    DeviceName, EnvironmentName, HardwareType, ImageName, ServerName, valid_host_port,
-};
+use crate::domain::names::{DeviceName, EnvironmentName, HardwareType, ImageName, ServerName};
+use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::hw::config::HardwareConfig;
 
 /// Where the packaged configuration lives.
@@ -305,9 +304,9 @@ pub struct DeviceConfig {
     /// Environment.
     pub environment: Option<EnvironmentName>,
     /// Relay address.
-    pub relay: Option<String>,
+    pub relay: Option<RelayAddr>,
     /// SUTAgent address `host:port`.
-    pub sut: Option<String>,
+    pub sut: Option<SutAddr>,
     /// fastboot serial number.
     pub fastboot_serial: Option<String>,
     /// Notes.
@@ -473,18 +472,13 @@ impl Config {
                     format!("device {name}: hardware_type {t} is not in [[hardware_types]]"),
                 ));
             }
-            if let Some(relay) = &d.relay {
-                let addr: crate::hw::RelayAddr = relay.parse().map_err(|e| {
-                    invalid(
-                        d.name.span(),
-                        format!("device {name}: relay {relay:?}: {e}"),
-                    )
-                })?;
+            if let Some(addr) = &d.relay {
+                let relay = addr.to_string();
                 if !self.relay_boards.is_empty()
                     && !self
                         .relay_boards
                         .iter()
-                        .any(|b| b.serves(&addr.board) && b.check_channel(&addr).is_ok())
+                        .any(|b| b.serves(&addr.board) && b.check_channel(addr).is_ok())
                 {
                     return Err(invalid(
                         d.name.span(),
@@ -493,14 +487,6 @@ impl Config {
                         ),
                     ));
                 }
-            }
-            if let Some(sut) = &d.sut
-                && !valid_host_port(sut)
-            {
-                return Err(invalid(
-                    d.name.span(),
-                    format!("device {name}: sut {sut:?} must be host:port"),
-                ));
             }
         }
         Ok(())
@@ -645,11 +631,11 @@ mod tests {
 
     #[test]
     fn host_port() {
-        assert!(valid_host_port("10.0.0.5:20701"));
-        assert!(valid_host_port("panda-1.lab:20701"));
-        assert!(!valid_host_port("panda-1"));
-        assert!(!valid_host_port(":20701"));
-        assert!(!valid_host_port("a:0"));
-        assert!(!valid_host_port("a b:1"));
+        assert!(crate::domain::names::valid_host_port("10.0.0.5:20701"));
+        assert!(crate::domain::names::valid_host_port("panda-1.lab:20701"));
+        assert!(!crate::domain::names::valid_host_port("panda-1"));
+        assert!(!crate::domain::names::valid_host_port(":20701"));
+        assert!(!crate::domain::names::valid_host_port("a:0"));
+        assert!(!crate::domain::names::valid_host_port("a b:1"));
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::config::Config;
 use crate::domain::clock::Clock;
+use crate::domain::device_state::DeviceState;
 use crate::http::auth::{Auth, OPEN_WARNING};
 use crate::http::metrics::Metrics;
 use crate::http::services::{Services, Settings};
@@ -296,15 +297,7 @@ impl App {
                         fastboot_serial: d.fastboot_serial.clone(),
                         comments: d.comments.clone(),
                     };
-                    upsert_device(
-                        tx,
-                        now,
-                        &server,
-                        d.name.get_ref().as_str(),
-                        &fields,
-                        "config",
-                        None,
-                    )?;
+                    upsert_device(tx, now, &server, d.name.get_ref(), &fields, "config", None)?;
                 }
                 append(
                     tx,
@@ -444,11 +437,15 @@ impl App {
                 match app.store.read(crate::http::metrics::store_counts).await {
                     Ok(c) => {
                         let total: u64 = c.devices.values().sum();
-                        let ready = c.devices.get("ready").copied().unwrap_or(0);
+                        let ready = c
+                            .devices
+                            .get(DeviceState::Ready.name())
+                            .copied()
+                            .unwrap_or(0);
                         let failed: u64 = c
                             .devices
                             .iter()
-                            .filter(|(s, _)| s.starts_with("failed_"))
+                            .filter(|(s, _)| s.parse().is_ok_and(DeviceState::is_failed))
                             .map(|(_, n)| n)
                             .sum();
                         systemd::status(&format!(

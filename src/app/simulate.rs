@@ -139,8 +139,8 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             pool: Some("mobile".into()),
             os_version: Some("4.0.4".into()),
             environment: "sim".parse().ok(),
-            relay: Some(d.relay.to_string()),
-            sut: Some(d.sut_addr.to_string()),
+            relay: Some(d.relay.clone()),
+            sut: d.sut_addr.to_string().parse().ok(),
             fastboot_serial: Some(d.fastboot_serial.clone()),
             comments: None,
         });

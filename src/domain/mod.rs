@@ -11,6 +11,7 @@ pub mod names;
 pub mod request;
 pub mod request_state;
 pub mod timers;
+pub mod wiring;
 
 /// Lock a mutex, ignoring poisoning: the maps and lists guarded this way stay consistent
 /// even if a holder panicked, and one panicked task must not take the others down.

@@ -9,14 +9,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::clock::Millis;
+use crate::domain::device_state::DeviceState;
+use crate::domain::names::DeviceName;
+use crate::domain::wiring::{RelayAddr, SutAddr};
 
 /// One test device in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// Stable integer id (the original's `id`, also its `inventory_id`).
     pub id: u64,
-    /// Short unique name (`panda-0042`).
-    pub name: String,
+    /// Short unique name (`panda-0042`), checked where it entered.
+    pub name: DeviceName,
     /// The controller that owns the device (its configured server name); only the owner
     /// powers, flashes or hands it out.
     pub server: String,
@@ -34,8 +37,9 @@ pub struct Device {
     pub created: Millis,
     /// When the record last changed.
     pub updated: Millis,
-    /// The device's Lifeguard state name (`ready`, `failed_power_cycling`, ...).
-    pub state: String,
+    /// The device's Lifeguard state (stored as its name; a name this release does not know
+    /// reads as [`DeviceState::Unknown`], as in MozPool 4.x).
+    pub state: DeviceState,
     /// The rest of the Lifeguard state machine's persisted state.
     pub lifeguard: LifeguardData,
     /// The request holding the device, if any.
@@ -45,12 +49,13 @@ pub struct Device {
 }
 
 impl Device {
-    /// A wired PandaBoard named `name` in `state`, for tests; change what a test needs.
+    /// A wired PandaBoard named `name` in the state named `state`, for tests; change what a
+    /// test needs.
     #[cfg(test)]
     pub(crate) fn for_test(name: &str, state: &str) -> Device {
         Device {
             id: 1,
-            name: name.to_owned(),
+            name: name.parse().expect("a device name"),
             server: "rack1".to_owned(),
             facts: DeviceFacts {
                 hardware_type: Some("panda".into()),
@@ -60,26 +65,37 @@ impl Device {
                 environment: None,
             },
             wiring: DeviceWiring {
-                relay: Some("relay-1:bank1:relay1".into()),
-                sut_addr: None,
-                fastboot_serial: None,
+                relay: Some("relay-1:bank1:relay1".parse().expect("a relay address")),
+                ..DeviceWiring::default()
             },
             comments: None,
             retired: false,
             origin: "config".into(),
             created: Millis(0),
             updated: Millis(0),
-            state: state.to_owned(),
+            state: state.parse().expect("a state name"),
             lifeguard: LifeguardData::default(),
             request: None,
             registration: None,
         }
     }
 
+    /// The pool may hand this device out right now: not retired, held by no request, and
+    /// `ready`. The one definition of "available": the free-device index, the pool's views
+    /// and Lifeguard's "became available" all ask this.
+    #[must_use]
+    pub fn available(&self) -> bool {
+        available(self.state, self.request, self.retired)
+    }
+
     /// Why a tech must look at this device before it can be used, if anything.
     #[must_use]
     pub fn needs_tech(&self) -> Option<&'static str> {
-        if self.wiring.relay.is_none() {
+        if self.wiring.unparsed.relay.is_some() {
+            Some(
+                "the stored relay address does not parse: the device cannot be power-cycled until a tech records its wiring again in the inventory",
+            )
+        } else if self.wiring.relay.is_none() {
             Some(
                 "no relay wiring: the device cannot be power-cycled until a tech wires it and records it in the inventory",
             )
@@ -87,6 +103,13 @@ impl Device {
             None
         }
     }
+}
+
+/// [`Device::available`] from its three facts, for Lifeguard's machine, whose snapshot has
+/// no device record (and never sees a retired device: Lifeguard refuses those first).
+#[must_use]
+pub const fn available(state: DeviceState, request: Option<u64>, retired: bool) -> bool {
+    !retired && request.is_none() && state.is_free_for_pool()
 }
 
 /// Persisted state of a device's Lifeguard state machine besides the state name.
@@ -150,11 +173,26 @@ pub struct DeviceFacts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceWiring {
     /// Relay address (`board:bankB:relayR` or `board:pinN`); `None` = no power control.
-    pub relay: Option<String>,
+    pub relay: Option<RelayAddr>,
     /// SUTAgent command address `host:port`.
-    pub sut_addr: Option<String>,
+    pub sut_addr: Option<SutAddr>,
     /// fastboot serial number.
     pub fastboot_serial: Option<String>,
+    /// Stored wiring text this release cannot parse, kept so that nothing is lost.
+    #[serde(default)]
+    pub unparsed: UnparsedWiring,
+}
+
+/// Wiring text read from the store that does not parse (written before addresses were
+/// checked at the edge, when any name passed as a relay). It is written back verbatim while
+/// the typed field stays `None`, so the device counts as unwired (a tech must look at it)
+/// and nothing drives a relay from a guess; setting the field at an edge replaces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnparsedWiring {
+    /// The stored relay text, when it is not a relay address.
+    pub relay: Option<String>,
+    /// The stored SUTAgent address text, when it is not `host:port`.
+    pub sut_addr: Option<String>,
 }
 
 /// A named flashing recipe in the image registry.

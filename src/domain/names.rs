@@ -70,6 +70,9 @@ macro_rules! name_type {
         pub struct $name(String);
 
         impl $name {
+            /// What the name is called in error messages.
+            pub const KIND: &'static str = $kind;
+
             /// The name as text.
             #[must_use]
             pub fn as_str(&self) -> &str {
@@ -82,6 +85,21 @@ macro_rules! name_type {
             fn from_str(s: &str) -> Result<Self, NameError> {
                 check_name($kind, s)?;
                 Ok($name(s.to_owned()))
+            }
+        }
+
+        impl $name {
+            /// As [`TryFrom<String>`], handing the text back untouched when it is not a
+            /// name, for a caller that must keep it.
+            ///
+            /// # Errors
+            /// The text itself, when it is not a valid name.
+            pub fn parse_owned(s: String) -> Result<Self, String> {
+                if check_name($kind, &s).is_ok() {
+                    Ok($name(s))
+                } else {
+                    Err(s)
+                }
             }
         }
 
@@ -101,6 +119,33 @@ macro_rules! name_type {
 
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        /// A checked name reads like any `&str` (only building one is guarded).
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        /// Maps keyed by a name can be searched with a `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
                 &self.0
             }
         }

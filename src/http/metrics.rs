@@ -78,7 +78,10 @@ pub fn store_counts(snap: &Snapshot) -> Result<StoreCounts, StoreError> {
         .collect();
     snap.for_each_device(|d| {
         if !d.retired {
-            *devices.entry(d.state).or_insert(0) += 1;
+            // Every state has its key already (above), so counting allocates nothing.
+            if let Some(n) = devices.get_mut(d.state.name()) {
+                *n += 1;
+            }
         }
         Ok(())
     })?;

@@ -149,6 +149,15 @@ pub enum Error {
     },
 }
 
+impl From<crate::domain::wiring::AddrError> for Error {
+    fn from(e: crate::domain::wiring::AddrError) -> Error {
+        Error::BadAddress {
+            addr: e.addr,
+            reason: e.reason,
+        }
+    }
+}
+
 impl Error {
     /// An [`Error::Io`] with context.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {

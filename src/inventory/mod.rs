@@ -12,7 +12,10 @@ use crate::storage::Tx;
 use serde::Deserialize;
 
 use crate::domain::clock::Millis;
-use crate::domain::model::{Device, DeviceFacts, DeviceWiring, device_subject};
+use crate::domain::device_state::DeviceState;
+use crate::domain::model::{Device, DeviceFacts, DeviceWiring, UnparsedWiring, device_subject};
+use crate::domain::names::DeviceName;
+use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv, next_counter};
 
@@ -31,10 +34,10 @@ pub struct DeviceFields {
     pub os_version: Option<String>,
     /// Environment.
     pub environment: Option<String>,
-    /// Relay address.
-    pub relay: Option<String>,
-    /// SUTAgent address `host:port`.
-    pub sut: Option<String>,
+    /// Relay address, parsed where the fields came in.
+    pub relay: Option<RelayAddr>,
+    /// SUTAgent address `host:port`, parsed where the fields came in.
+    pub sut: Option<SutAddr>,
     /// fastboot serial.
     pub fastboot_serial: Option<String>,
     /// Notes.
@@ -45,7 +48,7 @@ pub struct DeviceFields {
 pub const MAX_COMMENT_LEN: usize = 2000;
 
 /// Check inventory fields from an untrusted source (API body, inventory file): names are
-/// valid names, `sut` is `host:port`, comments are not huge.
+/// valid names, comments are not huge (the addresses were parsed into their types already).
 ///
 /// # Errors
 /// A message saying which field is wrong.
@@ -62,16 +65,10 @@ pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
         ("pool", &f.pool),
         ("os_version", &f.os_version),
         ("fastboot_serial", &f.fastboot_serial),
-        ("relay", &f.relay),
     ] {
         if let Some(v) = v {
             check_name(label, v).map_err(|e| e.to_string())?;
         }
-    }
-    if let Some(s) = &f.sut
-        && !crate::domain::names::valid_host_port(s)
-    {
-        return Err(format!("sut {s:?} must be host:port"));
     }
     if f.comments
         .as_ref()
@@ -102,7 +99,7 @@ pub fn upsert_device(
     tx: &Tx<'_>,
     now: Millis,
     server: &str,
-    name: &str,
+    name: &DeviceName,
     fields: &DeviceFields,
     origin: &str,
     actor: Option<&str>,
@@ -113,7 +110,7 @@ pub fn upsert_device(
             let id = next_counter(tx, "next_device_id")?;
             let d = Device {
                 id,
-                name: name.to_owned(),
+                name: name.clone(),
                 server: server.to_owned(),
                 facts: DeviceFacts {
                     hardware_type: fields.hardware_type.clone(),
@@ -126,13 +123,14 @@ pub fn upsert_device(
                     relay: fields.relay.clone(),
                     sut_addr: fields.sut.clone(),
                     fastboot_serial: fields.fastboot_serial.clone(),
+                    unparsed: UnparsedWiring::default(),
                 },
                 comments: fields.comments.clone(),
                 retired: false,
                 origin: origin.to_owned(),
                 created: now,
                 updated: now,
-                state: "new".to_owned(),
+                state: DeviceState::New,
                 // `new` is due at once: the Lifeguard driver starts its self-test.
                 lifeguard: crate::domain::model::LifeguardData {
                     entered_at: now,
@@ -146,36 +144,53 @@ pub fn upsert_device(
         }
         Some(mut d) => {
             let mut changes = Vec::new();
-            let mut set = |label: &str, slot: &mut Option<String>, value: &Option<String>| {
-                if value.is_some() && slot != value {
-                    changes.push(format!(
-                        "{label}: {} -> {}",
-                        slot.as_deref().unwrap_or("(none)"),
-                        value.as_deref().unwrap_or("(none)")
-                    ));
-                    slot.clone_from(value);
-                }
-            };
-            set(
+            set_field(
+                &mut changes,
                 "hardware_type",
                 &mut d.facts.hardware_type,
                 &fields.hardware_type,
             );
-            set("processor", &mut d.facts.processor, &fields.processor);
-            set("pool", &mut d.facts.pool, &fields.pool);
-            set("os_version", &mut d.facts.os_version, &fields.os_version);
-            set("environment", &mut d.facts.environment, &fields.environment);
-            set("relay", &mut d.wiring.relay, &fields.relay);
-            set("sut", &mut d.wiring.sut_addr, &fields.sut);
-            set(
+            set_field(
+                &mut changes,
+                "processor",
+                &mut d.facts.processor,
+                &fields.processor,
+            );
+            set_field(&mut changes, "pool", &mut d.facts.pool, &fields.pool);
+            set_field(
+                &mut changes,
+                "os_version",
+                &mut d.facts.os_version,
+                &fields.os_version,
+            );
+            set_field(
+                &mut changes,
+                "environment",
+                &mut d.facts.environment,
+                &fields.environment,
+            );
+            set_wiring(
+                &mut changes,
+                "relay",
+                (&mut d.wiring.relay, &mut d.wiring.unparsed.relay),
+                &fields.relay,
+            );
+            set_wiring(
+                &mut changes,
+                "sut",
+                (&mut d.wiring.sut_addr, &mut d.wiring.unparsed.sut_addr),
+                &fields.sut,
+            );
+            set_field(
+                &mut changes,
                 "fastboot_serial",
                 &mut d.wiring.fastboot_serial,
                 &fields.fastboot_serial,
             );
-            set("comments", &mut d.comments, &fields.comments);
+            set_field(&mut changes, "comments", &mut d.comments, &fields.comments);
             if d.retired {
                 d.retired = false;
-                d.state = "new".to_owned();
+                d.state = DeviceState::New;
                 changes.push("retired: true -> false".to_owned());
             }
             if changes.is_empty() {
@@ -197,6 +212,50 @@ pub fn upsert_device(
         NewLog::new(device_subject(name), "inventory", message).by(actor.map(str::to_owned)),
     )?;
     Ok(outcome)
+}
+
+/// Set `slot` to `value` when one is given and differs, noting `label: old -> new`.
+fn set_field<T: Clone + PartialEq + std::fmt::Display>(
+    changes: &mut Vec<String>,
+    label: &str,
+    slot: &mut Option<T>,
+    value: &Option<T>,
+) {
+    if let Some(v) = value
+        && slot.as_ref() != Some(v)
+    {
+        changes.push(format!("{label}: {} -> {v}", shown(slot.as_ref(), None)));
+        slot.clone_from(value);
+    }
+}
+
+/// [`set_field`] for a wiring field, whose old value may be stored text that did not parse
+/// (shown as it was, and replaced by the new value).
+fn set_wiring<T: Clone + PartialEq + std::fmt::Display>(
+    changes: &mut Vec<String>,
+    label: &str,
+    (slot, unparsed): (&mut Option<T>, &mut Option<String>),
+    value: &Option<T>,
+) {
+    if let Some(v) = value
+        && (slot.as_ref() != Some(v) || unparsed.is_some())
+    {
+        changes.push(format!(
+            "{label}: {} -> {v}",
+            shown(slot.as_ref(), unparsed.as_deref())
+        ));
+        slot.clone_from(value);
+        *unparsed = None;
+    }
+}
+
+/// A field's old value in a change line: the value, the unparsed text, or `(none)`.
+fn shown<T: std::fmt::Display>(value: Option<&T>, unparsed: Option<&str>) -> String {
+    match (value, unparsed) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(text)) => text.to_owned(),
+        (None, None) => "(none)".to_owned(),
+    }
 }
 
 /// Retire a device: it stays in the store with its history but is never used again.

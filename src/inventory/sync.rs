@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::clock::Millis;
 use crate::domain::model::{Device, device_subject};
 use crate::domain::names::DeviceName;
+use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::inventory::{DeviceFields, check_fields, retire_device, upsert_device};
 use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
@@ -85,19 +86,28 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 impl InventoryRow {
-    fn fields(&self) -> DeviceFields {
+    /// The row's fields, with its addresses parsed.
+    fn fields(&self) -> Result<DeviceFields, String> {
         let ne = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        DeviceFields {
+        let relay = ne(&self.relay)
+            .map(|r| r.parse::<RelayAddr>())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let sut = ne(&self.sut)
+            .map(|s| s.parse::<SutAddr>())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(DeviceFields {
             hardware_type: ne(&self.hardware_type),
             processor: ne(&self.processor),
             pool: ne(&self.pool),
             os_version: ne(&self.os_version),
             environment: ne(&self.environment),
-            relay: ne(&self.relay),
-            sut: ne(&self.sut),
+            relay,
+            sut,
             fastboot_serial: ne(&self.fastboot_serial),
             comments: ne(&self.comments),
-        }
+        })
     }
 
     fn set(&mut self, column: &str, value: String) {
@@ -254,22 +264,37 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
     Ok(out)
 }
 
+/// A row that passed [`validate`]: what the sync plans and writes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRow {
+    /// The device.
+    pub name: DeviceName,
+    /// Its inventory fields, checked.
+    pub fields: DeviceFields,
+}
+
 /// Check the rows: valid, unique names and valid fields.
 ///
 /// # Errors
 /// The first problem, naming the device.
-pub fn validate(rows: &[InventoryRow]) -> Result<(), String> {
+pub fn validate(rows: &[InventoryRow]) -> Result<Vec<CheckedRow>, String> {
     let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        r.name
+        let name = r
+            .name
             .parse::<DeviceName>()
             .map_err(|e| format!("device {:?}: {e}", r.name))?;
         if !seen.insert(r.name.as_str()) {
             return Err(format!("device {} is listed twice", r.name));
         }
-        check_fields(&r.fields()).map_err(|e| format!("device {}: {e}", r.name))?;
+        let fields = r
+            .fields()
+            .and_then(|f| check_fields(&f).map(|()| f))
+            .map_err(|e| format!("device {}: {e}", r.name))?;
+        out.push(CheckedRow { name, fields });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// One updated device in a [`SyncReport`].
@@ -339,30 +364,30 @@ pub enum SyncError {
 }
 
 /// What the sync will do, computed from the current devices without writing.
-fn plan(devices: &[Device], rows: &[InventoryRow], server: &str) -> (SyncReport, Vec<usize>) {
+fn plan(devices: &[Device], rows: &[CheckedRow], server: &str) -> (SyncReport, Vec<usize>) {
     let by_name: BTreeMap<&str, &Device> = devices.iter().map(|d| (d.name.as_str(), d)).collect();
     let mut report = SyncReport::default();
     let mut adopt = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let Some(d) = by_name.get(row.name.as_str()) else {
-            report.added.push(row.name.clone());
+            report.added.push(row.name.to_string());
             continue;
         };
         if d.server != server {
             report.skipped.push(Skipped {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 reason: format!("owned by controller {}", d.server),
             });
             continue;
         }
         if d.origin == "config" {
             report.skipped.push(Skipped {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 reason: "defined in the configuration file".into(),
             });
             continue;
         }
-        let mut changes = diff(d, &row.fields());
+        let mut changes = diff(d, &row.fields);
         if d.origin != ORIGIN {
             changes.push(format!("origin: {} -> {ORIGIN}", d.origin));
             adopt.push(i);
@@ -371,7 +396,7 @@ fn plan(devices: &[Device], rows: &[InventoryRow], server: &str) -> (SyncReport,
             report.unchanged += 1;
         } else {
             report.updated.push(Updated {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 changes,
             });
         }
@@ -385,7 +410,7 @@ fn plan(devices: &[Device], rows: &[InventoryRow], server: &str) -> (SyncReport,
                 && d.server == server
                 && !listed.contains(d.name.as_str())
         })
-        .map(|d| d.name.clone())
+        .map(|d| d.name.to_string())
         .collect();
     (report, adopt)
 }
@@ -393,32 +418,90 @@ fn plan(devices: &[Device], rows: &[InventoryRow], server: &str) -> (SyncReport,
 /// The changes [`upsert_device`] would make (same rules: `None` leaves a field alone).
 fn diff(d: &Device, f: &DeviceFields) -> Vec<String> {
     let mut out = Vec::new();
-    let mut check = |label: &str, have: &Option<String>, want: &Option<String>| {
-        if want.is_some() && have != want {
-            out.push(format!(
-                "{label}: {} -> {}",
-                have.as_deref().unwrap_or("(none)"),
-                want.as_deref().unwrap_or("(none)")
-            ));
-        }
-    };
-    check("hardware_type", &d.facts.hardware_type, &f.hardware_type);
-    check("processor", &d.facts.processor, &f.processor);
-    check("pool", &d.facts.pool, &f.pool);
-    check("os_version", &d.facts.os_version, &f.os_version);
-    check("environment", &d.facts.environment, &f.environment);
-    check("relay", &d.wiring.relay, &f.relay);
-    check("sut", &d.wiring.sut_addr, &f.sut);
-    check(
-        "fastboot_serial",
-        &d.wiring.fastboot_serial,
-        &f.fastboot_serial,
+    let (facts, w, unparsed) = (&d.facts, &d.wiring, &d.wiring.unparsed);
+    let o = &mut out;
+    changed(
+        o,
+        "hardware_type",
+        facts.hardware_type.as_ref(),
+        None,
+        f.hardware_type.as_ref(),
     );
-    check("comments", &d.comments, &f.comments);
+    changed(
+        o,
+        "processor",
+        facts.processor.as_ref(),
+        None,
+        f.processor.as_ref(),
+    );
+    changed(o, "pool", facts.pool.as_ref(), None, f.pool.as_ref());
+    changed(
+        o,
+        "os_version",
+        facts.os_version.as_ref(),
+        None,
+        f.os_version.as_ref(),
+    );
+    changed(
+        o,
+        "environment",
+        facts.environment.as_ref(),
+        None,
+        f.environment.as_ref(),
+    );
+    changed(
+        o,
+        "relay",
+        w.relay.as_ref(),
+        unparsed.relay.as_deref(),
+        f.relay.as_ref(),
+    );
+    changed(
+        o,
+        "sut",
+        w.sut_addr.as_ref(),
+        unparsed.sut_addr.as_deref(),
+        f.sut.as_ref(),
+    );
+    changed(
+        o,
+        "fastboot_serial",
+        w.fastboot_serial.as_ref(),
+        None,
+        f.fastboot_serial.as_ref(),
+    );
+    changed(
+        o,
+        "comments",
+        d.comments.as_ref(),
+        None,
+        f.comments.as_ref(),
+    );
     if d.retired {
         out.push("retired: true -> false".to_owned());
     }
     out
+}
+
+/// Note `label: old -> new` when `want` is given and differs from what the device has (its
+/// value, or stored text that did not parse, which any given value replaces).
+fn changed<T: PartialEq + std::fmt::Display>(
+    out: &mut Vec<String>,
+    label: &str,
+    have: Option<&T>,
+    unparsed: Option<&str>,
+    want: Option<&T>,
+) {
+    let Some(want) = want else { return };
+    if have == Some(want) && unparsed.is_none() {
+        return;
+    }
+    let old = match (have, unparsed) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(text)) => text.to_owned(),
+        (None, None) => "(none)".to_owned(),
+    };
+    out.push(format!("{label}: {old} -> {want}"));
 }
 
 /// Sync the store's devices with `rows` in one transaction (or, with `dry_run`, compute the
@@ -434,7 +517,7 @@ pub async fn sync(
     force: bool,
     actor: Option<String>,
 ) -> Result<SyncReport, SyncError> {
-    validate(&rows).map_err(SyncError::Invalid)?;
+    let rows = validate(&rows).map_err(SyncError::Invalid)?;
     let server = server.to_owned();
     store
         .write(move |tx, now| {
@@ -466,7 +549,7 @@ fn write(
     tx: &Tx<'_>,
     now: Millis,
     server: &str,
-    rows: &[InventoryRow],
+    rows: &[CheckedRow],
     adopt: &[usize],
     report: &SyncReport,
     actor: Option<&str>,
@@ -478,7 +561,7 @@ fn write(
         .map(String::as_str)
         .collect();
     for row in rows.iter().filter(|r| touched.contains(r.name.as_str())) {
-        upsert_device(tx, now, server, &row.name, &row.fields(), ORIGIN, actor)?;
+        upsert_device(tx, now, server, &row.name, &row.fields, ORIGIN, actor)?;
     }
     for &i in adopt {
         let name = &rows[i].name;

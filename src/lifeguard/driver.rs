@@ -196,7 +196,7 @@ impl Lifeguard {
                 let names: Vec<String> = inv::devices_in_tx(tx)?
                     .into_iter()
                     .filter(|d| !d.retired)
-                    .map(|d| d.name)
+                    .map(|d| d.name.into())
                     .collect();
                 let mut out = Vec::new();
                 for name in names {
@@ -323,7 +323,7 @@ impl Lifeguard {
             return;
         }
         let this = self.clone();
-        let device = record.name.clone();
+        let device = record.name.to_string();
         let mut inflight = lock(&self.inner.inflight);
         if let Some((_, previous)) = inflight.remove(&device) {
             previous.abort();
@@ -350,7 +350,7 @@ impl Lifeguard {
                     }
                 }
             };
-            let name = &record.name;
+            let name = record.name.as_str();
             {
                 let mut inflight = lock(&this.inner.inflight);
                 if inflight.get(name).is_some_and(|(g, _)| *g == generation) {
@@ -488,13 +488,10 @@ impl Lifeguard {
     }
 
     fn relay(&self, d: &Device) -> Result<RelayAddr, String> {
-        let text = d
-            .wiring
+        d.wiring
             .relay
-            .as_deref()
-            .ok_or_else(|| "no relay wiring".to_owned())?;
-        text.parse()
-            .map_err(|e: hw::Error| format!("relay {text:?}: {e}"))
+            .clone()
+            .ok_or_else(|| "no relay wiring".to_owned())
     }
 
     /// One reachability probe of a device, now (the `/ping/` endpoint); it changes no state.
@@ -538,7 +535,7 @@ impl Lifeguard {
                 let mut kept = lock(&self.inner.kept);
                 kept.retain(|_, k| k.until > now);
                 kept.insert(
-                    d.name.clone(),
+                    d.name.to_string(),
                     KeptSession {
                         session,
                         until: now + KEEP_SUT_SESSION,
@@ -559,7 +556,7 @@ impl Lifeguard {
     async fn storage_check(&self, d: &Device, limit: Duration) -> Result<(), String> {
         let addr = sut_addr(d)?;
         let kept = lock(&self.inner.kept)
-            .remove(&d.name)
+            .remove(d.name.as_str())
             .filter(|k| k.until > tokio::time::Instant::now())
             .map(|k| k.session);
         hw::sut::check_storage_on(kept, addr, limit)
@@ -758,7 +755,7 @@ fn sut_addr(d: &Device) -> Result<SocketAddr, String> {
     let text = d
         .wiring
         .sut_addr
-        .as_deref()
+        .as_ref()
         .ok_or_else(|| "no SUTAgent address in the inventory".to_owned())?;
     text.to_socket_addrs()
         .map_err(|e| format!("cannot resolve {text}: {e}"))?

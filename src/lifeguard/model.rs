@@ -166,10 +166,11 @@ impl Snapshot {
         }
     }
 
-    /// Free for the pool: `ready` and held by no request.
+    /// Free for the pool: [`Device::available`](crate::domain::model::Device::available)'s
+    /// rule on a snapshot (never of a retired device: `apply` refuses those).
     #[must_use]
     pub fn is_available(&self) -> bool {
-        self.state.is_free_for_pool() && self.request.is_none()
+        crate::domain::model::available(self.state, self.request, false)
     }
 }
 

@@ -22,8 +22,7 @@ use crate::storage::{StoreError, inventory as inv};
 pub fn snapshot_of(d: &Device) -> Snapshot {
     let l = &d.lifeguard;
     Snapshot {
-        // A state name this release does not know behaves as `unknown`, as in MozPool 4.x.
-        state: d.state.parse().unwrap_or(DeviceState::Unknown),
+        state: d.state,
         generation: l.generation,
         counters: Counters(l.counters.clone()),
         entered_at: l.entered_at,
@@ -52,7 +51,7 @@ pub fn snapshot_of(d: &Device) -> Snapshot {
 
 /// Write a snapshot back into the device record.
 pub fn write_back(d: &mut Device, s: &Snapshot) {
-    d.state = s.state.to_string();
+    d.state = s.state;
     d.request = s.request;
     let l = &mut d.lifeguard;
     l.generation = s.generation;
@@ -131,7 +130,7 @@ where
         Ok(tr) => tr,
         Err(e) => return Ok(Err(e)),
     };
-    let was_available = before.is_available();
+    let was_available = device.available();
     let became_available = tr.next.is_available() && !was_available;
     if !tr.is_noop(&before) {
         write_back(&mut device, &tr.next);

@@ -521,10 +521,10 @@ fn assignees(open: &[StoredRequest]) -> HashMap<u64, &str> {
 
 /// One device as the queue sees it; `assignees` names the holder's assignee by request id.
 fn device_view(d: &Device, assignees: &HashMap<u64, &str>) -> Option<DeviceView> {
-    let mut v = DeviceView::new(d.name.parse().ok()?);
-    v.lifeguard_state.clone_from(&d.state);
-    v.free = d.state == "ready";
-    v.failed = d.state.starts_with("failed_");
+    let mut v = DeviceView::new(d.name.clone());
+    v.lifeguard_state.replace_range(.., d.state.name());
+    v.free = d.available();
+    v.failed = d.state.is_failed();
     v.retired = d.retired;
     v.held_by = d.request.map(|request| Holder {
         request,
@@ -608,13 +608,13 @@ fn create_tx(
         let Some(d) = inv::device_in_tx(tx, name.as_str())?.filter(|d| !d.retired) else {
             return Ok(Err(PoolError::NoDevice(name.to_string())));
         };
-        if spec.wait.is_none() && !d.state.starts_with("failed_") {
+        if spec.wait.is_none() && !d.state.is_failed() {
             if let Some(held) = d.request {
                 return Ok(Err(PoolError::Busy(format!(
                     "device {name} is busy: held by request {held}"
                 ))));
             }
-            if d.state != "ready" {
+            if !d.state.is_free_for_pool() {
                 return Ok(Err(PoolError::Busy(format!(
                     "device {name} is busy: it is in state {} (pass \"wait\": seconds to queue for it)",
                     d.state
@@ -861,7 +861,7 @@ fn release(
     // for the moment the device was free in between).
     let released = apply(tx, now, device, Some("pool"), |s| {
         let done = lifeguard::step(s, lifeguard::Event::Release { request: id }, now, &t)?;
-        let idle = done.next.state == lifeguard::DeviceState::Ready && done.next.request.is_none();
+        let idle = done.next.is_available();
         if !(reverify && idle) {
             return Ok(done);
         }

@@ -21,7 +21,8 @@ pub struct DeviceView {
     pub name: DeviceName,
     /// Lifeguard state name (`ready`, `pxe_booting`, `failed_power_cycling`, …).
     pub lifeguard_state: String,
-    /// Lifeguard says `ready`: the only state in which a device may be assigned.
+    /// The device was [`available`](crate::domain::model::Device::available) when the view
+    /// was built (`ready`, unheld, not retired): the only case in which it may be assigned.
     pub free: bool,
     /// The Lifeguard state starts with `failed_`.
     pub failed: bool,
@@ -51,7 +52,9 @@ impl DeviceView {
     pub fn new(name: DeviceName) -> DeviceView {
         DeviceView {
             name,
-            lifeguard_state: "ready".to_owned(),
+            lifeguard_state: crate::domain::device_state::DeviceState::Ready
+                .name()
+                .to_owned(),
             free: true,
             failed: false,
             retired: false,
@@ -66,7 +69,9 @@ impl DeviceView {
         }
     }
 
-    /// Free, unheld and not retired: may be assigned right now (if it matches).
+    /// Free, unheld and not retired: may be assigned right now (if it matches). For a view
+    /// fresh from a device this is the device's `available()`; the parts stay separate because
+    /// a queue pass marks the views it assigns as held.
     #[must_use]
     pub fn available(&self) -> bool {
         self.free && self.held_by.is_none() && !self.retired

@@ -29,7 +29,11 @@ macro_rules! table_access {
         ) -> Result<Option<$domain>, StoreError> {
             match table.get(name)? {
                 None => Ok(None),
-                Some(g) => Ok(Some(decode::<$record>($name, name, &g.value())?.into())),
+                Some(g) => Ok(Some(convert(
+                    $name,
+                    name,
+                    decode::<$record>($name, name, &g.value())?,
+                )?)),
             }
         }
 
@@ -43,7 +47,11 @@ macro_rules! table_access {
             let mut out = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
             for item in table.iter()? {
                 let (k, v) = item?;
-                out.push(decode::<$record>($name, k.value(), &v.value())?.into());
+                out.push(convert(
+                    $name,
+                    k.value(),
+                    decode::<$record>($name, k.value(), &v.value())?,
+                )?);
             }
             Ok(out)
         }
@@ -87,6 +95,28 @@ macro_rules! table_access {
     };
 }
 
+/// A decoded record as its domain value; a record whose fields do not check (a device name
+/// that is not one) is reported as [`StoreError::BadRecord`], like any corrupt record.
+fn convert<R, D>(table: &'static str, key: &str, record: R) -> Result<D, StoreError>
+where
+    D: TryFrom<R>,
+    D::Error: std::fmt::Display,
+{
+    D::try_from(record).map_err(|e| StoreError::BadRecord {
+        table,
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// A decoded device record as a [`Device`].
+///
+/// # Errors
+/// [`StoreError::BadRecord`] for a record whose name is not a device name.
+pub fn device_of(key: &str, record: DeviceRecord) -> Result<Device, StoreError> {
+    convert("devices", key, record)
+}
+
 table_access!(
     device,
     devices,
@@ -123,7 +153,10 @@ pub fn for_each_device_in<'a>(
 ) -> Result<(), StoreError> {
     for item in table.range(names)? {
         let (k, v) = item?;
-        f(decode::<DeviceRecord>("devices", k.value(), &v.value())?.into())?;
+        f(device_of(
+            k.value(),
+            decode::<DeviceRecord>("devices", k.value(), &v.value())?,
+        )?)?;
     }
     Ok(())
 }
@@ -165,11 +198,11 @@ pub fn nth_device_name(
     }
 }
 
-/// The device's key in `FREE_DEVICES` when the pool may hand it out right now: `ready`,
-/// not held, not retired. (image on it or "", name).
+/// The device's key in `FREE_DEVICES` when the pool may hand it out right now
+/// ([`Device::available`]): (image on it or "", name).
 #[must_use]
 pub fn free_key(d: &Device) -> Option<(&str, &str)> {
-    (!d.retired && d.request.is_none() && d.state == "ready").then(|| {
+    d.available().then(|| {
         (
             d.lifeguard.current_image.as_deref().unwrap_or(""),
             d.name.as_str(),
@@ -315,9 +348,10 @@ pub fn rebuild_free_index(tx: &Tx<'_>) -> Result<(), StoreError> {
     idx.retain(|_, ()| false)?;
     for item in devices.iter()? {
         let (k, v) = item?;
-        match decode::<DeviceRecord>("devices", k.value(), &v.value()) {
-            Ok(record) => {
-                let d: Device = record.into();
+        match decode::<DeviceRecord>("devices", k.value(), &v.value())
+            .and_then(|r| device_of(k.value(), r))
+        {
+            Ok(d) => {
                 if let Some(key) = free_key(&d) {
                     idx.insert(key, ())?;
                 }

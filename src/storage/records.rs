@@ -12,10 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::Record;
 use crate::domain::clock::Millis;
+use crate::domain::device_state::DeviceState;
 use crate::domain::model::{
     Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image,
-    LifeguardData, LogEntry, Registration,
+    LifeguardData, LogEntry, Registration, UnparsedWiring,
 };
+use crate::domain::names::{DeviceName, NameError};
+use crate::domain::wiring::{RelayAddr, SutAddr};
 
 /// Device table value.
 // Records live only between decode and conversion; their size does not matter.
@@ -141,15 +144,19 @@ impl From<DeviceV1> for DeviceV2 {
     }
 }
 
-impl From<DeviceRecord> for Device {
-    fn from(r: DeviceRecord) -> Device {
+impl TryFrom<DeviceRecord> for Device {
+    type Error = NameError;
+
+    /// Fails only on a name that is not a device name, which no edge ever let in: such a
+    /// record is corrupt, and reading it reports that as for any corrupt record.
+    fn try_from(r: DeviceRecord) -> Result<Device, NameError> {
         let v = match r {
             DeviceRecord::V1(v1) => DeviceV2::from(v1),
             DeviceRecord::V2(v2) => v2,
         };
-        Device {
+        Ok(Device {
             id: v.id,
-            name: v.name,
+            name: DeviceName::try_from(v.name)?,
             server: v.server,
             facts: DeviceFacts {
                 hardware_type: v.hardware_type,
@@ -158,17 +165,14 @@ impl From<DeviceRecord> for Device {
                 os_version: v.os_version,
                 environment: v.environment,
             },
-            wiring: DeviceWiring {
-                relay: v.relay,
-                sut_addr: v.sut_addr,
-                fastboot_serial: v.fastboot_serial,
-            },
+            wiring: wiring(v.relay, v.sut_addr, v.fastboot_serial),
             comments: v.comments,
             retired: v.retired,
             origin: v.origin,
             created: Millis(v.created),
             updated: Millis(v.updated),
-            state: v.state,
+            // A name this release does not know reads as `unknown` (MozPool 4.x's rule).
+            state: v.state.parse().unwrap_or(DeviceState::Unknown),
             lifeguard: LifeguardData {
                 generation: v.generation,
                 counters: v.counters.into_iter().collect(),
@@ -189,7 +193,38 @@ impl From<DeviceRecord> for Device {
                 ip: r.ip,
                 fields: r.fields.into_iter().collect(),
             }),
+        })
+    }
+}
+
+/// The typed wiring of stored text. Text that no longer parses (a relay saved when any name
+/// passed) is kept verbatim in [`UnparsedWiring`] rather than dropped or refused: the device
+/// stays readable, counts as unwired, and its record is written back unchanged.
+fn wiring(
+    relay: Option<String>,
+    sut_addr: Option<String>,
+    fastboot_serial: Option<String>,
+) -> DeviceWiring {
+    let mut unparsed = UnparsedWiring::default();
+    let relay = relay.and_then(|text| match RelayAddr::parse_owned(text) {
+        Ok(a) => Some(a),
+        Err(text) => {
+            unparsed.relay = Some(text);
+            None
         }
+    });
+    let sut_addr = sut_addr.and_then(|text| match SutAddr::parse_owned(text) {
+        Ok(a) => Some(a),
+        Err(text) => {
+            unparsed.sut_addr = Some(text);
+            None
+        }
+    });
+    DeviceWiring {
+        relay,
+        sut_addr,
+        fastboot_serial,
+        unparsed,
     }
 }
 
@@ -198,22 +233,32 @@ impl From<&Device> for DeviceRecord {
         let l = &d.lifeguard;
         DeviceRecord::V2(DeviceV2 {
             id: d.id,
-            name: d.name.clone(),
+            name: d.name.to_string(),
             server: d.server.clone(),
             hardware_type: d.facts.hardware_type.clone(),
             processor: d.facts.processor.clone(),
             pool: d.facts.pool.clone(),
             os_version: d.facts.os_version.clone(),
             environment: d.facts.environment.clone(),
-            relay: d.wiring.relay.clone(),
-            sut_addr: d.wiring.sut_addr.clone(),
+            relay: d
+                .wiring
+                .relay
+                .as_ref()
+                .map(ToString::to_string)
+                .or_else(|| d.wiring.unparsed.relay.clone()),
+            sut_addr: d
+                .wiring
+                .sut_addr
+                .as_ref()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| d.wiring.unparsed.sut_addr.clone()),
             fastboot_serial: d.wiring.fastboot_serial.clone(),
             comments: d.comments.clone(),
             retired: d.retired,
             origin: d.origin.clone(),
             created: d.created.0,
             updated: d.updated.0,
-            state: d.state.clone(),
+            state: d.state.name().to_owned(),
             generation: l.generation,
             counters: l.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             entered_at: l.entered_at.0,
@@ -443,5 +488,83 @@ impl LogRecord {
                 .position(|s| s == subject)
                 .map(|i| v.prev.get(i).copied().unwrap_or(0)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v1(state: &str) -> DeviceV1 {
+        DeviceV1 {
+            id: 3,
+            name: "panda-3".into(),
+            server: "rack1".into(),
+            hardware_type: Some("panda".into()),
+            processor: None,
+            pool: None,
+            os_version: None,
+            environment: None,
+            relay: Some("relay-1:bank1:relay3".into()),
+            sut_addr: Some("10.0.0.3:20701".into()),
+            fastboot_serial: None,
+            comments: None,
+            retired: false,
+            origin: "config".into(),
+            created: 1,
+            updated: 2,
+            state: state.into(),
+        }
+    }
+
+    fn bytes(r: &DeviceRecord) -> Vec<u8> {
+        postcard::to_allocvec(r).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_unknown_state_name_reads_as_unknown() {
+        let d = Device::try_from(DeviceRecord::V1(v1("pxe_booting"))).expect("valid");
+        assert_eq!(d.state, DeviceState::Unknown);
+        assert!(!d.available());
+    }
+
+    #[test]
+    fn typed_fields_write_back_the_bytes_they_were_read_from() {
+        let stored =
+            DeviceRecord::from(&Device::try_from(DeviceRecord::V1(v1("ready"))).expect("valid"));
+        let d = Device::try_from(stored.clone()).expect("valid");
+        assert_eq!(d.state, DeviceState::Ready);
+        assert!(d.available());
+        assert_eq!(bytes(&DeviceRecord::from(&d)), bytes(&stored));
+    }
+
+    #[test]
+    fn wiring_text_that_does_not_parse_is_kept_verbatim() {
+        let mut old = v1("ready");
+        // Accepted as a name before relays were parsed at the edge, but not an address.
+        old.relay = Some("relay-1:bank5:relay1".into());
+        old.sut_addr = Some("panda-3".into());
+        let stored = DeviceRecord::V1(old);
+        let d = Device::try_from(stored.clone()).expect("readable");
+        assert_eq!(d.wiring.relay, None);
+        assert_eq!(d.wiring.sut_addr, None);
+        assert_eq!(
+            d.wiring.unparsed.relay.as_deref(),
+            Some("relay-1:bank5:relay1")
+        );
+        assert_eq!(d.wiring.unparsed.sut_addr.as_deref(), Some("panda-3"));
+        assert!(d.needs_tech().is_some());
+        let DeviceRecord::V2(back) = DeviceRecord::from(&d) else {
+            panic!("writes the newest layout");
+        };
+        assert_eq!(back.relay.as_deref(), Some("relay-1:bank5:relay1"));
+        assert_eq!(back.sut_addr.as_deref(), Some("panda-3"));
+    }
+
+    #[test]
+    fn a_stored_name_that_is_not_a_device_name_is_a_corrupt_record() {
+        let mut bad = v1("ready");
+        bad.name = "../x".into();
+        assert!(Device::try_from(DeviceRecord::V1(bad)).is_err());
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mozpool::domain::clock::{ManualClock, Millis};
+use mozpool::domain::device_state::DeviceState;
 use mozpool::domain::model::device_subject;
 use mozpool::storage::inventory as inv;
 use mozpool::storage::logs::{LogQuery, NewLog, Retention, append, prune};
@@ -253,11 +254,19 @@ const DEVICE_V1: &[u8] = include_bytes!("../fixtures/records/device_v1.bin");
 #[test]
 fn golden_device_v1_still_decodes() {
     let record: DeviceRecord = decode_bytes(DEVICE_V1).expect("layout 1 decodes");
-    let device: mozpool::domain::model::Device = record.into();
+    let device = mozpool::domain::model::Device::try_from(record).expect("a valid device");
     assert_eq!(device.name, "panda-0042");
     assert_eq!(device.facts.hardware_type.as_deref(), Some("panda"));
-    assert_eq!(device.wiring.relay.as_deref(), Some("relay-1:bank2:relay6"));
-    assert_eq!(device.state, "ready");
+    assert_eq!(
+        device
+            .wiring
+            .relay
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("relay-1:bank2:relay6")
+    );
+    assert_eq!(device.state, DeviceState::Ready);
 }
 
 /// Golden bytes of a layout-2 device record.
@@ -265,11 +274,15 @@ const DEVICE_V2: &[u8] = include_bytes!("../fixtures/records/device_v2.bin");
 
 #[test]
 fn golden_device_v2_still_decodes() {
-    let device: mozpool::domain::model::Device = decode_bytes::<DeviceRecord>(DEVICE_V2)
-        .expect("layout 2 decodes")
-        .into();
+    let device = mozpool::domain::model::Device::try_from(
+        decode_bytes::<DeviceRecord>(DEVICE_V2).expect("layout 2 decodes"),
+    )
+    .expect("a valid device");
+    // The typed fields write back the very bytes they were read from.
+    let again = Encoded::encode(&DeviceRecord::from(&device)).expect("encodes");
+    assert_eq!(again.bytes(), DEVICE_V2);
     assert_eq!(device.name, "panda-0043");
-    assert_eq!(device.state, "sut_verifying");
+    assert_eq!(device.state, DeviceState::SutVerifying);
     assert_eq!(device.lifeguard.generation, 17);
     assert_eq!(device.lifeguard.counters.get("sut_verifying"), Some(&3));
     assert_eq!(device.lifeguard.deadline, Some(Millis(1_764_000_135_000)));
@@ -347,7 +360,7 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
         .read_blocking(|snap| snap.device("panda-0042"))
         .expect("read")
         .expect("present");
-    assert_eq!(d.state, "ready");
+    assert_eq!(d.state, DeviceState::Ready);
     assert_eq!(d.facts.environment.as_deref(), Some("prod"));
     // Upgraded to layout 2: Lifeguard details start empty, the state is kept.
     assert_eq!(d.lifeguard.generation, 0);
@@ -453,7 +466,7 @@ fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write()
     // Held, busy, or retired: not free.
     for change in [
         |d: &mut mozpool::domain::model::Device| d.request = Some(7),
-        |d: &mut mozpool::domain::model::Device| d.state = "pc_power_cycling".into(),
+        |d: &mut mozpool::domain::model::Device| d.state = DeviceState::PcPowerCycling,
         |d: &mut mozpool::domain::model::Device| d.retired = true,
     ] {
         let mut busy = d.clone();
@@ -465,7 +478,7 @@ fn a_version_1_store_gets_its_indexes_built_and_they_follow_every_device_write()
     }
     // A second device: the index is in (image, name) order.
     let mut other = d.clone();
-    other.name = "panda-0001".into();
+    other.name = "panda-0001".parse().expect("a device name");
     other.lifeguard.current_image = Some("b2g".into());
     put(&store, other);
     assert_eq!(free_names(&store, None), ["panda-0042", "panda-0001"]);

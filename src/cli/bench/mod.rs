@@ -355,8 +355,8 @@ fn device(
         pool: Some("mobile".into()),
         os_version: None,
         environment: None,
-        relay,
-        sut: Some(sut),
+        relay: relay.map(|r| r.parse()).transpose()?,
+        sut: Some(sut.parse()?),
         fastboot_serial: None,
         comments: None,
     })
@@ -370,7 +370,7 @@ async fn seed(app: &App, deadline: Option<Millis>) -> anyhow::Result<()> {
         .write(move |tx, _| {
             let devices = inv::devices_in_tx(tx)?;
             for mut d in devices {
-                d.state = "ready".into();
+                d.state = crate::domain::device_state::DeviceState::Ready;
                 d.request = None;
                 d.lifeguard.current_image = Some("android".into());
                 d.lifeguard.current_has_sut = true;

@@ -10,6 +10,7 @@ use super::logs::entry_json;
 use crate::domain::clock::Iso;
 use crate::domain::model::{Device, device_subject};
 use crate::domain::names::DeviceName;
+use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::http::body::{Body, bytes_response, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
@@ -50,11 +51,11 @@ pub struct DeviceJson<'a> {
     pool: &'a Option<String>,
     processor: &'a Option<String>,
     registration: Option<RegistrationJson<'a>>,
-    relay_info: &'a Option<String>,
+    relay_info: &'a Option<RelayAddr>,
     request_id: Option<u64>,
     retired: bool,
     state: &'a str,
-    sut: &'a Option<String>,
+    sut: &'a Option<SutAddr>,
     updated: Iso,
 }
 
@@ -74,9 +75,8 @@ impl<'a> DeviceJson<'a> {
         let fqdn = d
             .wiring
             .sut_addr
-            .as_deref()
-            .and_then(|a| a.rsplit_once(':').map(|(h, _)| h))
-            .unwrap_or(d.name.as_str());
+            .as_ref()
+            .map_or(d.name.as_str(), SutAddr::host);
         DeviceJson {
             boot_config: &d.lifeguard.current_boot_config,
             comments: &d.comments,
@@ -106,7 +106,7 @@ impl<'a> DeviceJson<'a> {
             relay_info: &d.wiring.relay,
             request_id: d.request,
             retired: d.retired,
-            state: &d.state,
+            state: d.state.name(),
             sut: &d.wiring.sut_addr,
             updated: Iso(d.updated),
         }
@@ -268,7 +268,7 @@ pub async fn put(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError
     check_fields(&fields)?;
     let server = ctx.svc.server_name().to_owned();
     let actor = ctx.caller.name.clone();
-    let n = name.to_string();
+    let n = name.clone();
     let (outcome, device) = ctx
         .svc
         .store
@@ -345,7 +345,7 @@ async fn update(
     check_fields(&fields)?;
     let server = ctx.svc.server_name().to_owned();
     let actor = ctx.caller.name.clone();
-    let n = name.to_string();
+    let n = name.clone();
     let found = ctx
         .svc
         .store

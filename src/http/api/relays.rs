@@ -43,9 +43,8 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
                 .iter()
                 .filter(|d| !d.retired)
                 .filter_map(|d| {
-                    let relay = d.wiring.relay.as_deref()?;
-                    let addr: RelayAddr = relay.parse().ok()?;
-                    (addr.board == b.name)
+                    let relay = d.wiring.relay.as_ref()?;
+                    (relay.board == b.name)
                         .then(|| json!({ "device": d.name, "relay": relay, "state": d.state }))
                 })
                 .collect();
@@ -76,7 +75,7 @@ pub async fn channel(
     let text = format!("{board}:{channel}");
     let addr: RelayAddr = text
         .parse()
-        .map_err(|e: crate::hw::Error| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e: crate::domain::wiring::AddrError| ApiError::bad_request(e.to_string()))?;
     let hw = ctx.svc.lifeguard.hardware();
     let off_time = Duration::from_millis(hw.settings.power_off_time_ms);
     let result = match op {
@@ -106,13 +105,7 @@ pub async fn channel(
     subjects.extend(
         devices
             .iter()
-            .filter(|d| {
-                d.wiring
-                    .relay
-                    .as_deref()
-                    .and_then(|r| r.parse::<RelayAddr>().ok())
-                    .is_some_and(|a| a == addr)
-            })
+            .filter(|d| d.wiring.relay.as_ref().is_some_and(|a| *a == addr))
             .map(|d| device_subject(&d.name)),
     );
     let entry = NewLog {

@@ -199,7 +199,7 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         .await?;
     let states: HashMap<&str, &str> = devices
         .iter()
-        .map(|d| (d.name.as_str(), d.state.as_str()))
+        .map(|d| (d.name.as_str(), d.state.name()))
         .collect();
     let rows: Vec<Value> = requests
         .iter()

@@ -109,7 +109,7 @@ mod tests {
             os_version: Some("4.0.4".into()),
             environment: Some("prod".into()),
         };
-        d.wiring.sut_addr = Some("10.0.0.5:20701".into());
+        d.wiring.sut_addr = Some("10.0.0.5:20701".parse().expect("host:port"));
         d.wiring.fastboot_serial = Some("0123".into());
         d.comments = Some(comments.to_owned());
         d.created = Millis(1_700_000_000_000);
@@ -183,7 +183,7 @@ mod tests {
             total: rows.len(),
             counts: vec![view::StateCountView {
                 state: "ready".into(),
-                look: view::look("ready", true),
+                look: view::look(crate::lifeguard::DeviceState::Ready, true),
                 count: 1,
             }],
             devices: rows,
@@ -269,14 +269,20 @@ mod tests {
     #[test]
     fn looks_never_rely_on_colour_alone() {
         for s in crate::lifeguard::DeviceState::ALL {
-            let l = view::look(s.name(), false);
+            let l = view::look(*s, false);
             assert!(!l.label.is_empty());
             if s.is_failed() {
                 assert_eq!(l.class, "failed", "{}", s.name());
             }
         }
-        assert_eq!(view::look("ready", true).class, "held");
-        assert_eq!(view::look("no_such_state", false).class, "out");
+        assert_eq!(
+            view::look(crate::lifeguard::DeviceState::Ready, true).class,
+            "held"
+        );
+        assert_eq!(
+            view::look(crate::lifeguard::DeviceState::Unknown, false).class,
+            "out"
+        );
         assert_eq!(view::when(Millis(1_700_000_000_123)), "2023-11-14 22:13:20");
     }
 }

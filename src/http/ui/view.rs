@@ -30,13 +30,10 @@ pub struct Look {
     pub label: &'static str,
 }
 
-/// The look of a device state (an unknown stored name counts as out of service).
+/// The look of a device state (an unknown stored name reads as `unknown`: out of service).
 #[must_use]
-pub fn look(state: &str, held: bool) -> Look {
-    let class = state
-        .parse::<DeviceState>()
-        .map_or(StateClass::OutOfService, DeviceState::class);
-    match class {
+pub fn look(state: DeviceState, held: bool) -> Look {
+    match state.class() {
         StateClass::Idle if held => Look {
             class: "held",
             label: "in use",
@@ -137,9 +134,9 @@ fn holders(requests: &[StoredRequest]) -> HashMap<String, &StoredRequest> {
 fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> DeviceRowView {
     let request = d.request.or(holder.map(|r| r.snap.id));
     DeviceRowView {
-        name: d.name.clone(),
-        state: d.state.clone(),
-        look: look(&d.state, request.is_some()),
+        name: d.name.to_string(),
+        state: d.state.to_string(),
+        look: look(d.state, request.is_some()),
         hardware_type: d.facts.hardware_type.clone().unwrap_or_default(),
         pool: d.facts.pool.clone().unwrap_or_default(),
         environment: d.facts.environment.clone().unwrap_or_default(),
@@ -165,7 +162,7 @@ pub fn pool_view(snap: &Snapshot, version: u64) -> Result<PoolView, StoreError> 
     let mut rows = Vec::with_capacity(devices.len());
     for d in &devices {
         let log = last_log(snap, &d.name)?;
-        rows.push(row(d, held.get(&d.name).copied(), log));
+        rows.push(row(d, held.get(d.name.as_str()).copied(), log));
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     let mut per_state: BTreeMap<(String, &'static str), (Look, usize)> = BTreeMap::new();
@@ -235,6 +232,11 @@ pub struct FieldView {
     pub value: String,
 }
 
+/// A wiring field as shown: its value, else the stored text that did not parse, else "".
+fn wired<T: std::fmt::Display>(value: Option<&T>, unparsed: &Option<String>) -> String {
+    value.map_or_else(|| unparsed.clone().unwrap_or_default(), ToString::to_string)
+}
+
 fn field(key: &str, value: impl Into<String>) -> FieldView {
     FieldView {
         key: key.to_owned(),
@@ -272,8 +274,14 @@ pub fn device_view(
         field("Pool", opt(&d.facts.pool)),
         field("OS version", opt(&d.facts.os_version)),
         field("Environment", opt(&d.facts.environment)),
-        field("Relay", opt(&d.wiring.relay)),
-        field("SUTAgent", opt(&d.wiring.sut_addr)),
+        field(
+            "Relay",
+            wired(d.wiring.relay.as_ref(), &d.wiring.unparsed.relay),
+        ),
+        field(
+            "SUTAgent",
+            wired(d.wiring.sut_addr.as_ref(), &d.wiring.unparsed.sut_addr),
+        ),
         field("Fastboot serial", opt(&d.wiring.fastboot_serial)),
         field("Current image", opt(&lg.current_image)),
         field("Image being installed", opt(&lg.next_image)),
@@ -360,7 +368,7 @@ pub struct RequestRowView {
 pub fn request_rows(requests: &[StoredRequest], devices: &[Device]) -> Vec<RequestRowView> {
     let states: HashMap<&str, &str> = devices
         .iter()
-        .map(|d| (d.name.as_str(), d.state.as_str()))
+        .map(|d| (d.name.as_str(), d.state.name()))
         .collect();
     let mut rows: Vec<RequestRowView> = requests
         .iter()
@@ -443,13 +451,12 @@ pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
                 .iter()
                 .filter(|d| !d.retired)
                 .filter_map(|d| {
-                    let relay = d.wiring.relay.as_deref()?;
-                    let addr: crate::hw::RelayAddr = relay.parse().ok()?;
+                    let addr = d.wiring.relay.as_ref()?;
                     (addr.board == b.name).then(|| WiredDeviceView {
-                        name: d.name.clone(),
-                        relay: relay.to_owned(),
-                        state: d.state.clone(),
-                        look: look(&d.state, d.request.is_some()),
+                        name: d.name.to_string(),
+                        relay: addr.to_string(),
+                        state: d.state.to_string(),
+                        look: look(d.state, d.request.is_some()),
                     })
                 })
                 .collect();

@@ -18,7 +18,6 @@ pub mod proxr;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,147 +27,9 @@ use crate::domain::clock::Millis;
 use crate::domain::names::BoardName;
 use crate::hw::{Error, Result};
 
+pub use crate::domain::wiring::{Channel, MAX_BCM_PIN, RelayAddr};
 pub use gpio::{GpioBackend, RppalGpio, SimGpio};
 pub use proxr::Framing;
-
-/// Highest BCM GPIO number usable on the 40-pin header.
-pub const MAX_BCM_PIN: u8 = 27;
-
-/// Which output of a board a device hangs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    /// A relay on a ProXR or LCUS board: bank 1..=4, relay 1..=8 (LCUS: bank 1,
-    /// relay = channel).
-    Relay {
-        /// Bank 1..=4.
-        bank: u8,
-        /// Relay 1..=8.
-        relay: u8,
-    },
-    /// A Raspberry Pi GPIO line, by BCM number (0..=27).
-    Pin(u8),
-}
-
-/// Where a device's power relay is: board name plus channel.
-///
-/// Text forms: the original MozPool `relay_info` `host[:port]:bankB:relayR` (board =
-/// `host[:port]`) and `board:pinN` for GPIO boards. Parsing range-checks and never panics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RelayAddr {
-    /// The board (a configured board name, or the `host[:port]` of a TCP board).
-    pub board: BoardName,
-    /// The output on that board.
-    pub channel: Channel,
-}
-
-impl RelayAddr {
-    /// A ProXR/LCUS address, range-checked.
-    ///
-    /// # Errors
-    /// [`Error::BadAddress`] when bank is outside 1..=4 or relay outside 1..=8.
-    pub fn relay(board: BoardName, bank: u8, relay: u8) -> Result<Self> {
-        let a = RelayAddr {
-            board,
-            channel: Channel::Relay { bank, relay },
-        };
-        a.check()?;
-        Ok(a)
-    }
-
-    /// A GPIO address, range-checked.
-    ///
-    /// # Errors
-    /// [`Error::BadAddress`] when the pin is above [`MAX_BCM_PIN`].
-    pub fn pin(board: BoardName, pin: u8) -> Result<Self> {
-        let a = RelayAddr {
-            board,
-            channel: Channel::Pin(pin),
-        };
-        a.check()?;
-        Ok(a)
-    }
-
-    fn check(&self) -> Result<()> {
-        let bad = |reason: &str| Error::BadAddress {
-            addr: self.to_string(),
-            reason: reason.to_owned(),
-        };
-        match self.channel {
-            Channel::Relay { bank, relay } => {
-                if !(1..=4).contains(&bank) {
-                    return Err(bad("bank must be 1..=4"));
-                }
-                if !(1..=8).contains(&relay) {
-                    return Err(bad("relay must be 1..=8"));
-                }
-            }
-            Channel::Pin(p) => {
-                if p > MAX_BCM_PIN {
-                    return Err(bad("BCM pin must be 0..=27"));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for RelayAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.channel {
-            Channel::Relay { bank, relay } => write!(f, "{}:bank{bank}:relay{relay}", self.board),
-            Channel::Pin(p) => write!(f, "{}:pin{p}", self.board),
-        }
-    }
-}
-
-impl FromStr for RelayAddr {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::BadAddress {
-            addr: s.chars().take(100).collect(),
-            reason: reason.to_owned(),
-        };
-        let num = |part: &str, prefix: &str| -> Result<u8> {
-            let digits = part
-                .strip_prefix(prefix)
-                .ok_or_else(|| bad(&format!("expected {prefix}<number>, got {part:?}")))?;
-            if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit())
-            {
-                return Err(bad(&format!("bad number in {part:?}")));
-            }
-            digits
-                .parse::<u8>()
-                .map_err(|_| bad(&format!("number out of range in {part:?}")))
-        };
-        let board_of = |b: &str| -> Result<BoardName> {
-            b.parse::<BoardName>().map_err(|e| bad(&e.to_string()))
-        };
-        let (rest, last) = s.rsplit_once(':').ok_or_else(|| bad("missing ':'"))?;
-        if last.starts_with("pin") {
-            return RelayAddr::pin(board_of(rest)?, num(last, "pin")?);
-        }
-        let (board, bank) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| bad("expected host[:port]:bankB:relayR or board:pinN"))?;
-        RelayAddr::relay(board_of(board)?, num(bank, "bank")?, num(last, "relay")?)
-    }
-}
-
-impl Serialize for RelayAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for RelayAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
 
 /// How the device is wired to the relay contact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -626,7 +487,7 @@ mod tests {
     use super::*;
 
     fn addr(s: &str) -> Result<RelayAddr> {
-        s.parse()
+        Ok(s.parse()?)
     }
 
     #[test]

@@ -90,13 +90,13 @@ pub fn apply(
         None => DeviceFields {
             hardware_type: valid(&msg.hardware),
             pool: valid(&msg.pool),
-            sut: Some(msg.sut_addr()),
+            sut: Some(msg.sut_addr().clone()),
             ..DeviceFields::default()
         },
         Some(d) => DeviceFields {
             hardware_type: fill(&d.facts.hardware_type, valid(&msg.hardware)),
             pool: fill(&d.facts.pool, valid(&msg.pool)),
-            sut: Some(msg.sut_addr()),
+            sut: Some(msg.sut_addr().clone()),
             ..DeviceFields::default()
         },
     };
@@ -247,8 +247,8 @@ fn refusal(d: &Device, msg: &RegistrationMessage, server: &str) -> Option<String
             .registration
             .as_ref()
             .and_then(|r| r.ip.as_deref())
-            .is_some_and(|ip| host_of(sut) == ip);
-        if !from_registration && host_of(sut) != host_of(&msg.sut_addr()) {
+            .is_some_and(|ip| host_of(sut.as_str()) == ip);
+        if !from_registration && host_of(sut.as_str()) != host_of(msg.sut_addr().as_str()) {
             return Some(format!(
                 "name collision: device {} is wired to relay {relay} with SUTAgent at {sut} (set by {}); a registration from {} cannot re-point it",
                 d.name, d.origin, msg.ip

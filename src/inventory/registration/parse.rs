@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::domain::names::check_name;
+use crate::domain::names::DeviceName;
+use crate::domain::wiring::SutAddr;
 
 /// Largest registration message accepted, in bytes (a real one is about 250).
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -105,13 +106,15 @@ pub struct RegistrationMessage {
     /// The agent's `NAME` as it sent it (decoded), usually its Wi-Fi MAC.
     pub agent_name: String,
     /// The device name it maps to (see [`RegistrationMessage::device_name`]).
-    pub device_name: String,
+    pub device_name: DeviceName,
     /// The MAC address in the original's form (12 lowercase hex digits) when `NAME` is one.
     pub mac: Option<String>,
     /// `IPADDR`.
     pub ip: String,
     /// `CMDPORT`, [`DEFAULT_CMD_PORT`] when absent.
     pub cmd_port: u16,
+    /// The SUTAgent command address `IPADDR:CMDPORT` (IPv6 in brackets).
+    pub sut: SutAddr,
     /// `HARDWARE` when present and non-empty.
     pub hardware: Option<String>,
     /// `POOL` when present and non-empty.
@@ -123,12 +126,8 @@ pub struct RegistrationMessage {
 impl RegistrationMessage {
     /// The SUTAgent command address `IPADDR:CMDPORT` (IPv6 in brackets).
     #[must_use]
-    pub fn sut_addr(&self) -> String {
-        if self.ip.contains(':') {
-            format!("[{}]:{}", self.ip, self.cmd_port)
-        } else {
-            format!("{}:{}", self.ip, self.cmd_port)
-        }
+    pub fn sut_addr(&self) -> &SutAddr {
+        &self.sut
     }
 
     /// Whether the agent's NAME is a shared placeholder rather than an identity.
@@ -246,12 +245,19 @@ pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<RegistrationMessage, R
     let pool = non_empty("POOL");
     let mac = mac_of(&agent_name);
     let device_name = device_name(&agent_name, mac.as_deref(), &ip)?;
+    let sut = if ip.contains(':') {
+        format!("[{ip}]:{cmd_port}")
+    } else {
+        format!("{ip}:{cmd_port}")
+    };
+    let sut = SutAddr::parse_owned(sut).map_err(RegistrationError::BadAddress)?;
     Ok(RegistrationMessage {
         agent_name,
         device_name,
         mac,
         ip,
         cmd_port,
+        sut,
         hardware,
         pool,
         fields,
@@ -265,7 +271,7 @@ pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<RegistrationMessage, R
 ///   `sut-<address>` with `.` and `:` turned into `-` (`sut-10-0-0-5`), since the address is
 ///   the only thing telling such devices apart;
 /// - anything else is used as it is and must be a valid device name.
-fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<String, RegistrationError> {
+fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<DeviceName, RegistrationError> {
     let name = if let Some(mac) = mac {
         mac.as_bytes()
             .chunks(2)
@@ -281,11 +287,10 @@ fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<String, Regis
     } else {
         agent.to_owned()
     };
-    check_name("device name", &name).map_err(|e| RegistrationError::BadName {
+    DeviceName::try_from(name).map_err(|e| RegistrationError::BadName {
         name: agent.chars().take(80).collect(),
         reason: e.to_string(),
-    })?;
-    Ok(name)
+    })
 }
 
 fn is_placeholder(agent: &str) -> bool {
@@ -407,7 +412,7 @@ mod tests {
         assert_eq!(m.device_name, "00:11:22:33:44:55");
         assert_eq!(m.mac.as_deref(), Some("001122334455"));
         assert_eq!(m.ip, "127.0.0.1");
-        assert_eq!(m.sut_addr(), "127.0.0.1:20701");
+        assert_eq!(m.sut_addr().as_str(), "127.0.0.1:20701");
         assert_eq!(m.hardware.as_deref(), Some("panda"));
         assert_eq!(m.pool, None);
         assert_eq!(m.fields["OS"], "Android-IMM76D");
