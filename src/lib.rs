@@ -2,20 +2,24 @@
 //! devices; a successor of Mozilla's MozPool.
 //!
 //! # Layout
-//! Layers, dependencies pointing down; only [`app`] wires them together:
-//! - [`http`] (the JSON API), [`ui`] (the on-box web page over that API) and the CLI in
-//!   [`cli`] / [`client`], with the live canary `mozpool check` in [`check`];
-//! - [`pool`]: the request layer (who gets which device), pure logic;
-//! - [`lifeguard`]: the device health state machine, pure logic;
-//! - [`inventory`]: inventory operations shared by the API, config and registrations;
-//! - [`hw`]: relay boards, SUTAgent, reachability, fastboot, image files, and simulators;
-//! - [`registration`]: devices registering themselves (SUTAgent protocol over TCP, JSON over
-//!   HTTP); [`inventory_sync`]: syncing devices from an inventory file or URL;
-//! - [`storage`]: the redb store, its versioned records and the durable log;
-//! - [`auth`]: roles, tokens and the `Authorization` header (no I/O);
-//! - [`bench`]: `mozpool bench`, the performance figures of docs/performance.md;
-//! - [`systemd`] (readiness, status, watchdog) and [`metrics`] (`/metrics`): operations;
-//! - [`config`], [`model`], [`types`], [`clock`]: shared vocabulary.
+//! One folder per layer, bottom first; a layer uses only the layers below it
+//! (`tests/it/layers.rs` checks every `crate::` path), and only [`app`] wires them together:
+//! - [`domain`]: the vocabulary every layer shares: checked names and addresses, the
+//!   inventory's types, device and request states, time, and the primitives the drivers run
+//!   on (deadline loop, heartbeat, histogram);
+//! - [`storage`]: the embedded store (the only layer that names the database), its versioned
+//!   records, indexes, the durable log and backups;
+//! - [`hw`]: relay boards, SUTAgent, reachability, fastboot, image files, their settings and
+//!   counters, and simulators;
+//! - [`lifeguard`]: device health, a pure state machine plus the driver that runs the hardware;
+//! - [`pool`]: requests (who gets which device), a pure state machine, selection and queue,
+//!   plus their driver;
+//! - [`inventory`]: inventory operations shared by the API, config, inventory sync and
+//!   self-registration;
+//! - [`http`]: the server, the request pipeline, auth, the JSON API, `/metrics` and the web
+//!   page;
+//! - [`app`]: wiring, configuration, shutdown, systemd, telemetry, the simulated rack;
+//! - [`cli`]: the command line: `serve`, the API client and its subcommands, `check`, `bench`.
 
 pub mod app;
 pub mod cli;

@@ -1,12 +1,11 @@
 //! The `mozpool` binary: parse the command line and hand off to the library.
 
-/// mimalloc instead of glibc's malloc. The store's writer thread allocates and frees page
-/// buffers, records and log lines for every write, and glibc's malloc/free took ~21 % of its
-/// time at 64 clients; with mimalloc the check-out/check-in cycle bench went from ~3,300 to
-/// ~4,300 cycles/s (docs/performance.md). mimalloc keeps freed pages for a while by default;
-/// the systemd unit sets `MIMALLOC_PURGE_DELAY=0` so they go back to the system at once. Built
-/// with `no_thp` (Cargo.toml): no transparent huge pages for its memory, whose first touch
-/// stalled the writer ~5.5 ms for the kernel to zero 2 MiB (fix 18 in docs/performance.md).
+/// mimalloc instead of glibc's malloc: the store's writer thread, the one serial stage,
+/// allocates and frees page buffers, records and log lines for every write, and glibc's
+/// allocator was a large share of its time (docs/performance.md, "Cycles per second"). The systemd
+/// unit sets `MIMALLOC_PURGE_DELAY=0` so freed pages go back to the system at once. Built with
+/// `no_thp` (Cargo.toml): the first touch of a transparent huge page stalls the writer while
+/// the kernel zeroes it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -45,10 +44,9 @@ fn main() -> std::process::ExitCode {
 
 /// Async worker threads: one fewer than the cores, at least one, unless the operator set
 /// `TOKIO_WORKER_THREADS` (then `None`: tokio reads it itself). Under load the store's
-/// writer thread is the serial bottleneck; with as many workers as cores it waited for a
-/// CPU ~20 % of its time behind them, and one core left to it gave ~8 % more check-out
-/// cycles at 64 clients on two cores (fix 20 in docs/performance.md). Long reads run on
-/// the blocking pool, which this does not limit.
+/// writer thread is the serial bottleneck, and with as many workers as cores it queued for
+/// a CPU behind them (docs/performance.md, "Cycles per second"). Long reads run on the blocking
+/// pool, which this does not limit.
 fn worker_threads() -> Option<usize> {
     if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
         return None;

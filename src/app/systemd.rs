@@ -204,7 +204,11 @@ mod tests {
     #[tokio::test]
     async fn healthy_store_passes_and_stuck_writer_fails() {
         let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("open");
+        let store = Store::open(
+            &dir.path().join(crate::storage::backup::DB_FILE),
+            Arc::new(SystemClock),
+        )
+        .expect("open");
         let hb = Heartbeats::default();
         let period = Duration::from_millis(400);
         assert_eq!(check(&store, &hb, period, Duration::ZERO).await, Ok(()));
@@ -235,7 +239,11 @@ mod tests {
     #[tokio::test]
     async fn stale_heartbeat_fails() {
         let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("open");
+        let store = Store::open(
+            &dir.path().join(crate::storage::backup::DB_FILE),
+            Arc::new(SystemClock),
+        )
+        .expect("open");
         let hb = Heartbeats::default();
         let driver = hb.register("lifeguard");
         let period = Duration::from_millis(200);

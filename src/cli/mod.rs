@@ -7,7 +7,9 @@
 pub mod bench;
 pub mod check;
 pub mod client;
-pub mod pool;
+pub mod device;
+pub mod relay;
+pub mod request;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,10 +59,10 @@ pub enum Command {
     /// FILE appears only once complete and verified).
     Backup(BackupArgs),
     /// Replace the database with a backup. Offline: stop the service first. The previous
-    /// database is kept as `mozpool.redb.bak-<time>`.
+    /// database is kept beside it, with a `.bak-<time>` suffix.
     Restore(RestoreArgs),
     /// Ask for a device (`any` or a name) and optionally wait until it is ready.
-    Request(crate::cli::pool::RequestArgs),
+    Request(crate::cli::request::RequestArgs),
     /// Return a request's device.
     Return {
         /// Request id.
@@ -82,7 +84,7 @@ pub enum Command {
     /// List devices with their state and holder.
     Devices(UrlArg),
     /// Raw relay control for techs at the rack (bypasses Lifeguard; logged).
-    Relay(crate::cli::pool::RelayArgs),
+    Relay(crate::cli::relay::RelayArgs),
     /// End-to-end canary against a running service: request a device, wait for it, ping
     /// it, read its log, return it and watch it verify back to ready (docs/staging.md).
     Check(crate::cli::check::CheckArgs),
@@ -329,13 +331,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Check(args) => Ok(crate::cli::check::run(args).await?),
-        Command::Request(args) => Ok(crate::cli::pool::request(args).await?),
-        Command::Return { id, url } => Ok(crate::cli::pool::return_request(id, &url).await?),
+        Command::Request(args) => Ok(crate::cli::request::request(args).await?),
+        Command::Return { id, url } => Ok(crate::cli::request::return_request(id, &url).await?),
         Command::Renew { id, seconds, url } => {
-            Ok(crate::cli::pool::renew(id, seconds, &url).await?)
+            Ok(crate::cli::request::renew(id, seconds, &url).await?)
         }
-        Command::Devices(url) => Ok(crate::cli::pool::devices(&url).await?),
-        Command::Relay(args) => Ok(crate::cli::pool::relay(args).await?),
+        Command::Devices(url) => Ok(crate::cli::device::devices(&url).await?),
+        Command::Relay(args) => Ok(crate::cli::relay::relay(args).await?),
         Command::Bench(args) => crate::cli::bench::run(args).await,
         Command::Device(cmd) => Ok(device(cmd).await?),
         Command::Inventory(InventoryCmd::Sync {

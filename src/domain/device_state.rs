@@ -2,7 +2,7 @@
 //! wherever the meaning carried over) and the classifications the pool and the UI need.
 //!
 //! This module owns names and classification only; what happens in each state lives in
-//! `machine.rs`, how long each state may last in `timings.rs`.
+//! `lifeguard/machine.rs`, how long each state may last in `lifeguard/timings.rs`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -236,7 +236,7 @@ impl DeviceState {
 
     /// A failure state that MozPool 4.x retried with a self-test (its §3.4 "yes" rows, adapted):
     /// verification failures, where a fresh power cycle may well help. Retried a bounded
-    /// number of times ([`super::Timings::max_self_test_retries`]).
+    /// number of times (`lifeguard::Timings::max_self_test_retries`).
     #[must_use]
     pub const fn retried_by_self_test(self) -> bool {
         matches!(

@@ -174,7 +174,7 @@ pub struct RequestSnapshot {
 
 impl RequestSnapshot {
     /// A request just created by the API (state `new`). The API then delivers
-    /// `Event::FindDevice` (or [`Event::Unsatisfiable`]).
+    /// `pool::Event::FindDevice` (or `pool::Event::Unsatisfiable`).
     #[must_use]
     pub fn new(id: u64, spec: RequestSpec, expires: Millis) -> RequestSnapshot {
         RequestSnapshot {

@@ -2,7 +2,7 @@
 //! results.
 //!
 //! This module owns names and their text forms only; what each state does lives in
-//! [`super::machine`].
+//! `pool::machine`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -125,7 +125,7 @@ impl RequestState {
     }
 
     /// Waiting for a device from the queue (`finding_device` or `queued`); these are the
-    /// requests [`super::queue::assign`] considers.
+    /// requests `pool::queue::assign` considers.
     #[must_use]
     pub fn is_waiting(self) -> bool {
         matches!(self, RequestState::FindingDevice | RequestState::Queued)

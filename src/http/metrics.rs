@@ -7,7 +7,7 @@
 //! - **Computed at scrape time** from one read snapshot of the store: devices per state,
 //!   requests per state, the durable log's size. Nothing is cached, so nothing can drift.
 //!
-//! No metrics crate: a handful of counters and fixed-bucket histograms ([`histogram`]) is all
+//! No metrics crate: a handful of counters and fixed-bucket histograms (`domain::histogram`) is all
 //! the appliance needs. Recording never allocates (except the first time a hardware operation
 //! kind is seen); rendering builds one `String`.
 
@@ -311,7 +311,7 @@ pub async fn render(
         o,
         "mozpool_store_file_bytes",
         "gauge",
-        "Size of the store file (mozpool.redb).",
+        "Size of the store file.",
     );
     sample(o, "mozpool_store_file_bytes", file_bytes);
     family(

@@ -117,7 +117,7 @@ pub enum Route {
     /// `GET /metrics`: Prometheus text format. No trailing slash (what scrapers expect);
     /// `/metrics/` is accepted too.
     Metrics,
-    /// `GET /api/backup/`: a consistent snapshot of the store as a redb file (admin: it is
+    /// `GET /api/backup/`: a consistent snapshot of the store, as a store file (admin: it is
     /// the whole database).
     Backup,
     /// `GET /api/pool/overview/[?since=V&wait=N]`: every device with its holder and last log

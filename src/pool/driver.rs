@@ -1006,7 +1006,11 @@ mod tests {
     #[tokio::test]
     async fn a_pass_with_fair_share_counts_the_devices_held() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("store");
+        let store = Store::open(
+            &dir.path().join(crate::storage::backup::DB_FILE),
+            Arc::new(SystemClock),
+        )
+        .expect("store");
         let grace = ctx().timings.grace;
         store
             .write(move |tx, now| {
@@ -1055,7 +1059,11 @@ mod tests {
     #[tokio::test]
     async fn views_built_before_an_assignment_are_not_reused_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("store");
+        let store = Store::open(
+            &dir.path().join(crate::storage::backup::DB_FILE),
+            Arc::new(SystemClock),
+        )
+        .expect("store");
         let ctx = ctx();
         let grace = ctx.timings.grace;
         store

@@ -1,18 +1,17 @@
-//! The request layer ("MozPool" layer) as pure logic: request states, the request machine,
-//! device matching with explanations, and the fair priority queue.
+//! The request layer ("MozPool" layer): the request machine, device matching with
+//! explanations, the fair priority queue, and the driver that runs them over the store.
 //!
-//! Layout:
-//! - [`state`]: [`RequestState`] (MozPool 4.x names plus `queued`), counters, imaging results.
-//! - [`spec`]: what a request asks for ([`RequestSpec`]) and what the caller reports about
-//!   devices ([`DeviceView`]).
+//! Layout (the request's data and states are in `domain::request` and
+//! `domain::request_state`, re-exported here):
+//! - [`spec`]: what the caller reports about devices ([`DeviceView`], [`Holder`]).
 //! - [`select`]: matching, preference for reusable images, [`Explanation`], [`satisfiable`].
 //! - [`queue`]: [`assign`] (one pass: priority, aging, fair share) and [`position`].
 //! - [`machine`]: [`step`], the pure request state machine.
 //! - [`config`]: [`Timings`] and [`QueuePolicy`] with the original's defaults.
 //!
-//! Nothing here does I/O or reads a clock: `now` is an argument. The storage layer runs
-//! [`assign`] and [`step`] inside one store transaction so assignment cannot race; the
-//! driver executes the [`Action`]s and feeds results back as [`Event`]s. See
+//! Everything but [`driver`] is pure: no I/O, no clock (`now` is an argument). The driver
+//! runs [`assign`] and [`step`] inside one store write so assignment cannot race, executes
+//! the [`Action`]s and feeds results back as [`Event`]s. See
 //! `docs/requests.md` for the request lifecycle.
 
 pub mod config;

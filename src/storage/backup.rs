@@ -14,7 +14,7 @@
 //! current store as `mozpool.redb.bak-<time>` (a hard link) and renames the copy over
 //! `mozpool.redb`. At every instant `mozpool.redb` is either the old or the new file.
 //!
-//! **Coverage.** [`TABLES`] lists every table with how to copy and check it. A table present
+//! **Coverage.** `TABLES` lists every table with how to copy and check it. A table present
 //! in the store but missing from the list makes every snapshot fail loudly, so a new table
 //! cannot be left out of backups silently.
 
@@ -31,6 +31,12 @@ use super::{SCHEMA_VERSION, Store, StoreError, tables};
 
 /// The store's file name inside the data directory.
 pub const DB_FILE: &str = "mozpool.redb";
+
+/// The file name a downloaded backup is offered under (`GET /api/backup/`).
+pub const DOWNLOAD_NAME: &str = "mozpool-backup.redb";
+
+/// The ending of a store file, for scratch copies.
+pub const FILE_SUFFIX: &str = ".redb";
 
 /// How to copy and check one table.
 struct TableOps {
@@ -89,7 +95,7 @@ const TABLES: &[TableOps] = &[
 pub struct SnapshotInfo {
     /// Schema version recorded in the file.
     pub schema_version: u64,
-    /// Rows per table, in [`TABLES`] order.
+    /// Rows per table, in the order of the backup's table list.
     pub tables: Vec<(&'static str, u64)>,
     /// File size in bytes.
     pub bytes: u64,

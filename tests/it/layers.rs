@@ -251,19 +251,38 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn imports_point_down() {
+/// Every Rust file under `src/`: its path relative to `src/` and its text.
+fn sources() -> Vec<(String, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    files
+        .iter()
+        .map(|path| {
+            let rel = path
+                .strip_prefix(&src)
+                .expect("under src")
+                .to_string_lossy()
+                .replace('\\', "/");
+            (rel, std::fs::read_to_string(path).expect("read file"))
+        })
+        .collect()
+}
+
+/// Fail with every violation, one per line, under `title`.
+fn assert_none(title: &str, violations: &[Violation]) {
+    let report: Vec<String> = violations
+        .iter()
+        .map(|(f, l, why)| format!("src/{f}:{l}: {why}"))
+        .collect();
+    assert!(report.is_empty(), "{title}:\n{}", report.join("\n"));
+}
+
+#[test]
+fn imports_point_down() {
     let mut violations = Vec::new();
     let mut per_layer: BTreeMap<String, usize> = BTreeMap::new();
-    for path in &files {
-        let rel = path
-            .strip_prefix(&src)
-            .expect("under src")
-            .to_string_lossy()
-            .replace('\\', "/");
+    for (rel, text) in sources() {
         let top = rel.split('/').next().unwrap_or("");
         if !rel.contains('/') {
             // lib.rs, main.rs, build.rs: the crate root, above every layer.
@@ -278,7 +297,6 @@ fn imports_point_down() {
             "src/{top}/ is not a layer; add it to LAYERS (and docs/architecture.md) or move it"
         );
         *per_layer.entry(top.to_owned()).or_default() += 1;
-        let text = std::fs::read_to_string(path).expect("read file");
         violations.extend(check_file(&rel, &text));
     }
     assert_eq!(
@@ -286,41 +304,16 @@ fn imports_point_down() {
         LAYERS.len(),
         "every layer has files: {per_layer:?}"
     );
-    let report: Vec<String> = violations
-        .iter()
-        .map(|(f, l, why)| format!("src/{f}:{l}: {why}"))
-        .collect();
-    assert!(
-        report.is_empty(),
-        "imports against the layer order:\n{}",
-        report.join("\n")
-    );
+    assert_none("imports against the layer order", &violations);
 }
 
 #[test]
 fn only_storage_names_redb_or_its_tables() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    let mut violations = Vec::new();
-    for path in &files {
-        let rel = path
-            .strip_prefix(&src)
-            .expect("under src")
-            .to_string_lossy()
-            .replace('\\', "/");
-        let text = std::fs::read_to_string(path).expect("read file");
-        violations.extend(check_store_names(&rel, &text));
-    }
-    let report: Vec<String> = violations
+    let violations: Vec<Violation> = sources()
         .iter()
-        .map(|(f, l, why)| format!("src/{f}:{l}: {why}"))
+        .flat_map(|(rel, text)| check_store_names(rel, text))
         .collect();
-    assert!(
-        report.is_empty(),
-        "store internals named outside src/storage/:\n{}",
-        report.join("\n")
-    );
+    assert_none("store internals named outside src/storage/", &violations);
 }
 
 #[test]

@@ -896,7 +896,10 @@ async fn health(n: usize, figs: &mut Figures) -> anyhow::Result<()> {
 /// Durable commits: one writer waiting for each commit, then 64 at once (group commit).
 async fn store(quick: bool, figs: &mut Figures) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("bench.redb"), Arc::new(SystemClock))?;
+    let store = Store::open(
+        &dir.path().join(crate::storage::backup::DB_FILE),
+        Arc::new(SystemClock),
+    )?;
     let n = if quick { 300 } else { 2000 };
     let mut lat = Vec::with_capacity(n);
     let t0 = Instant::now();
@@ -994,7 +997,10 @@ async fn logs(n: u64, figs: &mut Figures) -> anyhow::Result<()> {
     const SUBJECTS: u64 = 10_000;
     const BATCH: u64 = 50_000;
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("bench.redb"), Arc::new(SystemClock))?;
+    let store = Store::open(
+        &dir.path().join(crate::storage::backup::DB_FILE),
+        Arc::new(SystemClock),
+    )?;
     let t0 = Instant::now();
     let mut written = 0;
     while written < n {

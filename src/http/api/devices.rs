@@ -168,9 +168,9 @@ fn cores() -> usize {
 }
 
 /// From this many devices on (and with a second core), `device/list/?details=1` decodes and
-/// writes the two halves of the inventory on two threads: 10,000 devices took 16–20 ms on
-/// one, against a 20 ms target, and take 13–15 ms so (docs/performance.md, fix 22). Shorter
-/// lists and the names-only list stay on one thread.
+/// writes the two halves of the inventory on two threads: on one, 10,000 devices came too
+/// close to the 20 ms target (docs/performance.md, "Device lists"). Shorter lists and the
+/// names-only list stay on one thread, where a second thread costs more than it saves.
 pub const PARALLEL_DETAILS_FROM: usize = 2000;
 
 /// The device list's JSON (`{"devices": [...]}`) from `snap`'s `n` devices, written in
@@ -443,7 +443,11 @@ mod tests {
     #[tokio::test]
     async fn a_list_written_in_two_halves_is_the_same_bytes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("s.redb"), Arc::new(SystemClock)).expect("store");
+        let store = Store::open(
+            &dir.path().join(crate::storage::backup::DB_FILE),
+            Arc::new(SystemClock),
+        )
+        .expect("store");
         // Retired devices: none, the first half, the second half, every other one.
         for (case, n, retired) in [
             (

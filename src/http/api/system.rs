@@ -83,7 +83,7 @@ pub async fn metrics(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 /// Size of the chunks a backup is streamed in.
 const BACKUP_CHUNK: usize = 64 * 1024;
 
-/// `GET /api/backup/`: a consistent snapshot of the whole store, as a redb file.
+/// `GET /api/backup/`: a consistent snapshot of the whole store, as a store file.
 ///
 /// The snapshot is written to a temporary file under `<data_dir>/tmp/` (one read transaction
 /// copied into a fresh store file; see `storage::backup`), the file is unlinked while still
@@ -98,7 +98,7 @@ pub async fn backup(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
         let tmp = tempfile::Builder::new()
             .prefix("backup-")
-            .suffix(".redb")
+            .suffix(crate::storage::backup::FILE_SUFFIX)
             .tempfile_in(&scratch)
             .map_err(|e| {
                 format!(
@@ -148,7 +148,11 @@ pub async fn backup(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     h.insert(CONTENT_LENGTH, HeaderValue::from(info.bytes));
     h.insert(
         CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"mozpool-backup.redb\""),
+        HeaderValue::from_str(&format!(
+            "attachment; filename=\"{}\"",
+            crate::storage::backup::DOWNLOAD_NAME
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
     );
     h.insert(
         "x-mozpool-schema-version",

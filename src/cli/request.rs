@@ -1,5 +1,5 @@
-//! CLI subcommands for people and scripts using the pool: `request`, `return`, `renew`,
-//! `devices`, and `relay` for techs at the rack. They talk to a running service's API.
+//! CLI subcommands for people and scripts holding devices: `request`, `return`, `renew`.
+//! They talk to a running service's API.
 //!
 //! Exit codes (as every client subcommand): 0 success, 1 the service refused or the request
 //! failed, 2 usage error, 3 the service could not be reached.
@@ -56,23 +56,6 @@ pub struct RequestArgs {
     /// Give up waiting after this many seconds (the request is returned).
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
-    /// Service.
-    #[command(flatten)]
-    pub url: UrlArg,
-}
-
-/// `mozpool relay BOARD BANK RELAY status|on|off|cycle`.
-#[derive(Debug, Args)]
-pub struct RelayArgs {
-    /// Board name.
-    pub board: String,
-    /// Bank (1-4).
-    pub bank: u8,
-    /// Relay (1-8).
-    pub relay: u8,
-    /// What to do.
-    #[arg(value_parser = ["status", "on", "off", "cycle"])]
-    pub op: String,
     /// Service.
     #[command(flatten)]
     pub url: UrlArg,
@@ -228,68 +211,5 @@ pub async fn renew(id: u64, seconds: u64, url: &UrlArg) -> Result<(), Exit> {
         "request {id} expires {}",
         d["expires"].as_str().unwrap_or("?")
     );
-    Ok(())
-}
-
-/// `mozpool devices`: one line per device: name, state, holder, environment, hardware type.
-///
-/// # Errors
-/// [`Exit`] with the exit code.
-pub async fn devices(url: &UrlArg) -> Result<(), Exit> {
-    let client = url.client();
-    let (_, v) = client
-        .call(Method::GET, "/api/device/list/?details=1", None)
-        .await?;
-    println!(
-        "DEVICE                   STATE                        REQUEST  ENVIRONMENT  HARDWARE"
-    );
-    for d in v["devices"].as_array().into_iter().flatten() {
-        let req = d["request_id"]
-            .as_u64()
-            .map_or_else(|| "-".to_owned(), |r| r.to_string());
-        println!(
-            "{:<24} {:<28} {:<8} {:<12} {}",
-            d["name"].as_str().unwrap_or(""),
-            d["state"].as_str().unwrap_or(""),
-            req,
-            d["environment"].as_str().unwrap_or("-"),
-            d["hardware_type"].as_str().unwrap_or("-"),
-        );
-    }
-    Ok(())
-}
-
-/// `mozpool relay BOARD BANK RELAY status|on|off|cycle`: prints `OK`, or the status as the
-/// original's relay tool did (`bank B, relay R status: on|off`, on = device powered).
-///
-/// # Errors
-/// [`Exit`] with the exit code.
-pub async fn relay(a: RelayArgs) -> Result<(), Exit> {
-    if !(1..=4).contains(&a.bank) || !(1..=8).contains(&a.relay) {
-        return Err(Exit {
-            code: 2,
-            message: "bank must be 1-4 and relay 1-8".into(),
-        });
-    }
-    let client = a.url.client();
-    let path = format!(
-        "/api/relay/{}/bank{}:relay{}/{}/",
-        crate::cli::encode(&a.board),
-        a.bank,
-        a.relay,
-        a.op
-    );
-    if a.op == "status" {
-        let (_, v) = client.call(Method::GET, &path, None).await?;
-        let s = match v["powered"].as_bool() {
-            Some(true) => "on",
-            Some(false) => "off",
-            None => "unknown (this board cannot read back)",
-        };
-        println!("bank {}, relay {} status: {s}", a.bank, a.relay);
-    } else {
-        client.call(Method::POST, &path, None).await?;
-        println!("OK");
-    }
     Ok(())
 }
