@@ -107,6 +107,23 @@ pub fn upsert_device(
     origin: &str,
     actor: Option<&str>,
 ) -> Result<Upsert, StoreError> {
+    upsert_device_returning(tx, now, server, name, fields, origin, actor).map(|(u, _)| u)
+}
+
+/// [`upsert_device`], also returning the device as stored afterwards (a registration
+/// changes it further; reading it back could only fail in ways that cannot happen).
+///
+/// # Errors
+/// Storage failure.
+pub fn upsert_device_returning(
+    tx: &Tx<'_>,
+    now: Millis,
+    server: &str,
+    name: &str,
+    fields: &DeviceFields,
+    origin: &str,
+    actor: Option<&str>,
+) -> Result<(Upsert, Device), StoreError> {
     let existing = inv::device_in_tx(tx, name)?;
     let (device, outcome) = match existing {
         None => {
@@ -179,7 +196,7 @@ pub fn upsert_device(
                 changes.push("retired: true -> false".to_owned());
             }
             if changes.is_empty() {
-                return Ok(Upsert::Unchanged);
+                return Ok((Upsert::Unchanged, d));
             }
             d.updated = now;
             (d, Upsert::Updated(changes))
@@ -196,7 +213,7 @@ pub fn upsert_device(
         now,
         NewLog::new(device_subject(name), "inventory", message).by(actor.map(str::to_owned)),
     )?;
-    Ok(outcome)
+    Ok((outcome, device))
 }
 
 /// Retire a device: it stays in the store with its history but is never used again.

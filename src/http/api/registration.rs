@@ -56,7 +56,13 @@ pub async fn register(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         .store
         .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Http))
         .await?
-        .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "registration_refused", reason))?;
+        .map_err(|refusal| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "registration_refused",
+                refusal.to_string(),
+            )
+        })?;
     let status = if applied.created {
         StatusCode::CREATED
     } else {
