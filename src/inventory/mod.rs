@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::domain::clock::Millis;
 use crate::domain::model::{Device, DeviceFacts, DeviceWiring, device_subject};
+use crate::domain::names::NameError;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv, next_counter};
 
@@ -44,18 +45,46 @@ pub struct DeviceFields {
 /// Longest comment accepted.
 pub const MAX_COMMENT_LEN: usize = 2000;
 
+/// Why inventory fields from an untrusted source were refused: which field, and why. The
+/// text is the API's 400 message and names the field itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldError {
+    /// A field that must be a name is not a valid one.
+    #[error("{source}")]
+    BadName {
+        /// The field (`environment`, `hardware_type`, `pool`, ...).
+        field: &'static str,
+        /// What is wrong with the name (its text names the field).
+        source: NameError,
+    },
+    /// `sut` is not `host:port`.
+    #[error("sut {value:?} must be host:port")]
+    SutNotHostPort {
+        /// The value given.
+        value: String,
+    },
+    /// `comments` is longer than [`MAX_COMMENT_LEN`] bytes.
+    #[error("comments are longer than {MAX_COMMENT_LEN} bytes")]
+    CommentsTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
 /// Check inventory fields from an untrusted source (API body, inventory file): names are
 /// valid names, `sut` is `host:port`, comments are not huge.
 ///
 /// # Errors
-/// A message saying which field is wrong.
-pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
+/// The first field that is wrong, and why.
+pub fn check_fields(f: &DeviceFields) -> Result<(), FieldError> {
     use crate::domain::names::{EnvironmentName, HardwareType, check_name};
+    let bad = |field: &'static str| move |source| FieldError::BadName { field, source };
     if let Some(e) = &f.environment {
-        e.parse::<EnvironmentName>().map_err(|e| e.to_string())?;
+        e.parse::<EnvironmentName>().map_err(bad("environment"))?;
     }
     if let Some(h) = &f.hardware_type {
-        h.parse::<HardwareType>().map_err(|e| e.to_string())?;
+        h.parse::<HardwareType>().map_err(bad("hardware_type"))?;
     }
     for (label, v) in [
         ("processor", &f.processor),
@@ -65,19 +94,16 @@ pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
         ("relay", &f.relay),
     ] {
         if let Some(v) = v {
-            check_name(label, v).map_err(|e| e.to_string())?;
+            check_name(label, v).map_err(bad(label))?;
         }
     }
     if let Some(s) = &f.sut
         && !crate::domain::names::valid_host_port(s)
     {
-        return Err(format!("sut {s:?} must be host:port"));
+        return Err(FieldError::SutNotHostPort { value: s.clone() });
     }
-    if f.comments
-        .as_ref()
-        .is_some_and(|c| c.len() > MAX_COMMENT_LEN)
-    {
-        return Err(format!("comments are longer than {MAX_COMMENT_LEN} bytes"));
+    if let Some(c) = f.comments.as_ref().filter(|c| c.len() > MAX_COMMENT_LEN) {
+        return Err(FieldError::CommentsTooLong { len: c.len() });
     }
     Ok(())
 }

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::clock::Millis;
 use crate::domain::model::{Device, device_subject};
-use crate::domain::names::DeviceName;
-use crate::inventory::{DeviceFields, check_fields, retire_device, upsert_device};
+use crate::domain::names::{DeviceName, NameError};
+use crate::inventory::{DeviceFields, FieldError, check_fields, retire_device, upsert_device};
 use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{Store, StoreError, inventory as inv};
@@ -254,20 +254,57 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
     Ok(out)
 }
 
+/// Why a source's rows were refused: the first bad row, named by its device. The text is
+/// the API's 400 message and the CLI's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RowError {
+    /// The row's device name is not a valid name.
+    #[error("device {name:?}: {source}")]
+    BadName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        source: NameError,
+    },
+    /// Two rows name the same device.
+    #[error("device {name} is listed twice")]
+    Duplicate {
+        /// The device.
+        name: String,
+    },
+    /// One of the row's fields is refused.
+    #[error("device {name}: {source}")]
+    BadField {
+        /// The device.
+        name: String,
+        /// Which field, and why.
+        source: FieldError,
+    },
+}
+
 /// Check the rows: valid, unique names and valid fields.
 ///
 /// # Errors
 /// The first problem, naming the device.
-pub fn validate(rows: &[InventoryRow]) -> Result<(), String> {
+pub fn validate(rows: &[InventoryRow]) -> Result<(), RowError> {
     let mut seen = BTreeSet::new();
     for r in rows {
         r.name
             .parse::<DeviceName>()
-            .map_err(|e| format!("device {:?}: {e}", r.name))?;
+            .map_err(|source| RowError::BadName {
+                name: r.name.clone(),
+                source,
+            })?;
         if !seen.insert(r.name.as_str()) {
-            return Err(format!("device {} is listed twice", r.name));
+            return Err(RowError::Duplicate {
+                name: r.name.clone(),
+            });
         }
-        check_fields(&r.fields()).map_err(|e| format!("device {}: {e}", r.name))?;
+        check_fields(&r.fields()).map_err(|source| RowError::BadField {
+            name: r.name.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -319,8 +356,8 @@ impl SyncReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// The rows are invalid.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] RowError),
     /// The safety valve tripped.
     #[error(
         "refusing to retire {retire} of {owned} inventory devices (more than {limit}); check the source, or force the sync"
@@ -434,7 +471,7 @@ pub async fn sync(
     force: bool,
     actor: Option<String>,
 ) -> Result<SyncReport, SyncError> {
-    validate(&rows).map_err(SyncError::Invalid)?;
+    validate(&rows)?;
     let server = server.to_owned();
     store
         .write(move |tx, now| {
@@ -598,7 +635,9 @@ mod tests {
         assert!(parse_source(b"name\n\"a\n").is_err());
         assert!(parse_source(br#"{"devices":[{"name":"a","x":1}]}"#).is_err());
         let dup = parse_source(b"name\na\na\n").expect("parses");
-        assert!(validate(&dup).expect_err("dup").contains("twice"));
+        let e = validate(&dup).expect_err("dup");
+        assert_eq!(e, RowError::Duplicate { name: "a".into() });
+        assert_eq!(e.to_string(), "device a is listed twice");
         let bad = parse_source(b"name\n../x\n").expect("parses");
         assert!(validate(&bad).is_err());
     }

@@ -284,7 +284,7 @@ pub async fn details(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiE
 }
 
 fn check_fields(f: &DeviceFields) -> Result<(), ApiError> {
-    crate::inventory::check_fields(f).map_err(ApiError::bad_request)
+    crate::inventory::check_fields(f).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// `PUT /api/device/{id}/`: create (201) or update (200) a device's inventory fields.

@@ -87,7 +87,7 @@ pub async fn inventory_sync(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     )
     .await
     .map_err(|e| match e {
-        SyncError::Invalid(m) => ApiError::bad_request(m),
+        SyncError::Invalid(row) => ApiError::bad_request(row.to_string()),
         e @ SyncError::TooManyRetirements { .. } => {
             ApiError::new(StatusCode::CONFLICT, "safety_valve", e.to_string())
         }
