@@ -23,7 +23,7 @@ use crate::app::App;
 use crate::app::config::{self, Config};
 use crate::cli::client::{ApiClient, ClientError};
 use crate::domain::clock::SystemClock;
-use crate::http::auth::{self, Role};
+use crate::http::auth::{self, Role, UnknownRole};
 
 /// mozpool: power, check, flash and hand out mobile test devices.
 #[derive(Debug, Parser)]
@@ -466,7 +466,9 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
 fn token_new(name: &str, role: &str, append_to: Option<&Path>) -> Result<(), Exit> {
     let usage = |message: String| Exit { code: 2, message };
     crate::domain::names::check_name("token name", name).map_err(|e| usage(e.to_string()))?;
-    let role: Role = role.parse().map_err(usage)?;
+    let role: Role = role
+        .parse()
+        .map_err(|e: UnknownRole| usage(e.to_string()))?;
     if role == Role::None {
         return Err(usage("a token's role is read, request or admin".into()));
     }

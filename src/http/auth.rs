@@ -58,17 +58,20 @@ impl fmt::Display for Role {
     }
 }
 
+/// A role name that is not one of [`Role`]'s spellings (a `token new` argument).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (expected read, request or admin)")]
+pub struct UnknownRole(pub String);
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
         match s {
             "none" => Ok(Role::None),
             "read" => Ok(Role::Read),
             "request" => Ok(Role::Request),
             "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?} (expected read, request or admin)"
-            )),
+            other => Err(UnknownRole(other.to_owned())),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::domain::clock::Millis;
 use crate::domain::device_state::DeviceState;
 use crate::domain::model::{Device, DeviceFacts, DeviceWiring, UnparsedWiring, device_subject};
 use crate::domain::names::DeviceName;
+use crate::domain::names::NameError;
 use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv, next_counter};
@@ -47,18 +48,46 @@ pub struct DeviceFields {
 /// Longest comment accepted.
 pub const MAX_COMMENT_LEN: usize = 2000;
 
+/// Why inventory fields from an untrusted source were refused: which field, and why. The
+/// text is the API's 400 message and names the field itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldError {
+    /// A field that must be a name is not a valid one.
+    #[error("{source}")]
+    BadName {
+        /// The field (`environment`, `hardware_type`, `pool`, ...).
+        field: &'static str,
+        /// What is wrong with the name (its text names the field).
+        source: NameError,
+    },
+    /// `relay` is not a relay address.
+    #[error("{0}")]
+    BadRelay(crate::domain::wiring::AddrError),
+    /// `sut` is not `host:port`.
+    #[error("{0}")]
+    BadSut(crate::domain::wiring::SutAddrError),
+    /// `comments` is longer than [`MAX_COMMENT_LEN`] bytes.
+    #[error("comments are longer than {MAX_COMMENT_LEN} bytes")]
+    CommentsTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
 /// Check inventory fields from an untrusted source (API body, inventory file): names are
 /// valid names, comments are not huge (the addresses were parsed into their types already).
 ///
 /// # Errors
-/// A message saying which field is wrong.
-pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
+/// The first field that is wrong, and why.
+pub fn check_fields(f: &DeviceFields) -> Result<(), FieldError> {
     use crate::domain::names::{EnvironmentName, HardwareType, check_name};
+    let bad = |field: &'static str| move |source| FieldError::BadName { field, source };
     if let Some(e) = &f.environment {
-        e.parse::<EnvironmentName>().map_err(|e| e.to_string())?;
+        e.parse::<EnvironmentName>().map_err(bad("environment"))?;
     }
     if let Some(h) = &f.hardware_type {
-        h.parse::<HardwareType>().map_err(|e| e.to_string())?;
+        h.parse::<HardwareType>().map_err(bad("hardware_type"))?;
     }
     for (label, v) in [
         ("processor", &f.processor),
@@ -67,14 +96,11 @@ pub fn check_fields(f: &DeviceFields) -> Result<(), String> {
         ("fastboot_serial", &f.fastboot_serial),
     ] {
         if let Some(v) = v {
-            check_name(label, v).map_err(|e| e.to_string())?;
+            check_name(label, v).map_err(bad(label))?;
         }
     }
-    if f.comments
-        .as_ref()
-        .is_some_and(|c| c.len() > MAX_COMMENT_LEN)
-    {
-        return Err(format!("comments are longer than {MAX_COMMENT_LEN} bytes"));
+    if let Some(c) = f.comments.as_ref().filter(|c| c.len() > MAX_COMMENT_LEN) {
+        return Err(FieldError::CommentsTooLong { len: c.len() });
     }
     Ok(())
 }
@@ -104,6 +130,23 @@ pub fn upsert_device(
     origin: &str,
     actor: Option<&str>,
 ) -> Result<Upsert, StoreError> {
+    upsert_device_returning(tx, now, server, name, fields, origin, actor).map(|(u, _)| u)
+}
+
+/// [`upsert_device`], also returning the device as stored afterwards (a registration
+/// changes it further; reading it back could only fail in ways that cannot happen).
+///
+/// # Errors
+/// Storage failure.
+pub fn upsert_device_returning(
+    tx: &Tx<'_>,
+    now: Millis,
+    server: &str,
+    name: &DeviceName,
+    fields: &DeviceFields,
+    origin: &str,
+    actor: Option<&str>,
+) -> Result<(Upsert, Device), StoreError> {
     let existing = inv::device_in_tx(tx, name)?;
     let (device, outcome) = match existing {
         None => {
@@ -194,7 +237,7 @@ pub fn upsert_device(
                 changes.push("retired: true -> false".to_owned());
             }
             if changes.is_empty() {
-                return Ok(Upsert::Unchanged);
+                return Ok((Upsert::Unchanged, d));
             }
             d.updated = now;
             (d, Upsert::Updated(changes))
@@ -211,7 +254,7 @@ pub fn upsert_device(
         now,
         NewLog::new(device_subject(name), "inventory", message).by(actor.map(str::to_owned)),
     )?;
-    Ok(outcome)
+    Ok((outcome, device))
 }
 
 /// Set `slot` to `value` when one is given and differs, noting `label: old -> new`.

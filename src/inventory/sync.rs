@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::clock::Millis;
 use crate::domain::model::{Device, device_subject};
-use crate::domain::names::DeviceName;
+use crate::domain::names::{DeviceName, NameError};
 use crate::domain::wiring::{RelayAddr, SutAddr};
-use crate::inventory::{DeviceFields, check_fields, retire_device, upsert_device};
+use crate::inventory::{DeviceFields, FieldError, check_fields, retire_device, upsert_device};
 use crate::storage::Tx;
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{Store, StoreError, inventory as inv};
@@ -87,16 +87,16 @@ pub const COLUMNS: &[&str] = &[
 
 impl InventoryRow {
     /// The row's fields, with its addresses parsed.
-    fn fields(&self) -> Result<DeviceFields, String> {
+    fn fields(&self) -> Result<DeviceFields, FieldError> {
         let ne = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         let relay = ne(&self.relay)
             .map(|r| r.parse::<RelayAddr>())
             .transpose()
-            .map_err(|e| e.to_string())?;
+            .map_err(FieldError::BadRelay)?;
         let sut = ne(&self.sut)
             .map(|s| s.parse::<SutAddr>())
             .transpose()
-            .map_err(|e| e.to_string())?;
+            .map_err(FieldError::BadSut)?;
         Ok(DeviceFields {
             hardware_type: ne(&self.hardware_type),
             processor: ne(&self.processor),
@@ -273,25 +273,62 @@ pub struct CheckedRow {
     pub fields: DeviceFields,
 }
 
+/// Why a source's rows were refused: the first bad row, named by its device. The text is
+/// the API's 400 message and the CLI's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RowError {
+    /// The row's device name is not a valid name.
+    #[error("device {name:?}: {source}")]
+    BadName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        source: NameError,
+    },
+    /// Two rows name the same device.
+    #[error("device {name} is listed twice")]
+    Duplicate {
+        /// The device.
+        name: String,
+    },
+    /// One of the row's fields is refused.
+    #[error("device {name}: {source}")]
+    BadField {
+        /// The device.
+        name: String,
+        /// Which field, and why.
+        source: FieldError,
+    },
+}
+
 /// Check the rows: valid, unique names and valid fields.
 ///
 /// # Errors
 /// The first problem, naming the device.
-pub fn validate(rows: &[InventoryRow]) -> Result<Vec<CheckedRow>, String> {
+pub fn validate(rows: &[InventoryRow]) -> Result<Vec<CheckedRow>, RowError> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let name = r
             .name
             .parse::<DeviceName>()
-            .map_err(|e| format!("device {:?}: {e}", r.name))?;
+            .map_err(|source| RowError::BadName {
+                name: r.name.clone(),
+                source,
+            })?;
         if !seen.insert(r.name.as_str()) {
-            return Err(format!("device {} is listed twice", r.name));
+            return Err(RowError::Duplicate {
+                name: r.name.clone(),
+            });
         }
         let fields = r
             .fields()
             .and_then(|f| check_fields(&f).map(|()| f))
-            .map_err(|e| format!("device {}: {e}", r.name))?;
+            .map_err(|source| RowError::BadField {
+                name: r.name.clone(),
+                source,
+            })?;
         out.push(CheckedRow { name, fields });
     }
     Ok(out)
@@ -344,8 +381,8 @@ impl SyncReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// The rows are invalid.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] RowError),
     /// The safety valve tripped.
     #[error(
         "refusing to retire {retire} of {owned} inventory devices (more than {limit}); check the source, or force the sync"
@@ -517,7 +554,7 @@ pub async fn sync(
     force: bool,
     actor: Option<String>,
 ) -> Result<SyncReport, SyncError> {
-    let rows = validate(&rows).map_err(SyncError::Invalid)?;
+    let rows = validate(&rows)?;
     let server = server.to_owned();
     store
         .write(move |tx, now| {
@@ -681,7 +718,9 @@ mod tests {
         assert!(parse_source(b"name\n\"a\n").is_err());
         assert!(parse_source(br#"{"devices":[{"name":"a","x":1}]}"#).is_err());
         let dup = parse_source(b"name\na\na\n").expect("parses");
-        assert!(validate(&dup).expect_err("dup").contains("twice"));
+        let e = validate(&dup).expect_err("dup");
+        assert_eq!(e, RowError::Duplicate { name: "a".into() });
+        assert_eq!(e.to_string(), "device a is listed twice");
         let bad = parse_source(b"name\n../x\n").expect("parses");
         assert!(validate(&bad).is_err());
     }

@@ -105,6 +105,65 @@ pub enum DeliverError {
     Apply(#[from] ApplyError),
 }
 
+/// Why a device's relay cannot be addressed. The text goes into the device's log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The inventory names no relay for the device.
+    #[error("no relay wiring")]
+    NotWired,
+}
+
+/// Why a device's SUTAgent cannot be addressed. The text goes into the device's log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SutAddrError {
+    /// The inventory has no SUTAgent address for the device.
+    #[error("no SUTAgent address in the inventory")]
+    Missing,
+    /// The address's host could not be resolved.
+    #[error("cannot resolve {text}: {source}")]
+    Unresolvable {
+        /// The address as the inventory has it.
+        text: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The address resolved, but to nothing.
+    #[error("{text} resolves to no address")]
+    NoAddress {
+        /// The address as the inventory has it.
+        text: String,
+    },
+}
+
+/// Why a reachability probe (ping, health check) of a device failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// There is no address to probe.
+    #[error(transparent)]
+    Address(#[from] SutAddrError),
+    /// The host answered but its service port is closed (the OS is not fully up).
+    #[error("{0} refused the connection")]
+    Refused(SocketAddr),
+    /// The probe itself failed (timeout, I/O).
+    #[error(transparent)]
+    Hw(#[from] hw::Error),
+}
+
+/// Why a SUTAgent check (verify, storage check) of a device failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SutError {
+    /// There is no address to talk to.
+    #[error(transparent)]
+    Address(#[from] SutAddrError),
+    /// The agent could not be reached or answered badly.
+    #[error(transparent)]
+    Hw(#[from] hw::Error),
+}
+
 struct Inner {
     store: Store,
     clock: Arc<dyn Clock>,
@@ -401,9 +460,9 @@ impl Lifeguard {
                         reason: e.to_string(),
                     },
                 },
-                Err(reason) => Event::PowerCycleFailed {
+                Err(e) => Event::PowerCycleFailed {
                     generation: g,
-                    reason,
+                    reason: e.to_string(),
                 },
             },
             Action::PowerOff => match self.relay(device) {
@@ -414,9 +473,9 @@ impl Lifeguard {
                         reason: e.to_string(),
                     },
                 },
-                Err(reason) => Event::PowerOffFailed {
+                Err(e) => Event::PowerOffFailed {
                     generation: g,
-                    reason,
+                    reason: e.to_string(),
                 },
             },
             Action::SutReboot => match sut_addr(device) {
@@ -427,38 +486,42 @@ impl Lifeguard {
                         reason: e.to_string(),
                     },
                 },
-                Err(reason) => Event::SutRebootFailed {
+                Err(e) => Event::SutRebootFailed {
                     generation: g,
-                    reason,
+                    reason: e.to_string(),
                 },
             },
             Action::Ping => match self.probe_within(device, ping_limit).await {
                 Ok(()) => Event::PingOk { generation: g },
-                Err(reason) => Event::PingFailed {
+                Err(e) => Event::PingFailed {
                     generation: g,
-                    reason,
+                    reason: e.to_string(),
                 },
             },
             Action::SutVerify => match self.sut_verify_keeping(device, sut_limit).await {
                 Ok(()) => Event::SutVerifyOk { generation: g },
-                Err(reason) => Event::SutVerifyFailed {
+                Err(e) => Event::SutVerifyFailed {
                     generation: g,
-                    reason,
+                    reason: e.to_string(),
                 },
             },
             Action::SutSdcardCheck => match self.storage_check(device, sut_limit).await {
                 Ok(()) => Event::SutSdcardOk { generation: g },
-                Err(reason) => Event::SutSdcardFailed {
+                Err(e) => Event::SutSdcardFailed {
                     generation: g,
-                    reason,
+                    reason: e.to_string(),
                 },
             },
             Action::HealthCheck { sut } => {
                 let _permit = self.inner.health.acquire().await;
                 let result = if sut {
-                    self.sut_verify(device, sut_limit).await
+                    self.sut_verify(device, sut_limit)
+                        .await
+                        .map_err(|e| e.to_string())
                 } else {
-                    self.probe_within(device, ping_limit).await
+                    self.probe_within(device, ping_limit)
+                        .await
+                        .map_err(|e| e.to_string())
                 };
                 match result {
                     Ok(()) => Event::HealthCheckOk { generation: g },
@@ -487,48 +550,40 @@ impl Lifeguard {
         Some(event)
     }
 
-    fn relay(&self, d: &Device) -> Result<RelayAddr, String> {
-        d.wiring
-            .relay
-            .clone()
-            .ok_or_else(|| "no relay wiring".to_owned())
+    fn relay(&self, d: &Device) -> Result<RelayAddr, RelayError> {
+        d.wiring.relay.clone().ok_or(RelayError::NotWired)
     }
 
     /// One reachability probe of a device, now (the `/ping/` endpoint); it changes no state.
     ///
     /// # Errors
     /// Why the device did not answer.
-    pub async fn probe(&self, d: &Device) -> Result<(), String> {
+    pub async fn probe(&self, d: &Device) -> Result<(), ProbeError> {
         self.probe_within(d, Hardware::ms(self.inner.hw.settings.ping_timeout_ms))
             .await
     }
 
-    async fn probe_within(&self, d: &Device, limit: Duration) -> Result<(), String> {
+    async fn probe_within(&self, d: &Device, limit: Duration) -> Result<(), ProbeError> {
         let addr = sut_addr(d)?;
-        match hw::ping::probe(addr, limit).await {
-            Ok(hw::ping::Reachability::Open) => Ok(()),
+        match hw::ping::probe(addr, limit).await? {
+            hw::ping::Reachability::Open => Ok(()),
             // Only a listening service port counts: on the simulated rack every device is on
             // loopback, and on a real one a closed port means the OS is not fully up.
-            Ok(hw::ping::Reachability::Refused) => Err(format!("{addr} refused the connection")),
-            Err(e) => Err(e.to_string()),
+            hw::ping::Reachability::Refused => Err(ProbeError::Refused(addr)),
         }
     }
 
-    async fn sut_verify(&self, d: &Device, limit: Duration) -> Result<(), String> {
+    async fn sut_verify(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
         let addr = sut_addr(d)?;
-        hw::sut::verify(addr, limit)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        hw::sut::verify(addr, limit).await?;
+        Ok(())
     }
 
     /// `ver` on a new connection; after a good answer the connection is kept for the
     /// storage check that follows ([`Lifeguard::storage_check`]).
-    async fn sut_verify_keeping(&self, d: &Device, limit: Duration) -> Result<(), String> {
+    async fn sut_verify_keeping(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
         let addr = sut_addr(d)?;
-        let mut session = hw::sut::Session::open(addr, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut session = hw::sut::Session::open(addr, limit).await?;
         match session.ver().await {
             Ok(_) => {
                 let now = tokio::time::Instant::now();
@@ -545,7 +600,7 @@ impl Lifeguard {
             }
             Err(e) => {
                 session.quit().await;
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -553,16 +608,14 @@ impl Lifeguard {
     /// The storage check, on the connection the verify before it kept when there is one
     /// and it has not expired ([`hw::sut::check_storage_on`]: a kept connection the agent
     /// has closed meanwhile is not held against the device).
-    async fn storage_check(&self, d: &Device, limit: Duration) -> Result<(), String> {
+    async fn storage_check(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
         let addr = sut_addr(d)?;
         let kept = lock(&self.inner.kept)
             .remove(d.name.as_str())
             .filter(|k| k.until > tokio::time::Instant::now())
             .map(|k| k.session);
-        hw::sut::check_storage_on(kept, addr, limit)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        hw::sut::check_storage_on(kept, addr, limit).await?;
+        Ok(())
     }
 
     /// Close kept SUTAgent connections nobody claimed in time.
@@ -644,7 +697,7 @@ impl Lifeguard {
             )
             .await
             .map_err(|e| (image_fault(&e), e.to_string()))?;
-        let addr = self.relay(d).map_err(|r| (false, r))?;
+        let addr = self.relay(d).map_err(|r| (false, r.to_string()))?;
         self.inner
             .hw
             .boards
@@ -751,16 +804,17 @@ impl Lifeguard {
 }
 
 /// A device's SUTAgent (service) address.
-fn sut_addr(d: &Device) -> Result<SocketAddr, String> {
-    let text = d
-        .wiring
-        .sut_addr
-        .as_ref()
-        .ok_or_else(|| "no SUTAgent address in the inventory".to_owned())?;
+fn sut_addr(d: &Device) -> Result<SocketAddr, SutAddrError> {
+    let text = d.wiring.sut_addr.as_ref().ok_or(SutAddrError::Missing)?;
     text.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {text}: {e}"))?
+        .map_err(|source| SutAddrError::Unresolvable {
+            text: text.to_string(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{text} resolves to no address"))
+        .ok_or_else(|| SutAddrError::NoAddress {
+            text: text.to_string(),
+        })
 }
 
 /// The build URL a boot config names (`b2gbase`, as the original's B2G images, or
@@ -830,5 +884,40 @@ impl crate::domain::timers::Deadlines for Lifeguard {
             .peek(Snapshot::next_device_deadline)
             .ok()
             .flatten()
+    }
+}
+
+#[cfg(test)]
+mod error_texts {
+    use super::{ProbeError, RelayError, SutAddrError, SutError, hw};
+
+    /// The driver writes these errors into device logs, whose texts tests and operators
+    /// know: they are the texts of the `String` errors they replaced.
+    #[test]
+    fn hardware_errors_read_as_before() {
+        assert_eq!(RelayError::NotWired.to_string(), "no relay wiring");
+        assert_eq!(
+            SutAddrError::Missing.to_string(),
+            "no SUTAgent address in the inventory"
+        );
+        let e = SutAddrError::Unresolvable {
+            text: "x:1".into(),
+            source: std::io::Error::other("no such host"),
+        };
+        assert_eq!(e.to_string(), "cannot resolve x:1: no such host");
+        let e = SutAddrError::NoAddress { text: "x:1".into() };
+        assert_eq!(e.to_string(), "x:1 resolves to no address");
+        let addr = "127.0.0.1:20701".parse().expect("address");
+        assert_eq!(
+            ProbeError::Refused(addr).to_string(),
+            "127.0.0.1:20701 refused the connection"
+        );
+        let hw = || hw::Error::NoReply { op: "ver".into() };
+        assert_eq!(SutError::Hw(hw()).to_string(), hw().to_string());
+        assert_eq!(ProbeError::Hw(hw()).to_string(), hw().to_string());
+        assert_eq!(
+            SutError::Address(SutAddrError::Missing).to_string(),
+            "no SUTAgent address in the inventory"
+        );
     }
 }

@@ -25,7 +25,10 @@ pub mod store;
 mod timings;
 
 pub use crate::domain::device_state::{DeviceState, StateClass, UnknownState};
-pub use driver::{DeliverError, Hardware, Lifeguard, Report, Reports};
+pub use driver::{
+    DeliverError, Hardware, Lifeguard, ProbeError, RelayError, Report, Reports, SutAddrError,
+    SutError,
+};
 pub use machine::{force, resume, step};
 pub use model::{
     Action, Counters, Event, ForceError, ImagingResult, NextImage, Purpose, Refused, Snapshot,

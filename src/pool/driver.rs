@@ -752,9 +752,9 @@ fn deliver_tx(
                         post.lifeguard.push(applied);
                         vec![Event::LifeguardContacted { device }]
                     }
-                    Err(state) => vec![Event::DeviceLost {
+                    Err(e) => vec![Event::DeviceLost {
                         device,
-                        lifeguard_state: state,
+                        lifeguard_state: lost_state(&e),
                     }],
                 };
                 if depth < MAX_DEPTH {
@@ -775,8 +775,8 @@ fn deliver_tx(
 /// Hold `device` for request `id` and make Lifeguard accept the please event, in this
 /// transaction. A power cycle is skipped when the device was rebooted and verified since
 /// its last user (Lifeguard's `hold`; see `reboot_before_handover`): then the second value
-/// is true and the device is ready for the request already. `Err(state)` when the device
-/// is not free or refuses.
+/// is true and the device is ready for the request already. `Ok(Err(_))` when the device
+/// is not free or refuses (see [`lost_state`] for what the request's log says then).
 fn contact_lifeguard(
     tx: &Tx<'_>,
     now: Millis,
@@ -784,7 +784,7 @@ fn contact_lifeguard(
     id: u64,
     device: &str,
     event: LifeguardEvent,
-) -> Result<Result<(Applied, bool), String>, StoreError> {
+) -> Result<Result<(Applied, bool), ApplyError>, StoreError> {
     if matches!(event, LifeguardEvent::PleasePowerCycle) && !c.timings.reboot_before_handover {
         let t = c.lg.clone();
         let held = apply(tx, now, device, Some("pool"), |s| {
@@ -831,10 +831,16 @@ fn contact_lifeguard(
         }
         lifeguard::step(&held, please, now, &t).map_err(ApplyError::from)
     })?;
-    Ok(result.map(|applied| (applied, false)).map_err(|e| match e {
+    Ok(result.map(|applied| (applied, false)))
+}
+
+/// What a lost device's [`Event::DeviceLost`] reports for a refused please event: the
+/// state Lifeguard refused it in, or else why there was no state to ask.
+fn lost_state(e: &ApplyError) -> String {
+    match e {
         ApplyError::Refused(r) => r.state.to_string(),
         other => other.to_string(),
-    }))
+    }
 }
 
 fn please_name(e: &lifeguard::Event) -> &'static str {

@@ -146,13 +146,13 @@ pub fn for_each_device(
 ///
 /// # Errors
 /// As [`for_each_device`].
-pub fn for_each_device_in<'a>(
+pub fn for_each_device_in<'a, E: From<StoreError>>(
     table: &impl ReadableTable<&'static str, Encoded<DeviceRecord>>,
     names: impl std::ops::RangeBounds<&'a str> + 'a,
-    mut f: impl FnMut(Device) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    for item in table.range(names)? {
-        let (k, v) = item?;
+    mut f: impl FnMut(Device) -> Result<(), E>,
+) -> Result<(), E> {
+    for item in table.range(names).map_err(StoreError::from)? {
+        let (k, v) = item.map_err(StoreError::from)?;
         f(device_of(
             k.value(),
             decode::<DeviceRecord>("devices", k.value(), &v.value())?,

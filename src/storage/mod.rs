@@ -93,21 +93,45 @@ pub enum StoreError {
         /// Version of this binary.
         supported: u64,
     },
-    /// Another write in the same batch failed, so nothing in the batch was committed.
-    #[error("the write was not committed because another write in its batch failed: {0}")]
-    BatchAborted(String),
+    /// The writer ran the write but its batch did not commit; the cause says at which step.
+    #[error("the write was not committed: {0}")]
+    NotCommitted(#[from] WriteError),
     /// The writer thread is gone (shutting down).
     #[error("the store is shut down")]
     Closed,
     /// A backup or restore could not be done (the message says why).
     #[error("{0}")]
     Backup(String),
-    /// A blocking read task failed.
+    /// The writer thread could not be started when the store was opened.
+    #[error("cannot start the writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
+    /// A read on the blocking pool panicked or was cancelled before it answered.
     #[error("read task failed: {0}")]
-    Task(String),
+    ReadTask(#[source] tokio::task::JoinError),
     /// A write asked for a table its own code still holds (a bug in the caller).
     #[error("table {0} is already in use in this transaction")]
     TableInUse(String),
+}
+
+/// Why a batch did not commit, as told to every caller whose write was in it (redb's
+/// per-operation errors, one variant per step of the writer's batch).
+///
+/// Cloned once per caller, so the redb causes are shared behind an [`Arc`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The writer could not begin the write transaction, so no write in the batch ran.
+    #[error("cannot begin a write transaction: {0}")]
+    Begin(#[source] Arc<redb::TransactionError>),
+    /// Another write in the same batch failed with a storage error; the batch was aborted.
+    #[error("another write in its batch failed")]
+    OtherWrite,
+    /// The batch's log entries could not be written; the batch was aborted.
+    #[error("cannot write the batch's log entries: {0}")]
+    Log(#[source] Arc<StoreError>),
+    /// redb could not commit (and make durable) the batch's transaction.
+    #[error("commit failed: {0}")]
+    Commit(#[source] Arc<redb::CommitError>),
 }
 
 macro_rules! redb_from {
@@ -126,10 +150,54 @@ redb_from!(
     redb::SetDurabilityError
 );
 
-/// What the writer thread runs: the caller's closure, returning a completion to call with
-/// the commit's outcome and whether the closure failed at the storage level.
-type Job = Box<dyn FnOnce(&Tx<'_>, Millis) -> (bool, Completion) + Send>;
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// What the writer thread runs for one caller: its closure, or only its answer when the
+/// batch could not even begin.
+trait Job: Send {
+    /// Run the closure in `tx`. Returns whether it failed at the storage level, and the
+    /// completion to call with the batch's outcome.
+    fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (bool, Completion);
+    /// Answer the caller without running its closure: the batch never began.
+    fn refuse(self: Box<Self>, why: WriteError);
+}
+
+/// Tells one caller how its batch ended.
+type Completion = Box<dyn FnOnce(Result<(), WriteError>) + Send>;
+
+/// A caller's write closure and the channel its answer goes back on.
+struct WriteJob<F, T> {
+    /// The caller's closure.
+    f: F,
+    /// Where the closure's value (once committed) or the error goes.
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Job for WriteJob<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (bool, Completion) {
+        let WriteJob { f, reply } = *self;
+        match f(tx, now) {
+            Ok(value) => (
+                false,
+                Box::new(move |commit: Result<(), WriteError>| {
+                    let _ = reply.send(commit.map(|()| value).map_err(StoreError::from));
+                }),
+            ),
+            Err(e) => (
+                true,
+                Box::new(move |_| {
+                    let _ = reply.send(Err(e));
+                }),
+            ),
+        }
+    }
+
+    fn refuse(self: Box<Self>, why: WriteError) {
+        let _ = self.reply.send(Err(StoreError::NotCommitted(why)));
+    }
+}
 
 /// Counters the writer keeps for `/metrics`, the watchdog and benchmarks.
 #[derive(Debug)]
@@ -193,7 +261,7 @@ impl StoreStats {
 struct Inner {
     db: Arc<Database>,
     path: PathBuf,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
     stats: Arc<StoreStats>,
     healthy: Arc<AtomicBool>,
     /// Bumped after every commit that changed more than the log, so live pages and long
@@ -221,15 +289,12 @@ impl Store {
     /// # Errors
     /// If the file cannot be opened, is locked by another process, or is too new.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
-        let mut builder = Database::builder();
-        builder.set_cache_size(64 * 1024 * 1024);
-        builder.set_repair_callback(|session| {
-            tracing::warn!(
-                progress = session.progress(),
-                "repairing the database after an unclean shutdown"
-            );
-        });
-        let db = builder.create(path)?;
+        let db = builder().create(path)?;
+        Store::start(db, path, clock)
+    }
+
+    /// Migrate an opened database and start its writer thread.
+    fn start(db: Database, path: &Path, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
         migrate(&db, path)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -253,7 +318,7 @@ impl Store {
                     };
                     writer_loop(&db, rx, clock.as_ref(), &shared, answer);
                 })
-                .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
+                .map_err(StoreError::WriterThread)?;
         }
         Ok(Store {
             inner: Arc::new(Inner {
@@ -335,21 +400,8 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |wtx, now| match f(wtx, now) {
-            Ok(value) => (
-                false,
-                Box::new(move |commit: Result<(), String>| {
-                    let _ = tx.send(commit.map(|()| value).map_err(StoreError::BatchAborted));
-                }),
-            ),
-            Err(e) => (
-                true,
-                Box::new(move |_| {
-                    let _ = tx.send(Err(e));
-                }),
-            ),
-        });
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(WriteJob { f, reply });
         self.inner.jobs.send(job).map_err(|_| StoreError::Closed)?;
         Ok(rx)
     }
@@ -366,7 +418,7 @@ impl Store {
         let db = self.inner.db.clone();
         tokio::task::spawn_blocking(move || f(&Snapshot::new(db.begin_read()?)))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(StoreError::ReadTask)?
     }
 
     /// A short read on the calling thread: a point lookup or a scan bounded by a small
@@ -392,6 +444,19 @@ impl Store {
     {
         f(&Snapshot::new(self.inner.db.begin_read()?))
     }
+}
+
+/// The database settings every store is opened with.
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_cache_size(64 * 1024 * 1024);
+    builder.set_repair_callback(|session| {
+        tracing::warn!(
+            progress = session.progress(),
+            "repairing the database after an unclean shutdown"
+        );
+    });
+    builder
 }
 
 /// Create the tables, record the schema version, refuse a newer file.
@@ -457,13 +522,13 @@ struct Shared<'a> {
 
 fn writer_loop(
     db: &Database,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>,
     clock: &dyn Clock,
     shared: &Shared<'_>,
     answer: Option<tokio::runtime::Handle>,
 ) {
     let Shared { stats, healthy, .. } = *shared;
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut last_now = Millis(0);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -502,10 +567,11 @@ fn writer_loop(
     }
 }
 
-/// Run one batch in one transaction. Returns whether it committed.
+/// Run one batch in one transaction. Returns whether it committed. Every caller is
+/// answered: with its value, its own error, or the [`WriteError`] that stopped the batch.
 fn run_batch(
     db: &Database,
-    jobs: impl Iterator<Item = Job>,
+    jobs: impl Iterator<Item = Box<dyn Job>>,
     now: Millis,
     shared: &Shared<'_>,
     answer: Option<&tokio::runtime::Handle>,
@@ -514,12 +580,14 @@ fn run_batch(
     let tx = match db.begin_write() {
         Ok(tx) => tx,
         Err(e) => {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "cannot begin a write transaction");
-            for job in jobs {
-                // The job is not run; tell its caller.
-                drop(job);
-            }
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            let why = WriteError::Begin(Arc::new(e));
+            let jobs: Vec<Box<dyn Job>> = jobs.collect();
+            deliver(answer, move || {
+                for job in jobs {
+                    job.refuse(why.clone());
+                }
+            });
             return false;
         }
     };
@@ -527,9 +595,9 @@ fn run_batch(
     let mut failed = None;
     let batch = Tx::new(&tx);
     for job in jobs {
-        let (hard_error, done) = job(&batch, now);
+        let (hard_error, done) = job.run(&batch, now);
         if hard_error && failed.is_none() {
-            failed = Some("a storage error in the same batch".to_owned());
+            failed = Some(WriteError::OtherWrite);
         }
         completions.push(done);
     }
@@ -540,21 +608,20 @@ fn run_batch(
             Ok(n) => logged = n,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the batch's log entries");
-                failed = Some(format!("cannot write the log: {e}"));
+                failed = Some(WriteError::Log(Arc::new(e)));
             }
         }
     } else {
         drop(batch);
     }
     let result = match failed {
-        Some(msg) => {
+        Some(why) => {
             let _ = tx.abort();
-            Err(msg)
+            Err(why)
         }
         None => tx.commit().map_err(|e| {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "commit failed");
-            msg
+            tracing::error!(error = %e, "commit failed");
+            WriteError::Commit(Arc::new(e))
         }),
     };
     let ok = result.is_ok();
@@ -567,19 +634,23 @@ fn run_batch(
             .log_records
             .fetch_add(logged as u64, Ordering::Relaxed);
     }
-    let deliver = move || {
+    deliver(answer, move || {
         for done in completions {
             done(result.clone());
         }
-    };
+    });
+    ok
+}
+
+/// Run `answers` (the calls that wake the batch's callers) on the runtime when there is one.
+fn deliver(answer: Option<&tokio::runtime::Handle>, answers: impl FnOnce() + Send + 'static) {
     match answer {
         // Waking each caller from this thread cost the writer a thread wake-up per write
         // (~7 % of its time); one task on the runtime wakes them instead, while the writer
         // starts the next batch.
-        Some(rt) => drop(rt.spawn(async move { deliver() })),
-        None => deliver(),
+        Some(rt) => drop(rt.spawn(async move { answers() })),
+        None => answers(),
     }
-    ok
 }
 
 /// Decode a stored value, mapping failures to [`StoreError::Corrupt`].
@@ -615,4 +686,106 @@ pub fn next_counter(tx: &Tx<'_>, name: &str) -> Result<u64, StoreError> {
     let next = meta.get(name)?.map_or(1, |v| v.value() + 1);
     meta.insert(name, next)?;
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::StorageBackend;
+    use redb::backends::InMemoryBackend;
+
+    use crate::domain::clock::{Clock, ManualClock, Millis};
+    use crate::storage::{Store, StoreError, WriteError, builder, next_counter};
+
+    /// An in-memory backend whose writes and syncs fail once `broken` is set: a disk that
+    /// went bad under a running store.
+    #[derive(Debug)]
+    struct Failing {
+        mem: InMemoryBackend,
+        broken: Arc<AtomicBool>,
+    }
+
+    impl Failing {
+        fn check(&self) -> Result<(), std::io::Error> {
+            if self.broken.load(Ordering::Relaxed) {
+                Err(std::io::Error::other("disk on fire"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StorageBackend for Failing {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.mem.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.mem.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.mem.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.mem.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.mem.write(offset, data)
+        }
+    }
+
+    fn failing_store() -> (Store, Arc<AtomicBool>) {
+        let broken = Arc::new(AtomicBool::new(false));
+        let backend = Failing {
+            mem: InMemoryBackend::new(),
+            broken: broken.clone(),
+        };
+        let db = builder()
+            .create_with_backend(backend)
+            .expect("in-memory database");
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Millis(1_000)));
+        let store = Store::start(db, std::path::Path::new("(memory)"), clock).expect("store");
+        (store, broken)
+    }
+
+    fn count(store: &Store) -> Result<u64, StoreError> {
+        store.write_blocking(|tx, _| next_counter(tx, "test"))
+    }
+
+    /// A write whose commit fails learns that the commit failed and why; the next write
+    /// learns that no write transaction could begin and why. Neither is told the store is
+    /// shut down.
+    #[test]
+    fn failed_commit_and_begin_say_what_failed() {
+        let (store, broken) = failing_store();
+        assert_eq!(count(&store).expect("healthy write"), 1);
+        broken.store(true, Ordering::Relaxed);
+        let commit = count(&store).expect_err("the disk is broken");
+        assert!(
+            matches!(commit, StoreError::NotCommitted(WriteError::Commit(_))),
+            "{commit:?}"
+        );
+        let text = commit.to_string();
+        assert!(
+            text.starts_with("the write was not committed: commit failed: "),
+            "{text}"
+        );
+        let begin = count(&store).expect_err("redb refuses after an I/O error");
+        assert!(
+            matches!(begin, StoreError::NotCommitted(WriteError::Begin(_))),
+            "{begin:?}"
+        );
+        assert!(
+            begin
+                .to_string()
+                .starts_with("the write was not committed: cannot begin a write transaction: "),
+            "{begin}"
+        );
+        // The writer is still there to answer: only a dropped store is "shut down".
+        assert!(!matches!(count(&store), Err(StoreError::Closed)));
+    }
 }

@@ -74,14 +74,24 @@ impl Snapshot {
     /// [`Snapshot::for_each_device`] over the devices whose names fall in `names`: with
     /// [`Snapshot::nth_device_name`] it lets two threads share one long scan.
     ///
+    /// `f` may fail with its own error type (a caller writing JSON fails with an encoding
+    /// error, not a storage one), as long as a storage error converts into it.
+    ///
     /// # Errors
     /// As [`Snapshot::for_each_device`].
-    pub fn for_each_device_in<'a>(
+    pub fn for_each_device_in<'a, E: From<StoreError>>(
         &self,
         names: impl std::ops::RangeBounds<&'a str> + 'a,
-        f: impl FnMut(Device) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        inv::for_each_device_in(&self.tx.open_table(tables::DEVICES)?, names, f)
+        f: impl FnMut(Device) -> Result<(), E>,
+    ) -> Result<(), E> {
+        inv::for_each_device_in(
+            &self
+                .tx
+                .open_table(tables::DEVICES)
+                .map_err(StoreError::from)?,
+            names,
+            f,
+        )
     }
 
     /// The name `n` places into the name order (`None` past the end): where to split the

@@ -150,9 +150,9 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             } else {
                 1
             };
-            list_json(snap, n, details, retired, parts)
+            Ok(list_json(snap, n, details, retired, parts))
         })
-        .await?;
+        .await??;
     Ok(bytes_response(
         StatusCode::OK,
         "application/json; charset=utf-8",
@@ -178,14 +178,14 @@ pub const PARALLEL_DETAILS_FROM: usize = 2000;
 /// `parts`.
 ///
 /// # Errors
-/// Storage failure or a corrupt record.
+/// Storage failure, a corrupt record, or a device the JSON encoder refuses.
 pub fn list_json(
     snap: &Snapshot,
     n: usize,
     details: bool,
     retired: bool,
     parts: usize,
-) -> Result<Vec<u8>, StoreError> {
+) -> Result<Vec<u8>, ListError> {
     // Sized up front (a details entry is ~700 bytes): growing a 7 MB reply by doubling
     // copied it several times over.
     let per = if details { 768 } else { 24 };
@@ -209,20 +209,45 @@ pub fn list_json(
                     entries(snap, mid.., details, retired, &mut v).map(|any| (any, v))
                 });
                 let first = entries(snap, ..mid, details, retired, &mut out);
-                let later = later
-                    .join()
-                    .map_err(|_| StoreError::Task("the device list's second half panicked".into()));
+                let later = later.join().map_err(|_| ListError::Panicked);
                 let (first, (later, second)) = (first?, later??);
                 if first && later {
                     out.push(b',');
                 }
                 out.extend_from_slice(&second);
-                Ok::<(), StoreError>(())
+                Ok::<(), ListError>(())
             })?;
         }
     }
     out.extend_from_slice(b"]}");
     Ok(out)
+}
+
+/// Why the device list's JSON could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListError {
+    /// Reading the devices failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// serde_json refused a device (a bug in its JSON view: writing to memory cannot fail).
+    #[error("cannot encode a device: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The thread writing the list's second half panicked.
+    #[error("the device list's second half panicked")]
+    Panicked,
+}
+
+impl From<ListError> for ApiError {
+    fn from(e: ListError) -> ApiError {
+        match e {
+            ListError::Store(e) => e.into(),
+            other => {
+                tracing::error!(error = %other, "cannot write the device list");
+                ApiError::internal(format!("storage error: {other}"))
+            }
+        }
+    }
 }
 
 /// Append the list entries of the devices named in `names` to `out`, comma-separated.
@@ -233,7 +258,7 @@ fn entries<'a>(
     details: bool,
     retired: bool,
     out: &mut Vec<u8>,
-) -> Result<bool, StoreError> {
+) -> Result<bool, ListError> {
     let mut first = true;
     snap.for_each_device_in(names, |d| {
         if d.retired && !retired {
@@ -248,7 +273,7 @@ fn entries<'a>(
         } else {
             serde_json::to_writer(&mut *out, &d.name)
         };
-        written.map_err(|e| StoreError::Task(format!("cannot encode a device: {e}")))
+        written.map_err(ListError::Encode)
     })?;
     Ok(!first)
 }
@@ -259,7 +284,7 @@ pub async fn details(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiE
 }
 
 fn check_fields(f: &DeviceFields) -> Result<(), ApiError> {
-    crate::inventory::check_fields(f).map_err(ApiError::bad_request)
+    crate::inventory::check_fields(f).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// `PUT /api/device/{id}/`: create (201) or update (200) a device's inventory fields.
@@ -482,8 +507,8 @@ mod tests {
                     let (one, two) = store
                         .read_blocking(|snap| {
                             Ok((
-                                list_json(snap, n, details, include_retired, 1)?,
-                                list_json(snap, n, details, include_retired, 2)?,
+                                list_json(snap, n, details, include_retired, 1).expect("one"),
+                                list_json(snap, n, details, include_retired, 2).expect("two"),
                             ))
                         })
                         .expect("lists");

@@ -209,7 +209,7 @@ pub async fn ping(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiErro
     let device = load(ctx, &name).await?;
     match ctx.svc.lifeguard.probe(&device).await {
         Ok(()) => Ok(ok(&json!({ "success": true }))),
-        Err(e) => Ok(ok(&json!({ "success": false, "error": e }))),
+        Err(e) => Ok(ok(&json!({ "success": false, "error": e.to_string() }))),
     }
 }
 

@@ -56,7 +56,13 @@ pub async fn register(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         .store
         .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Http))
         .await?
-        .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "registration_refused", reason))?;
+        .map_err(|refusal| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "registration_refused",
+                refusal.to_string(),
+            )
+        })?;
     let status = if applied.created {
         StatusCode::CREATED
     } else {
@@ -81,7 +87,7 @@ pub async fn inventory_sync(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     )
     .await
     .map_err(|e| match e {
-        SyncError::Invalid(m) => ApiError::bad_request(m),
+        SyncError::Invalid(row) => ApiError::bad_request(row.to_string()),
         e @ SyncError::TooManyRetirements { .. } => {
             ApiError::new(StatusCode::CONFLICT, "safety_valve", e.to_string())
         }

@@ -27,7 +27,7 @@ use super::parse::RegistrationMessage;
 use crate::domain::clock::Millis;
 use crate::domain::model::{Device, Registration, device_subject};
 use crate::domain::names::HardwareType;
-use crate::inventory::{DeviceFields, Upsert, upsert_device};
+use crate::inventory::{DeviceFields, Upsert, upsert_device_returning};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv};
 
@@ -63,7 +63,57 @@ pub struct Applied {
     pub changes: Vec<String>,
 }
 
-/// Apply `msg` in `tx`. `Ok(Err(reason))` is a refusal (logged, nothing else written).
+/// Why a registration was refused. Its text is the reason sent back to the agent (`ERROR
+/// <reason>`), shown in the API's JSON and written to the registration log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The device is retired: a tech must bring it back through the inventory.
+    #[error("device {device} is retired; un-retire it in the inventory first")]
+    Retired {
+        /// The device.
+        device: String,
+    },
+    /// The device is run by another controller, which alone may change it.
+    #[error("device {device} belongs to controller {owner}, not {server}")]
+    OtherController {
+        /// The device.
+        device: String,
+        /// The controller that runs it.
+        owner: String,
+        /// This controller.
+        server: String,
+    },
+    /// The device was registered before by an agent with another NAME.
+    #[error("name collision: device {device} was registered by agent {registered_by}, not {agent}")]
+    OtherAgent {
+        /// The device.
+        device: String,
+        /// The agent NAME of its earlier registration.
+        registered_by: String,
+        /// The agent NAME of this registration.
+        agent: String,
+    },
+    /// The device is wired and its SUTAgent address, set by the inventory, config or API,
+    /// names another host than the registration's.
+    #[error(
+        "name collision: device {device} is wired to relay {relay} with SUTAgent at {sut} (set by {origin}); a registration from {ip} cannot re-point it"
+    )]
+    Wired {
+        /// The device.
+        device: String,
+        /// Its relay address.
+        relay: String,
+        /// Its SUTAgent address.
+        sut: String,
+        /// Who set the address (the device's origin).
+        origin: String,
+        /// The IPADDR of this registration.
+        ip: String,
+    },
+}
+
+/// Apply `msg` in `tx`. `Ok(Err(refusal))` is a refusal (logged, nothing else written).
 ///
 /// # Errors
 /// Storage failure only.
@@ -74,11 +124,19 @@ pub fn apply(
     msg: &RegistrationMessage,
     peer: Option<IpAddr>,
     channel: Channel,
-) -> Result<Result<Applied, String>, StoreError> {
+) -> Result<Result<Applied, Refusal>, StoreError> {
     let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
     let existing = find(tx, msg)?;
     if let Some(reason) = existing.as_ref().and_then(|d| refusal(d, msg, server)) {
-        refuse(tx, now, msg, &from, channel, existing.as_ref(), &reason)?;
+        refuse(
+            tx,
+            now,
+            msg,
+            &from,
+            channel,
+            existing.as_ref(),
+            &reason.to_string(),
+        )?;
         return Ok(Err(reason));
     }
     let name = existing
@@ -105,7 +163,7 @@ pub fn apply(
         .and_then(|d| d.registration.as_ref())
         .and_then(|r| r.ip.clone());
     let actor = format!("agent {}", msg.agent_name);
-    let outcome = upsert_device(
+    let (outcome, mut device) = upsert_device_returning(
         tx,
         now,
         server,
@@ -114,8 +172,6 @@ pub fn apply(
         "registration",
         Some(&actor),
     )?;
-    let mut device = inv::device_in_tx(tx, &name)?
-        .ok_or_else(|| StoreError::Task(format!("device {name} vanished while registering")))?;
     let registration = Registration {
         at: now,
         agent_name: msg.agent_name.clone(),
@@ -218,27 +274,28 @@ fn same_agent(a: &str, b: &str) -> bool {
 }
 
 /// Why an existing device may not take this registration, if it may not.
-fn refusal(d: &Device, msg: &RegistrationMessage, server: &str) -> Option<String> {
+fn refusal(d: &Device, msg: &RegistrationMessage, server: &str) -> Option<Refusal> {
     if d.retired {
-        return Some(format!(
-            "device {} is retired; un-retire it in the inventory first",
-            d.name
-        ));
+        return Some(Refusal::Retired {
+            device: d.name.to_string(),
+        });
     }
     if d.server != server {
-        return Some(format!(
-            "device {} belongs to controller {}, not {server}",
-            d.name, d.server
-        ));
+        return Some(Refusal::OtherController {
+            device: d.name.to_string(),
+            owner: d.server.to_string(),
+            server: server.to_owned(),
+        });
     }
     if !msg.placeholder_name()
         && let Some(r) = &d.registration
         && !same_agent(&r.agent_name, &msg.agent_name)
     {
-        return Some(format!(
-            "name collision: device {} was registered by agent {}, not {}",
-            d.name, r.agent_name, msg.agent_name
-        ));
+        return Some(Refusal::OtherAgent {
+            device: d.name.to_string(),
+            registered_by: r.agent_name.clone(),
+            agent: msg.agent_name.clone(),
+        });
     }
     // A wired device whose SUT address was set by the inventory, config or API (not by its
     // own last registration) cannot be re-pointed at another host by a registration.
@@ -249,10 +306,13 @@ fn refusal(d: &Device, msg: &RegistrationMessage, server: &str) -> Option<String
             .and_then(|r| r.ip.as_deref())
             .is_some_and(|ip| host_of(sut.as_str()) == ip);
         if !from_registration && host_of(sut.as_str()) != host_of(msg.sut_addr().as_str()) {
-            return Some(format!(
-                "name collision: device {} is wired to relay {relay} with SUTAgent at {sut} (set by {}); a registration from {} cannot re-point it",
-                d.name, d.origin, msg.ip
-            ));
+            return Some(Refusal::Wired {
+                device: d.name.to_string(),
+                relay: relay.to_string(),
+                sut: sut.to_string(),
+                origin: d.origin.to_string(),
+                ip: msg.ip.clone(),
+            });
         }
     }
     None

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use apply::{Applied, Channel};
+pub use apply::{Applied, Channel, Refusal};
 pub use parse::{RegistrationError, RegistrationMessage};
 
 /// Which agent's wire form to speak.
