@@ -25,28 +25,29 @@ pub const DEFAULT_PATH: &str = "/etc/mozpool/mozpool.toml";
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Read {
-        /// File path.
         path: PathBuf,
-        /// The I/O error.
         source: std::io::Error,
     },
     /// TOML syntax, an unknown key or a bad value; toml's message names key, line and column.
     #[error("{path}: {message}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Parse {
-        /// File path.
         path: PathBuf,
         /// toml's message.
         message: String,
     },
     /// A value that parses but does not make sense with the rest.
     #[error("{path}:{line}: {message}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Invalid {
-        /// File path.
         path: PathBuf,
         /// 1-based line.
         line: usize,
-        /// What is wrong.
         message: String,
     },
 }
@@ -54,20 +55,18 @@ pub enum ConfigError {
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields mirror the TOML keys, documented in docs/config.md.
+#[allow(missing_docs)]
 pub struct Config {
-    /// This controller.
     #[serde(default)]
     pub server: ServerConfig,
-    /// The durable log.
     #[serde(default)]
     pub log: LogConfig,
     /// Inventory sync from an external source.
     #[serde(default)]
     pub inventory: InventoryConfig,
-    /// Hardware types.
     #[serde(default)]
     pub hardware_types: Vec<HardwareTypeConfig>,
-    /// Environments.
     #[serde(default)]
     pub environments: Vec<EnvironmentConfig>,
     /// Images (flashing recipes).
@@ -133,7 +132,7 @@ pub struct ServerConfig {
     /// This controller's name (normally its FQDN). Every device and request records its
     /// owning controller by this name.
     pub name: ServerName,
-    /// HTTP listen address.
+    /// Default `127.0.0.1:8080`; `--listen` overrides it.
     pub listen: SocketAddr,
     /// Base URL clients should use (`http://rack1.lab:8080`); when unset, URLs are built from
     /// each request's `Host` header.
@@ -200,7 +199,7 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    /// The retention policy.
+    /// `retention_days` and `retention_max_records` as the store's policy.
     #[must_use]
     pub fn retention(&self) -> crate::storage::logs::Retention {
         crate::storage::logs::Retention {
@@ -233,32 +232,31 @@ impl Default for InventoryConfig {
 /// `[[hardware_types]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields mirror the TOML keys, documented in docs/config.md.
+#[allow(missing_docs)]
 pub struct HardwareTypeConfig {
-    /// Name.
     pub name: Spanned<HardwareType>,
-    /// Processor architecture.
     pub processor: Option<String>,
-    /// Description.
     pub description: Option<String>,
 }
 
 /// `[[environments]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields mirror the TOML keys, documented in docs/config.md.
+#[allow(missing_docs)]
 pub struct EnvironmentConfig {
-    /// Name.
     pub name: Spanned<EnvironmentName>,
-    /// Description.
     pub description: Option<String>,
 }
 
 /// `[[images]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields mirror the TOML keys, documented in docs/config.md.
+#[allow(missing_docs)]
 pub struct ImageConfig {
-    /// Name.
     pub name: Spanned<ImageName>,
-    /// Description.
     pub description: Option<String>,
     /// Keys a request must give.
     #[serde(default)]
@@ -272,7 +270,7 @@ pub struct ImageConfig {
     /// The image runs SUTAgent.
     #[serde(default)]
     pub has_sut_agent: bool,
-    /// Partitions and files.
+    /// Flashed in this order.
     #[serde(default)]
     pub steps: Vec<FlashStepConfig>,
 }
@@ -280,8 +278,9 @@ pub struct ImageConfig {
 /// One `steps` entry of an image.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields mirror the TOML keys, documented in docs/config.md.
+#[allow(missing_docs)]
 pub struct FlashStepConfig {
-    /// Partition.
     pub partition: String,
     /// File name (no path).
     pub file: String,
@@ -290,26 +289,21 @@ pub struct FlashStepConfig {
 /// `[[devices]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields mirror the TOML keys, documented in docs/config.md.
+#[allow(missing_docs)]
 pub struct DeviceConfig {
-    /// Name.
     pub name: Spanned<DeviceName>,
     /// Hardware type (must be listed in `hardware_types` when that list is not empty).
     pub hardware_type: Option<HardwareType>,
     /// Processor architecture (defaults to the hardware type's).
     pub processor: Option<String>,
-    /// Pool.
     pub pool: Option<String>,
-    /// OS version.
     pub os_version: Option<String>,
-    /// Environment.
     pub environment: Option<EnvironmentName>,
-    /// Relay address.
     pub relay: Option<RelayAddr>,
     /// SUTAgent address `host:port`.
     pub sut: Option<SutAddr>,
-    /// fastboot serial number.
     pub fastboot_serial: Option<String>,
-    /// Notes.
     pub comments: Option<String>,
 }
 

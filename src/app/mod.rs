@@ -88,10 +88,10 @@ impl std::ops::Deref for App {
 pub enum StartError {
     /// The data directory could not be created.
     #[error("cannot create the data directory {path}: {source}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     DataDir {
-        /// Path.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// The store could not be opened or written.
@@ -102,10 +102,10 @@ pub enum StartError {
     Hardware(#[from] crate::hw::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Listen {
-        /// Address.
         addr: SocketAddr,
-        /// Cause.
         source: std::io::Error,
     },
 }

@@ -26,16 +26,14 @@ pub enum ClientError {
     Url(String),
     /// The service could not be reached.
     #[error("cannot reach {url}: {message}")]
-    Unreachable {
-        /// URL.
-        url: String,
-        /// Cause.
-        message: String,
-    },
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    Unreachable { url: String, message: String },
     /// The service answered with an error status.
     #[error("{status}: {message}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Status {
-        /// Status.
         status: StatusCode,
         /// The `error` field of the body, or the body.
         message: String,

@@ -64,20 +64,22 @@ pub enum Command {
     /// Ask for a device (`any` or a name) and optionally wait until it is ready.
     Request(crate::cli::request::RequestArgs),
     /// Return a request's device.
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
     Return {
         /// Request id.
         id: u64,
-        /// Service.
         #[command(flatten)]
         url: UrlArg,
     },
     /// Renew a request: its lease ends SECONDS from now.
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
     Renew {
         /// Request id.
         id: u64,
         /// New remaining duration.
         seconds: u64,
-        /// Service.
         #[command(flatten)]
         url: UrlArg,
     },
@@ -96,10 +98,11 @@ pub enum Command {
 
 /// `mozpool backup`.
 #[derive(Debug, Args)]
+// clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+#[allow(missing_docs)]
 pub struct BackupArgs {
     /// Where to write the snapshot.
     pub file: PathBuf,
-    /// Service.
     #[command(flatten)]
     pub url: UrlArg,
 }
@@ -190,38 +193,42 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum DeviceCmd {
     /// List devices.
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
     List {
         /// Show every field.
         #[arg(long)]
         details: bool,
-        /// Service.
         #[command(flatten)]
         url: UrlArg,
     },
     /// Show one device.
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
     Show {
         /// Device name.
         name: String,
-        /// Service.
         #[command(flatten)]
         url: UrlArg,
     },
     /// Create a device or change its inventory fields (admin).
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
     Set {
         /// Device name.
         name: String,
         /// Fields to set.
         #[command(flatten)]
         fields: Box<DeviceFieldArgs>,
-        /// Service.
         #[command(flatten)]
         url: UrlArg,
     },
     /// Retire a device (its history is kept) (admin).
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
     Retire {
         /// Device name.
         name: String,
-        /// Service.
         #[command(flatten)]
         url: UrlArg,
     },
@@ -257,6 +264,8 @@ pub enum InventoryCmd {
     /// Sync the service's inventory-owned devices with a JSON or CSV inventory (a file, or a
     /// plain http:// URL fetched by this command): add new devices, update changed ones,
     /// retire vanished ones (admin). Formats: docs/registration.md.
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
     Sync {
         /// Inventory file or http:// URL.
         source: String,
@@ -266,7 +275,6 @@ pub enum InventoryCmd {
         /// Retire even when more than max(5, 10%) of the inventory's devices would go.
         #[arg(long)]
         force: bool,
-        /// Service.
         #[command(flatten)]
         url: UrlArg,
     },
@@ -281,6 +289,8 @@ pub enum ImageCmd {
 
 /// `mozpool log`.
 #[derive(Debug, Args)]
+// clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+#[allow(missing_docs)]
 pub struct LogArgs {
     /// Only this device.
     #[arg(long)]
@@ -294,7 +304,6 @@ pub struct LogArgs {
     /// At most this many entries.
     #[arg(long, default_value_t = 50)]
     pub limit: u64,
-    /// Service.
     #[command(flatten)]
     pub url: UrlArg,
 }
@@ -302,8 +311,9 @@ pub struct LogArgs {
 /// An error with the exit code it should produce.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct Exit {
-    /// Exit code.
     pub code: i32,
     /// Message for stderr.
     pub message: String,

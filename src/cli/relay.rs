@@ -11,6 +11,8 @@ use crate::cli::{Exit, UrlArg};
 
 /// `mozpool relay BOARD BANK RELAY status|on|off|cycle`.
 #[derive(Debug, Args)]
+// clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+#[allow(missing_docs)]
 pub struct RelayArgs {
     /// Board name.
     pub board: String,
@@ -21,7 +23,6 @@ pub struct RelayArgs {
     /// What to do.
     #[arg(value_parser = ["status", "on", "off", "cycle"])]
     pub op: String,
-    /// Service.
     #[command(flatten)]
     pub url: UrlArg,
 }

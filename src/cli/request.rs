@@ -14,6 +14,8 @@ use crate::cli::{Exit, UrlArg};
 
 /// `mozpool request DEVICE|any --image X --duration S [--wait]`.
 #[derive(Debug, Args)]
+// clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+#[allow(missing_docs)]
 pub struct RequestArgs {
     /// A device name, or `any`.
     pub device: String,
@@ -56,7 +58,6 @@ pub struct RequestArgs {
     /// Give up waiting after this many seconds (the request is returned).
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
-    /// Service.
     #[command(flatten)]
     pub url: UrlArg,
 }

@@ -197,10 +197,11 @@ pub struct UnparsedWiring {
 
 /// A named flashing recipe in the image registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct Image {
     /// Image name (`b2g`).
     pub name: String,
-    /// Human description.
     pub description: Option<String>,
     /// Keys a request for this image must give in its body (`b2gbase`).
     pub boot_config_keys: Vec<String>,
@@ -226,26 +227,29 @@ pub struct FlashStep {
 
 /// An environment (pool partition).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct Environment {
-    /// Name.
     pub name: String,
-    /// Human description.
     pub description: Option<String>,
 }
 
 /// A hardware type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct HardwareTypeInfo {
     /// Name (`panda`).
     pub name: String,
     /// Processor architecture of this type, used as the default for its devices.
     pub processor: Option<String>,
-    /// Human description.
     pub description: Option<String>,
 }
 
 /// One entry of the durable log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct LogEntry {
     /// Monotonic sequence number; newer entries have larger numbers.
     pub seq: u64,
@@ -257,7 +261,6 @@ pub struct LogEntry {
     pub source: String,
     /// Who caused it (token name or `anonymous`), when known.
     pub actor: Option<String>,
-    /// The text.
     pub message: String,
 }
 

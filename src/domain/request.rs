@@ -152,19 +152,17 @@ pub struct Assignment {
 
 /// Everything `step` needs to know about one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct RequestSnapshot {
-    /// Request id.
     pub id: u64,
-    /// What it asks for.
     pub spec: RequestSpec,
-    /// Current state.
     pub state: RequestState,
     /// Bumped on every state entry (including re-entry); a `Timeout` carrying an older
     /// generation is late and ignored (§9.9).
     pub generation: u64,
     /// When the current state times out, if it does.
     pub timeout: Option<Millis>,
-    /// Retry counters.
     pub counters: Counters,
     /// The held device, if any.
     pub assigned: Option<Assignment>,

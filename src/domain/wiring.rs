@@ -18,10 +18,11 @@ pub const MAX_BCM_PIN: u8 = 27;
 /// Why a relay address was refused; the hardware layer turns it into its `BadAddress`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad relay address {addr}: {reason}")]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct AddrError {
     /// The address text (truncated to 100 chars).
     pub addr: String,
-    /// Why it was refused.
     pub reason: String,
 }
 

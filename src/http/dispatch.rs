@@ -28,14 +28,13 @@ pub use crate::http::auth::Caller;
 
 /// Everything a handler gets besides its typed route.
 #[derive(Debug)]
+// Fields named after their types need no more words.
+#[allow(missing_docs)]
 pub struct Ctx {
-    /// What handlers reach.
     pub svc: Arc<Services>,
-    /// Query string.
     pub query: Query,
     /// Request body (empty for GET).
     pub body: Bytes,
-    /// Caller.
     pub caller: Caller,
     /// Base URL for absolute links in responses (configured public URL, else the Host).
     pub base_url: String,

@@ -7,8 +7,9 @@ use crate::storage::StoreError;
 
 /// An API failure.
 #[derive(Debug, Clone)]
+// Fields named after their types need no more words.
+#[allow(missing_docs)]
 pub struct ApiError {
-    /// HTTP status.
     pub status: StatusCode,
     /// Stable machine-readable code (`not_found`, `bad_request`, `conflict`, ...).
     pub code: &'static str,

@@ -43,22 +43,18 @@ pub struct Settings {
 
 /// Everything a handler can reach. Shared by `Arc`.
 #[derive(Debug)]
+// Fields named after their types need no more words.
+#[allow(missing_docs)]
 pub struct Services {
-    /// The server's settings.
     pub settings: Settings,
-    /// The access-control policy.
     pub auth: Auth,
-    /// The store.
     pub store: Store,
-    /// The clock.
     pub clock: Arc<dyn Clock>,
     /// When the service started (`/api/version/`).
     pub started: Millis,
     /// Cancelled when the service stops; long polls end early on it.
     pub shutdown: CancellationToken,
-    /// The device state machines' driver.
     pub lifeguard: Lifeguard,
-    /// The request driver.
     pub pool: Pool,
     /// The simulated rack, when running with `--simulate` (its fault knobs are an API).
     pub sim: Option<Arc<SimRack>>,

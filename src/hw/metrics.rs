@@ -18,10 +18,10 @@ pub struct HwMetrics {
 
 /// One kind of operation's numbers so far.
 #[derive(Debug)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct HwKind {
-    /// Succeeded.
     pub ok: AtomicU64,
-    /// Failed.
     pub failed: AtomicU64,
     /// How long each took.
     pub latency: Histogram,

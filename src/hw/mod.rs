@@ -69,21 +69,19 @@ pub enum Error {
     },
     /// An operating-system I/O error.
     #[error("{context}: {source}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Io {
         /// What was being done.
         context: String,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// The board is known but cannot be used now (port missing, reopen backoff, actor gone).
     #[error("relay board {board} unavailable: {reason}")]
-    BoardUnavailable {
-        /// The board.
-        board: String,
-        /// Why.
-        reason: String,
-    },
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    BoardUnavailable { board: String, reason: String },
     /// No board with that name is configured.
     #[error("unknown relay board {0}")]
     UnknownBoard(String),
@@ -103,8 +101,9 @@ pub enum Error {
     GpioUnavailable(String),
     /// The device never showed up (fastboot kept waiting for it).
     #[error("device {serial} absent: {detail}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     DeviceAbsent {
-        /// Its fastboot serial.
         serial: String,
         /// What was seen.
         detail: String,
@@ -131,16 +130,18 @@ pub enum Error {
     BadFileName(String),
     /// HTTP download failure (status, connection, URL).
     #[error("download {url}: {msg}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Download {
-        /// The URL.
         url: String,
         /// What went wrong.
         msg: String,
     },
     /// A downloaded file did not match the build's `.sha256`.
     #[error("checksum mismatch for {file}: expected {expected}, got {got}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     ChecksumMismatch {
-        /// The file name.
         file: String,
         /// Published digest.
         expected: String,

@@ -24,24 +24,19 @@ use crate::storage::{StoreError, inventory as inv, next_counter};
 /// `None` leaves a field unchanged on update.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields are the inventory keys (docs/api.md); only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct DeviceFields {
-    /// Hardware type.
     pub hardware_type: Option<String>,
-    /// Processor architecture.
     pub processor: Option<String>,
-    /// Pool.
     pub pool: Option<String>,
-    /// OS version.
     pub os_version: Option<String>,
-    /// Environment.
     pub environment: Option<String>,
     /// Relay address, parsed where the fields came in.
     pub relay: Option<RelayAddr>,
     /// SUTAgent address `host:port`, parsed where the fields came in.
     pub sut: Option<SutAddr>,
-    /// fastboot serial.
     pub fastboot_serial: Option<String>,
-    /// Notes.
     pub comments: Option<String>,
 }
 

@@ -39,22 +39,19 @@ pub const ORIGIN: &str = "inventory";
 /// One device of the inventory source.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields are the inventory keys (docs/api.md); only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct InventoryRow {
     /// Device name (required).
     pub name: String,
-    /// Hardware type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware_type: Option<String>,
-    /// Processor architecture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor: Option<String>,
-    /// Pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
-    /// OS version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_version: Option<String>,
-    /// Environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     /// Relay wiring (`board:bankB:relayR`).
@@ -63,10 +60,8 @@ pub struct InventoryRow {
     /// SUTAgent address `host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sut: Option<String>,
-    /// fastboot serial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastboot_serial: Option<String>,
-    /// Notes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comments: Option<String>,
 }
@@ -266,8 +261,9 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
 
 /// A row that passed [`validate`]: what the sync plans and writes with.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Fields named after their types need no more words.
+#[allow(missing_docs)]
 pub struct CheckedRow {
-    /// The device.
     pub name: DeviceName,
     /// Its inventory fields, checked.
     pub fields: DeviceFields,
@@ -288,14 +284,14 @@ pub enum RowError {
     },
     /// Two rows name the same device.
     #[error("device {name} is listed twice")]
-    Duplicate {
-        /// The device.
-        name: String,
-    },
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    Duplicate { name: String },
     /// One of the row's fields is refused.
     #[error("device {name}: {source}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     BadField {
-        /// The device.
         name: String,
         /// Which field, and why.
         source: FieldError,
@@ -336,8 +332,9 @@ pub fn validate(rows: &[InventoryRow]) -> Result<Vec<CheckedRow>, RowError> {
 
 /// One updated device in a [`SyncReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct Updated {
-    /// Device.
     pub name: String,
     /// `field: old -> new` lines.
     pub changes: Vec<String>,
@@ -345,10 +342,10 @@ pub struct Updated {
 
 /// One skipped row in a [`SyncReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct Skipped {
-    /// Device.
     pub name: String,
-    /// Why.
     pub reason: String,
 }
 
@@ -392,11 +389,12 @@ pub enum SyncError {
         retire: usize,
         /// Non-retired devices the inventory owns.
         owned: usize,
-        /// The limit.
+        /// A tenth of `owned`, at least 5.
         limit: usize,
     },
-    /// Storage failure.
     #[error(transparent)]
+    // The variant's name and the wrapped error say it all.
+    #[allow(missing_docs)]
     Store(#[from] StoreError),
 }
 

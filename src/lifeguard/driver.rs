@@ -75,19 +75,19 @@ pub const SAFE_POINT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// A held device finished (or failed) the operation its request asked for.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     ImagingResult {
         /// The request that asked.
         request: u64,
-        /// The device.
         device: String,
         /// How it went.
         result: ImagingResult,
     },
     /// A device became free for the pool.
-    DeviceAvailable {
-        /// The device.
-        device: String,
-    },
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    DeviceAvailable { device: String },
 }
 
 /// The receiving end of Lifeguard's [`Report`]s. Unbounded: Lifeguard must never wait on
@@ -97,8 +97,9 @@ pub type Reports = mpsc::UnboundedReceiver<Report>;
 /// Why an event was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    /// The store failed.
     #[error(transparent)]
+    // The variant's name and the wrapped error say it all.
+    #[allow(missing_docs)]
     Store(#[from] StoreError),
     /// The device or its state refused.
     #[error(transparent)]

@@ -96,8 +96,9 @@ impl Counters {
 
 /// The image a `please_image` asked for, kept until `operation_complete` promotes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct NextImage {
-    /// Image to flash.
     pub image: ImageName,
     /// Boot configuration handed to the flasher (opaque JSON text, as MozPool's).
     pub boot_config: String,
@@ -118,13 +119,14 @@ pub enum Purpose {
 
 /// Everything the machine knows about one device; storage persists it whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct Snapshot {
     /// Current state (never a transient one after a step).
     pub state: DeviceState,
     /// Incremented on every transition, including re-entries. Actions are tagged with it and
     /// results carrying another generation are ignored as late.
     pub generation: u64,
-    /// Retry counters.
     pub counters: Counters,
     /// When the current state was (re-)entered.
     pub entered_at: Millis,
@@ -216,8 +218,9 @@ pub enum Event {
     /// From `off`: power on through a self-test.
     PleasePowerOn,
     /// Flash `image` and verify it. Full family; in `ready` only when unheld or held by `request`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     PleaseImage {
-        /// Image to flash.
         image: ImageName,
         /// Boot configuration for the flasher.
         boot_config: String,
@@ -461,19 +464,16 @@ pub enum Action {
     },
     /// Relay power cycle into the bootloader, fastboot every partition of the image recipe,
     /// `fastboot reboot` → `FlashOk`/`FlashFailed`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     Flash {
-        /// Image to flash.
         image: ImageName,
-        /// Boot configuration.
         boot_config: String,
     },
     /// Tell the pool request holding the device how its operation ended (not hardware; no result).
-    NotifyRequest {
-        /// The request.
-        request: u64,
-        /// The result.
-        result: ImagingResult,
-    },
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    NotifyRequest { request: u64, result: ImagingResult },
 }
 
 impl std::fmt::Display for Action {

@@ -69,8 +69,9 @@ pub fn write_back(d: &mut Device, s: &Snapshot) {
 
 /// A committed-to-be transition: what the driver must do after the commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct Applied {
-    /// Device name.
     pub device: String,
     /// State after the transition.
     pub state: DeviceState,

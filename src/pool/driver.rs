@@ -41,8 +41,9 @@ const MAX_DEPTH: u32 = 8;
 /// Why a pool call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// The store failed.
     #[error(transparent)]
+    // The variant's name and the wrapped error say it all.
+    #[allow(missing_docs)]
     Store(#[from] StoreError),
     /// No such request.
     #[error("no request with id {0}")]

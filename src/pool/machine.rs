@@ -26,8 +26,9 @@ pub enum Event {
     FindDevice,
     /// The queue gave this request `device` (the caller computed `needs_image` with
     /// [`super::select::needs_image`]).
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     Assigned {
-        /// The device.
         device: DeviceName,
         /// See [`Assignment::needs_image`].
         needs_image: bool,
@@ -49,16 +50,18 @@ pub enum Event {
     },
     /// Lifeguard's imaging result for `device` (4.x `lifeguard_finished`); also how the
     /// driver feeds a polled `imaging_result`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     LifeguardFinished {
         /// The device reporting.
         device: DeviceName,
-        /// The result.
         imaging_result: ImagingResult,
     },
     /// The held device is not usable: Lifeguard refused the please event because the device
     /// left `ready` (§9.4, §9.8), or it failed while held.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     DeviceLost {
-        /// The device.
         device: DeviceName,
         /// Its Lifeguard state, for the log.
         lifeguard_state: String,
@@ -134,8 +137,9 @@ pub enum Action {
     /// Send `event` to Lifeguard for `device`, conditionally on the device being `ready`
     /// (§9.8); accepted ⇒ `LifeguardContacted`, refused ⇒ `DeviceLost`, no answer ⇒ the
     /// `contacting_lifeguard` timeout retries.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     ContactLifeguard {
-        /// Target device.
         device: DeviceName,
         /// What to ask.
         event: LifeguardEvent,
@@ -143,8 +147,9 @@ pub enum Action {
     /// Drop the hold on `device`. With `reverify` (always set by this machine) the device
     /// must be rebooted and verified by Lifeguard before anyone else gets it: a client may
     /// have left it in any condition.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     ReleaseDevice {
-        /// The device.
         device: DeviceName,
         /// Reboot and verify before the next assignment.
         reverify: bool,

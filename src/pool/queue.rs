@@ -37,10 +37,10 @@ use crate::domain::request::RequestSpec;
 
 /// A request waiting for a device (state `finding_device` or `queued`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct QueuedRequest {
-    /// Request id.
     pub id: u64,
-    /// What it asks for.
     pub spec: RequestSpec,
     /// Arrival in the queue; normally `spec.created`, so a request sent back to searching
     /// after a device failure keeps its place.

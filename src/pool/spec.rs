@@ -16,8 +16,9 @@ pub struct Holder {
 
 /// One inventory device as the caller sees it inside its store transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct DeviceView {
-    /// Device name.
     pub name: DeviceName,
     /// Lifeguard state name (`ready`, `pxe_booting`, `failed_power_cycling`, …).
     pub lifeguard_state: String,
@@ -32,13 +33,11 @@ pub struct DeviceView {
     pub held_by: Option<Holder>,
     /// Environment; `None` matches only requests for `any`.
     pub environment: Option<EnvironmentName>,
-    /// Hardware type.
     pub hardware_type: Option<HardwareType>,
     /// Processor (`armv6`, `armv7`, `arm64`, …).
     pub processor: Option<String>,
     /// Pool (`b2g`, `mobile`, …).
     pub pool: Option<String>,
-    /// OS version.
     pub os_version: Option<String>,
     /// Image currently on the device.
     pub current_image: Option<ImageName>,

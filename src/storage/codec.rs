@@ -21,16 +21,17 @@ pub trait Record: Serialize + DeserializeOwned + Debug {
 pub enum CodecError {
     /// postcard refused the bytes or the value.
     #[error("{type_name}: {source}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Postcard {
-        /// The record type.
         type_name: &'static str,
-        /// postcard's error.
         source: postcard::Error,
     },
     /// The bytes decoded but left bytes over: a truncated or misread record.
     #[error("{type_name}: {extra} trailing bytes after the record")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Trailing {
-        /// The record type.
         type_name: &'static str,
         /// How many bytes were left.
         extra: usize,

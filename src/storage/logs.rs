@@ -26,6 +26,8 @@ pub const MAX_MESSAGE_LEN: usize = 4096;
 
 /// A log entry to write.
 #[derive(Debug, Clone)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct NewLog {
     /// Subjects (`device:<name>`, `request:<id>`, `api`, ...).
     pub subjects: Vec<String>,
@@ -33,7 +35,6 @@ pub struct NewLog {
     pub source: String,
     /// Who caused it, when known.
     pub actor: Option<String>,
-    /// The text.
     pub message: String,
 }
 

@@ -60,22 +60,22 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     /// A stored record could not be decoded.
     #[error("corrupt record in {table} at {key}: {source}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Corrupt {
-        /// Table name.
         table: &'static str,
         /// Key, as text.
         key: String,
-        /// What was wrong.
         source: CodecError,
     },
     /// A record decoded but holds a value this release refuses (e.g. an invalid name).
     #[error("bad record in {table} at {key}: {message}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     BadRecord {
-        /// Table name.
         table: &'static str,
         /// Key, as text.
         key: String,
-        /// What is wrong.
         message: String,
     },
     /// A record could not be encoded.
@@ -85,8 +85,9 @@ pub enum StoreError {
     #[error(
         "the database at {path} has schema version {found}, newer than this release supports ({supported}); refusing to run an older mozpool on it"
     )]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     TooNew {
-        /// File path.
         path: PathBuf,
         /// Version in the file.
         found: u64,

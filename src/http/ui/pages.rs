@@ -34,7 +34,6 @@ struct Layout {
     title: String,
     /// This controller's name.
     server: String,
-    /// mozpool's version.
     version: &'static str,
     /// A warning shown on every page (empty = none): the sign-in work fills it when the
     /// service runs without authentication.

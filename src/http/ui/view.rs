@@ -59,12 +59,12 @@ pub fn look(state: DeviceState, held: bool) -> Look {
 
 /// One row of the pool page.
 #[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct DeviceRowView {
-    /// Device name.
     pub name: String,
     /// Lifeguard state name, always shown as text.
     pub state: String,
-    /// How the state is shown.
     pub look: Look,
     /// Hardware type, `""` when unknown.
     pub hardware_type: String,
@@ -89,10 +89,10 @@ pub struct DeviceRowView {
 /// Devices per state and look (a held `ready` device counts apart from a free one), for
 /// the counts bar.
 #[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct StateCountView {
-    /// State name.
     pub state: String,
-    /// How it is shown.
     pub look: Look,
     /// How many devices are in it.
     pub count: usize,
@@ -198,6 +198,8 @@ pub fn pool_view(snap: &Snapshot, version: u64) -> Result<PoolView, StoreError> 
 
 /// One log line.
 #[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct LogLineView {
     /// Sequence number (paging: `before`).
     pub id: u64,
@@ -207,7 +209,6 @@ pub struct LogLineView {
     pub source: String,
     /// Who caused it.
     pub actor: String,
-    /// The text.
     pub message: String,
 }
 
@@ -246,10 +247,11 @@ fn field(key: &str, value: impl Into<String>) -> FieldView {
 
 /// The device page.
 #[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct DeviceView {
     /// The pool-page row (state, holder, ...).
     pub row: DeviceRowView,
-    /// Operator notes.
     pub comments: String,
     /// Inventory and state details, in display order.
     pub fields: Vec<FieldView>,
@@ -338,14 +340,14 @@ pub fn load_device_view(snap: &Snapshot, name: &str) -> Result<Option<DeviceView
 
 /// One row of the requests page; the same names as `GET /api/request/list/`.
 #[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct RequestRowView {
-    /// Request id.
     pub id: u64,
     /// `any` or a device name.
     pub requested_device: String,
     /// Who it is for.
     pub assignee: String,
-    /// Request state.
     pub state: String,
     /// The device it holds, `""` when none.
     pub assigned_device: String,
@@ -407,21 +409,20 @@ pub fn request_rows(requests: &[StoredRequest], devices: &[Device]) -> Vec<Reque
 
 /// A device wired to a relay board.
 #[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct WiredDeviceView {
-    /// Device name.
     pub name: String,
-    /// Its relay address.
     pub relay: String,
-    /// Its state.
     pub state: String,
-    /// How the state is shown.
     pub look: Look,
 }
 
 /// One relay board.
 #[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
 pub struct BoardView {
-    /// Board name.
     pub name: String,
     /// Protocol (`proxr`, `lcus`, `gpio`).
     pub kind: String,
@@ -429,11 +430,8 @@ pub struct BoardView {
     pub health: &'static str,
     /// When an operation last succeeded.
     pub last_ok: String,
-    /// The last error.
     pub last_error: String,
-    /// Operations that succeeded / failed / are queued.
     pub ops_ok: u64,
-    /// Operations that failed.
     pub ops_failed: u64,
     /// Operations waiting.
     pub queued: usize,

@@ -248,8 +248,9 @@ impl BoardConfig {
 
 /// Health of one board, for the health endpoint and the UI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct BoardStatus {
-    /// Board name.
     pub name: BoardName,
     /// `proxr`, `lcus` or `gpio`.
     pub kind: &'static str,
@@ -259,9 +260,7 @@ pub struct BoardStatus {
     pub last_ok: Option<Millis>,
     /// The last error message.
     pub last_error: Option<String>,
-    /// Operations that succeeded.
     pub ops_ok: u64,
-    /// Operations that failed.
     pub ops_failed: u64,
     /// Operations waiting in the queue now.
     pub queued: usize,

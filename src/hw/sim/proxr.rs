@@ -39,19 +39,19 @@ pub enum SimAction {
     /// Two-way test.
     Test,
     /// Set command received (`energised` requested; state may be stuck).
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     Set {
-        /// Bank.
         bank: u8,
-        /// Relay.
         relay: u8,
         /// Requested coil state.
         energised: bool,
     },
     /// Read command answered with this state.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
     Get {
-        /// Bank.
         bank: u8,
-        /// Relay.
         relay: u8,
         /// State reported.
         energised: bool,

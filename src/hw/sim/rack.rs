@@ -20,6 +20,8 @@ pub const RELAYS_PER_BOARD: usize = 32;
 
 /// One device of the rack and how the service reaches it.
 #[derive(Debug, Clone)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
 pub struct SimRackDevice {
     /// Device name (`sim-0001`).
     pub name: DeviceName,
@@ -27,7 +29,6 @@ pub struct SimRackDevice {
     pub relay: RelayAddr,
     /// Its SUTAgent command port.
     pub sut_addr: SocketAddr,
-    /// Its fastboot serial.
     pub fastboot_serial: String,
     /// The simulated device itself (faults, inspection).
     pub device: SimDevice,

@@ -6,9 +6,10 @@
 //! Policy:
 //! - The device is found by its device name, or else by an earlier registration whose agent
 //!   NAME is the same (a device created under another name that registered before).
-//! - Unknown → created through [`upsert_device`] (origin `registration`, state `new`, so
-//!   Lifeguard self-tests it before it joins the pool) with SUT address `IPADDR:CMDPORT`,
-//!   hardware type / pool from `HARDWARE` / `POOL` when they are valid names.
+//! - Unknown → created through [`upsert_device`][crate::inventory::upsert_device] (origin
+//!   `registration`, state `new`, so Lifeguard self-tests it before it joins the pool) with
+//!   SUT address `IPADDR:CMDPORT`, hardware type / pool from `HARDWARE` / `POOL` when they are
+//!   valid names.
 //! - Known → SUT address updated (an IP change is logged explicitly); hardware type and pool
 //!   are only filled in when the inventory has none (the inventory wins).
 //! - Relay wiring is never taken from a registration. A device without wiring is flagged
@@ -70,14 +71,14 @@ pub struct Applied {
 pub enum Refusal {
     /// The device is retired: a tech must bring it back through the inventory.
     #[error("device {device} is retired; un-retire it in the inventory first")]
-    Retired {
-        /// The device.
-        device: String,
-    },
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    Retired { device: String },
     /// The device is run by another controller, which alone may change it.
     #[error("device {device} belongs to controller {owner}, not {server}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     OtherController {
-        /// The device.
         device: String,
         /// The controller that runs it.
         owner: String,
@@ -86,8 +87,9 @@ pub enum Refusal {
     },
     /// The device was registered before by an agent with another NAME.
     #[error("name collision: device {device} was registered by agent {registered_by}, not {agent}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     OtherAgent {
-        /// The device.
         device: String,
         /// The agent NAME of its earlier registration.
         registered_by: String,
@@ -99,12 +101,11 @@ pub enum Refusal {
     #[error(
         "name collision: device {device} is wired to relay {relay} with SUTAgent at {sut} (set by {origin}); a registration from {ip} cannot re-point it"
     )]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
     Wired {
-        /// The device.
         device: String,
-        /// Its relay address.
         relay: String,
-        /// Its SUTAgent address.
         sut: String,
         /// Who set the address (the device's origin).
         origin: String,
