@@ -201,14 +201,20 @@ mod tests {
     use super::*;
     use crate::domain::clock::SystemClock;
 
-    #[tokio::test]
-    async fn healthy_store_passes_and_stuck_writer_fails() {
+    /// A store in a fresh temporary directory (kept alive by the returned guard).
+    fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(
             &dir.path().join(crate::storage::backup::DB_FILE),
             Arc::new(SystemClock),
         )
         .expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn healthy_store_passes_and_stuck_writer_fails() {
+        let (_dir, store) = temp_store();
         let hb = Heartbeats::default();
         let period = Duration::from_millis(400);
         assert_eq!(check(&store, &hb, period, Duration::ZERO).await, Ok(()));
@@ -238,12 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn stale_heartbeat_fails() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(
-            &dir.path().join(crate::storage::backup::DB_FILE),
-            Arc::new(SystemClock),
-        )
-        .expect("open");
+        let (_dir, store) = temp_store();
         let hb = Heartbeats::default();
         let driver = hb.register("lifeguard");
         let period = Duration::from_millis(200);
