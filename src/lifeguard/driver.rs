@@ -165,6 +165,53 @@ pub enum SutError {
     Hw(#[from] hw::Error),
 }
 
+/// Why a flash failed. The text goes into the device's log; [`FlashError::image_at_fault`]
+/// tells the state machine whether to blame the image rather than the device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlashError {
+    /// The image's recipe could not be read.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The image is not in the registry (removed since the request asked for it).
+    #[error("image {0} is not in the registry")]
+    UnknownImage(String),
+    /// The registry's image name is not a valid name.
+    #[error("image name: {0}")]
+    BadImageName(crate::domain::names::NameError),
+    /// The inventory names no fastboot serial for the device.
+    #[error("no fastboot serial in the inventory")]
+    NoSerial,
+    /// Fetching or checking the image's files failed.
+    #[error("{0}")]
+    Prepare(hw::Error),
+    /// The device has no relay to power-cycle it into its bootloader.
+    #[error(transparent)]
+    Relay(RelayError),
+    /// The power cycle into the bootloader failed.
+    #[error("power cycle into the bootloader: {0}")]
+    PowerCycle(hw::Error),
+    /// fastboot failed.
+    #[error("{0}")]
+    Fastboot(hw::Error),
+}
+
+impl FlashError {
+    /// Whether the image (a bad file, a missing partition, a failed download) rather than
+    /// the device is at fault.
+    #[must_use]
+    pub fn image_at_fault(&self) -> bool {
+        match self {
+            FlashError::UnknownImage(_) | FlashError::BadImageName(_) => true,
+            FlashError::Prepare(e) | FlashError::Fastboot(e) => image_fault(e),
+            FlashError::Store(_)
+            | FlashError::NoSerial
+            | FlashError::Relay(_)
+            | FlashError::PowerCycle(_) => false,
+        }
+    }
+}
+
 struct Inner {
     store: Store,
     clock: Arc<dyn Clock>,
@@ -535,10 +582,10 @@ impl Lifeguard {
             Action::Flash { image, boot_config } => {
                 match self.flash(device, image.as_str(), &boot_config).await {
                     Ok(()) => Event::FlashOk { generation: g },
-                    Err((bad_image, reason)) => Event::FlashFailed {
+                    Err(e) => Event::FlashFailed {
                         generation: g,
-                        bad_image,
-                        reason,
+                        bad_image: e.image_at_fault(),
+                        reason: e.to_string(),
                     },
                 }
             }
@@ -626,28 +673,19 @@ impl Lifeguard {
     }
 
     /// Fetch the image's files, power-cycle the device into its bootloader, run fastboot.
-    /// The error says whether the image (rather than the device) is at fault.
-    async fn flash(
-        &self,
-        d: &Device,
-        image: &str,
-        boot_config: &str,
-    ) -> Result<(), (bool, String)> {
+    async fn flash(&self, d: &Device, image: &str, boot_config: &str) -> Result<(), FlashError> {
         let s = &self.inner.hw.settings;
         let name = image.to_owned();
         let found = self
             .inner
             .store
             .peek(move |snap| snap.image(&name))
-            .map_err(|e| (false, e.to_string()))?;
+            .map_err(FlashError::Store)?;
         let Some(img) = found else {
-            return Err((true, format!("image {image} is not in the registry")));
+            return Err(FlashError::UnknownImage(image.to_owned()));
         };
         let recipe = ImageRecipe {
-            name: img
-                .name
-                .parse()
-                .map_err(|e| (true, format!("image name: {e}")))?,
+            name: img.name.parse().map_err(FlashError::BadImageName)?,
             steps: img
                 .steps
                 .iter()
@@ -666,7 +704,7 @@ impl Lifeguard {
             .wiring
             .fastboot_serial
             .clone()
-            .ok_or((false, "no fastboot serial in the inventory".to_owned()))?;
+            .ok_or(FlashError::NoSerial)?;
         self.log(
             &d.name,
             "fastboot",
@@ -697,14 +735,14 @@ impl Lifeguard {
                 },
             )
             .await
-            .map_err(|e| (image_fault(&e), e.to_string()))?;
-        let addr = self.relay(d).map_err(|r| (false, r.to_string()))?;
+            .map_err(FlashError::Prepare)?;
+        let addr = self.relay(d).map_err(FlashError::Relay)?;
         self.inner
             .hw
             .boards
             .power_cycle(&addr, Hardware::ms(s.power_off_time_ms))
             .await
-            .map_err(|e| (false, format!("power cycle into the bootloader: {e}")))?;
+            .map_err(FlashError::PowerCycle)?;
         let deadlines = FlashDeadlines {
             appear: Hardware::ms(s.flash_appear_ms),
             per_step: Hardware::ms(s.flash_step_ms),
@@ -728,7 +766,7 @@ impl Lifeguard {
                 }
             })
             .await
-            .map_err(|e| (image_fault(&e), e.to_string()))
+            .map_err(FlashError::Fastboot)
     }
 
     fn log(&self, device: &str, source: &str, message: String) {

@@ -79,10 +79,7 @@ pub async fn serve(
 async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadline: Duration) {
     let started = tokio::time::Instant::now();
     let reply = match tokio::time::timeout(deadline, read_message(&mut stream)).await {
-        Err(_) => Err(format!(
-            "no complete registration message within {} ms",
-            deadline.as_millis()
-        )),
+        Err(_) => Err(ReadError::TimedOut(deadline)),
         Ok(Err(e)) => Err(e),
         Ok(Ok(bytes)) => Ok(bytes),
     };
@@ -99,7 +96,7 @@ async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadlin
         },
         Err(reason) => {
             tracing::info!(%peer, %reason, "registration refused");
-            log(app, peer.ip(), reason.clone()).await;
+            log(app, peer.ip(), reason.to_string()).await;
             format!("ERROR {reason}\n")
         }
     };
@@ -111,15 +108,26 @@ async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadlin
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
+/// Why no complete message arrived. The text is logged and sent back to the agent.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// The connection failed while reading.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// More than [`MAX_MESSAGE_BYTES`] arrived before the end of the message.
+    #[error("registration message longer than {MAX_MESSAGE_BYTES} bytes")]
+    TooLong,
+    /// The deadline passed before the message was complete.
+    #[error("no complete registration message within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+}
+
 /// Read one message: up to `\n`, EOF, or one byte past the size cap.
-async fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+async fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, ReadError> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Ok(buf);
         }
@@ -130,9 +138,7 @@ async fn read_message(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
             buf.extend_from_slice(got);
         }
         if buf.len() > MAX_MESSAGE_BYTES {
-            return Err(format!(
-                "registration message longer than {MAX_MESSAGE_BYTES} bytes"
-            ));
+            return Err(ReadError::TooLong);
         }
         if buf.last() == Some(&b'\n') {
             return Ok(buf);
