@@ -1144,57 +1144,62 @@ async fn logs(n: u64, figs: &mut Figures) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Better, Figures, compare};
+    use super::{Better, DISK_PROBE, Figures, compare};
 
-    /// A run of three figures against a baseline file holding `base` for each.
-    fn gate(done: f64, paced_p50: f64, cycles: f64) -> anyhow::Result<()> {
+    const PACED_DONE: &str = "scheduled cycles done, 64 clients paced to 5000/s";
+    const PACED_P50: &str = "p50 whole cycle, 64 clients paced to 5000/s";
+    const WRITERS: &str = "store writes/s, 64 writers (group commit, durable)";
+
+    /// Figures from `(name, value, unit)`; units in ms are lower-is-better, the rest higher.
+    fn figures(rows: &[(&str, f64, &'static str)]) -> Figures {
+        let mut f = Figures(Vec::new());
+        for &(name, value, unit) in rows {
+            let better = if unit == "ms" {
+                Better::Lower
+            } else {
+                Better::Higher
+            };
+            f.add(name, value, unit, better);
+        }
+        f
+    }
+
+    /// `run` against a baseline file holding `base`, with the CI's factor of 3.
+    fn gate(base: &Figures, run: &Figures) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("base.json");
-        let mut base = Figures(Vec::new());
-        base.add(
-            "scheduled cycles done, 64 clients paced to 5000/s",
-            99.9,
-            "%",
-            Better::Higher,
-        );
-        base.add(
-            "p50 whole cycle, 64 clients paced to 5000/s",
-            5.0,
-            "ms",
-            Better::Lower,
-        );
-        base.add("cycles/s, 64 clients", 6000.0, "1/s", Better::Higher);
-        std::fs::write(&path, super::to_json(&base, true).to_string())?;
-        let mut run = Figures(Vec::new());
-        run.add(
-            "scheduled cycles done, 64 clients paced to 5000/s",
-            done,
-            "%",
-            Better::Higher,
-        );
-        run.add(
-            "p50 whole cycle, 64 clients paced to 5000/s",
-            paced_p50,
-            "ms",
-            Better::Lower,
-        );
-        run.add("cycles/s, 64 clients", cycles, "1/s", Better::Higher);
-        compare(&run, &path, 3.0)
+        std::fs::write(&path, super::to_json(base, true).to_string())?;
+        compare(run, &path, 3.0)
+    }
+
+    /// A paced run against a baseline that kept up at 5 ms and 6,000 cycles/s.
+    fn paced(done: f64, paced_p50: f64, cycles: f64) -> anyhow::Result<()> {
+        let base = figures(&[
+            (PACED_DONE, 99.9, "%"),
+            (PACED_P50, 5.0, "ms"),
+            ("cycles/s, 64 clients", 6000.0, "1/s"),
+        ]);
+        let run = figures(&[
+            (PACED_DONE, done, "%"),
+            (PACED_P50, paced_p50, "ms"),
+            ("cycles/s, 64 clients", cycles, "1/s"),
+        ]);
+        gate(&base, &run)
     }
 
     /// The paced phase's latency is gated only when the phase kept up; throughput always is.
     #[test]
     fn paced_latency_is_gated_only_when_the_phase_kept_up() {
         assert!(
-            gate(99.5, 20.0, 6000.0).is_err(),
+            paced(99.5, 20.0, 6000.0).is_err(),
             "kept up and 4x slower: a regression"
         );
         assert!(
-            gate(65.0, 20.0, 6000.0).is_ok(),
+            paced(65.0, 20.0, 6000.0).is_ok(),
             "did not keep up: latency not compared"
         );
         assert!(
-            gate(65.0, 20.0, 1500.0).is_err(),
+            paced(65.0, 20.0, 1500.0).is_err(),
             "throughput 4x lower still fails"
         );
     }
@@ -1203,37 +1208,25 @@ mod tests {
     /// figures that do not wait on the disk are not.
     #[test]
     fn a_slower_disk_widens_only_the_fsync_bound_figures() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("base.json");
-        let mut base = Figures(Vec::new());
-        base.add(super::DISK_PROBE, 3000.0, "1/s", Better::Higher);
-        base.add(
-            "store writes/s, 64 writers (group commit, durable)",
-            140_000.0,
-            "1/s",
-            Better::Higher,
-        );
-        base.add("device/list median, 10k devices", 7.0, "ms", Better::Lower);
-        std::fs::write(&path, super::to_json(&base, true).to_string())?;
-        let mut run = Figures(Vec::new());
-        run.add(super::DISK_PROBE, 1500.0, "1/s", Better::Higher);
-        run.add(
-            "store writes/s, 64 writers (group commit, durable)",
-            34_000.0,
-            "1/s",
-            Better::Higher,
-        );
-        run.add("device/list median, 10k devices", 7.0, "ms", Better::Lower);
-        compare(&run, &path, 3.0)?;
-        run.0[1].value = 20_000.0;
+        let base = figures(&[
+            (DISK_PROBE, 3000.0, "1/s"),
+            (WRITERS, 140_000.0, "1/s"),
+            ("device/list median, 10k devices", 7.0, "ms"),
+        ]);
+        let run = |writers: f64, list: f64| {
+            figures(&[
+                (DISK_PROBE, 1500.0, "1/s"),
+                (WRITERS, writers, "1/s"),
+                ("device/list median, 10k devices", list, "ms"),
+            ])
+        };
+        gate(&base, &run(34_000.0, 7.0))?;
         assert!(
-            compare(&run, &path, 3.0).is_err(),
+            gate(&base, &run(20_000.0, 7.0)).is_err(),
             "7x lower is more than the disk explains"
         );
-        run.0[1].value = 34_000.0;
-        run.0[2].value = 25.0;
         assert!(
-            compare(&run, &path, 3.0).is_err(),
+            gate(&base, &run(34_000.0, 25.0)).is_err(),
             "lists do not wait on the disk"
         );
         Ok(())
@@ -1242,19 +1235,19 @@ mod tests {
     /// A single client's cycles are a chain of lone fsyncs: not gated, like a lone writer.
     #[test]
     fn single_client_figures_are_not_gated() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("base.json");
-        let mut base = Figures(Vec::new());
-        base.add("cycles/s, 1 clients", 685.0, "1/s", Better::Higher);
-        base.add("cycles/s, 16 clients", 4000.0, "1/s", Better::Higher);
-        std::fs::write(&path, super::to_json(&base, true).to_string())?;
-        let mut run = Figures(Vec::new());
-        run.add("cycles/s, 1 clients", 188.0, "1/s", Better::Higher);
-        run.add("cycles/s, 16 clients", 4000.0, "1/s", Better::Higher);
-        compare(&run, &path, 3.0)?;
-        run.0[1].value = 1000.0;
+        let base = figures(&[
+            ("cycles/s, 1 clients", 685.0, "1/s"),
+            ("cycles/s, 16 clients", 4000.0, "1/s"),
+        ]);
+        let run = |sixteen: f64| {
+            figures(&[
+                ("cycles/s, 1 clients", 188.0, "1/s"),
+                ("cycles/s, 16 clients", sixteen, "1/s"),
+            ])
+        };
+        gate(&base, &run(4000.0))?;
         assert!(
-            compare(&run, &path, 3.0).is_err(),
+            gate(&base, &run(1000.0)).is_err(),
             "16 clients are still gated"
         );
         Ok(())
