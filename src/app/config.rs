@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::domain::model::{Environment, FlashStep, HardwareTypeInfo, Image};
+use crate::domain::model::{Agent, BootMode, Environment, FlashStep, HardwareTypeInfo, Image};
 use crate::domain::names::{DeviceName, EnvironmentName, HardwareType, ImageName, ServerName};
 use crate::domain::wiring::{RelayAddr, SutAddr};
 use crate::hw::config::HardwareConfig;
@@ -238,6 +238,9 @@ pub struct HardwareTypeConfig {
     pub name: Spanned<HardwareType>,
     pub processor: Option<String>,
     pub description: Option<String>,
+    /// How its devices reach fastboot: `bootloader_window` (default), `adb`, `already`.
+    #[serde(default)]
+    pub boot_mode: BootMode,
 }
 
 /// `[[environments]]`.
@@ -267,23 +270,56 @@ pub struct ImageConfig {
     /// Leave it out of the image list.
     #[serde(default)]
     pub hidden: bool,
-    /// The image runs SUTAgent.
+    /// The image runs SUTAgent (the original's flag; `agent = "sut"` says the same).
     #[serde(default)]
     pub has_sut_agent: bool,
-    /// Flashed in this order.
+    /// What checks and soft-reboots a device running it: `sut`, `adb` or `none`.
+    pub agent: Option<Agent>,
+    /// Run in this order.
     #[serde(default)]
     pub steps: Vec<FlashStepConfig>,
 }
 
-/// One `steps` entry of an image.
-#[derive(Debug, Clone, Deserialize)]
+impl ImageConfig {
+    /// The agent `agent` names, else the one `has_sut_agent` implies.
+    #[must_use]
+    pub fn agent(&self) -> Agent {
+        self.agent.unwrap_or(if self.has_sut_agent {
+            Agent::Sut
+        } else {
+            Agent::None
+        })
+    }
+}
+
+/// One `steps` entry of an image: `action` (default `flash`) with the parts it needs.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 // Fields mirror the TOML keys, documented in docs/config.md.
 #[allow(missing_docs)]
 pub struct FlashStepConfig {
-    pub partition: String,
-    /// File name (no path).
-    pub file: String,
+    /// `flash`, `erase`, `format`, `wipe`, `set_active`, `reboot_fastboot`.
+    pub action: Option<String>,
+    pub partition: Option<String>,
+    /// File name (no path), for `flash`.
+    pub file: Option<String>,
+    /// Slot, for `set_active`.
+    pub slot: Option<String>,
+}
+
+impl FlashStepConfig {
+    /// The domain step.
+    ///
+    /// # Errors
+    /// What is missing or not allowed.
+    pub fn step(&self) -> Result<FlashStep, String> {
+        FlashStep::from_parts(
+            self.action.as_deref(),
+            self.partition.as_deref(),
+            self.file.as_deref(),
+            self.slot.as_deref(),
+        )
+    }
 }
 
 /// `[[devices]]`.
@@ -304,6 +340,8 @@ pub struct DeviceConfig {
     /// SUTAgent address `host:port`.
     pub sut: Option<SutAddr>,
     pub fastboot_serial: Option<String>,
+    /// adb serial (USB serial or `host:port`); unset = the fastboot serial.
+    pub adb_serial: Option<String>,
     pub comments: Option<String>,
 }
 
@@ -421,20 +459,23 @@ impl Config {
                     format!("image {} is listed twice", i.name.get_ref()),
                 ));
             }
-            for s in &i.steps {
-                if crate::domain::names::check_name("partition", &s.partition).is_err()
-                    || crate::domain::names::check_name("file name", &s.file).is_err()
-                {
+            for (n, s) in i.steps.iter().enumerate() {
+                if let Err(e) = s.step() {
                     return Err(invalid(
                         i.name.span(),
-                        format!(
-                            "image {}: step {}={} must name a partition and a file name (letters, digits, . _ : -; no paths)",
-                            i.name.get_ref(),
-                            s.partition,
-                            s.file
-                        ),
+                        format!("image {}: step {}: {e}", i.name.get_ref(), n + 1),
                     ));
                 }
+            }
+            if i.agent.is_some_and(|a| a != Agent::Sut) && i.has_sut_agent {
+                return Err(invalid(
+                    i.name.span(),
+                    format!(
+                        "image {}: has_sut_agent = true contradicts agent = {:?}",
+                        i.name.get_ref(),
+                        i.agent().as_str()
+                    ),
+                ));
             }
             for k in &i.boot_config_keys {
                 if crate::domain::names::check_name("boot config key", k).is_err() {
@@ -497,15 +538,9 @@ impl Config {
                 boot_config_keys: i.boot_config_keys.clone(),
                 can_reuse: i.can_reuse,
                 hidden: i.hidden,
-                has_sut_agent: i.has_sut_agent,
-                steps: i
-                    .steps
-                    .iter()
-                    .map(|s| FlashStep {
-                        partition: s.partition.clone(),
-                        file: s.file.clone(),
-                    })
-                    .collect(),
+                agent: i.agent(),
+                // `check` refused every step that does not convert.
+                steps: i.steps.iter().filter_map(|s| s.step().ok()).collect(),
             })
             .collect()
     }
@@ -531,6 +566,7 @@ impl Config {
                 name: h.name.get_ref().to_string(),
                 processor: h.processor.clone(),
                 description: h.description.clone(),
+                boot_mode: h.boot_mode,
             })
             .collect()
     }

@@ -30,8 +30,9 @@ use crate::http::auth::{Auth, OPEN_WARNING};
 use crate::http::metrics::Metrics;
 use crate::http::services::{Services, Settings};
 use crate::hw::images::DownloadCache;
+use crate::hw::ping::NetProber;
 use crate::hw::sim::SimRack;
-use crate::hw::{Flasher, ImageFiles, ImageStore, RelayBoards};
+use crate::hw::{Adb, Flasher, ImageFiles, ImageStore, RelayBoards};
 use crate::inventory::{DeviceFields, upsert_device};
 use crate::lifeguard::{Hardware, Lifeguard};
 use crate::pool::Pool;
@@ -172,6 +173,13 @@ impl App {
                 RelayBoards::start(config.relay_boards.clone())?
             },
             flasher: Flasher::new(hw.fastboot.clone()),
+            // adb keeps its keys in $HOME/.android: the data directory, which the unit makes
+            // the service's own (docs/troubleshooting.md, "adb unauthorized").
+            adb: Adb::new(hw.adb.clone(), hw.adb_server_port, dir.clone()),
+            prober: match &sim {
+                Some(rack) => Arc::new(rack.prober()),
+                None => Arc::new(NetProber),
+            },
             images: ImageFiles {
                 store: ImageStore {
                     dir: hw.image_store.clone().unwrap_or_else(|| dir.join("images")),
@@ -295,6 +303,7 @@ impl App {
                         relay: d.relay.clone(),
                         sut: d.sut.clone(),
                         fastboot_serial: d.fastboot_serial.clone(),
+                        adb_serial: d.adb_serial.clone(),
                         comments: d.comments.clone(),
                     };
                     upsert_device(tx, now, &server, d.name.get_ref(), &fields, "config", None)?;

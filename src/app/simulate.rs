@@ -17,6 +17,9 @@ use crate::hw::sim::{SimRack, SimTimings};
 /// Image every simulated device can be flashed with.
 pub const SIM_IMAGE: &str = "android";
 
+/// The same files as an image without an agent (health by reachability).
+pub const SIM_BARE_IMAGE: &str = "android-bare";
+
 /// Start a simulated rack of `n` devices under `dir` and add it to `config`. `mozpool_exe`
 /// is the binary providing the hidden `sim-fastboot` subcommand.
 ///
@@ -82,12 +85,14 @@ pub fn start_rack(
         .image_store
         .clone()
         .unwrap_or_else(|| config.server.data_dir.join("images"));
-    let image_dir = store.join(SIM_IMAGE);
-    std::fs::create_dir_all(&image_dir)?;
-    for (file, bytes) in [("boot.img", 4096usize), ("system.img", 65_536)] {
-        let path = image_dir.join(file);
-        if !path.exists() {
-            std::fs::write(&path, vec![0x5a; bytes])?;
+    for image in [SIM_IMAGE, SIM_BARE_IMAGE] {
+        let image_dir = store.join(image);
+        std::fs::create_dir_all(&image_dir)?;
+        for (file, bytes) in [("boot.img", 4096usize), ("system.img", 65_536)] {
+            let path = image_dir.join(file);
+            if !path.exists() {
+                std::fs::write(&path, vec![0x5a; bytes])?;
+            }
         }
     }
     add_inventory(config, &rack);
@@ -100,6 +105,7 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             name: n,
             processor: Some("armv7".into()),
             description: Some("simulated PandaBoard".into()),
+            boot_mode: crate::domain::model::BootMode::BootloaderWindow,
         });
     }
     if let Some(n) = name("sim") {
@@ -116,16 +122,20 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             can_reuse: true,
             hidden: false,
             has_sut_agent: true,
-            steps: vec![
-                FlashStepConfig {
-                    partition: "boot".into(),
-                    file: "boot.img".into(),
-                },
-                FlashStepConfig {
-                    partition: "system".into(),
-                    file: "system.img".into(),
-                },
-            ],
+            agent: None,
+            steps: sim_steps(),
+        });
+    }
+    if let Some(n) = name(SIM_BARE_IMAGE) {
+        config.images.push(ImageConfig {
+            name: n,
+            description: Some("a build without any agent: checked by reachability".into()),
+            boot_config_keys: Vec::new(),
+            can_reuse: true,
+            hidden: false,
+            has_sut_agent: false,
+            agent: Some(crate::domain::model::Agent::None),
+            steps: sim_steps(),
         });
     }
     for d in &rack.devices {
@@ -142,9 +152,22 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             relay: Some(d.relay.clone()),
             sut: d.sut_addr.to_string().parse().ok(),
             fastboot_serial: Some(d.fastboot_serial.clone()),
+            adb_serial: None,
             comments: None,
         });
     }
+}
+
+/// The simulated images' recipe: the files `start_rack` writes.
+fn sim_steps() -> Vec<FlashStepConfig> {
+    [("boot", "boot.img"), ("system", "system.img")]
+        .into_iter()
+        .map(|(partition, file)| FlashStepConfig {
+            partition: Some(partition.into()),
+            file: Some(file.into()),
+            ..FlashStepConfig::default()
+        })
+        .collect()
 }
 
 /// A built-in name as a config value (names here are literals known to be valid).

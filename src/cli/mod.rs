@@ -255,6 +255,8 @@ pub struct DeviceFieldArgs {
     #[arg(long)]
     pub fastboot_serial: Option<String>,
     #[arg(long)]
+    pub adb_serial: Option<String>,
+    #[arg(long)]
     pub comments: Option<String>,
 }
 
@@ -442,6 +444,7 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
                 ("relay", fields.relay),
                 ("sut", fields.sut),
                 ("fastboot_serial", fields.fastboot_serial),
+                ("adb_serial", fields.adb_serial),
                 ("comments", fields.comments),
             ] {
                 if let Some(v) = v {

@@ -132,10 +132,11 @@ pub struct LifeguardData {
     pub next_image: Option<String>,
     /// Boot config for the image being installed.
     pub next_boot_config: Option<String>,
-    /// The current image runs SUTAgent (recorded when it was installed).
-    pub current_has_sut: bool,
-    /// The image being installed runs SUTAgent.
-    pub next_has_sut: bool,
+    /// The current image runs an agent, SUTAgent or adbd (recorded when it was installed); which one
+    /// its image says.
+    pub current_has_agent: bool,
+    /// The image being installed runs an agent.
+    pub next_has_agent: bool,
     /// The verification under way is a self-test (success leads to `ready` without reporting
     /// an imaging result).
     pub self_test: bool,
@@ -176,11 +177,26 @@ pub struct DeviceWiring {
     pub relay: Option<RelayAddr>,
     /// SUTAgent command address `host:port`.
     pub sut_addr: Option<SutAddr>,
-    /// fastboot serial number.
+    /// fastboot serial number: the USB serial, or `tcp:host:port` for fastboot over TCP.
     pub fastboot_serial: Option<String>,
+    /// adb serial: the USB serial, or `host:port` for adb over TCP. `None` means the
+    /// fastboot serial, when that is a USB one (a phone shows the same serial to both).
+    pub adb_serial: Option<String>,
     /// Stored wiring text this release cannot parse, kept so that nothing is lost.
     #[serde(default)]
     pub unparsed: UnparsedWiring,
+}
+
+impl DeviceWiring {
+    /// The serial adb knows the device by, if any.
+    #[must_use]
+    pub fn adb_serial(&self) -> Option<&str> {
+        self.adb_serial.as_deref().or_else(|| {
+            self.fastboot_serial
+                .as_deref()
+                .filter(|s| !s.starts_with("tcp:") && !s.starts_with("udp:"))
+        })
+    }
 }
 
 /// Wiring text read from the store that does not parse (written before addresses were
@@ -210,19 +226,240 @@ pub struct Image {
     pub can_reuse: bool,
     /// Hidden images (`self-test`) are left out of `/api/image/list/`.
     pub hidden: bool,
-    /// The image runs SUTAgent, so checks use it instead of plain reachability.
-    pub has_sut_agent: bool,
-    /// Partitions to flash and the file (a name in the image store or build URL) for each.
+    /// What runs on the device with this image to check and soft-reboot it.
+    pub agent: Agent,
+    /// What fastboot does, in order: partitions to flash with the file (a name in the image
+    /// store or build URL) for each, erases, slot changes.
     pub steps: Vec<FlashStep>,
 }
 
-/// One partition of an image recipe.
+impl Image {
+    /// The original's `has_sut_agent` column.
+    #[must_use]
+    pub fn has_sut_agent(&self) -> bool {
+        self.agent == Agent::Sut
+    }
+}
+
+/// How the service checks a device and reboots it without its relay, decided by the image
+/// the device runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Agent {
+    /// Mozilla's SUTAgent on its command port (`ver`, a storage write, `rebt`).
+    Sut,
+    /// adbd (`getprop sys.boot_completed`, a file written in `/data/local/tmp`, `adb reboot`).
+    Adb,
+    /// Nothing to talk to: health is reachability of the device's address, and only a relay
+    /// can reboot it.
+    #[default]
+    None,
+}
+
+impl Agent {
+    /// The name used in configuration and JSON.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Agent::Sut => "sut",
+            Agent::Adb => "adb",
+            Agent::None => "none",
+        }
+    }
+
+    /// Parse the configuration/JSON name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Agent> {
+        match s {
+            "sut" => Some(Agent::Sut),
+            "adb" => Some(Agent::Adb),
+            "none" => Some(Agent::None),
+            _ => None,
+        }
+    }
+}
+
+/// How a device of a hardware type gets into fastboot to be flashed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootMode {
+    /// A power cycle through its relay lands it in its bootloader for a few seconds, where
+    /// fastboot catches it (PandaBoards).
+    #[default]
+    BootloaderWindow,
+    /// `adb reboot bootloader` from its running OS (phones).
+    Adb,
+    /// It sits in fastboot already (a board without an OS, or one parked there by a tech).
+    Already,
+}
+
+impl BootMode {
+    /// The name used in configuration and JSON.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BootMode::BootloaderWindow => "bootloader_window",
+            BootMode::Adb => "adb",
+            BootMode::Already => "already",
+        }
+    }
+
+    /// Parse the configuration/JSON name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<BootMode> {
+        match s {
+            "bootloader_window" => Some(BootMode::BootloaderWindow),
+            "adb" => Some(BootMode::Adb),
+            "already" => Some(BootMode::Already),
+            _ => None,
+        }
+    }
+
+    /// Whether reaching fastboot needs the device's relay.
+    #[must_use]
+    pub const fn needs_power_control(self) -> bool {
+        matches!(self, BootMode::BootloaderWindow)
+    }
+}
+
+/// One step of an image recipe, run with fastboot in this order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlashStep {
-    /// Partition name (`boot`, `system`).
-    pub partition: String,
-    /// File name, never a path.
-    pub file: String,
+#[serde(rename_all = "snake_case")]
+pub enum FlashStep {
+    /// `fastboot flash PARTITION FILE`; the file is a name, never a path.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    Flash { partition: String, file: String },
+    /// `fastboot erase PARTITION`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    Erase { partition: String },
+    /// `fastboot format PARTITION` (a fresh file system).
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    Format { partition: String },
+    /// `fastboot -w`: erase userdata and cache and format them.
+    Wipe,
+    /// `fastboot set_active SLOT` (`a`/`b` devices).
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    SetActive { slot: String },
+    /// `fastboot reboot fastboot`: into userspace fastboot (fastbootd), which flashes
+    /// logical (dynamic) partitions.
+    RebootFastboot,
+}
+
+impl FlashStep {
+    /// The action's name in configuration and JSON.
+    #[must_use]
+    pub const fn action(&self) -> &'static str {
+        match self {
+            FlashStep::Flash { .. } => "flash",
+            FlashStep::Erase { .. } => "erase",
+            FlashStep::Format { .. } => "format",
+            FlashStep::Wipe => "wipe",
+            FlashStep::SetActive { .. } => "set_active",
+            FlashStep::RebootFastboot => "reboot_fastboot",
+        }
+    }
+
+    /// The partition a step works on, if any.
+    #[must_use]
+    pub fn partition(&self) -> Option<&str> {
+        match self {
+            FlashStep::Flash { partition, .. }
+            | FlashStep::Erase { partition }
+            | FlashStep::Format { partition } => Some(partition),
+            _ => None,
+        }
+    }
+
+    /// The file a step flashes, if any.
+    #[must_use]
+    pub fn file(&self) -> Option<&str> {
+        match self {
+            FlashStep::Flash { file, .. } => Some(file),
+            _ => None,
+        }
+    }
+
+    /// The slot a step activates, if any.
+    #[must_use]
+    pub fn slot(&self) -> Option<&str> {
+        match self {
+            FlashStep::SetActive { slot } => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Build a step from its parts as configuration and JSON give them (`action` defaults
+    /// to `flash`).
+    ///
+    /// # Errors
+    /// A sentence saying which part is missing, unknown or not allowed with the action.
+    pub fn from_parts(
+        action: Option<&str>,
+        partition: Option<&str>,
+        file: Option<&str>,
+        slot: Option<&str>,
+    ) -> Result<FlashStep, String> {
+        let action = action.unwrap_or("flash");
+        let need = |v: Option<&str>, what: &str| {
+            v.filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("a {action} step needs a {what}"))
+        };
+        let refuse = |v: Option<&str>, what: &str| match v {
+            Some(_) => Err(format!("a {action} step takes no {what}")),
+            None => Ok(()),
+        };
+        let step = match action {
+            "flash" => FlashStep::Flash {
+                partition: need(partition, "partition")?,
+                file: need(file, "file")?,
+            },
+            "erase" | "format" => {
+                refuse(file, "file")?;
+                let partition = need(partition, "partition")?;
+                if action == "erase" {
+                    FlashStep::Erase { partition }
+                } else {
+                    FlashStep::Format { partition }
+                }
+            }
+            "set_active" => FlashStep::SetActive {
+                slot: need(slot, "slot")?,
+            },
+            "wipe" | "reboot_fastboot" => {
+                refuse(partition, "partition")?;
+                refuse(file, "file")?;
+                if action == "wipe" {
+                    FlashStep::Wipe
+                } else {
+                    FlashStep::RebootFastboot
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown step action {other:?} (flash, erase, format, wipe, set_active, reboot_fastboot)"
+                ));
+            }
+        };
+        if !matches!(step, FlashStep::SetActive { .. }) {
+            refuse(slot, "slot")?;
+        }
+        for (kind, v) in [
+            ("partition", step.partition()),
+            ("file name", step.file()),
+            ("slot", step.slot()),
+        ] {
+            if let Some(v) = v {
+                crate::domain::names::check_name(kind, v)
+                    .map_err(|e| format!("{e} (letters, digits, . _ : -; no paths)"))?;
+            }
+        }
+        Ok(step)
+    }
 }
 
 /// An environment (pool partition).
@@ -244,6 +481,8 @@ pub struct HardwareTypeInfo {
     /// Processor architecture of this type, used as the default for its devices.
     pub processor: Option<String>,
     pub description: Option<String>,
+    /// How its devices get into fastboot to be flashed.
+    pub boot_mode: BootMode,
 }
 
 /// One entry of the durable log.

@@ -11,6 +11,13 @@ use serde::Deserialize;
 pub struct HardwareConfig {
     /// The `fastboot` executable.
     pub fastboot: PathBuf,
+    /// The `adb` executable.
+    pub adb: PathBuf,
+    /// Port of the service's own adb server (one above adb's default 5037, so a person's
+    /// adb on the same box is never shared, restarted or killed by the service).
+    pub adb_server_port: u16,
+    /// Time limit of one adb exchange (check, storage check, reboot), in ms.
+    pub adb_timeout_ms: u64,
     /// Image store: `<image_store>/<image>/<file>`. Default `<data_dir>/images`.
     pub image_store: Option<PathBuf>,
     /// Size limit of the download cache for build URLs, in MiB.
@@ -39,6 +46,9 @@ impl Default for HardwareConfig {
     fn default() -> Self {
         HardwareConfig {
             fastboot: PathBuf::from("/usr/bin/fastboot"),
+            adb: PathBuf::from("/usr/bin/adb"),
+            adb_server_port: 5038,
+            adb_timeout_ms: 30_000,
             image_store: None,
             download_cache_mib: 4096,
             max_download_mib: 2048,

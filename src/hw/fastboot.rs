@@ -1,47 +1,91 @@
-//! Flashing through the external `fastboot` tool: argv vectors only (never a shell),
-//! `-s SERIAL` always, `ANDROID_SERIAL` scrubbed, the child in its own process group,
-//! stdout+stderr streamed line by line, the whole group killed at each deadline, output
-//! parsed (`FAILED` anywhere fails the step even with exit 0).
+//! Flashing through the external `fastboot` tool ([`Tool`]'s discipline: argv only,
+//! `-s SERIAL` always, own process group, killed at each deadline), output parsed
+//! (`FAILED` anywhere fails the step even with exit 0).
+//!
+//! fastboot waits for an absent device forever, printing `< waiting for … >` once: over USB
+//! and over its TCP transport (`tcp:HOST:PORT`, which it keeps reconnecting) alike. Every
+//! run therefore has a deadline, and a deadline passed after that line means "absent".
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
-use tokio::time::Instant;
-
 use crate::domain::names::check_name;
+use crate::hw::tool::{Stream, Tool};
 use crate::hw::{Error, Result};
-
-/// Longest output line kept; longer lines are cut.
-const MAX_LINE: usize = 4096;
-/// How long output is still read after fastboot exited.
-const DRAIN: Duration = Duration::from_millis(200);
 
 /// Runs a `fastboot` executable.
 #[derive(Debug, Clone)]
 pub struct Flasher {
-    /// The `fastboot` binary (or a stand-in), by absolute path: no `PATH` lookup.
-    pub fastboot_path: PathBuf,
+    tool: Tool,
 }
 
-/// One `fastboot flash PARTITION FILE` step.
+/// One fastboot step with its file resolved to a local path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlashStep {
-    /// Partition name (validated like every name: cannot look like an option).
-    pub partition: String,
-    /// Local image file, already resolved from the image store or cache.
-    pub file: PathBuf,
+pub enum FastbootStep {
+    /// `flash PARTITION FILE`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    Flash { partition: String, file: PathBuf },
+    /// `erase PARTITION`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    Erase { partition: String },
+    /// `format PARTITION`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    Format { partition: String },
+    /// `-w`: erase and format userdata and cache.
+    Wipe,
+    /// `set_active SLOT`.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    SetActive { slot: String },
+    /// `reboot fastboot`: into userspace fastboot (fastbootd).
+    RebootFastboot,
+}
+
+impl FastbootStep {
+    /// The words after `fastboot -s SERIAL`.
+    fn args(&self) -> Vec<OsString> {
+        match self {
+            FastbootStep::Flash { partition, file } => {
+                vec!["flash".into(), partition.into(), file.into()]
+            }
+            FastbootStep::Erase { partition } => vec!["erase".into(), partition.into()],
+            FastbootStep::Format { partition } => vec!["format".into(), partition.into()],
+            FastbootStep::Wipe => vec!["-w".into()],
+            FastbootStep::SetActive { slot } => vec!["set_active".into(), slot.into()],
+            FastbootStep::RebootFastboot => vec!["reboot".into(), "fastboot".into()],
+        }
+    }
+
+    /// Names in the step that reach the command line must not look like options.
+    fn check(&self) -> Result<()> {
+        let bad = |e: crate::domain::names::NameError| Error::BadConfig(e.to_string());
+        match self {
+            FastbootStep::Flash { partition, file } => {
+                check_name("partition", partition).map_err(bad)?;
+                std::fs::metadata(file)
+                    .map_err(|e| Error::io(format!("image file {}", file.display()), e))?;
+            }
+            FastbootStep::Erase { partition } | FastbootStep::Format { partition } => {
+                check_name("partition", partition).map_err(bad)?;
+            }
+            FastbootStep::SetActive { slot } => check_name("slot", slot).map_err(bad)?,
+            FastbootStep::Wipe | FastbootStep::RebootFastboot => {}
+        }
+        Ok(())
+    }
 }
 
 /// Wall-clock limits of each phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlashDeadlines {
-    /// For `getvar product`: how long the device may take to show up in its bootloader.
+    /// For `getvar product`: how long the device may take to show up in fastboot.
     pub appear: Duration,
-    /// For each `flash` step.
+    /// For each step.
     pub per_step: Duration,
     /// For the final `reboot`.
     pub reboot: Duration,
@@ -108,85 +152,19 @@ pub fn failure_message(line: &str) -> String {
     line.to_owned()
 }
 
-/// Splits a byte stream into lines (LF or CR), capping each line.
-#[derive(Default)]
-struct Lines {
-    cur: Vec<u8>,
-}
-
-impl Lines {
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<String>) {
-        for &b in bytes {
-            if b == b'\n' || b == b'\r' {
-                self.flush(out);
-            } else if self.cur.len() < MAX_LINE {
-                self.cur.push(b);
-            }
-        }
-    }
-    fn flush(&mut self, out: &mut Vec<String>) {
-        if !self.cur.is_empty() {
-            out.push(String::from_utf8_lossy(&self.cur).into_owned());
-            self.cur.clear();
-        }
-    }
-}
-
-async fn read_some<R: AsyncReadExt + Unpin>(
-    r: &mut Option<R>,
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
-    match r {
-        Some(r) => r.read(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn kill_group(child: &Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
 impl Flasher {
     /// A flasher for this executable.
     #[must_use]
     pub fn new(fastboot_path: impl Into<PathBuf>) -> Self {
         Flasher {
-            fastboot_path: fastboot_path.into(),
+            tool: Tool::new(fastboot_path),
         }
     }
 
-    async fn spawn(&self, argv: &[OsString]) -> Result<Child> {
-        let mut tries = 0;
-        loop {
-            let r = Command::new(&self.fastboot_path)
-                .args(argv)
-                .env_remove("ANDROID_SERIAL")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn();
-            match r {
-                Ok(c) => return Ok(c),
-                // A freshly written executable can be briefly busy (rust-lang/rust#114554).
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 10 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * tries)).await;
-                }
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("spawn {}", self.fastboot_path.display()),
-                        e,
-                    ));
-                }
-            }
-        }
+    /// The executable's path.
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        self.tool.path()
     }
 
     /// Run `fastboot -s SERIAL ARGS...` under a wall-clock limit, streaming every output
@@ -204,53 +182,16 @@ impl Flasher {
         check_name("fastboot serial", serial).map_err(|e| Error::BadConfig(e.to_string()))?;
         let mut argv: Vec<OsString> = vec!["-s".into(), serial.into()];
         argv.extend(args.iter().cloned());
-        let deadline = Instant::now() + limit;
-        let mut child = self.spawn(&argv).await?;
-        let mut out = child.stdout.take();
-        let mut err = child.stderr.take();
-        let (mut ol, mut el) = (Lines::default(), Lines::default());
-        let (mut ob, mut eb) = ([0u8; 4096], [0u8; 4096]);
         let mut o = RunOutcome::default();
-        // After fastboot exits, read what is left in its pipes for a moment only: a
-        // leftover grandchild holding them open must not turn success into a timeout.
-        let mut drain_until: Option<Instant> = None;
-        loop {
-            if out.is_none() && err.is_none() && o.status.is_some() {
-                break;
-            }
-            let wake = drain_until.map_or(deadline, |d| d.min(deadline));
-            let mut lines = Vec::new();
-            tokio::select! {
-                r = read_some(&mut out, &mut ob) => match r {
-                    Ok(n) if n > 0 => ol.push(&ob[..n], &mut lines),
-                    _ => { ol.flush(&mut lines); out = None; }
-                },
-                r = read_some(&mut err, &mut eb) => match r {
-                    Ok(n) if n > 0 => el.push(&eb[..n], &mut lines),
-                    _ => { el.flush(&mut lines); err = None; }
-                },
-                r = child.wait(), if o.status.is_none() => {
-                    o.status = Some(r.map_err(|e| Error::io("wait for fastboot", e))?);
-                    drain_until = Some(Instant::now() + DRAIN);
-                }
-                () = tokio::time::sleep_until(wake) => {
-                    if o.status.is_none() {
-                        o.timed_out = true;
-                    }
-                }
-            }
-            for l in &lines {
-                note_line(&mut o, l);
-                on_line(l);
-            }
-            if o.timed_out || drain_until.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-        }
-        if o.timed_out {
-            kill_group(&child);
-            let _ = child.wait().await;
-        }
+        let ran = self
+            .tool
+            .run(&argv, limit, &mut |_: Stream, line: &str| {
+                note_line(&mut o, line);
+                on_line(line);
+            })
+            .await?;
+        o.status = ran.status;
+        o.timed_out = ran.timed_out;
         Ok(o)
     }
 
@@ -258,13 +199,18 @@ impl Flasher {
     async fn phase(
         &self,
         serial: &str,
-        args: &[&str],
+        args: &[OsString],
         limit: Duration,
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<RunOutcome> {
-        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let o = self.run(serial, &argv, limit, on_line).await?;
-        let what = format!("fastboot {}", args.join(" "));
+        let o = self.run(serial, args, limit, on_line).await?;
+        let what = format!(
+            "fastboot {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         if o.timed_out {
             return Err(if o.waiting {
                 Error::DeviceAbsent {
@@ -297,44 +243,57 @@ impl Flasher {
         }
     }
 
-    /// `getvar product` (waits for the device in its bootloader), `flash` per step,
-    /// then `reboot`. Partition names are validated and files must exist.
+    /// `getvar product` until the device answers or `limit` passes. fastboot waits for the
+    /// device by itself (`< waiting for … >`), over USB and over TCP alike, so one run under
+    /// the deadline is the whole wait.
+    ///
+    /// # Errors
+    /// [`Error::DeviceAbsent`] when it never answered; a device's own failure as it came.
+    pub async fn wait_for_device(
+        &self,
+        serial: &str,
+        limit: Duration,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<()> {
+        let args: Vec<OsString> = vec!["getvar".into(), "product".into()];
+        let o = self.phase(serial, &args, limit, on_line).await?;
+        if o.vars.iter().any(|(k, _)| k == "product") {
+            Ok(())
+        } else {
+            Err(Error::FastbootFailed {
+                msg: "getvar product: no product in the output".into(),
+            })
+        }
+    }
+
+    /// Wait for the device in fastboot ([`Flasher::wait_for_device`]), run every step, then
+    /// `reboot`. Names are validated and files must exist before anything runs.
     ///
     /// # Errors
     /// [`Error::DeviceAbsent`], [`Error::FastbootFailed`], [`Error::Timeout`],
-    /// [`Error::BadConfig`] for bad partition names, [`Error::Io`] for missing files.
+    /// [`Error::BadConfig`] for bad names, [`Error::Io`] for missing files.
     pub async fn flash(
         &self,
         serial: &str,
-        steps: &[FlashStep],
+        steps: &[FastbootStep],
         deadlines: &FlashDeadlines,
         mut on_line: impl FnMut(&str) + Send,
     ) -> Result<()> {
         for s in steps {
-            check_name("partition", &s.partition).map_err(|e| Error::BadConfig(e.to_string()))?;
-            std::fs::metadata(&s.file)
-                .map_err(|e| Error::io(format!("image file {}", s.file.display()), e))?;
+            s.check()?;
         }
-        let o = self
-            .phase(
-                serial,
-                &["getvar", "product"],
-                deadlines.appear,
-                &mut on_line,
-            )
+        self.wait_for_device(serial, deadlines.appear, &mut on_line)
             .await?;
-        if !o.vars.iter().any(|(k, _)| k == "product") {
-            return Err(Error::FastbootFailed {
-                msg: "getvar product: no product in the output".into(),
-            });
-        }
         for s in steps {
-            let file = s.file.to_string_lossy().into_owned();
-            let args = ["flash", s.partition.as_str(), file.as_str()];
-            self.phase(serial, &args, deadlines.per_step, &mut on_line)
+            self.phase(serial, &s.args(), deadlines.per_step, &mut on_line)
                 .await?;
+            if *s == FastbootStep::RebootFastboot {
+                // The device comes back as fastbootd; the next step needs it there.
+                self.wait_for_device(serial, deadlines.appear, &mut on_line)
+                    .await?;
+            }
         }
-        self.phase(serial, &["reboot"], deadlines.reboot, &mut on_line)
+        self.phase(serial, &["reboot".into()], deadlines.reboot, &mut on_line)
             .await
             .map(|_| ())
     }
@@ -370,14 +329,45 @@ mod tests {
     }
 
     #[test]
-    fn splits_lines_on_cr_and_lf_and_caps_them() {
-        let mut l = Lines::default();
-        let mut out = Vec::new();
-        l.push(b"a\r\nb\rc", &mut out);
-        l.push(&vec![b'x'; MAX_LINE + 10], &mut out);
-        l.flush(&mut out);
-        assert_eq!(out[..2], ["a".to_owned(), "b".to_owned()]);
-        assert_eq!(out[2].len(), MAX_LINE);
-        assert!(out[2].starts_with("cx"));
+    fn steps_become_fastboot_words() {
+        let words = |s: FastbootStep| {
+            s.args()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            words(FastbootStep::Flash {
+                partition: "boot".into(),
+                file: "/x/boot.img".into()
+            }),
+            "flash boot /x/boot.img"
+        );
+        assert_eq!(
+            words(FastbootStep::Erase {
+                partition: "cache".into()
+            }),
+            "erase cache"
+        );
+        assert_eq!(
+            words(FastbootStep::Format {
+                partition: "userdata".into()
+            }),
+            "format userdata"
+        );
+        assert_eq!(words(FastbootStep::Wipe), "-w");
+        assert_eq!(
+            words(FastbootStep::SetActive { slot: "b".into() }),
+            "set_active b"
+        );
+        assert_eq!(words(FastbootStep::RebootFastboot), "reboot fastboot");
+        assert!(
+            FastbootStep::Erase {
+                partition: "-w".into()
+            }
+            .check()
+            .is_err()
+        );
     }
 }

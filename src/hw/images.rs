@@ -13,58 +13,44 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::domain::names::{ImageName, check_name};
-use crate::hw::fastboot::FlashStep;
+use crate::hw::fastboot::FastbootStep;
 use crate::hw::{Error, Result};
 
 /// Largest `.sha256` file read.
 const MAX_SHA_FILE: usize = 1024;
 
-/// One flash step of a recipe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecipeStep {
-    /// Partition to flash.
-    pub partition: String,
-    /// File *name* (never a path) inside the image's directory or build URL.
-    pub file: String,
-}
+/// One step of a recipe: the domain's step, whose files are names in the image store or
+/// build URL.
+pub use crate::domain::model::FlashStep as RecipeStep;
 
-/// A named image: what to flash and how the device behaves with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What to flash for a named image.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRecipe {
-    /// Image name used in requests.
+    /// Image name (its directory in the store).
     pub name: ImageName,
-    /// Flash steps, in order.
+    /// Steps, in order.
     pub steps: Vec<RecipeStep>,
-    /// The image runs a SUTAgent (health checks use it instead of a TCP probe).
-    #[serde(default)]
-    pub has_sut_agent: bool,
-    /// Keys a request must supply in its boot config (e.g. `b2gbase`).
-    #[serde(default)]
-    pub boot_config_keys: Vec<String>,
-    /// A device already holding this image may be reused with a reboot.
-    #[serde(default)]
-    pub can_reuse: bool,
-    /// Not listed to users (self-test, maintenance).
-    #[serde(default)]
-    pub hidden: bool,
 }
 
 impl ImageRecipe {
-    /// Check every partition and file name.
+    /// Check every name a step puts on fastboot's command line.
     ///
     /// # Errors
     /// [`Error::BadFileName`] or [`Error::BadConfig`].
     pub fn validate(&self) -> Result<()> {
         for s in &self.steps {
-            check_name("partition", &s.partition).map_err(|e| Error::BadConfig(e.to_string()))?;
-            check_file_name(&s.file)?;
+            for (kind, v) in [("partition", s.partition()), ("slot", s.slot())] {
+                if let Some(v) = v {
+                    check_name(kind, v).map_err(|e| Error::BadConfig(e.to_string()))?;
+                }
+            }
+            if let Some(f) = s.file() {
+                check_file_name(f)?;
+            }
         }
         Ok(())
     }
@@ -390,7 +376,7 @@ pub struct ImageFiles {
 }
 
 impl ImageFiles {
-    /// Flash steps with local paths for `recipe`; `progress` gets (file, bytes, total).
+    /// Fastboot steps with local paths for `recipe`; `progress` gets (file, bytes, total).
     ///
     /// # Errors
     /// As [`ImageStore::path`] and [`DownloadCache::fetch`].
@@ -400,22 +386,34 @@ impl ImageFiles {
         source: &ImageSource,
         timeout: Duration,
         mut progress: impl FnMut(&str, u64, Option<u64>) + Send,
-    ) -> Result<Vec<FlashStep>> {
+    ) -> Result<Vec<FastbootStep>> {
         recipe.validate()?;
         let mut out = Vec::with_capacity(recipe.steps.len());
         for s in &recipe.steps {
-            let file = match source {
-                ImageSource::Store => self.store.path(&recipe.name, &s.file)?,
-                ImageSource::Url(base) => {
-                    let name = s.file.clone();
-                    self.cache
-                        .fetch(base, &s.file, timeout, |n, t| progress(&name, n, t))
-                        .await?
+            out.push(match s {
+                RecipeStep::Flash { partition, file } => {
+                    let path = match source {
+                        ImageSource::Store => self.store.path(&recipe.name, file)?,
+                        ImageSource::Url(base) => {
+                            self.cache
+                                .fetch(base, file, timeout, |n, t| progress(file, n, t))
+                                .await?
+                        }
+                    };
+                    FastbootStep::Flash {
+                        partition: partition.clone(),
+                        file: path,
+                    }
                 }
-            };
-            out.push(FlashStep {
-                partition: s.partition.clone(),
-                file,
+                RecipeStep::Erase { partition } => FastbootStep::Erase {
+                    partition: partition.clone(),
+                },
+                RecipeStep::Format { partition } => FastbootStep::Format {
+                    partition: partition.clone(),
+                },
+                RecipeStep::Wipe => FastbootStep::Wipe,
+                RecipeStep::SetActive { slot } => FastbootStep::SetActive { slot: slot.clone() },
+                RecipeStep::RebootFastboot => FastbootStep::RebootFastboot,
             });
         }
         Ok(out)
@@ -449,21 +447,25 @@ mod tests {
     }
 
     #[test]
-    fn recipe_format() {
-        let r: ImageRecipe = serde_json::from_str(
-            r#"{"name":"b2g","steps":[{"partition":"boot","file":"boot.img"}],
-                "has_sut_agent":true,"boot_config_keys":["b2gbase"],"can_reuse":false}"#,
-        )
-        .expect("recipe");
-        assert!(r.validate().is_ok());
-        assert!(!r.hidden);
-        let bad: ImageRecipe = serde_json::from_str(
-            r#"{"name":"b2g","steps":[{"partition":"boot","file":"../../etc/shadow"}]}"#,
-        )
-        .expect("parses");
-        assert!(matches!(bad.validate(), Err(Error::BadFileName(_))));
+    fn recipes_refuse_paths_and_options() {
+        let recipe = |step: RecipeStep| ImageRecipe {
+            name: "b2g".parse().expect("name"),
+            steps: vec![step],
+        };
+        let flash = |file: &str| RecipeStep::Flash {
+            partition: "boot".into(),
+            file: file.into(),
+        };
+        assert!(recipe(flash("boot.img")).validate().is_ok());
+        assert!(matches!(
+            recipe(flash("../../etc/shadow")).validate(),
+            Err(Error::BadFileName(_))
+        ));
         assert!(
-            serde_json::from_str::<ImageRecipe>(r#"{"name":"x","steps":[],"extra":1}"#).is_err()
+            recipe(RecipeStep::SetActive { slot: "-w".into() })
+                .validate()
+                .is_err()
         );
+        assert!(recipe(RecipeStep::Wipe).validate().is_ok());
     }
 }

@@ -1,5 +1,5 @@
 //! Hardware layer: relay boards (ProXR over serial/TCP, LCUS, Raspberry Pi GPIO), the
-//! SUTAgent client, reachability probes, `fastboot` flashing and image files, plus
+//! SUTAgent client, `adb`, reachability probes, `fastboot` flashing and image files, plus
 //! simulators that speak the same bytes over the same transports.
 //!
 //! Owns every byte that goes to a device or a relay board. It must not import upward
@@ -7,6 +7,7 @@
 //! [`Error`] values back. Nothing here blocks a tokio worker: relay boards are served by
 //! one OS thread each ([`relay::RelayBoards`]), everything else is async.
 
+pub mod adb;
 pub mod config;
 pub mod fastboot;
 pub mod images;
@@ -15,10 +16,12 @@ pub mod ping;
 pub mod relay;
 pub mod sim;
 pub mod sut;
+pub mod tool;
 
 use std::time::Duration;
 
-pub use fastboot::{FlashDeadlines, FlashStep, Flasher};
+pub use adb::{Adb, AdbProblem};
+pub use fastboot::{FastbootStep, FlashDeadlines, Flasher};
 pub use images::{ImageFiles, ImageRecipe, ImageSource, ImageStore, RecipeStep};
 pub use relay::{
     BoardConfig, BoardKind, BoardStatus, Channel, Contact, Framing, GpioBackend, RelayAddr,
@@ -106,6 +109,16 @@ pub enum Error {
     DeviceAbsent {
         serial: String,
         /// What was seen.
+        detail: String,
+    },
+    /// adb could not use the device.
+    #[error("adb {serial}: {kind}: {detail}")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    Adb {
+        serial: String,
+        kind: AdbProblem,
+        /// What adb or the device said.
         detail: String,
     },
     /// fastboot reported a failure.

@@ -1,8 +1,17 @@
-//! Reachability probe by TCP connect with a timeout. No fping/ICMP: those need
-//! capabilities a sandboxed systemd service does not have. A refused connection still
-//! proves the host is up (its stack answered with a RST).
+//! Reachability of a device's address, for images without an agent: is the host up?
+//!
+//! [`NetProber`] connects to the device's address with a timeout. A listening port and a
+//! refused one both prove the host is up (its network stack answered, with a SYN-ACK or a
+//! RST); only silence or an unreachable network counts as down. No fping and no raw ICMP:
+//! those need capabilities a sandboxed systemd service does not have.
+//!
+//! Tests cannot tell a powered-off simulated device from a live one by connecting (every
+//! loopback address answers), so the probe sits behind [`Prober`] and the simulated rack
+//! answers it from its devices' power and boot state (`hw::sim::SimRack::prober`).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -18,6 +27,25 @@ pub enum Reachability {
     Open,
     /// The host refused the port: up, but nothing listens there.
     Refused,
+}
+
+/// A probe's future.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<Reachability>> + Send + 'a>>;
+
+/// Answers "is the host at this address up?".
+pub trait Prober: Send + Sync + std::fmt::Debug {
+    /// Probe `addr` within `timeout`. `Ok` (either way) means the host answered.
+    fn probe(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_>;
+}
+
+/// The real probe: a TCP connect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NetProber;
+
+impl Prober for NetProber {
+    fn probe(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
+        Box::pin(probe(addr, timeout))
+    }
 }
 
 /// Probe `addr` with a TCP connect.

@@ -37,6 +37,8 @@ pub struct DeviceFields {
     /// SUTAgent address `host:port`, parsed where the fields came in.
     pub sut: Option<SutAddr>,
     pub fastboot_serial: Option<String>,
+    /// adb serial (USB serial or `host:port`); unset = the fastboot serial.
+    pub adb_serial: Option<String>,
     pub comments: Option<String>,
 }
 
@@ -89,6 +91,7 @@ pub fn check_fields(f: &DeviceFields) -> Result<(), FieldError> {
         ("pool", &f.pool),
         ("os_version", &f.os_version),
         ("fastboot_serial", &f.fastboot_serial),
+        ("adb_serial", &f.adb_serial),
     ] {
         if let Some(v) = v {
             check_name(label, v).map_err(bad(label))?;
@@ -161,6 +164,7 @@ pub fn upsert_device_returning(
                     relay: fields.relay.clone(),
                     sut_addr: fields.sut.clone(),
                     fastboot_serial: fields.fastboot_serial.clone(),
+                    adb_serial: fields.adb_serial.clone(),
                     unparsed: UnparsedWiring::default(),
                 },
                 comments: fields.comments.clone(),
@@ -224,6 +228,12 @@ pub fn upsert_device_returning(
                 "fastboot_serial",
                 &mut d.wiring.fastboot_serial,
                 &fields.fastboot_serial,
+            );
+            set_field(
+                &mut changes,
+                "adb_serial",
+                &mut d.wiring.adb_serial,
+                &fields.adb_serial,
             );
             set_field(&mut changes, "comments", &mut d.comments, &fields.comments);
             if d.retired {

@@ -62,6 +62,9 @@ pub struct InventoryRow {
     pub sut: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastboot_serial: Option<String>,
+    /// adb serial (USB serial or `host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adb_serial: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comments: Option<String>,
 }
@@ -77,6 +80,7 @@ pub const COLUMNS: &[&str] = &[
     "relay",
     "sut",
     "fastboot_serial",
+    "adb_serial",
     "comments",
 ];
 
@@ -101,6 +105,7 @@ impl InventoryRow {
             relay,
             sut,
             fastboot_serial: ne(&self.fastboot_serial),
+            adb_serial: ne(&self.adb_serial),
             comments: ne(&self.comments),
         })
     }
@@ -117,6 +122,7 @@ impl InventoryRow {
             "relay" => self.relay = v,
             "sut" => self.sut = v,
             "fastboot_serial" => self.fastboot_serial = v,
+            "adb_serial" => self.adb_serial = v,
             _ => self.comments = v,
         }
     }
@@ -504,6 +510,13 @@ fn diff(d: &Device, f: &DeviceFields) -> Vec<String> {
         w.fastboot_serial.as_ref(),
         None,
         f.fastboot_serial.as_ref(),
+    );
+    changed(
+        o,
+        "adb_serial",
+        w.adb_serial.as_ref(),
+        None,
+        f.adb_serial.as_ref(),
     );
     changed(
         o,

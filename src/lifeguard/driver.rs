@@ -22,10 +22,11 @@ use super::{Action, Event, ImagingResult, Timings, force, resume, step};
 use crate::domain::clock::{Clock, Millis};
 use crate::domain::heartbeat::Heartbeat;
 use crate::domain::lock;
-use crate::domain::model::{Device, device_subject};
+use crate::domain::model::{Agent, BootMode, Device, device_subject};
 use crate::hw::config::HardwareConfig;
+use crate::hw::ping::Prober;
 use crate::hw::{
-    self, FlashDeadlines, Flasher, ImageFiles, ImageRecipe, ImageSource, RecipeStep, RelayAddr,
+    self, Adb, FlashDeadlines, Flasher, ImageFiles, ImageRecipe, ImageSource, RelayAddr,
     RelayBoards,
 };
 use crate::storage::logs::{NewLog, append};
@@ -52,6 +53,10 @@ pub struct Hardware {
     pub boards: RelayBoards,
     /// The fastboot runner.
     pub flasher: Flasher,
+    /// The adb runner (the service's own adb server).
+    pub adb: Adb,
+    /// Reachability of devices whose image has no agent.
+    pub prober: Arc<dyn Prober>,
     /// Image store and download cache.
     pub images: ImageFiles,
     /// Timeouts and limits.
@@ -145,21 +150,24 @@ pub enum ProbeError {
     /// There is no address to probe.
     #[error(transparent)]
     Address(#[from] SutAddrError),
-    /// The host answered but its service port is closed (the OS is not fully up).
-    #[error("{0} refused the connection")]
-    Refused(SocketAddr),
     /// The probe itself failed (timeout, I/O).
     #[error(transparent)]
     Hw(#[from] hw::Error),
 }
 
-/// Why a SUTAgent check (verify, storage check) of a device failed.
+/// Why a check or reboot through a device's agent (SUTAgent or adb) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SutError {
     /// There is no address to talk to.
     #[error(transparent)]
     Address(#[from] SutAddrError),
+    /// The image runs adbd but the inventory gives the device no adb (or USB fastboot) serial.
+    #[error("no adb serial in the inventory")]
+    NoAdbSerial,
+    /// The image has no agent to talk to.
+    #[error("image {0} has no agent to do this")]
+    NoAgent(String),
     /// The agent could not be reached or answered badly.
     #[error(transparent)]
     Hw(#[from] hw::Error),
@@ -191,6 +199,9 @@ pub enum FlashError {
     /// The power cycle into the bootloader failed.
     #[error("power cycle into the bootloader: {0}")]
     PowerCycle(hw::Error),
+    /// `adb reboot bootloader` failed (or the device has no adb serial).
+    #[error("adb reboot bootloader: {0}")]
+    EnterFastboot(SutError),
     /// fastboot failed.
     #[error("{0}")]
     Fastboot(hw::Error),
@@ -207,7 +218,8 @@ impl FlashError {
             FlashError::Store(_)
             | FlashError::NoSerial
             | FlashError::Relay(_)
-            | FlashError::PowerCycle(_) => false,
+            | FlashError::PowerCycle(_)
+            | FlashError::EnterFastboot(_) => false,
         }
     }
 }
@@ -526,14 +538,8 @@ impl Lifeguard {
                     reason: e.to_string(),
                 },
             },
-            Action::SutReboot => match sut_addr(device) {
-                Ok(addr) => match hw::sut::reboot(addr, sut_limit).await {
-                    Ok(()) => Event::SutRebootOk { generation: g },
-                    Err(e) => Event::SutRebootFailed {
-                        generation: g,
-                        reason: e.to_string(),
-                    },
-                },
+            Action::SutReboot => match self.agent_reboot(device, sut_limit).await {
+                Ok(()) => Event::SutRebootOk { generation: g },
                 Err(e) => Event::SutRebootFailed {
                     generation: g,
                     reason: e.to_string(),
@@ -546,24 +552,24 @@ impl Lifeguard {
                     reason: e.to_string(),
                 },
             },
-            Action::SutVerify => match self.sut_verify_keeping(device, sut_limit).await {
+            Action::SutVerify => match self.agent_verify(device, sut_limit, true).await {
                 Ok(()) => Event::SutVerifyOk { generation: g },
                 Err(e) => Event::SutVerifyFailed {
                     generation: g,
                     reason: e.to_string(),
                 },
             },
-            Action::SutSdcardCheck => match self.storage_check(device, sut_limit).await {
+            Action::SutSdcardCheck => match self.agent_storage_check(device, sut_limit).await {
                 Ok(()) => Event::SutSdcardOk { generation: g },
                 Err(e) => Event::SutSdcardFailed {
                     generation: g,
                     reason: e.to_string(),
                 },
             },
-            Action::HealthCheck { sut } => {
+            Action::HealthCheck { agent } => {
                 let _permit = self.inner.health.acquire().await;
-                let result = if sut {
-                    self.sut_verify(device, sut_limit)
+                let result = if agent {
+                    self.agent_verify(device, sut_limit, false)
                         .await
                         .map_err(|e| e.to_string())
                 } else {
@@ -611,13 +617,114 @@ impl Lifeguard {
             .await
     }
 
+    /// Whether the device's host answers at all (a refused port counts: its network stack
+    /// is up), for images without an agent.
     async fn probe_within(&self, d: &Device, limit: Duration) -> Result<(), ProbeError> {
         let addr = sut_addr(d)?;
-        match hw::ping::probe(addr, limit).await? {
-            hw::ping::Reachability::Open => Ok(()),
-            // Only a listening service port counts: on the simulated rack every device is on
-            // loopback, and on a real one a closed port means the OS is not fully up.
-            hw::ping::Reachability::Refused => Err(ProbeError::Refused(addr)),
+        self.inner.hw.prober.probe(addr, limit).await?;
+        Ok(())
+    }
+
+    /// The agent of the image on the device: what its image says, or SUTAgent for a device
+    /// whose image left the registry while it was flagged as having one (as before images
+    /// named their agent).
+    async fn agent_of(&self, d: &Device) -> Agent {
+        let Some(image) = d.lifeguard.current_image.clone() else {
+            return Agent::None;
+        };
+        match self.inner.store.peek(move |snap| snap.image(&image)) {
+            Ok(Some(img)) => img.agent,
+            Ok(None) | Err(_) if d.lifeguard.current_has_agent => Agent::Sut,
+            Ok(None) | Err(_) => Agent::None,
+        }
+    }
+
+    fn adb_serial(d: &Device) -> Result<&str, SutError> {
+        d.wiring.adb_serial().ok_or(SutError::NoAdbSerial)
+    }
+
+    /// Verify through the image's agent. A SUTAgent connection is kept for the storage check
+    /// that follows when `keep` (a verify state, not an idle health check).
+    async fn agent_verify(&self, d: &Device, limit: Duration, keep: bool) -> Result<(), SutError> {
+        match self.agent_of(d).await {
+            Agent::Sut if keep => self.sut_verify_keeping(d, limit).await,
+            Agent::Sut => self.sut_verify(d, limit).await,
+            Agent::Adb => Ok(self
+                .inner
+                .hw
+                .adb
+                .verify(Self::adb_serial(d)?, limit)
+                .await?),
+            Agent::None => Err(SutError::NoAgent(image_name(d))),
+        }
+    }
+
+    /// The storage check through the image's agent.
+    async fn agent_storage_check(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
+        match self.agent_of(d).await {
+            Agent::Sut => self.storage_check(d, limit).await,
+            Agent::Adb => Ok(self
+                .inner
+                .hw
+                .adb
+                .check_storage(Self::adb_serial(d)?, limit)
+                .await?),
+            Agent::None => Err(SutError::NoAgent(image_name(d))),
+        }
+    }
+
+    /// A reboot through the image's agent (SUTAgent `rebt`, `adb reboot`).
+    async fn agent_reboot(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
+        match self.agent_of(d).await {
+            Agent::Sut => {
+                let addr = sut_addr(d)?;
+                Ok(hw::sut::reboot(addr, limit).await?)
+            }
+            Agent::Adb => Ok(self
+                .inner
+                .hw
+                .adb
+                .reboot(Self::adb_serial(d)?, false, limit)
+                .await?),
+            Agent::None => Err(SutError::NoAgent(image_name(d))),
+        }
+    }
+
+    /// The boot mode of the device's hardware type (the bootloader window when it has none).
+    async fn boot_mode_of(&self, d: &Device) -> Result<BootMode, StoreError> {
+        let Some(t) = d.facts.hardware_type.clone() else {
+            return Ok(BootMode::default());
+        };
+        let types = self.inner.store.peek(|snap| snap.hardware_types())?;
+        Ok(types
+            .into_iter()
+            .find(|h| h.name == t)
+            .map_or(BootMode::default(), |h| h.boot_mode))
+    }
+
+    /// Get the device into fastboot as its boot mode says.
+    async fn enter_fastboot(&self, d: &Device, mode: BootMode) -> Result<(), FlashError> {
+        let s = &self.inner.hw.settings;
+        match mode {
+            BootMode::BootloaderWindow => {
+                let addr = self.relay(d).map_err(FlashError::Relay)?;
+                self.inner
+                    .hw
+                    .boards
+                    .power_cycle(&addr, Hardware::ms(s.power_off_time_ms))
+                    .await
+                    .map_err(FlashError::PowerCycle)
+            }
+            BootMode::Adb => {
+                let serial = Self::adb_serial(d).map_err(FlashError::EnterFastboot)?;
+                self.inner
+                    .hw
+                    .adb
+                    .reboot(serial, true, Hardware::ms(s.adb_timeout_ms))
+                    .await
+                    .map_err(|e| FlashError::EnterFastboot(e.into()))
+            }
+            BootMode::Already => Ok(()),
         }
     }
 
@@ -672,7 +779,8 @@ impl Lifeguard {
         lock(&self.inner.kept).retain(|_, k| k.until > now);
     }
 
-    /// Fetch the image's files, power-cycle the device into its bootloader, run fastboot.
+    /// Fetch the image's files, get the device into fastboot as its hardware type's boot mode
+    /// says, run the recipe with fastboot.
     async fn flash(&self, d: &Device, image: &str, boot_config: &str) -> Result<(), FlashError> {
         let s = &self.inner.hw.settings;
         let name = image.to_owned();
@@ -686,18 +794,7 @@ impl Lifeguard {
         };
         let recipe = ImageRecipe {
             name: img.name.parse().map_err(FlashError::BadImageName)?,
-            steps: img
-                .steps
-                .iter()
-                .map(|st| RecipeStep {
-                    partition: st.partition.clone(),
-                    file: st.file.clone(),
-                })
-                .collect(),
-            has_sut_agent: img.has_sut_agent,
-            boot_config_keys: img.boot_config_keys.clone(),
-            can_reuse: img.can_reuse,
-            hidden: img.hidden,
+            steps: img.steps.clone(),
         };
         let source = build_url(boot_config).map_or(ImageSource::Store, ImageSource::Url);
         let serial = d
@@ -736,13 +833,13 @@ impl Lifeguard {
             )
             .await
             .map_err(FlashError::Prepare)?;
-        let addr = self.relay(d).map_err(FlashError::Relay)?;
-        self.inner
-            .hw
-            .boards
-            .power_cycle(&addr, Hardware::ms(s.power_off_time_ms))
-            .await
-            .map_err(FlashError::PowerCycle)?;
+        let mode = self.boot_mode_of(d).await.map_err(FlashError::Store)?;
+        self.log(
+            &d.name,
+            "fastboot",
+            format!("getting into fastboot: {}", mode.as_str()),
+        );
+        self.enter_fastboot(d, mode).await?;
         let deadlines = FlashDeadlines {
             appear: Hardware::ms(s.flash_appear_ms),
             per_step: Hardware::ms(s.flash_step_ms),
@@ -856,6 +953,14 @@ fn sut_addr(d: &Device) -> Result<SocketAddr, SutAddrError> {
         })
 }
 
+/// The device's current image name, for messages.
+fn image_name(d: &Device) -> String {
+    d.lifeguard
+        .current_image
+        .clone()
+        .unwrap_or_else(|| "(none)".into())
+}
+
 /// The build URL a boot config names (`b2gbase`, as the original's B2G images, or
 /// `build_url`), if any.
 fn build_url(boot_config: &str) -> Option<String> {
@@ -946,11 +1051,6 @@ mod error_texts {
         assert_eq!(e.to_string(), "cannot resolve x:1: no such host");
         let e = SutAddrError::NoAddress { text: "x:1".into() };
         assert_eq!(e.to_string(), "x:1 resolves to no address");
-        let addr = "127.0.0.1:20701".parse().expect("address");
-        assert_eq!(
-            ProbeError::Refused(addr).to_string(),
-            "127.0.0.1:20701 refused the connection"
-        );
         let hw = || hw::Error::NoReply { op: "ver".into() };
         assert_eq!(SutError::Hw(hw()).to_string(), hw().to_string());
         assert_eq!(ProbeError::Hw(hw()).to_string(), hw().to_string());

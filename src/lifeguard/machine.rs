@@ -161,7 +161,7 @@ fn please(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Result<Tra
         Event::PleaseImage {
             image,
             boot_config,
-            has_sut,
+            has_agent,
             request,
         } => {
             if !st.accepts_full_please() {
@@ -179,7 +179,7 @@ fn please(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Result<Tra
             r.s.next_image = Some(NextImage {
                 image,
                 boot_config,
-                has_sut,
+                has_agent,
             });
             r.goto(S::StartFlash, "please_image");
         }
@@ -358,7 +358,7 @@ fn internal(snap: &Snapshot, event: Event, now: Millis, t: &Timings) -> Transiti
                 // The device now carries the new image even before it is verified.
                 r.s.current_image = Some(n.image);
                 r.s.current_boot_config = n.boot_config;
-                r.s.current_has_sut = n.has_sut;
+                r.s.current_has_agent = n.has_agent;
             }
             r.goto(
                 S::FlashRebooting,
@@ -513,7 +513,7 @@ impl<'a> Run<'a> {
                     self.fail(S::FailedFlashing, "no image to flash");
                     return;
                 };
-                if !self.s.has_power_control {
+                if !self.s.has_power_control && self.s.boot_mode.needs_power_control() {
                     self.fail(
                         S::FailedPowerCycling,
                         "no relay wiring: cannot power-cycle into the bootloader",
@@ -523,14 +523,14 @@ impl<'a> Run<'a> {
                 // The device's contents are about to be overwritten.
                 self.s.current_image = None;
                 self.s.current_boot_config.clear();
-                self.s.current_has_sut = false;
+                self.s.current_has_agent = false;
                 self.emit(Action::Flash {
                     image: n.image,
                     boot_config: n.boot_config,
                 });
             }
             S::PcSutRebooting => {
-                if !self.s.current_has_sut {
+                if !self.s.current_has_agent {
                     if self.s.has_power_control {
                         self.goto(S::PcPowerCycling, "no SUTAgent for a soft reboot");
                     } else {
@@ -564,7 +564,7 @@ impl<'a> Run<'a> {
                 if let Some(n) = self.s.next_image.take() {
                     self.s.current_image = Some(n.image);
                     self.s.current_boot_config = n.boot_config;
-                    self.s.current_has_sut = n.has_sut;
+                    self.s.current_has_agent = n.has_agent;
                 }
                 // A real success: every retry budget starts afresh.
                 self.s.counters.clear_all();
@@ -639,7 +639,7 @@ impl<'a> Run<'a> {
     /// Start a power cycle: soft (SUTAgent) first when asked and possible, relay otherwise;
     /// a device with neither cannot be power-cycled.
     fn power_cycle_entry(&mut self, prefer_soft: bool, why: &str) {
-        let sut = self.s.current_has_sut;
+        let sut = self.s.current_has_agent;
         if prefer_soft && sut {
             self.goto(S::PcSutRebooting, why);
         } else if self.s.has_power_control {
@@ -656,7 +656,7 @@ impl<'a> Run<'a> {
 
     /// The device has booted: verify it as its image allows.
     fn after_boot(&mut self, why: &str) {
-        if self.s.current_has_sut {
+        if self.s.current_has_agent {
             self.goto(S::SutVerifying, why);
         } else {
             self.goto(S::PcPinging, why);
@@ -746,8 +746,8 @@ impl<'a> Run<'a> {
         }
         self.goto(S::Ready, "idle health check");
         self.s.counters.set(counter::HEALTH_CHECK_IN_FLIGHT, 1);
-        let sut = self.s.current_has_sut;
-        self.emit(Action::HealthCheck { sut });
+        let sut = self.s.current_has_agent;
+        self.emit(Action::HealthCheck { agent: sut });
     }
 
     fn health_check_failed(&mut self, reason: &str) {
@@ -837,7 +837,7 @@ impl<'a> Run<'a> {
                 S::PcPowerCycling,
                 format!("unreachable after {c} pings; power-cycle round {rounds}"),
             );
-        } else if self.s.current_has_sut {
+        } else if self.s.current_has_agent {
             self.goto(
                 S::PcSutRebooting,
                 format!("unreachable after {c} pings; soft-reboot round {rounds}"),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DeviceState;
 use crate::domain::clock::Millis;
+use crate::domain::model::BootMode;
 use crate::domain::names::ImageName;
 
 /// Counter names used by the machine (persisted: never rename).
@@ -102,8 +103,9 @@ pub struct NextImage {
     pub image: ImageName,
     /// Boot configuration handed to the flasher (opaque JSON text, as MozPool's).
     pub boot_config: String,
-    /// The image runs SUTAgent, so it is verified (and soft-rebooted) through it.
-    pub has_sut: bool,
+    /// The image runs an agent (SUTAgent or adbd), so it is verified (and soft-rebooted)
+    /// through it.
+    pub has_agent: bool,
 }
 
 /// Why the device is being power-cycled and verified: decides what success means.
@@ -134,12 +136,14 @@ pub struct Snapshot {
     pub deadline: Option<Millis>,
     /// The device has relay wiring (can be power-cycled and powered off).
     pub has_power_control: bool,
+    /// How the device gets into fastboot (its hardware type's; not persisted with the state).
+    pub boot_mode: BootMode,
     /// Image on the device (`None` while being flashed or unknown).
     pub current_image: Option<ImageName>,
     /// Boot configuration the current image was flashed with (`""` when none).
     pub current_boot_config: String,
-    /// The current image runs SUTAgent: verify and soft-reboot through it.
-    pub current_has_sut: bool,
+    /// The current image runs an agent (SUTAgent or adbd): verify and soft-reboot through it.
+    pub current_has_agent: bool,
     /// Image being installed by a `please_image`, promoted at `operation_complete`.
     pub next_image: Option<NextImage>,
     /// Pool request holding the device, told about imaging results.
@@ -159,9 +163,10 @@ impl Snapshot {
             entered_at: now,
             deadline: t.timeout(DeviceState::New).map(|d| now.plus(d)),
             has_power_control,
+            boot_mode: BootMode::default(),
             current_image: None,
             current_boot_config: String::new(),
-            current_has_sut: false,
+            current_has_agent: false,
             next_image: None,
             request: None,
             purpose: Purpose::Operation,
@@ -224,8 +229,8 @@ pub enum Event {
         image: ImageName,
         /// Boot configuration for the flasher.
         boot_config: String,
-        /// The image runs SUTAgent (from the image registry).
-        has_sut: bool,
+        /// The image runs an agent (from the image registry).
+        has_agent: bool,
         /// The pool request asking; attached to the device when it was unheld.
         request: Option<u64>,
     },
@@ -449,21 +454,25 @@ pub enum Action {
     PowerCycle,
     /// Relay power off → `PowerOffOk`/`PowerOffFailed`.
     PowerOff,
-    /// SUTAgent reboot → `SutRebootOk`/`SutRebootFailed`.
+    /// Reboot through the image's agent (SUTAgent `rebt`, `adb reboot`) →
+    /// `SutRebootOk`/`SutRebootFailed`. The names of this and the next actions are the original's
+    /// state names, which were written when SUTAgent was the only agent.
     SutReboot,
-    /// TCP reachability probe → `PingOk`/`PingFailed`.
+    /// Reachability probe of the device's address → `PingOk`/`PingFailed`.
     Ping,
-    /// SUTAgent verification → `SutVerifyOk`/`SutVerifyFailed`.
+    /// Verification through the image's agent → `SutVerifyOk`/`SutVerifyFailed`.
     SutVerify,
-    /// SD-card check through SUTAgent → `SutSdcardOk`/`SutSdcardFailed`.
+    /// Storage check (write, read back, remove a file) through the image's agent →
+    /// `SutSdcardOk`/`SutSdcardFailed`.
     SutSdcardCheck,
-    /// Idle health check (SUT verify if `sut`, else ping) → `HealthCheckOk`/`HealthCheckFailed`.
+    /// Idle health check (verify through the agent if `agent`, else reachability) →
+    /// `HealthCheckOk`/`HealthCheckFailed`.
     HealthCheck {
-        /// Check through SUTAgent rather than ping.
-        sut: bool,
+        /// Check through the image's agent rather than reachability.
+        agent: bool,
     },
-    /// Relay power cycle into the bootloader, fastboot every partition of the image recipe,
-    /// `fastboot reboot` → `FlashOk`/`FlashFailed`.
+    /// Get the device into fastboot as its hardware type's boot mode says, run the image
+    /// recipe's steps, `fastboot reboot` → `FlashOk`/`FlashFailed`.
     // Fields are named for what they hold.
     #[allow(missing_docs)]
     Flash {

@@ -13,13 +13,13 @@ use super::{
     Action, Counters, DeviceState, ForceError, NextImage, Purpose, Refused, Snapshot, Transition,
 };
 use crate::domain::clock::Millis;
-use crate::domain::model::{Device, device_subject};
+use crate::domain::model::{BootMode, Device, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv};
 
 /// The machine's view of a stored device.
 #[must_use]
-pub fn snapshot_of(d: &Device) -> Snapshot {
+pub fn snapshot_of(d: &Device, boot_mode: BootMode) -> Snapshot {
     let l = &d.lifeguard;
     Snapshot {
         state: d.state,
@@ -28,9 +28,10 @@ pub fn snapshot_of(d: &Device) -> Snapshot {
         entered_at: l.entered_at,
         deadline: l.deadline,
         has_power_control: d.wiring.relay.is_some(),
+        boot_mode,
         current_image: l.current_image.as_deref().and_then(|s| s.parse().ok()),
         current_boot_config: l.current_boot_config.clone().unwrap_or_default(),
-        current_has_sut: l.current_has_sut,
+        current_has_agent: l.current_has_agent,
         next_image: l
             .next_image
             .as_deref()
@@ -38,7 +39,7 @@ pub fn snapshot_of(d: &Device) -> Snapshot {
             .map(|image| NextImage {
                 image,
                 boot_config: l.next_boot_config.clone().unwrap_or_default(),
-                has_sut: l.next_has_sut,
+                has_agent: l.next_has_agent,
             }),
         request: d.request,
         purpose: if l.self_test {
@@ -60,10 +61,10 @@ pub fn write_back(d: &mut Device, s: &Snapshot) {
     l.deadline = s.deadline;
     l.current_image = s.current_image.as_ref().map(ToString::to_string);
     l.current_boot_config = Some(s.current_boot_config.clone()).filter(|c| !c.is_empty());
-    l.current_has_sut = s.current_has_sut;
+    l.current_has_agent = s.current_has_agent;
     l.next_image = s.next_image.as_ref().map(|n| n.image.to_string());
     l.next_boot_config = s.next_image.as_ref().map(|n| n.boot_config.clone());
-    l.next_has_sut = s.next_image.as_ref().is_some_and(|n| n.has_sut);
+    l.next_has_agent = s.next_image.as_ref().is_some_and(|n| n.has_agent);
     l.self_test = s.purpose == Purpose::SelfTest;
 }
 
@@ -126,7 +127,11 @@ where
         return Ok(Err(ApplyError::Retired(name.to_owned())));
     }
     let old = inv::IndexKeys::of(&device);
-    let before = snapshot_of(&device);
+    let boot_mode = match &device.facts.hardware_type {
+        Some(t) => inv::hardware_type_in_tx(tx, t)?.map(|h| h.boot_mode),
+        None => None,
+    };
+    let before = snapshot_of(&device, boot_mode.unwrap_or_default());
     let tr = match f(&before) {
         Ok(tr) => tr,
         Err(e) => return Ok(Err(e)),

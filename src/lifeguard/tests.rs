@@ -27,12 +27,12 @@ fn at(state: DeviceState, power: bool, sut: bool) -> Snapshot {
     s.generation = 10;
     s.deadline = t.timeout(state).map(|d| T0.plus(d));
     s.current_image = Some(img("android"));
-    s.current_has_sut = sut;
+    s.current_has_agent = sut;
     if matches!(state, S::Flashing | S::FlashRebooting | S::StartFlash) {
         s.next_image = Some(NextImage {
             image: img("b2g"),
             boot_config: "{}".into(),
-            has_sut: sut,
+            has_agent: sut,
         });
     }
     s
@@ -81,11 +81,11 @@ fn notes(tr: &Transition) -> Vec<ImagingResult> {
         .collect()
 }
 
-fn image_event(request: Option<u64>, has_sut: bool) -> Event {
+fn image_event(request: Option<u64>, has_agent: bool) -> Event {
     Event::PleaseImage {
         image: img("b2g"),
         boot_config: "{\"b2gbase\":\"x\"}".into(),
-        has_sut,
+        has_agent,
         request,
     }
 }
@@ -182,7 +182,7 @@ fn hold_hands_over_only_a_device_verified_since_its_last_use() {
     assert!(step(&self_tested(&released), hold(8), T0, &t()).is_ok());
     // A passed idle health check keeps it clean; one in flight blocks the hold.
     let check = timeout(&clean);
-    assert_eq!(check.actions, vec![Action::HealthCheck { sut: false }]);
+    assert_eq!(check.actions, vec![Action::HealthCheck { agent: false }]);
     let r = step(&check.next, hold(9), T0, &t()).expect_err("check in flight");
     assert!(r.reason.contains("health check"), "{r}");
     let checked = go(
@@ -267,7 +267,7 @@ fn imaging_flow_flashes_verifies_promotes_and_reports_complete() {
     );
     assert_eq!(tr.next.state, S::FlashRebooting);
     assert_eq!(tr.next.current_image, Some(img("b2g")));
-    assert!(tr.next.current_has_sut);
+    assert!(tr.next.current_has_agent);
     let tr = timeout(&tr.next);
     assert_eq!(tr.next.state, S::SutVerifying, "new image has SUTAgent");
     let tr = go(
@@ -317,7 +317,7 @@ fn imaging_ping_image_verifies_by_ping() {
     );
     assert_eq!(tr.next.state, S::Ready);
     assert!(tr.actions.is_empty(), "no request attached");
-    assert!(!tr.next.current_has_sut);
+    assert!(!tr.next.current_has_agent);
 }
 
 #[test]
@@ -372,7 +372,7 @@ fn please_power_cycle_is_relay_and_reports_complete() {
     s.next_image = Some(NextImage {
         image: img("stale"),
         boot_config: String::new(),
-        has_sut: false,
+        has_agent: false,
     });
     let tr = please_ok(&s, Event::PleasePowerCycle);
     assert_eq!(tr.next.state, S::PcPowerCycling);
@@ -511,7 +511,7 @@ fn idle_health_checks() {
     let s = at(S::Ready, true, true);
     let tr = timeout(&s);
     assert_eq!(tr.next.state, S::Ready);
-    assert_eq!(tr.actions, vec![Action::HealthCheck { sut: true }]);
+    assert_eq!(tr.actions, vec![Action::HealthCheck { agent: true }]);
     assert_eq!(tr.next.generation, s.generation + 1);
     let checking = tr.next;
     let ok = go(
@@ -525,7 +525,7 @@ fn idle_health_checks() {
     assert_eq!(ok.next.deadline, checking.deadline);
     assert_eq!(ok.next.counters.get(counter::HEALTH_CHECK_IN_FLIGHT), 0);
     let again = timeout(&ok.next);
-    assert_eq!(again.actions, vec![Action::HealthCheck { sut: true }]);
+    assert_eq!(again.actions, vec![Action::HealthCheck { agent: true }]);
     let bad = go(
         &checking,
         Event::HealthCheckFailed {
@@ -542,7 +542,7 @@ fn idle_health_checks() {
     assert!(logs(&silent).contains("never answered"));
     // Ping image: ping check.
     let tr = timeout(&at(S::Ready, true, false));
-    assert_eq!(tr.actions, vec![Action::HealthCheck { sut: false }]);
+    assert_eq!(tr.actions, vec![Action::HealthCheck { agent: false }]);
     // Held: no checks at all.
     let mut held = at(S::Ready, true, true);
     held.request = Some(9);
@@ -1130,7 +1130,7 @@ fn resume_from_every_state() {
     assert_eq!(tr.next.deadline, chk.deadline);
     // ... also when the deadline passed meanwhile: a restart is not a failed check.
     let tr = resume(&chk, chk.deadline.expect("armed"), &t());
-    assert_eq!(tr.actions, vec![Action::HealthCheck { sut: true }]);
+    assert_eq!(tr.actions, vec![Action::HealthCheck { agent: true }]);
     assert_eq!(tr.next.counters.get(counter::HEALTH_CHECK_FAILURES), 0);
     // A missing deadline is restored.
     let mut s = at(S::PcRebooting, true, false);
@@ -1256,10 +1256,10 @@ mod props {
                         s.current_image = None;
                     }
                     s.request = request;
-                    s.next_image = next.map(|has_sut| NextImage {
+                    s.next_image = next.map(|has_agent| NextImage {
                         image: img("b2g"),
                         boot_config: String::new(),
-                        has_sut,
+                        has_agent,
                     });
                     for (ci, v) in counters {
                         let name = COUNTERS[ci];
@@ -1553,7 +1553,7 @@ fn table_rows() -> Vec<Row> {
         (S::New, true, false, K::T, S::PcPowerCycling, Some(Action::PowerCycle), true),
         (S::New, false, true, K::T, S::PcSutRebooting, Some(Action::SutReboot), true),
         (S::New, false, false, K::T, S::FailedPowerCycling, None, true),
-        (S::Ready, true, true, K::T, S::Ready, Some(Action::HealthCheck { sut: true }), true),
+        (S::Ready, true, true, K::T, S::Ready, Some(Action::HealthCheck { agent: true }), true),
         (S::Ready, true, false, K::HcOk, S::Ready, None, false),
         (S::Ready, true, false, K::HcFail, S::PcPowerCycling, Some(Action::PowerCycle), true),
         (S::PoweringOff, true, false, K::OffOk, S::Off, None, true),

@@ -798,11 +798,12 @@ fn contact_lifeguard(
     }
     let please = match event {
         LifeguardEvent::PleaseImage { image, boot_config } => {
-            let has_sut = inv::image_in_tx(tx, image.as_str())?.is_some_and(|i| i.has_sut_agent);
+            let has_agent = inv::image_in_tx(tx, image.as_str())?
+                .is_some_and(|i| i.agent != crate::domain::model::Agent::None);
             lifeguard::Event::PleaseImage {
                 image,
                 boot_config,
-                has_sut,
+                has_agent,
                 request: Some(id),
             }
         }

@@ -14,8 +14,8 @@ use super::codec::Record;
 use crate::domain::clock::Millis;
 use crate::domain::device_state::DeviceState;
 use crate::domain::model::{
-    Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo, Image,
-    LifeguardData, LogEntry, Registration, UnparsedWiring,
+    Agent, BootMode, Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo,
+    Image, LifeguardData, LogEntry, Registration, UnparsedWiring,
 };
 use crate::domain::names::{DeviceName, NameError};
 use crate::domain::wiring::{RelayAddr, SutAddr};
@@ -30,6 +30,8 @@ pub enum DeviceRecord {
     /// Layout 2: adds the Lifeguard machine's persisted state, the holding request and the
     /// device's self-registration.
     V2(DeviceV2),
+    /// Layout 3: adds the adb serial.
+    V3(DeviceV3),
 }
 
 impl Record for DeviceRecord {
@@ -88,11 +90,20 @@ pub struct DeviceV2 {
     pub current_boot_config: Option<String>,
     pub next_image: Option<String>,
     pub next_boot_config: Option<String>,
+    /// The current image has an agent (SUTAgent then; any agent since images name one).
     pub current_has_sut: bool,
     pub next_has_sut: bool,
     pub self_test: bool,
     pub request: Option<u64>,
     pub registration: Option<RegistrationV1>,
+}
+
+/// Device layout 3: layout 2 followed by the adb serial.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct DeviceV3 {
+    pub v2: DeviceV2,
+    pub adb_serial: Option<String>,
 }
 
 /// A device's self-registration, as stored from layout 2 on.
@@ -150,9 +161,10 @@ impl TryFrom<DeviceRecord> for Device {
     /// Fails only on a name that is not a device name, which no edge ever let in: such a
     /// record is corrupt, and reading it reports that as for any corrupt record.
     fn try_from(r: DeviceRecord) -> Result<Device, NameError> {
-        let v = match r {
-            DeviceRecord::V1(v1) => DeviceV2::from(v1),
-            DeviceRecord::V2(v2) => v2,
+        let (v, adb_serial) = match r {
+            DeviceRecord::V1(v1) => (DeviceV2::from(v1), None),
+            DeviceRecord::V2(v2) => (v2, None),
+            DeviceRecord::V3(v3) => (v3.v2, v3.adb_serial),
         };
         Ok(Device {
             id: v.id,
@@ -165,7 +177,7 @@ impl TryFrom<DeviceRecord> for Device {
                 os_version: v.os_version,
                 environment: v.environment,
             },
-            wiring: wiring(v.relay, v.sut_addr, v.fastboot_serial),
+            wiring: wiring(v.relay, v.sut_addr, v.fastboot_serial, adb_serial),
             comments: v.comments,
             retired: v.retired,
             origin: v.origin,
@@ -182,8 +194,8 @@ impl TryFrom<DeviceRecord> for Device {
                 current_boot_config: v.current_boot_config,
                 next_image: v.next_image,
                 next_boot_config: v.next_boot_config,
-                current_has_sut: v.current_has_sut,
-                next_has_sut: v.next_has_sut,
+                current_has_agent: v.current_has_sut,
+                next_has_agent: v.next_has_sut,
                 self_test: v.self_test,
             },
             request: v.request,
@@ -204,6 +216,7 @@ fn wiring(
     relay: Option<String>,
     sut_addr: Option<String>,
     fastboot_serial: Option<String>,
+    adb_serial: Option<String>,
 ) -> DeviceWiring {
     let mut unparsed = UnparsedWiring::default();
     let relay = relay.and_then(|text| match RelayAddr::parse_owned(text) {
@@ -224,6 +237,7 @@ fn wiring(
         relay,
         sut_addr,
         fastboot_serial,
+        adb_serial,
         unparsed,
     }
 }
@@ -231,7 +245,7 @@ fn wiring(
 impl From<&Device> for DeviceRecord {
     fn from(d: &Device) -> DeviceRecord {
         let l = &d.lifeguard;
-        DeviceRecord::V2(DeviceV2 {
+        let v2 = DeviceV2 {
             id: d.id,
             name: d.name.to_string(),
             server: d.server.clone(),
@@ -267,8 +281,8 @@ impl From<&Device> for DeviceRecord {
             current_boot_config: l.current_boot_config.clone(),
             next_image: l.next_image.clone(),
             next_boot_config: l.next_boot_config.clone(),
-            current_has_sut: l.current_has_sut,
-            next_has_sut: l.next_has_sut,
+            current_has_sut: l.current_has_agent,
+            next_has_sut: l.next_has_agent,
             self_test: l.self_test,
             request: d.request,
             registration: d.registration.as_ref().map(|r| RegistrationV1 {
@@ -281,6 +295,10 @@ impl From<&Device> for DeviceRecord {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             }),
+        };
+        DeviceRecord::V3(DeviceV3 {
+            v2,
+            adb_serial: d.wiring.adb_serial.clone(),
         })
     }
 }
@@ -290,6 +308,8 @@ impl From<&Device> for DeviceRecord {
 pub enum ImageRecord {
     /// Layout 1.
     V1(ImageV1),
+    /// Layout 2: the agent kind instead of `has_sut_agent`, and recipe steps beyond `flash`.
+    V2(ImageV2),
 }
 
 impl Record for ImageRecord {
@@ -310,6 +330,40 @@ pub struct ImageV1 {
     pub steps: Vec<(String, String)>,
 }
 
+/// Image layout 2.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct ImageV2 {
+    pub name: String,
+    pub description: Option<String>,
+    pub boot_config_keys: Vec<String>,
+    pub can_reuse: bool,
+    pub hidden: bool,
+    pub agent: AgentV1,
+    pub steps: Vec<StepV1>,
+}
+
+/// An image's agent kind, as stored from image layout 2 on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum AgentV1 {
+    Sut,
+    Adb,
+    None,
+}
+
+/// A recipe step, as stored from image layout 2 on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum StepV1 {
+    Flash(String, String),
+    Erase(String),
+    Format(String),
+    Wipe,
+    SetActive(String),
+    RebootFastboot,
+}
+
 impl From<ImageRecord> for Image {
     fn from(r: ImageRecord) -> Image {
         match r {
@@ -319,11 +373,39 @@ impl From<ImageRecord> for Image {
                 boot_config_keys: v.boot_config_keys,
                 can_reuse: v.can_reuse,
                 hidden: v.hidden,
-                has_sut_agent: v.has_sut_agent,
+                agent: if v.has_sut_agent {
+                    Agent::Sut
+                } else {
+                    Agent::None
+                },
                 steps: v
                     .steps
                     .into_iter()
-                    .map(|(partition, file)| FlashStep { partition, file })
+                    .map(|(partition, file)| FlashStep::Flash { partition, file })
+                    .collect(),
+            },
+            ImageRecord::V2(v) => Image {
+                name: v.name,
+                description: v.description,
+                boot_config_keys: v.boot_config_keys,
+                can_reuse: v.can_reuse,
+                hidden: v.hidden,
+                agent: match v.agent {
+                    AgentV1::Sut => Agent::Sut,
+                    AgentV1::Adb => Agent::Adb,
+                    AgentV1::None => Agent::None,
+                },
+                steps: v
+                    .steps
+                    .into_iter()
+                    .map(|s| match s {
+                        StepV1::Flash(partition, file) => FlashStep::Flash { partition, file },
+                        StepV1::Erase(partition) => FlashStep::Erase { partition },
+                        StepV1::Format(partition) => FlashStep::Format { partition },
+                        StepV1::Wipe => FlashStep::Wipe,
+                        StepV1::SetActive(slot) => FlashStep::SetActive { slot },
+                        StepV1::RebootFastboot => FlashStep::RebootFastboot,
+                    })
                     .collect(),
             },
         }
@@ -332,17 +414,30 @@ impl From<ImageRecord> for Image {
 
 impl From<&Image> for ImageRecord {
     fn from(i: &Image) -> ImageRecord {
-        ImageRecord::V1(ImageV1 {
+        ImageRecord::V2(ImageV2 {
             name: i.name.clone(),
             description: i.description.clone(),
             boot_config_keys: i.boot_config_keys.clone(),
             can_reuse: i.can_reuse,
             hidden: i.hidden,
-            has_sut_agent: i.has_sut_agent,
+            agent: match i.agent {
+                Agent::Sut => AgentV1::Sut,
+                Agent::Adb => AgentV1::Adb,
+                Agent::None => AgentV1::None,
+            },
             steps: i
                 .steps
                 .iter()
-                .map(|s| (s.partition.clone(), s.file.clone()))
+                .map(|s| match s {
+                    FlashStep::Flash { partition, file } => {
+                        StepV1::Flash(partition.clone(), file.clone())
+                    }
+                    FlashStep::Erase { partition } => StepV1::Erase(partition.clone()),
+                    FlashStep::Format { partition } => StepV1::Format(partition.clone()),
+                    FlashStep::Wipe => StepV1::Wipe,
+                    FlashStep::SetActive { slot } => StepV1::SetActive(slot.clone()),
+                    FlashStep::RebootFastboot => StepV1::RebootFastboot,
+                })
                 .collect(),
         })
     }
@@ -378,6 +473,17 @@ impl From<&Environment> for EnvironmentRecord {
 pub enum HardwareTypeRecord {
     /// Layout 1: (name, processor, description).
     V1(String, Option<String>, Option<String>),
+    /// Layout 2: (name, processor, description, boot mode).
+    V2(String, Option<String>, Option<String>, BootModeV1),
+}
+
+/// A hardware type's boot mode, as stored from layout 2 on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum BootModeV1 {
+    BootloaderWindow,
+    Adb,
+    Already,
 }
 
 impl Record for HardwareTypeRecord {
@@ -387,10 +493,22 @@ impl Record for HardwareTypeRecord {
 impl From<HardwareTypeRecord> for HardwareTypeInfo {
     fn from(r: HardwareTypeRecord) -> HardwareTypeInfo {
         match r {
+            // Every type flashed through its bootloader window before boot modes existed.
             HardwareTypeRecord::V1(name, processor, description) => HardwareTypeInfo {
                 name,
                 processor,
                 description,
+                boot_mode: BootMode::BootloaderWindow,
+            },
+            HardwareTypeRecord::V2(name, processor, description, mode) => HardwareTypeInfo {
+                name,
+                processor,
+                description,
+                boot_mode: match mode {
+                    BootModeV1::BootloaderWindow => BootMode::BootloaderWindow,
+                    BootModeV1::Adb => BootMode::Adb,
+                    BootModeV1::Already => BootMode::Already,
+                },
             },
         }
     }
@@ -398,7 +516,16 @@ impl From<HardwareTypeRecord> for HardwareTypeInfo {
 
 impl From<&HardwareTypeInfo> for HardwareTypeRecord {
     fn from(h: &HardwareTypeInfo) -> HardwareTypeRecord {
-        HardwareTypeRecord::V1(h.name.clone(), h.processor.clone(), h.description.clone())
+        HardwareTypeRecord::V2(
+            h.name.clone(),
+            h.processor.clone(),
+            h.description.clone(),
+            match h.boot_mode {
+                BootMode::BootloaderWindow => BootModeV1::BootloaderWindow,
+                BootMode::Adb => BootModeV1::Adb,
+                BootMode::Already => BootModeV1::Already,
+            },
+        )
     }
 }
 
@@ -554,11 +681,11 @@ mod tests {
         );
         assert_eq!(d.wiring.unparsed.sut_addr.as_deref(), Some("panda-3"));
         assert!(d.needs_tech().is_some());
-        let DeviceRecord::V2(back) = DeviceRecord::from(&d) else {
+        let DeviceRecord::V3(back) = DeviceRecord::from(&d) else {
             panic!("writes the newest layout");
         };
-        assert_eq!(back.relay.as_deref(), Some("relay-1:bank5:relay1"));
-        assert_eq!(back.sut_addr.as_deref(), Some("panda-3"));
+        assert_eq!(back.v2.relay.as_deref(), Some("relay-1:bank5:relay1"));
+        assert_eq!(back.v2.sut_addr.as_deref(), Some("panda-3"));
     }
 
     #[test]
@@ -566,5 +693,35 @@ mod tests {
         let mut bad = v1("ready");
         bad.name = "../x".into();
         assert!(Device::try_from(DeviceRecord::V1(bad)).is_err());
+    }
+
+    #[test]
+    fn images_and_hardware_types_from_before_agents_and_boot_modes() {
+        let v1 = ImageRecord::V1(ImageV1 {
+            name: "b2g".into(),
+            description: None,
+            boot_config_keys: Vec::new(),
+            can_reuse: false,
+            hidden: false,
+            has_sut_agent: true,
+            steps: vec![("boot".into(), "boot.img".into())],
+        });
+        let image = Image::from(v1);
+        assert_eq!(image.agent, Agent::Sut);
+        assert_eq!(
+            image.steps,
+            vec![FlashStep::Flash {
+                partition: "boot".into(),
+                file: "boot.img".into()
+            }]
+        );
+        let h = HardwareTypeInfo::from(HardwareTypeRecord::V1("panda".into(), None, None));
+        assert_eq!(h.boot_mode, BootMode::BootloaderWindow);
+        // What is written reads back the same.
+        let mut phone = image.clone();
+        phone.agent = Agent::Adb;
+        phone.steps.push(FlashStep::SetActive { slot: "b".into() });
+        phone.steps.push(FlashStep::RebootFastboot);
+        assert_eq!(Image::from(ImageRecord::from(&phone)), phone);
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mozpool::hw::fastboot::{FlashDeadlines, FlashStep, Flasher};
+use mozpool::hw::fastboot::{FastbootStep, FlashDeadlines, Flasher};
 use mozpool::hw::sim::fastboot::hex_digest;
 use mozpool::hw::sim::{SimFaults, SimPhase, SimRack, SimTimings};
 use mozpool::hw::{Error, sut};
@@ -35,17 +35,17 @@ fn write_exe(path: &Path, body: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-fn images(dir: &Path) -> Vec<FlashStep> {
+fn images(dir: &Path) -> Vec<FastbootStep> {
     let boot = dir.join("boot.img");
     let system = dir.join("system.img");
     std::fs::write(&boot, b"boot image bytes").expect("write");
     std::fs::write(&system, vec![7u8; 5000]).expect("write");
     vec![
-        FlashStep {
+        FastbootStep::Flash {
             partition: "boot".into(),
             file: boot,
         },
-        FlashStep {
+        FastbootStep::Flash {
             partition: "system".into(),
             file: system,
         },
@@ -152,7 +152,9 @@ async fn unknown_partition_fails_with_remote_message() {
     dev.device.set_power(false);
     dev.device.set_power(true);
     let mut steps = images(dir.path());
-    steps[1].partition = "radio".into();
+    if let FastbootStep::Flash { partition, .. } = &mut steps[1] {
+        *partition = "radio".into();
+    }
     let e = Flasher::new(&rack.fastboot_path)
         .flash(&dev.fastboot_serial, &steps, &deadlines(), |_| {})
         .await
@@ -281,13 +283,17 @@ async fn bad_partition_names_and_missing_files_are_refused_before_spawning() {
     let marker = dir.path().join("ran");
     let f = fake(dir.path(), "fb", &format!("touch '{}'", marker.display()));
     let mut steps = images(dir.path());
-    steps[0].partition = "-w".into();
+    if let FastbootStep::Flash { partition, .. } = &mut steps[0] {
+        *partition = "-w".into();
+    }
     let e = Flasher::new(&f)
         .flash("ser1", &steps, &deadlines(), |_| {})
         .await;
     assert!(matches!(e, Err(Error::BadConfig(_))), "{e:?}");
     let mut steps = images(dir.path());
-    steps[0].file = dir.path().join("missing.img");
+    if let FastbootStep::Flash { file, .. } = &mut steps[0] {
+        *file = dir.path().join("missing.img");
+    }
     let e = Flasher::new(&f)
         .flash("ser1", &steps, &deadlines(), |_| {})
         .await;

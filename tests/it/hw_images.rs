@@ -202,43 +202,59 @@ async fn store_and_url_sources_resolve_recipes_and_refuse_escapes() {
     };
     let mut recipe = ImageRecipe {
         name: "b2g".parse().expect("name"),
-        steps: vec![RecipeStep {
+        steps: vec![RecipeStep::Flash {
             partition: "boot".into(),
             file: "boot.img".into(),
         }],
-        has_sut_agent: true,
-        boot_config_keys: vec!["b2gbase".into()],
-        can_reuse: false,
-        hidden: false,
     };
     let steps = files
         .steps(&recipe, &ImageSource::Store, T, |_, _, _| {})
         .await
         .expect("store");
-    assert_eq!(std::fs::read(&steps[0].file).expect("read"), b"from store");
+    assert_eq!(
+        std::fs::read(flashed_file(&steps[0])).expect("read"),
+        b"from store"
+    );
     let url = ImageSource::Url(format!("http://{addr}/build"));
     let steps = files
         .steps(&recipe, &url, T, |_, _, _| {})
         .await
         .expect("url");
-    assert_eq!(std::fs::read(&steps[0].file).expect("read"), b"from url");
+    assert_eq!(
+        std::fs::read(flashed_file(&steps[0])).expect("read"),
+        b"from url"
+    );
 
-    recipe.steps[0].file = "link.img".into();
+    recipe.steps[0] = flash_step("link.img");
     let e = files
         .steps(&recipe, &ImageSource::Store, T, |_, _, _| {})
         .await
         .expect_err("symlink escape");
     assert!(matches!(e, Error::BadFileName(_)), "{e}");
-    recipe.steps[0].file = "../../secret".into();
+    recipe.steps[0] = flash_step("../../secret");
     let e = files
         .steps(&recipe, &ImageSource::Store, T, |_, _, _| {})
         .await
         .expect_err("traversal");
     assert!(matches!(e, Error::BadFileName(_)), "{e}");
-    recipe.steps[0].file = "missing.img".into();
+    recipe.steps[0] = flash_step("missing.img");
     let e = files
         .steps(&recipe, &ImageSource::Store, T, |_, _, _| {})
         .await
         .expect_err("missing");
     assert!(matches!(e, Error::Io { .. }), "{e}");
+}
+
+fn flashed_file(s: &mozpool::hw::fastboot::FastbootStep) -> std::path::PathBuf {
+    match s {
+        mozpool::hw::fastboot::FastbootStep::Flash { file, .. } => file.clone(),
+        other => panic!("not a flash step: {other:?}"),
+    }
+}
+
+fn flash_step(file: &str) -> RecipeStep {
+    RecipeStep::Flash {
+        partition: "boot".into(),
+        file: file.into(),
+    }
 }

@@ -278,9 +278,13 @@ fn golden_device_v2_still_decodes() {
         decode_bytes::<DeviceRecord>(DEVICE_V2).expect("layout 2 decodes"),
     )
     .expect("a valid device");
-    // The typed fields write back the very bytes they were read from.
+    // Written back, it is the newest layout with nothing lost.
     let again = Encoded::encode(&DeviceRecord::from(&device)).expect("encodes");
-    assert_eq!(again.bytes(), DEVICE_V2);
+    let back = mozpool::domain::model::Device::try_from(
+        decode_bytes::<DeviceRecord>(again.bytes()).expect("decodes"),
+    )
+    .expect("valid");
+    assert_eq!(back, device);
     assert_eq!(device.name, "panda-0043");
     assert_eq!(device.state, DeviceState::SutVerifying);
     assert_eq!(device.lifeguard.generation, 17);
@@ -288,9 +292,9 @@ fn golden_device_v2_still_decodes() {
     assert_eq!(device.lifeguard.deadline, Some(Millis(1_764_000_135_000)));
     assert_eq!(device.request, Some(7));
     assert!(
-        device.lifeguard.current_has_sut
+        device.lifeguard.current_has_agent
             && device.lifeguard.self_test
-            && !device.lifeguard.next_has_sut
+            && !device.lifeguard.next_has_agent
     );
     let reg = device.registration.expect("registration");
     assert_eq!(reg.agent_name, "00:11:22:33:44:55");
@@ -298,6 +302,24 @@ fn golden_device_v2_still_decodes() {
         reg.fields.get("OS").map(String::as_str),
         Some("Android-IMM76D")
     );
+}
+
+/// Golden bytes of a layout-3 device record (layout 2 plus the adb serial).
+const DEVICE_V3: &[u8] = include_bytes!("../fixtures/records/device_v3.bin");
+
+#[test]
+fn golden_device_v3_still_decodes() {
+    let device = mozpool::domain::model::Device::try_from(
+        decode_bytes::<DeviceRecord>(DEVICE_V3).expect("layout 3 decodes"),
+    )
+    .expect("a valid device");
+    // The typed fields write back the very bytes they were read from.
+    let again = Encoded::encode(&DeviceRecord::from(&device)).expect("encodes");
+    assert_eq!(again.bytes(), DEVICE_V3);
+    assert_eq!(device.name, "panda-0043");
+    assert_eq!(device.wiring.adb_serial.as_deref(), Some("127.0.0.1:5555"));
+    assert_eq!(device.wiring.adb_serial(), Some("127.0.0.1:5555"));
+    assert_eq!(device.lifeguard.generation, 17);
 }
 
 /// The golden bytes of log layouts 1 and 2, frozen when each was released.
@@ -391,7 +413,7 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
         })
         .expect("raw")
         .expect("present");
-    assert_eq!(raw[0], 1, "written as variant 1 (layout 2)");
+    assert_eq!(raw[0], 2, "written as variant 2 (layout 3)");
 }
 
 /// Open `path` again once the previous `Store`'s writer thread has let go of the file.

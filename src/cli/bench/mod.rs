@@ -395,6 +395,7 @@ fn config(dir: &Path, boards: usize) -> anyhow::Result<Config> {
         can_reuse: true,
         hidden: false,
         has_sut_agent: true,
+        agent: None,
         steps: Vec::new(),
     });
     Ok(c)
@@ -415,6 +416,7 @@ fn device(
         relay: relay.map(|r| r.parse()).transpose()?,
         sut: Some(sut.parse()?),
         fastboot_serial: None,
+        adb_serial: None,
         comments: None,
     })
 }
@@ -430,7 +432,7 @@ async fn seed(app: &App, deadline: Option<Millis>) -> anyhow::Result<()> {
                 d.state = crate::domain::device_state::DeviceState::Ready;
                 d.request = None;
                 d.lifeguard.current_image = Some("android".into());
-                d.lifeguard.current_has_sut = true;
+                d.lifeguard.current_has_agent = true;
                 d.lifeguard.counters.clear();
                 d.lifeguard.deadline = deadline;
                 inv::put_device(tx, &d)?;

@@ -31,6 +31,7 @@ pub fn device_json(d: &Device) -> Value {
 /// (a `BTreeMap`) prints them in, so the bytes are the same either way.
 #[derive(Debug, serde::Serialize)]
 pub struct DeviceJson<'a> {
+    adb_serial: &'a Option<String>,
     boot_config: &'a Option<String>,
     comments: &'a Option<String>,
     created: Iso,
@@ -78,6 +79,7 @@ impl<'a> DeviceJson<'a> {
             .as_ref()
             .map_or(d.name.as_str(), SutAddr::host);
         DeviceJson {
+            adb_serial: &d.wiring.adb_serial,
             boot_config: &d.lifeguard.current_boot_config,
             comments: &d.comments,
             created: Iso(d.created),

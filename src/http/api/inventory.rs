@@ -5,7 +5,7 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::domain::model::{Environment, FlashStep, HardwareTypeInfo, Image};
+use crate::domain::model::{Agent, BootMode, Environment, FlashStep, HardwareTypeInfo, Image};
 use crate::domain::names::{EnvironmentName, HardwareType, ImageName, check_name};
 use crate::http::body::{Body, json, json_response, ok};
 use crate::http::dispatch::Ctx;
@@ -24,10 +24,30 @@ fn image_json(i: &Image, id: usize) -> Value {
         "boot_config_keys": i.boot_config_keys,
         "can_reuse": i.can_reuse,
         "hidden": i.hidden,
-        "has_sut_agent": i.has_sut_agent,
+        "has_sut_agent": i.has_sut_agent(),
+        "agent": i.agent.as_str(),
         "description": i.description,
-        "steps": i.steps.iter().map(|s| json!({"partition": s.partition, "file": s.file})).collect::<Vec<_>>(),
+        "steps": i.steps.iter().map(step_json).collect::<Vec<_>>(),
     })
+}
+
+/// A recipe step as the image JSON shows it: `{"partition": .., "file": ..}` for a flash, as
+/// the original's, and the action with its part for the others.
+fn step_json(s: &FlashStep) -> Value {
+    let mut v = serde_json::Map::new();
+    if !matches!(s, FlashStep::Flash { .. }) {
+        v.insert("action".into(), json!(s.action()));
+    }
+    for (k, part) in [
+        ("partition", s.partition()),
+        ("file", s.file()),
+        ("slot", s.slot()),
+    ] {
+        if let Some(part) = part {
+            v.insert(k.into(), json!(part));
+        }
+    }
+    Value::Object(v)
 }
 
 /// `GET /api/image/list/`: images that are not hidden, in the original's shape.
@@ -66,6 +86,9 @@ struct ImageBody {
     hidden: bool,
     #[serde(default)]
     has_sut_agent: bool,
+    /// `sut`, `adb` or `none`; absent = what `has_sut_agent` says.
+    #[serde(default)]
+    agent: Option<String>,
     #[serde(default)]
     steps: Vec<StepBody>,
 }
@@ -73,8 +96,14 @@ struct ImageBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StepBody {
-    partition: String,
-    file: String,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    partition: Option<String>,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    slot: Option<String>,
 }
 
 fn check_description(d: Option<&String>) -> Result<(), ApiError> {
@@ -151,25 +180,43 @@ pub async fn image_put(ctx: &Ctx, name: ImageName) -> Result<Response<Body>, Api
     for k in &b.boot_config_keys {
         check_name("boot config key", k).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    for s in &b.steps {
-        check_name("partition", &s.partition).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        check_name("file name", &s.file).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
+    let steps = b
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            FlashStep::from_parts(
+                s.action.as_deref(),
+                s.partition.as_deref(),
+                s.file.as_deref(),
+                s.slot.as_deref(),
+            )
+            .map_err(|e| ApiError::bad_request(format!("step {}: {e}", n + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let agent = match b.agent.as_deref() {
+        None if b.has_sut_agent => Agent::Sut,
+        None => Agent::None,
+        Some(a) => {
+            let agent = Agent::parse(a).ok_or_else(|| {
+                ApiError::bad_request(format!("agent {a:?} is not one of sut, adb, none"))
+            })?;
+            if b.has_sut_agent && agent != Agent::Sut {
+                return Err(ApiError::bad_request(format!(
+                    "has_sut_agent: true contradicts agent {a:?}"
+                )));
+            }
+            agent
+        }
+    };
     let image = Image {
         name: name.to_string(),
         description: b.description,
         boot_config_keys: b.boot_config_keys,
         can_reuse: b.can_reuse,
         hidden: b.hidden,
-        has_sut_agent: b.has_sut_agent,
-        steps: b
-            .steps
-            .into_iter()
-            .map(|s| FlashStep {
-                partition: s.partition,
-                file: s.file,
-            })
-            .collect(),
+        agent,
+        steps,
     };
     put_entry(ctx, format!("image {name}"), move |tx| {
         let existed = inv::image_in_tx(tx, &image.name)?.is_some();
@@ -204,6 +251,18 @@ pub async fn environment_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             .filter_map(|d| d.facts.environment),
     );
     Ok(ok(&json!({ "environments": names })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HardwareTypeBody {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    processor: Option<String>,
+    /// `bootloader_window` (default), `adb`, `already`.
+    #[serde(default)]
+    boot_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +313,15 @@ pub async fn hardware_type_list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `PUT /api/hardware-type/{name}/`.
 pub async fn hardware_type_put(ctx: &Ctx, name: HardwareType) -> Result<Response<Body>, ApiError> {
-    let b: DescribedBody = json(&ctx.body)?;
+    let b: HardwareTypeBody = json(&ctx.body)?;
+    let boot_mode = match b.boot_mode.as_deref() {
+        None => BootMode::default(),
+        Some(m) => BootMode::parse(m).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "boot_mode {m:?} is not one of bootloader_window, adb, already"
+            ))
+        })?,
+    };
     check_description(b.description.as_ref())?;
     if let Some(p) = &b.processor {
         check_name("processor", p).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -263,6 +330,7 @@ pub async fn hardware_type_put(ctx: &Ctx, name: HardwareType) -> Result<Response
         name: name.to_string(),
         processor: b.processor,
         description: b.description,
+        boot_mode,
     };
     put_entry(ctx, format!("hardware type {name}"), move |tx| {
         let existed = inv::hardware_type_in_tx(tx, &h.name)?.is_some();
@@ -294,9 +362,17 @@ pub(super) fn decode_bodies(data: &[u8]) {
             let _ = check_name("boot config key", k).map_err(bad);
         }
         for s in &b.steps {
-            let _ = check_name("partition", &s.partition).map_err(bad);
-            let _ = check_name("file name", &s.file).map_err(bad);
+            let _ = FlashStep::from_parts(
+                s.action.as_deref(),
+                s.partition.as_deref(),
+                s.file.as_deref(),
+                s.slot.as_deref(),
+            );
         }
+        let _ = b.agent.as_deref().map(Agent::parse);
+    }
+    if let Ok(b) = json::<HardwareTypeBody>(data) {
+        let _ = b.boot_mode.as_deref().map(BootMode::parse);
     }
     if let Ok(b) = json::<DescribedBody>(data) {
         let _ = check_description(b.description.as_ref());

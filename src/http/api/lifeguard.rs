@@ -94,7 +94,7 @@ async fn please_image(ctx: &Ctx, name: &DeviceName) -> Result<Response<Body>, Ap
     let event = Event::PleaseImage {
         image: body.image,
         boot_config,
-        has_sut: img.has_sut_agent,
+        has_agent: img.agent != crate::domain::model::Agent::None,
         request: None,
     };
     deliver(ctx, name, event).await

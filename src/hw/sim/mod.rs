@@ -19,7 +19,7 @@ pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
 pub use fastboot::sim_fastboot_main;
 pub use lcus::SimLcusBoard;
 pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
-pub use rack::{SimRack, SimRackDevice};
+pub use rack::{SimProber, SimRack, SimRackDevice};
 pub use sut::{SimSutAgent, SimSutFaults};
 
 /// Called with (bank, relay, energised) whenever a simulated relay changes state. The

@@ -141,10 +141,55 @@ impl SimRack {
         })
     }
 
+    /// Reachability as the rack's devices would answer it.
+    #[must_use]
+    pub fn prober(&self) -> SimProber {
+        SimProber {
+            by_addr: Arc::new(
+                self.devices
+                    .iter()
+                    .map(|d| (d.sut_addr, d.device.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Install a boot hook on every device (self-registration is wired here later).
     pub fn set_on_boot(&self, hook: BootHook) {
         for d in &self.devices {
             d.device.set_on_boot(hook.clone());
         }
+    }
+}
+
+/// The rack's answer to reachability probes ([`crate::hw::ping::Prober`]): a device's
+/// address answers while its OS runs and stays silent (until the probe's timeout) while it
+/// is off or booting, as a real host would. Any other address gets the real probe.
+#[derive(Debug, Clone)]
+pub struct SimProber {
+    by_addr: Arc<std::collections::HashMap<SocketAddr, SimDevice>>,
+}
+
+impl crate::hw::ping::Prober for SimProber {
+    fn probe(
+        &self,
+        addr: SocketAddr,
+        timeout: std::time::Duration,
+    ) -> crate::hw::ping::ProbeFuture<'_> {
+        let device = self.by_addr.get(&addr).cloned();
+        Box::pin(async move {
+            let Some(device) = device else {
+                return crate::hw::ping::probe(addr, timeout).await;
+            };
+            if device.phase() == super::SimPhase::Os {
+                Ok(crate::hw::ping::Reachability::Refused)
+            } else {
+                tokio::time::sleep(timeout).await;
+                Err(crate::hw::Error::Timeout {
+                    op: format!("probe {addr}"),
+                    after: timeout,
+                })
+            }
+        })
     }
 }
