@@ -237,3 +237,23 @@ time_scale = 0.01
 boot_time_ms = 300
 bootloader_window_ms = 1500
 "#;
+
+/// The path of an external tool a test runs (`/usr/bin/fastboot`), or `None` when it is
+/// missing outside CI: then `SKIPPED <test>: <tool> not installed` is printed and the test
+/// should return (pass). Under CI (`CI` set) or `MOZPOOL_REQUIRE_TOOLS=1` a missing tool
+/// fails the test instead.
+pub fn require_tool(test: &str, path: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(path);
+    if p.is_file() {
+        return Some(p);
+    }
+    let name = p.file_name().map_or(path.into(), |n| n.to_string_lossy());
+    let required = std::env::var_os("CI").is_some()
+        || std::env::var("MOZPOOL_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{test}: {name} is required but not installed at {path}"
+    );
+    eprintln!("SKIPPED {test}: {name} not installed");
+    None
+}

@@ -1,5 +1,5 @@
 //! Simulators speaking the real protocols over the real transports (ptys, loopback TCP,
-//! a `fastboot` stand-in executable), with fault knobs. Used by tests and by
+//! a `fastboot` stand-in executable, fastboot's own TCP transport), with fault knobs. Used by tests and by
 //! `mozpool serve --simulate N`.
 //!
 //! They are test equipment, not drivers: they may block their own threads freely, but
@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod fastboot;
+pub mod fastboot_tcp;
 pub mod lcus;
 pub mod proxr;
 pub mod rack;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
 pub use fastboot::sim_fastboot_main;
+pub use fastboot_tcp::{FastbootTarget, MemoryTarget, RebootTarget, SimFastbootTcp};
 pub use lcus::SimLcusBoard;
 pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
 pub use rack::{SimProber, SimRack, SimRackDevice};
