@@ -16,9 +16,38 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::lock;
 use super::sut::{SimSutAgent, SimSutFaults};
+
+/// What the simulated device's OS runs for the controller to talk to, and how the device is
+/// wired for fastboot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimSpec {
+    /// fastboot `product`.
+    pub product: String,
+    /// The OS runs adbd (a phone) rather than SUTAgent (a PandaBoard of the B2G era).
+    pub adbd: bool,
+    /// Serve fastboot's TCP transport on loopback (for Debian's real `fastboot -s tcp:…`),
+    /// besides the control port the stand-in uses. Needs a tokio runtime.
+    pub fastboot_tcp: bool,
+    /// A/B slots (`boot_a`, `boot_b`, …; `set_active` switches them).
+    pub slots: bool,
+}
+
+impl SimSpec {
+    /// A PandaBoard: SUTAgent, no slots, fastboot through the stand-in only.
+    #[must_use]
+    pub fn panda(product: &str) -> Self {
+        SimSpec {
+            product: product.to_owned(),
+            adbd: false,
+            fastboot_tcp: false,
+            slots: false,
+        }
+    }
+}
 
 /// Device fault knobs, settable at runtime and from config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -32,6 +61,12 @@ pub struct SimFaults {
     pub fastboot_hangs: bool,
     /// SUTAgent answers garbage.
     pub sut_garbage: bool,
+    /// Every reboot ends in fastboot: the bootloader never hands over to the OS.
+    pub stuck_in_fastboot: bool,
+    /// adbd refuses the controller's key (`adb` says "unauthorized").
+    pub adb_unauthorized: bool,
+    /// The OS boots but its storage is read-only (writes fail).
+    pub storage_read_only: bool,
 }
 
 /// Boot timings (scale them down in tests).
@@ -65,8 +100,10 @@ pub enum SimPhase {
     Bootloader,
     /// Booting the OS.
     Booting,
-    /// OS running, SUTAgent up.
+    /// OS running, SUTAgent (or adbd) up.
     Os,
+    /// Userspace fastboot (fastbootd), reached by `fastboot reboot fastboot`.
+    Fastbootd,
 }
 
 impl SimPhase {
@@ -76,6 +113,7 @@ impl SimPhase {
             SimPhase::Bootloader => "bootloader",
             SimPhase::Booting => "booting",
             SimPhase::Os => "os",
+            SimPhase::Fastbootd => "fastbootd",
         }
     }
 }
@@ -96,14 +134,19 @@ struct State {
     flashed: BTreeMap<String, String>,
     boots: u64,
     partitions: Vec<String>,
+    /// Active slot of an A/B device.
+    slot: Option<char>,
     on_boot: Option<BootHook>,
 }
 
 struct Inner {
     serial: String,
-    product: String,
+    spec: SimSpec,
     sut: SimSutAgent,
     control: SocketAddr,
+    /// fastboot's TCP transport, when the spec asks for it (dropped with the device).
+    fastboot: Mutex<Option<super::fastboot_tcp::SimFastbootTcp>>,
+    fastboot_addr: Option<SocketAddr>,
     state: Mutex<State>,
     cv: Condvar,
 }
@@ -136,17 +179,48 @@ impl SimDevice {
         timings: SimTimings,
         rack_dir: Option<&Path>,
     ) -> io::Result<Self> {
+        SimDevice::start_with(serial, SimSpec::panda(product), timings, rack_dir)
+    }
+
+    /// [`SimDevice::start`] for any kind of device.
+    ///
+    /// # Errors
+    /// Socket or file errors; fastboot over TCP outside a tokio runtime.
+    pub fn start_with(
+        serial: &str,
+        spec: SimSpec,
+        timings: SimTimings,
+        rack_dir: Option<&Path>,
+    ) -> io::Result<Self> {
         crate::domain::names::check_name("serial", serial)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let sut = SimSutAgent::start(false, &format!("sim:{serial}"))?;
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let control = listener.local_addr()?;
+        let fastboot_listener = if spec.fastboot_tcp {
+            let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                io::Error::other("fastboot over TCP needs a tokio runtime")
+            })?;
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            let _guard = handle.enter();
+            Some(tokio::net::TcpListener::from_std(l)?)
+        } else {
+            None
+        };
+        let fastboot_addr = fastboot_listener
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?;
+        let slot = spec.slots.then_some('a');
         let inner = Arc::new(Inner {
             serial: serial.to_owned(),
-            product: product.to_owned(),
+            spec,
             sut,
             control,
+            fastboot: Mutex::new(None),
+            fastboot_addr,
             state: Mutex::new(State {
                 powered: false,
                 phase: SimPhase::Off,
@@ -157,10 +231,20 @@ impl SimDevice {
                 flashed: BTreeMap::new(),
                 boots: 0,
                 partitions: DEFAULT_PARTITIONS.iter().map(|s| (*s).to_owned()).collect(),
+                slot,
                 on_boot: None,
             }),
             cv: Condvar::new(),
         });
+        if let Some(l) = fastboot_listener {
+            let target = Arc::new(FastbootSide(Arc::downgrade(&inner)));
+            let server = super::fastboot_tcp::SimFastbootTcp::serve_on(
+                l,
+                target,
+                super::fastboot_tcp::ServeOptions::default(),
+            )?;
+            *lock(&inner.fastboot) = Some(server);
+        }
         let weak = Arc::downgrade(&inner);
         inner.sut.set_on_reboot(Arc::new(move || {
             if let Some(i) = weak.upgrade() {
@@ -193,6 +277,19 @@ impl SimDevice {
     #[must_use]
     pub fn sut_addr(&self) -> SocketAddr {
         self.inner.sut.addr()
+    }
+
+    /// Its fastboot serial for Debian's real `fastboot` over TCP (`tcp:127.0.0.1:PORT`), when
+    /// it serves that transport.
+    #[must_use]
+    pub fn fastboot_tcp_serial(&self) -> Option<String> {
+        self.inner.fastboot_addr.map(|a| format!("tcp:{a}"))
+    }
+
+    /// What kind of device it is.
+    #[must_use]
+    pub fn spec(&self) -> &SimSpec {
+        &self.inner.spec
     }
 
     /// Its control port (what the rack directory file contains).
@@ -285,9 +382,26 @@ impl SimDevice {
 
     /// Warm reboot (SUTAgent `rebt`, `fastboot reboot`): back through the bootloader.
     pub fn reboot(&self) {
+        self.reboot_to(Reboot::Os);
+    }
+
+    /// Warm reboot into the OS (through the bootloader's window), into the bootloader (held
+    /// there for fastboot, as `adb reboot bootloader`), or into fastbootd.
+    pub fn reboot_to(&self, to: Reboot) {
         let mut st = lock(&self.inner.state);
         if st.powered {
             enter_bootloader(&mut st);
+            match to {
+                Reboot::Os => {}
+                Reboot::Bootloader => {
+                    st.caught = true;
+                    st.until = None;
+                }
+                Reboot::Fastbootd => {
+                    st.phase = SimPhase::Fastbootd;
+                    st.until = None;
+                }
+            }
         }
         self.inner.sut.set_up(false);
         drop(st);
@@ -330,7 +444,7 @@ impl SimDevice {
                 }
             }
             (_, _) if !in_bl => "err device not in bootloader".into(),
-            ("getvar", ["product"]) => format!("ok {}", self.inner.product),
+            ("getvar", ["product"]) => format!("ok {}", self.inner.spec.product),
             ("getvar", ["serialno"]) => format!("ok {}", self.inner.serial),
             ("getvar", [_]) => "err GetVar Variable Not found".into(),
             ("flash", [part, sha]) => {
@@ -354,7 +468,147 @@ impl SimDevice {
 fn enter_bootloader(st: &mut State) {
     st.phase = SimPhase::Bootloader;
     st.until = Some(Instant::now() + st.timings.bootloader_window);
-    st.caught = false;
+    st.caught = st.faults.stuck_in_fastboot;
+}
+
+/// Where a warm reboot goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reboot {
+    /// The OS (past the bootloader's window).
+    Os,
+    /// The bootloader, staying there in fastboot.
+    Bootloader,
+    /// Userspace fastboot.
+    Fastbootd,
+}
+
+/// The device as its fastboot TCP server sees it. Weak: the server must not keep the
+/// device alive.
+struct FastbootSide(Weak<Inner>);
+
+impl FastbootSide {
+    fn device(&self) -> Option<SimDevice> {
+        self.0.upgrade().map(|inner| SimDevice { inner })
+    }
+}
+
+impl super::fastboot_tcp::FastbootTarget for FastbootSide {
+    fn connect(&self) -> bool {
+        let Some(d) = self.device() else { return false };
+        let mut st = lock(&d.inner.state);
+        match st.phase {
+            SimPhase::Bootloader => {
+                // Caught in the window: held in the bootloader until told to reboot.
+                st.caught = true;
+                st.until = None;
+                true
+            }
+            SimPhase::Fastbootd => true,
+            _ => false,
+        }
+    }
+
+    fn present(&self) -> bool {
+        self.device().is_some_and(|d| {
+            matches!(d.phase(), SimPhase::Bootloader | SimPhase::Fastbootd)
+        })
+    }
+
+    fn getvar(&self, name: &str) -> Result<String, String> {
+        let d = self.device().ok_or("device gone")?;
+        let st = lock(&d.inner.state);
+        let part = |p: &str| -> Option<String> {
+            let base = p.strip_suffix("_a").or_else(|| p.strip_suffix("_b")).unwrap_or(p);
+            st.partitions.iter().any(|x| x == base).then(|| base.to_owned())
+        };
+        let userspace = st.phase == SimPhase::Fastbootd;
+        match name.split_once(':') {
+            None => match name {
+                "product" => Ok(d.inner.spec.product.clone()),
+                "serialno" => Ok(d.inner.serial.clone()),
+                "version-bootloader" => Ok("sim-1.0".into()),
+                "is-userspace" => Ok(if userspace { "yes" } else { "no" }.into()),
+                "current-slot" => st.slot.map(String::from).ok_or_else(not_found),
+                "slot-count" => Ok(if st.slot.is_some() { "2" } else { "0" }.into()),
+                _ => Err(not_found()),
+            },
+            Some(("has-slot", p)) => part(p)
+                .map(|_| if st.slot.is_some() { "yes" } else { "no" }.to_owned())
+                .ok_or_else(not_found),
+            Some(("partition-type", p)) => part(p).map(|_| "raw".to_owned()).ok_or_else(not_found),
+            Some(("partition-size", p)) => part(p).map(|_| "0x10000000".to_owned()).ok_or_else(not_found),
+            Some(("is-logical", p)) => part(p).map(|_| "no".to_owned()).ok_or_else(not_found),
+            Some(_) => Err(not_found()),
+        }
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        ["product", "serialno", "version-bootloader", "is-userspace", "slot-count"]
+            .iter()
+            .filter_map(|n| self.getvar(n).ok().map(|v| ((*n).to_owned(), v)))
+            .collect()
+    }
+
+    fn flash(&self, partition: &str, data: Vec<u8>) -> Result<(), String> {
+        let d = self.device().ok_or("device gone")?;
+        let mut st = lock(&d.inner.state);
+        let base = partition
+            .strip_suffix("_a")
+            .or_else(|| partition.strip_suffix("_b"))
+            .unwrap_or(partition);
+        if !st.partitions.iter().any(|p| p == base) {
+            return Err("Partition not found".into());
+        }
+        let sha = sha2::Sha256::digest(&data);
+        let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+        st.flashed.insert(partition.to_owned(), hex);
+        Ok(())
+    }
+
+    fn erase(&self, partition: &str) -> Result<(), String> {
+        let d = self.device().ok_or("device gone")?;
+        let mut st = lock(&d.inner.state);
+        let base = partition
+            .strip_suffix("_a")
+            .or_else(|| partition.strip_suffix("_b"))
+            .unwrap_or(partition);
+        if !st.partitions.iter().any(|p| p == base) {
+            return Err("Partition not found".into());
+        }
+        st.flashed.remove(partition);
+        Ok(())
+    }
+
+    fn set_active(&self, slot: &str) -> Result<(), String> {
+        let d = self.device().ok_or("device gone")?;
+        let mut st = lock(&d.inner.state);
+        match (st.slot, slot) {
+            (None, _) => Err("device has no slots".into()),
+            (Some(_), "a" | "b") => {
+                st.slot = slot.chars().next();
+                Ok(())
+            }
+            _ => Err(format!("invalid slot {slot}")),
+        }
+    }
+
+    fn reboot(&self, to: super::fastboot_tcp::RebootTarget) {
+        use super::fastboot_tcp::RebootTarget as T;
+        let Some(d) = self.device() else { return };
+        match to {
+            T::System | T::Continue | T::Recovery => d.reboot_to(Reboot::Os),
+            T::Bootloader => d.reboot_to(Reboot::Bootloader),
+            T::Fastbootd => d.reboot_to(Reboot::Fastbootd),
+        }
+    }
+
+    fn hangs(&self) -> bool {
+        self.device().is_some_and(|d| lock(&d.inner.state).faults.fastboot_hangs)
+    }
+}
+
+fn not_found() -> String {
+    "GetVar Variable Not found".into()
 }
 
 fn phase_loop(weak: &Weak<Inner>) {

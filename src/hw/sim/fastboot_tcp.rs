@@ -185,6 +185,27 @@ impl SimFastbootTcp {
         })
     }
 
+    /// Serve `target` on an already bound `listener`, on the current tokio runtime.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, or when the listener has no address.
+    pub fn serve_on(
+        listener: TcpListener,
+        target: Arc<dyn FastbootTarget>,
+        options: ServeOptions,
+    ) -> std::io::Result<Self> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| std::io::Error::other("fastboot over TCP needs a tokio runtime"))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = handle.spawn(serve(listener, target, options, shutdown.clone()));
+        Ok(SimFastbootTcp {
+            addr,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
     /// The listening address.
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
