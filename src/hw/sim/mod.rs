@@ -5,6 +5,7 @@
 //! They are test equipment, not drivers: they may block their own threads freely, but
 //! they never touch real hardware.
 
+pub mod adbd;
 pub mod device;
 pub mod fastboot;
 pub mod lcus;
@@ -15,6 +16,7 @@ pub mod sut;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use adbd::{AdbBanner, AdbReboot, AdbTarget, AdbdConfig, MemoryAdbTarget, SimAdbd};
 pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
 pub use fastboot::sim_fastboot_main;
 pub use lcus::SimLcusBoard;
