@@ -24,5 +24,6 @@ mod lifeguard;
 mod log_chain;
 mod registration;
 mod requests;
+mod sim_adbd;
 mod storage;
 mod ui;

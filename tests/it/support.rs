@@ -193,6 +193,24 @@ impl TestServer {
     }
 }
 
+/// Whether the external tool at `path` (Debian's `adb`, `fastboot`, ...) is installed. Outside
+/// CI a missing tool prints `SKIPPED <test>: <tool> not installed` and the test returns early
+/// and passes; with `CI` set or `MOZPOOL_REQUIRE_TOOLS=1` it fails the test instead.
+pub fn tool_installed(test: &str, tool: &str, path: &Path) -> bool {
+    if path.exists() {
+        return true;
+    }
+    let required = std::env::var_os("CI").is_some()
+        || std::env::var("MOZPOOL_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{test}: {tool} ({}) is required here (CI or MOZPOOL_REQUIRE_TOOLS=1) but not installed",
+        path.display()
+    );
+    eprintln!("SKIPPED {test}: {tool} not installed");
+    false
+}
+
 pub async fn decode(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let bytes = r.bytes().await.expect("body");

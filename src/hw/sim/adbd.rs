@@ -609,9 +609,11 @@ impl Connection {
                 Ok(End::Continue)
             }
             Service::Reboot(to) => {
-                self.target.reboot(to);
+                // CLSE goes out before the target hears of it: a target that takes adbd
+                // down at once would otherwise race this connection's last message.
                 self.send(Packet::new(A_CLSE, id, remote, Vec::new()))
                     .await?;
+                self.target.reboot(to);
                 Ok(End::Close("reboot"))
             }
         }
