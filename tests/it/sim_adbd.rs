@@ -6,7 +6,7 @@
 //! no key lands in the real `~/.android`) and a scrubbed environment, kills it at the end,
 //! and runs each `adb` child under a deadline.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,11 @@ use mozpool::hw::sim::adbd::{
 
 use crate::support::tool_installed;
 
-const ADB: &str = "/usr/bin/adb";
+/// Debian's adb; `MOZPOOL_ADB` points elsewhere (another build, or a missing path to see
+/// the skip).
+fn adb_path() -> PathBuf {
+    std::env::var_os("MOZPOOL_ADB").map_or_else(|| PathBuf::from("/usr/bin/adb"), PathBuf::from)
+}
 
 /// Deadline for one `adb` command (they take milliseconds when all is well).
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -47,7 +51,7 @@ struct Adb {
 impl Adb {
     /// `None` (after printing `SKIPPED`) when adb is not installed outside CI.
     fn new(test: &str) -> Option<Adb> {
-        if !tool_installed(test, "adb", Path::new(ADB)) {
+        if !tool_installed(test, "adb", &adb_path()) {
             return None;
         }
         Some(Adb {
@@ -57,7 +61,7 @@ impl Adb {
     }
 
     fn command(&self, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new(ADB);
+        let mut c = std::process::Command::new(adb_path());
         // Nothing from the test's environment: no ANDROID_SERIAL, no vendor keys, no
         // trace settings, no real HOME.
         c.env_clear()
