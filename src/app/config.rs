@@ -112,6 +112,10 @@ pub struct SimulateConfig {
     pub time_scale: f64,
     /// Faults injected per simulated device at start (`"sim-0003" = { does_not_boot = true }`).
     pub faults: std::collections::BTreeMap<String, crate::hw::sim::SimFaults>,
+    /// How many of the simulated devices (the last ones) are phones: adbd, A/B slots,
+    /// fastboot over TCP, into fastboot by `adb reboot bootloader`. They need Debian's
+    /// `fastboot` and `adb`.
+    pub phones: u32,
 }
 
 impl Default for SimulateConfig {
@@ -121,6 +125,7 @@ impl Default for SimulateConfig {
             boot_time_ms: 2000,
             time_scale: 0.05,
             faults: std::collections::BTreeMap::new(),
+            phones: 0,
         }
     }
 }

@@ -367,6 +367,11 @@ impl App {
         {
             tracing::warn!("background tasks did not stop within {EXIT_DEADLINE:?}");
         }
+        // The service's own adb server (started by the first adb check) must not outlive it.
+        let adb = &self.lifeguard.hardware().adb;
+        if adb.path().is_file() {
+            adb.kill_server().await;
+        }
     }
 
     /// Bind the configured listen address.

@@ -20,6 +20,9 @@ pub const SIM_IMAGE: &str = "android";
 /// The same files as an image without an agent (health by reachability).
 pub const SIM_BARE_IMAGE: &str = "android-bare";
 
+/// The phones' image: checked over adb, its slot `a` made active.
+pub const SIM_ADB_IMAGE: &str = "android-adb";
+
 /// Start a simulated rack of `n` devices under `dir` and add it to `config`. `mozpool_exe`
 /// is the binary providing the hidden `sim-fastboot` subcommand.
 ///
@@ -36,11 +39,27 @@ pub fn start_rack(
         bootloader_window: std::time::Duration::from_millis(sim.bootloader_window_ms),
         boot_time: std::time::Duration::from_millis(sim.boot_time_ms),
     };
-    let rack = SimRack::start(
+    let phones = usize::try_from(sim.phones.min(n)).unwrap_or(0);
+    // Phones are flashed by Debian's fastboot over its TCP transport (the one `[hardware]`
+    // names, before the rack's wrapper takes its place) and checked with its adb.
+    let real_fastboot = config.hardware.fastboot.clone();
+    if phones > 0 {
+        for (tool, path) in [("fastboot", &real_fastboot), ("adb", &config.hardware.adb)] {
+            if !path.is_file() {
+                return Err(std::io::Error::other(format!(
+                    "[simulate] phones = {phones} needs Debian's {tool} at {} (apt install {tool})",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let rack = SimRack::start_with(
         usize::try_from(n).unwrap_or(0),
+        phones,
         timings,
         mozpool_exe,
         &dir.join("sim"),
+        real_fastboot.is_file().then_some(real_fastboot.as_path()),
     )?;
     for d in &rack.devices {
         if let Some(f) = sim.faults.get(d.name.as_str()) {
@@ -74,6 +93,9 @@ pub fn start_rack(
     l.pc_sut_rebooting_ms = l.pc_sut_rebooting_ms.max(1500);
     l.pc_pinging_ms = l.pc_pinging_ms.max(250);
     config.hardware.fastboot.clone_from(&rack.fastboot_path);
+    // The rack's own adb server: never a person's (5037) nor another rack's.
+    config.hardware.adb_server_port = free_port()?;
+    config.hardware.adb_timeout_ms = 10_000;
     config.hardware.sut_timeout_ms = 2000;
     config.hardware.ping_timeout_ms = 1000;
     config.hardware.power_off_time_ms = 200;
@@ -85,7 +107,7 @@ pub fn start_rack(
         .image_store
         .clone()
         .unwrap_or_else(|| config.server.data_dir.join("images"));
-    for image in [SIM_IMAGE, SIM_BARE_IMAGE] {
+    for image in [SIM_IMAGE, SIM_BARE_IMAGE, SIM_ADB_IMAGE] {
         let image_dir = store.join(image);
         std::fs::create_dir_all(&image_dir)?;
         for (file, bytes) in [("boot.img", 4096usize), ("system.img", 65_536)] {
@@ -106,6 +128,14 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             processor: Some("armv7".into()),
             description: Some("simulated PandaBoard".into()),
             boot_mode: crate::domain::model::BootMode::BootloaderWindow,
+        });
+    }
+    if let Some(n) = name("sim-phone") {
+        config.hardware_types.push(HardwareTypeConfig {
+            name: n,
+            processor: Some("arm64".into()),
+            description: Some("simulated phone: adbd, A/B slots, fastboot over TCP".into()),
+            boot_mode: crate::domain::model::BootMode::Adb,
         });
     }
     if let Some(n) = name("sim") {
@@ -138,13 +168,36 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             steps: sim_steps(),
         });
     }
+    if let Some(n) = name(SIM_ADB_IMAGE) {
+        let mut steps = sim_steps();
+        steps.push(FlashStepConfig {
+            action: Some("set_active".into()),
+            slot: Some("a".into()),
+            ..FlashStepConfig::default()
+        });
+        config.images.push(ImageConfig {
+            name: n,
+            description: Some("Android checked over adb (simulated files)".into()),
+            boot_config_keys: Vec::new(),
+            can_reuse: true,
+            hidden: false,
+            has_sut_agent: false,
+            agent: Some(crate::domain::model::Agent::Adb),
+            steps,
+        });
+    }
     for d in &rack.devices {
         let Some(dn) = name(d.name.as_str()) else {
             continue;
         };
+        let kind = if d.adb_serial.is_some() {
+            "sim-phone"
+        } else {
+            "sim-panda"
+        };
         config.devices.push(DeviceConfig {
             name: dn,
-            hardware_type: "sim-panda".parse().ok(),
+            hardware_type: kind.parse().ok(),
             processor: None,
             pool: Some("mobile".into()),
             os_version: Some("4.0.4".into()),
@@ -152,10 +205,17 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             relay: Some(d.relay.clone()),
             sut: d.sut_addr.to_string().parse().ok(),
             fastboot_serial: Some(d.fastboot_serial.clone()),
-            adb_serial: None,
+            adb_serial: d.adb_serial.clone(),
             comments: None,
         });
     }
+}
+
+/// A TCP port free on loopback now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The simulated images' recipe: the files `start_rack` writes.

@@ -68,24 +68,25 @@ impl Output {
         self.all().find_map(|l| {
             let t = l.trim();
             let lower = t.to_ascii_lowercase();
-            let kind = if lower.contains("unauthorized") {
-                AdbProblem::Unauthorized
-            } else if lower.contains("offline") {
-                AdbProblem::Offline
-            } else if lower.contains("not found")
-                && (lower.starts_with("error: device") || lower.contains("no devices"))
-                || lower.starts_with("error: no devices")
-            {
-                AdbProblem::NotFound
-            } else if lower.starts_with("error:")
-                || lower.starts_with("adb: error")
-                || lower.starts_with("failed to connect")
-                || lower.starts_with("cannot connect")
-            {
-                AdbProblem::Failed
-            } else {
-                return None;
-            };
+            let kind =
+                if lower.contains("unauthorized") || lower.starts_with("failed to authenticate") {
+                    AdbProblem::Unauthorized
+                } else if lower.contains("offline") {
+                    AdbProblem::Offline
+                } else if lower.contains("not found")
+                    && (lower.starts_with("error: device") || lower.contains("no devices"))
+                    || lower.starts_with("error: no devices")
+                {
+                    AdbProblem::NotFound
+                } else if lower.starts_with("error:")
+                    || lower.starts_with("adb: error")
+                    || lower.starts_with("failed to connect")
+                    || lower.starts_with("cannot connect")
+                {
+                    AdbProblem::Failed
+                } else {
+                    return None;
+                };
             Some((kind, t.to_owned()))
         })
     }
@@ -167,16 +168,38 @@ impl Adb {
         })
     }
 
-    /// `adb -s SERIAL ARGS...` on a connected device; the lines it printed on stdout.
+    /// `adb -s SERIAL ARGS...` on a connected device; the lines it printed on stdout. A
+    /// network device that adb holds as offline (it rebooted and came back, and adb's own
+    /// reconnect is still seconds away) is disconnected and connected again, once.
     async fn device_command(
         &self,
         serial: &str,
         args: &[&str],
         limit: Duration,
     ) -> Result<Vec<String>> {
-        check_name("adb serial", serial).map_err(|e| Error::BadConfig(e.to_string()))?;
         let end = Instant::now() + limit;
-        self.connect(serial, limit).await?;
+        match self.device_command_once(serial, args, end).await {
+            Err(Error::Adb {
+                kind: AdbProblem::Offline,
+                ..
+            }) if is_network_serial(serial) => {
+                let left = end.saturating_duration_since(Instant::now());
+                self.run(&["disconnect", serial], left).await?;
+                self.device_command_once(serial, args, end).await
+            }
+            r => r,
+        }
+    }
+
+    async fn device_command_once(
+        &self,
+        serial: &str,
+        args: &[&str],
+        end: Instant,
+    ) -> Result<Vec<String>> {
+        check_name("adb serial", serial).map_err(|e| Error::BadConfig(e.to_string()))?;
+        self.connect(serial, end.saturating_duration_since(Instant::now()))
+            .await?;
         let mut argv = vec!["-s", serial];
         argv.extend_from_slice(args);
         let (o, ok) = self
@@ -318,6 +341,10 @@ mod tests {
             Some(AdbProblem::NotFound)
         );
         assert_eq!(problem(&["error: closed"]), Some(AdbProblem::Failed));
+        assert_eq!(
+            problem(&["failed to authenticate to 127.0.0.1:5555"]),
+            Some(AdbProblem::Unauthorized)
+        );
         assert_eq!(problem(&["* daemon started successfully"]), None);
     }
 

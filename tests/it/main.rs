@@ -4,6 +4,7 @@
 
 mod support;
 
+mod agents;
 mod api_errors;
 mod api_golden;
 mod api_inventory;
@@ -24,6 +25,7 @@ mod lifeguard;
 mod log_chain;
 mod registration;
 mod requests;
+mod sim_adbd;
 mod sim_fastboot_tcp;
 mod storage;
 mod ui;

@@ -193,6 +193,24 @@ impl TestServer {
     }
 }
 
+/// Whether the external tool at `path` (Debian's `adb`, `fastboot`, ...) is installed. Outside
+/// CI a missing tool prints `SKIPPED <test>: <tool> not installed` and the test returns early
+/// and passes; with `CI` set or `MOZPOOL_REQUIRE_TOOLS=1` it fails the test instead.
+pub fn tool_installed(test: &str, tool: &str, path: &Path) -> bool {
+    if path.exists() {
+        return true;
+    }
+    let required = std::env::var_os("CI").is_some()
+        || std::env::var("MOZPOOL_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{test}: {tool} ({}) is required here (CI or MOZPOOL_REQUIRE_TOOLS=1) but not installed",
+        path.display()
+    );
+    eprintln!("SKIPPED {test}: {tool} not installed");
+    false
+}
+
 pub async fn decode(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let bytes = r.bytes().await.expect("body");
@@ -244,16 +262,8 @@ bootloader_window_ms = 1500
 /// fails the test instead.
 pub fn require_tool(test: &str, path: &str) -> Option<std::path::PathBuf> {
     let p = std::path::PathBuf::from(path);
-    if p.is_file() {
-        return Some(p);
-    }
-    let name = p.file_name().map_or(path.into(), |n| n.to_string_lossy());
-    let required = std::env::var_os("CI").is_some()
-        || std::env::var("MOZPOOL_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{test}: {name} is required but not installed at {path}"
-    );
-    eprintln!("SKIPPED {test}: {name} not installed");
-    None
+    let name = p
+        .file_name()
+        .map_or(path.into(), |n| n.to_string_lossy().into_owned());
+    tool_installed(test, &name, &p).then_some(p)
 }

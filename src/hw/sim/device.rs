@@ -136,6 +136,8 @@ struct State {
     partitions: Vec<String>,
     /// Active slot of an A/B device.
     slot: Option<char>,
+    /// Files adbd's shell wrote (under `/data/local/tmp`).
+    files: BTreeMap<String, Vec<u8>>,
     on_boot: Option<BootHook>,
 }
 
@@ -147,6 +149,9 @@ struct Inner {
     /// fastboot's TCP transport, when the spec asks for it (dropped with the device).
     fastboot: Mutex<Option<super::fastboot_tcp::SimFastbootTcp>>,
     fastboot_addr: Option<SocketAddr>,
+    /// adbd on its own loopback address, for a device whose OS runs it.
+    adbd: Mutex<Option<super::adbd::SimAdbd>>,
+    adbd_addr: Option<SocketAddr>,
     state: Mutex<State>,
     cv: Condvar,
 }
@@ -199,9 +204,8 @@ impl SimDevice {
         listener.set_nonblocking(true)?;
         let control = listener.local_addr()?;
         let fastboot_listener = if spec.fastboot_tcp {
-            let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-                io::Error::other("fastboot over TCP needs a tokio runtime")
-            })?;
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| io::Error::other("fastboot over TCP needs a tokio runtime"))?;
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.set_nonblocking(true)?;
             let _guard = handle.enter();
@@ -213,6 +217,22 @@ impl SimDevice {
             .as_ref()
             .map(tokio::net::TcpListener::local_addr)
             .transpose()?;
+        let adbd_listener = if spec.adbd {
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| io::Error::other("a simulated adbd needs a tokio runtime"))?;
+            // Its own address: adbd's port is free while the device is down, and on a shared
+            // address another simulator could take it meanwhile.
+            let l = std::net::TcpListener::bind((super::sut::own_loopback_ip(), 0))?;
+            l.set_nonblocking(true)?;
+            let _guard = handle.enter();
+            Some(tokio::net::TcpListener::from_std(l)?)
+        } else {
+            None
+        };
+        let adbd_addr = adbd_listener
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?;
         let slot = spec.slots.then_some('a');
         let inner = Arc::new(Inner {
             serial: serial.to_owned(),
@@ -221,6 +241,8 @@ impl SimDevice {
             control,
             fastboot: Mutex::new(None),
             fastboot_addr,
+            adbd: Mutex::new(None),
+            adbd_addr,
             state: Mutex::new(State {
                 powered: false,
                 phase: SimPhase::Off,
@@ -232,6 +254,7 @@ impl SimDevice {
                 boots: 0,
                 partitions: DEFAULT_PARTITIONS.iter().map(|s| (*s).to_owned()).collect(),
                 slot,
+                files: BTreeMap::new(),
                 on_boot: None,
             }),
             cv: Condvar::new(),
@@ -244,6 +267,15 @@ impl SimDevice {
                 super::fastboot_tcp::ServeOptions::default(),
             )?;
             *lock(&inner.fastboot) = Some(server);
+        }
+        if let Some(l) = adbd_listener {
+            let target = Arc::new(AdbSide(Arc::downgrade(&inner)));
+            let _guard = tokio::runtime::Handle::try_current()
+                .map_err(|_| io::Error::other("a simulated adbd needs a tokio runtime"))?
+                .enter();
+            let server =
+                super::adbd::SimAdbd::spawn(l, target, super::adbd::AdbdConfig::default())?;
+            *lock(&inner.adbd) = Some(server);
         }
         let weak = Arc::downgrade(&inner);
         inner.sut.set_on_reboot(Arc::new(move || {
@@ -284,6 +316,12 @@ impl SimDevice {
     #[must_use]
     pub fn fastboot_tcp_serial(&self) -> Option<String> {
         self.inner.fastboot_addr.map(|a| format!("tcp:{a}"))
+    }
+
+    /// adbd's address (`adb connect` it), when its OS runs adbd.
+    #[must_use]
+    pub fn adb_addr(&self) -> Option<SocketAddr> {
+        self.inner.adbd_addr
     }
 
     /// What kind of device it is.
@@ -509,17 +547,22 @@ impl super::fastboot_tcp::FastbootTarget for FastbootSide {
     }
 
     fn present(&self) -> bool {
-        self.device().is_some_and(|d| {
-            matches!(d.phase(), SimPhase::Bootloader | SimPhase::Fastbootd)
-        })
+        self.device()
+            .is_some_and(|d| matches!(d.phase(), SimPhase::Bootloader | SimPhase::Fastbootd))
     }
 
     fn getvar(&self, name: &str) -> Result<String, String> {
         let d = self.device().ok_or("device gone")?;
         let st = lock(&d.inner.state);
         let part = |p: &str| -> Option<String> {
-            let base = p.strip_suffix("_a").or_else(|| p.strip_suffix("_b")).unwrap_or(p);
-            st.partitions.iter().any(|x| x == base).then(|| base.to_owned())
+            let base = p
+                .strip_suffix("_a")
+                .or_else(|| p.strip_suffix("_b"))
+                .unwrap_or(p);
+            st.partitions
+                .iter()
+                .any(|x| x == base)
+                .then(|| base.to_owned())
         };
         let userspace = st.phase == SimPhase::Fastbootd;
         match name.split_once(':') {
@@ -536,17 +579,25 @@ impl super::fastboot_tcp::FastbootTarget for FastbootSide {
                 .map(|_| if st.slot.is_some() { "yes" } else { "no" }.to_owned())
                 .ok_or_else(not_found),
             Some(("partition-type", p)) => part(p).map(|_| "raw".to_owned()).ok_or_else(not_found),
-            Some(("partition-size", p)) => part(p).map(|_| "0x10000000".to_owned()).ok_or_else(not_found),
+            Some(("partition-size", p)) => part(p)
+                .map(|_| "0x10000000".to_owned())
+                .ok_or_else(not_found),
             Some(("is-logical", p)) => part(p).map(|_| "no".to_owned()).ok_or_else(not_found),
             Some(_) => Err(not_found()),
         }
     }
 
     fn vars(&self) -> Vec<(String, String)> {
-        ["product", "serialno", "version-bootloader", "is-userspace", "slot-count"]
-            .iter()
-            .filter_map(|n| self.getvar(n).ok().map(|v| ((*n).to_owned(), v)))
-            .collect()
+        [
+            "product",
+            "serialno",
+            "version-bootloader",
+            "is-userspace",
+            "slot-count",
+        ]
+        .iter()
+        .filter_map(|n| self.getvar(n).ok().map(|v| ((*n).to_owned(), v)))
+        .collect()
     }
 
     fn flash(&self, partition: &str, data: Vec<u8>) -> Result<(), String> {
@@ -603,7 +654,102 @@ impl super::fastboot_tcp::FastbootTarget for FastbootSide {
     }
 
     fn hangs(&self) -> bool {
-        self.device().is_some_and(|d| lock(&d.inner.state).faults.fastboot_hangs)
+        self.device()
+            .is_some_and(|d| lock(&d.inner.state).faults.fastboot_hangs)
+    }
+}
+
+/// The device as its adbd simulator sees it. Weak, as [`FastbootSide`].
+struct AdbSide(Weak<Inner>);
+
+impl AdbSide {
+    fn device(&self) -> Option<SimDevice> {
+        self.0.upgrade().map(|inner| SimDevice { inner })
+    }
+
+    /// Check a path the shell wants to change: only `/data/local/tmp` is writable, and not
+    /// at all with the read-only storage fault.
+    fn writable(st: &State, path: &str) -> Result<(), String> {
+        use super::adbd::{EACCES, EROFS, TMP_DIR};
+        if st.faults.storage_read_only {
+            return Err(EROFS.into());
+        }
+        match path.strip_prefix(TMP_DIR) {
+            Some(rest) if rest.starts_with('/') && rest.len() > 1 => Ok(()),
+            _ if path.starts_with("/data/") => Err(EACCES.into()),
+            _ => Err(EROFS.into()),
+        }
+    }
+}
+
+impl super::adbd::AdbTarget for AdbSide {
+    fn adbd_up(&self) -> bool {
+        self.device()
+            .is_some_and(|d| d.inner.spec.adbd && d.phase() == SimPhase::Os)
+    }
+
+    fn authorized(&self) -> bool {
+        self.device()
+            .is_some_and(|d| !lock(&d.inner.state).faults.adb_unauthorized)
+    }
+
+    fn banner(&self) -> super::adbd::AdbBanner {
+        let (product, serial) = self.device().map_or_else(Default::default, |d| {
+            (d.inner.spec.product.clone(), d.inner.serial.clone())
+        });
+        super::adbd::AdbBanner {
+            product_name: product.clone(),
+            model: format!("Sim_{product}"),
+            device: serial,
+        }
+    }
+
+    fn getprop(&self, name: &str) -> Option<String> {
+        let d = self.device()?;
+        match name {
+            "sys.boot_completed" => (d.phase() == SimPhase::Os).then(|| "1".to_owned()),
+            "ro.serialno" => Some(d.inner.serial.clone()),
+            "ro.product.name" | "ro.product.device" => Some(d.inner.spec.product.clone()),
+            "ro.build.version.sdk" => Some("29".into()),
+            _ => None,
+        }
+    }
+
+    fn write_file(&self, path: &str, data: &[u8]) -> Result<(), String> {
+        let d = self.device().ok_or("device gone")?;
+        let mut st = lock(&d.inner.state);
+        Self::writable(&st, path)?;
+        st.files.insert(path.to_owned(), data.to_vec());
+        Ok(())
+    }
+
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        let d = self.device().ok_or("device gone")?;
+        let st = lock(&d.inner.state);
+        st.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| super::adbd::ENOENT.into())
+    }
+
+    fn remove_file(&self, path: &str) -> Result<(), String> {
+        let d = self.device().ok_or("device gone")?;
+        let mut st = lock(&d.inner.state);
+        Self::writable(&st, path)?;
+        st.files
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| super::adbd::ENOENT.into())
+    }
+
+    fn reboot(&self, to: super::adbd::AdbReboot) {
+        use super::adbd::AdbReboot as R;
+        let Some(d) = self.device() else { return };
+        d.reboot_to(match to {
+            R::Os | R::Recovery => Reboot::Os,
+            R::Bootloader => Reboot::Bootloader,
+            R::Fastboot => Reboot::Fastbootd,
+        });
     }
 }
 
@@ -630,12 +776,18 @@ fn phase_loop(weak: &Weak<Inner>) {
                     };
                 }
                 SimPhase::Booting => {
-                    // Lock order is always device state, then agent.
-                    inner.sut.set_up(true);
+                    // Lock order is always device state, then agent. A phone's OS runs adbd
+                    // (which follows the phase by itself), not SUTAgent.
+                    if !inner.spec.adbd {
+                        inner.sut.set_up(true);
+                    }
                     st.phase = SimPhase::Os;
                     st.until = None;
                     st.boots += 1;
-                    booted = Some(st.on_boot.clone());
+                    // Only SUTAgent registers itself; adbd does not.
+                    if !inner.spec.adbd {
+                        booted = Some(st.on_boot.clone());
+                    }
                 }
                 _ => st.until = None,
             }

@@ -5,6 +5,7 @@
 //! They are test equipment, not drivers: they may block their own threads freely, but
 //! they never touch real hardware.
 
+pub mod adbd;
 pub mod device;
 pub mod fastboot;
 pub mod fastboot_tcp;
@@ -16,7 +17,8 @@ pub mod sut;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
+pub use adbd::{AdbBanner, AdbReboot, AdbTarget, AdbdConfig, MemoryAdbTarget, SimAdbd};
+pub use device::{Reboot, SimDevice, SimFaults, SimPhase, SimSpec, SimTimings};
 pub use fastboot::sim_fastboot_main;
 pub use fastboot_tcp::{FastbootTarget, MemoryTarget, RebootTarget, SimFastbootTcp};
 pub use lcus::SimLcusBoard;

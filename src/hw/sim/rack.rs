@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::device::{BootHook, SimDevice, SimTimings};
+use super::device::{BootHook, SimDevice, SimSpec, SimTimings};
 use super::proxr::SimProxrBoard;
 use crate::domain::names::{BoardName, DeviceName};
 use crate::hw::relay::{BoardConfig, BoardKind, Contact, Framing, RelayAddr, Transport};
@@ -27,9 +27,12 @@ pub struct SimRackDevice {
     pub name: DeviceName,
     /// Its power relay.
     pub relay: RelayAddr,
-    /// Its SUTAgent command port.
+    /// Its SUTAgent command port (a phone's: the address its host answers on).
     pub sut_addr: SocketAddr,
+    /// The stand-in's serial for a panda, `tcp:127.0.0.1:PORT` for a phone.
     pub fastboot_serial: String,
+    /// A phone's adbd (`host:port`, for `adb connect`); `None` for a panda.
+    pub adb_serial: Option<String>,
     /// The simulated device itself (faults, inspection).
     pub device: SimDevice,
 }
@@ -71,11 +74,41 @@ impl SimRack {
         mozpool_exe: &Path,
         dir: &Path,
     ) -> io::Result<Self> {
+        SimRack::start_with(n, 0, timings, mozpool_exe, dir, None)
+    }
+
+    /// [`SimRack::start`] where the last `phones` of the `n` devices are phones: adbd
+    /// instead of SUTAgent, A/B slots, fastboot over TCP. The wrapper script hands `tcp:`
+    /// serials to `real_fastboot` (Debian's), which phones need; the rest go to the
+    /// stand-in. Phones need a tokio runtime.
+    ///
+    /// # Errors
+    /// pty, socket or file errors; phones without `real_fastboot`.
+    pub fn start_with(
+        n: usize,
+        phones: usize,
+        timings: SimTimings,
+        mozpool_exe: &Path,
+        dir: &Path,
+        real_fastboot: Option<&Path>,
+    ) -> io::Result<Self> {
+        if phones > 0 && real_fastboot.is_none() {
+            return Err(io::Error::other(
+                "simulated phones are flashed over fastboot's TCP transport: they need Debian's fastboot",
+            ));
+        }
         let rack_dir = dir.join("rack");
         std::fs::create_dir_all(&rack_dir)?;
         let fastboot_path = dir.join("fastboot");
+        // `Flasher` always passes `-s SERIAL` first, so $2 is the serial.
+        let tcp = real_fastboot.map_or_else(String::new, |f| {
+            format!(
+                "case \"$2\" in tcp:*) exec {} \"$@\";; esac\n",
+                sh_quote(&f.to_string_lossy())
+            )
+        });
         let script = format!(
-            "#!/bin/sh\nexec {} sim-fastboot --rack {} \"$@\"\n",
+            "#!/bin/sh\n{tcp}exec {} sim-fastboot --rack {} \"$@\"\n",
             sh_quote(&mozpool_exe.to_string_lossy()),
             sh_quote(&rack_dir.to_string_lossy())
         );
@@ -87,7 +120,17 @@ impl SimRack {
         let mut devices = Vec::with_capacity(n);
         for i in 1..=n {
             let serial = format!("sim{i:04}");
-            let device = SimDevice::start(&serial, "sim-panda", timings, Some(&rack_dir))?;
+            let spec = if i + phones > n {
+                SimSpec {
+                    product: "sim-phone".into(),
+                    adbd: true,
+                    fastboot_tcp: true,
+                    slots: true,
+                }
+            } else {
+                SimSpec::panda("sim-panda")
+            };
+            let device = SimDevice::start_with(&serial, spec, timings, Some(&rack_dir))?;
             devices.push(device);
         }
         let mut boards = Vec::new();
@@ -115,7 +158,10 @@ impl SimRack {
                     name: format!("sim-{idx:04}").parse().map_err(bad)?,
                     relay: RelayAddr::relay(name.clone(), bank, relay).map_err(bad)?,
                     sut_addr: d.sut_addr(),
-                    fastboot_serial: d.serial().to_owned(),
+                    fastboot_serial: d
+                        .fastboot_tcp_serial()
+                        .unwrap_or_else(|| d.serial().to_owned()),
+                    adb_serial: d.adb_addr().map(|a| a.to_string()),
                     device: d.clone(),
                 });
                 d.set_power(true);
@@ -149,6 +195,11 @@ impl SimRack {
                 self.devices
                     .iter()
                     .map(|d| (d.sut_addr, d.device.clone()))
+                    .chain(
+                        self.devices
+                            .iter()
+                            .filter_map(|d| d.device.adb_addr().map(|a| (a, d.device.clone()))),
+                    )
                     .collect(),
             ),
         }

@@ -174,7 +174,7 @@ impl Drop for SimSutAgent {
 /// agent started meanwhile (another simulated rack, in another test) could take it on a
 /// shared address, so the down agent's clients would reach a stranger. Each agent gets its
 /// own address in 127.0.0.0/8 (the process id and a counter), which keeps its port its own.
-fn own_loopback_ip() -> std::net::Ipv4Addr {
+pub(super) fn own_loopback_ip() -> std::net::Ipv4Addr {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
