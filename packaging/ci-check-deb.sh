@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the .deb and check it the way a lab controller would use it:
-#  1. metadata and contents (binary, unit, sysusers, conffiles, udev rules, maintainer scripts);
+#  1. metadata and contents (binary, unit, sysusers, conffiles, udev rules, maintainer scripts,
+#     Recommends: fastboot and adb);
 #  2. unpack it into a throwaway root and run the packaged binary with the packaged config
 #     (data dir and listen address overridden to temporary values);
 #  3. /api/health/, /metrics, `mozpool backup` → stop → `mozpool restore` → start again;
@@ -53,6 +54,10 @@ dpkg-deb -I "$DEB" | tee "$WORK/info"
 dpkg-deb -f "$DEB" Package | grep -qx mozpool || fail "Package is not mozpool"
 dpkg-deb -f "$DEB" Depends | grep -q 'libc6' || fail "Depends lacks libc6 (\$auto)"
 dpkg-deb -f "$DEB" Architecture | grep -qx "$ARCH" || fail "Architecture is not $ARCH"
+for r in fastboot adb; do
+    dpkg-deb -f "$DEB" Recommends | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -qx "$r" \
+        || fail "Recommends lacks $r"
+done
 mkdir -p "$WORK/control"
 dpkg-deb -e "$DEB" "$WORK/control"
 for f in /etc/mozpool/mozpool.toml /etc/default/mozpool; do
@@ -73,6 +78,8 @@ udev_line=$(grep -n 'udevadm control --reload-rules' "$WORK/control/postinst" | 
 start_line=$(grep -n 'deb-systemd-invoke' "$WORK/control/postinst" | head -1 | cut -d: -f1)
 [ -n "$udev_line" ] && [ -n "$start_line" ] && [ "$udev_line" -lt "$start_line" ] \
     || fail "postinst: udev reload (line ${udev_line:-none}) must precede the service start (line ${start_line:-none})"
+grep -q 'udevadm trigger --subsystem-match=usb' "$WORK/control/postinst" \
+    || fail "postinst does not re-apply the Android rules to phones already plugged in"
 grep -q 'rm -rf /var/lib/mozpool' "$WORK/control/postrm" || fail "postrm does not purge the data"
 
 log "contents"
@@ -81,6 +88,7 @@ for f in ./usr/bin/mozpool \
          ./usr/lib/systemd/system/mozpool.service \
          ./usr/lib/sysusers.d/mozpool.conf \
          ./usr/lib/udev/rules.d/70-mozpool.rules \
+         ./usr/lib/udev/rules.d/70-mozpool-android.rules \
          ./usr/lib/modules-load.d/mozpool.conf \
          ./etc/mozpool/mozpool.toml \
          ./etc/default/mozpool \
@@ -203,8 +211,13 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 else
     echo "systemd-analyze not available; unit not verified"
 fi
+# `udevadm verify` exists from systemd 254 (Debian 12 has 252: skipped there).
 if command -v udevadm >/dev/null 2>&1 && udevadm verify --help >/dev/null 2>&1; then
-    udevadm verify "$ROOT/usr/lib/udev/rules.d/70-mozpool.rules"
+    udevadm verify "$ROOT/usr/lib/udev/rules.d/70-mozpool.rules" \
+        "$ROOT/usr/lib/udev/rules.d/70-mozpool-android.rules" || fail "udevadm verify failed"
+    echo "udevadm verify: clean"
+else
+    echo "udevadm verify not available (needs systemd >= 254); rules not verified"
 fi
 
 log "the .deb passed"

@@ -23,6 +23,7 @@ mod hw_sut;
 mod layers;
 mod lifeguard;
 mod log_chain;
+mod packaging;
 mod registration;
 mod requests;
 mod sim_adbd;
