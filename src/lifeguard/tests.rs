@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::domain::clock::Millis;
+use crate::domain::model::BootMode;
 use crate::domain::names::ImageName;
 
 use DeviceState as S;
@@ -1627,5 +1628,30 @@ fn transition_table() {
             assert!(tr.is_noop(&s), "{st} {k:?}");
             assert!(logs(&tr).contains("ignored event"), "{st} {k:?}");
         }
+    }
+}
+
+#[test]
+fn only_the_bootloader_window_needs_a_relay_to_flash() {
+    // No relay wiring: a PandaBoard cannot be flashed, a phone (adb) or a board already in
+    // fastboot can.
+    let s = at(S::Ready, false, true);
+    let tr = please_ok(&s, image_event(Some(7), true));
+    assert_eq!(tr.next.state, S::FailedPowerCycling, "{:?}", tr.log);
+    assert!(
+        tr.actions
+            .iter()
+            .all(|a| !matches!(a, Action::Flash { .. }))
+    );
+    for mode in [BootMode::Adb, BootMode::Already] {
+        let mut s = at(S::Ready, false, true);
+        s.boot_mode = mode;
+        let tr = please_ok(&s, image_event(Some(7), true));
+        assert_eq!(tr.next.state, S::Flashing, "{mode:?}: {:?}", tr.log);
+        assert!(
+            matches!(tr.actions.as_slice(), [Action::Flash { .. }]),
+            "{mode:?}: {:?}",
+            tr.actions
+        );
     }
 }
