@@ -8,7 +8,7 @@
 //! previous one, whose result would be ignored anyway (wrong generation).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,6 +135,14 @@ pub enum SutAddrError {
     NoAddress {
         /// The address as the inventory has it.
         text: String,
+    },
+    /// The resolver did not answer within the action's time limit.
+    #[error("cannot resolve {text}: no answer within {limit:?}")]
+    ResolveTimedOut {
+        /// The address as the inventory has it.
+        text: String,
+        /// The limit.
+        limit: Duration,
     },
 }
 
@@ -526,9 +534,9 @@ impl Lifeguard {
                     reason: e.to_string(),
                 },
             },
-            Action::SutReboot => match sut_addr(device) {
-                Ok(addr) => match hw::sut::reboot(addr, sut_limit).await {
-                    Ok(()) => Event::SutRebootOk { generation: g },
+            Action::SutReboot => match sut_addr(device, sut_limit).await {
+                Ok((addr, limit)) => match hw::sut::reboot(addr, limit).await {
+                    Ok(_) => Event::SutRebootOk { generation: g },
                     Err(e) => Event::SutRebootFailed {
                         generation: g,
                         reason: e.to_string(),
@@ -612,7 +620,7 @@ impl Lifeguard {
     }
 
     async fn probe_within(&self, d: &Device, limit: Duration) -> Result<(), ProbeError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         match hw::ping::probe(addr, limit).await? {
             hw::ping::Reachability::Open => Ok(()),
             // Only a listening service port counts: on the simulated rack every device is on
@@ -622,7 +630,7 @@ impl Lifeguard {
     }
 
     async fn sut_verify(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         hw::sut::verify(addr, limit).await?;
         Ok(())
     }
@@ -630,7 +638,7 @@ impl Lifeguard {
     /// `ver` on a new connection; after a good answer the connection is kept for the
     /// storage check that follows ([`Lifeguard::storage_check`]).
     async fn sut_verify_keeping(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         let mut session = hw::sut::Session::open(addr, limit).await?;
         match session.ver().await {
             Ok(_) => {
@@ -657,7 +665,7 @@ impl Lifeguard {
     /// and it has not expired ([`hw::sut::check_storage_on`]: a kept connection the agent
     /// has closed meanwhile is not held against the device).
     async fn storage_check(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         let kept = lock(&self.inner.kept)
             .remove(d.name.as_str())
             .filter(|k| k.until > tokio::time::Instant::now())
@@ -842,18 +850,27 @@ impl Lifeguard {
     }
 }
 
-/// A device's SUTAgent (service) address.
-fn sut_addr(d: &Device) -> Result<SocketAddr, SutAddrError> {
+/// A device's SUTAgent (service) address, resolved within `limit` (a host name on tokio's
+/// blocking pool, [`hw::sut::resolve`]), and the part of `limit` left for talking to it.
+async fn sut_addr(d: &Device, limit: Duration) -> Result<(SocketAddr, Duration), SutAddrError> {
     let text = d.wiring.sut_addr.as_ref().ok_or(SutAddrError::Missing)?;
-    text.to_socket_addrs()
-        .map_err(|source| SutAddrError::Unresolvable {
-            text: text.to_string(),
-            source,
-        })?
-        .next()
-        .ok_or_else(|| SutAddrError::NoAddress {
-            text: text.to_string(),
-        })
+    let started = tokio::time::Instant::now();
+    let addr = hw::sut::resolve(text.as_str(), limit)
+        .await
+        .map_err(|e| match e {
+            hw::sut::ResolveError::NoAddress => SutAddrError::NoAddress {
+                text: text.to_string(),
+            },
+            hw::sut::ResolveError::TimedOut(limit) => SutAddrError::ResolveTimedOut {
+                text: text.to_string(),
+                limit,
+            },
+            hw::sut::ResolveError::Lookup(source) => SutAddrError::Unresolvable {
+                text: text.to_string(),
+                source,
+            },
+        })?;
+    Ok((addr, limit.saturating_sub(started.elapsed())))
 }
 
 /// The build URL a boot config names (`b2gbase`, as the original's B2G images, or
