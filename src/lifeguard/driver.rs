@@ -8,7 +8,7 @@
 //! previous one, whose result would be ignored anyway (wrong generation).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -141,6 +141,14 @@ pub enum SutAddrError {
         /// The address as the inventory has it.
         text: String,
     },
+    /// The resolver did not answer within the action's time limit.
+    #[error("cannot resolve {text}: no answer within {limit:?}")]
+    ResolveTimedOut {
+        /// The address as the inventory has it.
+        text: String,
+        /// The limit.
+        limit: Duration,
+    },
 }
 
 /// Why a reachability probe (ping, health check) of a device failed.
@@ -168,6 +176,9 @@ pub enum SutError {
     /// The image has no agent to talk to.
     #[error("image {0} has no agent to do this")]
     NoAgent(String),
+    /// SUTAgent accepted `rebt` but the device has not been seen to reboot.
+    #[error("soft reboot not confirmed: {0}")]
+    RebootNotConfirmed(hw::Error),
     /// The agent could not be reached or answered badly.
     #[error(transparent)]
     Hw(#[from] hw::Error),
@@ -237,6 +248,12 @@ struct Inner {
     /// By device: the connection a successful SUTAgent verify leaves open for the storage
     /// check that follows it, so a self-test connects once instead of twice.
     kept: Mutex<HashMap<String, KeptSession>>,
+    /// By device: SUTAgent reboots sent (`rebt`) and not yet seen to happen, with the
+    /// agent's uptime before them. The next verify first confirms the reboot (the agent
+    /// went away and came back, or its uptime dropped), so an agent that accepts `rebt` and
+    /// stays up does not pass. Kept in memory only: after a restart the device is verified
+    /// as usual.
+    unconfirmed: Mutex<HashMap<String, Option<u64>>>,
     health: Semaphore,
     wake: Notify,
     shutdown: CancellationToken,
@@ -281,6 +298,7 @@ impl Lifeguard {
                 heartbeat,
                 inflight: Mutex::new(HashMap::new()),
                 kept: Mutex::new(HashMap::new()),
+                unconfirmed: Mutex::new(HashMap::new()),
                 health,
                 wake: Notify::new(),
                 shutdown,
@@ -504,6 +522,14 @@ impl Lifeguard {
         };
         let sut_limit = within(s.sut_timeout_ms);
         let ping_limit = within(s.ping_timeout_ms);
+        if matches!(
+            action,
+            Action::PowerCycle | Action::PowerOff | Action::Flash { .. }
+        ) {
+            // The relay or a flash restarts the device for certain: no soft reboot is left to
+            // confirm.
+            lock(&self.inner.unconfirmed).remove(device.name.as_str());
+        }
         let started = std::time::Instant::now();
         let event = match action {
             Action::PowerCycle => match self.relay(device) {
@@ -620,7 +646,7 @@ impl Lifeguard {
     /// Whether the device's host answers at all (a refused port counts: its network stack
     /// is up), for images without an agent.
     async fn probe_within(&self, d: &Device, limit: Duration) -> Result<(), ProbeError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         self.inner.hw.prober.probe(addr, limit).await?;
         Ok(())
     }
@@ -646,7 +672,16 @@ impl Lifeguard {
     /// Verify through the image's agent. A SUTAgent connection is kept for the storage check
     /// that follows when `keep` (a verify state, not an idle health check).
     async fn agent_verify(&self, d: &Device, limit: Duration, keep: bool) -> Result<(), SutError> {
-        match self.agent_of(d).await {
+        let agent = self.agent_of(d).await;
+        let pending = lock(&self.inner.unconfirmed).get(d.name.as_str()).copied();
+        if let (Agent::Sut, Some(before)) = (agent, pending) {
+            let (addr, _) = sut_addr(d, limit).await?;
+            hw::sut::confirm_rebooted(addr, before, limit)
+                .await
+                .map_err(SutError::RebootNotConfirmed)?;
+            lock(&self.inner.unconfirmed).remove(d.name.as_str());
+        }
+        match agent {
             Agent::Sut if keep => self.sut_verify_keeping(d, limit).await,
             Agent::Sut => self.sut_verify(d, limit).await,
             Agent::Adb => Ok(self
@@ -677,8 +712,10 @@ impl Lifeguard {
     async fn agent_reboot(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
         match self.agent_of(d).await {
             Agent::Sut => {
-                let addr = sut_addr(d)?;
-                Ok(hw::sut::reboot(addr, limit).await?)
+                let (addr, limit) = sut_addr(d, limit).await?;
+                let sent = hw::sut::reboot(addr, limit).await?;
+                lock(&self.inner.unconfirmed).insert(d.name.to_string(), sent.uptime_before);
+                Ok(())
             }
             Agent::Adb => Ok(self
                 .inner
@@ -729,7 +766,7 @@ impl Lifeguard {
     }
 
     async fn sut_verify(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         hw::sut::verify(addr, limit).await?;
         Ok(())
     }
@@ -737,7 +774,7 @@ impl Lifeguard {
     /// `ver` on a new connection; after a good answer the connection is kept for the
     /// storage check that follows ([`Lifeguard::storage_check`]).
     async fn sut_verify_keeping(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         let mut session = hw::sut::Session::open(addr, limit).await?;
         match session.ver().await {
             Ok(_) => {
@@ -764,7 +801,7 @@ impl Lifeguard {
     /// and it has not expired ([`hw::sut::check_storage_on`]: a kept connection the agent
     /// has closed meanwhile is not held against the device).
     async fn storage_check(&self, d: &Device, limit: Duration) -> Result<(), SutError> {
-        let addr = sut_addr(d)?;
+        let (addr, limit) = sut_addr(d, limit).await?;
         let kept = lock(&self.inner.kept)
             .remove(d.name.as_str())
             .filter(|k| k.until > tokio::time::Instant::now())
@@ -939,18 +976,27 @@ impl Lifeguard {
     }
 }
 
-/// A device's SUTAgent (service) address.
-fn sut_addr(d: &Device) -> Result<SocketAddr, SutAddrError> {
+/// A device's SUTAgent (service) address, resolved within `limit` (a host name on tokio's
+/// blocking pool, [`hw::sut::resolve`]), and the part of `limit` left for talking to it.
+async fn sut_addr(d: &Device, limit: Duration) -> Result<(SocketAddr, Duration), SutAddrError> {
     let text = d.wiring.sut_addr.as_ref().ok_or(SutAddrError::Missing)?;
-    text.to_socket_addrs()
-        .map_err(|source| SutAddrError::Unresolvable {
-            text: text.to_string(),
-            source,
-        })?
-        .next()
-        .ok_or_else(|| SutAddrError::NoAddress {
-            text: text.to_string(),
-        })
+    let started = tokio::time::Instant::now();
+    let addr = hw::sut::resolve(text.as_str(), limit)
+        .await
+        .map_err(|e| match e {
+            hw::sut::ResolveError::NoAddress => SutAddrError::NoAddress {
+                text: text.to_string(),
+            },
+            hw::sut::ResolveError::TimedOut(limit) => SutAddrError::ResolveTimedOut {
+                text: text.to_string(),
+                limit,
+            },
+            hw::sut::ResolveError::Lookup(source) => SutAddrError::Unresolvable {
+                text: text.to_string(),
+                source,
+            },
+        })?;
+    Ok((addr, limit.saturating_sub(started.elapsed())))
 }
 
 /// The device's current image name, for messages.

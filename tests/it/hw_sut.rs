@@ -1,5 +1,8 @@
 //! The real SUTAgent client and TCP probe against `SimSutAgent` and raw loopback peers,
-//! covering every fault: refused, silent, slow, garbage, flood, reset, flaky, half-open.
+//! covering every fault: refused, silent, slow, garbage, flood, reset, flaky, half-open; the
+//! storage check's writes (a read-only or corrupting card fails it); `rebt` counted as sent
+//! whatever the agent does after it, and the reboot confirmed by the uptime or by the agent
+//! going away and coming back.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -13,6 +16,8 @@ use mozpool::hw::sim::{SimSutAgent, SimSutFaults};
 use mozpool::hw::sut;
 
 const T: Duration = Duration::from_millis(300);
+/// For the storage check's nine exchanges.
+const TS: Duration = Duration::from_secs(3);
 
 /// Wait until the agent's listener reflects its up/down state.
 async fn settle() {
@@ -32,33 +37,64 @@ async fn verify_reads_split_prompt_and_parses_version() {
     assert_eq!(cmds, vec!["ver", "quit", "ver", "quit"]);
 }
 
+const CHECK_PATH: &str = "/mnt/sdcard/tests/mozpool-storage-check";
+
 #[tokio::test]
 async fn storage_check_reuses_a_kept_session_or_opens_a_new_one() {
     let a = SimSutAgent::start(true, "id").expect("sim");
     // On the connection a verify left open: no second connection.
     let mut s = sut::Session::open(a.addr(), T).await.expect("open");
     s.ver().await.expect("ver");
-    let root = sut::check_storage_on(Some(s), a.addr(), T)
+    let root = sut::check_storage_on(Some(s), a.addr(), TS)
         .await
         .expect("storage on the kept session");
     assert_eq!(root, "/mnt/sdcard");
     settle().await;
     assert_eq!(a.connections(), 1);
+    let cmds = a.commands();
     assert_eq!(
-        a.commands(),
-        ["ver", "testroot", "isdir /mnt/sdcard", "quit"]
+        cmds[..6],
+        [
+            "ver",
+            "testroot",
+            "isdir /mnt/sdcard",
+            "isdir /mnt/sdcard/tests",
+            "mkdr /mnt/sdcard/tests",
+            "isdir /mnt/sdcard/tests",
+        ]
     );
+    assert!(
+        cmds[6].starts_with(&format!("push {CHECK_PATH} ")),
+        "{cmds:?}"
+    );
+    assert_eq!(
+        cmds[7..],
+        [
+            format!("hash {CHECK_PATH}"),
+            format!("rm {CHECK_PATH}"),
+            "quit".to_owned()
+        ]
+    );
+    assert!(a.is_dir("/mnt/sdcard/tests"));
+    assert!(a.files().is_empty(), "the check file is removed");
     // The agent went down and up again, closing the kept connection: the check is asked
-    // on a new one instead of failing.
+    // on a new one instead of failing. The tests directory exists now: no mkdr.
     let mut s = sut::Session::open(a.addr(), T).await.expect("open");
     s.ver().await.expect("ver");
     a.set_up(false);
     a.set_up(true);
     settle().await;
-    sut::check_storage_on(Some(s), a.addr(), T)
+    let before = a.commands().len();
+    sut::check_storage_on(Some(s), a.addr(), TS)
         .await
         .expect("storage on a new connection");
     assert_eq!(a.connections(), 3);
+    settle().await;
+    assert!(
+        !a.commands()[before..].iter().any(|c| c.starts_with("mkdr")),
+        "{:?}",
+        a.commands()
+    );
     // A garbage answer on the kept connection is the agent's failure, not a closed
     // connection: no retry.
     let mut s = sut::Session::open(a.addr(), T).await.expect("open");
@@ -67,11 +103,81 @@ async fn storage_check_reuses_a_kept_session_or_opens_a_new_one() {
         garbage: true,
         ..Default::default()
     });
-    let e = sut::check_storage_on(Some(s), a.addr(), T)
+    let e = sut::check_storage_on(Some(s), a.addr(), TS)
         .await
         .expect_err("garbage");
     assert!(matches!(e, Error::BadReply { .. }), "{e}");
     assert_eq!(a.connections(), 4);
+}
+
+#[tokio::test]
+async fn a_read_only_card_fails_the_storage_check() {
+    let a = SimSutAgent::start(true, "id").expect("sim");
+    // A fresh read-only card: the tests directory cannot even be made.
+    a.set_faults(SimSutFaults {
+        storage_read_only: true,
+        ..Default::default()
+    });
+    let e = sut::check_storage(a.addr(), TS)
+        .await
+        .expect_err("read-only card");
+    assert!(
+        matches!(&e, Error::AgentWarning(w) if w.contains("mkdr /mnt/sdcard/tests")
+            && w.contains("Could not create the directory")),
+        "{e}"
+    );
+    // The directory exists (made while writable) and the card then turns read-only: the
+    // reads still pass, the push is refused with the agent's warning.
+    a.set_faults(SimSutFaults::default());
+    sut::check_storage(a.addr(), TS)
+        .await
+        .expect("writable card");
+    a.set_faults(SimSutFaults {
+        storage_read_only: true,
+        ..Default::default()
+    });
+    let e = sut::check_storage(a.addr(), TS)
+        .await
+        .expect_err("read-only card");
+    assert!(
+        matches!(&e, Error::AgentWarning(w) if w.starts_with(&format!("push {CHECK_PATH} "))
+            && w.ends_with("Push failed!")),
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("SUTAgent warning: push "), "{e}");
+    assert!(a.files().is_empty());
+    settle().await;
+    // The agent refused the push without reading the file's bytes, so it read them as the
+    // start of a command line: harmless, an unknown command.
+    assert!(
+        a.commands()
+            .iter()
+            .any(|c| c.starts_with("mozpool-storage-check ")),
+        "{:?}",
+        a.commands()
+    );
+    a.set_faults(SimSutFaults::default());
+    sut::check_storage(a.addr(), TS)
+        .await
+        .expect("writable again");
+}
+
+#[tokio::test]
+async fn a_card_that_corrupts_writes_fails_the_storage_check() {
+    let a = SimSutAgent::start(true, "id").expect("sim");
+    a.set_faults(SimSutFaults {
+        storage_corrupt: true,
+        ..Default::default()
+    });
+    let e = sut::check_storage(a.addr(), TS)
+        .await
+        .expect_err("corrupt card");
+    assert!(
+        matches!(&e, Error::BadReply { op, expected, .. }
+            if op.starts_with("push ") && expected.contains("of the bytes pushed")),
+        "{e}"
+    );
+    assert_eq!(a.files().len(), 1, "left for a tech to look at");
 }
 
 #[tokio::test]
@@ -85,10 +191,80 @@ async fn uptime_and_reboot_hook() {
     a.set_on_reboot(Arc::new(move || {
         r2.fetch_add(1, Ordering::SeqCst);
     }));
-    sut::reboot(a.addr(), T)
+    let sent = sut::reboot(a.addr(), T)
         .await
         .expect("rebt drops the connection");
+    assert_eq!(sent.ack, sut::RebootAck::Dropped);
+    assert!(sent.uptime_before.is_some_and(|u| u >= up), "{sent}");
     assert_eq!(rebooted.load(Ordering::SeqCst), 1);
+    settle().await;
+    let cmds = a.commands();
+    assert_eq!(cmds[cmds.len() - 2..], ["info uptimemillis", "rebt"]);
+}
+
+#[tokio::test]
+async fn reboot_is_confirmed_by_the_uptime_dropping() {
+    // Without a hook the simulated device restarts its uptime and stays reachable.
+    let a = SimSutAgent::start(true, "id").expect("sim");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = sut::reboot(a.addr(), T).await.expect("rebt");
+    let before = sent.uptime_before.expect("uptime before");
+    let seen = sut::confirm_rebooted(a.addr(), Some(before), Duration::from_secs(10))
+        .await
+        .expect("confirmed");
+    assert!(
+        matches!(seen, sut::Rebooted::UptimeDropped { before: b, now } if b == before && now < before),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn reboot_is_confirmed_by_the_agent_going_away_and_coming_back() {
+    let a = Arc::new(SimSutAgent::start(true, "id").expect("sim"));
+    a.set_on_reboot(Arc::new(|| {}));
+    let sent = sut::reboot(a.addr(), T).await.expect("rebt");
+    a.set_up(false);
+    let back = a.clone();
+    let comes_back = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        back.set_up(true);
+    });
+    // No uptime to compare with: only the agent's absence and return tell.
+    let seen = sut::confirm_rebooted(a.addr(), None, Duration::from_secs(10))
+        .await
+        .expect("confirmed");
+    assert!(
+        matches!(seen, sut::Rebooted::CameBack { uptime: Some(_) }),
+        "{seen:?}"
+    );
+    comes_back.await.expect("task");
+    assert!(sent.uptime_before.is_some());
+}
+
+#[tokio::test]
+async fn a_reboot_that_does_not_happen_is_not_confirmed() {
+    // The agent takes `rebt` and nothing happens: it stays up, its uptime keeps growing.
+    let a = SimSutAgent::start(true, "id").expect("sim");
+    a.set_on_reboot(Arc::new(|| {}));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let sent = sut::reboot(a.addr(), T).await.expect("rebt was sent");
+    let e = sut::confirm_rebooted(a.addr(), sent.uptime_before, Duration::from_secs(1))
+        .await
+        .expect_err("no reboot");
+    assert!(
+        matches!(&e, Error::Timeout { op, .. } if op.contains("the agent stayed up")),
+        "{e}"
+    );
+    // It goes away and never comes back within the limit.
+    a.set_up(false);
+    settle().await;
+    let e = sut::confirm_rebooted(a.addr(), sent.uptime_before, Duration::from_secs(1))
+        .await
+        .expect_err("not back");
+    assert!(
+        matches!(&e, Error::Timeout { op, .. } if op.contains("went away and has not come back")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -261,17 +437,73 @@ async fn prompt_then_close_is_no_reply_and_warning_is_an_error() {
     assert!(matches!(e, Error::AgentWarning(_)), "{e}");
 }
 
-#[tokio::test]
-async fn reboot_answered_with_prompt_is_an_error() {
-    let addr = raw_peer(|mut s| {
+/// A raw agent: greets, answers `info uptimemillis` with `uptime`, then does `after_rebt`
+/// with the connection once `rebt` arrives.
+fn raw_agent(after_rebt: impl FnOnce(std::net::TcpStream) + Send + 'static) -> SocketAddr {
+    raw_peer(move |mut s| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.write_all(b"$>\0");
-        let mut b = [0u8; 16];
-        let _ = s.read(&mut b);
+        let mut got = Vec::new();
+        let mut b = [0u8; 64];
+        let mut answered = false;
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&b[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if !answered && text.contains("info uptimemillis\r\n") {
+                let _ = s.write_all(b"123456\n$>\0");
+                answered = true;
+            }
+            if text.contains("rebt\r\n") {
+                after_rebt(s);
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn rebt_is_sent_whatever_the_agent_does_next() {
+    // Answers with a prompt (and does not reboot, maybe): sent; confirming is another step.
+    let addr = raw_agent(|mut s| {
         let _ = s.write_all(b"$>\0");
         std::thread::sleep(Duration::from_millis(100));
     });
-    let e = sut::reboot(addr, T)
-        .await
-        .expect_err("agent did not reboot");
-    assert!(matches!(e, Error::BadReply { .. }), "{e}");
+    let sent = sut::reboot(addr, T).await.expect("answered");
+    assert_eq!(sent.ack, sut::RebootAck::Answered(String::new()));
+    assert_eq!(sent.uptime_before, Some(123_456));
+    // Closes the connection (the device going down under it).
+    let addr = raw_agent(|s| {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    });
+    let sent = sut::reboot(addr, T).await.expect("closed");
+    assert_eq!(sent.ack, sut::RebootAck::Dropped);
+    // Resets it: closed with `rebt` still unread, so the kernel answers with a reset.
+    let addr = raw_peer(|mut s| {
+        let _ = s.write_all(b"$>\0");
+        let mut b = [0u8; 64];
+        let _ = s.read(&mut b);
+        let _ = s.write_all(b"99\n$>\0");
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let sent = sut::reboot(addr, T).await.expect("reset");
+    assert_eq!(sent.ack, sut::RebootAck::Dropped);
+    assert_eq!(sent.uptime_before, Some(99));
+    // Says nothing and keeps the connection open.
+    let addr = raw_agent(|_s| std::thread::sleep(Duration::from_secs(1)));
+    let sent = sut::reboot(addr, T).await.expect("silent");
+    assert_eq!(sent.ack, sut::RebootAck::Silent);
+    assert!(
+        sent.to_string().contains("uptime before: 123456 ms"),
+        "{sent}"
+    );
+    // Only failing to reach it is a failure.
+    let gone = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let e = sut::reboot(gone, T).await.expect_err("refused");
+    assert!(matches!(e, Error::Io { .. }), "{e}");
 }

@@ -52,9 +52,28 @@ async fn a_self_test_verifies_and_checks_storage_on_one_sutagent_connection() {
         log.ends_with("sut_sdcard_verifying -> ready: self-test passed (SD card verified)"),
         "{log}"
     );
+    // The storage check writes: the tests directory exists since the check after the flash,
+    // so a file is pushed, read back and removed.
+    let check = "/mnt/sdcard/tests/mozpool-storage-check";
+    let mut seen = sim.sut_commands()[commands..].to_vec();
+    assert!(
+        seen.get(4)
+            .is_some_and(|c| c.starts_with(&format!("push {check} "))),
+        "{seen:?}"
+    );
+    seen[4] = "push".into();
     assert_eq!(
-        sim.sut_commands()[commands..],
-        ["ver", "testroot", "isdir /mnt/sdcard", "quit"],
+        seen,
+        [
+            "ver",
+            "testroot",
+            "isdir /mnt/sdcard",
+            "isdir /mnt/sdcard/tests",
+            "push",
+            &format!("hash {check}"),
+            &format!("rm {check}"),
+            "quit"
+        ],
         "{log}"
     );
     assert_eq!(sim.sut_connections() - conns, 1, "{log}");

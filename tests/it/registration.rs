@@ -1,6 +1,9 @@
 //! Device self-registration and inventory sync, against a running service:
 //! - real TCP registration messages in both agent forms (Java: `register ...\n`, reads `ok`;
-//!   Negatus: no prefix, no newline, half-close, no read);
+//!   Negatus: its exact bytes, wildcard IPADDR, no prefix, no newline, half-close, no read);
+//! - generic agent NAMEs matched to the inventory by the sender's address, or flagged for a
+//!   tech (nothing created or merged) with an error reply that never contains `ok`;
+//! - raw `&` inside the Java agent's values;
 //! - a new device is created in `new` and flagged as needing a tech (no relay wiring);
 //! - re-registration with a new IP updates the SUT address and logs the change;
 //! - malformed, oversized, silent and dribbling clients are refused or cut off within the
@@ -95,40 +98,158 @@ async fn java_agent_registers_a_new_device_that_needs_a_tech() {
     s.stop().await;
 }
 
+/// Connect to `addr` from the loopback address `from` (any of 127.0.0.0/8), so a test can
+/// play a device on a host of its own.
+async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("from"))
+        .expect("bind a loopback source address");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Send `bytes` from `from` as the Java agent does and return the reply line.
+async fn java_from(from: &str, addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut c = connect_from(from, addr).await;
+    c.write_all(bytes).await.expect("write");
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The exact bytes Negatus sends (its `Registration.cpp`/`SUTAgent.cpp`): its listen address,
+/// the wildcard `0.0.0.0:20701`, through its own encoder (`:` as `%3A`), keys in `std::map`
+/// order (IPADDR before NAME), no `register ` prefix, no newline; then it shuts the socket
+/// down without reading. The hardware reference writes the same fields NAME first; both
+/// orders are sent here.
+const NEGATUS_BYTES: &[u8] = b"IPADDR=0.0.0.0%3A20701&NAME=SUTAgent";
+const NEGATUS_BYTES_REF_ORDER: &[u8] = b"NAME=SUTAgent&IPADDR=0.0.0.0%3A20701";
+
 #[tokio::test]
-async fn negatus_form_without_newline_and_half_close() {
-    let (s, addr) = start("").await;
-    // By hand: no prefix, no newline, shut down the write side, never read.
-    let mut c = TcpStream::connect(addr).await.expect("connect");
-    c.write_all(b"NAME=SUTAgent&IPADDR=10.1.2.3")
-        .await
-        .expect("write");
-    c.shutdown().await.expect("half-close");
-    // Through the public client the virtual rack uses.
+async fn negatus_registers_at_its_peer_address() {
+    let config = r#"
+[[devices]]
+name = "b2g-1"
+sut = "127.0.0.1:5555"
+
+[[devices]]
+name = "b2g-2"
+sut = "127.0.0.4:5555"
+"#;
+    let (s, addr) = start(config).await;
+    for (from, bytes, device) in [
+        ("127.0.0.1", NEGATUS_BYTES, "b2g-1"),
+        ("127.0.0.4", NEGATUS_BYTES_REF_ORDER, "b2g-2"),
+    ] {
+        let mut c = connect_from(from, addr).await;
+        c.write_all(bytes).await.expect("write");
+        c.shutdown().await.expect("half-close");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let want = format!("{from}:20701");
+        loop {
+            let (_, d) = s.get(&format!("/api/device/{device}/details/")).await;
+            if d["sut"] == want.as_str() {
+                assert_eq!(d["registration"]["agent_name"], "SUTAgent");
+                assert_eq!(d["registration"]["ip"], from, "{d}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{device} not registered: {d}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(c);
+    }
+    assert_eq!(device_names(&s).await.len(), 2, "nothing created");
+    let reg = messages(&s, "/api/log/?subject=registration").await;
+    assert!(
+        reg.iter().any(|m| m.contains("IPADDR=0.0.0.0:20701")
+            && m.contains("sut=127.0.0.1:20701")
+            && m.contains("wildcard")),
+        "{reg:?}"
+    );
+    // Through the public client the virtual rack uses: same outcome.
     let reply = send_registration(
         addr,
-        &[("NAME", "SUTAgent"), ("IPADDR", "10.1.2.4")],
+        &[("NAME", "SUTAgent"), ("IPADDR", "0.0.0.0")],
         AgentForm::Negatus,
     )
     .await
     .expect("negatus client");
     assert_eq!(reply, "");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let names = device_names(&s).await;
-        if names.contains(&json!("sut-10-1-2-3")) && names.contains(&json!("sut-10-1-2-4")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Negatus devices not registered: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn generic_names_are_matched_by_address_or_flagged_for_a_tech() {
+    let config = r#"
+[[devices]]
+name = "panda-7"
+sut = "127.0.0.7:20701"
+
+[[devices]]
+name = "twin-a"
+sut = "127.0.0.8:20701"
+
+[[devices]]
+name = "twin-b"
+sut = "127.0.0.8:20702"
+"#;
+    let (s, addr) = start(config).await;
+    let line = |ip: &str| {
+        format!(
+            "register NAME=0011223344556677&IPADDR={ip}&CMDPORT=20701&DATAPORT=20700&OS=Android-IMM76D&SCRNWIDTH=1024&SCRNHEIGHT=768&BPP=8&MEMORY=415232000&HARDWARE=panda&POOL=\n"
+        )
+    };
+    // One device on the sender's host: that is the device.
+    let reply = java_from("127.0.0.7", addr, line("127.0.0.7").as_bytes()).await;
+    assert!(reply.to_lowercase().contains("ok"), "{reply:?}");
+    let (_, d) = s.get("/api/device/panda-7/details/").await;
+    assert_eq!(d["registration"]["agent_name"], "0011223344556677");
+    assert_eq!(d["registration"]["fields"]["OS"], "Android-IMM76D");
+
+    // No device, or two devices, on the sender's host: nothing created or merged, a tech is
+    // told, and the agent gets an error it cannot take for an `ok`.
+    for (from, matched) in [("127.0.0.9", "0 devices"), ("127.0.0.8", "2 devices")] {
+        let reply = java_from(from, addr, line(from).as_bytes()).await;
+        assert!(reply.starts_with("ERROR "), "{reply:?}");
+        assert!(!reply.to_lowercase().contains("ok"), "{reply:?}");
+        assert!(reply.contains(matched), "{reply:?}");
+        // Negatus too (it reads nothing; the outcome is in the log).
+        let mut c = connect_from(from, addr).await;
+        c.write_all(NEGATUS_BYTES).await.expect("write");
+        c.shutdown().await.expect("half-close");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
     }
-    drop(c);
-    let (_, d) = s.get("/api/device/sut-10-1-2-3/details/").await;
-    assert_eq!(d["sut"], "10.1.2.3:20701", "default command port");
-    assert_eq!(d["mac_address"], "");
+    assert_eq!(device_names(&s).await.len(), 3, "nothing created");
+    for twin in ["twin-a", "twin-b"] {
+        let (_, d) = s.get(&format!("/api/device/{twin}/details/")).await;
+        assert_eq!(d["registration"], Value::Null, "{twin} merged: {d}");
+    }
+    let reg = messages(&s, "/api/log/?subject=registration").await;
+    let flagged: Vec<&String> = reg
+        .iter()
+        .filter(|m| m.starts_with("needs a tech:") && m.contains("a tech must give the device"))
+        .collect();
+    assert_eq!(flagged.len(), 4, "{reg:?}");
+    assert!(
+        flagged
+            .iter()
+            .any(|m| m.contains("from 127.0.0.9") && m.contains("NAME=SUTAgent")),
+        "{flagged:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ampersands_in_java_values_survive() {
+    let (s, addr) = start("").await;
+    let line = b"register NAME=00%3A11%3A22%3A33%3A44%3A66&IPADDR=127.0.0.1&CMDPORT=20701&DATAPORT=20700&OS=Android-IMM76D&SCRNWIDTH=1024&SCRNHEIGHT=768&BPP=8&MEMORY=415232000&HARDWARE=x&y&POOL=a&b\n";
+    let reply = raw(addr, line).await;
+    assert_eq!(reply, "OK\n");
+    let (_, d) = s.get("/api/device/00:11:22:33:44:66/details/").await;
+    assert_eq!(d["registration"]["fields"]["HARDWARE"], "x&y");
+    assert_eq!(d["registration"]["fields"]["POOL"], "a&b");
+    assert_eq!(d["registration"]["fields"]["MEMORY"], "415232000");
     s.stop().await;
 }
 

@@ -382,6 +382,7 @@ impl SimDevice {
         self.inner.sut.set_faults(SimSutFaults {
             answer_probability: f.sut_flaky,
             garbage: f.sut_garbage,
+            storage_read_only: f.storage_read_only,
             ..SimSutFaults::default()
         });
         lock(&self.inner.state).faults = f;

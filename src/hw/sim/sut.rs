@@ -1,8 +1,12 @@
 //! `SimSutAgent`: a SUTAgent command port on `127.0.0.1`, speaking the real protocol
-//! (prompt, CR/LF/CRLF lines, `ver`, `info uptimemillis`, `info id`, `testroot`, `quit`,
-//! `rebt`, not-implemented warnings), with fault knobs. Its owner (a `SimDevice`) takes
-//! it up and down; while down the port refuses connections.
+//! (prompt, CR/LF/CRLF lines, `ver`, `info uptimemillis`, `info id`, `testroot`, `isdir`,
+//! `mkdr`, `push`, `hash`, `rm`, `quit`, `rebt`, not-implemented warnings), with fault
+//! knobs. Written from the protocol reference (hardware.md §1.2–1.3) and the Java agent's
+//! replies; it shares no code with the client. Its storage is an in-memory tree under the
+//! test root `/mnt/sdcard`. Its owner (a `SimDevice`) takes it up and down; while down the
+//! port refuses connections.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +36,45 @@ pub struct SimSutFaults {
     pub reset_mid_reply: bool,
     /// Probability (0..=1) of serving a connection at all; others are closed at once.
     pub answer_probability: Option<f64>,
+    /// The card is mounted read-only: `push`, `mkdr` and `rm` fail with the Java agent's
+    /// warnings, and a refused `push` leaves its bytes unread (the agent opens the file
+    /// before reading them), so they arrive as the start of the next command line.
+    pub storage_read_only: bool,
+    /// The card corrupts what is written: a pushed file is stored with its first byte
+    /// changed (and `push` answers the MD5 of what was stored, as the agent does).
+    pub storage_corrupt: bool,
+}
+
+/// The test root `testroot` answers (external storage, as the Java agent 1.16 on a phone).
+pub const SIM_TEST_ROOT: &str = "/mnt/sdcard";
+
+/// The agent's file system: directories and files by absolute path.
+#[derive(Debug, Clone)]
+struct Storage {
+    dirs: BTreeSet<String>,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        let dirs = ["/", "/mnt", SIM_TEST_ROOT]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Storage {
+            dirs,
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+/// The parent directory of an absolute path (`/a/b` → `/a`, `/a` → `/`).
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => "",
+    }
 }
 
 /// Called when the agent receives `rebt` (after the connection is dropped).
@@ -50,6 +93,7 @@ struct Shared {
     id: String,
     on_reboot: Option<RebootHook>,
     commands: Vec<String>,
+    storage: Storage,
 }
 
 /// A simulated SUTAgent. Dropping it stops its threads.
@@ -89,6 +133,7 @@ impl SimSutAgent {
             id: id.to_owned(),
             on_reboot: None,
             commands: Vec::new(),
+            storage: Storage::default(),
         }));
         let stop: Arc<AtomicBool> = Arc::default();
         let connections: Arc<AtomicU64> = Arc::default();
@@ -152,6 +197,18 @@ impl SimSutAgent {
     #[must_use]
     pub fn commands(&self) -> Vec<String> {
         lock(&self.shared).commands.clone()
+    }
+
+    /// The files on its storage, by path (what `push` wrote and `rm` left).
+    #[must_use]
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        lock(&self.shared).storage.files.clone()
+    }
+
+    /// Whether `path` is a directory on its storage.
+    #[must_use]
+    pub fn is_dir(&self, path: &str) -> bool {
+        lock(&self.shared).storage.dirs.contains(path)
     }
 
     /// Connections accepted so far.
@@ -222,6 +279,10 @@ fn listen_loop(shared: &Arc<Mutex<Shared>>, stop: &Arc<AtomicBool>, conns: &Atom
 fn serve(mut s: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) -> io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_millis(20)))?;
+    // Each reply is several small writes (text, `$>`, `\0`): without this, Nagle holds each
+    // one back for the client's delayed ACK, tens of ms per command, which the protocol
+    // does not need and a check of nine commands would feel.
+    s.set_nodelay(true)?;
     let (epoch, faults) = {
         let st = lock(shared);
         (st.epoch, st.faults.clone())
@@ -249,41 +310,116 @@ fn serve(mut s: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) -> io::Res
         }
         return Ok(());
     }
+    let mut input = Input::default();
     let mut line = Vec::new();
-    let mut buf = [0u8; 512];
     let mut last_cr = false;
     while alive() {
-        let n = match s.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
+        let Some(b) = input.next(&mut s)? else {
+            if input.closed {
+                return Ok(());
             }
-            Err(e) => return Err(e),
+            continue;
         };
-        for &b in &buf[..n] {
-            if b == b'\n' && last_cr {
-                last_cr = false;
-                continue;
+        if b == b'\n' && last_cr {
+            last_cr = false;
+            continue;
+        }
+        last_cr = b == b'\r';
+        if b == b'\r' || b == b'\n' {
+            let cmd = String::from_utf8_lossy(&line).trim().to_owned();
+            line.clear();
+            if !answer(&mut s, &mut input, shared, stop, &cmd, &mut last_cr, &alive)? {
+                return Ok(());
             }
-            last_cr = b == b'\r';
-            if b == b'\r' || b == b'\n' {
-                let cmd = String::from_utf8_lossy(&line).trim().to_owned();
-                line.clear();
-                if !answer(&mut s, shared, stop, &cmd)? {
-                    return Ok(());
-                }
-            } else if line.len() < 4096 {
-                line.push(b);
-            }
+        } else if line.len() < 4096 {
+            line.push(b);
         }
     }
     Ok(())
+}
+
+/// The bytes a connection has sent, read a chunk at a time: command lines, and the raw file
+/// bytes that follow a `push` line.
+#[derive(Default)]
+struct Input {
+    buf: Vec<u8>,
+    at: usize,
+    closed: bool,
+}
+
+impl Input {
+    /// The next byte, or `None` when nothing arrived within the socket's read timeout (or
+    /// the peer closed: then `closed` is set).
+    fn next(&mut self, s: &mut TcpStream) -> io::Result<Option<u8>> {
+        if self.at == self.buf.len() {
+            let mut chunk = [0u8; 4096];
+            let n = match s.read(&mut chunk) {
+                Ok(0) => {
+                    self.closed = true;
+                    return Ok(None);
+                }
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            self.buf.clear();
+            self.buf.extend_from_slice(&chunk[..n]);
+            self.at = 0;
+        }
+        let b = self.buf[self.at];
+        self.at += 1;
+        Ok(Some(b))
+    }
+
+    /// The next byte without taking it, waiting for one; `None` if the peer closed or the
+    /// agent is going away first.
+    fn peek(&mut self, s: &mut TcpStream, alive: &dyn Fn() -> bool) -> io::Result<Option<u8>> {
+        loop {
+            match self.next(s)? {
+                Some(b) => {
+                    self.at -= 1;
+                    return Ok(Some(b));
+                }
+                None if self.closed || !alive() => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// Exactly `n` raw bytes (a pushed file), or `None` if the peer closed or the agent is
+    /// going away first.
+    fn take(
+        &mut self,
+        s: &mut TcpStream,
+        n: usize,
+        alive: &dyn Fn() -> bool,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(n.min(1 << 20));
+        while out.len() < n {
+            match self.next(s)? {
+                Some(b) => out.push(b),
+                None if self.closed || !alive() => return Ok(None),
+                None => {}
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Lower-case hex MD5 of `data`, as the agent's `hash` and `push` print it.
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn prompt(s: &mut TcpStream, shared: &Mutex<Shared>) -> io::Result<()> {
@@ -300,9 +436,12 @@ fn prompt(s: &mut TcpStream, shared: &Mutex<Shared>) -> io::Result<()> {
 /// Answer one command; `false` ends the connection.
 fn answer(
     s: &mut TcpStream,
+    input: &mut Input,
     shared: &Mutex<Shared>,
     stop: &AtomicBool,
     cmd: &str,
+    last_cr: &mut bool,
+    alive: &dyn Fn() -> bool,
 ) -> io::Result<bool> {
     let (faults, uptime, id) = {
         let mut st = lock(shared);
@@ -338,8 +477,81 @@ fn answer(
         ("ver", []) => "SUTAgentAndroid Version 1.16".into(),
         ("info", ["uptimemillis"]) => uptime.to_string(),
         ("info", ["id"]) => id,
-        ("testroot", []) => "/mnt/sdcard".into(),
-        ("isdir", [_]) => "TRUE".into(),
+        ("testroot", []) => SIM_TEST_ROOT.into(),
+        ("isdir", [path]) => {
+            let st = lock(shared);
+            if st.storage.dirs.contains(*path) {
+                "TRUE".into()
+            } else if st.storage.files.contains_key(*path) {
+                "FALSE".into()
+            } else {
+                // The Java agent asks `su -c ls -l` about a missing path and answers that.
+                format!("{path}: No such file or directory")
+            }
+        }
+        ("mkdr", [dir]) => {
+            let mut st = lock(shared);
+            // `File.mkdirs()`: parents too; false (a warning) if it exists or cannot be made.
+            let absent = !st.storage.dirs.contains(*dir) && !st.storage.files.contains_key(*dir);
+            if dir.starts_with('/') && absent && !faults.storage_read_only {
+                let mut d = (*dir).to_owned();
+                while d != "/" && !d.is_empty() {
+                    let up = parent(&d).to_owned();
+                    st.storage.dirs.insert(d);
+                    d = up;
+                }
+                format!("{dir} successfully created")
+            } else {
+                format!("##AGENT-WARNING## Could not create the directory {dir}")
+            }
+        }
+        ("push", [path, size]) => {
+            // The agent opens the file before it reads a byte: if that fails, the bytes
+            // stay in the stream for the command reader.
+            let writable = !faults.storage_read_only
+                && lock(shared).storage.dirs.contains(parent(path))
+                && !lock(shared).storage.dirs.contains(*path);
+            match size.trim().parse::<usize>() {
+                Ok(n) if writable => {
+                    // The line reader swallows the LF of a CRLF: the file starts after it.
+                    if std::mem::take(last_cr) {
+                        match input.peek(s, alive)? {
+                            Some(b'\n') => {
+                                input.at += 1;
+                            }
+                            Some(_) => {}
+                            None => return Ok(false),
+                        }
+                    }
+                    let Some(mut data) = input.take(s, n, alive)? else {
+                        return Ok(false);
+                    };
+                    if faults.storage_corrupt
+                        && let Some(b) = data.first_mut()
+                    {
+                        *b ^= 0x20;
+                    }
+                    let sum = md5_hex(&data);
+                    lock(shared).storage.files.insert((*path).to_owned(), data);
+                    sum
+                }
+                _ => "##AGENT-WARNING## Push failed!".into(),
+            }
+        }
+        ("hash", [path]) => match lock(shared).storage.files.get(*path) {
+            Some(data) => md5_hex(data),
+            None => {
+                format!("##AGENT-WARNING## Couldn't calculate hash for file {path} file not found")
+            }
+        },
+        ("rm", [path]) => {
+            let mut st = lock(shared);
+            if !faults.storage_read_only && st.storage.files.remove(*path).is_some() {
+                format!("deleted {path}")
+            } else {
+                format!("##AGENT-WARNING## Couldn't delete file {path}")
+            }
+        }
         _ => {
             let mut w = format!("##AGENT-WARNING## [{name}] command");
             if !args.is_empty() {

@@ -4,8 +4,13 @@
 //! is written, and a refusal writes only its `registration` log entry.
 //!
 //! Policy:
+//! - A wildcard `IPADDR` (Negatus's `0.0.0.0:20701`) is the TCP peer's address.
 //! - The device is found by its device name, or else by an earlier registration whose agent
 //!   NAME is the same (a device created under another name that registered before).
+//! - A generic NAME (`SUTAgent`, `0011223344556677`) is no identity: it is matched to the one
+//!   non-retired device whose SUTAgent address is the peer's address. None or several: nothing
+//!   is created or merged; the registration is refused and flagged for a tech (a `needs a
+//!   tech` entry in the `registration` log and a WARN line).
 //! - Unknown → created through [`upsert_device`][crate::inventory::upsert_device] (origin
 //!   `registration`, state `new`, so Lifeguard self-tests it before it joins the pool) with
 //!   SUT address `IPADDR:CMDPORT`, hardware type / pool from `HARDWARE` / `POOL` when they are
@@ -112,6 +117,25 @@ pub enum Refusal {
         /// The IPADDR of this registration.
         ip: String,
     },
+    /// A generic agent NAME that matches no single device by address: a tech must tell
+    /// which device it is.
+    #[error(
+        "agent NAME {agent} is not a device identity and {matched} devices have a SUTAgent address on {peer}: a tech must give the device this host in the inventory (sut), or give the agent a unique NAME"
+    )]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    Unmatched {
+        agent: String,
+        /// The address the registration came from.
+        peer: String,
+        /// How many devices have a SUTAgent address on that host (0 or more than 1).
+        matched: usize,
+    },
+    /// A wildcard `IPADDR` arrived where the sender's address is unknown.
+    #[error("IPADDR {ipaddr} is a wildcard and the sender's address is unknown")]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    NoPeer { ipaddr: String },
 }
 
 /// Apply `msg` in `tx`. `Ok(Err(refusal))` is a refusal (logged, nothing else written).
@@ -127,7 +151,32 @@ pub fn apply(
     channel: Channel,
 ) -> Result<Result<Applied, Refusal>, StoreError> {
     let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
-    let existing = find(tx, msg)?;
+    // A wildcard IPADDR is the sender's address; without one there is nothing to record.
+    let resolved = match peer {
+        Some(p) if msg.wildcard => msg.at_peer(p).ok(),
+        _ => None,
+    };
+    if msg.wildcard && resolved.is_none() {
+        let reason = Refusal::NoPeer {
+            ipaddr: msg.ipaddr.clone(),
+        };
+        refuse(tx, now, msg, &from, channel, None, &reason.to_string())?;
+        return Ok(Err(reason));
+    }
+    let msg = resolved.as_ref().unwrap_or(msg);
+    let existing = match find(tx, msg, peer)? {
+        Found::Device(d) => Some(*d),
+        Found::New => None,
+        Found::Unmatched(matched) => {
+            let reason = Refusal::Unmatched {
+                agent: msg.agent_name.clone(),
+                peer: from.clone(),
+                matched,
+            };
+            flag_for_tech(tx, now, msg, &from, channel, &reason)?;
+            return Ok(Err(reason));
+        }
+    };
     if let Some(reason) = existing.as_ref().and_then(|d| refusal(d, msg, server)) {
         refuse(
             tx,
@@ -140,9 +189,20 @@ pub fn apply(
         )?;
         return Ok(Err(reason));
     }
-    let name = existing
+    let Some(name) = existing
         .as_ref()
-        .map_or_else(|| msg.device_name.clone(), |d| d.name.clone());
+        .map(|d| d.name.clone())
+        .or_else(|| msg.device_name.clone())
+    else {
+        // `find` answers `New` only for a message that names a device.
+        let reason = Refusal::Unmatched {
+            agent: msg.agent_name.clone(),
+            peer: from.clone(),
+            matched: 0,
+        };
+        flag_for_tech(tx, now, msg, &from, channel, &reason)?;
+        return Ok(Err(reason));
+    };
     let valid = |v: &Option<String>| v.clone().filter(|h| h.parse::<HardwareType>().is_ok());
     let fill = |have: &Option<String>, v: Option<String>| if have.is_none() { v } else { None };
     let fields = match &existing {
@@ -205,9 +265,15 @@ pub fn apply(
         "registered via {} from {from}: NAME={} IPADDR={} sut={}",
         channel.as_str(),
         msg.agent_name,
-        msg.ip,
+        msg.ipaddr,
         msg.sut_addr()
     );
+    if msg.wildcard {
+        message.push_str(" (wildcard IPADDR: the sender's address)");
+    }
+    if msg.placeholder_name() {
+        message.push_str(" (generic NAME, matched by its SUTAgent address)");
+    }
     if outcome == Upsert::Created {
         message.push_str(" (new device)");
     }
@@ -251,20 +317,62 @@ pub fn apply(
     }))
 }
 
+/// What [`find`] found.
+enum Found {
+    /// The device this registration is about.
+    Device(Box<Device>),
+    /// No device yet: the registration names a new one.
+    New,
+    /// A generic NAME that matches this many devices by address (0 or more than 1).
+    Unmatched(usize),
+}
+
 /// The device this registration is about: by device name, else by an earlier registration
-/// with the same agent NAME (not for placeholder names, which many devices share).
-fn find(tx: &Tx<'_>, msg: &RegistrationMessage) -> Result<Option<Device>, StoreError> {
-    if let Some(d) = inv::device_in_tx(tx, &msg.device_name)? {
-        return Ok(Some(d));
+/// with the same agent NAME. A generic NAME names no device: it is the one non-retired
+/// device whose SUTAgent address is on the sender's host, if there is exactly one.
+fn find(tx: &Tx<'_>, msg: &RegistrationMessage, peer: Option<IpAddr>) -> Result<Found, StoreError> {
+    let Some(device_name) = &msg.device_name else {
+        let Some(peer) = peer.map(|p| p.to_canonical()) else {
+            return Ok(Found::Unmatched(0));
+        };
+        let mut matched: Vec<Device> = inv::devices_in_tx(tx)?
+            .into_iter()
+            .filter(|d| {
+                !d.retired
+                    && d.wiring
+                        .sut_addr
+                        .as_ref()
+                        .is_some_and(|s| on_host(s.host(), peer))
+            })
+            .collect();
+        return Ok(match matched.len() {
+            1 => matched
+                .pop()
+                .map_or(Found::Unmatched(0), |d| Found::Device(Box::new(d))),
+            n => Found::Unmatched(n),
+        });
+    };
+    if let Some(d) = inv::device_in_tx(tx, device_name)? {
+        return Ok(Found::Device(Box::new(d)));
     }
-    if msg.placeholder_name() {
-        return Ok(None);
-    }
-    Ok(inv::devices_in_tx(tx)?.into_iter().find(|d| {
-        d.registration
-            .as_ref()
-            .is_some_and(|r| same_agent(&r.agent_name, &msg.agent_name))
-    }))
+    Ok(inv::devices_in_tx(tx)?
+        .into_iter()
+        .find(|d| {
+            d.registration
+                .as_ref()
+                .is_some_and(|r| same_agent(&r.agent_name, &msg.agent_name))
+        })
+        .map_or(Found::New, |d| Found::Device(Box::new(d))))
+}
+
+/// Whether a SUTAgent address's host (as written, IPv6 in brackets) is `peer`. Host names
+/// never match: resolving them inside a store write is not an option, and the inventory of
+/// a lab whose agents register with a generic NAME gives their addresses as IPs.
+fn on_host(host: &str, peer: IpAddr) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok_and(|h| h.to_canonical() == peer)
 }
 
 fn same_agent(a: &str, b: &str) -> bool {
@@ -352,7 +460,46 @@ pub fn refuse(
                 "registration refused (via {} from {from}, NAME={} IPADDR={}): {reason}",
                 channel.as_str(),
                 msg.agent_name,
-                msg.ip
+                msg.ipaddr
+            ),
+        },
+    )?;
+    Ok(())
+}
+
+/// Refuse a registration that needs a tech to say which device it is: logged under
+/// `registration` as `needs a tech: ...` with what arrived and what to do, and at WARN.
+///
+/// # Errors
+/// Storage failure.
+fn flag_for_tech(
+    tx: &Tx<'_>,
+    now: Millis,
+    msg: &RegistrationMessage,
+    from: &str,
+    channel: Channel,
+    reason: &Refusal,
+) -> Result<(), StoreError> {
+    tracing::warn!(
+        from,
+        agent = %msg.agent_name,
+        ipaddr = %msg.ipaddr,
+        %reason,
+        "registration needs a tech"
+    );
+    append(
+        tx,
+        now,
+        NewLog {
+            subjects: vec![SUBJECT.to_owned()],
+            source: "registration".into(),
+            actor: Some(format!("agent {}", msg.agent_name)),
+            message: format!(
+                "needs a tech: registration refused (via {} from {from}, NAME={} IPADDR={} sut={}): {reason}",
+                channel.as_str(),
+                msg.agent_name,
+                msg.ipaddr,
+                msg.sut_addr(),
             ),
         },
     )?;

@@ -8,10 +8,20 @@
 //!
 //! Rules: strip an optional leading `register `, trim CR/LF/NUL/space at both ends, split on
 //! `&`, split each pair at its first `=`, percent-decode keys and values (`+` stays a `+`;
-//! a broken escape is refused), upper-case the keys, keep unknown keys. Refused: missing or
-//! empty `NAME`/`IPADDR`, a non-numeric numeric field, messages over [`MAX_MESSAGE_BYTES`],
-//! values over [`MAX_VALUE_BYTES`], more than [`MAX_FIELDS`] fields, control characters,
-//! invalid UTF-8, duplicate keys, keys that are not `[A-Za-z0-9_]{1,32}`.
+//! a bad escape is refused), upper-case the keys, keep unknown keys. The Java agent leaves
+//! `&` and `=` unencoded inside values (`Uri.encode(s, "=&")`), so after one of its free-text
+//! fields (`OS`, `HARDWARE`, `POOL`) a segment that does not start a later field of its fixed
+//! order (no `=`, an unknown key, a key already given) is the rest of that value:
+//! `HARDWARE=x&y&POOL=a&b` is `HARDWARE` `x&y` and `POOL` `a&b`.
+//!
+//! `IPADDR` may carry a port (`10.0.0.5:20701`, `[fe80::1]:20701`), and may be a wildcard
+//! (`0.0.0.0` or `::`, Negatus sends its listen address `0.0.0.0:20701`): a wildcard means
+//! "the address this message came from", filled in by [`RegistrationMessage::at_peer`].
+//!
+//! Refused: missing or empty `NAME`/`IPADDR`, a non-numeric numeric field, an `IPADDR` port
+//! that disagrees with `CMDPORT`, messages over [`MAX_MESSAGE_BYTES`], values over
+//! [`MAX_VALUE_BYTES`], more than [`MAX_FIELDS`] fields, control characters, invalid UTF-8,
+//! duplicate keys, keys that are not `[A-Za-z0-9_]{1,32}`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -39,9 +49,29 @@ const NUMERIC: &[&str] = &[
 ];
 
 /// Agent names that are not identities: Negatus always sends `SUTAgent`, and the Java agent
-/// falls back to `0011223344556677` when it finds no MAC or IMEI. Devices registering with
-/// one of these are named after their address instead (see [`RegistrationMessage::device_name`]).
+/// falls back to `0011223344556677` when it finds no MAC or IMEI. Such a registration names
+/// no device; it is matched to the inventory by its address instead (see `apply`).
 const PLACEHOLDER_NAMES: &[&str] = &["sutagent", "0011223344556677"];
+
+/// The Java agent's fields, in the fixed order it sends them (hardware.md §1.7).
+const JAVA_ORDER: &[&str] = &[
+    "NAME",
+    "IPADDR",
+    "CMDPORT",
+    "DATAPORT",
+    "OS",
+    "SCRNWIDTH",
+    "SCRNHEIGHT",
+    "BPP",
+    "MEMORY",
+    "HARDWARE",
+    "POOL",
+];
+
+/// The Java agent's fields whose values are free text and so may hold a raw `&` (`OS` is
+/// `Build.DISPLAY`, `HARDWARE` and `POOL` come from `SUTAgent.ini`). The other fields are
+/// numbers, addresses and MACs, which never do.
+const FREE_TEXT: &[&str] = &["OS", "HARDWARE", "POOL"];
 
 /// Why a registration message was refused. The `Display` text is what the agent gets after
 /// `ERROR ` and what the `registration` log records.
@@ -63,7 +93,7 @@ pub enum RegistrationError {
     #[error("field {0} given twice")]
     Duplicate(String),
     /// A `%` not followed by two hex digits.
-    #[error("field {0}: broken percent escape")]
+    #[error("field {0}: bad percent escape")]
     BadEscape(String),
     /// Decoded bytes are not UTF-8.
     #[error("field {0}: not valid UTF-8")]
@@ -87,9 +117,17 @@ pub enum RegistrationError {
         /// The value (already length-capped).
         value: String,
     },
-    /// `IPADDR` is neither an IP address nor a host name.
+    /// `IPADDR` is neither an IP address nor a host name (with an optional port).
     #[error("IPADDR {0:?} is not an IP address or host name")]
     BadAddress(String),
+    /// `IPADDR` carries a port and `CMDPORT` names another.
+    #[error("IPADDR port {ipaddr} disagrees with CMDPORT {cmdport}")]
+    PortConflict {
+        /// The port in `IPADDR`.
+        ipaddr: u16,
+        /// `CMDPORT`.
+        cmdport: u16,
+    },
     /// `NAME` cannot be a device name.
     #[error("NAME {name:?} cannot be used as a device name: {reason}")]
     BadName {
@@ -105,15 +143,22 @@ pub enum RegistrationError {
 pub struct RegistrationMessage {
     /// The agent's `NAME` as it sent it (decoded), usually its Wi-Fi MAC.
     pub agent_name: String,
-    /// The device name it maps to (see [`RegistrationMessage::device_name`]).
-    pub device_name: DeviceName,
+    /// The device name it maps to; `None` for a generic NAME (`SUTAgent`,
+    /// `0011223344556677`), which names no device (see [`RegistrationMessage::placeholder_name`]).
+    pub device_name: Option<DeviceName>,
     /// The MAC address in the original's form (12 lowercase hex digits) when `NAME` is one.
     pub mac: Option<String>,
-    /// `IPADDR`.
+    /// `IPADDR` as the agent sent it (decoded), port included, for the log.
+    pub ipaddr: String,
+    /// The agent's host: `IPADDR` without its port, or, once [`RegistrationMessage::at_peer`]
+    /// has filled in a wildcard, the address the message came from.
     pub ip: String,
-    /// `CMDPORT`, [`DEFAULT_CMD_PORT`] when absent.
+    /// Whether `IPADDR` was a wildcard (`0.0.0.0`, `::`), meaning "where this came from".
+    pub wildcard: bool,
+    /// `CMDPORT`, else the port in `IPADDR`, else [`DEFAULT_CMD_PORT`].
     pub cmd_port: u16,
-    /// The SUTAgent command address `IPADDR:CMDPORT` (IPv6 in brackets).
+    /// The SUTAgent command address `ip:cmd_port` (IPv6 in brackets). For a wildcard it names
+    /// the wildcard until [`RegistrationMessage::at_peer`] fills in the peer.
     pub sut: SutAddr,
     /// `HARDWARE` when present and non-empty.
     pub hardware: Option<String>,
@@ -134,6 +179,25 @@ impl RegistrationMessage {
     #[must_use]
     pub fn placeholder_name(&self) -> bool {
         is_placeholder(&self.agent_name)
+    }
+
+    /// This registration as it came from `peer`: a wildcard `IPADDR` becomes the peer's
+    /// address (the port the agent gave is kept); any other message is returned unchanged.
+    ///
+    /// # Errors
+    /// [`RegistrationError::BadAddress`] if the peer's address makes no SUTAgent address
+    /// (it always does for an IP address; the error keeps the signature honest).
+    pub fn at_peer(&self, peer: IpAddr) -> Result<RegistrationMessage, RegistrationError> {
+        if !self.wildcard {
+            return Ok(self.clone());
+        }
+        let ip = peer.to_canonical().to_string();
+        let sut = sut_of(&ip, self.cmd_port)?;
+        Ok(RegistrationMessage {
+            ip,
+            sut,
+            ..self.clone()
+        })
     }
 }
 
@@ -161,19 +225,50 @@ pub fn parse(bytes: &[u8]) -> Result<RegistrationMessage, RegistrationError> {
     if body.is_empty() || body.eq_ignore_ascii_case(b"register") {
         return Err(RegistrationError::Empty);
     }
-    let mut pairs = Vec::new();
-    for (n, pair) in body.split(|&b| b == b'&').enumerate() {
-        if n >= MAX_FIELDS {
+    // Raw (key, value) segments; a free-text value may absorb the segments that follow it.
+    let mut raw: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for segment in body.split(|&b| b == b'&') {
+        let eq = segment.iter().position(|&b| b == b'=');
+        let key = eq.map(|e| String::from_utf8_lossy(&segment[..e]).to_ascii_uppercase());
+        if let Some((prev, value)) = raw.last_mut() {
+            let prev = String::from_utf8_lossy(prev).to_ascii_uppercase();
+            if continues(&prev, key.as_deref(), &seen) {
+                value.push(b'&');
+                value.extend_from_slice(segment);
+                continue;
+            }
+        }
+        if raw.len() >= MAX_FIELDS {
             return Err(RegistrationError::TooManyFields);
         }
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-            return Err(RegistrationError::BadField(shown(pair)));
+        let Some(eq) = eq else {
+            return Err(RegistrationError::BadField(shown(segment)));
         };
-        let key = decode(&pair[..eq], &shown(&pair[..eq]))?;
-        let value = decode(&pair[eq + 1..], &key)?;
+        seen.extend(key);
+        raw.push((&segment[..eq], segment[eq + 1..].to_vec()));
+    }
+    let mut pairs = Vec::with_capacity(raw.len());
+    for (key, value) in raw {
+        let key = decode(key, &shown(key))?;
+        let value = decode(&value, &key)?;
         pairs.push((key, value));
     }
     from_pairs(pairs)
+}
+
+/// Whether a segment with key `key` (`None`: no `=`) that follows a field `prev` is the rest
+/// of `prev`'s value: only after a free-text field of the Java agent, and only when the
+/// segment does not start one of the fields the agent sends later, not yet seen.
+fn continues(prev: &str, key: Option<&str>, seen: &[String]) -> bool {
+    if !FREE_TEXT.contains(&prev) {
+        return false;
+    }
+    let at = |k: &str| JAVA_ORDER.iter().position(|j| *j == k);
+    let starts_next = key.is_some_and(|k| {
+        !seen.iter().any(|s| s == k) && at(k).zip(at(prev)).is_some_and(|(k, p)| k > p)
+    });
+    !starts_next
 }
 
 /// Validate already-split fields (the JSON form over HTTP uses this directly). Keys are
@@ -209,11 +304,11 @@ pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<RegistrationMessage, R
         .remove("NAME")
         .filter(|v| !v.trim().is_empty())
         .ok_or(RegistrationError::Missing("NAME"))?;
-    let ip = fields
+    let ipaddr = fields
         .remove("IPADDR")
         .filter(|v| !v.trim().is_empty())
         .ok_or(RegistrationError::Missing("IPADDR"))?;
-    let ip = check_address(&ip)?;
+    let (ip, ip_port) = split_host_port(ipaddr.trim())?;
     for key in NUMERIC {
         let Some(v) = fields.get(*key).filter(|v| !v.is_empty()) else {
             continue;
@@ -236,26 +331,30 @@ pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<RegistrationMessage, R
             });
         }
     }
-    let cmd_port = fields
-        .get("CMDPORT")
-        .and_then(|v| v.parse::<u16>().ok())
-        .unwrap_or(DEFAULT_CMD_PORT);
+    let cmdport = fields.get("CMDPORT").and_then(|v| v.parse::<u16>().ok());
+    let cmd_port = match (ip_port, cmdport) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(RegistrationError::PortConflict {
+                ipaddr: a,
+                cmdport: b,
+            });
+        }
+        (a, b) => b.or(a).unwrap_or(DEFAULT_CMD_PORT),
+    };
+    let wildcard = ip.parse::<IpAddr>().is_ok_and(|a| a.is_unspecified());
     let non_empty = |k: &str| fields.get(k).filter(|v| !v.trim().is_empty()).cloned();
     let hardware = non_empty("HARDWARE");
     let pool = non_empty("POOL");
     let mac = mac_of(&agent_name);
-    let device_name = device_name(&agent_name, mac.as_deref(), &ip)?;
-    let sut = if ip.contains(':') {
-        format!("[{ip}]:{cmd_port}")
-    } else {
-        format!("{ip}:{cmd_port}")
-    };
-    let sut = SutAddr::parse_owned(sut).map_err(RegistrationError::BadAddress)?;
+    let device_name = device_name(&agent_name, mac.as_deref())?;
+    let sut = sut_of(&ip, cmd_port)?;
     Ok(RegistrationMessage {
         agent_name,
         device_name,
         mac,
+        ipaddr,
         ip,
+        wildcard,
         cmd_port,
         sut,
         hardware,
@@ -267,11 +366,10 @@ pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<RegistrationMessage, R
 /// The device name for an agent NAME:
 /// - a MAC (`00:11:22:33:44:55`, `00-11-…` or `001122334455`, any case) becomes the
 ///   lower-case colon form `00:11:22:33:44:55`;
-/// - a placeholder NAME shared by many devices (`SUTAgent`, `0011223344556677`) becomes
-///   `sut-<address>` with `.` and `:` turned into `-` (`sut-10-0-0-5`), since the address is
-///   the only thing telling such devices apart;
+/// - a placeholder NAME shared by many devices (`SUTAgent`, `0011223344556677`) names no
+///   device (`None`): only the inventory can say which device sent it;
 /// - anything else is used as it is and must be a valid device name.
-fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<DeviceName, RegistrationError> {
+fn device_name(agent: &str, mac: Option<&str>) -> Result<Option<DeviceName>, RegistrationError> {
     let name = if let Some(mac) = mac {
         mac.as_bytes()
             .chunks(2)
@@ -279,18 +377,56 @@ fn device_name(agent: &str, mac: Option<&str>, ip: &str) -> Result<DeviceName, R
             .collect::<Vec<_>>()
             .join(":")
     } else if is_placeholder(agent) {
-        let addr: String = ip
-            .chars()
-            .map(|c| if c == '.' || c == ':' { '-' } else { c })
-            .collect();
-        format!("sut-{}", addr.trim_matches('-'))
+        return Ok(None);
     } else {
         agent.to_owned()
     };
-    DeviceName::try_from(name).map_err(|e| RegistrationError::BadName {
-        name: agent.chars().take(80).collect(),
-        reason: e.to_string(),
-    })
+    DeviceName::try_from(name)
+        .map(Some)
+        .map_err(|e| RegistrationError::BadName {
+            name: agent.chars().take(80).collect(),
+            reason: e.to_string(),
+        })
+}
+
+/// The SUTAgent address `host:port` (an IPv6 host in brackets).
+fn sut_of(host: &str, port: u16) -> Result<SutAddr, RegistrationError> {
+    let text = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    SutAddr::parse_owned(text).map_err(RegistrationError::BadAddress)
+}
+
+/// Split `IPADDR` into a checked host and an optional port: `10.0.0.5`, `10.0.0.5:20701`,
+/// `fe80::1`, `[fe80::1]:20701`, `host.lab`, `host.lab:20701`.
+fn split_host_port(s: &str) -> Result<(String, Option<u16>), RegistrationError> {
+    let bad = || RegistrationError::BadAddress(s.chars().take(80).collect());
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad());
+        }
+        match after {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else if s.parse::<IpAddr>().is_ok() {
+        (s, None)
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            Some(_) => return Err(bad()),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?),
+    };
+    let host = check_address(host).map_err(|_| bad())?;
+    Ok((host, port))
 }
 
 fn is_placeholder(agent: &str) -> bool {
@@ -409,7 +545,10 @@ mod tests {
     fn java_form() {
         let m = parse(JAVA).expect("parses");
         assert_eq!(m.agent_name, "00:11:22:33:44:55");
-        assert_eq!(m.device_name, "00:11:22:33:44:55");
+        assert_eq!(
+            m.device_name.as_ref().map(DeviceName::as_str),
+            Some("00:11:22:33:44:55")
+        );
         assert_eq!(m.mac.as_deref(), Some("001122334455"));
         assert_eq!(m.ip, "127.0.0.1");
         assert_eq!(m.sut_addr().as_str(), "127.0.0.1:20701");
@@ -423,17 +562,123 @@ mod tests {
     #[test]
     fn negatus_form_and_placeholder_name() {
         let m = parse(b"NAME=SUTAgent&IPADDR=10.0.0.5").expect("parses");
-        assert_eq!(m.device_name, "sut-10-0-0-5");
+        assert_eq!(m.device_name, None, "a generic NAME names no device");
         assert_eq!(m.cmd_port, DEFAULT_CMD_PORT);
         assert!(m.placeholder_name());
+        assert!(!m.wildcard);
         assert_eq!(m.mac, None);
+        let m = parse(b"NAME=0011223344556677&IPADDR=10.0.0.5").expect("parses");
+        assert_eq!(m.device_name, None);
+    }
+
+    /// What Negatus really sends: its listen address, the wildcard, with the port, encoded by
+    /// its own encoder (`:` as `%3A`), keys in `std::map` order, no prefix, no newline.
+    #[test]
+    fn negatus_wildcard_means_the_peer() {
+        for bytes in [
+            &b"IPADDR=0.0.0.0%3A20701&NAME=SUTAgent"[..],
+            b"NAME=SUTAgent&IPADDR=0.0.0.0%3A20701",
+        ] {
+            let m = parse(bytes).expect("parses");
+            assert!(m.wildcard);
+            assert_eq!(m.ipaddr, "0.0.0.0:20701");
+            assert_eq!(m.cmd_port, 20701);
+            let peer: IpAddr = "127.0.0.1".parse().expect("ip");
+            let at = m.at_peer(peer).expect("peer");
+            assert_eq!(at.ip, "127.0.0.1");
+            assert_eq!(at.sut_addr().as_str(), "127.0.0.1:20701");
+            assert_eq!(at.ipaddr, "0.0.0.0:20701", "what it sent stays for the log");
+        }
+        // Without a port, the default command port; IPv6 wildcard; v4-mapped peers.
+        let m = parse(b"NAME=SUTAgent&IPADDR=0.0.0.0").expect("parses");
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().expect("ip");
+        assert_eq!(
+            m.at_peer(mapped).expect("peer").sut_addr().as_str(),
+            "10.0.0.7:20701"
+        );
+        let m = parse(b"NAME=SUTAgent&IPADDR=%5B%3A%3A%5D%3A20702").expect("parses");
+        assert!(m.wildcard);
+        let v6: IpAddr = "fe80::1".parse().expect("ip");
+        assert_eq!(
+            m.at_peer(v6).expect("peer").sut_addr().as_str(),
+            "[fe80::1]:20702"
+        );
+        // A real address is kept whatever the peer.
+        let m = parse(b"NAME=dev-1&IPADDR=10.0.0.5%3A20705").expect("parses");
+        assert_eq!(m.sut_addr().as_str(), "10.0.0.5:20705");
+        let at = m.at_peer(mapped).expect("peer");
+        assert_eq!(at, m);
+    }
+
+    #[test]
+    fn ipaddr_ports() {
+        let m = parse(b"NAME=d&IPADDR=10.0.0.5:20701&CMDPORT=20701").expect("same port");
+        assert_eq!(m.cmd_port, 20701);
+        assert_eq!(
+            parse(b"NAME=d&IPADDR=10.0.0.5:20701&CMDPORT=20702"),
+            Err(RegistrationError::PortConflict {
+                ipaddr: 20701,
+                cmdport: 20702
+            })
+        );
+        let m = parse(b"NAME=d&IPADDR=host.lab:20709").expect("host with port");
+        assert_eq!(m.sut_addr().as_str(), "host.lab:20709");
+        let m = parse(b"NAME=d&IPADDR=fe80::1").expect("bare IPv6");
+        assert_eq!(m.sut_addr().as_str(), "[fe80::1]:20701");
+        for bad in [
+            &b"NAME=d&IPADDR=10.0.0.5:0"[..],
+            b"NAME=d&IPADDR=10.0.0.5:x",
+            b"NAME=d&IPADDR=10.0.0.5:",
+            b"NAME=d&IPADDR=[fe80::1",
+            b"NAME=d&IPADDR=[nothost]:1",
+            b"NAME=d&IPADDR=[fe80::1]x",
+            b"NAME=d&IPADDR=a:b:c",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(RegistrationError::BadAddress(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// The Java agent's `Uri.encode(s, "=&")` leaves `&` and `=` raw inside values.
+    #[test]
+    fn ampersands_inside_free_text_values() {
+        let m = parse(b"register NAME=00%3A11%3A22%3A33%3A44%3A55&IPADDR=10.0.0.5&CMDPORT=20701&DATAPORT=20700&OS=Android-IMM76D&SCRNWIDTH=1024&SCRNHEIGHT=768&BPP=8&MEMORY=415232000&HARDWARE=panda&POOL=a&b\n")
+            .expect("POOL=a&b");
+        assert_eq!(m.pool.as_deref(), Some("a&b"));
+        assert_eq!(m.hardware.as_deref(), Some("panda"));
+        let m = parse(b"NAME=n1&IPADDR=10.0.0.5&HARDWARE=x&y&POOL=").expect("HARDWARE=x&y");
+        assert_eq!(m.hardware.as_deref(), Some("x&y"));
+        assert_eq!(m.pool, None);
+        assert_eq!(m.fields["POOL"], "");
+        let m =
+            parse(b"NAME=n1&IPADDR=10.0.0.5&HARDWARE=x&y=z&&POOL=p&q=r&NAME=s&k").expect("mixed");
+        assert_eq!(m.hardware.as_deref(), Some("x&y=z&"));
+        assert_eq!(m.pool.as_deref(), Some("p&q=r&NAME=s&k"));
+        assert_eq!(m.agent_name, "n1");
+        let m = parse(b"NAME=n1&IPADDR=10.0.0.5&OS=A&B%20C&SCRNWIDTH=800").expect("OS");
+        assert_eq!(m.fields["OS"], "A&B C");
+        assert_eq!(m.fields["SCRNWIDTH"], "800");
+        // Numbers, addresses and NAME never hold a raw `&`: a stray segment there is refused
+        // (no `=`) or kept as an unknown key, as before.
+        assert!(matches!(
+            parse(b"NAME=n1&IPADDR=10.0.0.5&junk"),
+            Err(RegistrationError::BadField(_))
+        ));
+        let m = parse(b"NAME=n1&IPADDR=10.0.0.5&X_EXTRA=1").expect("unknown key");
+        assert_eq!(m.fields["X_EXTRA"], "1");
     }
 
     #[test]
     fn trims_and_keeps_plus_and_unknown_keys() {
         let m = parse(b"\0\r\nregister NAME=dev-1&IPADDR=10.0.0.1&x_extra=a+b%20c\r\n\0")
             .expect("parses");
-        assert_eq!(m.device_name, "dev-1");
+        assert_eq!(
+            m.device_name.as_ref().map(DeviceName::as_str),
+            Some("dev-1")
+        );
         assert_eq!(m.fields["X_EXTRA"], "a+b c");
     }
 
@@ -445,7 +690,11 @@ mod tests {
                 ("IPADDR".into(), "10.0.0.1".into()),
             ])
             .expect(s);
-            assert_eq!(m.device_name, "00:1a:22:33:44:55", "{s}");
+            assert_eq!(
+                m.device_name.as_ref().map(DeviceName::as_str),
+                Some("00:1a:22:33:44:55"),
+                "{s}"
+            );
             assert_eq!(m.mac.as_deref(), Some("001a22334455"));
         }
         assert_eq!(mac_of("00:1a:22-33:44:55"), None);

@@ -5,6 +5,10 @@
 //! `ERROR <reason>\n` (best effort: Negatus never reads it) and close. A connection cap and
 //! the per-connection deadline (covering read, store write and reply) mean a slow or hostile
 //! client holds one permit for at most the deadline.
+//!
+//! The Java agent takes any reply line containing `ok` (in any case) for success, so an error
+//! reply must never contain those two letters: every one is built by [`error_reply`], whose
+//! fixed texts avoid them and which percent-encodes the `o` of an `ok` in echoed values.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{Channel, apply, log_malformed};
-use super::parse::{MAX_MESSAGE_BYTES, parse};
+use super::parse::{MAX_MESSAGE_BYTES, RegistrationError, parse};
 use crate::storage::Store;
 use tokio_util::task::TaskTracker;
 
@@ -88,16 +92,16 @@ async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadlin
         // Connected and closed without a byte (a TCP probe, a port scan): nothing to record.
         Ok(bytes) if bytes.is_empty() => {
             tracing::debug!(%peer, "empty registration connection");
-            "ERROR empty registration message\n".to_owned()
+            error_reply(&RegistrationError::Empty)
         }
         Ok(bytes) => match tokio::time::timeout(rest, register(app, &bytes, peer.ip())).await {
             Ok(a) => a,
-            Err(_) => "ERROR the registration could not be stored in time\n".to_owned(),
+            Err(_) => error_reply(&STORE_TIMEOUT),
         },
         Err(reason) => {
             tracing::info!(%peer, %reason, "registration refused");
             log(app, peer.ip(), reason.to_string()).await;
-            format!("ERROR {reason}\n")
+            error_reply(&reason)
         }
     };
     // Best effort and bounded: Negatus has half-closed and never reads the reply.
@@ -154,7 +158,7 @@ async fn register(app: &Listener, bytes: &[u8], peer: IpAddr) -> String {
             let reason = e.to_string();
             tracing::info!(%peer, %reason, "registration refused");
             log(app, peer, reason.clone()).await;
-            return format!("ERROR {reason}\n");
+            return error_reply(&e);
         }
     };
     let server = app.server.to_string();
@@ -169,13 +173,42 @@ async fn register(app: &Listener, bytes: &[u8], peer: IpAddr) -> String {
         }
         Ok(Err(reason)) => {
             tracing::info!(%peer, %reason, "registration refused");
-            format!("ERROR {reason}\n")
+            error_reply(&reason)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot store a registration");
-            "ERROR the registration could not be stored\n".to_owned()
+            error_reply(&STORE_FAILED)
         }
     }
+}
+
+/// Reply text when the store write did not finish within the connection's deadline.
+const STORE_TIMEOUT: &str = "the registration could not be stored in time";
+/// Reply text when the store write failed.
+const STORE_FAILED: &str = "the registration could not be stored";
+
+/// The reply line to a refused registration: `ERROR <reason>\n`, never containing `ok` in any
+/// case. The Java agent lower-cases each reply line and takes one containing `ok` for success
+/// (hardware.md §1.7), and a reason may echo what the agent sent (`NAME=brokenname`), so
+/// every `o` followed by a `k` is written as its percent-escape (`%6F`, `%4F`), the encoding
+/// the agent's own message uses.
+pub fn error_reply(reason: &dyn std::fmt::Display) -> String {
+    let text = reason.to_string();
+    let mut out = String::with_capacity(text.len() + 8);
+    out.push_str("ERROR ");
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        // U+212A KELVIN SIGN lower-cases to `k` too.
+        let k_next = matches!(chars.peek(), Some('k' | 'K' | '\u{212A}'));
+        match c {
+            'o' if k_next => out.push_str("%6F"),
+            'O' if k_next => out.push_str("%4F"),
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    out
 }
 
 async fn log(app: &Listener, peer: IpAddr, reason: String) {
@@ -186,5 +219,180 @@ async fn log(app: &Listener, peer: IpAddr, reason: String) {
         .await
     {
         tracing::warn!(error = %e, "cannot log a refused registration");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::apply::Refusal;
+    use super::*;
+
+    fn has_ok(s: &str) -> bool {
+        s.to_lowercase().contains("ok")
+    }
+
+    /// Every error reply the listener can send, with neutral sample values: the fixed texts
+    /// must not contain `ok` at all (so the escaping only ever touches echoed values).
+    /// The `match`es fail to compile when a variant is added without being listed here.
+    fn every_reason() -> Vec<String> {
+        use RegistrationError as E;
+        let parse = [
+            E::Empty,
+            E::TooLong,
+            E::TooManyFields,
+            E::BadField("x".into()),
+            E::Duplicate("NAME".into()),
+            E::BadEscape("NAME".into()),
+            E::NotUtf8("NAME".into()),
+            E::ControlChar("NAME".into()),
+            E::ValueTooLong("OS".into()),
+            E::Missing("NAME"),
+            E::Missing("IPADDR"),
+            E::NotNumeric {
+                key: "CMDPORT".into(),
+                what: "a port number (1-65535)",
+                value: "x".into(),
+            },
+            E::NotNumeric {
+                key: "MEMORY".into(),
+                what: "a non-negative integer",
+                value: "x".into(),
+            },
+            E::BadAddress("x".into()),
+            E::PortConflict {
+                ipaddr: 1,
+                cmdport: 2,
+            },
+            E::BadName {
+                name: "x".into(),
+                reason: "device name \"x y\" may only contain letters".into(),
+            },
+        ];
+        for e in &parse {
+            match e {
+                E::Empty
+                | E::TooLong
+                | E::TooManyFields
+                | E::BadField(_)
+                | E::Duplicate(_)
+                | E::BadEscape(_)
+                | E::NotUtf8(_)
+                | E::ControlChar(_)
+                | E::ValueTooLong(_)
+                | E::Missing(_)
+                | E::NotNumeric { .. }
+                | E::BadAddress(_)
+                | E::PortConflict { .. }
+                | E::BadName { .. } => {}
+            }
+        }
+        let refusals = [
+            Refusal::Retired { device: "d".into() },
+            Refusal::OtherController {
+                device: "d".into(),
+                owner: "a".into(),
+                server: "b".into(),
+            },
+            Refusal::OtherAgent {
+                device: "d".into(),
+                registered_by: "a".into(),
+                agent: "b".into(),
+            },
+            Refusal::Wired {
+                device: "d".into(),
+                relay: "r:bank1:relay1".into(),
+                sut: "10.0.0.1:20701".into(),
+                origin: "inventory".into(),
+                ip: "10.0.0.2".into(),
+            },
+            Refusal::Unmatched {
+                agent: "SUTAgent".into(),
+                peer: "10.0.0.3".into(),
+                matched: 0,
+            },
+            Refusal::NoPeer {
+                ipaddr: "0.0.0.0:20701".into(),
+            },
+        ];
+        for r in &refusals {
+            match r {
+                Refusal::Retired { .. }
+                | Refusal::OtherController { .. }
+                | Refusal::OtherAgent { .. }
+                | Refusal::Wired { .. }
+                | Refusal::Unmatched { .. }
+                | Refusal::NoPeer { .. } => {}
+            }
+        }
+        let read = [
+            ReadError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            ReadError::TooLong,
+            ReadError::TimedOut(Duration::from_secs(10)),
+        ];
+        for r in &read {
+            match r {
+                ReadError::Io(_) | ReadError::TooLong | ReadError::TimedOut(_) => {}
+            }
+        }
+        let mut all: Vec<String> = parse.iter().map(ToString::to_string).collect();
+        all.extend(refusals.iter().map(ToString::to_string));
+        all.extend(read.iter().map(ToString::to_string));
+        all.push(STORE_TIMEOUT.to_owned());
+        all.push(STORE_FAILED.to_owned());
+        all
+    }
+
+    #[test]
+    fn no_error_reply_contains_ok() {
+        let all = every_reason();
+        assert!(all.len() >= 25, "{}", all.len());
+        for reason in &all {
+            assert!(!has_ok(reason), "fixed text contains ok: {reason}");
+            let reply = error_reply(reason);
+            assert!(
+                reply.starts_with("ERROR ") && reply.ends_with('\n'),
+                "{reply:?}"
+            );
+            assert!(!has_ok(&reply), "{reply}");
+            assert_eq!(reply, format!("ERROR {reason}\n"), "nothing to escape");
+        }
+    }
+
+    #[test]
+    fn echoed_values_never_make_an_ok() {
+        for value in [
+            "ok",
+            "OK",
+            "oK",
+            "Ok",
+            "o\u{212A}",
+            "brokenname",
+            "token",
+            "lookup",
+            "ook",
+            "okok",
+            "b\u{f6}k",
+            "%6Fk",
+        ] {
+            let reasons = [
+                RegistrationError::BadName {
+                    name: value.into(),
+                    reason: "x".into(),
+                }
+                .to_string(),
+                RegistrationError::BadField(value.into()).to_string(),
+                Refusal::Retired {
+                    device: value.into(),
+                }
+                .to_string(),
+            ];
+            for r in reasons {
+                let reply = error_reply(&r);
+                assert!(!has_ok(&reply), "{value:?}: {reply}");
+                assert!(!reply.trim_end().contains('\n'), "{reply:?}");
+            }
+        }
+        assert_eq!(error_reply(&"a booking"), "ERROR a bo%6Fking\n");
+        assert_eq!(error_reply(&"OK"), "ERROR %4FK\n");
     }
 }
