@@ -574,11 +574,21 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
         .map(|d| (d.fastboot_serial.clone(), d.name.to_string()))
         .collect();
     let runtime = tokio::runtime::Handle::current();
+    // A whole rack boots at once: registrations wait their turn here, as many at a time as
+    // the listener serves, rather than in its backlog, where they would time out (and each
+    // would hold two file descriptors meanwhile).
+    let turns = Arc::new(tokio::sync::Semaphore::new(
+        crate::inventory::registration::server::MAX_CONNECTIONS,
+    ));
     rack.set_on_boot(Arc::new(move |serial: &str, sut: SocketAddr| {
         let Some(name) = names.get(serial).cloned() else {
             return;
         };
+        let turns = turns.clone();
         runtime.spawn(async move {
+            let Ok(_turn) = turns.acquire_owned().await else {
+                return;
+            };
             let port = sut.port().to_string();
             let ip = sut.ip().to_string();
             let fields = [

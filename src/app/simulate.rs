@@ -40,6 +40,8 @@ pub fn start_rack(
         boot_time: std::time::Duration::from_millis(sim.boot_time_ms),
     };
     let phones = usize::try_from(sim.phones.min(n)).unwrap_or(0);
+    raise_fd_limit(usize::try_from(n).unwrap_or(usize::MAX), phones)?;
+    let building = std::time::Instant::now();
     // Phones are flashed by Debian's fastboot over its TCP transport (the one `[hardware]`
     // names, before the rack's wrapper takes its place) and checked with its adb.
     let real_fastboot = config.hardware.fastboot.clone();
@@ -61,6 +63,12 @@ pub fn start_rack(
         &dir.join("sim"),
         real_fastboot.is_file().then_some(real_fastboot.as_path()),
     )?;
+    tracing::info!(
+        devices = n,
+        boards = rack.boards.len(),
+        took_ms = building.elapsed().as_millis(),
+        "simulated rack built"
+    );
     for d in &rack.devices {
         if let Some(f) = sim.faults.get(d.name.as_str()) {
             d.device.set_faults(f.clone());
@@ -209,6 +217,53 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             comments: None,
         });
     }
+}
+
+/// File descriptors a rack of `n` devices (`phones` of them phones) needs at most, about:
+/// a listener per SUTAgent and two per phone (adbd, fastboot), a pty and the driver's end of
+/// it per relay board, room for half the devices to be talking to the service at once (two
+/// descriptors per connection, both ends in this process), and the service's own.
+#[must_use]
+pub fn fds_needed(n: usize, phones: usize) -> u64 {
+    let listeners = n + phones;
+    let boards = 3 * n.div_ceil(crate::hw::sim::rack::RELAYS_PER_BOARD);
+    u64::try_from(listeners + boards + n / 2 + 256).unwrap_or(u64::MAX)
+}
+
+/// Raise the soft limit of open files to the hard limit (a rack of thousands of devices
+/// needs tens of thousands of sockets, the usual soft limit is 1024), and above the hard
+/// limit when the rack needs more and the process may (root, `CAP_SYS_RESOURCE`).
+///
+/// # Errors
+/// When the limit stays below [`fds_needed`]: a clear message instead of sockets failing
+/// one by one later.
+pub fn raise_fd_limit(n: usize, phones: usize) -> std::io::Result<()> {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let need = fds_needed(n, phones);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    // The kernel refuses more than fs.nr_open (1,048,576 by default) even when unlimited.
+    let hard_cap = if hard == RLIM_INFINITY { 1 << 20 } else { hard };
+    let (mut new_soft, mut new_hard) = (soft.max(hard_cap), hard);
+    if hard_cap < need && setrlimit(Resource::RLIMIT_NOFILE, need, need).is_ok() {
+        (new_soft, new_hard) = (need, need);
+    } else if new_soft > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, new_soft, hard).map_err(std::io::Error::from)?;
+    }
+    if new_soft < need {
+        return Err(std::io::Error::other(format!(
+            "a simulated rack of {n} devices needs about {need} open files, but this process may open only {new_soft} (hard limit {hard}): raise it (`ulimit -Hn`, or LimitNOFILE= in a unit) or simulate fewer devices"
+        )));
+    }
+    if (new_soft, new_hard) != (soft, hard) {
+        tracing::info!(
+            from = soft,
+            to = new_soft,
+            hard = new_hard,
+            needed = need,
+            "raised the open files limit for the simulated rack"
+        );
+    }
+    Ok(())
 }
 
 /// A TCP port free on loopback now.

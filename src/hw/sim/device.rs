@@ -8,18 +8,22 @@
 //! the bootloader) | `wait` | `hang`; `getvar NAME` → `ok VALUE` | `err MSG`;
 //! `flash PART SHA256` → `ok` | `err MSG`; `reboot` → `ok` | `err MSG`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::lock;
 use super::sut::{SimSutAgent, SimSutFaults};
+use super::{lock, runtime};
 
 /// What the simulated device's OS runs for the controller to talk to, and how the device is
 /// wired for fastboot.
@@ -145,7 +149,7 @@ struct Inner {
     serial: String,
     spec: SimSpec,
     sut: SimSutAgent,
-    control: SocketAddr,
+    control: ControlPort,
     /// fastboot's TCP transport, when the spec asks for it (dropped with the device).
     fastboot: Mutex<Option<super::fastboot_tcp::SimFastbootTcp>>,
     fastboot_addr: Option<SocketAddr>,
@@ -153,10 +157,22 @@ struct Inner {
     adbd: Mutex<Option<super::adbd::SimAdbd>>,
     adbd_addr: Option<SocketAddr>,
     state: Mutex<State>,
-    cv: Condvar,
+    /// Wakes the phase task when power, a reboot or the faults change its deadline.
+    wake: Arc<Notify>,
+    /// Ends the phase task when the device goes.
+    stop: CancellationToken,
 }
 
-/// Handle to a simulated device (cheap clone). Its threads stop once every handle is gone.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Ok(hub) = hub() {
+            lock(&hub.devices).remove(&self.control.id);
+        }
+    }
+}
+
+/// Handle to a simulated device (cheap clone). Its tasks stop once every handle is gone.
 #[derive(Clone)]
 pub struct SimDevice {
     inner: Arc<Inner>,
@@ -200,9 +216,11 @@ impl SimDevice {
         crate::domain::names::check_name("serial", serial)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let sut = SimSutAgent::start(false, &format!("sim:{serial}"))?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let control = listener.local_addr()?;
+        let hub = hub()?;
+        let control = ControlPort {
+            addr: hub.addr,
+            id: hub.next.fetch_add(1, Ordering::Relaxed),
+        };
         let fastboot_listener = if spec.fastboot_tcp {
             let handle = tokio::runtime::Handle::try_current()
                 .map_err(|_| io::Error::other("fastboot over TCP needs a tokio runtime"))?;
@@ -257,7 +275,8 @@ impl SimDevice {
                 files: BTreeMap::new(),
                 on_boot: None,
             }),
-            cv: Condvar::new(),
+            wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
         });
         if let Some(l) = fastboot_listener {
             let target = Arc::new(FastbootSide(Arc::downgrade(&inner)));
@@ -283,14 +302,12 @@ impl SimDevice {
                 SimDevice { inner: i }.reboot();
             }
         }));
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name(format!("sim-dev-{serial}"))
-            .spawn(move || phase_loop(&weak))?;
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name(format!("sim-ctl-{serial}"))
-            .spawn(move || control_loop(&listener, &weak))?;
+        runtime::handle()?.spawn(phase_task(
+            Arc::downgrade(&inner),
+            inner.wake.clone(),
+            inner.stop.clone(),
+        ));
+        lock(&hub.devices).insert(control.id, Arc::downgrade(&inner));
         if let Some(dir) = rack_dir {
             let tmp = dir.join(format!(".{serial}.tmp"));
             std::fs::write(&tmp, control.to_string())?;
@@ -332,7 +349,7 @@ impl SimDevice {
 
     /// Its control port (what the rack directory file contains).
     #[must_use]
-    pub fn control_addr(&self) -> SocketAddr {
+    pub fn control_addr(&self) -> ControlPort {
         self.inner.control
     }
 
@@ -386,7 +403,7 @@ impl SimDevice {
             ..SimSutFaults::default()
         });
         lock(&self.inner.state).faults = f;
-        self.inner.cv.notify_all();
+        self.inner.wake.notify_one();
     }
 
     /// Current fault knobs.
@@ -416,7 +433,7 @@ impl SimDevice {
         }
         self.inner.sut.set_up(false);
         drop(st);
-        self.inner.cv.notify_all();
+        self.inner.wake.notify_one();
     }
 
     /// Warm reboot (SUTAgent `rebt`, `fastboot reboot`): back through the bootloader.
@@ -444,7 +461,7 @@ impl SimDevice {
         }
         self.inner.sut.set_up(false);
         drop(st);
-        self.inner.cv.notify_all();
+        self.inner.wake.notify_one();
     }
 
     /// Wait until the device reaches `phase` (polling), up to `limit`.
@@ -758,9 +775,10 @@ fn not_found() -> String {
     "GetVar Variable Not found".into()
 }
 
-fn phase_loop(weak: &Weak<Inner>) {
+/// Move the device along its timed phases (bootloader window, OS boot) as far as `now`
+/// allows; returns when the next one is due.
+fn advance(inner: &Inner) -> Option<Instant> {
     loop {
-        let Some(inner) = weak.upgrade() else { return };
         let mut st = lock(&inner.state);
         let now = Instant::now();
         let mut booted = None;
@@ -773,7 +791,7 @@ fn phase_loop(weak: &Weak<Inner>) {
                     st.until = if st.faults.does_not_boot {
                         None
                     } else {
-                        Some(now + st.timings.boot_time)
+                        Some(until + st.timings.boot_time)
                     };
                 }
                 SimPhase::Booting => {
@@ -792,59 +810,139 @@ fn phase_loop(weak: &Weak<Inner>) {
                 }
                 _ => st.until = None,
             }
-        }
-        if let Some(hook) = booted {
-            drop(st);
-            if let Some(h) = hook {
-                h(&inner.serial, inner.sut.addr());
+            if let Some(hook) = booted {
+                drop(st);
+                if let Some(h) = hook {
+                    h(&inner.serial, inner.sut.addr());
+                }
             }
             continue;
         }
-        let wait = st
-            .until
-            .map_or(Duration::from_millis(50), |u| {
-                u.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(50));
-        let _ = inner.cv.wait_timeout(st, wait);
+        return st.until;
     }
 }
 
-fn control_loop(listener: &TcpListener, weak: &Weak<Inner>) {
+/// The device's clock: sleeps until its next phase deadline, or until a power, reboot or
+/// fault change wakes it. Holds the device only while advancing it.
+async fn phase_task(weak: Weak<Inner>, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
-        if weak.strong_count() == 0 {
-            return;
-        }
-        match listener.accept() {
-            Ok((s, _)) => {
-                let Some(inner) = weak.upgrade() else { return };
-                let dev = SimDevice { inner };
-                let _ = serve_control(s, &dev);
+        let next = match weak.upgrade() {
+            Some(inner) => advance(&inner),
+            None => return,
+        };
+        let due = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = wake.notified() => {}
+            () = due => {}
         }
     }
 }
 
-fn serve_control(s: TcpStream, dev: &SimDevice) -> io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+/// Where a device's control requests go: the process's control port and the device's
+/// number there. The rack directory file holds it as `ADDR ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlPort {
+    /// The shared control listener.
+    pub addr: SocketAddr,
+    /// The device's number on it.
+    pub id: u64,
+}
+
+impl std::fmt::Display for ControlPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.addr, self.id)
+    }
+}
+
+impl std::str::FromStr for ControlPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, id) = s
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("control port {s:?}: want ADDR ID"))?;
+        Ok(ControlPort {
+            addr: addr.parse().map_err(|e| format!("control port {s:?}: {e}"))?,
+            id: id.parse().map_err(|e| format!("control port {s:?}: {e}"))?,
+        })
+    }
+}
+
+/// The process's control port: one loopback listener for every simulated device (a
+/// listener per device would cost a file descriptor each, and a rack of 10,000 devices
+/// needs its descriptors for SUTAgent ports and connections).
+struct Hub {
+    addr: SocketAddr,
+    next: AtomicU64,
+    devices: Mutex<HashMap<u64, Weak<Inner>>>,
+}
+
+fn hub() -> io::Result<Arc<Hub>> {
+    static HUB: OnceLock<Result<Arc<Hub>, String>> = OnceLock::new();
+    HUB.get_or_init(|| start_hub().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| io::Error::other(format!("simulated devices' control port: {e}")))
+}
+
+fn start_hub() -> io::Result<Arc<Hub>> {
+    let listener = runtime::listener(std::net::TcpListener::bind("127.0.0.1:0")?)?;
+    let hub = Arc::new(Hub {
+        addr: listener.local_addr()?,
+        next: AtomicU64::new(1),
+        devices: Mutex::new(HashMap::new()),
+    });
+    let h = hub.clone();
+    runtime::handle()?.spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let h = h.clone();
+                    tokio::spawn(async move {
+                        let limit = Duration::from_secs(2);
+                        let _ = tokio::time::timeout(limit, serve_control(s, &h)).await;
+                    });
+                }
+                // Out of file descriptors, typically: try again shortly rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    });
+    Ok(hub)
+}
+
+async fn serve_control(mut s: tokio::net::TcpStream, hub: &Hub) -> io::Result<()> {
     let mut line = String::new();
-    BufReader::new(io::Read::take(s.try_clone()?, 1024)).read_line(&mut line)?;
-    let reply = dev.control(line.trim());
-    let mut s = s;
-    s.write_all(reply.as_bytes())?;
-    s.write_all(b"\n")
+    tokio::io::BufReader::new((&mut s).take(1024))
+        .read_line(&mut line)
+        .await?;
+    let (id, request) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    let device = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| lock(&hub.devices).get(&id).and_then(Weak::upgrade));
+    let reply = match device {
+        Some(inner) => SimDevice { inner }.control(request),
+        None => "err no such device".to_owned(),
+    };
+    s.write_all(reply.as_bytes()).await?;
+    s.write_all(b"\n").await
 }
 
 /// Send one control request to a device (used by the fastboot stand-in and tests).
 ///
 /// # Errors
 /// Socket errors.
-pub fn control_request(addr: SocketAddr, line: &str) -> io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+pub fn control_request(port: ControlPort, line: &str) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&port.addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(line.as_bytes())?;
+    s.write_all(format!("{} {line}", port.id).as_bytes())?;
     s.write_all(b"\n")?;
     let mut reply = String::new();
     BufReader::new(io::Read::take(s, 4096)).read_line(&mut reply)?;

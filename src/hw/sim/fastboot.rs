@@ -1,17 +1,16 @@
 //! The `fastboot` stand-in executable's logic (`mozpool sim-fastboot --rack DIR ...`).
 //! The real [`crate::hw::Flasher`] runs it by path exactly like real fastboot. It finds
 //! the simulated device by serial through the rack directory (`DIR/<serial>` holds the
-//! device's control address), waits with `< waiting for SERIAL >` while the device is not
+//! device's control port, `ADDR ID`), waits with `< waiting for SERIAL >` while the device is not
 //! in its bootloader, prints fastboot-like lines on stderr and uses fastboot's exit codes.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::device::control_request;
+use super::device::{ControlPort, control_request};
 
 /// Entry point of the stand-in: `args` are the arguments after `sim-fastboot`.
 /// Returns the process exit code. May never return (waiting, or the `fastboot_hangs`
@@ -97,7 +96,7 @@ fn devices(rack: &Path) -> i32 {
     0
 }
 
-fn read_addr(rack: &Path, serial: &str) -> Option<SocketAddr> {
+fn read_addr(rack: &Path, serial: &str) -> Option<ControlPort> {
     std::fs::read_to_string(rack.join(serial))
         .ok()?
         .trim()
@@ -107,7 +106,7 @@ fn read_addr(rack: &Path, serial: &str) -> Option<SocketAddr> {
 
 /// Block until the device is in its bootloader and caught; never returns under the
 /// `fastboot_hangs` fault or while the device stays away.
-fn wait_for_device(rack: &Path, serial: &str) -> SocketAddr {
+fn wait_for_device(rack: &Path, serial: &str) -> ControlPort {
     let mut announced = false;
     loop {
         if let Some(addr) = read_addr(rack, serial) {
@@ -125,7 +124,7 @@ fn wait_for_device(rack: &Path, serial: &str) -> SocketAddr {
     }
 }
 
-fn remote(addr: SocketAddr, req: &str) -> Result<String, String> {
+fn remote(addr: ControlPort, req: &str) -> Result<String, String> {
     match control_request(addr, req) {
         Ok(r) => match r.split_once(' ') {
             Some(("ok", v)) => Ok(v.to_owned()),
@@ -137,7 +136,7 @@ fn remote(addr: SocketAddr, req: &str) -> Result<String, String> {
     }
 }
 
-fn getvar(addr: SocketAddr, var: &str, started: Instant) -> i32 {
+fn getvar(addr: ControlPort, var: &str, started: Instant) -> i32 {
     match remote(addr, &format!("getvar {var}")) {
         Ok(v) => say(&format!("{var}: {v}")),
         // Like modern fastboot: the failure is printed but the exit status stays 0.
@@ -147,7 +146,7 @@ fn getvar(addr: SocketAddr, var: &str, started: Instant) -> i32 {
     0
 }
 
-fn flash(addr: SocketAddr, part: &str, file: &Path, started: Instant) -> i32 {
+fn flash(addr: ControlPort, part: &str, file: &Path, started: Instant) -> i32 {
     let data = match std::fs::read(file) {
         Ok(d) => d,
         Err(e) => {
@@ -178,7 +177,7 @@ fn flash(addr: SocketAddr, part: &str, file: &Path, started: Instant) -> i32 {
     }
 }
 
-fn reboot(addr: SocketAddr, started: Instant) -> i32 {
+fn reboot(addr: ControlPort, started: Instant) -> i32 {
     match remote(addr, "reboot") {
         Ok(_) => {
             say(&format!("Rebooting   OKAY [  {}]", secs(started)));

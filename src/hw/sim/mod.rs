@@ -12,13 +12,14 @@ pub mod fastboot_tcp;
 pub mod lcus;
 pub mod proxr;
 pub mod rack;
+mod runtime;
 pub mod sut;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use adbd::{AdbBanner, AdbReboot, AdbTarget, AdbdConfig, MemoryAdbTarget, SimAdbd};
-pub use device::{Reboot, SimDevice, SimFaults, SimPhase, SimSpec, SimTimings};
+pub use device::{ControlPort, Reboot, SimDevice, SimFaults, SimPhase, SimSpec, SimTimings};
 pub use fastboot::sim_fastboot_main;
 pub use fastboot_tcp::{FastbootTarget, MemoryTarget, RebootTarget, SimFastbootTcp};
 pub use lcus::SimLcusBoard;

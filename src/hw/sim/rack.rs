@@ -117,6 +117,7 @@ impl SimRack {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
         std::fs::rename(&tmp, &fastboot_path)?;
 
+        let t_temp = std::time::Instant::now();
         let mut devices = Vec::with_capacity(n);
         for i in 1..=n {
             let serial = format!("sim{i:04}");
@@ -133,6 +134,7 @@ impl SimRack {
             let device = SimDevice::start_with(&serial, spec, timings, Some(&rack_dir))?;
             devices.push(device);
         }
+        eprintln!("TEMP devices {:?}", t_temp.elapsed());
         let mut boards = Vec::new();
         let mut board_configs = Vec::new();
         let mut rack_devices = Vec::with_capacity(n);
@@ -178,6 +180,7 @@ impl SimRack {
             ));
             boards.push(sim);
         }
+        eprintln!("TEMP boards {:?}", t_temp.elapsed());
         Ok(SimRack {
             boards,
             board_configs,

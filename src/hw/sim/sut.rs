@@ -7,16 +7,20 @@
 //! port refuses connections.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::{lock, sleep_unless};
+use super::{lock, runtime};
 
 /// Fault knobs of a simulated agent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,11 +86,13 @@ pub type RebootHook = Arc<dyn Fn() + Send + Sync>;
 
 struct Shared {
     up: bool,
-    /// Bound while up and not refusing; (un)bound synchronously by the owner's calls.
-    listener: Option<TcpListener>,
+    /// Bound while up and not refusing; (un)bound synchronously by the owner's calls, so a
+    /// down agent refuses connections the moment `set_up(false)` returns.
+    listener: Option<tokio::net::TcpListener>,
     addr: SocketAddr,
-    /// Bumped every time the agent goes down: live connections of an older epoch die.
-    epoch: u64,
+    /// Cancelled every time the agent goes down (and when it is dropped): live connections
+    /// of an older boot die with it.
+    boot: CancellationToken,
     faults: SimSutFaults,
     split_prompt: bool,
     booted_at: Instant,
@@ -96,13 +102,16 @@ struct Shared {
     storage: Storage,
 }
 
-/// A simulated SUTAgent. Dropping it stops its threads.
+/// A simulated SUTAgent: a task on the simulators' runtime accepts its connections and one
+/// task serves each. Dropping it closes its port and ends its tasks.
 pub struct SimSutAgent {
     shared: Arc<Mutex<Shared>>,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// Ends the accept task and every connection.
+    stop: CancellationToken,
+    /// Tells the accept task the listener changed.
+    rebound: Arc<Notify>,
     connections: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for SimSutAgent {
@@ -114,19 +123,21 @@ impl std::fmt::Debug for SimSutAgent {
 }
 
 impl SimSutAgent {
-    /// Start on an ephemeral loopback port, up (listening) or down.
+    /// Start on an ephemeral port of its own loopback address, up (listening) or down.
+    /// Its tasks run on the simulators' runtime, so no caller runtime is needed.
     ///
     /// # Errors
-    /// When no port can be bound.
+    /// When no port can be bound or the runtime cannot start.
     pub fn start(up: bool, id: &str) -> io::Result<Self> {
-        let listener = TcpListener::bind((own_loopback_ip(), 0))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let std_listener = TcpListener::bind((own_loopback_ip(), 0))?;
+        let addr = std_listener.local_addr()?;
+        let listener = runtime::listener(std_listener)?;
+        let stop = CancellationToken::new();
         let shared = Arc::new(Mutex::new(Shared {
             up,
             listener: if up { Some(listener) } else { None },
             addr,
-            epoch: 0,
+            boot: stop.child_token(),
             faults: SimSutFaults::default(),
             split_prompt: true,
             booted_at: Instant::now(),
@@ -135,18 +146,20 @@ impl SimSutAgent {
             commands: Vec::new(),
             storage: Storage::default(),
         }));
-        let stop: Arc<AtomicBool> = Arc::default();
+        let rebound = Arc::new(Notify::new());
         let connections: Arc<AtomicU64> = Arc::default();
-        let (sh, st, conns) = (shared.clone(), stop.clone(), connections.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("sim-sut-{}", addr.port()))
-            .spawn(move || listen_loop(&sh, &st, &conns))?;
+        runtime::handle()?.spawn(accept_loop(
+            shared.clone(),
+            rebound.clone(),
+            stop.clone(),
+            connections.clone(),
+        ));
         Ok(SimSutAgent {
             shared,
             addr,
             stop,
+            rebound,
             connections,
-            thread: Some(thread),
         })
     }
 
@@ -164,10 +177,11 @@ impl SimSutAgent {
             s.booted_at = Instant::now();
         }
         if !up && s.up {
-            s.epoch += 1;
+            s.boot.cancel();
+            s.boot = self.stop.child_token();
         }
         s.up = up;
-        sync_listener(&mut s);
+        self.sync_listener(&mut s);
     }
 
     /// Whether the agent is meant to be listening.
@@ -180,7 +194,7 @@ impl SimSutAgent {
     pub fn set_faults(&self, f: SimSutFaults) {
         let mut s = lock(&self.shared);
         s.faults = f;
-        sync_listener(&mut s);
+        self.sync_listener(&mut s);
     }
 
     /// Send the prompt in two writes (`$>` then `\0`) to exercise reassembly (default on).
@@ -216,14 +230,27 @@ impl SimSutAgent {
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// Bind or drop the listener to match `up && !refuse`, and tell the accept task. std
+    /// sets SO_REUSEADDR, so the same port can be bound again after a "reboot".
+    fn sync_listener(&self, s: &mut Shared) {
+        let want = s.up && !s.faults.refuse;
+        if want && s.listener.is_none() {
+            match TcpListener::bind(s.addr).and_then(runtime::listener) {
+                Ok(l) => s.listener = Some(l),
+                Err(e) => tracing::warn!(addr = %s.addr, error = %e, "sim SUTAgent cannot rebind"),
+            }
+        } else if !want {
+            s.listener = None;
+        }
+        self.rebound.notify_one();
+    }
 }
 
 impl Drop for SimSutAgent {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop.cancel();
+        lock(&self.shared).listener = None;
     }
 }
 
@@ -241,85 +268,77 @@ pub(super) fn own_loopback_ip() -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, p, hi, lo)
 }
 
-/// Bind or drop the listener to match `up && !refuse`. std sets SO_REUSEADDR, so the
-/// same port can be bound again after a "reboot".
-fn sync_listener(s: &mut Shared) {
-    let want = s.up && !s.faults.refuse;
-    if want && s.listener.is_none() {
-        match TcpListener::bind(s.addr) {
-            Ok(l) => {
-                let _ = l.set_nonblocking(true);
-                s.listener = Some(l);
+/// Accept connections while the agent has a listener; each gets its own task, which ends
+/// when the peer leaves, the agent goes down, or the agent is dropped.
+async fn accept_loop(
+    shared: Arc<Mutex<Shared>>,
+    rebound: Arc<Notify>,
+    stop: CancellationToken,
+    conns: Arc<AtomicU64>,
+) {
+    loop {
+        // Polled under the lock, never held across an await: the owner may drop the
+        // listener from any thread at any time, and then `rebound` wakes us.
+        let accept = std::future::poll_fn(|cx| {
+            let s = lock(&shared);
+            match &s.listener {
+                Some(l) => l
+                    .poll_accept(cx)
+                    .map(|r| r.map(|(stream, _)| (stream, s.boot.clone()))),
+                None => Poll::Pending,
             }
-            Err(e) => tracing::warn!(addr = %s.addr, error = %e, "sim SUTAgent cannot rebind"),
-        }
-    } else if !want {
-        s.listener = None;
-    }
-}
-
-fn listen_loop(shared: &Arc<Mutex<Shared>>, stop: &Arc<AtomicBool>, conns: &AtomicU64) {
-    while !stop.load(Ordering::SeqCst) {
-        let accepted = lock(shared).listener.as_ref().and_then(|l| l.accept().ok());
+        });
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            () = rebound.notified() => continue,
+            r = accept => r,
+        };
         match accepted {
-            Some((s, _)) => {
+            Ok((stream, boot)) => {
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (sh, st) = (shared.clone(), stop.clone());
-                let _ = std::thread::Builder::new()
-                    .name("sim-sut-conn".into())
-                    .spawn(move || {
-                        let _ = serve(s, &sh, &st);
-                    });
+                let sh = shared.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = boot.cancelled() => {}
+                        _ = serve(stream, &sh) => {}
+                    }
+                });
             }
-            None => std::thread::sleep(Duration::from_millis(10)),
+            // Out of file descriptors, typically: try again shortly rather than spin.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }
 
-fn serve(mut s: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) -> io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_millis(20)))?;
+async fn serve(mut s: TcpStream, shared: &Mutex<Shared>) -> io::Result<()> {
     // Each reply is several small writes (text, `$>`, `\0`): without this, Nagle holds each
     // one back for the client's delayed ACK, tens of ms per command, which the protocol
     // does not need and a check of nine commands would feel.
     s.set_nodelay(true)?;
-    let (epoch, faults) = {
-        let st = lock(shared);
-        (st.epoch, st.faults.clone())
-    };
-    let alive = || !stop.load(Ordering::SeqCst) && lock(shared).epoch == epoch;
+    let faults = lock(shared).faults.clone();
     if let Some(p) = faults.answer_probability
         && rand::random::<f64>() >= p
     {
         return Ok(());
     }
     if faults.silent {
-        while alive() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Until the peer gives up or the agent goes away (the caller's select).
+        let mut sink = [0u8; 256];
+        while s.read(&mut sink).await? > 0 {}
         return Ok(());
     }
-    if !sleep_unless(stop, Duration::from_millis(faults.reply_delay_ms)) {
-        return Ok(());
-    }
-    prompt(&mut s, shared)?;
+    tokio::time::sleep(Duration::from_millis(faults.reply_delay_ms)).await;
+    prompt(&mut s, shared).await?;
     if faults.flood {
         let junk = [b'x'; 1024];
-        while alive() {
-            s.write_all(&junk)?;
+        loop {
+            s.write_all(&junk).await?;
         }
-        return Ok(());
     }
     let mut input = Input::default();
     let mut line = Vec::new();
     let mut last_cr = false;
-    while alive() {
-        let Some(b) = input.next(&mut s)? else {
-            if input.closed {
-                return Ok(());
-            }
-            continue;
-        };
+    while let Some(b) = input.next(&mut s).await? {
         if b == b'\n' && last_cr {
             last_cr = false;
             continue;
@@ -328,7 +347,7 @@ fn serve(mut s: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) -> io::Res
         if b == b'\r' || b == b'\n' {
             let cmd = String::from_utf8_lossy(&line).trim().to_owned();
             line.clear();
-            if !answer(&mut s, &mut input, shared, stop, &cmd, &mut last_cr, &alive)? {
+            if !answer(&mut s, &mut input, shared, &cmd, &mut last_cr).await? {
                 return Ok(());
             }
         } else if line.len() < 4096 {
@@ -344,31 +363,17 @@ fn serve(mut s: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) -> io::Res
 struct Input {
     buf: Vec<u8>,
     at: usize,
-    closed: bool,
 }
 
 impl Input {
-    /// The next byte, or `None` when nothing arrived within the socket's read timeout (or
-    /// the peer closed: then `closed` is set).
-    fn next(&mut self, s: &mut TcpStream) -> io::Result<Option<u8>> {
+    /// The next byte, waiting for one; `None` when the peer closed.
+    async fn next(&mut self, s: &mut TcpStream) -> io::Result<Option<u8>> {
         if self.at == self.buf.len() {
             let mut chunk = [0u8; 4096];
-            let n = match s.read(&mut chunk) {
-                Ok(0) => {
-                    self.closed = true;
-                    return Ok(None);
-                }
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            };
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
             self.buf.clear();
             self.buf.extend_from_slice(&chunk[..n]);
             self.at = 0;
@@ -378,35 +383,22 @@ impl Input {
         Ok(Some(b))
     }
 
-    /// The next byte without taking it, waiting for one; `None` if the peer closed or the
-    /// agent is going away first.
-    fn peek(&mut self, s: &mut TcpStream, alive: &dyn Fn() -> bool) -> io::Result<Option<u8>> {
-        loop {
-            match self.next(s)? {
-                Some(b) => {
-                    self.at -= 1;
-                    return Ok(Some(b));
-                }
-                None if self.closed || !alive() => return Ok(None),
-                None => {}
-            }
+    /// The next byte without taking it, waiting for one; `None` if the peer closed.
+    async fn peek(&mut self, s: &mut TcpStream) -> io::Result<Option<u8>> {
+        let b = self.next(s).await?;
+        if b.is_some() {
+            self.at -= 1;
         }
+        Ok(b)
     }
 
-    /// Exactly `n` raw bytes (a pushed file), or `None` if the peer closed or the agent is
-    /// going away first.
-    fn take(
-        &mut self,
-        s: &mut TcpStream,
-        n: usize,
-        alive: &dyn Fn() -> bool,
-    ) -> io::Result<Option<Vec<u8>>> {
+    /// Exactly `n` raw bytes (a pushed file), or `None` if the peer closed first.
+    async fn take(&mut self, s: &mut TcpStream, n: usize) -> io::Result<Option<Vec<u8>>> {
         let mut out = Vec::with_capacity(n.min(1 << 20));
         while out.len() < n {
-            match self.next(s)? {
+            match self.next(s).await? {
                 Some(b) => out.push(b),
-                None if self.closed || !alive() => return Ok(None),
-                None => {}
+                None => return Ok(None),
             }
         }
         Ok(Some(out))
@@ -422,26 +414,25 @@ fn md5_hex(data: &[u8]) -> String {
         .collect()
 }
 
-fn prompt(s: &mut TcpStream, shared: &Mutex<Shared>) -> io::Result<()> {
-    if lock(shared).split_prompt {
-        s.write_all(b"$>")?;
-        s.flush()?;
-        std::thread::sleep(Duration::from_millis(2));
-        s.write_all(b"\0")
+async fn prompt(s: &mut TcpStream, shared: &Mutex<Shared>) -> io::Result<()> {
+    let split = lock(shared).split_prompt;
+    if split {
+        s.write_all(b"$>").await?;
+        s.flush().await?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.write_all(b"\0").await
     } else {
-        s.write_all(b"$>\0")
+        s.write_all(b"$>\0").await
     }
 }
 
 /// Answer one command; `false` ends the connection.
-fn answer(
+async fn answer(
     s: &mut TcpStream,
     input: &mut Input,
     shared: &Mutex<Shared>,
-    stop: &AtomicBool,
     cmd: &str,
     last_cr: &mut bool,
-    alive: &dyn Fn() -> bool,
 ) -> io::Result<bool> {
     let (faults, uptime, id) = {
         let mut st = lock(shared);
@@ -452,9 +443,7 @@ fn answer(
             st.id.clone(),
         )
     };
-    if !sleep_unless(stop, Duration::from_millis(faults.reply_delay_ms)) {
-        return Ok(false);
-    }
+    tokio::time::sleep(Duration::from_millis(faults.reply_delay_ms)).await;
     let mut words = cmd.split(' ').filter(|w| !w.is_empty());
     let name = words.next().unwrap_or("").to_ascii_lowercase();
     let args: Vec<&str> = words.collect();
@@ -467,11 +456,11 @@ fn answer(
                 Some(h) => h(),
                 None => lock(shared).booted_at = Instant::now(),
             }
-            let _ = s.shutdown(Shutdown::Both);
+            let _ = s.shutdown().await;
             return Ok(false);
         }
         ("quit" | "exit", _) => {
-            s.write_all(b"quit\n$>\0")?;
+            s.write_all(b"quit\n$>\0").await?;
             return Ok(false);
         }
         ("ver", []) => "SUTAgentAndroid Version 1.16".into(),
@@ -515,7 +504,7 @@ fn answer(
                 Ok(n) if writable => {
                     // The line reader swallows the LF of a CRLF: the file starts after it.
                     if std::mem::take(last_cr) {
-                        match input.peek(s, alive)? {
+                        match input.peek(s).await? {
                             Some(b'\n') => {
                                 input.at += 1;
                             }
@@ -523,7 +512,7 @@ fn answer(
                             None => return Ok(false),
                         }
                     }
-                    let Some(mut data) = input.take(s, n, alive)? else {
+                    let Some(mut data) = input.take(s, n).await? else {
                         return Ok(false);
                     };
                     if faults.storage_corrupt
@@ -574,11 +563,11 @@ fn answer(
     }
     if faults.reset_mid_reply {
         let half = out.len() / 2;
-        s.write_all(&out[..half.max(1).min(out.len())])?;
-        let _ = s.shutdown(Shutdown::Both);
+        s.write_all(&out[..half.max(1).min(out.len())]).await?;
+        let _ = s.shutdown().await;
         return Ok(false);
     }
-    s.write_all(&out)?;
-    prompt(s, shared)?;
+    s.write_all(&out).await?;
+    prompt(s, shared).await?;
     Ok(true)
 }
