@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub use device::{SimDevice, SimFaults, SimPhase, SimTimings};
 pub use fastboot::sim_fastboot_main;
 pub use lcus::SimLcusBoard;
-pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
+pub use proxr::{SimAction, SimFraming, SimProxrBoard, SimProxrConfig, SimRelayFaults};
 pub use rack::{SimRack, SimRackDevice};
 pub use sut::{SimSutAgent, SimSutFaults};
 
