@@ -306,7 +306,15 @@ impl Actor {
             started: deadline.started,
         };
         let result = self.set_verified(&addr, false, &off_phase);
-        self.finish(&format!("{what} (power off)"), result.as_ref().err());
+        if let Err(e) = &result {
+            self.finish(&format!("{what} (power off)"), Some(e));
+        } else {
+            // A cycle counts as one operation in the board's health, when it completes.
+            self.board.end_op();
+            let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            h.healthy = Some(true);
+            h.last_ok = Some(SystemClock.now());
+        }
         match result {
             Err(e) => {
                 // An earlier pending cycle of this relay keeps its restore: power on is
