@@ -22,7 +22,7 @@ pub use device::{Reboot, SimDevice, SimFaults, SimPhase, SimSpec, SimTimings};
 pub use fastboot::sim_fastboot_main;
 pub use fastboot_tcp::{FastbootTarget, MemoryTarget, RebootTarget, SimFastbootTcp};
 pub use lcus::SimLcusBoard;
-pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
+pub use proxr::{SimAction, SimFraming, SimProxrBoard, SimProxrConfig, SimRelayFaults};
 pub use rack::{SimProber, SimRack, SimRackDevice};
 pub use sut::{SimSutAgent, SimSutFaults};
 

@@ -1,6 +1,10 @@
 //! `SimProxrBoard`: an NCD ProXR emulator served on a pseudo-terminal and/or loopback TCP
 //! (one client at a time, like the Digi module), with a relay state map, a change hook,
-//! an action log and fault knobs per board or per relay.
+//! an action log, a log of the frames received and fault knobs per board or per relay.
+//!
+//! Its decoder ([`decode`]) is written from the protocol reference (§2.1 command table,
+//! §2.2 API framing, §7.1 behaviour), not from the driver's codec, so a test of the driver
+//! against it checks the driver's bytes against the reference rather than against itself.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -15,7 +19,189 @@ use serde::{Deserialize, Serialize};
 use serialport::{SerialPort, TTYPort};
 
 use super::{RelayHook, lock, sleep_unless};
-use crate::hw::relay::proxr::{self, ACK, Command, Framing, Parsed};
+
+/// Every ProXR command starts with this byte (254).
+const CMD: u8 = 0xFE;
+/// API-mode frame start (§2.2).
+const API: u8 = 0xAA;
+/// The acknowledgement byte (85).
+const OK: u8 = 0x55;
+/// Relays per bank.
+const RELAYS: u8 = 8;
+
+/// How the simulated board frames commands and replies (§2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimFraming {
+    /// Bare command bytes, one reply byte.
+    #[default]
+    Raw,
+    /// `AA <len> <payload> <checksum>` both ways.
+    Api,
+}
+
+/// What the simulated controller is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimProxrConfig {
+    /// Framing it speaks.
+    pub framing: SimFraming,
+    /// Banks it has (1..=32); commands for other banks get no reply (§7.1).
+    pub banks: u8,
+}
+
+impl Default for SimProxrConfig {
+    /// Raw framing, 4 banks (MozPool's boards).
+    fn default() -> Self {
+        SimProxrConfig {
+            framing: SimFraming::Raw,
+            banks: 4,
+        }
+    }
+}
+
+impl SimProxrConfig {
+    /// 4 banks with this framing.
+    #[must_use]
+    pub fn framing(framing: SimFraming) -> Self {
+        SimProxrConfig {
+            framing,
+            ..Self::default()
+        }
+    }
+
+    /// The same with `banks` banks.
+    #[must_use]
+    pub fn with_banks(self, banks: u8) -> Self {
+        SimProxrConfig { banks, ..self }
+    }
+}
+
+/// A command as the board understands it (reference §2.1). `bank` 0 means every bank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
+pub enum SimCommand {
+    /// `FE 21`: two-way communications test, reply `55`.
+    Test,
+    /// `FE 6C..73 B`: energise relay 1..8 of bank B, reply `55`.
+    On { bank: u8, relay: u8 },
+    /// `FE 64..6B B`: release relay 1..8 of bank B, reply `55`.
+    Off { bank: u8, relay: u8 },
+    /// `FE 74..7B B`: read relay 1..8 of bank B, reply `00` released / `01` energised.
+    Read { bank: u8, relay: u8 },
+    /// `FE 7C B`: one status byte for the bank, bit 0 = relay 1.
+    BankStatus { bank: u8 },
+    /// `FE 81 B`: release every relay of the bank, reply `55`.
+    AllOff { bank: u8 },
+    /// `FE 82 B`: energise every relay of the bank, reply `55`.
+    AllOn { bank: u8 },
+    /// `FE 8C P B`: set the bank to bit pattern P (bit 0 = relay 1), reply `55`.
+    SetPattern { pattern: u8, bank: u8 },
+}
+
+/// What the start of a received buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// Not a whole command yet.
+    Incomplete,
+    /// A command and the number of bytes it took (API frame included).
+    Command(SimCommand, usize),
+    /// Bytes that are no command (unknown code, bad frame or checksum); how many to drop.
+    Unknown(usize),
+}
+
+/// Decode one command from the start of `buf`.
+#[must_use]
+pub fn decode(framing: SimFraming, buf: &[u8]) -> Decoded {
+    match framing {
+        SimFraming::Raw => decode_payload(buf),
+        SimFraming::Api => {
+            let (Some(&start), Some(&len)) = (buf.first(), buf.get(1)) else {
+                return if buf.first().is_some_and(|b| *b != API) {
+                    Decoded::Unknown(1)
+                } else {
+                    Decoded::Incomplete
+                };
+            };
+            if start != API {
+                return Decoded::Unknown(1);
+            }
+            let total = usize::from(len) + 3;
+            let Some(frame) = buf.get(..total) else {
+                return Decoded::Incomplete;
+            };
+            let (body, ck) = frame.split_at(total - 1);
+            if ck[0] != sum(body) {
+                return Decoded::Unknown(total);
+            }
+            match decode_payload(&body[2..]) {
+                Decoded::Command(c, n) if n == usize::from(len) => Decoded::Command(c, total),
+                _ => Decoded::Unknown(total),
+            }
+        }
+    }
+}
+
+/// Low byte of the sum of `bytes` (the API checksum).
+fn sum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
+}
+
+fn decode_payload(buf: &[u8]) -> Decoded {
+    let Some(&first) = buf.first() else {
+        return Decoded::Incomplete;
+    };
+    if first != CMD {
+        return Decoded::Unknown(1);
+    }
+    let Some(&code) = buf.get(1) else {
+        return Decoded::Incomplete;
+    };
+    let need = match code {
+        0x21 => return Decoded::Command(SimCommand::Test, 2),
+        0x64..=0x7C | 0x81 | 0x82 => 3,
+        0x8C => 4,
+        _ => return Decoded::Unknown(2),
+    };
+    let Some(args) = buf.get(2..need) else {
+        return Decoded::Incomplete;
+    };
+    let bank = args[args.len() - 1];
+    let cmd = match code {
+        0x64..=0x6B => SimCommand::Off {
+            bank,
+            relay: code - 0x63,
+        },
+        0x6C..=0x73 => SimCommand::On {
+            bank,
+            relay: code - 0x6B,
+        },
+        0x74..=0x7B => SimCommand::Read {
+            bank,
+            relay: code - 0x73,
+        },
+        0x7C => SimCommand::BankStatus { bank },
+        0x81 => SimCommand::AllOff { bank },
+        0x82 => SimCommand::AllOn { bank },
+        _ => SimCommand::SetPattern {
+            pattern: args[0],
+            bank,
+        },
+    };
+    Decoded::Command(cmd, need)
+}
+
+/// The bytes of a one-byte reply: the byte, or `AA 01 <byte> <checksum>` in API mode.
+#[must_use]
+pub fn reply_frame(framing: SimFraming, byte: u8) -> Vec<u8> {
+    match framing {
+        SimFraming::Raw => vec![byte],
+        SimFraming::Api => {
+            let mut f = vec![API, 1, byte];
+            f.push(sum(&f));
+            f
+        }
+    }
+}
 
 /// Fault knobs; set per board or per relay (a relay's knobs replace the board's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +224,8 @@ pub struct SimRelayFaults {
 pub enum SimAction {
     /// Two-way test.
     Test,
-    /// Set command received (`energised` requested; state may be stuck).
+    /// Set command received for one relay (`energised` requested; state may be stuck). A
+    /// bank-wide command logs one entry per relay it addresses.
     // Fields are named for what they hold.
     #[allow(missing_docs)]
     Set {
@@ -56,12 +243,18 @@ pub enum SimAction {
         /// State reported.
         energised: bool,
     },
+    /// Bank status read answered with this byte.
+    // Fields are named for what they hold.
+    #[allow(missing_docs)]
+    Status { bank: u8, byte: u8 },
 }
 
 #[derive(Default)]
 struct Shared {
     relays: HashMap<(u8, u8), bool>,
     log: Vec<SimAction>,
+    /// Every frame received (whole API frames included), decoded or not.
+    frames: Vec<Vec<u8>>,
     board_faults: SimRelayFaults,
     relay_faults: HashMap<(u8, u8), SimRelayFaults>,
     hook: Option<RelayHook>,
@@ -97,7 +290,7 @@ impl SimProxrBoard {
     ///
     /// # Errors
     /// When the pty cannot be created.
-    pub fn on_pty(framing: Framing) -> io::Result<Self> {
+    pub fn on_pty(cfg: SimProxrConfig) -> io::Result<Self> {
         let (mut master, slave) = TTYPort::pair().map_err(io::Error::from)?;
         let path = slave
             .name()
@@ -109,7 +302,7 @@ impl SimProxrBoard {
             std::thread::Builder::new()
                 .name("sim-proxr-pty".into())
                 .spawn(move || {
-                    let _ = serve(&mut master, &shared, framing, &stop, false);
+                    let _ = serve(&mut master, &shared, cfg, &stop, false);
                 })?,
         );
         me.pty_path = Some(PathBuf::from(path));
@@ -121,7 +314,7 @@ impl SimProxrBoard {
     ///
     /// # Errors
     /// When the socket cannot be bound.
-    pub fn on_tcp(framing: Framing) -> io::Result<Self> {
+    pub fn on_tcp(cfg: SimProxrConfig) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let mut me = Self::empty();
@@ -137,7 +330,7 @@ impl SimProxrBoard {
                                 let ok = s.set_nonblocking(false).is_ok()
                                     && s.set_read_timeout(Some(Duration::from_millis(20))).is_ok();
                                 if ok {
-                                    let _ = serve(&mut s, &shared, framing, &stop, true);
+                                    let _ = serve(&mut s, &shared, cfg, &stop, true);
                                 }
                             }
                             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -197,9 +390,17 @@ impl SimProxrBoard {
         lock(&self.shared).log.clone()
     }
 
-    /// Clear the action log.
+    /// Every frame received so far, as bytes (a whole `AA ..` frame in API mode).
+    #[must_use]
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        lock(&self.shared).frames.clone()
+    }
+
+    /// Clear the action log and the frame log.
     pub fn clear_log(&self) {
-        lock(&self.shared).log.clear();
+        let mut s = lock(&self.shared);
+        s.log.clear();
+        s.frames.clear();
     }
 
     /// Set the board-wide fault knobs.
@@ -233,7 +434,7 @@ impl Stream for TcpStream {}
 fn serve(
     s: &mut dyn Stream,
     shared: &Mutex<Shared>,
-    framing: Framing,
+    cfg: SimProxrConfig,
     stop: &AtomicBool,
     tcp: bool,
 ) -> io::Result<()> {
@@ -261,18 +462,19 @@ fn serve(
             Err(e) => return Err(e),
         }
         loop {
-            match proxr::parse_command(framing, &pending) {
-                Parsed::Incomplete => break,
-                Parsed::Invalid(n) => {
-                    tracing::debug!(bytes = ?&pending[..n], "sim proxr: invalid command");
-                    pending.drain(..n);
+            match decode(cfg.framing, &pending) {
+                Decoded::Incomplete => break,
+                Decoded::Unknown(n) => {
+                    tracing::debug!(bytes = ?&pending[..n], "sim proxr: unknown command");
+                    lock(shared).frames.push(pending.drain(..n).collect());
+                    // §7.1: close the connection without replying (a pty just drops it).
                     if tcp {
                         return Ok(());
                     }
                 }
-                Parsed::Command(cmd, n) => {
-                    pending.drain(..n);
-                    if let After::Close = handle(s, shared, framing, stop, cmd, tcp)? {
+                Decoded::Command(cmd, n) => {
+                    lock(shared).frames.push(pending.drain(..n).collect());
+                    if let After::Close = handle(s, shared, cfg, stop, cmd, tcp)? {
                         return Ok(());
                     }
                 }
@@ -282,25 +484,57 @@ fn serve(
     Ok(())
 }
 
+/// The banks a command addresses: its own, or every configured bank for bank 0 (only
+/// commands that change relays take bank 0; reading "all banks" is not one byte). `None`
+/// when the bank is not configured.
+fn banks_of(cmd: SimCommand, banks: u8) -> Option<Vec<u8>> {
+    let (bank, all_ok) = match cmd {
+        SimCommand::Test => return Some(Vec::new()),
+        SimCommand::On { bank, .. }
+        | SimCommand::Off { bank, .. }
+        | SimCommand::AllOff { bank }
+        | SimCommand::AllOn { bank }
+        | SimCommand::SetPattern { bank, .. } => (bank, true),
+        SimCommand::Read { bank, .. } | SimCommand::BankStatus { bank } => (bank, false),
+    };
+    match bank {
+        0 if all_ok => Some((1..=banks).collect()),
+        b if (1..=banks).contains(&b) => Some(vec![b]),
+        _ => None,
+    }
+}
+
+/// The coil states a set command asks for in one bank: (relay, energised).
+fn wanted(cmd: SimCommand) -> Vec<(u8, bool)> {
+    match cmd {
+        SimCommand::On { relay, .. } => vec![(relay, true)],
+        SimCommand::Off { relay, .. } => vec![(relay, false)],
+        SimCommand::AllOn { .. } => (1..=RELAYS).map(|r| (r, true)).collect(),
+        SimCommand::AllOff { .. } => (1..=RELAYS).map(|r| (r, false)).collect(),
+        SimCommand::SetPattern { pattern, .. } => (1..=RELAYS)
+            .map(|r| (r, pattern & (1 << (r - 1)) != 0))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn handle(
     s: &mut dyn Stream,
     shared: &Mutex<Shared>,
-    framing: Framing,
+    cfg: SimProxrConfig,
     stop: &AtomicBool,
-    cmd: Command,
+    cmd: SimCommand,
     tcp: bool,
 ) -> io::Result<After> {
+    let Some(banks) = banks_of(cmd, cfg.banks) else {
+        // Unconfigured bank: like the Python fake, answer nothing (§7.1).
+        return Ok(if tcp { After::Close } else { After::Continue });
+    };
     let key = match cmd {
-        Command::On { bank, relay }
-        | Command::Off { bank, relay }
-        | Command::Read { bank, relay } => {
-            if !(1..=4).contains(&bank) || !(1..=8).contains(&relay) {
-                // Unconfigured bank/relay: like the Python fake, answer nothing.
-                return Ok(if tcp { After::Close } else { After::Continue });
-            }
-            Some((bank, relay))
-        }
-        Command::Test => None,
+        SimCommand::On { relay, .. }
+        | SimCommand::Off { relay, .. }
+        | SimCommand::Read { relay, .. } => banks.first().map(|b| (*b, relay)),
+        _ => None,
     };
     let faults = {
         let st = lock(shared);
@@ -318,44 +552,162 @@ fn handle(
     {
         return Ok(After::Close);
     }
-    let mut hook_call = None;
+    let mut changes = Vec::new();
+    let hook;
     let byte = {
         let mut st = lock(shared);
+        hook = st.hook.clone();
         match cmd {
-            Command::Test => {
-                st.log.push(super::SimAction::Test);
-                ACK
+            SimCommand::Test => {
+                st.log.push(SimAction::Test);
+                OK
             }
-            Command::On { bank, relay } | Command::Off { bank, relay } => {
-                let energised = matches!(cmd, Command::On { .. });
-                st.log.push(super::SimAction::Set {
-                    bank,
-                    relay,
-                    energised,
-                });
-                let old = st.relays.get(&(bank, relay)).copied().unwrap_or(false);
-                if !faults.stuck && old != energised {
-                    st.relays.insert((bank, relay), energised);
-                    hook_call = st.hook.clone().map(|h| (h, bank, relay, energised));
-                }
-                ACK
-            }
-            Command::Read { bank, relay } => {
+            SimCommand::Read { relay, .. } => {
+                let bank = banks[0];
                 let energised = st.relays.get(&(bank, relay)).copied().unwrap_or(false);
-                st.log.push(super::SimAction::Get {
+                st.log.push(SimAction::Get {
                     bank,
                     relay,
                     energised,
                 });
                 u8::from(energised)
             }
+            SimCommand::BankStatus { .. } => {
+                let bank = banks[0];
+                let byte = (1..=RELAYS)
+                    .filter(|r| st.relays.get(&(bank, *r)).copied().unwrap_or(false))
+                    .fold(0u8, |acc, r| acc | (1 << (r - 1)));
+                st.log.push(SimAction::Status { bank, byte });
+                byte
+            }
+            _ => {
+                for &bank in &banks {
+                    for (relay, energised) in wanted(cmd) {
+                        st.log.push(SimAction::Set {
+                            bank,
+                            relay,
+                            energised,
+                        });
+                        let old = st.relays.get(&(bank, relay)).copied().unwrap_or(false);
+                        if !faults.stuck && old != energised {
+                            st.relays.insert((bank, relay), energised);
+                            changes.push((bank, relay, energised));
+                        }
+                    }
+                }
+                OK
+            }
         }
     };
-    if let Some((h, bank, relay, energised)) = hook_call {
-        h(bank, relay, energised);
+    if let Some(h) = hook {
+        for (bank, relay, energised) in changes {
+            h(bank, relay, energised);
+        }
     }
     let byte = faults.wrong_reply.unwrap_or(byte);
-    s.write_all(&proxr::encode_reply(framing, byte))?;
+    s.write_all(&reply_frame(cfg.framing, byte))?;
     s.flush()?;
     Ok(After::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+            .collect()
+    }
+
+    /// The reference's table (§2.1) and API examples (§2.2), as literal bytes.
+    #[test]
+    fn decodes_the_reference_table() {
+        use SimCommand as C;
+        let raw = [
+            ("FE 21", C::Test),
+            ("FE 6C 01", C::On { bank: 1, relay: 1 }),
+            ("FE 73 04", C::On { bank: 4, relay: 8 }),
+            ("FE 64 02", C::Off { bank: 2, relay: 1 }),
+            ("FE 6B 20", C::Off { bank: 32, relay: 8 }),
+            ("FE 74 03", C::Read { bank: 3, relay: 1 }),
+            ("FE 7B 01", C::Read { bank: 1, relay: 8 }),
+            ("FE 7C 01", C::BankStatus { bank: 1 }),
+            ("FE 81 00", C::AllOff { bank: 0 }),
+            ("FE 82 02", C::AllOn { bank: 2 }),
+            (
+                "FE 8C A5 01",
+                C::SetPattern {
+                    pattern: 0xA5,
+                    bank: 1,
+                },
+            ),
+        ];
+        for (bytes, cmd) in raw {
+            let b = hex(bytes);
+            assert_eq!(
+                decode(SimFraming::Raw, &b),
+                Decoded::Command(cmd, b.len()),
+                "{bytes}"
+            );
+            for cut in 0..b.len() {
+                assert_eq!(decode(SimFraming::Raw, &b[..cut]), Decoded::Incomplete);
+            }
+        }
+        let api = [
+            ("AA 03 FE 6C 01 18", C::On { bank: 1, relay: 1 }),
+            ("AA 02 FE 21 CB", C::Test),
+        ];
+        for (bytes, cmd) in api {
+            let b = hex(bytes);
+            assert_eq!(
+                decode(SimFraming::Api, &b),
+                Decoded::Command(cmd, b.len()),
+                "{bytes}"
+            );
+        }
+        assert_eq!(reply_frame(SimFraming::Api, 0x55), hex("AA 01 55 00"));
+        assert_eq!(reply_frame(SimFraming::Api, 0x00), hex("AA 01 00 AB"));
+        assert_eq!(reply_frame(SimFraming::Raw, 0x01), hex("01"));
+    }
+
+    #[test]
+    fn refuses_what_the_table_does_not_have() {
+        assert_eq!(decode(SimFraming::Raw, &hex("00")), Decoded::Unknown(1));
+        assert_eq!(
+            decode(SimFraming::Raw, &hex("FE 99 01")),
+            Decoded::Unknown(2)
+        );
+        assert_eq!(
+            decode(SimFraming::Raw, &hex("FE 63 01")),
+            Decoded::Unknown(2)
+        );
+        // Bad checksum, and a frame whose length does not match its command.
+        assert_eq!(
+            decode(SimFraming::Api, &hex("AA 03 FE 6C 01 19")),
+            Decoded::Unknown(6)
+        );
+        assert_eq!(
+            decode(SimFraming::Api, &hex("AA 02 FE 6C 16")),
+            Decoded::Unknown(5)
+        );
+        assert_eq!(decode(SimFraming::Api, &hex("FE 21")), Decoded::Unknown(1));
+        assert_eq!(banks_of(SimCommand::On { bank: 5, relay: 1 }, 4), None);
+        assert_eq!(
+            banks_of(SimCommand::On { bank: 0, relay: 1 }, 2),
+            Some(vec![1, 2])
+        );
+        assert_eq!(banks_of(SimCommand::Read { bank: 0, relay: 1 }, 4), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..16)) {
+            for framing in [SimFraming::Raw, SimFraming::Api] {
+                if let Decoded::Command(_, n) | Decoded::Unknown(n) = decode(framing, &bytes) {
+                    proptest::prop_assert!(n >= 1 && n <= bytes.len());
+                }
+            }
+        }
+    }
 }

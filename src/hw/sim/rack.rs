@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::device::{BootHook, SimDevice, SimSpec, SimTimings};
-use super::proxr::SimProxrBoard;
+use super::proxr::{SimProxrBoard, SimProxrConfig};
 use crate::domain::names::{BoardName, DeviceName};
 use crate::hw::relay::{BoardConfig, BoardKind, Contact, Framing, RelayAddr, Transport};
 
@@ -137,7 +137,7 @@ impl SimRack {
         let mut board_configs = Vec::new();
         let mut rack_devices = Vec::with_capacity(n);
         for (b, chunk) in devices.chunks(RELAYS_PER_BOARD).enumerate() {
-            let sim = SimProxrBoard::on_pty(Framing::Raw)?;
+            let sim = SimProxrBoard::on_pty(SimProxrConfig::default())?;
             let name: BoardName = format!("sim-relay-{}", b + 1).parse().map_err(bad)?;
             let path = sim
                 .pty_path()
@@ -174,6 +174,7 @@ impl SimRack {
                         baud: 115_200,
                     },
                     framing: Framing::Raw,
+                    banks: 4,
                 },
             ));
             boards.push(sim);
