@@ -203,36 +203,20 @@ impl SimDevice {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let control = listener.local_addr()?;
-        let fastboot_listener = if spec.fastboot_tcp {
-            let handle = tokio::runtime::Handle::try_current()
-                .map_err(|_| io::Error::other("fastboot over TCP needs a tokio runtime"))?;
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-            l.set_nonblocking(true)?;
-            let _guard = handle.enter();
-            Some(tokio::net::TcpListener::from_std(l)?)
+        let (fastboot_listener, fastboot_addr) = if spec.fastboot_tcp {
+            let (l, a) = tokio_listener(std::net::Ipv4Addr::LOCALHOST, "fastboot over TCP")?;
+            (Some(l), Some(a))
         } else {
-            None
+            (None, None)
         };
-        let fastboot_addr = fastboot_listener
-            .as_ref()
-            .map(tokio::net::TcpListener::local_addr)
-            .transpose()?;
-        let adbd_listener = if spec.adbd {
-            let handle = tokio::runtime::Handle::try_current()
-                .map_err(|_| io::Error::other("a simulated adbd needs a tokio runtime"))?;
-            // Its own address: adbd's port is free while the device is down, and on a shared
-            // address another simulator could take it meanwhile.
-            let l = std::net::TcpListener::bind((super::sut::own_loopback_ip(), 0))?;
-            l.set_nonblocking(true)?;
-            let _guard = handle.enter();
-            Some(tokio::net::TcpListener::from_std(l)?)
+        // adbd gets its own address: its port is free while the device is down, and on a
+        // shared address another simulator could take it meanwhile.
+        let (adbd_listener, adbd_addr) = if spec.adbd {
+            let (l, a) = tokio_listener(super::sut::own_loopback_ip(), "a simulated adbd")?;
+            (Some(l), Some(a))
         } else {
-            None
+            (None, None)
         };
-        let adbd_addr = adbd_listener
-            .as_ref()
-            .map(tokio::net::TcpListener::local_addr)
-            .transpose()?;
         let slot = spec.slots.then_some('a');
         let inner = Arc::new(Inner {
             serial: serial.to_owned(),
@@ -508,6 +492,21 @@ fn enter_bootloader(st: &mut State) {
     st.phase = SimPhase::Bootloader;
     st.until = Some(Instant::now() + st.timings.bootloader_window);
     st.caught = st.faults.stuck_in_fastboot;
+}
+
+/// A tokio listener on `ip`, port 0, for `what` (which needs a tokio runtime).
+fn tokio_listener(
+    ip: std::net::Ipv4Addr,
+    what: &str,
+) -> io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| io::Error::other(format!("{what} needs a tokio runtime")))?;
+    let l = std::net::TcpListener::bind((ip, 0))?;
+    l.set_nonblocking(true)?;
+    let _guard = handle.enter();
+    let l = tokio::net::TcpListener::from_std(l)?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
 }
 
 /// Where a warm reboot goes.
