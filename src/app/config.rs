@@ -396,15 +396,9 @@ impl Config {
                 "simulate.time_scale must be in (0, 1]".into(),
             ));
         }
-        let mut boards = BTreeSet::new();
-        for b in &self.relay_boards {
-            if !boards.insert(b.name.as_str()) {
-                return Err(invalid(
-                    0..0,
-                    format!("relay board {} is listed twice", b.name),
-                ));
-            }
-        }
+        // Board settings, duplicates and name clashes; addresses are resolved against it below.
+        let boards = crate::hw::BoardIndex::new(&self.relay_boards)
+            .map_err(|e| invalid(0..0, format!("[[relay_boards]]: {e}")))?;
         if self.server.max_body_bytes < 1024 || self.server.max_connections == 0 {
             return Err(invalid(
                 0..0,
@@ -512,21 +506,14 @@ impl Config {
                     format!("device {name}: hardware_type {t} is not in [[hardware_types]]"),
                 ));
             }
-            if let Some(addr) = &d.relay {
-                let relay = addr.to_string();
-                if !self.relay_boards.is_empty()
-                    && !self
-                        .relay_boards
-                        .iter()
-                        .any(|b| b.serves(&addr.board) && b.check_channel(addr).is_ok())
-                {
-                    return Err(invalid(
-                        d.name.span(),
-                        format!(
-                            "device {name}: relay {relay:?} is not a channel of any [[relay_boards]] entry"
-                        ),
-                    ));
-                }
+            if let Some(addr) = &d.relay
+                && !boards.is_empty()
+                && let Err(e) = boards.check(addr)
+            {
+                return Err(invalid(
+                    d.name.span(),
+                    format!("device {name}: relay {:?}: {e}", addr.to_string()),
+                ));
             }
         }
         Ok(())
@@ -662,6 +649,43 @@ mod tests {
             .expect_err("typo")
             .to_string();
         assert!(err.contains("sorce") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn relay_addresses_are_checked_against_their_board() {
+        let boards = "[[relay_boards]]\nname = \"usb1\"\nkind = { type = \"proxr\", banks = 1, transport = { type = \"serial\", path = \"/dev/x\" } }\n\
+            [[relay_boards]]\nname = \"ts1-a\"\nkind = { type = \"proxr\", transport = { type = \"tcp\", host = \"ts1\", port = 2101 } }\n\
+            [[relay_boards]]\nname = \"ts1-b\"\nkind = { type = \"proxr\", transport = { type = \"tcp\", host = \"ts1\", port = 2102 } }\n";
+        let device =
+            |relay: &str| format!("{boards}[[devices]]\nname = \"d1\"\nrelay = \"{relay}\"\n");
+        parse(&device("usb1:bank1:relay8")).expect("bank 1 of a 1-bank board");
+        parse(&device("ts1:2102:bank4:relay1")).expect("host:port");
+        let err = parse(&device("usb1:bank2:relay1"))
+            .expect_err("a 1-bank board has no bank 2")
+            .to_string();
+        assert!(
+            err.contains("device d1") && err.contains("banks 1..=1"),
+            "{err}"
+        );
+        let err = parse(&device("ts1:bank1:relay1"))
+            .expect_err("ambiguous")
+            .to_string();
+        assert!(
+            err.contains("ts1-a (ts1:2101)") && err.contains("ts1-b (ts1:2102)"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{boards}[[relay_boards]]\nname = \"ts1\"\nkind = {{ type = \"gpio\", active_low = true, pins = [26] }}\n"
+        ))
+        .expect_err("a board named like a host")
+        .to_string();
+        assert!(err.contains("ambiguous"), "{err}");
+        let err = parse(
+            "[[relay_boards]]\nname = \"hat\"\nkind = { type = \"gpio\", active_low = true }\n",
+        )
+        .expect_err("no pins")
+        .to_string();
+        assert!(err.contains("list the BCM pins"), "{err}");
     }
 
     #[test]

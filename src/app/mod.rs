@@ -271,42 +271,28 @@ impl App {
     /// environments and images are written; configured devices are created or updated
     /// (changes logged). Entries created through the API are left alone.
     async fn sync_config(&self) -> Result<(), StoreError> {
-        let config = self.config.clone();
+        /// Devices per transaction: one transaction holds all its dirty pages in memory,
+        /// which for a rack of 10,000 devices would be hundreds of MiB. Each device's
+        /// upsert stands on its own, so a crash between two chunks loses nothing: the next
+        /// start writes the rest.
+        const DEVICES_PER_WRITE: usize = 500;
         let server = self.server_name().to_owned();
-        self.store
+        let (hardware_types, environments, images) = (
+            self.config.hardware_type_models(),
+            self.config.environment_models(),
+            self.config.image_models(),
+        );
+        let types = self
+            .store
             .write(move |tx, now| {
-                for h in config.hardware_type_models() {
-                    inv::put_hardware_type(tx, &h)?;
+                for h in &hardware_types {
+                    inv::put_hardware_type(tx, h)?;
                 }
-                for e in config.environment_models() {
-                    inv::put_environment(tx, &e)?;
+                for e in &environments {
+                    inv::put_environment(tx, e)?;
                 }
-                for i in config.image_models() {
-                    inv::put_image(tx, &i)?;
-                }
-                let types = inv::hardware_types_in_tx(tx)?;
-                for d in &config.devices {
-                    let processor = d.processor.clone().or_else(|| {
-                        d.hardware_type.as_ref().and_then(|t| {
-                            types
-                                .iter()
-                                .find(|h| h.name == t.as_str())
-                                .and_then(|h| h.processor.clone())
-                        })
-                    });
-                    let fields = DeviceFields {
-                        hardware_type: d.hardware_type.as_ref().map(ToString::to_string),
-                        processor,
-                        pool: d.pool.clone(),
-                        os_version: d.os_version.clone(),
-                        environment: d.environment.as_ref().map(ToString::to_string),
-                        relay: d.relay.clone(),
-                        sut: d.sut.clone(),
-                        fastboot_serial: d.fastboot_serial.clone(),
-                        adb_serial: d.adb_serial.clone(),
-                        comments: d.comments.clone(),
-                    };
-                    upsert_device(tx, now, &server, d.name.get_ref(), &fields, "config", None)?;
+                for i in &images {
+                    inv::put_image(tx, i)?;
                 }
                 append(
                     tx,
@@ -317,9 +303,44 @@ impl App {
                         format!("mozpool {} starting", env!("CARGO_PKG_VERSION")),
                     ),
                 )?;
-                Ok(())
+                inv::hardware_types_in_tx(tx)
             })
-            .await
+            .await?;
+        let types = Arc::new(types);
+        let devices: Arc<[_]> = self.config.devices.clone().into();
+        for first in (0..devices.len()).step_by(DEVICES_PER_WRITE) {
+            let (devices, server, types) = (devices.clone(), server.clone(), types.clone());
+            self.store
+                .write(move |tx, now| {
+                    let last = (first + DEVICES_PER_WRITE).min(devices.len());
+                    for d in &devices[first..last] {
+                        let processor = d.processor.clone().or_else(|| {
+                            d.hardware_type.as_ref().and_then(|t| {
+                                types
+                                    .iter()
+                                    .find(|h| h.name == t.as_str())
+                                    .and_then(|h| h.processor.clone())
+                            })
+                        });
+                        let fields = DeviceFields {
+                            hardware_type: d.hardware_type.as_ref().map(ToString::to_string),
+                            processor,
+                            pool: d.pool.clone(),
+                            os_version: d.os_version.clone(),
+                            environment: d.environment.as_ref().map(ToString::to_string),
+                            relay: d.relay.clone(),
+                            sut: d.sut.clone(),
+                            fastboot_serial: d.fastboot_serial.clone(),
+                            adb_serial: d.adb_serial.clone(),
+                            comments: d.comments.clone(),
+                        };
+                        upsert_device(tx, now, &server, d.name.get_ref(), &fields, "config", None)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Run until `shutdown` is cancelled: background tasks plus the HTTP server on
@@ -329,6 +350,16 @@ impl App {
     /// pinger, a periodic `STATUS=` line, and `STOPPING=1` when shutdown begins.
     pub async fn run(self, listener: TcpListener) {
         self.spawn_retention();
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        // The API answers (from the stored states) while the Lifeguard resumes the devices,
+        // which takes a while on a rack of thousands; the pool starts handing out after it.
+        let http = tokio::spawn(crate::http::serve(
+            Arc::clone(&self.services),
+            listener,
+            self.shutdown.clone(),
+        ));
         if let Err(e) = self.lifeguard.start().await {
             tracing::error!(error = %e, "cannot resume the devices");
         }
@@ -341,14 +372,6 @@ impl App {
             self.heartbeats.clone(),
             self.shutdown.clone(),
         );
-        let addr = listener
-            .local_addr()
-            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        let http = tokio::spawn(crate::http::serve(
-            Arc::clone(&self.services),
-            listener,
-            self.shutdown.clone(),
-        ));
         systemd::ready(&format!("serving on {addr}"));
         self.spawn_status(addr);
         self.shutdown.cancelled().await;

@@ -78,17 +78,18 @@ pub fn start_rack(
     config.lifeguard = config.lifeguard.scaled(scale);
     config.requests = config.requests.scaled(scale);
     config.queue = config.queue.scaled(scale);
-    for mut b in rack.board_configs.clone() {
-        // Pseudo-terminals need no recovery time between operations.
-        b.cool_down = std::time::Duration::from_millis(20);
-        config.relay_boards.push(b);
-    }
-    // A board serves its devices one at a time, so a power cycle may wait for every other
-    // device on its board: keep the power states' timeouts above that worst case (the
-    // original chose 60 s for 14 devices x ~3 s for the same reason).
-    let per_op = 200 + 20 + 100;
+    // Serial boards on pseudo-terminals: no cool-down (only single-connection TCP modules rest).
+    config
+        .relay_boards
+        .extend(rack.board_configs.iter().cloned());
+    // A board runs one relay operation at a time, but waits a power cycle's off time outside
+    // its queue: a cycle may wait for two operations (off, on) of every other device on its
+    // board, plus its own off time. Keep the power states' timeouts above that worst case
+    // (the original chose 60 s for 14 devices x ~3 s, when the off time held the board).
+    let off_time = 200;
+    let per_op = 2 * 100;
     let per_board = u64::from(n.min(32));
-    let floor = per_board * per_op + 1000;
+    let floor = off_time + per_board * per_op + 1000;
     let l = &mut config.lifeguard;
     l.pc_power_cycling_ms = l.pc_power_cycling_ms.max(floor);
     l.sut_verify_power_cycle_ms = l.sut_verify_power_cycle_ms.max(floor);
@@ -106,7 +107,7 @@ pub fn start_rack(
     config.hardware.adb_timeout_ms = 10_000;
     config.hardware.sut_timeout_ms = 2000;
     config.hardware.ping_timeout_ms = 1000;
-    config.hardware.power_off_time_ms = 200;
+    config.hardware.power_off_time_ms = off_time;
     config.hardware.flash_appear_ms = 10_000;
     config.hardware.flash_step_ms = 30_000;
     config.hardware.flash_reboot_ms = 10_000;

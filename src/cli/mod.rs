@@ -747,7 +747,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.data_dir = dir.path().to_owned();
         _tempdir = Some(dir);
     }
-    let t_temp = std::time::Instant::now();
     let rack = match args.simulate {
         Some(n) => {
             let exe = std::env::current_exe()
@@ -762,13 +761,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(config = %source, data_dir = %config.server.data_dir.display(), "starting");
-    eprintln!("TEMP rack {:?}", t_temp.elapsed());
     let app = App::open_with(config, Arc::new(SystemClock), rack)
         .await
         .context("starting the service")?;
-    eprintln!("TEMP open {:?}", t_temp.elapsed());
     let listener = app.bind().await?;
-    eprintln!("TEMP bind {:?}", t_temp.elapsed());
     if let Ok(addr) = listener.local_addr() {
         eprintln!(
             "mozpool {} serving on http://{addr}/ (data in {})",

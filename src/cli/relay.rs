@@ -16,7 +16,7 @@ use crate::cli::{Exit, UrlArg};
 pub struct RelayArgs {
     /// Board name.
     pub board: String,
-    /// Bank (1-4).
+    /// Bank (1-32; the board's `banks` setting decides which exist).
     pub bank: u8,
     /// Relay (1-8).
     pub relay: u8,
@@ -33,10 +33,10 @@ pub struct RelayArgs {
 /// # Errors
 /// [`Exit`] with the exit code.
 pub async fn relay(a: RelayArgs) -> Result<(), Exit> {
-    if !(1..=4).contains(&a.bank) || !(1..=8).contains(&a.relay) {
+    if !(1..=crate::domain::wiring::MAX_BANKS).contains(&a.bank) || !(1..=8).contains(&a.relay) {
         return Err(Exit {
             code: 2,
-            message: "bank must be 1-4 and relay 1-8".into(),
+            message: "bank must be 1-32 and relay 1-8".into(),
         });
     }
     let client = a.url.client();

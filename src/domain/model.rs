@@ -322,14 +322,16 @@ impl BootMode {
     }
 }
 
-/// One step of an image recipe, run with fastboot in this order.
+/// One step of an image recipe, run with fastboot in this order. `F` is how the flashed file
+/// is named: a file name in the image store or build URL here, a local path once the
+/// hardware layer has fetched it (`hw::fastboot::FastbootStep`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FlashStep {
+pub enum FlashStep<F = String> {
     /// `fastboot flash PARTITION FILE`; the file is a name, never a path.
     // Fields are named for what they hold.
     #[allow(missing_docs)]
-    Flash { partition: String, file: String },
+    Flash { partition: String, file: F },
     /// `fastboot erase PARTITION`.
     // Fields are named for what they hold.
     #[allow(missing_docs)]
@@ -349,7 +351,32 @@ pub enum FlashStep {
     RebootFastboot,
 }
 
-impl FlashStep {
+impl<F> FlashStep<F> {
+    /// The same step with its file (if it has one) replaced by `file(old)`.
+    ///
+    /// # Errors
+    /// What `file` returns.
+    pub fn try_map_file<G, E>(
+        &self,
+        file: impl FnOnce(&F) -> Result<G, E>,
+    ) -> Result<FlashStep<G>, E> {
+        Ok(match self {
+            FlashStep::Flash { partition, file: f } => FlashStep::Flash {
+                partition: partition.clone(),
+                file: file(f)?,
+            },
+            FlashStep::Erase { partition } => FlashStep::Erase {
+                partition: partition.clone(),
+            },
+            FlashStep::Format { partition } => FlashStep::Format {
+                partition: partition.clone(),
+            },
+            FlashStep::Wipe => FlashStep::Wipe,
+            FlashStep::SetActive { slot } => FlashStep::SetActive { slot: slot.clone() },
+            FlashStep::RebootFastboot => FlashStep::RebootFastboot,
+        })
+    }
+
     /// The action's name in configuration and JSON.
     #[must_use]
     pub const fn action(&self) -> &'static str {
@@ -374,20 +401,22 @@ impl FlashStep {
         }
     }
 
-    /// The file a step flashes, if any.
-    #[must_use]
-    pub fn file(&self) -> Option<&str> {
-        match self {
-            FlashStep::Flash { file, .. } => Some(file),
-            _ => None,
-        }
-    }
-
     /// The slot a step activates, if any.
     #[must_use]
     pub fn slot(&self) -> Option<&str> {
         match self {
             FlashStep::SetActive { slot } => Some(slot),
+            _ => None,
+        }
+    }
+}
+
+impl FlashStep {
+    /// The file a step flashes, if any.
+    #[must_use]
+    pub fn file(&self) -> Option<&str> {
+        match self {
+            FlashStep::Flash { file, .. } => Some(file),
             _ => None,
         }
     }

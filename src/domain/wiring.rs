@@ -15,6 +15,10 @@ use crate::domain::names::{BoardName, NameError, check_name, valid_host_port};
 /// Highest BCM GPIO number usable on the 40-pin header.
 pub const MAX_BCM_PIN: u8 = 27;
 
+/// Most banks a ProXR controller addresses (32 banks x 8 relays = 256 relays). A board's
+/// own `banks` setting narrows this; bank 0 means "all banks" on the wire, never one relay.
+pub const MAX_BANKS: u8 = 32;
+
 /// Why a relay address was refused; the hardware layer turns it into its `BadAddress`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad relay address {addr}: {reason}")]
@@ -29,7 +33,9 @@ pub struct AddrError {
 /// What is out of range in `channel`, if anything.
 fn channel_problem(channel: Channel) -> Option<&'static str> {
     match channel {
-        Channel::Relay { bank, .. } if !(1..=4).contains(&bank) => Some("bank must be 1..=4"),
+        Channel::Relay { bank, .. } if !(1..=MAX_BANKS).contains(&bank) => {
+            Some("bank must be 1..=32")
+        }
         Channel::Relay { relay, .. } if !(1..=8).contains(&relay) => Some("relay must be 1..=8"),
         Channel::Pin(p) if p > MAX_BCM_PIN => Some("BCM pin must be 0..=27"),
         Channel::Relay { .. } | Channel::Pin(_) => None,
@@ -40,10 +46,10 @@ fn channel_problem(channel: Channel) -> Option<&'static str> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
-    /// A relay on a ProXR or LCUS board: bank 1..=4, relay 1..=8 (LCUS: bank 1,
-    /// relay = channel).
+    /// A relay on a ProXR or LCUS board: bank 1..=32 (the board's `banks` narrows it),
+    /// relay 1..=8 (LCUS: bank 1, relay = channel).
     Relay {
-        /// Bank 1..=4.
+        /// Bank 1..=32.
         bank: u8,
         /// Relay 1..=8.
         relay: u8,
@@ -68,7 +74,7 @@ impl RelayAddr {
     /// A ProXR/LCUS address, range-checked.
     ///
     /// # Errors
-    /// [`AddrError`] when bank is outside 1..=4 or relay outside 1..=8.
+    /// [`AddrError`] when bank is outside 1..=32 or relay outside 1..=8.
     pub fn relay(board: BoardName, bank: u8, relay: u8) -> Result<Self, AddrError> {
         let a = RelayAddr {
             board,
@@ -303,7 +309,7 @@ mod tests {
             "relay-3.example:bank2:relay6",
             "localhost:2999:bank1:relay3",
             "hat1:pin26",
-            "r:bank5:relay1",
+            "r:bank33:relay1",
             "../x:bank1:relay1",
             "r:pin28",
             "",

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::domain::model::FlashStep;
 use crate::domain::names::check_name;
 use crate::hw::tool::{Stream, Tool};
 use crate::hw::{Error, Result};
@@ -22,31 +23,9 @@ pub struct Flasher {
 }
 
 /// One fastboot step with its file resolved to a local path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FastbootStep {
-    /// `flash PARTITION FILE`.
-    // Fields are named for what they hold.
-    #[allow(missing_docs)]
-    Flash { partition: String, file: PathBuf },
-    /// `erase PARTITION`.
-    // Fields are named for what they hold.
-    #[allow(missing_docs)]
-    Erase { partition: String },
-    /// `format PARTITION`.
-    // Fields are named for what they hold.
-    #[allow(missing_docs)]
-    Format { partition: String },
-    /// `-w`: erase and format userdata and cache.
-    Wipe,
-    /// `set_active SLOT`.
-    // Fields are named for what they hold.
-    #[allow(missing_docs)]
-    SetActive { slot: String },
-    /// `reboot fastboot`: into userspace fastboot (fastbootd).
-    RebootFastboot,
-}
+pub type FastbootStep = FlashStep<PathBuf>;
 
-impl FastbootStep {
+impl FlashStep<PathBuf> {
     /// The words after `fastboot -s SERIAL`.
     fn args(&self) -> Vec<OsString> {
         match self {

@@ -390,8 +390,8 @@ impl ImageFiles {
         recipe.validate()?;
         let mut out = Vec::with_capacity(recipe.steps.len());
         for s in &recipe.steps {
-            out.push(match s {
-                RecipeStep::Flash { partition, file } => {
+            let step = match s {
+                RecipeStep::Flash { file, .. } => {
                     let path = match source {
                         ImageSource::Store => self.store.path(&recipe.name, file)?,
                         ImageSource::Url(base) => {
@@ -400,21 +400,12 @@ impl ImageFiles {
                                 .await?
                         }
                     };
-                    FastbootStep::Flash {
-                        partition: partition.clone(),
-                        file: path,
-                    }
+                    s.try_map_file(|_| Ok::<_, Error>(path))?
                 }
-                RecipeStep::Erase { partition } => FastbootStep::Erase {
-                    partition: partition.clone(),
-                },
-                RecipeStep::Format { partition } => FastbootStep::Format {
-                    partition: partition.clone(),
-                },
-                RecipeStep::Wipe => FastbootStep::Wipe,
-                RecipeStep::SetActive { slot } => FastbootStep::SetActive { slot: slot.clone() },
-                RecipeStep::RebootFastboot => FastbootStep::RebootFastboot,
-            });
+                // Not called: these steps have no file.
+                other => other.try_map_file(|_| Ok::<_, Error>(PathBuf::new()))?,
+            };
+            out.push(step);
         }
         Ok(out)
     }

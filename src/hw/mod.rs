@@ -24,8 +24,8 @@ pub use adb::{Adb, AdbProblem};
 pub use fastboot::{FastbootStep, FlashDeadlines, Flasher};
 pub use images::{ImageFiles, ImageRecipe, ImageSource, ImageStore, RecipeStep};
 pub use relay::{
-    BoardConfig, BoardKind, BoardStatus, Channel, Contact, Framing, GpioBackend, RelayAddr,
-    RelayBoards, SimGpio, Transport,
+    BoardConfig, BoardIndex, BoardKind, BoardStatus, Channel, Contact, Framing, GpioBackend,
+    RelayAddr, RelayBoards, SimGpio, Transport,
 };
 pub use sut::SutInfo;
 
@@ -69,6 +69,15 @@ pub enum Error {
         wanted: &'static str,
         /// Device power read back.
         got: &'static str,
+    },
+    /// A power cycle's pending restore of power was cancelled by a later power on/off of
+    /// the same relay during its off time (the later command wins).
+    #[error("{op} superseded by a later {by} of the same relay")]
+    Superseded {
+        /// The cycle that did not finish.
+        op: String,
+        /// The command that overtook it (`power on`, `power off`).
+        by: &'static str,
     },
     /// An operating-system I/O error.
     #[error("{context}: {source}")]

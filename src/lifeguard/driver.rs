@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::store::{Applied, ApplyError, apply};
-use super::{Action, Event, ImagingResult, Timings, force, resume, step};
+use super::{Action, Event, ImagingResult, Timings, Transition, force, resume, step};
 use crate::domain::clock::{Clock, Millis};
 use crate::domain::heartbeat::Heartbeat;
 use crate::domain::lock;
@@ -30,7 +30,7 @@ use crate::hw::{
     RelayBoards,
 };
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{Snapshot, Store, StoreError, inventory as inv};
+use crate::storage::{Snapshot, Store, StoreError};
 
 /// Most fastboot output lines copied into a device's log per flash.
 const MAX_FLASH_LOG_LINES: usize = 400;
@@ -322,30 +322,54 @@ impl Lifeguard {
 
     /// Resume every device after a (re)start, then run the timers until shutdown.
     ///
+    /// The API may already be serving meanwhile (a rack of thousands of devices takes a
+    /// while to resume): a device that an event moved since the list was read is live
+    /// already and is left as it is.
+    ///
     /// # Errors
     /// Storage failure while resuming.
     pub async fn start(&self) -> Result<(), StoreError> {
-        let t = self.inner.timings.clone();
-        let applied = self
+        /// Devices resumed per transaction: a transaction keeps its dirty pages in memory,
+        /// hundreds of MiB for a rack of 10,000 devices in one. Each device resumes on its
+        /// own, so a crash between two chunks leaves the rest to the next start.
+        const DEVICES_PER_WRITE: usize = 500;
+        let devices: Vec<(String, u64)> = self
             .inner
             .store
-            .write(move |tx, now| {
-                let names: Vec<String> = inv::devices_in_tx(tx)?
+            .read(|snap| {
+                Ok(snap
+                    .devices()?
                     .into_iter()
                     .filter(|d| !d.retired)
-                    .map(|d| d.name.into())
-                    .collect();
-                let mut out = Vec::new();
-                for name in names {
-                    if let Ok(a) = apply(tx, now, &name, None, |s| Ok(resume(s, now, &t)))? {
-                        out.push(a);
-                    }
-                }
-                Ok(out)
+                    .map(|d| (d.name.into(), d.lifeguard.generation))
+                    .collect())
             })
             .await?;
-        for a in applied {
-            self.execute(a);
+        for chunk in devices.chunks(DEVICES_PER_WRITE) {
+            let (t, chunk) = (self.inner.timings.clone(), chunk.to_vec());
+            let applied = self
+                .inner
+                .store
+                .write(move |tx, now| {
+                    let mut out = Vec::new();
+                    for (name, generation) in chunk {
+                        let resumed = apply(tx, now, &name, None, |s| {
+                            Ok(if s.generation == generation {
+                                resume(s, now, &t)
+                            } else {
+                                Transition::unchanged(s)
+                            })
+                        })?;
+                        if let Ok(a) = resumed {
+                            out.push(a);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await?;
+            for a in applied {
+                self.execute(a);
+            }
         }
         let this = self.clone();
         self.inner
@@ -531,6 +555,9 @@ impl Lifeguard {
             lock(&self.inner.unconfirmed).remove(device.name.as_str());
         }
         let started = std::time::Instant::now();
+        // Each branch's future is boxed: the action's future would otherwise be as large as
+        // its largest branch (a flash, ~10 KiB), for every action of every device, and a
+        // rack of 10,000 devices resuming at once would hold 10,000 of them.
         let event = match action {
             Action::PowerCycle => match self.relay(device) {
                 Ok(addr) => match self
@@ -538,6 +565,7 @@ impl Lifeguard {
                     .hw
                     .boards
                     .power_cycle(&addr, Hardware::ms(s.power_off_time_ms))
+                    .boxed()
                     .await
                 {
                     Ok(()) => Event::PowerCycleOk { generation: g },
@@ -552,7 +580,7 @@ impl Lifeguard {
                 },
             },
             Action::PowerOff => match self.relay(device) {
-                Ok(addr) => match self.inner.hw.boards.power_off(&addr).await {
+                Ok(addr) => match self.inner.hw.boards.power_off(&addr).boxed().await {
                     Ok(()) => Event::PowerOffOk { generation: g },
                     Err(e) => Event::PowerOffFailed {
                         generation: g,
@@ -564,42 +592,46 @@ impl Lifeguard {
                     reason: e.to_string(),
                 },
             },
-            Action::SutReboot => match self.agent_reboot(device, sut_limit).await {
+            Action::SutReboot => match self.agent_reboot(device, sut_limit).boxed().await {
                 Ok(()) => Event::SutRebootOk { generation: g },
                 Err(e) => Event::SutRebootFailed {
                     generation: g,
                     reason: e.to_string(),
                 },
             },
-            Action::Ping => match self.probe_within(device, ping_limit).await {
+            Action::Ping => match self.probe_within(device, ping_limit).boxed().await {
                 Ok(()) => Event::PingOk { generation: g },
                 Err(e) => Event::PingFailed {
                     generation: g,
                     reason: e.to_string(),
                 },
             },
-            Action::SutVerify => match self.agent_verify(device, sut_limit, true).await {
+            Action::SutVerify => match self.agent_verify(device, sut_limit, true).boxed().await {
                 Ok(()) => Event::SutVerifyOk { generation: g },
                 Err(e) => Event::SutVerifyFailed {
                     generation: g,
                     reason: e.to_string(),
                 },
             },
-            Action::SutSdcardCheck => match self.agent_storage_check(device, sut_limit).await {
-                Ok(()) => Event::SutSdcardOk { generation: g },
-                Err(e) => Event::SutSdcardFailed {
-                    generation: g,
-                    reason: e.to_string(),
-                },
-            },
+            Action::SutSdcardCheck => {
+                match self.agent_storage_check(device, sut_limit).boxed().await {
+                    Ok(()) => Event::SutSdcardOk { generation: g },
+                    Err(e) => Event::SutSdcardFailed {
+                        generation: g,
+                        reason: e.to_string(),
+                    },
+                }
+            }
             Action::HealthCheck { agent } => {
                 let _permit = self.inner.health.acquire().await;
                 let result = if agent {
                     self.agent_verify(device, sut_limit, false)
+                        .boxed()
                         .await
                         .map_err(|e| e.to_string())
                 } else {
                     self.probe_within(device, ping_limit)
+                        .boxed()
                         .await
                         .map_err(|e| e.to_string())
                 };
@@ -612,7 +644,11 @@ impl Lifeguard {
                 }
             }
             Action::Flash { image, boot_config } => {
-                match self.flash(device, image.as_str(), &boot_config).await {
+                match self
+                    .flash(device, image.as_str(), &boot_config)
+                    .boxed()
+                    .await
+                {
                     Ok(()) => Event::FlashOk { generation: g },
                     Err(e) => Event::FlashFailed {
                         generation: g,
@@ -1076,6 +1112,16 @@ impl crate::domain::timers::Deadlines for Lifeguard {
             .flatten()
     }
 }
+
+/// `.boxed()` on a future: puts it on the heap, so the future awaiting it holds a pointer
+/// rather than the whole state machine (see [`Lifeguard::run_action`]).
+trait Boxed: std::future::Future + Sized {
+    fn boxed(self) -> std::pin::Pin<Box<Self>> {
+        Box::pin(self)
+    }
+}
+
+impl<F: std::future::Future> Boxed for F {}
 
 #[cfg(test)]
 mod error_texts {

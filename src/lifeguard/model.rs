@@ -523,6 +523,16 @@ pub struct Transition {
 }
 
 impl Transition {
+    /// Nothing happens to `snap`.
+    #[must_use]
+    pub fn unchanged(snap: &Snapshot) -> Transition {
+        Transition {
+            next: snap.clone(),
+            actions: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
     /// Nothing changed and nothing is to be done (an ignored event).
     #[must_use]
     pub fn is_noop(&self, before: &Snapshot) -> bool {

@@ -669,7 +669,7 @@ mod tests {
     fn wiring_text_that_does_not_parse_is_kept_verbatim() {
         let mut old = v1("ready");
         // Accepted as a name before relays were parsed at the edge, but not an address.
-        old.relay = Some("relay-1:bank5:relay1".into());
+        old.relay = Some("relay-1:bank33:relay1".into());
         old.sut_addr = Some("panda-3".into());
         let stored = DeviceRecord::V1(old);
         let d = Device::try_from(stored.clone()).expect("readable");
@@ -677,14 +677,14 @@ mod tests {
         assert_eq!(d.wiring.sut_addr, None);
         assert_eq!(
             d.wiring.unparsed.relay.as_deref(),
-            Some("relay-1:bank5:relay1")
+            Some("relay-1:bank33:relay1")
         );
         assert_eq!(d.wiring.unparsed.sut_addr.as_deref(), Some("panda-3"));
         assert!(d.needs_tech().is_some());
         let DeviceRecord::V3(back) = DeviceRecord::from(&d) else {
             panic!("writes the newest layout");
         };
-        assert_eq!(back.v2.relay.as_deref(), Some("relay-1:bank5:relay1"));
+        assert_eq!(back.v2.relay.as_deref(), Some("relay-1:bank33:relay1"));
         assert_eq!(back.v2.sut_addr.as_deref(), Some("panda-3"));
     }
 

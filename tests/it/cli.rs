@@ -59,8 +59,12 @@ async fn request_renew_return_devices_relay() {
     let (code, _, err) = run(&["return", "999", "--url", &url]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no request"), "{err}");
-    let (code, _, _) = run(&["relay", "sim-relay-1", "9", "1", "status", "--url", &url]).await;
+    let (code, _, _) = run(&["relay", "sim-relay-1", "33", "1", "status", "--url", &url]).await;
     assert_eq!(code, 2);
+    // A bank the board does not have (4 banks) is refused by the service.
+    let (code, _, err) = run(&["relay", "sim-relay-1", "9", "1", "status", "--url", &url]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("banks 1..=4"), "{err}");
     let (code, _, _) = run(&["devices", "--url", "http://127.0.0.1:9"]).await;
     assert_eq!(code, 3);
     // A request that fails is exit 1 with the reason.

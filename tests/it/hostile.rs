@@ -374,7 +374,8 @@ mod never_panics {
 
         #[test]
         fn hardware_and_registration_replies(data in vec(any::<u8>(), 0..256), sel in any::<u8>()) {
-            use mozpool::hw::relay::proxr::{Command, Framing, decode_reply, parse_command};
+            use mozpool::hw::relay::proxr::{Command, Framing, decode_reply};
+            use mozpool::hw::sim::{SimFraming, proxr as sim_proxr};
             let _ = mozpool::hw::sut::parse_version(&data);
             let _ = mozpool::hw::sut::parse_uptime(&data);
             let _ = mozpool::hw::sut::find_prompt(&data);
@@ -383,7 +384,8 @@ mod never_panics {
             for cmd in [Command::Test, Command::On { bank, relay }, Command::Read { bank, relay }] {
                 let _ = decode_reply(cmd, framing, &data);
             }
-            let _ = parse_command(framing, &data);
+            let sim_framing = if sel & 1 == 0 { SimFraming::Raw } else { SimFraming::Api };
+            let _ = sim_proxr::decode(sim_framing, &data);
             let _ = mozpool::inventory::registration::parse::parse(&data);
         }
 

@@ -127,26 +127,63 @@ async fn device_faults_at_runtime_and_from_config() {
 }
 
 #[tokio::test]
-async fn rack_of_33_uses_two_boards() {
+async fn rack_of_257_uses_two_boards() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rack = SimRack::start(33, timings(), Path::new(EXE), dir.path()).expect("rack");
+    let rack = SimRack::start(257, timings(), Path::new(EXE), dir.path()).expect("rack");
     assert_eq!(rack.board_configs.len(), 2);
     assert_eq!(
-        rack.devices[31].relay.to_string(),
-        "sim-relay-1:bank4:relay8"
+        rack.devices[255].relay.to_string(),
+        "sim-relay-1:bank32:relay8"
     );
     assert_eq!(
-        rack.devices[32].relay.to_string(),
+        rack.devices[256].relay.to_string(),
         "sim-relay-2:bank1:relay1"
     );
-    assert_eq!(rack.devices[32].name.as_str(), "sim-0033");
+    assert_eq!(rack.devices[256].name.as_str(), "sim-0257");
     let relays = boards(&rack);
     relays
-        .power_off(&rack.devices[32].relay)
+        .power_off(&rack.devices[256].relay)
         .await
         .expect("off");
-    assert_eq!(rack.devices[32].device.phase(), SimPhase::Off);
-    assert!(rack.devices[31].device.powered());
+    assert_eq!(rack.devices[256].device.phase(), SimPhase::Off);
+    assert!(rack.devices[255].device.powered());
     assert!(rack.fastboot_path.exists());
-    assert!(rack.rack_dir.join("sim0033").exists());
+    assert!(
+        mozpool::hw::sim::read_rack_index(&rack.rack_dir)
+            .iter()
+            .any(|(serial, _)| serial == "sim0257")
+    );
+}
+
+/// Threads of this process whose name starts with `prefix` (the test binary runs other
+/// tests beside this one, so only the simulators' own threads are counted).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// A rack costs tasks, not threads: 600 booted devices (SUTAgents listening, phases timed,
+/// boards on their ptys) run on the simulators' few runtime threads. Before, each device
+/// had two threads of its own and each board one.
+#[tokio::test]
+async fn a_rack_runs_on_a_few_threads_whatever_its_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rack = SimRack::start(600, timings(), Path::new(EXE), dir.path()).expect("rack");
+    assert!(
+        rack.devices
+            .iter()
+            .all(|d| d.device.wait_for(SimPhase::Os, Duration::from_secs(10))),
+        "every device boots"
+    );
+    sut::verify(rack.devices[599].sut_addr, T)
+        .await
+        .expect("the last device's SUTAgent answers");
+    let sim = threads_named("sim");
+    assert!(
+        sim <= 16,
+        "{sim} simulator threads for 600 devices: a device or a board has a thread of its own"
+    );
 }

@@ -1,10 +1,19 @@
 //! One OS thread per relay board: owns the port, runs queued operations one at a time
 //! with their absolute deadlines, retries fast failures a bounded number of times,
-//! reopens an unplugged port with backoff, and sleeps a cool-down after every operation.
+//! reopens an unplugged port with backoff, and rests a cool-down after every operation
+//! (boards behind a single-connection TCP module only, by default).
+//!
+//! A power cycle is two operations: "device off" from the queue, then, once its off time
+//! has passed, "device on" ahead of the next queued job. The thread keeps the pending
+//! restores and serves other relays meanwhile, so a board cycles many devices in about one
+//! off time. Per relay the latest command wins: a power on/off of a relay with a pending
+//! restore cancels it, and a second cycle takes it over. The pending restores belong to the
+//! thread, not to the callers, so power comes back even if a caller stops waiting.
 //!
 //! The board drivers ([`Board`] impls) know the wire protocol; the actor knows the
 //! operation sequences (set + read-back, power cycle) and the wiring (contact).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -37,7 +46,7 @@ impl Op {
     fn describe(&self) -> String {
         match self {
             Op::Set { addr, device_on } => {
-                format!("power {} {addr}", if *device_on { "on" } else { "off" })
+                format!("power {} {addr}", on_off(*device_on))
             }
             Op::Cycle { addr, .. } => format!("power cycle {addr}"),
             Op::Read { addr } => format!("read power state {addr}"),
@@ -46,10 +55,24 @@ impl Op {
     }
 }
 
+type ReplyTo = oneshot::Sender<Result<Option<bool>>>;
+
 struct Job {
     op: Op,
     deadline: Deadline,
-    reply: oneshot::Sender<Result<Option<bool>>>,
+    reply: ReplyTo,
+}
+
+/// A power cycle whose device is unpowered, waiting for its off time to pass.
+struct Pending {
+    addr: RelayAddr,
+    /// When the off time is over.
+    due: Instant,
+    /// The caller's deadline (the restore runs even past it; see [`Actor::restore`]).
+    deadline: Deadline,
+    /// The cycle's caller first, then the callers of earlier cycles of the same relay that
+    /// this one took over; all get the restore's result.
+    replies: Vec<ReplyTo>,
 }
 
 #[derive(Default)]
@@ -70,9 +93,17 @@ pub(crate) struct BoardHandle {
 }
 
 impl BoardHandle {
+    /// Build the board's driver (a GPIO board claims its pins here, at their idle level)
+    /// and start its thread.
     pub(crate) fn spawn(config: BoardConfig, gpio: Option<Box<dyn GpioBackend>>) -> Result<Self> {
+        let health = Arc::new(Mutex::new(Health::default()));
         let board: Box<dyn Board> = match (&config.kind, gpio) {
-            (BoardKind::Proxr { transport, framing }, _) => Box::new(ProxrBoard {
+            (
+                BoardKind::Proxr {
+                    transport, framing, ..
+                },
+                _,
+            ) => Box::new(ProxrBoard {
                 transport: transport.clone(),
                 framing: *framing,
                 link: None,
@@ -84,10 +115,23 @@ impl BoardHandle {
                 link: None,
                 backoff: Backoff::new(config.reopen_backoff),
             }),
-            (BoardKind::Gpio { active_low, .. }, Some(backend)) => Box::new(GpioBoard {
-                active_low: *active_low,
-                backend,
-            }),
+            (BoardKind::Gpio { active_low, pins }, Some(backend)) => {
+                let idle_high = config.contact.energised_for(true) != *active_low;
+                let mut b = GpioBoard {
+                    active_low: *active_low,
+                    idle_high,
+                    backend,
+                    claimed: HashSet::new(),
+                    claim_error: None,
+                };
+                if let Err(e) = b.claim_all(pins) {
+                    tracing::warn!(board = %config.name, error = %e, "cannot claim GPIO pins at start-up");
+                    let mut h = health.lock().unwrap_or_else(PoisonError::into_inner);
+                    h.healthy = Some(false);
+                    h.last_error = Some(e.to_string());
+                }
+                Box::new(b)
+            }
             (BoardKind::Gpio { .. }, None) => {
                 return Err(Error::BadConfig(format!(
                     "board {}: no GPIO backend",
@@ -96,17 +140,18 @@ impl BoardHandle {
             }
         };
         let (tx, rx) = mpsc::channel();
-        let health = Arc::new(Mutex::new(Health::default()));
         let queued = Arc::new(AtomicUsize::new(0));
         let mut actor = Actor {
+            cool_down: config.effective_cool_down(),
             config: config.clone(),
             board,
             health: health.clone(),
             queued: queued.clone(),
+            pending: HashMap::new(),
         };
         std::thread::Builder::new()
             .name(format!("relay-{}", config.name))
-            .spawn(move || actor.run(rx))
+            .spawn(move || actor.run(&rx))
             .map_err(|e| Error::io("spawn relay board thread", e))?;
         Ok(BoardHandle {
             config,
@@ -172,41 +217,202 @@ impl BoardHandle {
 
 struct Actor {
     config: BoardConfig,
+    /// Rest after every operation that touched the board.
+    cool_down: Duration,
     board: Box<dyn Board>,
     health: Arc<Mutex<Health>>,
     queued: Arc<AtomicUsize>,
+    /// Power cycles waiting out their off time, at most one per relay.
+    pending: HashMap<Channel, Pending>,
 }
 
 impl Actor {
-    fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
+    fn run(&mut self, rx: &mpsc::Receiver<Job>) {
+        loop {
+            self.restore_due();
+            let job = match self.next_due() {
+                None => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                },
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(j) => j,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            let what = format!("{} on {}", job.op.describe(), self.config.name);
-            if Instant::now() >= job.deadline.at {
-                // Expired while queued: no I/O was done, so no cool-down either.
-                let _ = job
-                    .reply
-                    .send(Err(job.deadline.expired(&format!("{what} (queued)"))));
-                continue;
-            }
-            let result = self.execute(&job.op, &job.deadline);
-            self.board.end_op();
-            self.record(&what, &result);
-            let _ = job.reply.send(result);
-            std::thread::sleep(self.config.cool_down);
+            self.handle(job);
+        }
+        // Every handle is gone, but devices in their off time must get their power back.
+        while let Some(at) = self.next_due() {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            self.restore_due();
         }
         tracing::debug!(board = %self.config.name, "relay board thread stopping");
     }
 
-    fn record(&self, what: &str, result: &Result<Option<bool>>) {
-        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.due).min()
+    }
+
+    fn handle(&mut self, job: Job) {
+        let what = format!("{} on {}", job.op.describe(), self.config.name);
+        if Instant::now() >= job.deadline.at {
+            // Expired while queued: no I/O was done, so no cool-down either.
+            let _ = job
+                .reply
+                .send(Err(job.deadline.expired(&format!("{what} (queued)"))));
+            return;
+        }
+        if let Op::Cycle { addr, off_time } = job.op {
+            self.start_cycle(addr, off_time, job.deadline, job.reply, &what);
+            return;
+        }
+        let result = self.execute(&job.op, &job.deadline);
+        if let Op::Set { addr, device_on } = &job.op {
+            // The latest command on a relay wins, whether or not it worked: restoring power
+            // against a later "off" (or after a later "on") would undo it.
+            self.supersede(
+                addr.channel,
+                if *device_on { "power on" } else { "power off" },
+            );
+        }
+        self.finish(&what, result.as_ref().err());
+        let _ = job.reply.send(result);
+        self.rest();
+    }
+
+    /// The first half of a power cycle: device off and read back, then wait for the off
+    /// time as a pending restore instead of holding the board.
+    fn start_cycle(
+        &mut self,
+        addr: RelayAddr,
+        off_time: Duration,
+        deadline: Deadline,
+        reply: ReplyTo,
+        what: &str,
+    ) {
+        // Never switch a device off without the budget to wait its off time.
+        let room = deadline.remaining(what).ok().filter(|r| *r > off_time);
+        let Some(room) = room else {
+            let _ = reply.send(Err(
+                deadline.expired(&format!("{what} (no time left for the off time)"))
+            ));
+            return;
+        };
+        let off_phase = Deadline {
+            at: Instant::now() + (room - off_time),
+            started: deadline.started,
+        };
+        let result = self.set_verified(&addr, false, &off_phase);
+        if let Err(e) = &result {
+            self.finish(&format!("{what} (power off)"), Some(e));
+        } else {
+            // A cycle counts as one operation in the board's health, when it completes.
+            self.board.end_op();
+            let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            h.healthy = Some(true);
+            h.last_ok = Some(SystemClock.now());
+        }
         match result {
-            Ok(_) => {
+            Err(e) => {
+                // An earlier pending cycle of this relay keeps its restore: power on is
+                // what this failed cycle wanted in the end too.
+                let _ = reply.send(Err(e));
+            }
+            Ok(()) => {
+                let mut replies = vec![reply];
+                if let Some(earlier) = self.pending.remove(&addr.channel) {
+                    tracing::info!(board = %self.config.name, relay = %addr, "a second power cycle takes over the pending one");
+                    replies.extend(earlier.replies);
+                }
+                self.pending.insert(
+                    addr.channel,
+                    Pending {
+                        addr,
+                        due: Instant::now() + off_time,
+                        deadline,
+                        replies,
+                    },
+                );
+            }
+        }
+        self.rest();
+    }
+
+    /// Restore power for every cycle whose off time is over, earliest first.
+    fn restore_due(&mut self) {
+        loop {
+            let now = Instant::now();
+            let due = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.due <= now)
+                .min_by_key(|(_, p)| p.due)
+                .map(|(ch, _)| *ch);
+            let Some(p) = due.and_then(|ch| self.pending.remove(&ch)) else {
+                return;
+            };
+            self.restore(p);
+        }
+    }
+
+    /// The second half of a power cycle. It gets at least a whole `op_timeout` even when its
+    /// caller's deadline is nearer: a device must not stay unpowered because a queue was long
+    /// (a late caller has stopped waiting and sees its own timeout).
+    fn restore(&mut self, p: Pending) {
+        let dl = Deadline {
+            at: p.deadline.at.max(Instant::now() + self.config.op_timeout),
+            started: p.deadline.started,
+        };
+        let what = format!("power cycle {} on {} (power on)", p.addr, self.config.name);
+        let result = self.set_verified(&p.addr, true, &dl).map(|()| Some(true));
+        self.finish(&what, result.as_ref().err());
+        let mut replies = p.replies.into_iter();
+        if let Some(first) = replies.next() {
+            for other in replies {
+                let _ = other.send(result.as_ref().map(|v| *v).map_err(duplicate));
+            }
+            let _ = first.send(result);
+        }
+        self.rest();
+    }
+
+    /// Cancel `ch`'s pending restore (a later power on/off of the relay), failing its callers.
+    fn supersede(&mut self, ch: Channel, by: &'static str) {
+        if let Some(p) = self.pending.remove(&ch) {
+            tracing::info!(board = %self.config.name, relay = %p.addr, by, "pending power cycle superseded");
+            for r in p.replies {
+                let _ = r.send(Err(Error::Superseded {
+                    op: format!("power cycle {}", p.addr),
+                    by,
+                }));
+            }
+        }
+    }
+
+    /// Close the operation's connection (TCP) and record its outcome.
+    fn finish(&mut self, what: &str, error: Option<&Error>) {
+        self.board.end_op();
+        self.record(what, error);
+    }
+
+    fn rest(&self) {
+        if !self.cool_down.is_zero() {
+            std::thread::sleep(self.cool_down);
+        }
+    }
+
+    fn record(&self, what: &str, error: Option<&Error>) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match error {
+            None => {
                 h.healthy = Some(true);
                 h.last_ok = Some(SystemClock.now());
                 h.ops_ok += 1;
             }
-            Err(e) => {
+            Some(e) => {
                 tracing::warn!(board = %self.config.name, op = what, error = %e, "relay operation failed");
                 h.healthy = Some(false);
                 h.last_error = Some(e.to_string());
@@ -227,17 +433,11 @@ impl Actor {
                 self.set_verified(addr, *device_on, dl)?;
                 Ok(Some(*device_on))
             }
-            Op::Cycle { addr, off_time } => {
-                self.set_verified(addr, false, dl)?;
-                let rest = dl.remaining("power cycle off time")?;
-                if rest <= *off_time {
-                    std::thread::sleep(rest);
-                    return Err(dl.expired(&format!("power cycle {addr} (off time)")));
-                }
-                std::thread::sleep(*off_time);
-                self.set_verified(addr, true, dl)?;
-                Ok(Some(true))
-            }
+            // Handled by `start_cycle`; kept here so the match stays exhaustive.
+            Op::Cycle { addr, .. } => Err(Error::BadAddress {
+                addr: addr.to_string(),
+                reason: "a power cycle is not a single operation".into(),
+            }),
         }
     }
 
@@ -280,6 +480,41 @@ impl Actor {
                 }
             }
         }
+    }
+}
+
+/// The same failure for a second caller (the errors a relay operation produces; an I/O
+/// error keeps its kind and message).
+fn duplicate(e: &Error) -> Error {
+    match e {
+        Error::Timeout { op, after } => Error::Timeout {
+            op: op.clone(),
+            after: *after,
+        },
+        Error::NoReply { op } => Error::NoReply { op: op.clone() },
+        Error::BadReply { op, expected, got } => Error::BadReply {
+            op: op.clone(),
+            expected: expected.clone(),
+            got: got.clone(),
+        },
+        Error::RelayStuck { addr, wanted, got } => Error::RelayStuck {
+            addr: addr.clone(),
+            wanted,
+            got,
+        },
+        Error::Io { context, source } => Error::Io {
+            context: context.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::GpioUnavailable(m) => Error::GpioUnavailable(m.clone()),
+        Error::BoardUnavailable { board, reason } => Error::BoardUnavailable {
+            board: board.clone(),
+            reason: reason.clone(),
+        },
+        other => Error::BoardUnavailable {
+            board: String::new(),
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -364,7 +599,7 @@ impl ProxrBoard {
     fn link(&mut self, dl: &Deadline) -> Result<&mut Box<dyn Link>> {
         if self.link.is_none() {
             let l: Box<dyn Link> = match &self.transport {
-                Transport::Tcp { host, port } => Box::new(link::connect_tcp(host, *port, dl)?),
+                Transport::Tcp { host, port, .. } => Box::new(link::connect_tcp(host, *port, dl)?),
                 Transport::Serial { path, baud } => {
                     let name = path.display().to_string();
                     self.backoff.check(&name)?;
@@ -508,7 +743,42 @@ impl Board for LcusBoard {
 
 struct GpioBoard {
     active_low: bool,
+    /// The level that leaves the device powered (coil released under NC wiring).
+    idle_high: bool,
     backend: Box<dyn GpioBackend>,
+    /// Pins claimed as outputs.
+    claimed: HashSet<u8>,
+    /// Why the last claim failed, for reads of a pin that is not claimed.
+    claim_error: Option<String>,
+}
+
+impl GpioBoard {
+    /// Claim every pin at its idle level (start-up); the first failure is returned, the
+    /// other pins are still tried.
+    fn claim_all(&mut self, pins: &[u8]) -> Result<()> {
+        let mut first = Ok(());
+        for &p in pins {
+            if let Err(e) = self.claim(p)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    fn claim(&mut self, pin: u8) -> Result<()> {
+        match self.backend.claim(pin, self.idle_high) {
+            Ok(()) => {
+                self.claimed.insert(pin);
+                Ok(())
+            }
+            Err(e) => {
+                self.claim_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
 }
 
 fn pin_of(ch: Channel) -> Result<u8> {
@@ -524,11 +794,23 @@ fn pin_of(ch: Channel) -> Result<u8> {
 impl Board for GpioBoard {
     fn set(&mut self, ch: Channel, energised: bool, _dl: &Deadline) -> Result<()> {
         let pin = pin_of(ch)?;
+        if !self.claimed.contains(&pin) {
+            // The start-up claim failed (GPIO busy or absent then): a command that drives
+            // the pin anyway may retry it, still idle level first.
+            self.claim(pin)?;
+        }
         self.backend.write(pin, energised != self.active_low)
     }
 
     fn get(&mut self, ch: Channel, _dl: &Deadline) -> Result<Option<bool>> {
         let pin = pin_of(ch)?;
+        if !self.claimed.contains(&pin) {
+            // Reading never claims: that would make the pin an output at whatever level.
+            return Err(Error::GpioUnavailable(format!(
+                "pin {pin} was not claimed at start-up: {}",
+                self.claim_error.as_deref().unwrap_or("unknown error")
+            )));
+        }
         Ok(Some(self.backend.read(pin)? != self.active_low))
     }
 

@@ -2,9 +2,15 @@
 //! [`RelayBoards`] handle the Lifeguard driver calls.
 //!
 //! Each configured board gets one OS thread (see `actor.rs`) that owns its port and runs
-//! one operation at a time, followed by a cool-down. The async methods here only queue a
+//! one operation at a time (followed by a cool-down on a single-connection TCP module). A
+//! power cycle is two operations with the off time waited between them outside the queue,
+//! so the board serves its other relays meanwhile. The async methods here only queue a
 //! job with an absolute deadline computed *before* queueing and await its reply, so a
 //! wedged board can never hang a tokio task past its deadline.
+//!
+//! A relay address names its board by the board's name or, for TCP boards, by `host:port`
+//! or bare `host` (MozPool's `relay_info`); [`BoardIndex`] resolves it to exactly one board
+//! or refuses it, at configuration time and again before every operation.
 //!
 //! Vocabulary: "energised" is the coil state the wire protocol talks about; "power" is
 //! the device's power. With the usual normally-closed wiring, energised ⇒ device off.
@@ -15,7 +21,7 @@ pub mod lcus;
 mod link;
 pub mod proxr;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,8 +33,8 @@ use crate::domain::clock::Millis;
 use crate::domain::names::BoardName;
 use crate::hw::{Error, Result};
 
-pub use crate::domain::wiring::{Channel, MAX_BCM_PIN, RelayAddr};
-pub use gpio::{GpioBackend, RppalGpio, SimGpio};
+pub use crate::domain::wiring::{Channel, MAX_BANKS, MAX_BCM_PIN, RelayAddr};
+pub use gpio::{GpioBackend, GpioChange, RppalGpio, SimGpio};
 pub use proxr::Framing;
 
 /// How the device is wired to the relay contact.
@@ -78,6 +84,11 @@ pub enum Transport {
         /// Port (default 2101).
         #[serde(default = "default_proxr_port")]
         port: u16,
+        /// The module serves one connection at a time and needs `cool_down_ms` of rest
+        /// after each closes before it accepts the next (the Digi Connect module MozPool
+        /// used; default true). `false` for modules that take connections back to back.
+        #[serde(default = "default_true")]
+        single_connection: bool,
     },
 }
 
@@ -96,6 +107,12 @@ fn default_op_timeout() -> Duration {
 fn default_retries() -> u32 {
     1
 }
+fn default_true() -> bool {
+    true
+}
+fn default_banks() -> u8 {
+    4
+}
 fn default_cool_down() -> Duration {
     Duration::from_secs(1)
 }
@@ -107,13 +124,18 @@ fn default_reopen_backoff() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BoardKind {
-    /// NCD ProXR controller (banks 1..=4 × relays 1..=8, read-back supported).
+    /// NCD ProXR controller (banks 1..=`banks` × relays 1..=8, read-back supported).
     Proxr {
         /// Serial or TCP.
         transport: Transport,
         /// Raw or API-mode framing.
         #[serde(default)]
         framing: Framing,
+        /// Banks of 8 relays the controller has (1..=32). Default 4, MozPool's boards and
+        /// the range every existing address was checked against; set it to the board's
+        /// real count so a typo'd bank is refused at start-up instead of timing out.
+        #[serde(default = "default_banks")]
+        banks: u8,
     },
     /// LCUS CH340 board: write-only, no acknowledgement, no read-back.
     Lcus {
@@ -129,7 +151,8 @@ pub enum BoardKind {
     Gpio {
         /// Low level energises the coil (opto-isolated modules, Waveshare).
         active_low: bool,
-        /// BCM pins this board may drive (empty = any 0..=27).
+        /// BCM pins wired to relays (required, non-empty): each is claimed at start-up as
+        /// an output at its idle level (device powered), and only these may be driven.
         #[serde(default)]
         pins: Vec<u8>,
     },
@@ -157,7 +180,9 @@ pub struct BoardConfig {
     /// Extra attempts per command after a fast failure (EOF, bad reply, refused).
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// Pause after every operation before the next one starts, in ms (default 1000).
+    /// Rest after every operation before the next one starts, in ms (default 1000, what
+    /// MozPool needed for the Digi module). Only a board behind a single-connection TCP
+    /// module rests; see [`BoardConfig::effective_cool_down`].
     #[serde(
         default = "default_cool_down",
         with = "crate::hw::millis",
@@ -188,19 +213,33 @@ impl BoardConfig {
         }
     }
 
-    /// Whether a relay address naming `board` means this board (its name, or for TCP boards
-    /// its `host` or `host:port`, as MozPool's `relay_info` text does).
+    /// The rest after each operation: `cool_down` for a board behind a single-connection
+    /// TCP module, none for serial, LCUS and GPIO boards (a port held open needs no
+    /// recovery between commands).
     #[must_use]
-    pub fn serves(&self, board: &BoardName) -> bool {
-        if &self.name == board {
-            return true;
-        }
+    pub fn effective_cool_down(&self) -> Duration {
         match &self.kind {
             BoardKind::Proxr {
-                transport: Transport::Tcp { host, port },
+                transport:
+                    Transport::Tcp {
+                        single_connection: true,
+                        ..
+                    },
                 ..
-            } => board.as_str() == host || board.as_str() == format!("{host}:{port}"),
-            _ => false,
+            } => self.cool_down,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The texts besides its name that name this board in a relay address: `host:port`
+    /// and `host` for a TCP board (MozPool's `relay_info`), none for the others.
+    fn aliases(&self) -> Vec<String> {
+        match &self.kind {
+            BoardKind::Proxr {
+                transport: Transport::Tcp { host, port, .. },
+                ..
+            } => vec![format!("{host}:{port}"), host.clone()],
+            _ => Vec::new(),
         }
     }
 
@@ -215,7 +254,16 @@ impl BoardConfig {
         };
         addr.check()?;
         match (&self.kind, addr.channel) {
-            (BoardKind::Proxr { .. }, Channel::Relay { .. }) => Ok(()),
+            (BoardKind::Proxr { banks, .. }, Channel::Relay { bank, .. }) => {
+                if bank <= *banks {
+                    Ok(())
+                } else {
+                    Err(bad(format!(
+                        "board {} has banks 1..={banks} (its `banks` setting)",
+                        self.name
+                    )))
+                }
+            }
             (BoardKind::Lcus { channels, .. }, Channel::Relay { bank, relay }) => {
                 if bank == 1 && relay <= *channels {
                     Ok(())
@@ -224,7 +272,7 @@ impl BoardConfig {
                 }
             }
             (BoardKind::Gpio { pins, .. }, Channel::Pin(p)) => {
-                if pins.is_empty() || pins.contains(&p) {
+                if pins.contains(&p) {
                     Ok(())
                 } else {
                     Err(bad(format!("pin {p} is not in this board's pins {pins:?}")))
@@ -266,18 +314,131 @@ pub struct BoardStatus {
     pub queued: usize,
 }
 
+/// The configured boards and the texts that name each of them in a relay address, checked
+/// so that every address resolves to exactly one board.
+///
+/// A board's name always means that board; no board's name may be another board's `host` or
+/// `host:port`. Two TCP boards behind one terminal server (`ts1:2101`, `ts1:2102`) share
+/// the bare alias `ts1`: an address using it is refused, naming both candidates.
+#[derive(Debug, Clone, Default)]
+pub struct BoardIndex {
+    boards: BTreeMap<BoardName, BoardConfig>,
+    /// Alias text to the boards it could mean (more than one only for a bare shared host).
+    aliases: HashMap<String, Vec<BoardName>>,
+}
+
+impl BoardIndex {
+    /// Check every board (settings, duplicate names, name/alias clashes) and index them.
+    ///
+    /// # Errors
+    /// [`Error::BadConfig`] naming the board and the problem.
+    pub fn new(configs: &[BoardConfig]) -> Result<Self> {
+        let mut boards = BTreeMap::new();
+        for cfg in configs {
+            validate(cfg)?;
+            if boards.insert(cfg.name.clone(), cfg.clone()).is_some() {
+                return Err(Error::BadConfig(format!(
+                    "duplicate relay board {}",
+                    cfg.name
+                )));
+            }
+        }
+        let mut aliases: HashMap<String, Vec<BoardName>> = HashMap::new();
+        for cfg in configs {
+            for (i, alias) in cfg.aliases().into_iter().enumerate() {
+                if let Some(other) = boards
+                    .keys()
+                    .find(|n| n.as_str() == alias && **n != cfg.name)
+                {
+                    return Err(Error::BadConfig(format!(
+                        "board name {other} is also the TCP address of board {}: addresses naming {alias} would be ambiguous; rename one",
+                        cfg.name
+                    )));
+                }
+                let list = aliases.entry(alias.clone()).or_default();
+                // The first alias is `host:port`: two boards on one socket cannot both exist.
+                if i == 0
+                    && let Some(first) = list.first()
+                {
+                    return Err(Error::BadConfig(format!(
+                        "boards {first} and {} are both configured at tcp {alias}",
+                        cfg.name
+                    )));
+                }
+                list.push(cfg.name.clone());
+            }
+        }
+        Ok(BoardIndex { boards, aliases })
+    }
+
+    /// The board a relay address's board part names: a board name, else the one TCP board
+    /// at that `host:port` or `host`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownBoard`] when nothing matches; [`Error::BadAddress`] naming the
+    /// candidates when a bare host matches more than one board.
+    pub fn resolve(&self, board: &BoardName) -> Result<&BoardConfig> {
+        if let Some(b) = self.boards.get(board) {
+            return Ok(b);
+        }
+        match self.aliases.get(board.as_str()).map(Vec::as_slice) {
+            Some([one]) => self
+                .boards
+                .get(one)
+                .ok_or_else(|| Error::UnknownBoard(board.to_string())),
+            Some(many) if !many.is_empty() => {
+                let candidates: Vec<String> = many
+                    .iter()
+                    .filter_map(|n| self.boards.get(n))
+                    .map(|b| format!("{} ({})", b.name, b.aliases()[0]))
+                    .collect();
+                Err(Error::BadAddress {
+                    addr: board.to_string(),
+                    reason: format!(
+                        "ambiguous: host {board} has several boards: {}; name the board or write host:port",
+                        candidates.join(", ")
+                    ),
+                })
+            }
+            _ => Err(Error::UnknownBoard(board.to_string())),
+        }
+    }
+
+    /// Resolve `addr`'s board and check that the board has its channel.
+    ///
+    /// # Errors
+    /// As [`BoardIndex::resolve`], or [`Error::BadAddress`] for a channel the board lacks.
+    pub fn check(&self, addr: &RelayAddr) -> Result<&BoardConfig> {
+        let b = self.resolve(&addr.board)?;
+        b.check_channel(addr)?;
+        Ok(b)
+    }
+
+    /// Number of boards.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.boards.len()
+    }
+
+    /// Whether no board is configured.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.boards.is_empty()
+    }
+}
+
 /// Cheap-`Clone` handle to every relay board of the rack (one actor thread per board).
 ///
-/// Dropping the last clone stops the actor threads once their queues drain.
+/// Dropping the last clone stops the actor threads once their queues drain (and every
+/// power cycle in progress has restored its device's power).
 #[derive(Clone)]
 pub struct RelayBoards {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    index: BoardIndex,
     boards: HashMap<BoardName, actor::BoardHandle>,
-    /// `host` and `host:port` of TCP boards, so MozPool `relay_info` text resolves.
-    aliases: HashMap<String, BoardName>,
 }
 
 impl fmt::Debug for RelayBoards {
@@ -299,6 +460,7 @@ impl RelayBoards {
     }
 
     /// Like [`RelayBoards::start`], with a GPIO backend chosen per board (tests, simulation).
+    /// A GPIO board's pins are claimed here, before this returns, at their idle level.
     ///
     /// # Errors
     /// [`Error::BadConfig`] for duplicate names or invalid settings.
@@ -306,24 +468,9 @@ impl RelayBoards {
         configs: Vec<BoardConfig>,
         mut gpio: impl FnMut(&BoardName) -> Box<dyn GpioBackend>,
     ) -> Result<Self> {
+        let index = BoardIndex::new(&configs)?;
         let mut boards = HashMap::new();
-        let mut aliases = HashMap::new();
         for cfg in configs {
-            validate(&cfg)?;
-            if boards.contains_key(&cfg.name) {
-                return Err(Error::BadConfig(format!(
-                    "duplicate relay board {}",
-                    cfg.name
-                )));
-            }
-            if let BoardKind::Proxr {
-                transport: Transport::Tcp { host, port },
-                ..
-            } = &cfg.kind
-            {
-                aliases.insert(host.clone(), cfg.name.clone());
-                aliases.insert(format!("{host}:{port}"), cfg.name.clone());
-            }
             let backend = match cfg.kind {
                 BoardKind::Gpio { .. } => Some(gpio(&cfg.name)),
                 _ => None,
@@ -332,18 +479,20 @@ impl RelayBoards {
             boards.insert(cfg.name, handle);
         }
         Ok(RelayBoards {
-            inner: Arc::new(Inner { boards, aliases }),
+            inner: Arc::new(Inner { index, boards }),
         })
     }
 
-    fn board(&self, name: &BoardName) -> Result<&actor::BoardHandle> {
-        if let Some(b) = self.inner.boards.get(name) {
-            return Ok(b);
-        }
+    /// The board `addr` names, after checking it has the channel.
+    fn board_for(&self, addr: &RelayAddr) -> Result<&actor::BoardHandle> {
+        let cfg = self.inner.index.check(addr)?;
+        self.handle(&cfg.name)
+    }
+
+    fn handle(&self, name: &BoardName) -> Result<&actor::BoardHandle> {
         self.inner
-            .aliases
-            .get(name.as_str())
-            .and_then(|n| self.inner.boards.get(n))
+            .boards
+            .get(name)
             .ok_or_else(|| Error::UnknownBoard(name.to_string()))
     }
 
@@ -365,8 +514,7 @@ impl RelayBoards {
     }
 
     async fn set(&self, addr: &RelayAddr, device_on: bool) -> Result<()> {
-        let b = self.board(&addr.board)?;
-        b.config.check_channel(addr)?;
+        let b = self.board_for(addr)?;
         let budget = b.config.op_timeout;
         b.call(
             actor::Op::Set {
@@ -379,14 +527,20 @@ impl RelayBoards {
         .map(|_| ())
     }
 
-    /// Device off, read back, wait `off_time`, device on, read back — one board operation.
-    /// The deadline is `op_timeout + off_time` from now (queueing counts).
+    /// Device off and read back (one queued operation), then `off_time` waited outside the
+    /// board's queue while it serves other relays, then device on and read back (a second
+    /// queued operation). The deadline is `op_timeout + off_time` from now (queueing
+    /// counts); power is restored even when the caller has stopped waiting.
+    ///
+    /// Per relay, the latest command wins: a power on/off of the same relay during the off
+    /// time cancels the pending restore (this cycle then fails with
+    /// [`Error::Superseded`]), and a second cycle during the off time absorbs this one
+    /// (both return when the second has restored power, after its full off time).
     ///
     /// # Errors
     /// Any [`Error`]; [`Error::RelayStuck`] when a read-back disagrees.
     pub async fn power_cycle(&self, addr: &RelayAddr, off_time: Duration) -> Result<()> {
-        let b = self.board(&addr.board)?;
-        b.config.check_channel(addr)?;
+        let b = self.board_for(addr)?;
         let budget = b.config.op_timeout.saturating_add(off_time);
         b.call(
             actor::Op::Cycle {
@@ -405,8 +559,7 @@ impl RelayBoards {
     /// # Errors
     /// Any [`Error`].
     pub async fn power_state(&self, addr: &RelayAddr) -> Result<Option<bool>> {
-        let b = self.board(&addr.board)?;
-        b.config.check_channel(addr)?;
+        let b = self.board_for(addr)?;
         b.call(actor::Op::Read { addr: addr.clone() }, b.config.op_timeout)
             .await
     }
@@ -417,7 +570,8 @@ impl RelayBoards {
     /// # Errors
     /// Any [`Error`].
     pub async fn test(&self, board: &BoardName) -> Result<()> {
-        let b = self.board(board)?;
+        let cfg = self.inner.index.resolve(board)?;
+        let b = self.handle(&cfg.name)?;
         b.call(actor::Op::Test, b.config.op_timeout)
             .await
             .map(|_| ())
@@ -446,11 +600,22 @@ fn validate(cfg: &BoardConfig) -> Result<()> {
         return bad("op_timeout_ms must be > 0".into());
     }
     match &cfg.kind {
+        BoardKind::Proxr { banks, .. } if !(1..=MAX_BANKS).contains(banks) => bad(format!(
+            "ProXR banks must be 1..={MAX_BANKS}, not {banks}"
+        )),
         BoardKind::Lcus { channels, .. } if !matches!(channels, 1 | 2 | 4 | 8) => bad(format!(
             "LCUS channels must be 1, 2, 4 or 8, not {channels}"
         )),
+        BoardKind::Gpio { pins, .. } if pins.is_empty() => bad(
+            "list the BCM pins wired to relays (pins = [26, 20, 21]): each is claimed at start-up at its idle level".into(),
+        ),
         BoardKind::Gpio { pins, .. } if pins.iter().any(|p| *p > MAX_BCM_PIN) => {
             bad(format!("GPIO pins must be 0..={MAX_BCM_PIN}"))
+        }
+        BoardKind::Gpio { pins, .. }
+            if pins.iter().enumerate().any(|(i, p)| pins[..i].contains(p)) =>
+        {
+            bad(format!("GPIO pins {pins:?} list a pin twice"))
         }
         _ => Ok(()),
     }
@@ -507,7 +672,7 @@ mod tests {
     fn refuses_out_of_range_and_garbage() {
         for s in [
             "r:bank0:relay1",
-            "r:bank5:relay1",
+            "r:bank33:relay1",
             "r:bank1:relay0",
             "r:bank1:relay9",
             "r:bank1:relay300",
@@ -547,16 +712,20 @@ mod tests {
             BoardKind::Proxr {
                 transport: Transport::Tcp {
                     host: "relay-1".into(),
-                    port: 2101
+                    port: 2101,
+                    single_connection: true,
                 },
-                framing: Framing::Raw
+                framing: Framing::Raw,
+                banks: 4,
             }
         );
+        assert_eq!(c.effective_cool_down(), Duration::from_millis(10));
         for bad in [
             r#"{"name":"r1","kind":{"type":"proxr","transport":{"type":"tcp","host":"h"}},"bogus":1}"#,
             r#"{"name":"r1","kind":{"type":"proxr","transport":{"type":"tcp","host":"h","bogus":1}}}"#,
             r#"{"name":"r1","kind":{"type":"lcus","path":"/dev/x","channels":2,"bogus":1}}"#,
             r#"{"name":"r1","kind":{"type":"gpio","active_low":true,"pins":[1],"x":0}}"#,
+            r#"{"name":"r1","kind":{"type":"proxr","transport":{"type":"tcp","host":"h"},"banks":300}}"#,
             r#"{"name":"../r","kind":{"type":"gpio","active_low":true}}"#,
         ] {
             assert!(serde_json::from_str::<BoardConfig>(bad).is_err(), "{bad}");
@@ -606,6 +775,169 @@ mod tests {
                 .is_err()
         );
         assert!(gpio.check_channel(&RelayAddr::relay(name, 1, 1)?).is_err());
+        Ok(())
+    }
+
+    fn board(name: &str, kind: BoardKind) -> Result<BoardConfig> {
+        let n: BoardName = name.parse().map_err(|e| Error::BadConfig(format!("{e}")))?;
+        Ok(BoardConfig::new(n, kind))
+    }
+
+    fn proxr(transport: Transport, banks: u8) -> BoardKind {
+        BoardKind::Proxr {
+            transport,
+            framing: Framing::Raw,
+            banks,
+        }
+    }
+
+    fn tcp(host: &str, port: u16) -> Transport {
+        Transport::Tcp {
+            host: host.into(),
+            port,
+            single_connection: true,
+        }
+    }
+
+    fn serial() -> Transport {
+        Transport::Serial {
+            path: "/dev/null".into(),
+            baud: 115_200,
+        }
+    }
+
+    #[test]
+    fn banks_bound_the_addresses_and_are_range_checked() -> Result<()> {
+        let one = BoardIndex::new(&[board("usb1", proxr(serial(), 1))?])?;
+        one.check(&addr("usb1:bank1:relay8")?)?;
+        let e = one
+            .check(&addr("usb1:bank2:relay1")?)
+            .expect_err("a 1-bank board has no bank 2");
+        assert!(matches!(e, Error::BadAddress { .. }), "{e}");
+        assert!(e.to_string().contains("banks 1..=1"), "{e}");
+        let big = BoardIndex::new(&[board("big", proxr(serial(), 32))?])?;
+        big.check(&addr("big:bank32:relay8")?)?;
+        for banks in [0, 33] {
+            let e =
+                BoardIndex::new(&[board("x", proxr(serial(), banks))?]).expect_err("out of range");
+            assert!(e.to_string().contains("banks must be 1..=32"), "{e}");
+        }
+        // The default keeps every address that was valid before the setting existed.
+        let c: BoardConfig = serde_json::from_str(
+            r#"{"name":"r","kind":{"type":"proxr","transport":{"type":"serial","path":"/dev/x"}}}"#,
+        )
+        .map_err(|e| Error::BadConfig(e.to_string()))?;
+        BoardIndex::new(&[c])?.check(&addr("r:bank4:relay8")?)?;
+        Ok(())
+    }
+
+    #[test]
+    fn addresses_resolve_to_exactly_one_board() -> Result<()> {
+        let index = BoardIndex::new(&[
+            board("ts1-a", proxr(tcp("ts1", 2101), 4))?,
+            board("ts1-b", proxr(tcp("ts1", 2102), 4))?,
+            board("relay-2", proxr(tcp("relay-2.lab", 2101), 4))?,
+            board("usb", proxr(serial(), 4))?,
+        ])?;
+        let name_of = |a: &str| -> Result<String> { Ok(index.check(&addr(a)?)?.name.to_string()) };
+        assert_eq!(name_of("ts1:2101:bank1:relay1")?, "ts1-a");
+        assert_eq!(name_of("ts1:2102:bank1:relay1")?, "ts1-b");
+        assert_eq!(name_of("ts1-b:bank1:relay1")?, "ts1-b");
+        assert_eq!(name_of("relay-2.lab:bank1:relay1")?, "relay-2");
+        assert_eq!(name_of("usb:bank1:relay1")?, "usb");
+        let e = index
+            .check(&addr("ts1:bank1:relay1")?)
+            .expect_err("two boards behind ts1");
+        let msg = e.to_string();
+        assert!(matches!(e, Error::BadAddress { .. }), "{msg}");
+        assert!(msg.contains("ts1-a (ts1:2101)"), "{msg}");
+        assert!(msg.contains("ts1-b (ts1:2102)"), "{msg}");
+        let e = index
+            .check(&addr("ts1:2103:bank1:relay1")?)
+            .expect_err("no board there");
+        assert!(matches!(e, Error::UnknownBoard(_)), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn board_names_and_tcp_addresses_never_collide() -> Result<()> {
+        // A board named like another board's host would make that host's addresses mean two
+        // boards.
+        let e = BoardIndex::new(&[
+            board("ts1", proxr(serial(), 4))?,
+            board("b", proxr(tcp("ts1", 2101), 4))?,
+        ])
+        .expect_err("name clashes with a host");
+        assert!(e.to_string().contains("ambiguous"), "{e}");
+        let e = BoardIndex::new(&[
+            board("a", proxr(tcp("ts1", 2101), 4))?,
+            board("b", proxr(tcp("ts1", 2101), 4))?,
+        ])
+        .expect_err("one socket, two boards");
+        assert!(
+            e.to_string().contains("both configured at tcp ts1:2101"),
+            "{e}"
+        );
+        // A board named after its own host is MozPool's usual setup.
+        BoardIndex::new(&[board("relay-1", proxr(tcp("relay-1", 2101), 4))?])?;
+        Ok(())
+    }
+
+    #[test]
+    fn only_single_connection_tcp_modules_cool_down() -> Result<()> {
+        let t = board("t", proxr(tcp("h", 2101), 4))?;
+        assert_eq!(t.effective_cool_down(), Duration::from_secs(1));
+        let multi = board(
+            "m",
+            proxr(
+                Transport::Tcp {
+                    host: "h".into(),
+                    port: 2102,
+                    single_connection: false,
+                },
+                4,
+            ),
+        )?;
+        assert_eq!(multi.effective_cool_down(), Duration::ZERO);
+        let mut s = board("s", proxr(serial(), 4))?;
+        s.cool_down = Duration::from_millis(700);
+        assert_eq!(s.effective_cool_down(), Duration::ZERO);
+        let g = board(
+            "g",
+            BoardKind::Gpio {
+                active_low: true,
+                pins: vec![26],
+            },
+        )?;
+        assert_eq!(g.effective_cool_down(), Duration::ZERO);
+        let c: BoardConfig = serde_json::from_str(
+            r#"{"name":"r","kind":{"type":"proxr","transport":{"type":"tcp","host":"h","single_connection":false}}}"#,
+        )
+        .map_err(|e| Error::BadConfig(e.to_string()))?;
+        assert_eq!(c.effective_cool_down(), Duration::ZERO);
+        Ok(())
+    }
+
+    #[test]
+    fn gpio_boards_must_list_their_pins() -> Result<()> {
+        let e = BoardIndex::new(&[board(
+            "hat",
+            BoardKind::Gpio {
+                active_low: true,
+                pins: vec![],
+            },
+        )?])
+        .expect_err("no pins");
+        assert!(e.to_string().contains("list the BCM pins"), "{e}");
+        let e = BoardIndex::new(&[board(
+            "hat",
+            BoardKind::Gpio {
+                active_low: true,
+                pins: vec![26, 26],
+            },
+        )?])
+        .expect_err("twice");
+        assert!(e.to_string().contains("twice"), "{e}");
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
-//! Pure NCD ProXR frame codec: command encoding, reply decoding, API-mode framing
-//! (`AA len payload checksum`) and the command parser the simulator uses.
+//! Pure NCD ProXR frame codec of the driver: command encoding, reply decoding and API-mode
+//! framing (`AA len payload checksum`).
 //!
-//! No I/O here; the board actor and the simulator both call these functions, so the
-//! bytes on the wire have one definition. "On" means the relay coil is energised.
+//! No I/O here. The simulator (`hw::sim::proxr`) has its own decoder written from the
+//! protocol reference, so tests of one against the other are not circular. "On" means the
+//! relay coil is energised.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,23 +30,23 @@ pub enum Framing {
 pub enum Command {
     /// Two-way communications test (`FE 21`, reply `55`).
     Test,
-    /// Energise relay `relay` (1..=8) of bank `bank` (1..=4).
+    /// Energise relay `relay` (1..=8) of bank `bank` (1..=32).
     On {
-        /// Bank 1..=4.
+        /// Bank 1..=32.
         bank: u8,
         /// Relay 1..=8.
         relay: u8,
     },
     /// De-energise a relay.
     Off {
-        /// Bank 1..=4.
+        /// Bank 1..=32.
         bank: u8,
         /// Relay 1..=8.
         relay: u8,
     },
     /// Read one relay (reply `00` off / `01` on).
     Read {
-        /// Bank 1..=4.
+        /// Bank 1..=32.
         bank: u8,
         /// Relay 1..=8.
         relay: u8,
@@ -165,93 +166,6 @@ pub fn decode_reply(cmd: Command, framing: Framing, bytes: &[u8]) -> Result<Repl
     }
 }
 
-/// Encode a one-byte reply (simulator side).
-#[must_use]
-pub fn encode_reply(framing: Framing, byte: u8) -> Vec<u8> {
-    match framing {
-        Framing::Raw => vec![byte],
-        Framing::Api => api_frame(&[byte]),
-    }
-}
-
-/// Result of parsing the start of a byte buffer as a command (simulator side).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
-    /// More bytes are needed.
-    Incomplete,
-    /// A command, and how many bytes it used.
-    Command(Command, usize),
-    /// Not a command this codec knows; how many bytes to drop.
-    Invalid(usize),
-}
-
-/// Parse one command from the start of `buf`.
-#[must_use]
-pub fn parse_command(framing: Framing, buf: &[u8]) -> Parsed {
-    match framing {
-        Framing::Raw => parse_payload(buf, buf.len()),
-        Framing::Api => {
-            let Some(&first) = buf.first() else {
-                return Parsed::Incomplete;
-            };
-            if first != API_START {
-                return Parsed::Invalid(1);
-            }
-            let Some(&len) = buf.get(1) else {
-                return Parsed::Incomplete;
-            };
-            let total = usize::from(len) + 3;
-            if buf.len() < total {
-                return Parsed::Incomplete;
-            }
-            if buf[total - 1] != checksum(&buf[..total - 1]) {
-                return Parsed::Invalid(total);
-            }
-            match parse_payload(&buf[2..total - 1], usize::from(len)) {
-                Parsed::Command(c, n) if n == usize::from(len) => Parsed::Command(c, total),
-                _ => Parsed::Invalid(total),
-            }
-        }
-    }
-}
-
-fn parse_payload(buf: &[u8], avail: usize) -> Parsed {
-    let _ = avail;
-    let Some(&p) = buf.first() else {
-        return Parsed::Incomplete;
-    };
-    if p != PREFIX {
-        return Parsed::Invalid(1);
-    }
-    let Some(&c) = buf.get(1) else {
-        return Parsed::Incomplete;
-    };
-    if c == 0x21 {
-        return Parsed::Command(Command::Test, 2);
-    }
-    if !(0x64..=0x7B).contains(&c) {
-        return Parsed::Invalid(2);
-    }
-    let Some(&bank) = buf.get(2) else {
-        return Parsed::Incomplete;
-    };
-    let cmd = match c {
-        0x64..=0x6B => Command::Off {
-            bank,
-            relay: c - 0x63,
-        },
-        0x6C..=0x73 => Command::On {
-            bank,
-            relay: c - 0x6B,
-        },
-        _ => Command::Read {
-            bank,
-            relay: c - 0x73,
-        },
-    };
-    Parsed::Command(cmd, 3)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,12 +206,16 @@ mod tests {
             vec![0xAA, 0x03, 0xFE, 0x6C, 0x01, 0x18]
         );
         assert_eq!(
-            encode_reply(Framing::Api, 0x55),
-            vec![0xAA, 0x01, 0x55, 0x00]
+            decode_reply(Command::Test, Framing::Api, &[0xAA, 0x01, 0x55, 0x00]),
+            Ok(Reply::Ack)
         );
         assert_eq!(
-            encode_reply(Framing::Api, 0x00),
-            vec![0xAA, 0x01, 0x00, 0xAB]
+            decode_reply(
+                Command::Read { bank: 1, relay: 1 },
+                Framing::Api,
+                &[0xAA, 0x01, 0x00, 0xAB]
+            ),
+            Ok(Reply::State(false))
         );
     }
 
@@ -326,45 +244,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn parse_roundtrips_every_command() {
-        for framing in [Framing::Raw, Framing::Api] {
-            let mut cmds = vec![Command::Test];
-            for bank in 1..=4 {
-                for relay in 1..=8 {
-                    cmds.push(Command::On { bank, relay });
-                    cmds.push(Command::Off { bank, relay });
-                    cmds.push(Command::Read { bank, relay });
-                }
-            }
-            for c in cmds {
-                let bytes = c.encode(framing);
-                assert_eq!(
-                    parse_command(framing, &bytes),
-                    Parsed::Command(c, bytes.len())
-                );
-                for cut in 0..bytes.len() {
-                    assert_eq!(parse_command(framing, &bytes[..cut]), Parsed::Incomplete);
-                }
-            }
-        }
-        assert_eq!(parse_command(Framing::Raw, &[0x00]), Parsed::Invalid(1));
-        assert_eq!(
-            parse_command(Framing::Raw, &[0xFE, 0x99]),
-            Parsed::Invalid(2)
-        );
-        assert_eq!(
-            parse_command(Framing::Api, &[0xAA, 2, 0xFE, 0x21, 0]),
-            Parsed::Invalid(5)
-        );
-    }
-
     proptest::proptest! {
         #[test]
         fn decode_and_parse_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..16)) {
             for framing in [Framing::Raw, Framing::Api] {
                 let _ = decode_reply(Command::Read { bank: 1, relay: 1 }, framing, &bytes);
-                let _ = parse_command(framing, &bytes);
             }
         }
     }

@@ -188,31 +188,21 @@ impl std::fmt::Debug for SimDevice {
 }
 
 impl SimDevice {
-    /// Start an unpowered device with its control port and SUTAgent on loopback. If
-    /// `rack_dir` is given, writes `rack_dir/<serial>` with the control address so the
-    /// fastboot stand-in can find it.
+    /// Start an unpowered device with its control port and SUTAgent on loopback. Its
+    /// [`SimDevice::control_addr`] is how the fastboot stand-in reaches it (the rack writes
+    /// them all into its directory's index, [`write_rack_index`]).
     ///
     /// # Errors
-    /// Socket or file errors.
-    pub fn start(
-        serial: &str,
-        product: &str,
-        timings: SimTimings,
-        rack_dir: Option<&Path>,
-    ) -> io::Result<Self> {
-        SimDevice::start_with(serial, SimSpec::panda(product), timings, rack_dir)
+    /// Socket errors.
+    pub fn start(serial: &str, product: &str, timings: SimTimings) -> io::Result<Self> {
+        SimDevice::start_with(serial, SimSpec::panda(product), timings)
     }
 
     /// [`SimDevice::start`] for any kind of device.
     ///
     /// # Errors
     /// Socket or file errors; fastboot over TCP outside a tokio runtime.
-    pub fn start_with(
-        serial: &str,
-        spec: SimSpec,
-        timings: SimTimings,
-        rack_dir: Option<&Path>,
-    ) -> io::Result<Self> {
+    pub fn start_with(serial: &str, spec: SimSpec, timings: SimTimings) -> io::Result<Self> {
         crate::domain::names::check_name("serial", serial)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let sut = SimSutAgent::start(false, &format!("sim:{serial}"))?;
@@ -221,36 +211,20 @@ impl SimDevice {
             addr: hub.addr,
             id: hub.next.fetch_add(1, Ordering::Relaxed),
         };
-        let fastboot_listener = if spec.fastboot_tcp {
-            let handle = tokio::runtime::Handle::try_current()
-                .map_err(|_| io::Error::other("fastboot over TCP needs a tokio runtime"))?;
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-            l.set_nonblocking(true)?;
-            let _guard = handle.enter();
-            Some(tokio::net::TcpListener::from_std(l)?)
+        let (fastboot_listener, fastboot_addr) = if spec.fastboot_tcp {
+            let (l, a) = tokio_listener(std::net::Ipv4Addr::LOCALHOST, "fastboot over TCP")?;
+            (Some(l), Some(a))
         } else {
-            None
+            (None, None)
         };
-        let fastboot_addr = fastboot_listener
-            .as_ref()
-            .map(tokio::net::TcpListener::local_addr)
-            .transpose()?;
-        let adbd_listener = if spec.adbd {
-            let handle = tokio::runtime::Handle::try_current()
-                .map_err(|_| io::Error::other("a simulated adbd needs a tokio runtime"))?;
-            // Its own address: adbd's port is free while the device is down, and on a shared
-            // address another simulator could take it meanwhile.
-            let l = std::net::TcpListener::bind((super::sut::own_loopback_ip(), 0))?;
-            l.set_nonblocking(true)?;
-            let _guard = handle.enter();
-            Some(tokio::net::TcpListener::from_std(l)?)
+        // adbd gets its own address: its port is free while the device is down, and on a
+        // shared address another simulator could take it meanwhile.
+        let (adbd_listener, adbd_addr) = if spec.adbd {
+            let (l, a) = tokio_listener(super::sut::own_loopback_ip(), "a simulated adbd")?;
+            (Some(l), Some(a))
         } else {
-            None
+            (None, None)
         };
-        let adbd_addr = adbd_listener
-            .as_ref()
-            .map(tokio::net::TcpListener::local_addr)
-            .transpose()?;
         let slot = spec.slots.then_some('a');
         let inner = Arc::new(Inner {
             serial: serial.to_owned(),
@@ -278,6 +252,8 @@ impl SimDevice {
             wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
         });
+        // The device's servers live on the simulators' runtime, like its clock.
+        let _guard = runtime::handle()?.enter();
         if let Some(l) = fastboot_listener {
             let target = Arc::new(FastbootSide(Arc::downgrade(&inner)));
             let server = super::fastboot_tcp::SimFastbootTcp::serve_on(
@@ -289,9 +265,6 @@ impl SimDevice {
         }
         if let Some(l) = adbd_listener {
             let target = Arc::new(AdbSide(Arc::downgrade(&inner)));
-            let _guard = tokio::runtime::Handle::try_current()
-                .map_err(|_| io::Error::other("a simulated adbd needs a tokio runtime"))?
-                .enter();
             let server =
                 super::adbd::SimAdbd::spawn(l, target, super::adbd::AdbdConfig::default())?;
             *lock(&inner.adbd) = Some(server);
@@ -308,11 +281,6 @@ impl SimDevice {
             inner.stop.clone(),
         ));
         lock(&hub.devices).insert(control.id, Arc::downgrade(&inner));
-        if let Some(dir) = rack_dir {
-            let tmp = dir.join(format!(".{serial}.tmp"));
-            std::fs::write(&tmp, control.to_string())?;
-            std::fs::rename(&tmp, dir.join(serial))?;
-        }
         Ok(SimDevice { inner })
     }
 
@@ -525,6 +493,17 @@ fn enter_bootloader(st: &mut State) {
     st.phase = SimPhase::Bootloader;
     st.until = Some(Instant::now() + st.timings.bootloader_window);
     st.caught = st.faults.stuck_in_fastboot;
+}
+
+/// A tokio listener on `ip`, port 0, for `what` (which needs a tokio runtime).
+fn tokio_listener(
+    ip: std::net::Ipv4Addr,
+    what: &str,
+) -> io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = runtime::listener(std::net::TcpListener::bind((ip, 0))?)
+        .map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
 }
 
 /// Where a warm reboot goes.
@@ -869,10 +848,44 @@ impl std::str::FromStr for ControlPort {
             .split_once(' ')
             .ok_or_else(|| format!("control port {s:?}: want ADDR ID"))?;
         Ok(ControlPort {
-            addr: addr.parse().map_err(|e| format!("control port {s:?}: {e}"))?,
+            addr: addr
+                .parse()
+                .map_err(|e| format!("control port {s:?}: {e}"))?,
             id: id.parse().map_err(|e| format!("control port {s:?}: {e}"))?,
         })
     }
+}
+
+/// The rack directory's index: one line `SERIAL ADDR ID` per device, written at once (a
+/// file per device would cost 10,000 file creations for a large rack).
+const RACK_INDEX: &str = "devices";
+
+/// Write the index of `devices` into `dir`, replacing any earlier one atomically.
+///
+/// # Errors
+/// File errors.
+pub fn write_rack_index(dir: &Path, devices: &[SimDevice]) -> io::Result<()> {
+    let mut text = String::with_capacity(devices.len() * 40);
+    for d in devices {
+        text.push_str(&format!("{} {}\n", d.serial(), d.control_addr()));
+    }
+    let tmp = dir.join(format!(".{RACK_INDEX}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(RACK_INDEX))
+}
+
+/// Every device of the rack in `dir`, by serial, in the index's order.
+#[must_use]
+pub fn read_rack_index(dir: &Path) -> Vec<(String, ControlPort)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(RACK_INDEX)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (serial, port) = l.split_once(' ')?;
+            Some((serial.to_owned(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The process's control port: one loopback listener for every simulated device (a

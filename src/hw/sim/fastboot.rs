@@ -1,7 +1,7 @@
 //! The `fastboot` stand-in executable's logic (`mozpool sim-fastboot --rack DIR ...`).
 //! The real [`crate::hw::Flasher`] runs it by path exactly like real fastboot. It finds
-//! the simulated device by serial through the rack directory (`DIR/<serial>` holds the
-//! device's control port, `ADDR ID`), waits with `< waiting for SERIAL >` while the device is not
+//! the simulated device by serial through the rack directory's index (`DIR/devices`, a
+//! line `SERIAL ADDR ID` per device), waits with `< waiting for SERIAL >` while the device is not
 //! in its bootloader, prints fastboot-like lines on stderr and uses fastboot's exit codes.
 
 use std::io::Write;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::device::{ControlPort, control_request};
+use super::device::{ControlPort, control_request, read_rack_index};
 
 /// Entry point of the stand-in: `args` are the arguments after `sim-fastboot`.
 /// Returns the process exit code. May never return (waiting, or the `fastboot_hangs`
@@ -77,31 +77,20 @@ fn forever() -> ! {
 }
 
 fn devices(rack: &Path) -> i32 {
-    let Ok(entries) = std::fs::read_dir(rack) else {
-        return 0;
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    for n in names {
-        if let Some(addr) = read_addr(rack, &n)
-            && control_request(addr, "state").is_ok_and(|s| s == "bootloader")
-        {
-            println!("{n}\tfastboot");
+    let mut all = read_rack_index(rack);
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    for (serial, port) in all {
+        if control_request(port, "state").is_ok_and(|s| s == "bootloader") {
+            println!("{serial}\tfastboot");
         }
     }
     0
 }
 
 fn read_addr(rack: &Path, serial: &str) -> Option<ControlPort> {
-    std::fs::read_to_string(rack.join(serial))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    read_rack_index(rack)
+        .into_iter()
+        .find_map(|(s, port)| (s == serial).then_some(port))
 }
 
 /// Block until the device is in its bootloader and caught; never returns under the

@@ -1,6 +1,8 @@
 //! `SimLcusBoard`: an LCUS (CH340) relay board on a pseudo-terminal. It decodes
-//! `A0 ch st sum` frames, never replies (like the real board), keeps a state map and a
-//! log, and calls the relay hook (bank 1, relay = channel) on every change.
+//! `A0 ch st sum` frames with its own decoder written from the reference (§2.3: sum =
+//! A0 + ch + st mod 256), never replies (like the real board), ignores frames for channels
+//! it does not have (§7.2), keeps a state map and a log, and calls the relay hook
+//! (bank 1, relay = channel) on every change.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -13,13 +15,43 @@ use std::time::Duration;
 use serialport::{SerialPort, TTYPort};
 
 use super::{RelayHook, lock};
-use crate::hw::relay::lcus;
+
+/// Frame start byte.
+const START: u8 = 0xA0;
+
+/// What the start of a received buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LcusDecoded {
+    /// Fewer than 4 bytes.
+    Incomplete,
+    /// A well-formed frame: channel (from 1) and state (energised).
+    Frame(u8, bool),
+    /// The first byte starts no valid frame: drop it and resynchronise.
+    Junk,
+}
+
+/// Decode one `A0 ch st sum` frame from the start of `buf`.
+#[must_use]
+pub fn decode(buf: &[u8]) -> LcusDecoded {
+    match buf {
+        [s, ..] if *s != START => LcusDecoded::Junk,
+        [s, ch, st, sum, ..] => {
+            if *ch == 0 || *st > 1 || *sum != s.wrapping_add(*ch).wrapping_add(*st) {
+                LcusDecoded::Junk
+            } else {
+                LcusDecoded::Frame(*ch, *st == 1)
+            }
+        }
+        _ => LcusDecoded::Incomplete,
+    }
+}
 
 #[derive(Default)]
 struct Shared {
     channels: HashMap<u8, bool>,
     log: Vec<(u8, bool)>,
     invalid_bytes: usize,
+    ignored_frames: usize,
     hook: Option<RelayHook>,
 }
 
@@ -41,11 +73,11 @@ impl std::fmt::Debug for SimLcusBoard {
 }
 
 impl SimLcusBoard {
-    /// Start on a new pty.
+    /// Start on a new pty, with `channels` relays (1, 2, 4 or 8 on real boards).
     ///
     /// # Errors
     /// When the pty cannot be created.
-    pub fn start() -> io::Result<Self> {
+    pub fn start(channels: u8) -> io::Result<Self> {
         let (mut master, slave) = TTYPort::pair().map_err(io::Error::from)?;
         let path = PathBuf::from(
             slave
@@ -68,10 +100,18 @@ impl SimLcusBoard {
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
-                    while pending.len() >= 4 {
-                        let frame = [pending[0], pending[1], pending[2], pending[3]];
-                        match lcus::decode(&frame) {
-                            Some((ch, on)) => {
+                    loop {
+                        match decode(&pending) {
+                            LcusDecoded::Incomplete => break,
+                            LcusDecoded::Junk => {
+                                pending.remove(0);
+                                lock(&sh).invalid_bytes += 1;
+                            }
+                            LcusDecoded::Frame(ch, _) if ch > channels => {
+                                pending.drain(..4);
+                                lock(&sh).ignored_frames += 1;
+                            }
+                            LcusDecoded::Frame(ch, on) => {
                                 pending.drain(..4);
                                 let hook = {
                                     let mut s = lock(&sh);
@@ -82,10 +122,6 @@ impl SimLcusBoard {
                                 if let Some(h) = hook {
                                     h(1, ch, on);
                                 }
-                            }
-                            None => {
-                                pending.remove(0);
-                                lock(&sh).invalid_bytes += 1;
                             }
                         }
                     }
@@ -132,6 +168,12 @@ impl SimLcusBoard {
     pub fn invalid_bytes(&self) -> usize {
         lock(&self.shared).invalid_bytes
     }
+
+    /// Well-formed frames ignored because the board has no such channel.
+    #[must_use]
+    pub fn ignored_frames(&self) -> usize {
+        lock(&self.shared).ignored_frames
+    }
 }
 
 impl Drop for SimLcusBoard {
@@ -140,5 +182,36 @@ impl Drop for SimLcusBoard {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_reference_examples() {
+        // §2.3: ch1 on A0 01 01 A2, ch1 off A0 01 00 A1, ch2 on A0 02 01 A3.
+        assert_eq!(
+            decode(&[0xA0, 0x01, 0x01, 0xA2]),
+            LcusDecoded::Frame(1, true)
+        );
+        assert_eq!(
+            decode(&[0xA0, 0x01, 0x00, 0xA1]),
+            LcusDecoded::Frame(1, false)
+        );
+        assert_eq!(
+            decode(&[0xA0, 0x02, 0x01, 0xA3]),
+            LcusDecoded::Frame(2, true)
+        );
+        assert_eq!(
+            decode(&[0xA0, 0x08, 0x00, 0xA8]),
+            LcusDecoded::Frame(8, false)
+        );
+        assert_eq!(decode(&[0xA0, 0x01, 0x01]), LcusDecoded::Incomplete);
+        assert_eq!(decode(&[0xA0, 0x01, 0x01, 0xA3]), LcusDecoded::Junk);
+        assert_eq!(decode(&[0xA0, 0x01, 0x02, 0xA3]), LcusDecoded::Junk);
+        assert_eq!(decode(&[0xA0, 0x00, 0x01, 0xA1]), LcusDecoded::Junk);
+        assert_eq!(decode(&[0xA1]), LcusDecoded::Junk);
     }
 }

@@ -16,14 +16,16 @@ mod runtime;
 pub mod sut;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 pub use adbd::{AdbBanner, AdbReboot, AdbTarget, AdbdConfig, MemoryAdbTarget, SimAdbd};
-pub use device::{ControlPort, Reboot, SimDevice, SimFaults, SimPhase, SimSpec, SimTimings};
+pub use device::{
+    ControlPort, Reboot, SimDevice, SimFaults, SimPhase, SimSpec, SimTimings, read_rack_index,
+    write_rack_index,
+};
 pub use fastboot::sim_fastboot_main;
 pub use fastboot_tcp::{FastbootTarget, MemoryTarget, RebootTarget, SimFastbootTcp};
 pub use lcus::SimLcusBoard;
-pub use proxr::{SimAction, SimProxrBoard, SimRelayFaults};
+pub use proxr::{SimAction, SimFraming, SimProxrBoard, SimProxrConfig, SimRelayFaults};
 pub use rack::{SimProber, SimRack, SimRackDevice};
 pub use sut::{SimSutAgent, SimSutFaults};
 
@@ -32,18 +34,3 @@ pub use sut::{SimSutAgent, SimSutFaults};
 pub type RelayHook = Arc<dyn Fn(u8, u8, bool) + Send + Sync>;
 
 pub(crate) use crate::domain::lock;
-
-/// Sleep up to `d`, waking early when `stop` is set; returns `false` if stopped.
-pub(crate) fn sleep_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    loop {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= end {
-            return true;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(10)));
-    }
-}

@@ -10,13 +10,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::device::{BootHook, SimDevice, SimSpec, SimTimings};
-use super::proxr::SimProxrBoard;
+use super::device::{BootHook, SimDevice, SimSpec, SimTimings, write_rack_index};
+use super::proxr::{SimProxrBoard, SimProxrConfig};
 use crate::domain::names::{BoardName, DeviceName};
 use crate::hw::relay::{BoardConfig, BoardKind, Contact, Framing, RelayAddr, Transport};
 
-/// Relays per ProXR board (4 banks × 8 relays).
-pub const RELAYS_PER_BOARD: usize = 32;
+/// Relays per simulated ProXR board: the largest ProXR (32 banks × 8 relays), so that a
+/// rack of 10,000 devices needs 40 boards (and 40 relay driver threads), not 313. A board
+/// has as many banks as its devices need, at least the 4 of MozPool's boards.
+pub const RELAYS_PER_BOARD: usize = 256;
 
 /// One device of the rack and how the service reaches it.
 #[derive(Debug, Clone)]
@@ -117,7 +119,6 @@ impl SimRack {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
         std::fs::rename(&tmp, &fastboot_path)?;
 
-        let t_temp = std::time::Instant::now();
         let mut devices = Vec::with_capacity(n);
         for i in 1..=n {
             let serial = format!("sim{i:04}");
@@ -131,15 +132,16 @@ impl SimRack {
             } else {
                 SimSpec::panda("sim-panda")
             };
-            let device = SimDevice::start_with(&serial, spec, timings, Some(&rack_dir))?;
+            let device = SimDevice::start_with(&serial, spec, timings)?;
             devices.push(device);
         }
-        eprintln!("TEMP devices {:?}", t_temp.elapsed());
         let mut boards = Vec::new();
         let mut board_configs = Vec::new();
         let mut rack_devices = Vec::with_capacity(n);
+        write_rack_index(&rack_dir, &devices)?;
         for (b, chunk) in devices.chunks(RELAYS_PER_BOARD).enumerate() {
-            let sim = SimProxrBoard::on_pty(Framing::Raw)?;
+            let banks = u8::try_from(chunk.len().div_ceil(8).max(4)).map_err(bad)?;
+            let sim = SimProxrBoard::on_pty(SimProxrConfig::default().with_banks(banks))?;
             let name: BoardName = format!("sim-relay-{}", b + 1).parse().map_err(bad)?;
             let path = sim
                 .pty_path()
@@ -176,11 +178,11 @@ impl SimRack {
                         baud: 115_200,
                     },
                     framing: Framing::Raw,
+                    banks,
                 },
             ));
             boards.push(sim);
         }
-        eprintln!("TEMP boards {:?}", t_temp.elapsed());
         Ok(SimRack {
             boards,
             board_configs,

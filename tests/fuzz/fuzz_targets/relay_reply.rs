@@ -1,10 +1,10 @@
-//! Relay-board replies (ProXR, both framings, every command; LCUS frames) and, for the
-//! simulator side, ProXR command parsing.
+//! Relay-board replies (ProXR, both framings, every command) and the simulators' own
+//! decoders (ProXR commands, LCUS frames).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mozpool::hw::relay::lcus;
-use mozpool::hw::relay::proxr::{Command, Framing, decode_reply, parse_command};
+use mozpool::hw::relay::proxr::{Command, Framing, decode_reply};
+use mozpool::hw::sim::{SimFraming, lcus, proxr as sim_proxr};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
@@ -25,8 +25,11 @@ fuzz_target!(|data: &[u8]| {
     ] {
         let _ = decode_reply(cmd, framing, bytes);
     }
-    let _ = parse_command(framing, bytes);
-    if let Ok(frame) = <[u8; 4]>::try_from(bytes) {
-        let _ = lcus::decode(&frame);
-    }
+    let sim_framing = if selector & 1 == 0 {
+        SimFraming::Raw
+    } else {
+        SimFraming::Api
+    };
+    let _ = sim_proxr::decode(sim_framing, bytes);
+    let _ = lcus::decode(bytes);
 });
