@@ -742,11 +742,11 @@ mod tests {
         );
         assert_eq!(d.wiring.unparsed.sut_addr.as_deref(), Some("panda-3"));
         assert!(d.needs_tech().is_some());
-        let DeviceRecord::V3(back) = DeviceRecord::from(&d) else {
+        let DeviceRecord::V4(back) = DeviceRecord::from(&d) else {
             panic!("writes the newest layout");
         };
-        assert_eq!(back.v2.relay.as_deref(), Some("relay-1:bank33:relay1"));
-        assert_eq!(back.v2.sut_addr.as_deref(), Some("panda-3"));
+        assert_eq!(back.v3.v2.relay.as_deref(), Some("relay-1:bank33:relay1"));
+        assert_eq!(back.v3.v2.sut_addr.as_deref(), Some("panda-3"));
     }
 
     #[test]

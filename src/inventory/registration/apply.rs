@@ -191,14 +191,11 @@ pub fn apply(
     gate: &Gate,
 ) -> Result<Result<Applied, Refusal>, StoreError> {
     let result = decide_and_apply(tx, now, server, msg, peer, channel, gate)?;
-    match &result {
-        Ok(_) => {
-            gate.metrics
-                .accepted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        // Counted (and logged) where they were decided.
-        Err(_) => {}
+    // Refusals are counted (and logged) where they are decided.
+    if result.is_ok() {
+        gate.metrics
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(result)
 }
