@@ -429,11 +429,18 @@ allow_registration = true
     let (_, d) = s.get("/api/device/wired-1/details/").await;
     assert_eq!(d["sut"], "127.0.0.9:20701");
     assert_eq!(d["registration"]["ip"], "127.0.0.9");
-    // The tech dismisses the change: nothing moves, the flag is gone.
-    let (status, d) = s
-        .post("/api/device/wired-1/address-change/dismiss/", json!({}))
-        .await;
-    assert_eq!(status, 200, "{d}");
+    // The tech dismisses the change (with the client): nothing moves, the flag is gone.
+    let url = format!("http://{}", s.addr);
+    let out = cli(&[
+        "device",
+        "address-change",
+        "wired-1",
+        "dismiss",
+        "--url",
+        &url,
+    ])
+    .await;
+    let d: Value = serde_json::from_str(&out).expect("device JSON");
     assert_eq!(d["sut"], "127.0.0.9:20701");
     assert_eq!(d["needs_tech"], false, "{d}");
     let log = messages(&s, "/api/device/wired-1/log/").await;
@@ -442,6 +449,23 @@ allow_registration = true
         "{log:?}"
     );
     s.stop().await;
+}
+
+/// Run the `mozpool` client; its stdout (the call must succeed).
+async fn cli(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mozpool"))
+        .args(args)
+        .env_remove("MOZPOOL_URL")
+        .env_remove("MOZPOOL_TOKEN")
+        .output()
+        .await
+        .expect("run mozpool");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Attack (b) of issue 21, second half: a device an admin created is not claimed by the
@@ -470,10 +494,19 @@ async fn admin_devices_are_claimed_only_when_allowed() {
     assert_eq!(d["registration"], Value::Null);
     assert_eq!(d["sut"], Value::Null);
     assert_eq!(d["allow_registration"], false);
-    let (status, _) = s
-        .put("/api/device/api-1/", json!({"allow_registration": true}))
-        .await;
-    assert_eq!(status, 200);
+    // The admin allows it, with the client.
+    let url = format!("http://{}", s.addr);
+    let out = cli(&[
+        "device",
+        "set",
+        "api-1",
+        "--allow-registration",
+        "true",
+        "--url",
+        &url,
+    ])
+    .await;
+    assert!(out.contains("\"allow_registration\": true"), "{out}");
     let reply = java_from(
         "127.0.0.31",
         addr,
