@@ -557,7 +557,8 @@ async fn floods_are_shared_out_counted_and_rate_limited() {
     .await;
     assert_eq!(reply, "OK\n");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        // Below the 2 s read deadline a silent connection holds a slot for.
+        started.elapsed() < Duration::from_millis(1500),
         "a real registration waited {:?}",
         started.elapsed()
     );
@@ -586,14 +587,16 @@ async fn floods_are_shared_out_counted_and_rate_limited() {
         let line = java_line(&format!("flood-{i}"), "127.0.0.4", 20701);
         let _ = java_from("127.0.0.4", addr, line.as_bytes()).await;
     }
-    assert_eq!(device_names(&s).await.len(), 10);
+    // One more token is earned every 6 s: a slow machine may see it during the flood.
+    let created = device_names(&s).await.len();
+    assert!((10..=11).contains(&created), "{created} devices");
     assert!(
         metric(
             &s,
             "mozpool_registrations_refused_total{reason=\"rate_limited\"}"
         )
         .await
-            >= 40.0
+            >= 39.0
     );
     // The durable log got a bounded number of refusal records, not one per refusal.
     let reg = messages(&s, "/api/log/?subject=registration&limit=1000").await;
@@ -601,7 +604,8 @@ async fn floods_are_shared_out_counted_and_rate_limited() {
         .iter()
         .filter(|m| m.contains("refused") || m.contains("closed"))
         .count();
-    assert!(refused <= 12, "{refused} refusal records: {reg:?}");
+    // 10 a minute, plus one per 6 s the test took: far below the ~240 refusals.
+    assert!(refused <= 15, "{refused} refusal records: {reg:?}");
     assert!(metric(&s, "mozpool_registrations_refused_unlogged_total").await >= 200.0);
     s.stop().await;
 }
