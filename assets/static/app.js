@@ -321,6 +321,8 @@ function devicePage() {
     'maintenance-off': ['End maintenance of', 'POST', '/event/please_end_maintenance/'],
     'power-off': ['Power off', 'POST', '/power-off/'],
     'power-on': ['Power on', 'POST', '/power-on/'],
+    'address-accept': ['Move to the announced address:', 'POST', '/address-change/accept/'],
+    'address-dismiss': ['Keep the current address of', 'POST', '/address-change/dismiss/'],
   };
   for (const b of document.querySelectorAll('button[data-action]')) {
     const what = b.dataset.action;

@@ -97,6 +97,9 @@ pub struct Config {
     /// The simulated rack (`mozpool serve --simulate N`): timings and injected faults.
     #[serde(default)]
     pub simulate: SimulateConfig,
+    /// Who may register and how fast (`docs/registration.md`).
+    #[serde(default)]
+    pub registration: crate::inventory::registration::trust::TrustConfig,
 }
 
 /// `[simulate]`: only used with `mozpool serve --simulate N`.
@@ -348,6 +351,10 @@ pub struct DeviceConfig {
     /// adb serial (USB serial or `host:port`); unset = the fastboot serial.
     pub adb_serial: Option<String>,
     pub comments: Option<String>,
+    /// A registration may claim this device (no agent registered as it yet).
+    pub allow_registration: Option<bool>,
+    /// A registration from a new address moves the device at once (else held for a tech).
+    pub follow_address: Option<bool>,
 }
 
 impl Config {
@@ -423,6 +430,9 @@ impl Config {
                 "server.registration_timeout_secs must be at least 1".into(),
             ));
         }
+        self.registration
+            .check()
+            .map_err(|message| invalid(0..0, message))?;
         if let Some(src) = &self.inventory.source
             && (src.is_empty() || src.starts_with("https://"))
         {

@@ -109,6 +109,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The registration listener is on but no network may register.
+    #[error(
+        "server.registration_listen is set but [registration] allow lists no network: list the networks devices register from (allow = [\"10.0.0.0/16\"])"
+    )]
+    RegistrationOpenToNone,
 }
 
 impl App {
@@ -217,6 +222,13 @@ impl App {
             drivers.clone(),
             tasks.clone(),
         );
+        if config.server.registration_listen.is_some() && config.registration.allow.is_empty() {
+            return Err(StartError::RegistrationOpenToNone);
+        }
+        let gate = Arc::new(crate::inventory::registration::trust::Gate::new(
+            config.registration.clone(),
+            metrics.registration.clone(),
+        ));
         let registration = match config.server.registration_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -252,6 +264,7 @@ impl App {
             ui: crate::http::ui::Ui::new(),
             registration_addr,
             metrics,
+            registration: gate,
         });
         let app = App {
             inner: Arc::new(AppInner {
@@ -333,6 +346,8 @@ impl App {
                             fastboot_serial: d.fastboot_serial.clone(),
                             adb_serial: d.adb_serial.clone(),
                             comments: d.comments.clone(),
+                            allow_registration: d.allow_registration,
+                            follow_address: d.follow_address,
                         };
                         upsert_device(tx, now, &server, d.name.get_ref(), &fields, "config", None)?;
                     }
@@ -420,6 +435,8 @@ impl App {
             store: self.store.clone(),
             server: self.server_name().into(),
             tasks: self.tasks.clone(),
+            gate: self.services.registration.clone(),
+            clock: self.services.clock.clone(),
         };
         self.tasks
             .spawn(crate::inventory::registration::server::serve(
@@ -627,8 +644,10 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
                 ("HARDWARE", "sim-panda"),
                 ("POOL", "mobile"),
             ];
-            let sent = crate::inventory::registration::send_registration(
+            // From the agent's own address, as a device does: the listener checks it.
+            let sent = crate::inventory::registration::send_registration_from(
                 registration,
+                Some(sut.ip()),
                 &fields,
                 crate::inventory::registration::AgentForm::Java,
             )

@@ -195,6 +195,11 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             steps,
         });
     }
+    // The simulated devices register from loopback.
+    if config.registration.allow.is_empty() {
+        config.registration.allow =
+            crate::inventory::registration::trust::Cidr::loopback().to_vec();
+    }
     for d in &rack.devices {
         let Some(dn) = name(d.name.as_str()) else {
             continue;
@@ -216,6 +221,9 @@ fn add_inventory(config: &mut Config, rack: &SimRack) {
             fastboot_serial: Some(d.fastboot_serial.clone()),
             adb_serial: d.adb_serial.clone(),
             comments: None,
+            // Simulated devices register when they boot, as SUTAgent does.
+            allow_registration: Some(true),
+            follow_address: None,
         });
     }
 }

@@ -232,6 +232,19 @@ pub enum DeviceCmd {
         #[command(flatten)]
         url: UrlArg,
     },
+    /// Settle the address change a registration announced (admin): `accept` moves the
+    /// device to it, `dismiss` keeps its address. Either way it may be handed out again.
+    // clap ignores a doc comment on the flattened `url`; the other docs are --help text.
+    #[allow(missing_docs)]
+    AddressChange {
+        /// Device name.
+        name: String,
+        /// `accept` or `dismiss`.
+        #[arg(value_parser = ["accept", "dismiss"])]
+        decision: String,
+        #[command(flatten)]
+        url: UrlArg,
+    },
 }
 
 /// Inventory fields on the command line.
@@ -258,6 +271,12 @@ pub struct DeviceFieldArgs {
     pub adb_serial: Option<String>,
     #[arg(long)]
     pub comments: Option<String>,
+    /// A registration may claim the device before any agent registered as it.
+    #[arg(long)]
+    pub allow_registration: Option<bool>,
+    /// A registration from a new address moves the device at once (else held for a tech).
+    #[arg(long)]
+    pub follow_address: Option<bool>,
 }
 
 /// `mozpool inventory …`.
@@ -451,12 +470,35 @@ async fn device(cmd: DeviceCmd) -> Result<(), Exit> {
                     body.insert(k.to_owned(), json!(v));
                 }
             }
+            for (k, v) in [
+                ("allow_registration", fields.allow_registration),
+                ("follow_address", fields.follow_address),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.to_owned(), json!(v));
+                }
+            }
             let (_, v) = url
                 .client()
                 .call(
                     Method::PUT,
                     &format!("/api/device/{}/", encode(&name)),
                     Some(&Value::Object(body)),
+                )
+                .await?;
+            print_json(&v);
+        }
+        DeviceCmd::AddressChange {
+            name,
+            decision,
+            url,
+        } => {
+            let (_, v) = url
+                .client()
+                .call(
+                    Method::POST,
+                    &format!("/api/device/{}/address-change/{decision}/", encode(&name)),
+                    None,
                 )
                 .await?;
             print_json(&v);

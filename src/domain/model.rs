@@ -46,6 +46,28 @@ pub struct Device {
     pub request: Option<u64>,
     /// What the device said when it last registered itself, if it ever did.
     pub registration: Option<Registration>,
+    /// Whether a registration may claim this device although an admin created it (API,
+    /// config, inventory) and no agent has registered as it yet. Off by default: an admin's
+    /// device is not handed to the first agent that names it.
+    pub allow_registration: bool,
+    /// Whether a registration from a new address moves the device there at once (DHCP
+    /// leases that change). Off by default: the change is held for a tech
+    /// ([`Device::address_change`]).
+    pub follow_address: bool,
+    /// A registration from another address than the device's, held until a tech accepts or
+    /// dismisses it; while it is held the pool does not hand the device out.
+    pub address_change: Option<AddressChange>,
+}
+
+/// A SUTAgent address a registration announced for a known device, held for a tech.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressChange {
+    /// The address the registration announced (`IPADDR:CMDPORT`, the sender's host).
+    pub sut: SutAddr,
+    /// The agent's `NAME` in that registration.
+    pub agent_name: String,
+    /// When it (last) arrived.
+    pub at: Millis,
 }
 
 impl Device {
@@ -77,27 +99,41 @@ impl Device {
             lifeguard: LifeguardData::default(),
             request: None,
             registration: None,
+            allow_registration: false,
+            follow_address: false,
+            address_change: None,
         }
     }
 
-    /// The pool may hand this device out right now: not retired, held by no request, and
-    /// `ready`. The one definition of "available": the free-device index, the pool's views
-    /// and Lifeguard's "became available" all ask this.
+    /// The pool may hand this device out right now: not retired, held by no request,
+    /// `ready`, and no address change waiting for a tech. The one definition of "available":
+    /// the free-device index, the pool's views and Lifeguard's "became available" all ask this.
     #[must_use]
     pub fn available(&self) -> bool {
-        available(self.state, self.request, self.retired)
+        available(self.state, self.request, self.retired) && self.address_change.is_none()
     }
 
     /// Why a tech must look at this device before it can be used, if anything.
     #[must_use]
-    pub fn needs_tech(&self) -> Option<&'static str> {
-        if self.wiring.unparsed.relay.is_some() {
+    pub fn needs_tech(&self) -> Option<String> {
+        if let Some(c) = &self.address_change {
+            let from = self
+                .wiring
+                .sut_addr
+                .as_ref()
+                .map_or("(none)", SutAddr::as_str);
+            Some(format!(
+                "a registration (agent {}) moved the device's SUTAgent address from {from} to {}: the pool does not hand it out until a tech accepts or dismisses the change",
+                c.agent_name,
+                c.sut.as_str()
+            ))
+        } else if self.wiring.unparsed.relay.is_some() {
             Some(
-                "the stored relay address does not parse: the device cannot be power-cycled until a tech records its wiring again in the inventory",
+                "the stored relay address does not parse: the device cannot be power-cycled until a tech records its wiring again in the inventory".to_owned(),
             )
         } else if self.wiring.relay.is_none() {
             Some(
-                "no relay wiring: the device cannot be power-cycled until a tech wires it and records it in the inventory",
+                "no relay wiring: the device cannot be power-cycled until a tech wires it and records it in the inventory".to_owned(),
             )
         } else {
             None

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::domain::histogram::{FAST_BUCKETS, Histogram};
 use crate::hw::metrics::HwMetrics;
+use crate::inventory::registration::trust::{Refused, RegistrationMetrics};
 use crate::lifeguard::DeviceState;
 use crate::storage::{Snapshot, Store, StoreError};
 
@@ -30,6 +31,8 @@ pub struct Metrics {
     api_status: [AtomicU64; 5],
     /// Hardware operations, recorded by the hardware layer.
     pub hw: std::sync::Arc<HwMetrics>,
+    /// Registrations accepted and refused, recorded by the registration gate.
+    pub registration: std::sync::Arc<RegistrationMetrics>,
 }
 
 impl Default for Metrics {
@@ -38,6 +41,7 @@ impl Default for Metrics {
             api_latency: Histogram::new(FAST_BUCKETS),
             api_status: Default::default(),
             hw: std::sync::Arc::default(),
+            registration: std::sync::Arc::default(),
         }
     }
 }
@@ -237,6 +241,44 @@ pub async fn render(
             &format!("kind=\"{}\"", label(kind)),
         );
     }
+
+    let reg = &metrics.registration;
+    family(
+        o,
+        "mozpool_registrations_total",
+        "counter",
+        "Device registrations applied.",
+    );
+    sample(
+        o,
+        "mozpool_registrations_total",
+        reg.accepted.load(Ordering::Relaxed),
+    );
+    family(
+        o,
+        "mozpool_registrations_refused_total",
+        "counter",
+        "Registration connections and messages refused, by reason.",
+    );
+    for kind in Refused::ALL {
+        let _ = writeln!(
+            o,
+            "mozpool_registrations_refused_total{{reason=\"{}\"}} {}",
+            kind.label(),
+            reg.refused_count(kind)
+        );
+    }
+    family(
+        o,
+        "mozpool_registrations_refused_unlogged_total",
+        "counter",
+        "Refused registrations only counted, over the log rate.",
+    );
+    sample(
+        o,
+        "mozpool_registrations_refused_unlogged_total",
+        reg.unlogged.load(Ordering::Relaxed),
+    );
 
     let stats = store.stats();
     family(

@@ -75,6 +75,9 @@ pub enum Route {
     DeviceStateChange(DeviceName, String, String),
     /// `POST /api/device/{id}/power-cycle/`.
     DevicePowerCycle(DeviceName),
+    /// `POST /api/device/{id}/address-change/{accept|dismiss}/` (admin): settle an address
+    /// change a registration announced (`true` = accept).
+    DeviceAddressChange(DeviceName, bool),
     /// `GET|POST /api/device/{id}/power-off/` (GET as the original).
     DevicePowerOff(DeviceName),
     /// `POST /api/device/{id}/power-on/`.
@@ -311,6 +314,12 @@ impl Route {
                 Route::DeviceStateChange(id.parse()?, event_name(from)?, event_name(to)?),
             ),
             ["api", "device", id, "power-cycle"] => (POST, Route::DevicePowerCycle(id.parse()?)),
+            ["api", "device", id, "address-change", "accept"] => {
+                (POST, Route::DeviceAddressChange(id.parse()?, true))
+            }
+            ["api", "device", id, "address-change", "dismiss"] => {
+                (POST, Route::DeviceAddressChange(id.parse()?, false))
+            }
             ["api", "device", id, "power-off"] => (GET_POST, Route::DevicePowerOff(id.parse()?)),
             ["api", "device", id, "power-on"] => (POST, Route::DevicePowerOn(id.parse()?)),
             ["api", "device", id, "reboot"] => (POST, Route::DeviceReboot(id.parse()?)),
@@ -493,6 +502,7 @@ impl Route {
             | Route::DeviceRetire(_)
             | Route::DeviceSetComments(_)
             | Route::DeviceSetEnvironment(_)
+            | Route::DeviceAddressChange(..)
             | Route::ImagePut(_)
             | Route::ImageDelete(_)
             | Route::EnvironmentPut(_)
@@ -550,6 +560,7 @@ impl Route {
             | Route::DeviceEvent(d, _)
             | Route::DeviceStateChange(d, _, _)
             | Route::DevicePowerCycle(d)
+            | Route::DeviceAddressChange(d, _)
             | Route::DevicePowerOff(d)
             | Route::DevicePowerOn(d)
             | Route::DeviceReboot(d)

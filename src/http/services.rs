@@ -64,6 +64,9 @@ pub struct Services {
     pub registration_addr: Option<SocketAddr>,
     /// Numbers for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Registration rate limits and counters, shared with the TCP listener (the JSON form
+    /// goes through the same gate).
+    pub registration: Arc<crate::inventory::registration::trust::Gate>,
 }
 
 impl Services {

@@ -40,6 +40,12 @@ pub struct DeviceFields {
     /// adb serial (USB serial or `host:port`); unset = the fastboot serial.
     pub adb_serial: Option<String>,
     pub comments: Option<String>,
+    /// A registration may claim the device although an admin created it
+    /// ([`Device::allow_registration`]).
+    pub allow_registration: Option<bool>,
+    /// A registration from a new address moves the device at once
+    /// ([`Device::follow_address`]).
+    pub follow_address: Option<bool>,
 }
 
 /// Longest comment accepted.
@@ -181,6 +187,9 @@ pub fn upsert_device_returning(
                 },
                 request: None,
                 registration: None,
+                allow_registration: fields.allow_registration.unwrap_or(false),
+                follow_address: fields.follow_address.unwrap_or(false),
+                address_change: None,
             };
             (d, Upsert::Created)
         }
@@ -236,6 +245,30 @@ pub fn upsert_device_returning(
                 &fields.adb_serial,
             );
             set_field(&mut changes, "comments", &mut d.comments, &fields.comments);
+            set_flag(
+                &mut changes,
+                "allow_registration",
+                &mut d.allow_registration,
+                fields.allow_registration,
+            );
+            set_flag(
+                &mut changes,
+                "follow_address",
+                &mut d.follow_address,
+                fields.follow_address,
+            );
+            // A tech (API, config, inventory) who sets the address has decided where the
+            // device is: a held change is settled by that. A registration's own address
+            // (its device re-registering where it was) settles nothing.
+            if fields.sut.is_some()
+                && origin != "registration"
+                && let Some(c) = d.address_change.take()
+            {
+                changes.push(format!(
+                    "held address change to {} dismissed (sut set)",
+                    c.sut.as_str()
+                ));
+            }
             if d.retired {
                 d.retired = false;
                 d.state = DeviceState::New;
@@ -274,6 +307,16 @@ fn set_field<T: Clone + PartialEq + std::fmt::Display>(
     {
         changes.push(format!("{label}: {} -> {v}", shown(slot.as_ref(), None)));
         slot.clone_from(value);
+    }
+}
+
+/// Set a flag when a value is given and differs, noting `label: old -> new`.
+fn set_flag(changes: &mut Vec<String>, label: &str, slot: &mut bool, value: Option<bool>) {
+    if let Some(v) = value
+        && *slot != v
+    {
+        changes.push(format!("{label}: {slot} -> {v}"));
+        *slot = v;
     }
 }
 

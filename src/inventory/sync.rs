@@ -107,6 +107,10 @@ impl InventoryRow {
             fastboot_serial: ne(&self.fastboot_serial),
             adb_serial: ne(&self.adb_serial),
             comments: ne(&self.comments),
+            // Registration trust is an admin's per-device decision (API or config); an
+            // inventory export has no column for it.
+            allow_registration: None,
+            follow_address: None,
         })
     }
 

@@ -137,12 +137,14 @@ where
         Err(e) => return Ok(Err(e)),
     };
     let was_available = device.available();
-    let became_available = tr.next.is_available() && !was_available;
     if !tr.is_noop(&before) {
         write_back(&mut device, &tr.next);
         device.updated = now;
         inv::replace_device(tx, Some(old), &device)?;
     }
+    // Asked of the device, not the machine's snapshot: a device whose address change waits
+    // for a tech is `ready` but not available.
+    let became_available = device.available() && !was_available;
     if before.state != tr.next.state {
         tracing::info!(device = name, from = %before.state, to = %tr.next.state, "device state");
     }

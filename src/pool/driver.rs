@@ -213,6 +213,12 @@ impl Pool {
         lock(&self.inner.watchers).len()
     }
 
+    /// A device changed outside Lifeguard (a tech settled its address change) and may be
+    /// free now: run a queue pass.
+    pub fn device_changed(&self) {
+        self.inner.kick.notify_one();
+    }
+
     /// Run the timers and the queue passes until shutdown.
     pub fn start(&self) {
         let this = self.clone();

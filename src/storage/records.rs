@@ -14,8 +14,8 @@ use super::codec::Record;
 use crate::domain::clock::Millis;
 use crate::domain::device_state::DeviceState;
 use crate::domain::model::{
-    Agent, BootMode, Device, DeviceFacts, DeviceWiring, Environment, FlashStep, HardwareTypeInfo,
-    Image, LifeguardData, LogEntry, Registration, UnparsedWiring,
+    AddressChange, Agent, BootMode, Device, DeviceFacts, DeviceWiring, Environment, FlashStep,
+    HardwareTypeInfo, Image, LifeguardData, LogEntry, Registration, UnparsedWiring,
 };
 use crate::domain::names::{DeviceName, NameError};
 use crate::domain::wiring::{RelayAddr, SutAddr};
@@ -32,6 +32,8 @@ pub enum DeviceRecord {
     V2(DeviceV2),
     /// Layout 3: adds the adb serial.
     V3(DeviceV3),
+    /// Layout 4: adds the registration trust settings and a held address change.
+    V4(DeviceV4),
 }
 
 impl Record for DeviceRecord {
@@ -106,6 +108,25 @@ pub struct DeviceV3 {
     pub adb_serial: Option<String>,
 }
 
+/// Device layout 4: layout 3 followed by what registrations may do to the device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct DeviceV4 {
+    pub v3: DeviceV3,
+    pub allow_registration: bool,
+    pub follow_address: bool,
+    pub address_change: Option<AddressChangeV1>,
+}
+
+/// An address change held for a tech, as stored from device layout 4 on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct AddressChangeV1 {
+    pub sut: String,
+    pub agent_name: String,
+    pub at: u64,
+}
+
 /// A device's self-registration, as stored from layout 2 on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[allow(missing_docs)]
@@ -161,11 +182,30 @@ impl TryFrom<DeviceRecord> for Device {
     /// Fails only on a name that is not a device name, which no edge ever let in: such a
     /// record is corrupt, and reading it reports that as for any corrupt record.
     fn try_from(r: DeviceRecord) -> Result<Device, NameError> {
-        let (v, adb_serial) = match r {
-            DeviceRecord::V1(v1) => (DeviceV2::from(v1), None),
-            DeviceRecord::V2(v2) => (v2, None),
-            DeviceRecord::V3(v3) => (v3.v2, v3.adb_serial),
+        // A device stored before layout 4 gets the safe defaults: not open to a claim, an
+        // address change held for a tech, none held yet. One that registered before keeps
+        // its agent (a claim only matters for a device no agent registered as).
+        let (v3, allow_registration, follow_address, address_change) = match r {
+            DeviceRecord::V1(v1) => (DeviceV3::from(DeviceV2::from(v1)), false, false, None),
+            DeviceRecord::V2(v2) => (DeviceV3::from(v2), false, false, None),
+            DeviceRecord::V3(v3) => (v3, false, false, None),
+            DeviceRecord::V4(v4) => (
+                v4.v3,
+                v4.allow_registration,
+                v4.follow_address,
+                v4.address_change,
+            ),
         };
+        let DeviceV3 { v2: v, adb_serial } = v3;
+        // A stored change whose address no longer parses is dropped: the device keeps its
+        // address, which is what a dismissed change does.
+        let address_change = address_change.and_then(|c| {
+            Some(AddressChange {
+                sut: SutAddr::parse_owned(c.sut).ok()?,
+                agent_name: c.agent_name,
+                at: Millis(c.at),
+            })
+        });
         Ok(Device {
             id: v.id,
             name: DeviceName::try_from(v.name)?,
@@ -205,7 +245,19 @@ impl TryFrom<DeviceRecord> for Device {
                 ip: r.ip,
                 fields: r.fields.into_iter().collect(),
             }),
+            allow_registration,
+            follow_address,
+            address_change,
         })
+    }
+}
+
+impl From<DeviceV2> for DeviceV3 {
+    fn from(v2: DeviceV2) -> DeviceV3 {
+        DeviceV3 {
+            v2,
+            adb_serial: None,
+        }
     }
 }
 
@@ -296,9 +348,18 @@ impl From<&Device> for DeviceRecord {
                     .collect(),
             }),
         };
-        DeviceRecord::V3(DeviceV3 {
-            v2,
-            adb_serial: d.wiring.adb_serial.clone(),
+        DeviceRecord::V4(DeviceV4 {
+            v3: DeviceV3 {
+                v2,
+                adb_serial: d.wiring.adb_serial.clone(),
+            },
+            allow_registration: d.allow_registration,
+            follow_address: d.follow_address,
+            address_change: d.address_change.as_ref().map(|c| AddressChangeV1 {
+                sut: c.sut.as_str().to_owned(),
+                agent_name: c.agent_name.clone(),
+                at: c.at.0,
+            }),
         })
     }
 }
@@ -681,11 +742,11 @@ mod tests {
         );
         assert_eq!(d.wiring.unparsed.sut_addr.as_deref(), Some("panda-3"));
         assert!(d.needs_tech().is_some());
-        let DeviceRecord::V3(back) = DeviceRecord::from(&d) else {
+        let DeviceRecord::V4(back) = DeviceRecord::from(&d) else {
             panic!("writes the newest layout");
         };
-        assert_eq!(back.v2.relay.as_deref(), Some("relay-1:bank33:relay1"));
-        assert_eq!(back.v2.sut_addr.as_deref(), Some("panda-3"));
+        assert_eq!(back.v3.v2.relay.as_deref(), Some("relay-1:bank33:relay1"));
+        assert_eq!(back.v3.v2.sut_addr.as_deref(), Some("panda-3"));
     }
 
     #[test]

@@ -958,7 +958,7 @@ async fn api_golden_session() {
     )
     .await;
     s.post(
-        "register: name of a wired device",
+        "register: a new address for a wired device (held for a tech)",
         "/api/device/register/",
         r#"{"NAME": "sim-0001", "IPADDR": "10.0.0.9", "CMDPORT": 20701}"#,
     )

@@ -23,7 +23,7 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 59;
+const ROUTE_VARIANTS: usize = 60;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
@@ -93,6 +93,9 @@ fn pattern(r: &Route) -> (usize, &'static str) {
         Route::UiSignInForm => (56, "GET /ui/signin/"),
         Route::UiSignIn => (57, "POST /ui/signin/"),
         Route::UiSignOut => (58, "POST /ui/signout/"),
+        Route::DeviceAddressChange(..) => {
+            (59, "POST /api/device/{id}/address-change/{accept|dismiss}/")
+        }
     }
 }
 
@@ -131,6 +134,8 @@ const SAMPLES: &[(&str, &str)] = &[
         "/api/device/panda-1/state-change/ready/to/locked_out/",
     ),
     ("POST", "/api/device/panda-1/power-cycle/"),
+    ("POST", "/api/device/panda-1/address-change/accept/"),
+    ("POST", "/api/device/panda-1/address-change/dismiss/"),
     ("POST", "/api/device/panda-1/power-off/"),
     ("POST", "/api/device/panda-1/power-on/"),
     ("POST", "/api/device/panda-1/reboot/"),
@@ -202,6 +207,11 @@ const TABLES: &[(&str, &str, &str)] = &[
     ("queue", "`[queue]`", "[queue]\nzzz_probe = 1\n"),
     ("simulate", "`[simulate]`", "[simulate]\nzzz_probe = 1\n"),
     ("auth", "`[auth]`", "[auth]\nzzz_probe = 1\n"),
+    (
+        "registration",
+        "`[registration]`",
+        "[registration]\nzzz_probe = 1\n",
+    ),
     (
         "auth.tokens",
         "`[auth]`",

@@ -25,8 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::support::TestServer;
 
-const REG: &str =
-    "[server]\nregistration_listen = \"127.0.0.1:0\"\nregistration_timeout_secs = 1\n";
+const REG: &str = "[server]\nregistration_listen = \"127.0.0.1:0\"\nregistration_timeout_secs = 1\n[registration]\nallow = [\"127.0.0.0/8\"]\n";
 
 const JAVA_LINE: &str = "register NAME=00%3A11%3A22%3A33%3A44%3A55&IPADDR=127.0.0.1&CMDPORT=20701&DATAPORT=20700&OS=Android-IMM76D&SCRNWIDTH=1024&SCRNHEIGHT=768&BPP=8&MEMORY=415232000&HARDWARE=panda&POOL=\n";
 
@@ -130,11 +129,13 @@ async fn negatus_registers_at_its_peer_address() {
     let config = r#"
 [[devices]]
 name = "b2g-1"
-sut = "127.0.0.1:5555"
+sut = "127.0.0.1:20701"
+allow_registration = true
 
 [[devices]]
 name = "b2g-2"
-sut = "127.0.0.4:5555"
+sut = "127.0.0.4:20701"
+allow_registration = true
 "#;
     let (s, addr) = start(config).await;
     for (from, bytes, device) in [
@@ -148,8 +149,8 @@ sut = "127.0.0.4:5555"
         let want = format!("{from}:20701");
         loop {
             let (_, d) = s.get(&format!("/api/device/{device}/details/")).await;
-            if d["sut"] == want.as_str() {
-                assert_eq!(d["registration"]["agent_name"], "SUTAgent");
+            if d["registration"]["agent_name"] == "SUTAgent" {
+                assert_eq!(d["sut"], want.as_str());
                 assert_eq!(d["registration"]["ip"], from, "{d}");
                 break;
             }
@@ -184,6 +185,7 @@ async fn generic_names_are_matched_by_address_or_flagged_for_a_tech() {
 [[devices]]
 name = "panda-7"
 sut = "127.0.0.7:20701"
+allow_registration = true
 
 [[devices]]
 name = "twin-a"
@@ -253,47 +255,358 @@ async fn ampersands_in_java_values_survive() {
     s.stop().await;
 }
 
+/// A Java registration line for `name` at `ip` (and `port`).
+fn java_line(name: &str, ip: &str, port: u16) -> String {
+    format!(
+        "register NAME={name}&IPADDR={ip}&CMDPORT={port}&DATAPORT=20700&OS=Android-IMM76D&SCRNWIDTH=1024&SCRNHEIGHT=768&BPP=8&MEMORY=415232000&HARDWARE=panda&POOL=mobile\n"
+    )
+}
+
 #[tokio::test]
-async fn java_client_and_reregistration_with_a_new_ip() {
+async fn java_client_and_reregistration_from_a_new_address_is_held_for_a_tech() {
     let (s, addr) = start("").await;
-    let fields = |ip: &'static str| {
-        vec![
-            ("NAME", "aa:bb:cc:dd:ee:01"),
-            ("IPADDR", ip),
+    let name = "aa:bb:cc:dd:ee:01";
+    let reply = java_from(
+        "127.0.0.21",
+        addr,
+        java_line(name, "127.0.0.21", 20701).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply, "OK\n");
+    // After a reboot, from its own address: accepted.
+    let reply = java_from(
+        "127.0.0.21",
+        addr,
+        java_line(name, "127.0.0.21", 20701).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply, "OK\n");
+    // From a new address (DHCP, or someone else using its name): held, not followed.
+    let reply = java_from(
+        "127.0.0.22",
+        addr,
+        java_line(name, "127.0.0.22", 20701).as_bytes(),
+    )
+    .await;
+    assert!(
+        reply.starts_with("ERROR ") && reply.contains("held"),
+        "{reply:?}"
+    );
+    assert!(!reply.to_lowercase().contains("ok"), "{reply:?}");
+    let path = format!("/api/device/{name}/details/");
+    let (_, d) = s.get(&path).await;
+    assert_eq!(d["sut"], "127.0.0.21:20701", "kept: {d}");
+    assert_eq!(d["address_change"]["sut"], "127.0.0.22:20701", "{d}");
+    assert_eq!(d["needs_tech"], true);
+    assert!(
+        d["needs_tech_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("127.0.0.22:20701") && r.contains("accepts")),
+        "{d}"
+    );
+    let log = messages(&s, &format!("/api/device/{name}/log/")).await;
+    assert!(
+        log.iter()
+            .any(|m| m.starts_with("needs a tech:") && m.contains("127.0.0.22:20701")),
+        "{log:?}"
+    );
+    // The page offers the tech the decision.
+    let page = s
+        .http
+        .get(s.url(&format!("/ui/device/{name}/")))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(page.contains("address-accept") && page.contains("127.0.0.22:20701"));
+    // A tech accepts it: the device moves.
+    let (status, d) = s
+        .post(
+            &format!("/api/device/{name}/address-change/accept/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["sut"], "127.0.0.22:20701");
+    assert_eq!(d["address_change"], Value::Null);
+    assert_eq!(d["registration"]["ip"], "127.0.0.22");
+    let (status, e) = s
+        .post(
+            &format!("/api/device/{name}/address-change/accept/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "nothing held any more: {e}");
+    // And from there it registers as before.
+    let reply = java_from(
+        "127.0.0.22",
+        addr,
+        java_line(name, "127.0.0.22", 20701).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply, "OK\n");
+    // A device set to follow DHCP moves at once, and says so in its log.
+    let (status, _) = s
+        .put(
+            &format!("/api/device/{name}/"),
+            json!({"follow_address": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let reply = send_registration(
+        addr,
+        &[
+            ("NAME", name),
+            ("IPADDR", "127.0.0.1"),
             ("CMDPORT", "20701"),
-            ("OS", "Android 4.0 (IMM76D)"),
-            ("POOL", "mobile"),
-        ]
-    };
-    let reply = send_registration(addr, &fields("10.0.0.1"), AgentForm::Java)
-        .await
-        .expect("register");
+        ],
+        AgentForm::Java,
+    )
+    .await
+    .expect("register");
     assert_eq!(reply, "OK");
-    let reply = send_registration(addr, &fields("10.0.0.2"), AgentForm::Java)
-        .await
-        .expect("re-register");
-    assert_eq!(reply, "OK");
-    let (_, d) = s.get("/api/device/aa:bb:cc:dd:ee:01/details/").await;
-    assert_eq!(d["sut"], "10.0.0.2:20701");
-    assert_eq!(d["pool"], "mobile");
-    assert_eq!(d["registration"]["fields"]["OS"], "Android 4.0 (IMM76D)");
-    assert_eq!(d["state"], "new");
-    let log = messages(&s, "/api/device/aa:bb:cc:dd:ee:01/log/").await;
+    let (_, d) = s.get(&path).await;
+    assert_eq!(d["sut"], "127.0.0.1:20701");
+    assert_eq!(d["follow_address"], true);
+    let log = messages(&s, &format!("/api/device/{name}/log/")).await;
     assert!(
         log.iter()
-            .any(|m| m.contains("IP address changed: 10.0.0.1 -> 10.0.0.2")),
+            .any(|m| m.contains("IP address changed: 127.0.0.22 -> 127.0.0.1")),
         "{log:?}"
     );
-    assert!(
-        log.iter()
-            .any(|m| m.contains("sut: 10.0.0.1:20701 -> 10.0.0.2:20701")),
-        "{log:?}"
-    );
-    // The same registration again changes nothing but is still recorded.
-    send_registration(addr, &fields("10.0.0.2"), AgentForm::Java)
-        .await
-        .expect("again");
     assert_eq!(device_names(&s).await.len(), 1);
+    s.stop().await;
+}
+
+/// Attack (a) of issue 21: `register NAME=wired-1&IPADDR=<its address>` from elsewhere, then
+/// `IPADDR=<attacker>&CMDPORT=<port>`. The first is refused (IPADDR is not the sender), the
+/// second is held for a tech; the device's own registration after a reboot still works.
+#[tokio::test]
+async fn a_wired_device_cannot_be_repointed_in_two_steps() {
+    let config = r#"
+[[devices]]
+name = "wired-1"
+relay = "relay-1:bank1:relay1"
+sut = "127.0.0.9:20701"
+allow_registration = true
+"#;
+    let (s, addr) = start(config).await;
+    let step1 = java_from(
+        "127.0.0.5",
+        addr,
+        b"register NAME=wired-1&IPADDR=127.0.0.9\n",
+    )
+    .await;
+    assert!(
+        step1.starts_with("ERROR ") && step1.contains("not the address"),
+        "{step1:?}"
+    );
+    let step2 = java_from(
+        "127.0.0.5",
+        addr,
+        b"register NAME=wired-1&IPADDR=127.0.0.5&CMDPORT=18777\n",
+    )
+    .await;
+    assert!(
+        step2.starts_with("ERROR ") && step2.contains("held"),
+        "{step2:?}"
+    );
+    let (_, d) = s.get("/api/device/wired-1/details/").await;
+    assert_eq!(d["sut"], "127.0.0.9:20701", "not re-pointed: {d}");
+    assert_eq!(d["needs_tech"], true);
+    assert_eq!(d["address_change"]["sut"], "127.0.0.5:18777");
+    // The real device reboots and registers from its own address: accepted, the held change
+    // stays for the tech to see.
+    let own = java_from(
+        "127.0.0.9",
+        addr,
+        b"register NAME=wired-1&IPADDR=127.0.0.9&CMDPORT=20701\n",
+    )
+    .await;
+    assert_eq!(own, "OK\n");
+    let (_, d) = s.get("/api/device/wired-1/details/").await;
+    assert_eq!(d["sut"], "127.0.0.9:20701");
+    assert_eq!(d["registration"]["ip"], "127.0.0.9");
+    // The tech dismisses the change (with the client): nothing moves, the flag is gone.
+    let url = format!("http://{}", s.addr);
+    let out = cli(&[
+        "device",
+        "address-change",
+        "wired-1",
+        "dismiss",
+        "--url",
+        &url,
+    ])
+    .await;
+    let d: Value = serde_json::from_str(&out).expect("device JSON");
+    assert_eq!(d["sut"], "127.0.0.9:20701");
+    assert_eq!(d["needs_tech"], false, "{d}");
+    let log = messages(&s, "/api/device/wired-1/log/").await;
+    assert!(
+        log.iter().any(|m| m.contains("address change dismissed")),
+        "{log:?}"
+    );
+    s.stop().await;
+}
+
+/// Run the `mozpool` client; its stdout (the call must succeed).
+async fn cli(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mozpool"))
+        .args(args)
+        .env_remove("MOZPOOL_URL")
+        .env_remove("MOZPOOL_TOKEN")
+        .output()
+        .await
+        .expect("run mozpool");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Attack (b) of issue 21, second half: a device an admin created is not claimed by the
+/// first registration that names it, unless the admin allowed it.
+#[tokio::test]
+async fn admin_devices_are_claimed_only_when_allowed() {
+    let (s, addr) = start("").await;
+    let (status, _) = s
+        .put(
+            "/api/device/api-1/",
+            json!({"relay": "relay-1:bank1:relay2"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let reply = java_from(
+        "127.0.0.31",
+        addr,
+        b"register NAME=api-1&IPADDR=127.0.0.31\n",
+    )
+    .await;
+    assert!(
+        reply.starts_with("ERROR ") && reply.contains("allow_registration"),
+        "{reply:?}"
+    );
+    let (_, d) = s.get("/api/device/api-1/details/").await;
+    assert_eq!(d["registration"], Value::Null);
+    assert_eq!(d["sut"], Value::Null);
+    assert_eq!(d["allow_registration"], false);
+    // The admin allows it, with the client.
+    let url = format!("http://{}", s.addr);
+    let out = cli(&[
+        "device",
+        "set",
+        "api-1",
+        "--allow-registration",
+        "true",
+        "--url",
+        &url,
+    ])
+    .await;
+    assert!(out.contains("\"allow_registration\": true"), "{out}");
+    let reply = java_from(
+        "127.0.0.31",
+        addr,
+        b"register NAME=api-1&IPADDR=127.0.0.31\n",
+    )
+    .await;
+    assert_eq!(reply, "OK\n");
+    let (_, d) = s.get("/api/device/api-1/details/").await;
+    assert_eq!(d["sut"], "127.0.0.31:20701");
+    assert_eq!(d["registration"]["agent_name"], "api-1");
+    s.stop().await;
+}
+
+/// The Prometheus sample `name` from `/metrics`.
+async fn metric(s: &TestServer, name: &str) -> f64 {
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Attack (c) of issue 21: 200 silent connections from one host do not delay another host's
+/// registration; refusals are counted, and logged at a bounded rate; a flood of new names
+/// creates only as many devices as the rate allows; other networks are turned away.
+#[tokio::test]
+async fn floods_are_shared_out_counted_and_rate_limited() {
+    let config = "[server]\nregistration_listen = \"127.0.0.1:0\"\nregistration_timeout_secs = 10\n[registration]\nallow = [\"127.0.0.0/29\"]\n";
+    let s = TestServer::start(config).await;
+    let addr = s.app.registration_addr.expect("listener");
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(connect_from("127.0.0.2", addr).await);
+    }
+    let started = Instant::now();
+    let reply = java_from(
+        "127.0.0.3",
+        addr,
+        java_line("real-1", "127.0.0.3", 20701).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply, "OK\n");
+    assert!(
+        // Below the 2 s read deadline a silent connection holds a slot for.
+        started.elapsed() < Duration::from_millis(1500),
+        "a real registration waited {:?}",
+        started.elapsed()
+    );
+    let busy = metric(
+        &s,
+        "mozpool_registrations_refused_total{reason=\"peer_busy\"}",
+    )
+    .await;
+    assert!(busy >= 190.0, "{busy}");
+    drop(silent);
+    // Outside the allowed networks: closed at once, counted.
+    let mut c = connect_from("127.0.0.66", addr).await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    assert!(
+        metric(
+            &s,
+            "mozpool_registrations_refused_total{reason=\"not_allowed\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // 50 new names in a burst: the rate (10 a minute) allows 9 more after real-1.
+    for i in 0..50 {
+        let line = java_line(&format!("flood-{i}"), "127.0.0.4", 20701);
+        let _ = java_from("127.0.0.4", addr, line.as_bytes()).await;
+    }
+    // One more token is earned every 6 s: a slow machine may see it during the flood.
+    let created = device_names(&s).await.len();
+    assert!((10..=11).contains(&created), "{created} devices");
+    assert!(
+        metric(
+            &s,
+            "mozpool_registrations_refused_total{reason=\"rate_limited\"}"
+        )
+        .await
+            >= 39.0
+    );
+    // The durable log got a bounded number of refusal records, not one per refusal.
+    let reg = messages(&s, "/api/log/?subject=registration&limit=1000").await;
+    let refused = reg
+        .iter()
+        .filter(|m| m.contains("refused") || m.contains("closed"))
+        .count();
+    // 10 a minute, plus one per 6 s the test took: far below the ~240 refusals.
+    assert!(refused <= 15, "{refused} refusal records: {reg:?}");
+    assert!(metric(&s, "mozpool_registrations_refused_unlogged_total").await >= 200.0);
     s.stop().await;
 }
 
@@ -360,7 +673,7 @@ async fn bad_messages_are_refused_logged_and_store_nothing() {
     // The service still works after all that.
     let ok = send_registration(
         addr,
-        &[("NAME", "after-1"), ("IPADDR", "10.0.0.3")],
+        &[("NAME", "after-1"), ("IPADDR", "127.0.0.1")],
         AgentForm::Java,
     )
     .await
@@ -375,9 +688,11 @@ async fn registrations_never_overwrite_good_data() {
 [[devices]]
 name = "panda-1"
 relay = "relay-1:bank1:relay1"
-sut = "10.9.9.9:20701"
+sut = "127.0.0.1:20701"
+allow_registration = true
 "#;
     let (s, addr) = start(config).await;
+    // IPADDR is not the sender's address: refused, nothing changes.
     let reply = send_registration(
         addr,
         &[("NAME", "panda-1"), ("IPADDR", "10.0.0.66")],
@@ -385,27 +700,32 @@ sut = "10.9.9.9:20701"
     )
     .await
     .expect("register");
-    assert!(reply.starts_with("ERROR name collision"), "{reply}");
+    assert!(
+        reply.starts_with("ERROR IPADDR 10.0.0.66 is not the address"),
+        "{reply}"
+    );
     let (_, d) = s.get("/api/device/panda-1/details/").await;
-    assert_eq!(d["sut"], "10.9.9.9:20701", "unchanged");
+    assert_eq!(d["sut"], "127.0.0.1:20701", "unchanged");
     assert_eq!(d["needs_tech"], false);
     // The same host may re-register (details only).
     let reply = send_registration(
         addr,
-        &[("NAME", "panda-1"), ("IPADDR", "10.9.9.9"), ("OS", "x")],
+        &[("NAME", "panda-1"), ("IPADDR", "127.0.0.1"), ("OS", "x")],
         AgentForm::Java,
     )
     .await
     .expect("register");
     assert_eq!(reply, "OK");
     // A retired device is not revived by a registration.
-    let (status, _) = s.put("/api/device/old-1/", json!({})).await;
+    let (status, _) = s
+        .put("/api/device/old-1/", json!({"allow_registration": true}))
+        .await;
     assert_eq!(status, 201);
     let (status, _) = s.send(Method::DELETE, "/api/device/old-1/", None).await;
     assert_eq!(status, 200);
     let reply = send_registration(
         addr,
-        &[("NAME", "old-1"), ("IPADDR", "10.0.0.5")],
+        &[("NAME", "old-1"), ("IPADDR", "127.0.0.1")],
         AgentForm::Java,
     )
     .await
@@ -414,9 +734,10 @@ sut = "10.9.9.9:20701"
     let (_, d) = s.get("/api/device/old-1/details/").await;
     assert_eq!(d["retired"], true);
     assert_eq!(d["sut"], Value::Null);
-    let log = messages(&s, "/api/device/panda-1/log/").await;
+    let log = messages(&s, "/api/log/?subject=registration").await;
     assert!(
-        log.iter().any(|m| m.contains("registration refused")),
+        log.iter()
+            .any(|m| m.contains("registration refused") && m.contains("not the address")),
         "{log:?}"
     );
     s.stop().await;
@@ -680,7 +1001,7 @@ async fn configured_source_syncs_at_start_up() {
 }
 
 #[tokio::test]
-async fn wired_device_keeps_following_its_own_registrations() {
+async fn wired_device_holds_address_changes_from_registrations_over_http() {
     let s = TestServer::start("").await;
     let reg = |ip: &str, mem: &str| json!({"NAME": "inv-9", "IPADDR": ip, "MEMORY": mem});
     let (status, _) = s
@@ -695,33 +1016,98 @@ async fn wired_device_keeps_following_its_own_registrations() {
         )
         .await;
     assert_eq!(status, 200, "{r}");
-    // DHCP moved it: its own registration may follow, the sut came from a registration.
+    // Its own address again: details refreshed.
     let (status, d) = s
-        .post("/api/device/register/", reg("10.0.3.2", "200"))
+        .post("/api/device/register/", reg("10.0.3.1", "200"))
         .await;
     assert_eq!(status, 200, "{d}");
-    assert_eq!(d["sut"], "10.0.3.2:20701");
-    assert_eq!(d["relay_info"], "relay-3:bank1:relay1", "wiring untouched");
-    assert_eq!(d["needs_tech"], false);
-    let changes = d["changes"].to_string();
     assert!(
-        changes.contains("IP address changed") && changes.contains("details changed: MEMORY"),
-        "{changes}"
+        d["changes"].to_string().contains("details changed: MEMORY"),
+        "{d}"
     );
-    // Once the inventory sets the SUT address, a registration from elsewhere is refused.
-    let (status, _) = s
-        .post(
-            "/api/inventory/sync/",
-            json!({"devices": [{"name": "inv-9", "relay": "relay-3:bank1:relay1", "sut": "10.0.3.50:20701"}]}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    // DHCP moved it: held for a tech, not followed.
     let (status, e) = s
-        .post("/api/device/register/", reg("10.0.3.3", "300"))
+        .post("/api/device/register/", reg("10.0.3.2", "300"))
         .await;
     assert_eq!(status, 409, "{e}");
-    assert_eq!(e["code"], "registration_refused");
+    assert_eq!(e["code"], "address_change_held");
     let (_, d) = s.get("/api/device/inv-9/details/").await;
-    assert_eq!(d["sut"], "10.0.3.50:20701");
+    assert_eq!(d["sut"], "10.0.3.1:20701");
+    assert_eq!(d["relay_info"], "relay-3:bank1:relay1", "wiring untouched");
+    assert_eq!(d["needs_tech"], true);
+    // A tech who sets the address settles it too.
+    let (status, _) = s
+        .put("/api/device/inv-9/", json!({"sut": "10.0.3.2:20701"}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, d) = s.get("/api/device/inv-9/details/").await;
+    assert_eq!(d["address_change"], Value::Null);
+    assert_eq!(d["needs_tech"], false, "{d}");
+    s.stop().await;
+}
+
+/// The simulated rack's devices register when they boot (the loopback allow-list the rack
+/// adds), and attack (b) of issue 21 — one registration re-pointing `sim-0002` at a fake
+/// agent on another port — is held: the device keeps its agent and the pool does not hand
+/// it out until a tech settles the change.
+#[tokio::test]
+async fn sim_rack_registers_and_a_takeover_is_held_out_of_the_pool() {
+    let s = TestServer::start_rack(2, "[server]\nregistration_listen = \"127.0.0.1:0\"\n").await;
+    let addr = s.app.registration_addr.expect("listener");
+    s.wait_all_ready(60).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in ["sim-0001", "sim-0002"] {
+        loop {
+            let (_, d) = s.get(&format!("/api/device/{name}/details/")).await;
+            if d["registration"]["agent_name"] == name {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} did not register: {d}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (_, before) = s.get("/api/device/sim-0002/details/").await;
+    let reply = raw(
+        addr,
+        b"register NAME=sim-0002&IPADDR=127.0.0.1&CMDPORT=18777\n",
+    )
+    .await;
+    assert!(
+        reply.starts_with("ERROR ") && reply.contains("held"),
+        "{reply:?}"
+    );
+    let (_, d) = s.get("/api/device/sim-0002/details/").await;
+    assert_eq!(d["sut"], before["sut"], "kept its agent");
+    assert_eq!(d["needs_tech"], true);
+    // Two requests, two ready devices: only sim-0001 is handed out.
+    let body = json!({"assignee": "ci", "duration": 600, "image": "android"});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, r) = s.post("/api/device/any/request/", body.clone()).await;
+        assert!(status == 200 || status == 201, "{status} {r}");
+        ids.push(r["request"]["id"].as_u64().expect("id"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, d) = s.get("/api/device/sim-0002/details/").await;
+    assert_eq!(d["request_id"], Value::Null, "held device handed out: {d}");
+    let (_, d) = s.get("/api/device/sim-0001/details/").await;
+    assert!(d["request_id"].is_u64(), "{d}");
+    // The tech dismisses the change: sim-0002 goes to the waiting request.
+    let (status, _) = s
+        .post("/api/device/sim-0002/address-change/dismiss/", json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, d) = s.get("/api/device/sim-0002/details/").await;
+        if d["request_id"].is_u64() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not handed out after the dismissal: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     s.stop().await;
 }

@@ -313,13 +313,48 @@ fn golden_device_v3_still_decodes() {
         decode_bytes::<DeviceRecord>(DEVICE_V3).expect("layout 3 decodes"),
     )
     .expect("a valid device");
-    // The typed fields write back the very bytes they were read from.
-    let again = Encoded::encode(&DeviceRecord::from(&device)).expect("encodes");
-    assert_eq!(again.bytes(), DEVICE_V3);
     assert_eq!(device.name, "panda-0043");
     assert_eq!(device.wiring.adb_serial.as_deref(), Some("127.0.0.1:5555"));
     assert_eq!(device.wiring.adb_serial(), Some("127.0.0.1:5555"));
     assert_eq!(device.lifeguard.generation, 17);
+    // Before layout 4: the safe registration defaults, nothing held.
+    assert!(!device.allow_registration && !device.follow_address);
+    assert!(device.address_change.is_none());
+    // Written back, it is layout 4 with nothing lost.
+    let again = Encoded::encode(&DeviceRecord::from(&device)).expect("encodes");
+    let back = mozpool::domain::model::Device::try_from(
+        decode_bytes::<DeviceRecord>(again.bytes()).expect("decodes"),
+    )
+    .expect("valid");
+    assert_eq!(back, device);
+}
+
+/// Golden bytes of a layout-4 device record (layout 3 plus the registration trust settings
+/// and a held address change).
+const DEVICE_V4: &[u8] = include_bytes!("../fixtures/records/device_v4.bin");
+
+#[test]
+fn golden_device_v4_still_decodes() {
+    let device = mozpool::domain::model::Device::try_from(
+        decode_bytes::<DeviceRecord>(DEVICE_V4).expect("layout 4 decodes"),
+    )
+    .expect("a valid device");
+    // The typed fields write back the very bytes they were read from.
+    let again = Encoded::encode(&DeviceRecord::from(&device)).expect("encodes");
+    assert_eq!(again.bytes(), DEVICE_V4);
+    assert_eq!(device.name, "panda-0043");
+    assert_eq!(device.wiring.adb_serial.as_deref(), Some("127.0.0.1:5555"));
+    assert!(device.allow_registration && !device.follow_address);
+    let change = device.address_change.as_ref().expect("held change");
+    assert_eq!(change.sut.as_str(), "10.0.0.77:20701");
+    assert_eq!(change.agent_name, "00:11:22:33:44:55");
+    assert_eq!(change.at, Millis(1_764_000_200_000));
+    assert!(!device.available(), "held out of the pool");
+    assert!(
+        device
+            .needs_tech()
+            .is_some_and(|r| r.contains("10.0.0.77:20701"))
+    );
 }
 
 /// The golden bytes of log layouts 1 and 2, frozen when each was released.
@@ -413,7 +448,7 @@ fn a_database_written_with_layout_1_opens_and_upgrades() {
         })
         .expect("raw")
         .expect("present");
-    assert_eq!(raw[0], 2, "written as variant 2 (layout 3)");
+    assert_eq!(raw[0], 3, "written as variant 3 (layout 4)");
 }
 
 /// Open `path` again once the previous `Store`'s writer thread has let go of the file.

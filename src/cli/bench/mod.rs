@@ -427,6 +427,8 @@ fn device(
         fastboot_serial: None,
         adb_serial: None,
         comments: None,
+        allow_registration: None,
+        follow_address: None,
     })
 }
 

@@ -32,11 +32,17 @@ pub fn device_json(d: &Device) -> Value {
 #[derive(Debug, serde::Serialize)]
 pub struct DeviceJson<'a> {
     adb_serial: &'a Option<String>,
+    /// A registration's new address, held for a tech.
+    address_change: Option<AddressChangeJson<'a>>,
+    /// A registration may claim the device (admin-created, not registered yet).
+    allow_registration: bool,
     boot_config: &'a Option<String>,
     comments: &'a Option<String>,
     created: Iso,
     environment: &'a Option<String>,
     fastboot_serial: &'a Option<String>,
+    /// A registration from a new address moves the device at once.
+    follow_address: bool,
     fqdn: &'a str,
     hardware_type: &'a Option<String>,
     id: u64,
@@ -46,7 +52,7 @@ pub struct DeviceJson<'a> {
     mac_address: String,
     name: &'a str,
     needs_tech: bool,
-    needs_tech_reason: Option<&'static str>,
+    needs_tech_reason: Option<String>,
     origin: &'a str,
     os_version: &'a Option<String>,
     pool: &'a Option<String>,
@@ -58,6 +64,14 @@ pub struct DeviceJson<'a> {
     state: &'a str,
     sut: &'a Option<SutAddr>,
     updated: Iso,
+}
+
+/// The `address_change` object of [`DeviceJson`].
+#[derive(Debug, serde::Serialize)]
+struct AddressChangeJson<'a> {
+    agent_name: &'a str,
+    at: Iso,
+    sut: &'a str,
 }
 
 /// The `registration` object of [`DeviceJson`] (alphabetical, as above).
@@ -80,11 +94,18 @@ impl<'a> DeviceJson<'a> {
             .map_or(d.name.as_str(), SutAddr::host);
         DeviceJson {
             adb_serial: &d.wiring.adb_serial,
+            address_change: d.address_change.as_ref().map(|c| AddressChangeJson {
+                agent_name: &c.agent_name,
+                at: Iso(c.at),
+                sut: c.sut.as_str(),
+            }),
+            allow_registration: d.allow_registration,
             boot_config: &d.lifeguard.current_boot_config,
             comments: &d.comments,
             created: Iso(d.created),
             environment: &d.facts.environment,
             fastboot_serial: &d.wiring.fastboot_serial,
+            follow_address: d.follow_address,
             fqdn,
             hardware_type: &d.facts.hardware_type,
             id: d.id,
@@ -105,6 +126,7 @@ impl<'a> DeviceJson<'a> {
                 fields: &r.fields,
                 ip: &r.ip,
             }),
+
             relay_info: &d.wiring.relay,
             request_id: d.request,
             retired: d.retired,

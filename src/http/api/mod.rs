@@ -49,6 +49,7 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::DeviceEvent(d, e) => lifeguard::event(ctx, d, e).await,
         Route::DeviceStateChange(d, from, to) => lifeguard::state_change(ctx, d, from, to).await,
         Route::DevicePowerCycle(d) => lifeguard::power_cycle(ctx, d).await,
+        Route::DeviceAddressChange(d, accept) => registration::address_change(ctx, d, accept).await,
         Route::DevicePowerOff(d) => lifeguard::power_off(ctx, d).await,
         Route::DevicePowerOn(d) => lifeguard::power_on(ctx, d).await,
         Route::DeviceReboot(d) => lifeguard::reboot(ctx, d).await,

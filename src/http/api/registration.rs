@@ -5,17 +5,22 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::devices::device_json;
+use crate::domain::names::DeviceName;
 use crate::http::body::{Body, json, json_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
-use crate::inventory::registration::apply::{Channel, apply, log_malformed};
+use crate::inventory::registration::apply::{
+    Channel, Refusal, SettleError, apply, log_malformed, settle_address_change,
+};
 use crate::inventory::registration::parse::from_pairs;
+use crate::inventory::registration::trust::Refused;
 use crate::inventory::sync::{SyncBody, SyncError, sync};
 
 /// `POST /api/device/register/` with `{"NAME": "...", "IPADDR": "...", ...}`. Keys are
 /// matched case-insensitively; values are strings or integers (`null` = absent). 201 with
 /// the device when created, 200 when updated, 400 when malformed, 409 when refused by policy
-/// (retired device, name collision).
+/// (retired device, name collision, not open to registrations; `address_change_held` when
+/// the new address waits for a tech), 429 over the new-device rate.
 pub async fn register(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let peer = ctx.peer.ip();
     let from = peer.to_string();
@@ -42,26 +47,46 @@ pub async fn register(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let msg = match parsed {
         Ok(m) => m,
         Err(reason) => {
-            let r = reason.clone();
-            ctx.svc
-                .store
-                .write(move |tx, now| log_malformed(tx, now, &from, Channel::Http, &r))
-                .await?;
+            // Counted always, written at the gate's log rate.
+            if let Some(unlogged) = ctx
+                .svc
+                .registration
+                .refusal(Refused::Malformed, ctx.svc.clock.now())
+            {
+                let r = reason.clone();
+                ctx.svc
+                    .store
+                    .write(move |tx, now| {
+                        log_malformed(tx, now, &from, Channel::Http, &r, unlogged)
+                    })
+                    .await?;
+            }
             return Err(ApiError::bad_request(reason));
         }
     };
     let server = ctx.svc.server_name().to_owned();
+    let gate = ctx.svc.registration.clone();
     let applied = ctx
         .svc
         .store
-        .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Http))
+        .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Http, &gate))
         .await?
-        .map_err(|refusal| {
-            ApiError::new(
+        .map_err(|refusal| match refusal {
+            Refusal::AddressHeld { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "address_change_held",
+                refusal.to_string(),
+            ),
+            Refusal::TooManyNew { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "registration_rate_limited",
+                refusal.to_string(),
+            ),
+            _ => ApiError::new(
                 StatusCode::CONFLICT,
                 "registration_refused",
                 refusal.to_string(),
-            )
+            ),
         })?;
     let status = if applied.created {
         StatusCode::CREATED
@@ -94,4 +119,27 @@ pub async fn inventory_sync(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         SyncError::Store(s) => s.into(),
     })?;
     Ok(ok(&report))
+}
+
+/// `POST /api/device/{id}/address-change/{accept|dismiss}/` (admin): settle the address
+/// change a registration announced. 200 with the device; 404 for no such device; 409 when
+/// it holds no change. The pool is woken, as the device may be free again.
+pub async fn address_change(
+    ctx: &Ctx,
+    name: DeviceName,
+    accept: bool,
+) -> Result<Response<Body>, ApiError> {
+    let actor = ctx.caller.name.clone();
+    let n = name.to_string();
+    let settled = ctx
+        .svc
+        .store
+        .write(move |tx, now| settle_address_change(tx, now, &n, accept, &actor))
+        .await?
+        .map_err(|e| match e {
+            SettleError::NoDevice(_) => ApiError::not_found(e.to_string()),
+            _ => ApiError::new(StatusCode::CONFLICT, "nothing_held", e.to_string()),
+        })?;
+    ctx.svc.pool.device_changed();
+    Ok(ok(&device_json(&settled)))
 }

@@ -83,7 +83,7 @@ pub struct DeviceRowView {
     /// Its time (UTC).
     pub last_log_time: String,
     /// Why a tech must look at it, if anything (no relay wiring).
-    pub needs_tech: Option<&'static str>,
+    pub needs_tech: Option<String>,
 }
 
 /// Devices per state and look (a held `ready` device counts apart from a free one), for
@@ -259,6 +259,9 @@ pub struct DeviceView {
     pub counters: Vec<FieldView>,
     /// What it said when it last registered.
     pub registration: Vec<FieldView>,
+    /// The SUTAgent address a registration announced and a tech has not settled yet (the
+    /// page offers to accept or dismiss it).
+    pub address_change: Option<String>,
 }
 
 /// Build the device page's view.
@@ -294,6 +297,18 @@ pub fn device_view(
         ),
         field("Controller", d.server.clone()),
         field("Origin", d.origin.clone()),
+        field(
+            "Registrations may claim it",
+            if d.allow_registration { "yes" } else { "no" },
+        ),
+        field(
+            "Follows address changes",
+            if d.follow_address {
+                "yes"
+            } else {
+                "no (held for a tech)"
+            },
+        ),
         field("Created", when(d.created)),
         field("Updated", when(d.updated)),
     ];
@@ -321,6 +336,7 @@ pub fn device_view(
         fields,
         counters,
         registration,
+        address_change: d.address_change.as_ref().map(|c| c.sut.as_str().to_owned()),
     }
 }
 

@@ -15,23 +15,31 @@
 //!   `registration`, state `new`, so Lifeguard self-tests it before it joins the pool) with
 //!   SUT address `IPADDR:CMDPORT`, hardware type / pool from `HARDWARE` / `POOL` when they are
 //!   valid names.
-//! - Known → SUT address updated (an IP change is logged explicitly); hardware type and pool
-//!   are only filled in when the inventory has none (the inventory wins).
+//! - Over TCP, `IPADDR` must be the sender's own address (the peer); a wildcard means the
+//!   peer. The HTTP form is an admin's call and says where the device is.
+//! - Unknown devices are created at most `new_devices_per_minute` ([`Gate::may_create`]).
+//! - Known → SUT address unchanged: details refreshed. SUT address changed: followed only
+//!   when the device says so ([`Device::follow_address`]); otherwise the device keeps its
+//!   address and the change is held for a tech ([`Device::address_change`]), which takes it
+//!   out of the pool until a tech accepts or dismisses it. Hardware type and pool are only
+//!   filled in when the inventory has none (the inventory wins).
 //! - Relay wiring is never taken from a registration. A device without wiring is flagged
 //!   [`Device::needs_tech`] and the flag is logged.
 //! - Refused: a retired device; a device owned by another controller; a device whose earlier
-//!   registration came from another agent NAME; a wired device whose SUT address was set by
-//!   the inventory/config/API (not by its own last registration) and names another host (a
-//!   registration cannot re-point a wired device's agent: a tech changes the inventory).
+//!   registration came from another agent NAME; a device an admin created that no agent
+//!   registered as yet, unless the admin allowed it ([`Device::allow_registration`]).
+//! - Refusals are logged at a bounded rate ([`Gate::refusal`]); all are counted.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+
+use super::trust::{Gate, Refused, unlogged_note};
 
 use crate::storage::Tx;
 
 use super::parse::RegistrationMessage;
 use crate::domain::clock::Millis;
-use crate::domain::model::{Device, Registration, device_subject};
+use crate::domain::model::{AddressChange, Device, Registration, device_subject};
 use crate::domain::names::HardwareType;
 use crate::inventory::{DeviceFields, Upsert, upsert_device_returning};
 use crate::storage::logs::{NewLog, append};
@@ -101,22 +109,6 @@ pub enum Refusal {
         /// The agent NAME of this registration.
         agent: String,
     },
-    /// The device is wired and its SUTAgent address, set by the inventory, config or API,
-    /// names another host than the registration's.
-    #[error(
-        "name collision: device {device} is wired to relay {relay} with SUTAgent at {sut} (set by {origin}); a registration from {ip} cannot re-point it"
-    )]
-    // Fields are named for what they hold; the #[error] text shows each in use.
-    #[allow(missing_docs)]
-    Wired {
-        device: String,
-        relay: String,
-        sut: String,
-        /// Who set the address (the device's origin).
-        origin: String,
-        /// The IPADDR of this registration.
-        ip: String,
-    },
     /// A generic agent NAME that matches no single device by address: a tech must tell
     /// which device it is.
     #[error(
@@ -136,9 +128,56 @@ pub enum Refusal {
     // Fields are named for what they hold; the #[error] text shows each in use.
     #[allow(missing_docs)]
     NoPeer { ipaddr: String },
+    /// `IPADDR` names another host than the one the registration came from: an agent
+    /// registers its own address.
+    #[error(
+        "IPADDR {ipaddr} is not the address this registration came from ({peer}): an agent registers its own address"
+    )]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    NotPeer { ipaddr: String, peer: String },
+    /// An admin created the device and has not opened it to registrations.
+    #[error(
+        "device {device} was created by {origin} and no agent has registered as it: an admin must allow it first (allow_registration)"
+    )]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    NotOpen { device: String, origin: String },
+    /// The registration announced another address; the change is held for a tech.
+    #[error(
+        "device {device} has its SUTAgent at {sut}; the change to {new} is held until a tech accepts it"
+    )]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    AddressHeld {
+        device: String,
+        sut: String,
+        new: String,
+    },
+    /// Too many new devices from registrations in the last minute.
+    #[error(
+        "too many new devices from registrations (at most {per_minute} a minute): try again later"
+    )]
+    // Fields are named for what they hold; the #[error] text shows each in use.
+    #[allow(missing_docs)]
+    TooManyNew { per_minute: u32 },
 }
 
-/// Apply `msg` in `tx`. `Ok(Err(refusal))` is a refusal (logged, nothing else written).
+impl Refusal {
+    /// How `/metrics` counts it.
+    #[must_use]
+    pub fn kind(&self) -> Refused {
+        match self {
+            Refusal::AddressHeld { .. } => Refused::Held,
+            Refusal::TooManyNew { .. } => Refused::RateLimited,
+            _ => Refused::Policy,
+        }
+    }
+}
+
+/// Apply `msg` in `tx`. `Ok(Err(refusal))` is a refusal: counted, logged when the gate's
+/// log rate allows, and nothing else written, except that a held address change is
+/// recorded on the device ([`Refusal::AddressHeld`]).
 ///
 /// # Errors
 /// Storage failure only.
@@ -149,8 +188,41 @@ pub fn apply(
     msg: &RegistrationMessage,
     peer: Option<IpAddr>,
     channel: Channel,
+    gate: &Gate,
 ) -> Result<Result<Applied, Refusal>, StoreError> {
-    let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let result = decide_and_apply(tx, now, server, msg, peer, channel, gate)?;
+    // Refusals are counted (and logged) where they are decided.
+    if result.is_ok() {
+        gate.metrics
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(result)
+}
+
+fn decide_and_apply(
+    tx: &Tx<'_>,
+    now: Millis,
+    server: &str,
+    msg: &RegistrationMessage,
+    peer: Option<IpAddr>,
+    channel: Channel,
+    gate: &Gate,
+) -> Result<Result<Applied, Refusal>, StoreError> {
+    let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_canonical().to_string());
+    // Over TCP the sender is the only witness of where the agent is: IPADDR must be it.
+    if channel == Channel::Tcp
+        && !msg.wildcard
+        && let Some(p) = peer
+        && msg.ip.parse::<IpAddr>().map(|ip| ip.to_canonical()) != Ok(p.to_canonical())
+    {
+        let reason = Refusal::NotPeer {
+            ipaddr: msg.ipaddr.clone(),
+            peer: from.clone(),
+        };
+        refuse(tx, now, msg, &from, channel, None, &reason, gate)?;
+        return Ok(Err(reason));
+    }
     // A wildcard IPADDR is the sender's address; without one there is nothing to record.
     let resolved = match peer {
         Some(p) if msg.wildcard => msg.at_peer(p).ok(),
@@ -160,7 +232,7 @@ pub fn apply(
         let reason = Refusal::NoPeer {
             ipaddr: msg.ipaddr.clone(),
         };
-        refuse(tx, now, msg, &from, channel, None, &reason.to_string())?;
+        refuse(tx, now, msg, &from, channel, None, &reason, gate)?;
         return Ok(Err(reason));
     }
     let msg = resolved.as_ref().unwrap_or(msg);
@@ -173,7 +245,7 @@ pub fn apply(
                 peer: from.clone(),
                 matched,
             };
-            flag_for_tech(tx, now, msg, &from, channel, &reason)?;
+            flag_for_tech(tx, now, msg, &from, channel, &reason, gate)?;
             return Ok(Err(reason));
         }
     };
@@ -185,9 +257,24 @@ pub fn apply(
             &from,
             channel,
             existing.as_ref(),
-            &reason.to_string(),
+            &reason,
+            gate,
         )?;
         return Ok(Err(reason));
+    }
+    if existing.is_none() && !gate.may_create(now) {
+        let reason = Refusal::TooManyNew {
+            per_minute: gate.config.new_devices_per_minute,
+        };
+        refuse(tx, now, msg, &from, channel, None, &reason, gate)?;
+        return Ok(Err(reason));
+    }
+    if let Some(d) = &existing
+        && let Some(old) = &d.wiring.sut_addr
+        && old != msg.sut_addr()
+        && !d.follow_address
+    {
+        return hold(tx, now, msg, &from, channel, d.clone(), gate);
     }
     let Some(name) = existing
         .as_ref()
@@ -200,7 +287,7 @@ pub fn apply(
             peer: from.clone(),
             matched: 0,
         };
-        flag_for_tech(tx, now, msg, &from, channel, &reason)?;
+        flag_for_tech(tx, now, msg, &from, channel, &reason, gate)?;
         return Ok(Err(reason));
     };
     let valid = |v: &Option<String>| v.clone().filter(|h| h.parse::<HardwareType>().is_ok());
@@ -406,38 +493,94 @@ fn refusal(d: &Device, msg: &RegistrationMessage, server: &str) -> Option<Refusa
             agent: msg.agent_name.clone(),
         });
     }
-    // A wired device whose SUT address was set by the inventory, config or API (not by its
-    // own last registration) cannot be re-pointed at another host by a registration.
-    if let (Some(relay), Some(sut)) = (&d.wiring.relay, &d.wiring.sut_addr) {
-        let from_registration = d
-            .registration
-            .as_ref()
-            .and_then(|r| r.ip.as_deref())
-            .is_some_and(|ip| host_of(sut.as_str()) == ip);
-        if !from_registration && host_of(sut.as_str()) != host_of(msg.sut_addr().as_str()) {
-            return Some(Refusal::Wired {
-                device: d.name.to_string(),
-                relay: relay.to_string(),
-                sut: sut.to_string(),
-                origin: d.origin.to_string(),
-                ip: msg.ip.clone(),
-            });
-        }
+    // A device an admin created is not handed to the first agent that names it.
+    if d.registration.is_none() && d.origin != "registration" && !d.allow_registration {
+        return Some(Refusal::NotOpen {
+            device: d.name.to_string(),
+            origin: d.origin.clone(),
+        });
     }
     None
 }
 
-fn host_of(addr: &str) -> &str {
-    addr.rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']')
+/// Hold an address change of `d` for a tech: the device keeps its address, records the
+/// one announced, and is out of the pool until a tech accepts or dismisses it. The first
+/// time an address is held it is logged (and at WARN); the same address again only
+/// refreshes its time, and other addresses after it are logged at the gate's rate.
+fn hold(
+    tx: &Tx<'_>,
+    now: Millis,
+    msg: &RegistrationMessage,
+    from: &str,
+    channel: Channel,
+    mut d: Device,
+    gate: &Gate,
+) -> Result<Result<Applied, Refusal>, StoreError> {
+    let old = d
+        .wiring
+        .sut_addr
+        .as_ref()
+        .map_or_else(String::new, |a| a.as_str().to_owned());
+    let reason = Refusal::AddressHeld {
+        device: d.name.to_string(),
+        sut: old.clone(),
+        new: msg.sut_addr().as_str().to_owned(),
+    };
+    let first = d.address_change.is_none();
+    let same = d
+        .address_change
+        .as_ref()
+        .is_some_and(|c| &c.sut == msg.sut_addr());
+    let log = if first {
+        gate.metrics.refused(Refused::Held);
+        Some(0)
+    } else if same {
+        gate.metrics.refused(Refused::Held);
+        None
+    } else {
+        gate.refusal(Refused::Held, now)
+    };
+    d.address_change = Some(AddressChange {
+        sut: msg.sut_addr().clone(),
+        agent_name: msg.agent_name.clone(),
+        at: now,
+    });
+    inv::put_device(tx, &d)?;
+    if let Some(unlogged) = log {
+        tracing::warn!(
+            device = %d.name,
+            from,
+            old = %old,
+            new = %msg.sut_addr(),
+            "registration from a new address held for a tech"
+        );
+        append(
+            tx,
+            now,
+            NewLog {
+                subjects: vec![device_subject(&d.name), SUBJECT.to_owned()],
+                source: "registration".into(),
+                actor: Some(format!("agent {}", msg.agent_name)),
+                message: format!(
+                    "needs a tech: registration via {} from {from} (NAME={} IPADDR={}) announced SUTAgent address {}, not {old}; the device keeps {old} and is not handed out until a tech accepts or dismisses the change{}",
+                    channel.as_str(),
+                    msg.agent_name,
+                    msg.ipaddr,
+                    msg.sut_addr(),
+                    unlogged_note(unlogged),
+                ),
+            },
+        )?;
+    }
+    Ok(Err(reason))
 }
 
 /// Log a refusal under `registration` (and the device, when there is one).
 ///
 /// # Errors
 /// Storage failure.
+// One argument per thing the log line says; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn refuse(
     tx: &Tx<'_>,
     now: Millis,
@@ -445,8 +588,13 @@ pub fn refuse(
     from: &str,
     channel: Channel,
     device: Option<&Device>,
-    reason: &str,
+    reason: &Refusal,
+    gate: &Gate,
 ) -> Result<(), StoreError> {
+    let Some(unlogged) = gate.refusal(reason.kind(), now) else {
+        return Ok(());
+    };
+    tracing::info!(from, agent = %msg.agent_name, %reason, "registration refused");
     let mut subjects = vec![SUBJECT.to_owned()];
     subjects.extend(device.map(|d| device_subject(&d.name)));
     append(
@@ -457,10 +605,11 @@ pub fn refuse(
             source: "registration".into(),
             actor: Some(format!("agent {}", msg.agent_name)),
             message: format!(
-                "registration refused (via {} from {from}, NAME={} IPADDR={}): {reason}",
+                "registration refused (via {} from {from}, NAME={} IPADDR={}): {reason}{}",
                 channel.as_str(),
                 msg.agent_name,
-                msg.ipaddr
+                msg.ipaddr,
+                unlogged_note(unlogged),
             ),
         },
     )?;
@@ -479,7 +628,11 @@ fn flag_for_tech(
     from: &str,
     channel: Channel,
     reason: &Refusal,
+    gate: &Gate,
 ) -> Result<(), StoreError> {
+    let Some(unlogged) = gate.refusal(reason.kind(), now) else {
+        return Ok(());
+    };
     tracing::warn!(
         from,
         agent = %msg.agent_name,
@@ -495,18 +648,21 @@ fn flag_for_tech(
             source: "registration".into(),
             actor: Some(format!("agent {}", msg.agent_name)),
             message: format!(
-                "needs a tech: registration refused (via {} from {from}, NAME={} IPADDR={} sut={}): {reason}",
+                "needs a tech: registration refused (via {} from {from}, NAME={} IPADDR={} sut={}): {reason}{}",
                 channel.as_str(),
                 msg.agent_name,
                 msg.ipaddr,
                 msg.sut_addr(),
+                unlogged_note(unlogged),
             ),
         },
     )?;
     Ok(())
 }
 
-/// Log a message that did not even parse, under `registration`.
+/// Log a message that did not even parse (or a connection that sent none), under
+/// `registration`. The caller asked the gate first ([`Gate::refusal`]); `unlogged` is
+/// what it answered.
 ///
 /// # Errors
 /// Storage failure.
@@ -516,6 +672,7 @@ pub fn log_malformed(
     from: &str,
     channel: Channel,
     reason: &str,
+    unlogged: u64,
 ) -> Result<(), StoreError> {
     append(
         tx,
@@ -524,10 +681,73 @@ pub fn log_malformed(
             SUBJECT.to_owned(),
             "registration",
             format!(
-                "registration refused (via {} from {from}): {reason}",
-                channel.as_str()
+                "registration refused (via {} from {from}): {reason}{}",
+                channel.as_str(),
+                unlogged_note(unlogged),
             ),
         ),
     )?;
     Ok(())
+}
+
+/// Why a held address change could not be settled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettleError {
+    /// No such device.
+    #[error("no device named {0}")]
+    NoDevice(String),
+    /// The device holds no address change.
+    #[error("device {0} holds no address change")]
+    NothingHeld(String),
+}
+
+/// A tech settles the address change `name` holds: `accept` moves the device to the
+/// announced address, otherwise it keeps its address. Either way the change is cleared (the
+/// device may be handed out again) and the decision is logged. Returns the device after.
+///
+/// # Errors
+/// Storage failure.
+pub fn settle_address_change(
+    tx: &Tx<'_>,
+    now: Millis,
+    name: &str,
+    accept: bool,
+    actor: &str,
+) -> Result<Result<Device, SettleError>, StoreError> {
+    let Some(mut d) = inv::device_in_tx(tx, name)? else {
+        return Ok(Err(SettleError::NoDevice(name.to_owned())));
+    };
+    let Some(change) = d.address_change.take() else {
+        return Ok(Err(SettleError::NothingHeld(name.to_owned())));
+    };
+    let old = d
+        .wiring
+        .sut_addr
+        .as_ref()
+        .map_or_else(|| "(none)".to_owned(), |a| a.as_str().to_owned());
+    let message = if accept {
+        if let Some(r) = d.registration.as_mut() {
+            r.ip = Some(change.sut.host().trim_matches(['[', ']']).to_owned());
+        }
+        d.wiring.sut_addr = Some(change.sut.clone());
+        d.wiring.unparsed.sut_addr = None;
+        format!(
+            "address change accepted: sut: {old} -> {} (announced by agent {})",
+            change.sut, change.agent_name
+        )
+    } else {
+        format!(
+            "address change dismissed: the device keeps {old}, not {} (announced by agent {})",
+            change.sut, change.agent_name
+        )
+    };
+    d.updated = now;
+    inv::put_device(tx, &d)?;
+    append(
+        tx,
+        now,
+        NewLog::new(device_subject(&d.name), "inventory", message).by(Some(actor.to_owned())),
+    )?;
+    Ok(Ok(d))
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`parse`]: the pure message parser (fuzzable, no I/O);
 //! - [`apply`]: the policy that applies a validated registration in one store write;
-//! - [`server`]: the TCP listener (bounded, deadline per connection);
+//! - [`server`]: the TCP listener (allowed networks, per-peer share, read deadline);
+//! - [`trust`]: the `[registration]` settings and the gate both channels share (networks,
+//!   rate limits, refusal counters);
 //! - [`send_registration`]: the agent side, for the virtual rack and tests.
 //!
 //! This module must not touch hardware or decide Lifeguard transitions: a new device is
@@ -13,6 +15,7 @@
 pub mod apply;
 pub mod parse;
 pub mod server;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,13 +50,38 @@ pub async fn send_registration(
     fields: &[(&str, &str)],
     form: AgentForm,
 ) -> std::io::Result<String> {
+    send_registration_from(addr, None, fields, form).await
+}
+
+/// [`send_registration`] from the local address `from` (a device registers from its own
+/// address, which the listener checks against `IPADDR`); `None` lets the system choose.
+///
+/// # Errors
+/// Connection failures (including an address that cannot be bound), and a timeout after 10 s.
+pub async fn send_registration_from(
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    fields: &[(&str, &str)],
+    form: AgentForm,
+) -> std::io::Result<String> {
     let body: Vec<String> = fields
         .iter()
         .map(|(k, v)| format!("{}={}", parse::encode(k), parse::encode(v)))
         .collect();
     let body = body.join("&");
     let run = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = match from {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         match form {
             AgentForm::Java => {
                 stream

@@ -1,10 +1,13 @@
 //! The registration listener: raw TCP, one message per connection.
 //!
-//! Per connection: read until `\n`, EOF (the Negatus half-close) or the deadline, at most
-//! [`MAX_MESSAGE_BYTES`] + 1 bytes; parse; apply in one store write; reply `OK\n` or
-//! `ERROR <reason>\n` (best effort: Negatus never reads it) and close. A connection cap and
-//! the per-connection deadline (covering read, store write and reply) mean a slow or hostile
-//! client holds one permit for at most the deadline.
+//! Per connection: the peer must be inside an allowed network and within its share of
+//! connections ([`Gate`]), else the connection is closed at once (counted, logged at a
+//! bounded rate). Then: read until `\n`, EOF (the Negatus half-close) or the read deadline,
+//! at most [`MAX_MESSAGE_BYTES`] + 1 bytes; parse; apply in one store write; reply `OK\n` or
+//! `ERROR <reason>\n` (best effort: Negatus never reads it) and close. The accept loop never
+//! waits: a connection waits for one of the [`MAX_CONNECTIONS`] slots while holding its
+//! peer's share, so a silent or flooding host holds at most its share, each for at most the
+//! read deadline, and cannot delay another host's registration.
 //!
 //! The Java agent takes any reply line containing `ok` (in any case) for success, so an error
 //! reply must never contain those two letters: every one is built by [`error_reply`], whose
@@ -21,12 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply::{Channel, apply, log_malformed};
 use super::parse::{MAX_MESSAGE_BYTES, RegistrationError, parse};
+use super::trust::{Gate, Refused};
+use crate::domain::clock::Clock;
 use crate::storage::Store;
 use tokio_util::task::TaskTracker;
 
-/// What the listener needs: the store it writes registrations to and this controller's name
-/// (new devices are recorded as owned by it). Cheap to clone.
-#[derive(Debug, Clone)]
+/// What the listener needs: the store it writes registrations to, this controller's name
+/// (new devices are recorded as owned by it) and the gate. Cheap to clone.
+#[derive(Clone)]
 pub struct Listener {
     /// Where registrations are applied and logged.
     pub store: Store,
@@ -34,13 +39,26 @@ pub struct Listener {
     pub server: Arc<str>,
     /// Connection tasks, awaited at shutdown.
     pub tasks: TaskTracker,
+    /// Allowed networks, per-peer shares, rate limits and counters.
+    pub gate: Arc<Gate>,
+    /// Time for the gate's buckets outside a store write.
+    pub clock: Arc<dyn Clock>,
 }
 
-/// Most registration connections served at once; more wait in the listen backlog.
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("server", &self.server)
+            .field("gate", &self.gate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most registration connections served at once; more wait (each holding its peer's share).
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serve registrations on `listener` until `shutdown` is cancelled. `deadline` bounds each
-/// connection from accept to close.
+/// connection from accept to close; the gate's `read_timeout_ms` bounds the read within it.
 pub async fn serve(
     app: Listener,
     listener: TcpListener,
@@ -49,13 +67,17 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "registration listener ready");
+        let c = &app.gate.config;
+        tracing::info!(
+            %addr,
+            allow = %c.allowed(),
+            per_peer = c.per_peer_connections,
+            read_timeout_ms = c.read_timeout_ms,
+            new_devices_per_minute = c.new_devices_per_minute,
+            "registration listener ready; it serves only the allowed networks"
+        );
     }
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = shutdown.cancelled() => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -67,23 +89,66 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let ip = peer.ip().to_canonical();
+        if !app.gate.allows(ip) {
+            turn_away(&app, stream, ip, Refused::NotAllowed);
+            continue;
+        }
+        let Some(slot) = app.gate.enter(ip) else {
+            turn_away(&app, stream, ip, Refused::PeerBusy);
+            continue;
+        };
         let app = app.clone();
         let stop = shutdown.clone();
+        let permits = permits.clone();
         app.tasks.clone().spawn(async move {
+            let started = tokio::time::Instant::now();
             tokio::select! {
-                () = handle(&app, stream, peer, deadline) => {}
+                () = async {
+                    let Ok(Ok(permit)) =
+                        tokio::time::timeout(deadline, permits.acquire_owned()).await
+                    else {
+                        return;
+                    };
+                    let rest = deadline.saturating_sub(started.elapsed());
+                    handle(&app, stream, peer, rest).await;
+                    drop(permit);
+                } => {}
                 () = stop.cancelled() => {}
             }
-            drop(permit);
+            drop(slot);
         });
     }
+}
+
+/// Close a connection the gate refused: counted, and logged when the log rate allows (in a
+/// task of its own, so the accept loop never waits for the store).
+fn turn_away(app: &Listener, stream: TcpStream, ip: IpAddr, kind: Refused) {
+    drop(stream);
+    let Some(unlogged) = app.gate.refusal(kind, app.clock.now()) else {
+        return;
+    };
+    let reason = match kind {
+        Refused::NotAllowed => format!(
+            "connection from {ip} closed: not in the allowed networks ({})",
+            app.gate.config.allowed()
+        ),
+        _ => format!(
+            "connection from {ip} closed: it already holds {} registration connections",
+            app.gate.config.per_peer_connections
+        ),
+    };
+    let app2 = app.clone();
+    app.tasks
+        .spawn(async move { write_log(&app2, ip, unlogged, reason).await });
 }
 
 /// Serve one connection within `deadline`.
 async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadline: Duration) {
     let started = tokio::time::Instant::now();
-    let reply = match tokio::time::timeout(deadline, read_message(&mut stream)).await {
-        Err(_) => Err(ReadError::TimedOut(deadline)),
+    let read_deadline = deadline.min(Duration::from_millis(app.gate.config.read_timeout_ms));
+    let reply = match tokio::time::timeout(read_deadline, read_message(&mut stream)).await {
+        Err(_) => Err(ReadError::TimedOut(read_deadline)),
         Ok(Err(e)) => Err(e),
         Ok(Ok(bytes)) => Ok(bytes),
     };
@@ -92,6 +157,7 @@ async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadlin
         // Connected and closed without a byte (a TCP probe, a port scan): nothing to record.
         Ok(bytes) if bytes.is_empty() => {
             tracing::debug!(%peer, "empty registration connection");
+            app.gate.metrics.refused(Refused::Incomplete);
             error_reply(&RegistrationError::Empty)
         }
         Ok(bytes) => match tokio::time::timeout(rest, register(app, &bytes, peer.ip())).await {
@@ -99,8 +165,11 @@ async fn handle(app: &Listener, mut stream: TcpStream, peer: SocketAddr, deadlin
             Err(_) => error_reply(&STORE_TIMEOUT),
         },
         Err(reason) => {
-            tracing::info!(%peer, %reason, "registration refused");
-            log(app, peer.ip(), reason.to_string()).await;
+            let kind = match reason {
+                ReadError::TooLong => Refused::Malformed,
+                ReadError::Io(_) | ReadError::TimedOut(_) => Refused::Incomplete,
+            };
+            log(app, peer.ip(), kind, reason.to_string()).await;
             error_reply(&reason)
         }
     };
@@ -155,26 +224,23 @@ async fn register(app: &Listener, bytes: &[u8], peer: IpAddr) -> String {
     let msg = match parse(bytes) {
         Ok(m) => m,
         Err(e) => {
-            let reason = e.to_string();
-            tracing::info!(%peer, %reason, "registration refused");
-            log(app, peer, reason.clone()).await;
+            log(app, peer, Refused::Malformed, e.to_string()).await;
             return error_reply(&e);
         }
     };
     let server = app.server.to_string();
+    let gate = app.gate.clone();
     let result = app
         .store
-        .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Tcp))
+        .write(move |tx, now| apply(tx, now, &server, &msg, Some(peer), Channel::Tcp, &gate))
         .await;
     match result {
         Ok(Ok(a)) => {
             tracing::info!(%peer, device = %a.device.name, created = a.created, "device registered");
             "OK\n".to_owned()
         }
-        Ok(Err(reason)) => {
-            tracing::info!(%peer, %reason, "registration refused");
-            error_reply(&reason)
-        }
+        // Counted and logged (at the gate's rate) by `apply`.
+        Ok(Err(reason)) => error_reply(&reason),
         Err(e) => {
             tracing::error!(error = %e, "cannot store a registration");
             error_reply(&STORE_FAILED)
@@ -211,11 +277,21 @@ pub fn error_reply(reason: &dyn std::fmt::Display) -> String {
     out
 }
 
-async fn log(app: &Listener, peer: IpAddr, reason: String) {
-    let from = peer.to_string();
+/// Count a refusal that names no device and, when the gate's log rate allows, log it (at
+/// INFO and under `registration` in the store).
+async fn log(app: &Listener, peer: IpAddr, kind: Refused, reason: String) {
+    if let Some(unlogged) = app.gate.refusal(kind, app.clock.now()) {
+        write_log(app, peer, unlogged, reason).await;
+    }
+}
+
+/// Write one refusal the gate let through to the logs.
+async fn write_log(app: &Listener, peer: IpAddr, unlogged: u64, reason: String) {
+    tracing::info!(%peer, %reason, unlogged, "registration refused");
+    let from = peer.to_canonical().to_string();
     if let Err(e) = app
         .store
-        .write(move |tx, now| log_malformed(tx, now, &from, Channel::Tcp, &reason))
+        .write(move |tx, now| log_malformed(tx, now, &from, Channel::Tcp, &reason, unlogged))
         .await
     {
         tracing::warn!(error = %e, "cannot log a refused registration");
@@ -298,13 +374,20 @@ mod tests {
                 registered_by: "a".into(),
                 agent: "b".into(),
             },
-            Refusal::Wired {
-                device: "d".into(),
-                relay: "r:bank1:relay1".into(),
-                sut: "10.0.0.1:20701".into(),
-                origin: "inventory".into(),
-                ip: "10.0.0.2".into(),
+            Refusal::NotPeer {
+                ipaddr: "10.0.0.2".into(),
+                peer: "10.0.0.1".into(),
             },
+            Refusal::NotOpen {
+                device: "d".into(),
+                origin: "config".into(),
+            },
+            Refusal::AddressHeld {
+                device: "d".into(),
+                sut: "10.0.0.1:20701".into(),
+                new: "10.0.0.2:20701".into(),
+            },
+            Refusal::TooManyNew { per_minute: 10 },
             Refusal::Unmatched {
                 agent: "SUTAgent".into(),
                 peer: "10.0.0.3".into(),
@@ -319,7 +402,10 @@ mod tests {
                 Refusal::Retired { .. }
                 | Refusal::OtherController { .. }
                 | Refusal::OtherAgent { .. }
-                | Refusal::Wired { .. }
+                | Refusal::NotPeer { .. }
+                | Refusal::NotOpen { .. }
+                | Refusal::AddressHeld { .. }
+                | Refusal::TooManyNew { .. }
                 | Refusal::Unmatched { .. }
                 | Refusal::NoPeer { .. } => {}
             }
