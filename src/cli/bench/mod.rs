@@ -383,9 +383,14 @@ fn spanned<T: std::str::FromStr>(s: &str) -> anyhow::Result<toml::Spanned<T>> {
 /// the reusable image `android`, no delays in the hardware settings.
 fn config(dir: &Path, boards: usize) -> anyhow::Result<Config> {
     let mut text = String::new();
+    // Every BCM pin of each board is wired (`cycles` addresses `gB:pinN` for all of them).
+    let pins: Vec<String> = (0..=crate::hw::relay::MAX_BCM_PIN)
+        .map(|p| p.to_string())
+        .collect();
+    let pins = pins.join(", ");
     for b in 0..boards {
         text.push_str(&format!(
-            "[[relay_boards]]\nname = \"g{b}\"\nkind = {{ type = \"gpio\", active_low = false }}\ncool_down_ms = 0\n"
+            "[[relay_boards]]\nname = \"g{b}\"\nkind = {{ type = \"gpio\", active_low = false, pins = [{pins}] }}\ncool_down_ms = 0\n"
         ));
     }
     let mut c = Config::parse(Path::new("bench.toml"), &text).context("bench config")?;
