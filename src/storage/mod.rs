@@ -35,12 +35,11 @@ mod tx;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
 pub use disk::{Disk, Fault, FileDisk, Outage, SimDisk};
@@ -122,8 +121,9 @@ pub enum StoreError {
     /// A write asked for a table its own code still holds (a bug in the caller).
     #[error("table {0} is already in use in this transaction")]
     TableInUse(String),
-    /// The store cannot be read right now: the writer is reopening it after an I/O failure.
-    #[error("the store is being reopened: {0}")]
+    /// The store cannot be read right now: it is down after an I/O failure (a full disk)
+    /// and the read needed the file, or the writer is reopening it.
+    #[error("the store is down: {0}")]
     Unavailable(Outage),
 }
 
@@ -381,7 +381,7 @@ impl Down {
 struct Inner {
     shared: Arc<Shared>,
     path: PathBuf,
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
 }
 
 /// Handle to the store. Cheap to clone.
@@ -421,7 +421,7 @@ impl Store {
         let db = builder().create_with_backend(disk.backend().map_err(redb::Error::Io)?)?;
         migrate(&db, path)?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db.clone())),
             stats: StoreStats::default(),
@@ -441,7 +441,7 @@ impl Store {
         };
         std::thread::Builder::new()
             .name("redb-writer".into())
-            .spawn(move || writer_loop(writer, &rx))
+            .spawn(move || writer_loop(writer, rx))
             .map_err(StoreError::WriterThread)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -680,6 +680,9 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
 /// refuses to open a file that is still open).
 const READERS_GRACE: Duration = Duration::from_secs(2);
 
+/// How often the writer looks for writes to refuse while the store is down.
+const DOWN_POLL: Duration = Duration::from_millis(10);
+
 /// The writer thread's state: the database it commits to, and how to reopen it.
 struct Writer<D: Disk> {
     disk: D,
@@ -695,7 +698,7 @@ struct Writer<D: Disk> {
 
 /// The writer thread: take every write waiting, commit them as one batch, answer their
 /// callers; while the store is down, refuse writes and probe the disk until it reopens.
-fn writer_loop<D: Disk>(mut w: Writer<D>, rx: &mpsc::Receiver<Box<dyn Job>>) {
+fn writer_loop<D: Disk>(mut w: Writer<D>, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut last_now = Millis(0);
     loop {
@@ -703,12 +706,18 @@ fn writer_loop<D: Disk>(mut w: Writer<D>, rx: &mpsc::Receiver<Box<dyn Job>>) {
             w.heal();
         }
         let first = match w.next_probe() {
-            None => rx.recv().ok(),
-            // Down: wake up for the next probe even when no write comes.
-            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+            None => rx.blocking_recv(),
+            // Down: wake up for the next probe even when no write comes. The channel has no
+            // blocking receive with a deadline; polling only while down keeps the normal
+            // path as it was.
+            Some(at) => match rx.try_recv() {
                 Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    std::thread::sleep(wait.min(DOWN_POLL));
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
             },
         };
         let Some(first) = first else { break };
@@ -1181,7 +1190,7 @@ mod tests {
                 .starts_with("the write was not committed: the disk holding the store is full"),
             "{refused}"
         );
-        assert!(refused.retry_after().expect("retry") <= super::disk::MAX_PROBE_INTERVAL);
+        assert!(refused.retry_after().expect("retry") <= crate::storage::disk::MAX_PROBE_INTERVAL);
         // The writer is still there to answer: only a dropped store is "shut down".
         assert!(!matches!(refused, StoreError::Closed));
 
