@@ -259,7 +259,9 @@ impl Tmpfs {
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs { dir }),
             Ok(o) => {
-                let why = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                let why: Vec<&str> = stderr.lines().map(str::trim).collect();
+                let why = why.join(" ");
                 skip(test, &format!("cannot mount a tmpfs: {why}"));
                 None
             }
