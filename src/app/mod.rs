@@ -134,7 +134,20 @@ impl App {
         clock: Arc<dyn Clock>,
         sim: Option<Arc<SimRack>>,
     ) -> Result<App, StartError> {
-        App::open_inner(config, clock, sim, false).await
+        App::open_inner(config, clock, sim, false, None).await
+    }
+
+    /// [`App::open`] on a store the caller opened (tests open it on a
+    /// [`crate::storage::SimDisk`] to fill its disk), instead of the data directory's.
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn open_on_store(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        store: Store,
+    ) -> Result<App, StartError> {
+        App::open_inner(config, clock, None, false, Some(store)).await
     }
 
     /// [`App::open`] with every GPIO relay board on an in-memory [`crate::hw::SimGpio`]
@@ -143,7 +156,7 @@ impl App {
     /// # Errors
     /// [`StartError`].
     pub async fn open_sim_gpio(config: Config, clock: Arc<dyn Clock>) -> Result<App, StartError> {
-        App::open_inner(config, clock, None, true).await
+        App::open_inner(config, clock, None, true, None).await
     }
 
     async fn open_inner(
@@ -151,6 +164,7 @@ impl App {
         clock: Arc<dyn Clock>,
         sim: Option<Arc<SimRack>>,
         sim_gpio: bool,
+        store: Option<Store>,
     ) -> Result<App, StartError> {
         let dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
@@ -158,7 +172,10 @@ impl App {
             source,
         })?;
         clean_scratch(&dir);
-        let store = Store::open(&dir.join(crate::storage::backup::DB_FILE), clock.clone())?;
+        let store = match store {
+            Some(store) => store,
+            None => Store::open(&dir.join(crate::storage::backup::DB_FILE), clock.clone())?,
+        };
         let started = clock.now();
         let auth = Auth::new(config.auth.as_ref());
         if auth.is_open() {

@@ -10,7 +10,10 @@
 //!   when its tick came later than half the watchdog period (a starved runtime);
 //! - the **store's writer** commits: a commit within the last half period proves it; if there
 //!   was none (an idle service), the pinger submits an empty write and waits for its commit
-//!   (bounded), so a stuck writer thread or a hung `fsync` stops the pings;
+//!   (bounded), so a stuck writer thread or a hung `fsync` stops the pings. A writer that
+//!   answers "the store is down" (a full disk; see `storage::disk`) is alive: it reopens the
+//!   store by itself once the disk takes writes, which is all a restart would do (and a
+//!   restart on a full disk could not even open the store), so the pings go on;
 //! - every registered [`Heartbeat`] (drivers, board actors) beat within the period.
 //!
 //! Any failed check skips the ping and logs why; a later successful check resumes pinging.
@@ -141,6 +144,10 @@ pub async fn check(
         // Idle (or failing): prove the writer is alive with an empty commit.
         match tokio::time::timeout(half, store.write(|_, _| Ok(()))).await {
             Err(_) => return Err(Unhealthy::WriterStalled),
+            // Alive and healing by itself (health and /metrics report the outage).
+            Ok(Err(e)) if e.fault().is_some() => {
+                tracing::debug!(error = %e, "watchdog: the store is down and reopening itself");
+            }
             Ok(Err(e)) => return Err(Unhealthy::StoreFailing(e.to_string())),
             Ok(Ok(())) => {}
         }
@@ -240,6 +247,44 @@ mod tests {
         );
         stuck.await.expect("join").expect("write");
         assert_eq!(check(&store, &hb, period, Duration::ZERO).await, Ok(()));
+    }
+
+    /// A writer that refuses writes because the disk is full is alive and reopens the store
+    /// by itself: the watchdog keeps pinging (a restart could not do more). A writer stuck
+    /// in a write still stops the pings.
+    #[tokio::test]
+    async fn a_store_down_on_a_full_disk_passes_and_a_stuck_one_does_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join(crate::storage::backup::DB_FILE);
+        let disk = crate::storage::SimDisk::new(&path);
+        let store = Store::open_on(disk.clone(), &path, Arc::new(SystemClock)).expect("open");
+        let hb = Heartbeats::default();
+        let period = Duration::from_millis(400);
+        disk.set_full(true);
+        let e = store.write(|_, _| Ok(())).await.expect_err("full");
+        assert!(e.fault().is_some(), "{e}");
+        assert!(store.outage().is_some());
+        assert_eq!(check(&store, &hb, period, Duration::ZERO).await, Ok(()));
+        let blocker = store.clone();
+        disk.set_full(false);
+        // Wait for the reopen, then block the writer for longer than half a period.
+        while store.outage().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stuck = tokio::spawn(async move {
+            blocker
+                .write(|_, _| {
+                    std::thread::sleep(Duration::from_millis(1200));
+                    Ok(())
+                })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            check(&store, &hb, period, Duration::ZERO).await,
+            Err(Unhealthy::WriterStalled)
+        );
+        stuck.await.expect("join").expect("write");
     }
 
     #[tokio::test]

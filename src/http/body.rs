@@ -7,12 +7,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, retry_secs};
 
 /// The one response body type: a body held in memory (almost every response), or chunks
 /// streamed from a channel (large downloads such as `/api/backup/`, which must not be held in
@@ -182,6 +182,10 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
         "application/json; charset=utf-8",
         Bytes::from(bytes),
     );
+    if let Some(after) = e.retry_after {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_secs(after)));
+    }
     if e.status == StatusCode::UNAUTHORIZED {
         // Both schemes: Bearer for new clients, Basic so that clients holding credentials
         // in an `http://name:token@host/` URL answer the challenge.

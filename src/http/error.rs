@@ -1,9 +1,11 @@
 //! `ApiError`: every failure the API reports, as a status, a stable code and a message,
 //! always rendered as a JSON body `{"error": message, "code": code}`.
 
+use std::time::Duration;
+
 use hyper::StatusCode;
 
-use crate::storage::StoreError;
+use crate::storage::{Fault, StoreError};
 
 /// An API failure.
 #[derive(Debug, Clone)]
@@ -15,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
+    /// When to try again, for a temporary 503 (sent as `Retry-After`, in whole seconds).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -25,6 +29,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -83,12 +88,54 @@ impl From<crate::http::auth::AuthError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if let Some(fault) = e.fault() {
+            // The store heals by itself (see storage::disk); the operator log has the cause
+            // once, from the writer, so a 503 per call is not logged again as an error.
+            tracing::warn!(error = %e, "store unavailable while answering a request");
+            return store_fault(fault, &e);
+        }
         tracing::error!(error = %e, "store error while answering a request");
         match e {
             StoreError::Closed => ApiError::unavailable("the service is shutting down"),
             other => ApiError::internal(format!("storage error: {other}")),
         }
     }
+}
+
+/// 503 for a store that cannot take writes (or be read) until it has reopened itself:
+/// `disk_full` when its disk is full, `storage_unavailable` for another I/O error, with a
+/// `Retry-After` of when the store next tries to reopen.
+fn store_fault(fault: Fault, e: &StoreError) -> ApiError {
+    let retry = e.retry_after().unwrap_or(Duration::ZERO);
+    let what = if matches!(e, StoreError::Unavailable(_)) {
+        "the store cannot be read right now"
+    } else {
+        "the change was not saved"
+    };
+    let (code, message) = match fault {
+        Fault::DiskFull => (
+            "disk_full",
+            format!(
+                "the disk is full: {what}. Free space on the disk holding the service's data;                  writes resume by themselves, without a restart"
+            ),
+        ),
+        Fault::Io => (
+            "storage_unavailable",
+            format!(
+                "the store had an I/O error: {what}. The service is reopening it and resumes                  by itself"
+            ),
+        ),
+    };
+    ApiError {
+        retry_after: Some(retry),
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
+/// A `Retry-After` value: whole seconds (RFC 9110 §10.2.3), rounded up, at least 1.
+#[must_use]
+pub fn retry_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 impl std::fmt::Display for ApiError {

@@ -20,7 +20,7 @@ use crate::domain::histogram::{FAST_BUCKETS, Histogram};
 use crate::hw::metrics::HwMetrics;
 use crate::inventory::registration::trust::{Refused, RegistrationMetrics};
 use crate::lifeguard::DeviceState;
-use crate::storage::{Snapshot, Store, StoreError};
+use crate::storage::{Fault, Snapshot, Store, StoreError};
 
 /// Everything recorded as it happens. One per service, shared by `Arc` (held by `App`).
 #[derive(Debug)]
@@ -123,17 +123,19 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Render the whole `/metrics` page.
-///
-/// # Errors
-/// Storage failure while counting.
+/// Render the whole `/metrics` page. When the store cannot be read (it is reopening after a
+/// full disk), the families counted from it are left out and `mozpool_store_readable` is 0:
+/// the store's own gauges are what the operator needs to see then.
 pub async fn render(
     metrics: &Metrics,
     store: &Store,
     started_unix_ms: u64,
     status_long_polls: usize,
-) -> Result<String, StoreError> {
-    let counts = store.read(store_counts).await?;
+) -> String {
+    let counts = store.read(store_counts).await;
+    if let Err(e) = &counts {
+        tracing::warn!(error = %e, "/metrics: cannot read the store; leaving out its counts");
+    }
     let file_bytes = std::fs::metadata(store.path()).map_or(0, |m| m.len());
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;
@@ -161,28 +163,9 @@ pub async fn render(
         started_unix_ms as f64 / 1000.0,
     );
 
-    family(
-        o,
-        "mozpool_devices",
-        "gauge",
-        "Devices (not retired) per Lifeguard state.",
-    );
-    for (state, n) in &counts.devices {
-        let _ = writeln!(o, "mozpool_devices{{state=\"{}\"}} {n}", label(state));
+    if let Ok(counts) = &counts {
+        render_counts(o, counts);
     }
-    if let Some(requests) = &counts.requests {
-        family(o, "mozpool_requests", "gauge", "Open requests per state.");
-        for (state, n) in requests {
-            let _ = writeln!(o, "mozpool_requests{{state=\"{}\"}} {n}", label(state));
-        }
-    }
-    family(
-        o,
-        "mozpool_requests_stored",
-        "gauge",
-        "Requests in the store, open or closed.",
-    );
-    sample(o, "mozpool_requests_stored", counts.requests_stored);
 
     family(
         o,
@@ -341,14 +324,50 @@ pub async fn render(
         "1 when the last commit succeeded.",
     );
     sample(o, "mozpool_store_healthy", u8::from(store.healthy()));
-
+    let outage = store.outage();
     family(
         o,
-        "mozpool_log_records",
+        "mozpool_store_writable",
         "gauge",
-        "Records in the durable log.",
+        "1 when the store takes writes; 0 while it refuses them until it has reopened itself.",
     );
-    sample(o, "mozpool_log_records", counts.log_records);
+    sample(o, "mozpool_store_writable", u8::from(outage.is_none()));
+    family(
+        o,
+        "mozpool_store_disk_full",
+        "gauge",
+        "1 while writes are refused because the disk holding the store is full.",
+    );
+    let full = outage.is_some_and(|o| o.fault == Fault::DiskFull);
+    sample(o, "mozpool_store_disk_full", u8::from(full));
+    family(
+        o,
+        "mozpool_store_reopens_total",
+        "counter",
+        "Times the store reopened itself after a full disk or an I/O error.",
+    );
+    sample(
+        o,
+        "mozpool_store_reopens_total",
+        stats.reopens.load(Ordering::Relaxed),
+    );
+    family(
+        o,
+        "mozpool_store_readable",
+        "gauge",
+        "1 when this scrape could read the store (the counts above are left out otherwise).",
+    );
+    sample(o, "mozpool_store_readable", u8::from(counts.is_ok()));
+
+    if let Ok(counts) = &counts {
+        family(
+            o,
+            "mozpool_log_records",
+            "gauge",
+            "Records in the durable log.",
+        );
+        sample(o, "mozpool_log_records", counts.log_records);
+    }
     family(
         o,
         "mozpool_store_file_bytes",
@@ -363,7 +382,33 @@ pub async fn render(
         "Requests with a status long poll (?wait) open now.",
     );
     sample(o, "mozpool_status_long_polls", status_long_polls);
-    Ok(out)
+    out
+}
+
+/// The families counted from the store: devices and requests per state, requests stored.
+fn render_counts(o: &mut String, counts: &StoreCounts) {
+    family(
+        o,
+        "mozpool_devices",
+        "gauge",
+        "Devices (not retired) per Lifeguard state.",
+    );
+    for (state, n) in &counts.devices {
+        let _ = writeln!(o, "mozpool_devices{{state=\"{}\"}} {n}", label(state));
+    }
+    if let Some(requests) = &counts.requests {
+        family(o, "mozpool_requests", "gauge", "Open requests per state.");
+        for (state, n) in requests {
+            let _ = writeln!(o, "mozpool_requests{{state=\"{}\"}} {n}", label(state));
+        }
+    }
+    family(
+        o,
+        "mozpool_requests_stored",
+        "gauge",
+        "Requests in the store, open or closed.",
+    );
+    sample(o, "mozpool_requests_stored", counts.requests_stored);
 }
 
 /// The `# HELP` and `# TYPE` lines of a metric family.

@@ -208,7 +208,7 @@ fn uncovered(tx: &ReadTransaction) -> Result<Vec<String>, StoreError> {
 /// # Errors
 /// Storage failure, or a table this code does not know how to copy.
 pub fn snapshot(store: &Store, dest: &Path) -> Result<SnapshotInfo, StoreError> {
-    let src = store.inner.db.begin_read()?;
+    let src = store.db()?.begin_read()?;
     let missing = uncovered(&src)?;
     if !missing.is_empty() {
         return Err(backup_error(format!(
@@ -422,7 +422,7 @@ mod tests {
             std::sync::Arc::new(crate::domain::clock::SystemClock),
         )
         .expect("open");
-        let tx = store.inner.db.begin_read().expect("read");
+        let tx = store.db().expect("db").begin_read().expect("read");
         assert_eq!(uncovered(&tx).expect("list"), Vec::<String>::new());
     }
 }

@@ -11,12 +11,20 @@
 //! its `Ok` value) must not have written anything. A closure that returns `Err(StoreError)`
 //! aborts the whole batch: every caller in it gets an error and nothing is committed.
 //!
+//! When the file stops taking writes (a full disk, an I/O error), redb refuses the database
+//! until it is closed and opened again. The writer then stops taking writes itself: callers
+//! get [`StoreError::fault`] with an [`Outage`] saying why and when it tries again, and the
+//! writer probes the disk (see [`disk`]) until a reopen and a probe commit succeed; writes then
+//! resume without a restart. Only committed writes were ever acknowledged, and redb reopens
+//! at its last durable commit, so nothing acknowledged is lost.
+//!
 //! Reads run on tokio's blocking pool in their own MVCC snapshot and never wait for writes.
 //! Read closures get a [`Snapshot`], whose typed queries are the only way callers outside
 //! this module read the store: they never see redb, its tables or the on-disk records.
 
 pub mod backup;
 mod codec;
+pub mod disk;
 pub mod inventory;
 pub mod logs;
 pub mod records;
@@ -26,14 +34,15 @@ pub mod tables;
 mod tx;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
+pub use disk::{Disk, Fault, FileDisk, Outage, SimDisk};
 pub use snapshot::Snapshot;
 pub use tx::Tx;
 
@@ -112,6 +121,36 @@ pub enum StoreError {
     /// A write asked for a table its own code still holds (a bug in the caller).
     #[error("table {0} is already in use in this transaction")]
     TableInUse(String),
+    /// The store cannot be read right now: it is down after an I/O failure (a full disk)
+    /// and the read needed the file, or the writer is reopening it.
+    #[error("the store is down: {0}")]
+    Unavailable(Outage),
+}
+
+impl StoreError {
+    /// The storage fault behind this error (a full disk, an I/O error of the store file), if
+    /// it is one: such an error is temporary, as the writer reopens the store by itself.
+    #[must_use]
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            StoreError::Db(e) => disk::of_error(e),
+            StoreError::NotCommitted(w) => w.fault(),
+            StoreError::Unavailable(o) => Some(o.fault),
+            _ => None,
+        }
+    }
+
+    /// For a [`StoreError::fault`]: how long until the writer next tries to reopen the store
+    /// (what the API's `Retry-After` says).
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            StoreError::Unavailable(o) | StoreError::NotCommitted(WriteError::Refused(o)) => {
+                Some(o.retry_in)
+            }
+            other => other.fault().map(|_| disk::FIRST_PROBE),
+        }
+    }
 }
 
 /// Why a batch did not commit, as told to every caller whose write was in it (redb's
@@ -133,6 +172,27 @@ pub enum WriteError {
     /// redb could not commit (and make durable) the batch's transaction.
     #[error("commit failed: {0}")]
     Commit(#[source] Arc<redb::CommitError>),
+    /// Another write in the same batch hit a storage fault; the batch was aborted.
+    #[error("another write in its batch failed: {0}")]
+    Aborted(Fault),
+    /// The store takes no writes until the writer has reopened it (the write never ran).
+    #[error("{0}")]
+    Refused(Outage),
+}
+
+impl WriteError {
+    /// The storage fault that stopped the batch, if it was one.
+    #[must_use]
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            WriteError::Begin(e) => disk::of_transaction(e),
+            WriteError::OtherWrite => None,
+            WriteError::Log(e) => e.fault(),
+            WriteError::Commit(e) => disk::of_commit(e),
+            WriteError::Aborted(f) => Some(*f),
+            WriteError::Refused(o) => Some(o.fault),
+        }
+    }
 }
 
 macro_rules! redb_from {
@@ -154,15 +214,31 @@ redb_from!(
 /// What the writer thread runs for one caller: its closure, or only its answer when the
 /// batch could not even begin.
 trait Job: Send {
-    /// Run the closure in `tx`. Returns whether it failed at the storage level, and the
-    /// completion to call with the batch's outcome.
-    fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (bool, Completion);
+    /// Run the closure in `tx`. Returns its storage-level failure, if any, and the completion
+    /// to call with the batch's outcome.
+    fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (Option<Failure>, Completion);
     /// Answer the caller without running its closure: the batch never began.
     fn refuse(self: Box<Self>, why: WriteError);
 }
 
 /// Tells one caller how its batch ended.
 type Completion = Box<dyn FnOnce(Result<(), WriteError>) + Send>;
+
+/// Why a batch (or one write of it) failed, as the writer needs to know it: whether the store
+/// file itself failed, and the error as text for the operator.
+struct Failure {
+    fault: Option<Fault>,
+    cause: String,
+}
+
+impl Failure {
+    fn of(fault: Option<Fault>, cause: &impl std::fmt::Display) -> Failure {
+        Failure {
+            fault,
+            cause: cause.to_string(),
+        }
+    }
+}
 
 /// A caller's write closure and the channel its answer goes back on.
 struct WriteJob<F, T> {
@@ -177,17 +253,17 @@ where
     T: Send + 'static,
     F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
 {
-    fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (bool, Completion) {
+    fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (Option<Failure>, Completion) {
         let WriteJob { f, reply } = *self;
         match f(tx, now) {
             Ok(value) => (
-                false,
+                None,
                 Box::new(move |commit: Result<(), WriteError>| {
                     let _ = reply.send(commit.map(|()| value).map_err(StoreError::from));
                 }),
             ),
             Err(e) => (
-                true,
+                Some(Failure::of(e.fault(), &e)),
                 Box::new(move |_| {
                     let _ = reply.send(Err(e));
                 }),
@@ -215,6 +291,9 @@ pub struct StoreStats {
     pub max_commit_micros: AtomicU64,
     /// Commits that failed.
     pub failures: AtomicU64,
+    /// Times the writer reopened the store after an I/O failure (a full disk) and took
+    /// writes again.
+    pub reopens: AtomicU64,
     /// Latency of every commit attempt (the whole batch: closures plus fsync).
     pub commit_latency: Histogram,
     /// The writer's heartbeat: milliseconds after `epoch` of the last successful commit, plus
@@ -233,6 +312,7 @@ impl Default for StoreStats {
             commit_micros: AtomicU64::new(0),
             max_commit_micros: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            reopens: AtomicU64::new(0),
             commit_latency: Histogram::new(FAST_BUCKETS),
             last_commit: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -259,15 +339,49 @@ impl StoreStats {
     }
 }
 
-struct Inner {
-    db: Arc<Database>,
-    path: PathBuf,
-    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
-    stats: Arc<StoreStats>,
-    healthy: Arc<AtomicBool>,
+/// What the writer thread and every [`Store`] handle share.
+struct Shared {
+    /// The open database. Readers clone the `Arc` for the length of one read; the writer
+    /// empties the slot while it reopens the database after an I/O failure (redb refuses a
+    /// second open of a file that is still open), and fills it again with the new one.
+    db: RwLock<Option<Arc<Database>>>,
+    stats: StoreStats,
+    /// False after a commit failed, until one succeeds again.
+    healthy: AtomicBool,
+    /// Set while the store takes no writes (see [`disk`]); cleared by a successful reopen.
+    outage: Mutex<Option<Down>>,
     /// Bumped after every commit that changed more than the log, so live pages and long
     /// polls learn that something changed without polling (see [`Store::subscribe`]).
-    changes: Arc<tokio::sync::watch::Sender<u64>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// The writer's record of an outage: what [`Store::outage`] reports, and its probe schedule.
+#[derive(Debug, Clone)]
+struct Down {
+    fault: Fault,
+    cause: String,
+    since: Millis,
+    /// When the writer probes the disk next.
+    next_probe: Instant,
+    /// The wait before the probe after next (doubles up to [`disk::MAX_PROBE_INTERVAL`]).
+    interval: Duration,
+}
+
+impl Down {
+    fn outage(&self) -> Outage {
+        Outage {
+            fault: self.fault,
+            cause: self.cause.clone(),
+            since: self.since,
+            retry_in: self.next_probe.saturating_duration_since(Instant::now()),
+        }
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
 }
 
 /// Handle to the store. Cheap to clone.
@@ -290,45 +404,50 @@ impl Store {
     /// # Errors
     /// If the file cannot be opened, is locked by another process, or is too new.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
-        let db = builder().create(path)?;
-        Store::start(db, path, clock)
+        Store::open_on(FileDisk::new(path), path, clock)
     }
 
-    /// Migrate an opened database and start its writer thread.
-    fn start(db: Database, path: &Path, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+    /// Open (or create) the store on `disk` and start its writer thread, which reopens it
+    /// through `disk` after an I/O failure. `path` is the store file's path, for messages,
+    /// `/metrics` and backups.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_on<D: Disk>(
+        disk: D,
+        path: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, StoreError> {
+        let db = builder().create_with_backend(disk.backend().map_err(redb::Error::Io)?)?;
         migrate(&db, path)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(StoreStats::default());
-        let healthy = Arc::new(AtomicBool::new(true));
-        let changes = Arc::new(tokio::sync::watch::channel(0).0);
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db.clone())),
+            stats: StoreStats::default(),
+            healthy: AtomicBool::new(true),
+            outage: Mutex::new(None),
+            changes: tokio::sync::watch::channel(0).0,
+        });
         // Callers are answered from a task on the runtime that opened the store, if any.
         let answer = tokio::runtime::Handle::try_current().ok();
-        {
-            let db = db.clone();
-            let stats = stats.clone();
-            let healthy = healthy.clone();
-            let changes = changes.clone();
-            std::thread::Builder::new()
-                .name("redb-writer".into())
-                .spawn(move || {
-                    let shared = Shared {
-                        stats: &stats,
-                        healthy: &healthy,
-                        changes: &changes,
-                    };
-                    writer_loop(&db, rx, clock.as_ref(), &shared, answer);
-                })
-                .map_err(StoreError::WriterThread)?;
-        }
+        let writer = Writer {
+            disk,
+            down: None,
+            db: Some(db),
+            shared: shared.clone(),
+            clock,
+            answer,
+        };
+        std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(StoreError::WriterThread)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                shared,
                 path: path.to_owned(),
                 jobs: tx,
-                stats,
-                healthy,
-                changes,
             }),
         })
     }
@@ -337,7 +456,7 @@ impl Store {
     /// (devices, requests, inventory): what the live page and its long poll wait on.
     #[must_use]
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.changes.subscribe()
+        self.inner.shared.changes.subscribe()
     }
 
     /// The file path.
@@ -349,13 +468,51 @@ impl Store {
     /// Commit statistics.
     #[must_use]
     pub fn stats(&self) -> &StoreStats {
-        &self.inner.stats
+        &self.inner.shared.stats
     }
 
     /// False after a commit failed, until one succeeds again.
     #[must_use]
     pub fn healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Relaxed)
+        self.inner.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Why the store takes no writes right now (a full disk, an I/O error), or `None` when
+    /// it does. The writer clears it by itself once a reopen and a probe write succeed.
+    #[must_use]
+    pub fn outage(&self) -> Option<Outage> {
+        crate::domain::lock(&self.inner.shared.outage)
+            .as_ref()
+            .map(Down::outage)
+    }
+
+    /// The open database, or why there is none (the writer is reopening it).
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let slot = self
+            .inner
+            .shared
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        slot.ok_or_else(|| self.unavailable())
+    }
+
+    /// The error for a store that cannot answer because of its outage.
+    fn unavailable(&self) -> StoreError {
+        self.outage()
+            .map_or(StoreError::Closed, StoreError::Unavailable)
+    }
+
+    /// A read's error, told as the outage when the store is down: a read of a database
+    /// that latched an I/O error says "previous I/O error", which is not what happened.
+    fn explain(&self, e: StoreError) -> StoreError {
+        if e.fault().is_some()
+            && let Some(outage) = self.outage()
+        {
+            return StoreError::Unavailable(outage);
+        }
+        e
     }
 
     /// Run `f` in the writer's next transaction and wait until that transaction is durable.
@@ -416,10 +573,11 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Snapshot) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.inner.db.clone();
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || f(&Snapshot::new(db.begin_read()?)))
             .await
             .map_err(StoreError::ReadTask)?
+            .map_err(|e| self.explain(e))
     }
 
     /// A short read on the calling thread: a point lookup or a scan bounded by a small
@@ -443,7 +601,11 @@ impl Store {
     where
         F: FnOnce(&Snapshot) -> Result<T, StoreError>,
     {
-        f(&Snapshot::new(self.inner.db.begin_read()?))
+        let db = self.db()?;
+        let snap = db
+            .begin_read()
+            .map_err(|e| self.explain(StoreError::from(e)))?;
+        f(&Snapshot::new(snap)).map_err(|e| self.explain(e))
     }
 }
 
@@ -514,24 +676,51 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What the writer thread shares with the [`Store`] handles.
-struct Shared<'a> {
-    stats: &'a StoreStats,
-    healthy: &'a AtomicBool,
-    changes: &'a tokio::sync::watch::Sender<u64>,
+/// How long a reopen waits for reads in progress to let go of the failed database (redb
+/// refuses to open a file that is still open).
+const READERS_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the writer looks for writes to refuse while the store is down.
+const DOWN_POLL: Duration = Duration::from_millis(10);
+
+/// The writer thread's state: the database it commits to, and how to reopen it.
+struct Writer<D: Disk> {
+    disk: D,
+    /// The outage, while the store takes no writes (published to [`Shared::outage`]).
+    down: Option<Down>,
+    /// The database batches commit to; `None` after a failed reopen closed it.
+    db: Option<Arc<Database>>,
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    /// The runtime that wakes callers (see [`deliver`]).
+    answer: Option<tokio::runtime::Handle>,
 }
 
-fn writer_loop(
-    db: &Database,
-    mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>,
-    clock: &dyn Clock,
-    shared: &Shared<'_>,
-    answer: Option<tokio::runtime::Handle>,
-) {
-    let Shared { stats, healthy, .. } = *shared;
+/// The writer thread: take every write waiting, commit them as one batch, answer their
+/// callers; while the store is down, refuse writes and probe the disk until it reopens.
+fn writer_loop<D: Disk>(mut w: Writer<D>, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut last_now = Millis(0);
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        if w.next_probe().is_some_and(|at| at <= Instant::now()) {
+            w.heal();
+        }
+        let first = match w.next_probe() {
+            None => rx.blocking_recv(),
+            // Down: wake up for the next probe even when no write comes. The channel has no
+            // blocking receive with a deadline; polling only while down keeps the normal
+            // path as it was.
+            Some(at) => match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    std::thread::sleep(wait.min(DOWN_POLL));
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            },
+        };
+        let Some(first) = first else { break };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -539,66 +728,277 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        // Time never runs backwards inside the store, so log order matches time order.
-        let now = clock.now().max(last_now);
-        last_now = now;
         let started = Instant::now();
+        let db = match (&w.db, w.outage()) {
+            (Some(db), None) => db.clone(),
+            (_, outage) => {
+                // The writes never run: nothing of them can be half-done.
+                let why = WriteError::Refused(outage.unwrap_or_else(|| w.lost_db()));
+                let jobs: Vec<Box<dyn Job>> = std::mem::take(&mut batch);
+                deliver(w.answer.as_ref(), move || {
+                    for job in jobs {
+                        job.refuse(why.clone());
+                    }
+                });
+                // Callers that retry at once must not make this thread spin.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        // Time never runs backwards inside the store, so log order matches time order.
+        let now = w.clock.now().max(last_now);
+        last_now = now;
         let n = batch.len();
-        let outcome = run_batch(db, batch.drain(..), now, shared, answer.as_ref());
+        let (outcome, answers) = run_batch(&db, batch.drain(..), now, &w.shared);
+        let stats = &w.shared.stats;
         let elapsed = started.elapsed();
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         stats.commit_latency.observe(elapsed);
         stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
         stats.max_commit_micros.fetch_max(micros, Ordering::Relaxed);
-        if outcome {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.writes.fetch_add(n as u64, Ordering::Relaxed);
-            stats.mark_commit();
-            healthy.store(true, Ordering::Relaxed);
-        } else {
-            stats.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        if !outcome && Duration::from_micros(micros) < Duration::from_millis(1) {
+        let failed = match outcome {
+            Ok(()) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.writes.fetch_add(n as u64, Ordering::Relaxed);
+                stats.mark_commit();
+                w.shared.healthy.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(failure) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                w.shared.healthy.store(false, Ordering::Relaxed);
+                if let Some(fault) = failure.fault.or_else(|| latched(&db)) {
+                    w.go_down(fault, failure.cause);
+                }
+                true
+            }
+        };
+        deliver(w.answer.as_ref(), answers);
+        if failed && Duration::from_micros(micros) < Duration::from_millis(1) {
             // A failing disk fails fast; do not spin.
             std::thread::sleep(Duration::from_millis(10));
-        }
-        if !outcome {
-            healthy.store(false, Ordering::Relaxed);
         }
     }
 }
 
-/// Run one batch in one transaction. Returns whether it committed. Every caller is
-/// answered: with its value, its own error, or the [`WriteError`] that stopped the batch.
+/// After a batch failed for a reason that was not an I/O error (a closure's own storage
+/// error, a poisoned transaction): whether the database latched an I/O error all the same.
+fn latched(db: &Database) -> Option<Fault> {
+    match db.begin_write() {
+        Ok(tx) => {
+            let _ = tx.abort();
+            None
+        }
+        Err(e) => disk::of_transaction(&e),
+    }
+}
+
+impl<D: Disk> Writer<D> {
+    /// The current outage, if any.
+    fn outage(&self) -> Option<Outage> {
+        self.down.as_ref().map(Down::outage)
+    }
+
+    /// When the next probe is due, while the store is down.
+    fn next_probe(&self) -> Option<Instant> {
+        self.down.as_ref().map(|d| d.next_probe)
+    }
+
+    /// Show the writer's outage state to the handles ([`Store::outage`]).
+    fn publish(&self) {
+        crate::domain::lock(&self.shared.outage).clone_from(&self.down);
+    }
+
+    /// The outage to report when there is no database but no outage either (cannot happen:
+    /// the database is only closed during an outage).
+    fn lost_db(&self) -> Outage {
+        Outage {
+            fault: Fault::Io,
+            cause: "the store is not open".into(),
+            since: self.clock.now(),
+            retry_in: Duration::ZERO,
+        }
+    }
+
+    /// Stop taking writes: the database latched an I/O error and must be reopened.
+    fn go_down(&mut self, fault: Fault, cause: String) {
+        tracing::error!(
+            fault = fault.as_str(),
+            %cause,
+            "{fault}: the store takes no writes until it is reopened; probing the disk every {}..{} s",
+            disk::FIRST_PROBE.as_secs_f32(),
+            disk::MAX_PROBE_INTERVAL.as_secs()
+        );
+        self.down = Some(Down {
+            fault,
+            cause,
+            since: self.clock.now(),
+            next_probe: Instant::now() + disk::FIRST_PROBE,
+            interval: disk::FIRST_PROBE,
+        });
+        self.publish();
+    }
+
+    /// Probe the disk and, when it takes writes, reopen the store and commit a probe write.
+    /// On success the store takes writes again; else the next probe is scheduled later.
+    fn heal(&mut self) {
+        if self.down.is_none() {
+            return;
+        }
+        let result = self.reopen();
+        let Some(down) = self.down.as_mut() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let took = self.clock.now().0.saturating_sub(down.since.0);
+                // At warning level, as the error that began the outage, so that
+                // `journalctl -p warning` shows the end too.
+                tracing::warn!(
+                    fault = down.fault.as_str(),
+                    down_ms = took,
+                    "the store was reopened and takes writes again"
+                );
+                let stats = &self.shared.stats;
+                stats.reopens.fetch_add(1, Ordering::Relaxed);
+                stats.mark_commit();
+                self.shared.healthy.store(true, Ordering::Relaxed);
+                self.down = None;
+            }
+            Err(failure) => {
+                // What the probe met is the latest news of the disk (freed, then full again;
+                // or an I/O error that became a full disk).
+                if let Some(fault) = failure.fault {
+                    down.fault = fault;
+                }
+                down.interval = (down.interval * 2).min(disk::MAX_PROBE_INTERVAL);
+                down.next_probe = Instant::now() + down.interval;
+                tracing::info!(
+                    fault = down.fault.as_str(),
+                    error = %failure.cause,
+                    retry_in_ms = u64::try_from(down.interval.as_millis()).unwrap_or(u64::MAX),
+                    "the store is still down"
+                );
+            }
+        }
+        self.publish();
+    }
+
+    /// The reopen: probe beside the store (while the old database still serves cached
+    /// reads), close the old database, open it again (redb rolls back to its last durable
+    /// commit) and commit a probe write into it.
+    fn reopen(&mut self) -> Result<(), Failure> {
+        self.disk
+            .probe()
+            .map_err(|e| Failure::of(Some(disk::of_io(&e)), &format!("probe write: {e}")))?;
+        self.close_db();
+        let backend = self
+            .disk
+            .backend()
+            .map_err(|e| Failure::of(Some(disk::of_io(&e)), &format!("open: {e}")))?;
+        let db = builder()
+            .create_with_backend(backend)
+            .map_err(|e| Failure::of(disk::of_open(&e), &format!("reopen: {e}")))?;
+        probe_commit(&db)?;
+        let db = Arc::new(db);
+        *self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(db.clone());
+        self.db = Some(db);
+        Ok(())
+    }
+
+    /// Take the database away from readers and close it, once the reads in progress are done
+    /// (bounded by [`READERS_GRACE`]; a reopen that still finds it open fails and is retried).
+    fn close_db(&mut self) {
+        *self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let Some(mut db) = self.db.take() else { return };
+        let deadline = Instant::now() + READERS_GRACE;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    if let Err(e) = db.close() {
+                        tracing::debug!(error = %e, "closing the failed store");
+                    }
+                    return;
+                }
+                Err(held) if Instant::now() < deadline => {
+                    db = held;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "reads in progress still hold the failed store; reopening later"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One real commit into a reopened store before callers' writes are taken again: the count
+/// of reopens, in META.
+fn probe_commit(db: &Database) -> Result<(), Failure> {
+    let wtx = db
+        .begin_write()
+        .map_err(|e| Failure::of(disk::of_transaction(&e), &format!("probe commit: {e}")))?;
+    let tx = Tx::new(&wtx);
+    let written = next_counter(&tx, "reopens").and_then(|_| tx.finish());
+    if let Err(e) = written {
+        return Err(Failure::of(e.fault(), &format!("probe commit: {e}")));
+    }
+    wtx.commit()
+        .map_err(|e| Failure::of(disk::of_commit(&e), &format!("probe commit: {e}")))
+}
+
+/// The calls that answer a batch's callers, run by [`deliver`].
+type Answers = Box<dyn FnOnce() + Send>;
+
+/// Run one batch in one transaction. Returns why the batch failed, if it did, and the
+/// answers for every caller: its value, its own error, or the [`WriteError`] that stopped
+/// the batch. The writer delivers them after it has recorded a failure, so a caller told
+/// "disk full" finds the store's outage already set.
 fn run_batch(
     db: &Database,
     jobs: impl Iterator<Item = Box<dyn Job>>,
     now: Millis,
-    shared: &Shared<'_>,
-    answer: Option<&tokio::runtime::Handle>,
-) -> bool {
-    let stats = shared.stats;
+    shared: &Shared,
+) -> (Result<(), Failure>, Answers) {
     let tx = match db.begin_write() {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a write transaction");
+            let failure = Failure::of(disk::of_transaction(&e), &e);
             let why = WriteError::Begin(Arc::new(e));
             let jobs: Vec<Box<dyn Job>> = jobs.collect();
-            deliver(answer, move || {
+            let answers = Box::new(move || {
                 for job in jobs {
                     job.refuse(why.clone());
                 }
             });
-            return false;
+            return (Err(failure), answers);
         }
     };
     let mut completions = Vec::new();
-    let mut failed = None;
+    let mut failed: Option<(WriteError, Failure)> = None;
     let batch = Tx::new(&tx);
     for job in jobs {
-        let (hard_error, done) = job.run(&batch, now);
-        if hard_error && failed.is_none() {
-            failed = Some(WriteError::OtherWrite);
+        let (failure, done) = job.run(&batch, now);
+        if let Some(failure) = failure
+            && failed.is_none()
+        {
+            // The others are told whether the store itself failed (then they may retry).
+            let why = failure
+                .fault
+                .map_or(WriteError::OtherWrite, WriteError::Aborted);
+            failed = Some((why, failure));
         }
         completions.push(done);
     }
@@ -609,21 +1009,26 @@ fn run_batch(
             Ok(n) => logged = n,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the batch's log entries");
-                failed = Some(WriteError::Log(Arc::new(e)));
+                let failure = Failure::of(e.fault(), &e);
+                failed = Some((WriteError::Log(Arc::new(e)), failure));
             }
         }
     } else {
         drop(batch);
     }
-    let result = match failed {
-        Some(why) => {
+    let (result, failure) = match failed {
+        Some((why, failure)) => {
             let _ = tx.abort();
-            Err(why)
+            (Err(why), Some(failure))
         }
-        None => tx.commit().map_err(|e| {
-            tracing::error!(error = %e, "commit failed");
-            WriteError::Commit(Arc::new(e))
-        }),
+        None => match tx.commit() {
+            Ok(()) => (Ok(()), None),
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed");
+                let failure = Failure::of(disk::of_commit(&e), &e);
+                (Err(WriteError::Commit(Arc::new(e))), Some(failure))
+            }
+        },
     };
     let ok = result.is_ok();
     if ok && touched {
@@ -631,16 +1036,17 @@ fn run_batch(
         shared.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
     if ok {
-        stats
+        shared
+            .stats
             .log_records
             .fetch_add(logged as u64, Ordering::Relaxed);
     }
-    deliver(answer, move || {
+    let answers = Box::new(move || {
         for done in completions {
             done(result.clone());
         }
     });
-    ok
+    (failure.map_or(Ok(()), Err), answers)
 }
 
 /// Run `answers` (the calls that wake the batch's callers) on the runtime when there is one.
@@ -691,102 +1097,181 @@ pub fn next_counter(tx: &Tx<'_>, name: &str) -> Result<u64, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use redb::StorageBackend;
-    use redb::backends::InMemoryBackend;
+    use std::time::{Duration, Instant};
 
     use crate::domain::clock::{Clock, ManualClock, Millis};
-    use crate::storage::{Store, StoreError, WriteError, builder, next_counter};
+    use crate::storage::{Fault, SimDisk, Store, StoreError, WriteError, next_counter};
 
-    /// An in-memory backend whose writes and syncs fail once `broken` is set: a disk that
-    /// went bad under a running store.
-    #[derive(Debug)]
-    struct Failing {
-        mem: InMemoryBackend,
-        broken: Arc<AtomicBool>,
+    fn clock() -> Arc<dyn Clock> {
+        Arc::new(ManualClock::new(Millis(1_000)))
     }
 
-    impl Failing {
-        fn check(&self) -> Result<(), std::io::Error> {
-            if self.broken.load(Ordering::Relaxed) {
-                Err(std::io::Error::other("disk on fire"))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    impl StorageBackend for Failing {
-        fn len(&self) -> Result<u64, std::io::Error> {
-            self.mem.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-            self.mem.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-            self.check()?;
-            self.mem.set_len(len)
-        }
-        fn sync_data(&self) -> Result<(), std::io::Error> {
-            self.check()?;
-            self.mem.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-            self.check()?;
-            self.mem.write(offset, data)
-        }
-    }
-
-    fn failing_store() -> (Store, Arc<AtomicBool>) {
-        let broken = Arc::new(AtomicBool::new(false));
-        let backend = Failing {
-            mem: InMemoryBackend::new(),
-            broken: broken.clone(),
-        };
-        let db = builder()
-            .create_with_backend(backend)
-            .expect("in-memory database");
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Millis(1_000)));
-        let store = Store::start(db, std::path::Path::new("(memory)"), clock).expect("store");
-        (store, broken)
+    /// A store on a [`SimDisk`] in a fresh directory, and the disk's switch.
+    fn sim_store() -> (tempfile::TempDir, PathBuf, Store, SimDisk) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.redb");
+        let disk = SimDisk::new(&path);
+        let store = Store::open_on(disk.clone(), &path, clock()).expect("store");
+        (dir, path, store, disk)
     }
 
     fn count(store: &Store) -> Result<u64, StoreError> {
         store.write_blocking(|tx, _| next_counter(tx, "test"))
     }
 
-    /// A write whose commit fails learns that the commit failed and why; the next write
-    /// learns that no write transaction could begin and why. Neither is told the store is
-    /// shut down.
+    fn read_count(store: &Store) -> Result<Option<u64>, StoreError> {
+        store.read_blocking(|snap| snap.meta_value("test"))
+    }
+
+    /// Wait until the writer has reopened the store (or fail after `secs`).
+    fn wait_up(store: &Store, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while store.outage().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "still down: {:?}",
+                store.outage()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Open the file again once the dropped store's writer has let go of it.
+    fn reopen_from_disk(path: &Path) -> Store {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Store::open(path, clock()) {
+                Ok(s) => return s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
+    /// A full disk: the write that meets it is told so (and not saved), later writes are
+    /// refused with the outage without running, the store stays down while the disk is full,
+    /// and once there is room it reopens by itself; every acknowledged write is there, in
+    /// the running store and after a reopen from disk.
     #[test]
-    fn failed_commit_and_begin_say_what_failed() {
-        let (store, broken) = failing_store();
-        assert_eq!(count(&store).expect("healthy write"), 1);
-        broken.store(true, Ordering::Relaxed);
-        let commit = count(&store).expect_err("the disk is broken");
+    fn a_full_disk_refuses_writes_then_heals_without_losing_any() {
+        let (_dir, path, store, disk) = sim_store();
+        for n in 1..=5 {
+            assert_eq!(count(&store).expect("healthy write"), n);
+        }
+        disk.set_full(true);
+        let hit = count(&store).expect_err("the disk is full");
         assert!(
-            matches!(commit, StoreError::NotCommitted(WriteError::Commit(_))),
-            "{commit:?}"
+            matches!(hit, StoreError::NotCommitted(WriteError::Commit(_))),
+            "{hit:?}"
         );
-        let text = commit.to_string();
+        assert_eq!(hit.fault(), Some(Fault::DiskFull), "{hit}");
         assert!(
-            text.starts_with("the write was not committed: commit failed: "),
-            "{text}"
+            hit.to_string()
+                .starts_with("the write was not committed: commit failed: "),
+            "{hit}"
         );
-        let begin = count(&store).expect_err("redb refuses after an I/O error");
+        let outage = store.outage().expect("down");
+        assert_eq!(outage.fault, Fault::DiskFull);
+        assert!(!store.healthy());
+
+        let refused = count(&store).expect_err("refused while down");
+        let StoreError::NotCommitted(WriteError::Refused(o)) = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(o.fault, Fault::DiskFull);
         assert!(
-            matches!(begin, StoreError::NotCommitted(WriteError::Begin(_))),
-            "{begin:?}"
-        );
-        assert!(
-            begin
+            refused
                 .to_string()
-                .starts_with("the write was not committed: cannot begin a write transaction: "),
-            "{begin}"
+                .starts_with("the write was not committed: the disk holding the store is full"),
+            "{refused}"
         );
+        assert!(refused.retry_after().expect("retry") <= crate::storage::disk::MAX_PROBE_INTERVAL);
         // The writer is still there to answer: only a dropped store is "shut down".
-        assert!(!matches!(count(&store), Err(StoreError::Closed)));
+        assert!(!matches!(refused, StoreError::Closed));
+
+        // Probes fail while the disk stays full (the first comes after 0.5 s).
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(store.outage().map(|o| o.fault), Some(Fault::DiskFull));
+        assert_eq!(
+            store
+                .stats()
+                .reopens
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        // Reads answer with what was committed, or say the store is down; never anything else.
+        match read_count(&store) {
+            Ok(v) => assert_eq!(v, Some(5)),
+            Err(e) => assert_eq!(e.fault(), Some(Fault::DiskFull), "{e}"),
+        }
+
+        disk.set_full(false);
+        wait_up(&store, 15);
+        assert!(store.healthy());
+        assert_eq!(
+            store
+                .stats()
+                .reopens
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // The write that met the full disk was not saved; the five acknowledged ones were.
+        assert_eq!(read_count(&store).expect("read"), Some(5));
+        assert_eq!(count(&store).expect("writes resume"), 6);
+
+        drop(store);
+        let again = reopen_from_disk(&path);
+        assert_eq!(read_count(&again).expect("read"), Some(6));
+        assert_eq!(
+            again
+                .read_blocking(|snap| snap.meta_value("reopens"))
+                .expect("read"),
+            Some(1),
+            "the probe write is committed"
+        );
+    }
+
+    /// Any I/O error of the file (not only a full disk) is healed the same way, and is told
+    /// as an I/O error, not as a full disk.
+    #[test]
+    fn an_io_error_is_healed_too() {
+        let (_dir, _path, store, disk) = sim_store();
+        assert_eq!(count(&store).expect("healthy write"), 1);
+        disk.set_broken(true);
+        let hit = count(&store).expect_err("the disk is broken");
+        assert_eq!(hit.fault(), Some(Fault::Io), "{hit}");
+        let refused = count(&store).expect_err("refused while down");
+        assert!(
+            refused
+                .to_string()
+                .contains("the store file had an I/O error"),
+            "{refused}"
+        );
+        disk.set_broken(false);
+        wait_up(&store, 15);
+        assert_eq!(count(&store).expect("writes resume"), 2);
+    }
+
+    /// A disk that fills up again while the store is down changes what the outage says.
+    #[test]
+    fn a_probe_tells_the_latest_fault() {
+        let (_dir, _path, store, disk) = sim_store();
+        assert_eq!(count(&store).expect("healthy write"), 1);
+        disk.set_broken(true);
+        assert_eq!(count(&store).expect_err("broken").fault(), Some(Fault::Io));
+        disk.set_full(true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.outage().map(|o| o.fault) != Some(Fault::DiskFull) {
+            assert!(Instant::now() < deadline, "{:?}", store.outage());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        disk.set_full(false);
+        wait_up(&store, 15);
+        assert_eq!(count(&store).expect("writes resume"), 2);
     }
 }

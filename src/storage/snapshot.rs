@@ -32,6 +32,16 @@ impl Snapshot {
         Snapshot { tx }
     }
 
+    /// A META counter (tests of the store's own bookkeeping read it).
+    #[cfg(test)]
+    pub(super) fn meta_value(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .tx
+            .open_table(tables::META)?
+            .get(name)?
+            .map(|v| v.value()))
+    }
+
     /// One device by name, `None` when there is none.
     ///
     /// # Errors

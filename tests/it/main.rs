@@ -13,6 +13,7 @@ mod auth;
 mod check;
 mod cli;
 mod crash;
+mod disk_full;
 mod docs;
 mod hostile;
 mod hw_fastboot;

@@ -74,6 +74,22 @@ impl TestServer {
         }
     }
 
+    /// Start a service on `store`, already open in `dir` (a test that controls the store's
+    /// disk opens it on a `SimDisk`).
+    pub async fn start_on_store(
+        config_text: &str,
+        dir: tempfile::TempDir,
+        store: mozpool::storage::Store,
+    ) -> TestServer {
+        let mut config = Config::parse(Path::new("test.toml"), config_text).expect("test config");
+        config.server.data_dir = dir.path().to_owned();
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        let app = App::open_on_store(config, Arc::new(SystemClock), store)
+            .await
+            .expect("app opens");
+        Self::serve(app, dir).await
+    }
+
     async fn launch(
         config: Config,
         dir: tempfile::TempDir,
@@ -82,6 +98,10 @@ impl TestServer {
         let app = App::open_with(config, Arc::new(SystemClock), rack)
             .await
             .expect("app opens");
+        Self::serve(app, dir).await
+    }
+
+    async fn serve(app: App, dir: tempfile::TempDir) -> TestServer {
         let listener = app.bind().await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(app.clone().run(listener));
@@ -200,15 +220,72 @@ pub fn tool_installed(test: &str, tool: &str, path: &Path) -> bool {
     if path.exists() {
         return true;
     }
-    let required = std::env::var_os("CI").is_some()
-        || std::env::var("MOZPOOL_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{test}: {tool} ({}) is required here (CI or MOZPOOL_REQUIRE_TOOLS=1) but not installed",
-        path.display()
-    );
-    eprintln!("SKIPPED {test}: {tool} not installed");
+    skip(test, &format!("{tool} not installed"));
     false
+}
+
+/// Whether a test must run here rather than skip: under CI (`CI` set) or with
+/// `MOZPOOL_REQUIRE_TOOLS=1`.
+fn required() -> bool {
+    std::env::var_os("CI").is_some()
+        || std::env::var("MOZPOOL_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+/// Skip `test` because of `why`: print `SKIPPED <test>: <why>` (the caller returns and
+/// passes), or fail it where it is [`required`].
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !required(),
+        "{test}: cannot run here (required under CI or MOZPOOL_REQUIRE_TOOLS=1): {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A small tmpfs mounted on a fresh directory, unmounted (and the directory removed) on drop.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`mount -o size=`, e.g. `3m`), or `None` when this machine does
+    /// not allow it (not root, no `mount`, a container without the capability): then
+    /// [`skip`] has printed `SKIPPED <test>: <why>` (CI runs as root, where it must work).
+    pub fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                let why: Vec<&str> = stderr.lines().map(str::trim).collect();
+                let why = why.join(" ");
+                skip(test, &format!("cannot mount a tmpfs: {why}"));
+                None
+            }
+            Err(e) => {
+                skip(test, &format!("cannot run mount: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The mounted directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a file still open (a store being dropped) must not leave the mount behind.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
 }
 
 pub async fn decode(r: reqwest::Response) -> (u16, Value) {

@@ -3,14 +3,14 @@
 use std::io::Read as _;
 
 use bytes::Bytes;
-use hyper::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use crate::http::body::{Body, bytes_response, json_response, ok};
 use crate::http::dispatch::Ctx;
-use crate::http::error::ApiError;
-use crate::storage::Snapshot;
+use crate::http::error::{ApiError, retry_secs};
+use crate::storage::{Fault, Snapshot};
 
 /// `GET /api/version/`.
 pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
@@ -28,15 +28,18 @@ pub fn version(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     Ok(ok(&body))
 }
 
-/// `GET /api/health/`: 200 when storage answers reads and its last commit succeeded, else 503.
-/// The body also reports every relay board's health (`hardware.ok` is false when a board's
-/// last operation failed; the service still works for the other boards, so that alone is
-/// not a 503).
+/// `GET /api/health/`: 200 when storage answers reads, takes writes and its last commit
+/// succeeded, else 503. While the store refuses writes (a full disk, an I/O error) the
+/// storage object says why (`writable`, `disk_full`, `fault`, `reason`, `since`,
+/// `retry_after_secs`) and the answer carries `Retry-After`. The body also reports every
+/// relay board's health (`hardware.ok` is false when a board's last operation failed; the
+/// service still works for the other boards, so that alone is not a 503).
 pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let store = &ctx.svc.store;
     let read = store.read(Snapshot::log_count).await;
     let committed = store.healthy();
-    let storage_ok = read.is_ok() && committed;
+    let outage = store.outage();
+    let storage_ok = read.is_ok() && committed && outage.is_none();
     let stats = store.stats();
     let boards = ctx.svc.lifeguard.hardware().boards.status();
     let hardware_ok = boards.iter().all(|b| b.healthy != Some(false));
@@ -52,6 +55,13 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             "read_error": read.as_ref().err().map(ToString::to_string),
             "log_records": read.ok(),
             "commits": stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+            "writable": outage.is_none(),
+            "disk_full": outage.as_ref().is_some_and(|o| o.fault == Fault::DiskFull),
+            "fault": outage.as_ref().map(|o| o.fault.as_str()),
+            "reason": outage.as_ref().map(ToString::to_string),
+            "since": outage.as_ref().map(|o| o.since.iso()),
+            "retry_after_secs": outage.as_ref().map(|o| retry_secs(o.retry_in)),
+            "reopens": stats.reopens.load(std::sync::atomic::Ordering::Relaxed),
         },
     });
     let status = if storage_ok {
@@ -59,7 +69,12 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok(json_response(status, &body))
+    let mut r = json_response(status, &body);
+    if let Some(o) = &outage {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_secs(o.retry_in)));
+    }
+    Ok(r)
 }
 
 /// `GET /metrics`: Prometheus text format 0.0.4.
@@ -71,8 +86,7 @@ pub async fn metrics(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         app.started.0,
         app.pool.watched_requests(),
     )
-    .await
-    .map_err(|e| ApiError::internal(format!("cannot read the store: {e}")))?;
+    .await;
     Ok(bytes_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
