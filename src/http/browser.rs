@@ -59,6 +59,25 @@ impl Names {
         }
     }
 
+    /// The names, for the start-up log: host names, then the addresses accepted.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.names.iter().cloned().collect();
+        match self.listen {
+            Some(ip) if ip.is_unspecified() => {
+                parts.push("localhost".into());
+                parts.push("any address of this machine".into());
+            }
+            Some(ip) if ip.is_loopback() => {
+                parts.push("localhost".into());
+                parts.push("loopback addresses".into());
+            }
+            Some(ip) => parts.push(ip.to_string()),
+            None => {}
+        }
+        parts.join(", ")
+    }
+
     /// Is `host` (a `Host` header's host part, normalised) one of ours?
     fn is_ours(&self, host: &str) -> bool {
         if self.names.contains(host) {
@@ -260,6 +279,10 @@ mod tests {
         ] {
             assert_eq!(status(&n, Method::GET, &[("host", bad)]), 421, "{bad}");
         }
+        assert_eq!(
+            n.describe(),
+            "mozpool, rack1-alias.lab, rack1.lab, localhost, loopback addresses"
+        );
         // No Host (HTTP/1.0): not a browser.
         assert_eq!(status(&n, Method::GET, &[]), 200);
         // Listening everywhere: every IP literal of the machine, and localhost.

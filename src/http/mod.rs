@@ -65,6 +65,7 @@ pub async fn serve(app: Arc<Services>, listener: TcpListener, shutdown: Cancella
         let l = limits.settings();
         tracing::info!(%addr, max_connections = l.max_connections, reserved = l.reserved_connections,
             per_client = l.max_connections_per_client, "HTTP server listening");
+        tracing::info!(names = %app.settings.names.describe(), "HTTP requests must name this service in Host (server.host_aliases adds names)");
     }
     loop {
         let slot = tokio::select! {
