@@ -149,8 +149,20 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// Most concurrent HTTP connections.
+    /// Most concurrent HTTP connections, the reserve included.
     pub max_connections: usize,
+    /// Connection slots kept for callers with a token and `/api/health/`: when the others
+    /// are taken, a new connection may only make those calls (`crate::http::limits`).
+    pub reserved_connections: usize,
+    /// Most connections one peer address holds before its extra ones are limited to calls
+    /// with a token and health checks (429 for the rest).
+    pub max_connections_per_client: usize,
+    /// Most long polls (`?wait=N`) one client (its token, else its address) holds at once;
+    /// past it, 429.
+    pub max_long_polls_per_client: usize,
+    /// More names (`Host` values) the service answers to, besides `name`, `public_url`'s
+    /// host and the listen address; other names are refused (DNS rebinding).
+    pub host_aliases: Vec<String>,
     /// Seconds a client has to send its request headers.
     pub header_timeout_secs: u64,
     /// Seconds a client has to send its whole request body once the headers are in; a
@@ -172,6 +184,10 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("/var/lib/mozpool"),
             max_body_bytes: 64 * 1024,
             max_connections: 512,
+            reserved_connections: 32,
+            max_connections_per_client: 64,
+            max_long_polls_per_client: 16,
+            host_aliases: Vec::new(),
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             registration_listen: None,
@@ -411,6 +427,32 @@ impl Config {
                 0..0,
                 "server.max_body_bytes must be at least 1024 and server.max_connections at least 1"
                     .into(),
+            ));
+        }
+        if self.server.reserved_connections >= self.server.max_connections {
+            return Err(invalid(
+                0..0,
+                "server.reserved_connections must be less than server.max_connections".into(),
+            ));
+        }
+        if self.server.max_connections_per_client == 0 || self.server.max_long_polls_per_client == 0
+        {
+            return Err(invalid(
+                0..0,
+                "server.max_connections_per_client and server.max_long_polls_per_client must be at least 1"
+                    .into(),
+            ));
+        }
+        if let Some(bad) = self.server.host_aliases.iter().find(|a| {
+            a.is_empty()
+                || a.len() > 253
+                || !a
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        }) {
+            return Err(invalid(
+                0..0,
+                format!("server.host_aliases: {bad:?} is not a host name or address (no port)"),
             ));
         }
         if self.server.header_timeout_secs == 0 || self.server.body_timeout_secs == 0 {

@@ -264,12 +264,26 @@ impl App {
             public_url: config.server.public_url.clone(),
             scratch_dir: dir.join("tmp"),
             max_body_bytes: config.server.max_body_bytes,
-            max_connections: config.server.max_connections,
+            limits: crate::http::limits::LimitSettings {
+                max_connections: config.server.max_connections,
+                reserved_connections: config.server.reserved_connections,
+                max_connections_per_client: config.server.max_connections_per_client,
+                max_long_polls_per_client: config.server.max_long_polls_per_client,
+            },
+            names: crate::http::browser::Names::new(
+                config.server.listen,
+                config.server.name.as_str(),
+                config.server.public_url.as_deref(),
+                &config.server.host_aliases,
+            ),
             header_timeout: Duration::from_secs(config.server.header_timeout_secs.max(1)),
             body_timeout: Duration::from_secs(config.server.body_timeout_secs.max(1)),
         };
+        let limits = crate::http::limits::Limits::new(settings.limits);
         let services = Arc::new(Services {
             settings,
+            limits,
+            sessions: crate::http::session::Sessions::default(),
             auth,
             store,
             clock,

@@ -288,13 +288,19 @@ impl Auth {
     /// the service is open). For the web page's sign-in cookie as well as the header.
     #[must_use]
     pub fn identify(&self, token: &str) -> Option<Caller> {
+        self.identify_digest(&token_digest(token))
+    }
+
+    /// The caller a token digest stands for (a sign-in session keeps the digest, not the
+    /// token), `None` when no configured token has it (or the service is open).
+    #[must_use]
+    pub fn identify_digest(&self, presented: &[u8; 32]) -> Option<Caller> {
         let enabled = self.enabled.as_ref()?;
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare with every token, without stopping early, so timing does not reveal which
         // (or whether one) matched.
         let mut found: Option<&Token> = None;
         for t in &enabled.tokens {
-            if digests_equal(&presented, &t.digest) {
+            if digests_equal(presented, &t.digest) {
                 found = Some(t);
             }
         }
@@ -353,6 +359,12 @@ pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     }
     // black_box keeps the optimiser from turning the fold into an early-exit comparison.
     std::hint::black_box(diff) == 0
+}
+
+/// SHA-256 of a token.
+#[must_use]
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Hex SHA-256 of a token, as configured in `sha256`.

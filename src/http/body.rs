@@ -114,7 +114,10 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Decode a JSON body strictly. An empty body is decoded as `{}` so that calls whose fields
-/// are all optional need no body; a missing required field then says which.
+/// are all optional need no body; a missing required field then says which. An object with
+/// the same key twice, at any depth, is refused whatever `T` is: `serde_json` would keep
+/// the last one for maps, so two parsers (a proxy, a log reader) could read different
+/// requests from the same bytes.
 ///
 /// # Errors
 /// 400 naming what is wrong and where.
@@ -124,8 +127,63 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         bytes
     };
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    let bad = |e: serde_json::Error| ApiError::bad_request(format!("invalid JSON body: {e}"));
+    serde_json::from_slice::<UniqueKeys>(bytes).map_err(bad)?;
+    serde_json::from_slice(bytes).map_err(bad)
+}
+
+/// A JSON value checked for duplicate object keys (and otherwise thrown away).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UniqueKeys, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
 }
 
 /// A JSON response.
@@ -307,5 +365,24 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         let v: serde_json::Value = json(b"").expect("empty is {}");
         assert!(v.is_object());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for body in [
+            &br#"{"NAME": "a", "NAME": "b"}"#[..],
+            br#"{"x": [{"k": 1, "k": 2}]}"#,
+            br#"{"a": {"b": {"c": 1, "c": 1}}}"#,
+            br#"{"a\u0062": 1, "ab": 2}"#,
+        ] {
+            let e =
+                json::<serde_json::Map<String, serde_json::Value>>(body).expect_err("duplicate");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains("duplicate key"), "{}", e.message);
+        }
+        let ok: serde_json::Value =
+            json(br#"{"a": {"k": 1}, "b": {"k": 2}, "c": [{"k": 1}, {"k": 2}]}"#)
+                .expect("same key in different objects");
+        assert_eq!(ok["b"]["k"], 2);
     }
 }

@@ -1,8 +1,11 @@
 //! The request pipeline. [`handle`] reads top to bottom as its steps: parse the route,
-//! (1) identify the caller, (2) check CSRF for signed-in browsers, (3) authorize the caller
+//! (0) admission: browser safety (`Host`, `Origin`) and whether this connection may make
+//! this call (fair connections), (1) identify the caller, (2) check CSRF for signed-in browsers, (3) authorize the caller
 //! for the route (before any body is read, so an unauthorised client cannot make the server
 //! read a large body), (4) read the body under a size limit and a deadline, (5) dispatch to
-//! the handler, (6) map errors to JSON, (7) record metrics and the audit log.
+//! the handler (a long poll first takes its client's place), (6) map errors to JSON,
+//! (7) record metrics and the audit log; every answer carries `X-Content-Type-Options:
+//! nosniff`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{
-    ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, LOCATION,
+    ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, LOCATION, RETRY_AFTER,
+    X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -21,7 +25,9 @@ use super::error::ApiError;
 use super::route::{Route, RouteError};
 use crate::domain::model::device_subject;
 use crate::http::auth::{AuthError, authorize};
+use crate::http::limits::{Client, Connection, RETRY_AFTER_SECS, Refusal};
 use crate::http::services::Services;
+use crate::http::session::SESSION_COOKIE;
 use crate::storage::logs::{NewLog, append};
 
 pub use crate::http::auth::Caller;
@@ -44,17 +50,16 @@ pub struct Ctx {
     pub headers: hyper::HeaderMap,
 }
 
-/// Name of the web sign-in cookie (it holds the token; HttpOnly, SameSite=Strict).
-pub const SESSION_COOKIE: &str = "mozpool_token";
-
-/// Step 1, identify: the `Authorization` header when there is one, else the sign-in cookie
-/// (a stale cookie counts as signed out), else anonymous. The flag says the cookie was used.
+/// Step 1, identify: the `Authorization` header when there is one, else the sign-in
+/// session's cookie (an unknown or expired session, or one whose token is no longer
+/// configured, counts as signed out), else anonymous. The flag says the cookie was used.
 fn identify(svc: &Services, headers: &hyper::HeaderMap) -> (Result<Caller, AuthError>, bool) {
     if let Some(h) = headers.get(AUTHORIZATION) {
         return (svc.auth.authenticate(Some(h.as_bytes())), false);
     }
-    if let Some(token) = cookie(headers, SESSION_COOKIE)
-        && let Some(caller) = svc.auth.identify(&token)
+    if let Some(id) = cookie(headers, SESSION_COOKIE)
+        && let Some(digest) = svc.sessions.lookup(&id, std::time::Instant::now())
+        && let Some(caller) = svc.auth.identify_digest(&digest)
     {
         return (Ok(caller), true);
     }
@@ -113,31 +118,127 @@ struct Call {
 pub async fn handle(
     svc: Arc<Services>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: Arc<Connection>,
 ) -> Response<Body> {
     let started = Instant::now();
     let call = Call {
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().map(str::to_owned),
-        peer,
+        peer: conn.peer,
     };
     let route = Route::parse(&call.method, &call.path);
-    let (caller, via_cookie) = identify(&svc, req.headers());
-    let caller = check_csrf(caller, via_cookie, route.as_ref().ok(), req.headers());
-    let audit = Audit::of(route.as_ref().ok(), &caller);
-    let response = match (route, caller) {
-        (Err(e), _) => route_error(&e, &call.path, call.query.as_deref()),
-        (Ok(_), Err(e)) => error_response(&e.into()),
-        (Ok(route), Ok(caller)) => respond(&svc, route, caller, req, &call).await,
+    let mut response = match admit(&svc, &conn, route.as_ref().ok(), &req, &call) {
+        Err(refused) => {
+            record(&svc, &call, None, &refused, started.elapsed());
+            refused
+        }
+        Ok((caller, via_cookie)) => {
+            let caller = check_csrf(caller, via_cookie, route.as_ref().ok(), req.headers());
+            let audit = Audit::of(route.as_ref().ok(), &caller);
+            let response = match (route, caller) {
+                (Err(e), _) => route_error(&e, &call.path, call.query.as_deref()),
+                (Ok(_), Err(e)) => error_response(&e.into()),
+                (Ok(route), Ok(caller)) => respond(&svc, route, caller, req, &call).await,
+            };
+            record(&svc, &call, Some(audit), &response, started.elapsed());
+            response
+        }
     };
-    record(&svc, &call, audit, &response, started.elapsed());
+    // Every answer, JSON above all: no browser may read it as anything but its declared type.
     response
+        .headers_mut()
+        .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// Step 0, admission, before anything else: browser safety (`Host`, and `Origin` for
+/// changes: [`crate::http::browser`]), then who is calling (step 1), then whether this
+/// connection may make this call ([`Connection::allows`]: connections on probation serve only
+/// callers with a token and `/api/health/`). A refusal here is not audited durably (a flood
+/// of them must not turn into a flood of writes); it is counted and logged.
+// The refusal is the response itself, built once here; boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+fn admit(
+    svc: &Services,
+    conn: &Connection,
+    route: Option<&Route>,
+    req: &Request<Incoming>,
+    call: &Call,
+) -> Result<(Result<Caller, AuthError>, bool), Response<Body>> {
+    let mutates = route.is_some_and(Route::mutates);
+    if let Err(e) =
+        crate::http::browser::check(&svc.settings.names, &call.method, mutates, req.headers())
+    {
+        tracing::info!(method = %call.method, path = %call.path, peer = %call.peer, error = %e, "refused by browser safety checks");
+        return Err(refused(error_response(&e)));
+    }
+    let (caller, via_cookie) = identify(svc, req.headers());
+    let privileged =
+        matches!(route, Some(Route::Health)) || caller.as_ref().is_ok_and(|c| c.token.is_some());
+    conn.allows(privileged)
+        .map_err(|r| refused(refusal_response(&r)))?;
+    Ok((caller, via_cookie))
+}
+
+/// Marks a response as a refusal of the admission steps (not audited durably).
+#[derive(Debug, Clone, Copy)]
+struct Refused;
+
+fn refused(mut r: Response<Body>) -> Response<Body> {
+    r.extensions_mut().insert(Refused);
+    r
+}
+
+/// 429 (the client is over its own cap) or 503 (no room now), with `Retry-After` and
+/// `Connection: close` (a refused client must not keep holding its slot).
+fn refusal_response(r: &Refusal) -> Response<Body> {
+    let e = match r {
+        Refusal::Client(m) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            m.clone(),
+        ),
+        Refusal::Busy(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m.clone()),
+    };
+    let mut resp = error_response(&e);
+    let h = resp.headers_mut();
+    h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    refused(resp)
+}
+
+/// A long poll's place: `GET /api/request/{id}/status/?wait=N` and the pages' feed
+/// `GET /api/pool/overview/?wait=N` (N > 0) may hold a connection for minutes, so each
+/// client holds at most `server.max_long_polls_per_client` of them.
+fn long_poll(
+    svc: &Arc<Services>,
+    route: &Route,
+    caller: &Caller,
+    call: &Call,
+) -> Result<Option<crate::http::limits::LongPoll>, Refusal> {
+    if !matches!(route, Route::RequestStatus(_) | Route::PoolOverview) {
+        return Ok(None);
+    }
+    let wait = Query::parse(call.query.as_deref())
+        .number("wait")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if wait == 0 {
+        return Ok(None);
+    }
+    let client = match &caller.token {
+        Some(t) => Client::Token(t.clone()),
+        None => Client::addr(call.peer.ip()),
+    };
+    svc.limits.long_poll(client).map(Some)
 }
 
 /// Steps 3 to 6 for a routed, identified call: authorize the caller for the route (before
 /// any body is read, so an unauthorised client cannot make the server read a large body),
-/// read the body, dispatch to the handler, and map its error to JSON.
+/// take a long poll's place, read the body, dispatch to the handler, and map its error to
+/// JSON.
 async fn respond(
     svc: &Arc<Services>,
     route: Route,
@@ -148,6 +249,11 @@ async fn respond(
     if let Err(e) = authorize(&caller, route.required_role()) {
         return error_response(&e.into());
     }
+    // Held until the handler has answered.
+    let _poll = match long_poll(svc, &route, &caller, call) {
+        Ok(p) => p,
+        Err(r) => return refusal_response(&r),
+    };
     let base_url = base_url(svc, &req);
     let headers = req.headers().clone();
     let body = match read_body(svc, req).await {
@@ -233,11 +339,12 @@ impl Audit {
     }
 }
 
-/// Step 7, record the call: metrics always, the durable audit log for API calls.
+/// Step 7, record the call: metrics always, the durable audit log for API calls (`audit`
+/// is `None` for calls refused at admission, and refusals are never durable).
 fn record(
     svc: &Services,
     call: &Call,
-    audit: Audit,
+    audit: Option<Audit>,
     response: &Response<Body>,
     elapsed: std::time::Duration,
 ) {
@@ -246,10 +353,11 @@ fn record(
     } = call;
     let status = response.status();
     svc.metrics.record_api(status.as_u16(), elapsed);
-    if !audit.durable {
+    let audit = audit.filter(|a| a.durable && response.extensions().get::<Refused>().is_none());
+    let Some(audit) = audit else {
         tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
         return;
-    }
+    };
     tracing::info!(%method, %path, status = status.as_u16(), caller = %audit.actor, %peer, micros = elapsed.as_micros() as u64, "api");
     let mut subjects = vec!["api".to_owned()];
     subjects.extend(audit.device.as_deref().map(device_subject));

@@ -1,16 +1,19 @@
-//! The HTTP server: hyper's http1 connection builder, a connection cap, header timeouts and
-//! a graceful shutdown that lets in-flight requests finish.
+//! The HTTP server: hyper's http1 connection builder, fair connection caps ([`limits`]),
+//! header timeouts and a graceful shutdown that lets in-flight requests finish.
 //!
 //! Request handling itself is in [`dispatch`]; routing in [`route`]; handlers in [`api`].
 
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod browser;
 pub mod dispatch;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod route;
 pub mod services;
+pub mod session;
 pub mod ui;
 
 use std::convert::Infallible;
@@ -22,7 +25,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::services::Services;
@@ -35,6 +37,11 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serve HTTP on `listener` until `shutdown` is cancelled, then drain.
+///
+/// Every connection holds a slot of `server.max_connections` (past it, clients wait in the
+/// kernel's backlog); [`limits::Limits::admit`] decides whether it is a general one or on
+/// probation (reserve, or over its address's quota), where only privileged calls are served
+/// and the header deadline is short.
 pub async fn serve(app: Arc<Services>, listener: TcpListener, shutdown: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder
@@ -46,14 +53,23 @@ pub async fn serve(app: Arc<Services>, listener: TcpListener, shutdown: Cancella
         // head too (431 and close).
         .max_buf_size(64 * 1024)
         .max_header_size(MAX_HEADER_BYTES);
+    let mut probation = builder.clone();
+    probation.header_read_timeout(
+        app.settings
+            .header_timeout
+            .min(limits::PROBATION_HEADER_TIMEOUT),
+    );
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(app.settings.max_connections));
+    let limits = Arc::clone(&app.limits);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP server listening");
+        let l = limits.settings();
+        tracing::info!(%addr, max_connections = l.max_connections, reserved = l.reserved_connections,
+            per_client = l.max_connections_per_client, "HTTP server listening");
+        tracing::info!(names = %app.settings.names.describe(), "HTTP requests must name this service in Host (server.host_aliases adds names)");
     }
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        let slot = tokio::select! {
+            p = limits.slot() => match p { Ok(p) => p, Err(_) => break },
             () = shutdown.cancelled() => break,
         };
         let (stream, peer) = tokio::select! {
@@ -69,17 +85,30 @@ pub async fn serve(app: Arc<Services>, listener: TcpListener, shutdown: Cancella
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let conn = Arc::new(limits.admit(peer, slot));
+        if conn.admission != limits::Admission::General {
+            tracing::debug!(%peer, admission = ?conn.admission, "connection on probation");
+        }
+        let on = if conn.admission == limits::Admission::General {
+            &builder
+        } else {
+            &probation
+        };
         let app = app.clone();
+        let held = Arc::clone(&conn);
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(dispatch::handle(app, req, peer).await) }
+            let conn = Arc::clone(&held);
+            async move { Ok::<_, Infallible>(dispatch::handle(app, req, conn).await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let c = graceful.watch(on.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = c.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
-            drop(permit);
+            // The slots go back when the last reference (this one, once hyper has dropped
+            // the service) goes.
+            drop(conn);
         });
     }
     drop(listener);

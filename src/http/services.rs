@@ -33,8 +33,10 @@ pub struct Settings {
     pub scratch_dir: PathBuf,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// Most concurrent connections.
-    pub max_connections: usize,
+    /// Connection and long-poll caps (`docs/config.md`, `[server]`).
+    pub limits: crate::http::limits::LimitSettings,
+    /// The names this service answers to (`Host` checks against DNS rebinding).
+    pub names: crate::http::browser::Names,
     /// Time a client has to send its request head.
     pub header_timeout: Duration,
     /// Time a client has to send its body once the head is in.
@@ -67,6 +69,10 @@ pub struct Services {
     /// Registration rate limits and counters, shared with the TCP listener (the JSON form
     /// goes through the same gate).
     pub registration: Arc<crate::inventory::registration::trust::Gate>,
+    /// Connection and long-poll accounting (fair connections), built from `settings.limits`.
+    pub limits: Arc<crate::http::limits::Limits>,
+    /// Web sign-in sessions (in memory).
+    pub sessions: crate::http::session::Sessions,
 }
 
 impl Services {

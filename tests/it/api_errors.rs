@@ -117,7 +117,7 @@ async fn raw_chunked_post(addr: std::net::SocketAddr, path: &str, payload: &str)
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     sock.write_all(head.as_bytes()).await.expect("head");
     for chunk in payload.as_bytes().chunks(4096) {

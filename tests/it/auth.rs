@@ -177,7 +177,7 @@ async fn old_style_url_credentials_work() {
     let raw = crate::hostile::raw(
         s.addr,
         &format!(
-            "GET /api/device/list/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+            "GET /api/device/list/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
             base64(&format!("viewer:{READ_TOKEN}"))
         ),
     )
@@ -187,7 +187,7 @@ async fn old_style_url_credentials_work() {
     let raw = crate::hostile::raw(
         s.addr,
         &format!(
-            "GET /api/device/list/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+            "GET /api/device/list/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
             base64("viewer:guess")
         ),
     )

@@ -57,7 +57,7 @@ async fn huge_header_is_refused() {
     let big = "a".repeat(100 * 1024);
     let reply = raw(
         s.addr,
-        &format!("GET /api/version/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+        &format!("GET /api/version/ HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n"),
     )
     .await;
     assert!(
@@ -69,7 +69,7 @@ async fn huge_header_is_refused() {
     let many: String = (0..5000).map(|i| format!("X-H{i}: {i:020}\r\n")).collect();
     let reply = raw(
         s.addr,
-        &format!("GET /api/version/ HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+        &format!("GET /api/version/ HTTP/1.1\r\nHost: localhost\r\n{many}\r\n"),
     )
     .await;
     assert!(
@@ -86,7 +86,7 @@ async fn slow_headers_are_cut_off() {
     let s = TestServer::start(&fast_config("")).await;
     let started = Instant::now();
     let mut sock = TcpStream::connect(s.addr).await.expect("connect");
-    sock.write_all(b"GET /api/version/ HTTP/1.1\r\nHost: x\r\n")
+    sock.write_all(b"GET /api/version/ HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .expect("partial head");
     let mut out = Vec::new();
@@ -101,7 +101,7 @@ async fn slow_headers_are_cut_off() {
     );
     // An idle keep-alive connection after a request does not stay open forever either.
     let mut sock = TcpStream::connect(s.addr).await.expect("connect");
-    sock.write_all(b"GET /api/version/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.write_all(b"GET /api/version/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("request");
     let mut out = Vec::new();
@@ -119,7 +119,7 @@ async fn slow_body_is_cut_off_and_nothing_stored() {
     let started = Instant::now();
     let mut sock = TcpStream::connect(s.addr).await.expect("connect");
     sock.write_all(
-        b"POST /api/device/panda-1/set-comments/ HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{\"comments\": \"dribb",
+        b"POST /api/device/panda-1/set-comments/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200\r\n\r\n{\"comments\": \"dribb",
     )
     .await
     .expect("head");
@@ -145,9 +145,11 @@ async fn unauthorised_callers_cannot_make_the_server_wait_for_a_body() {
     let s = TestServer::start(&config_with_auth("read")).await;
     // Declares a body it never sends: refused at once, before any body is read.
     let mut sock = TcpStream::connect(s.addr).await.expect("connect");
-    sock.write_all(b"PUT /api/device/evil/ HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
-        .await
-        .expect("head");
+    sock.write_all(
+        b"PUT /api/device/evil/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 60000\r\n\r\n",
+    )
+    .await
+    .expect("head");
     let mut buf = [0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf))
         .await
@@ -159,7 +161,7 @@ async fn unauthorised_callers_cannot_make_the_server_wait_for_a_body() {
     let reply = raw(
         s.addr,
         &format!(
-            "PUT /api/device/evil/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 999999999\r\n\r\n"
+            "PUT /api/device/evil/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 999999999\r\n\r\n"
         ),
     )
     .await;
@@ -170,7 +172,7 @@ async fn unauthorised_callers_cannot_make_the_server_wait_for_a_body() {
 #[tokio::test]
 async fn connection_cap_queues_and_frees() {
     let s = TestServer::start(&format!(
-        "[server]\nmax_connections = 2\nheader_timeout_secs = 30\n{TWO_DEVICES}"
+        "[server]\nmax_connections = 2\nreserved_connections = 0\nheader_timeout_secs = 30\n{TWO_DEVICES}"
     ))
     .await;
     // Two idle connections hold both slots.
@@ -181,7 +183,7 @@ async fn connection_cap_queues_and_frees() {
         .await
         .expect("third connects (backlog)");
     third
-        .write_all(b"GET /api/version/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /api/version/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
     let mut buf = [0u8; 4096];
@@ -305,7 +307,7 @@ async fn injection_in_names_and_queries_is_4xx() {
         let reply = raw(
             s.addr,
             &format!(
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             ),
         )
@@ -319,8 +321,8 @@ async fn injection_in_names_and_queries_is_4xx() {
     }
     // Requests hyper itself refuses (bad request line bytes) do not reach us at all.
     for bad in [
-        &b"GET /api/device/a b/status/ HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        b"GET /api/version/\0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        &b"GET /api/device/a b/status/ HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        b"GET /api/version/\0 HTTP/1.1\r\nHost: localhost\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     ] {
         let reply = raw_bytes(s.addr, bad).await;

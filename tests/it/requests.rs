@@ -371,7 +371,15 @@ async fn an_expired_lease_is_reclaimed_after_the_grace() {
 /// device comes back to the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_clients_twenty_devices_no_double_booking() {
-    let s = std::sync::Arc::new(TestServer::start_rack(20, "").await);
+    // The 64 clients would be 64 machines; here they all come from 127.0.0.1, so the
+    // per-client caps (fair connections) are raised to let one address be all of them.
+    let s = std::sync::Arc::new(
+        TestServer::start_rack(
+            20,
+            "[server]\nmax_connections_per_client = 256\nmax_long_polls_per_client = 128\n",
+        )
+        .await,
+    );
     s.wait_all_ready(90).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The watcher samples the store continuously for double holds.

@@ -396,6 +396,11 @@ fn config(dir: &Path, boards: usize) -> anyhow::Result<Config> {
     let mut c = Config::parse(Path::new("bench.toml"), &text).context("bench config")?;
     c.server.data_dir = dir.to_owned();
     c.server.listen = "127.0.0.1:0".parse()?;
+    // The bench's clients stand for many machines but all come from 127.0.0.1: one address
+    // may be all of them (fair connections would otherwise cap it at 64 connections and 16
+    // long polls).
+    c.server.max_connections_per_client = c.server.max_connections;
+    c.server.max_long_polls_per_client = c.server.max_connections;
     c.hardware.power_off_time_ms = 0;
     c.hardware.sut_timeout_ms = 5000;
     c.hardware.ping_timeout_ms = 5000;

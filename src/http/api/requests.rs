@@ -306,8 +306,11 @@ pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
     };
     let duration = int_field(&body, "duration")?
         .ok_or_else(|| ApiError::bad_request("duration is required"))?;
+    // As at creation: a lease of 0 seconds would close the request at once.
     let duration_secs = u64::try_from(duration)
-        .map_err(|_| ApiError::bad_request("duration must not be negative"))?;
+        .ok()
+        .filter(|d| *d > 0)
+        .ok_or_else(|| ApiError::bad_request("duration must be a positive number of seconds"))?;
     check_owner(ctx, &load(ctx, id).await?)?;
     ctx.svc
         .pool

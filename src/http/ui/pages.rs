@@ -18,6 +18,7 @@ use crate::http::body::{Body, bytes_response, error_response, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::http::route::Route;
+use crate::http::session;
 use crate::storage::logs::LogQuery;
 
 /// Log lines on the device page's first screen (and per "older" page).
@@ -94,17 +95,11 @@ fn signin_form(ctx: &Ctx, status: StatusCode, error: &str) -> Result<Response<Bo
     html(ctx, status, "signin.html", c)
 }
 
-/// `POST /ui/signin/` with the form field `token`: a valid token sets the session cookie
-/// (HttpOnly, SameSite=Strict, Secure behind https) and goes to the pool page.
+/// `POST /ui/signin/` with the form field `token`: a valid token opens a session
+/// ([`crate::http::session`]) whose id goes in the cookie (HttpOnly, SameSite=Strict,
+/// Secure when the public URL is https), and the browser goes to the pool page. (A post
+/// from another site never gets here: the pipeline's browser checks refuse it.)
 fn signin(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    // Only this site's own form may sign a browser in (no login CSRF).
-    if let Some(origin) = ctx.headers.get("origin").and_then(|v| v.to_str().ok())
-        && origin != ctx.base_url
-    {
-        return Err(ApiError::forbidden(format!(
-            "sign-in from another site ({origin}) refused"
-        )));
-    }
     let form = crate::http::body::Query::parse(std::str::from_utf8(&ctx.body).ok());
     let token = form.get("token").unwrap_or_default().trim().to_owned();
     if ctx.svc.auth_open() {
@@ -120,31 +115,47 @@ fn signin(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             "That token is not valid for this controller.",
         );
     }
+    let id = ctx.svc.sessions.create(
+        crate::http::auth::token_digest(&token),
+        std::time::Instant::now(),
+    );
+    let mut r = see_other("/ui/");
+    set_cookies(ctx, &mut r, &id, session::SESSION_LIFETIME.as_secs());
+    Ok(r)
+}
+
+/// Set the session cookie to `value` for `max_age` seconds (0 clears it), and clear the
+/// cookie of earlier versions, which held the token itself.
+fn set_cookies(ctx: &Ctx, r: &mut Response<Body>, value: &str, max_age: u64) {
     let secure = if ctx.base_url.starts_with("https://") {
         "; Secure"
     } else {
         ""
     };
-    let cookie = format!(
-        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{secure}",
-        crate::http::dispatch::SESSION_COOKIE
-    );
-    let mut r = see_other("/ui/");
-    let value = HeaderValue::from_str(&cookie).map_err(|_| ApiError::bad_request("bad token"))?;
-    r.headers_mut().insert(hyper::header::SET_COOKIE, value);
-    Ok(r)
+    for cookie in [
+        format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+            session::SESSION_COOKIE
+        ),
+        format!(
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
+            session::LEGACY_COOKIE
+        ),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            r.headers_mut().append(hyper::header::SET_COOKIE, v);
+        }
+    }
 }
 
-/// `POST /ui/signout/`: clear the session cookie.
-fn signout() -> Response<Body> {
-    let mut r = see_other("/ui/");
-    let clear = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        crate::http::dispatch::SESSION_COOKIE
-    );
-    if let Ok(v) = HeaderValue::from_str(&clear) {
-        r.headers_mut().insert(hyper::header::SET_COOKIE, v);
+/// `POST /ui/signout/`: end the session on the server and clear the cookie. (Cross-site
+/// posts are refused by the pipeline's browser checks.)
+fn signout(ctx: &Ctx) -> Response<Body> {
+    if let Some(id) = crate::http::dispatch::cookie(&ctx.headers, session::SESSION_COOKIE) {
+        ctx.svc.sessions.revoke(&id);
     }
+    let mut r = see_other("/ui/");
+    set_cookies(ctx, &mut r, "", 0);
     r
 }
 
@@ -190,7 +201,7 @@ pub async fn page(ctx: &Ctx, route: Route) -> Response<Body> {
         Route::Static { hash, file } => return super::assets::serve(&hash, &file, &ctx.headers),
         Route::UiSignInForm => signin_form(ctx, StatusCode::OK, ""),
         Route::UiSignIn => signin(ctx),
-        Route::UiSignOut => return signout(),
+        Route::UiSignOut => return signout(ctx),
         // Signed out where anonymous callers may not read: the sign-in form.
         Route::UiPool | Route::UiDevice(_) | Route::UiRequests | Route::UiRelays
             if ctx.caller.role < Role::Read =>
