@@ -908,18 +908,7 @@ async fn scale(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
                 Better::Lower,
             );
         }
-        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        if tokio::time::timeout(Duration::from_secs(30), child.wait())
-            .await
-            .is_err()
-        {
-            child.kill().await?;
-        }
+        stop_child(&mut child).await?;
     }
     Ok(())
 }
@@ -984,18 +973,7 @@ async fn lab(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
     .await;
     #[allow(clippy::cast_precision_loss)]
     let peak_mib = proc_status(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    if tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .is_err()
-    {
-        child.kill().await?;
-    }
+    stop_child(&mut child).await?;
     let (up, all_ready) = result?;
     figs.target(
         format!("simulated rack of {label}: API answers after"),
@@ -1025,6 +1003,24 @@ async fn lab(exe: &Path, n: usize, figs: &mut Figures) -> anyhow::Result<()> {
         "threads",
         Better::Lower,
     );
+    Ok(())
+}
+
+/// Stop a `mozpool serve` child as systemd would (SIGTERM), killing it if it has not
+/// exited 30 s later.
+async fn stop_child(child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        child.kill().await?;
+    }
     Ok(())
 }
 
