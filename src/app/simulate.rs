@@ -103,7 +103,7 @@ pub fn start_rack(
     l.pc_pinging_ms = l.pc_pinging_ms.max(250);
     config.hardware.fastboot.clone_from(&rack.fastboot_path);
     // The rack's own adb server: never a person's (5037) nor another rack's.
-    config.hardware.adb_server_port = free_port()?;
+    config.hardware.adb_server_port = adb_server_port()?;
     config.hardware.adb_timeout_ms = 10_000;
     config.hardware.sut_timeout_ms = 2000;
     config.hardware.ping_timeout_ms = 1000;
@@ -280,6 +280,30 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// A port for the rack's adb server, which binds it itself when first used (seconds later):
+/// taken from below the kernel's ephemeral range, so that no socket bound to port 0 in the
+/// meantime (a test's HTTP server, say) can be given it, and never one this process handed
+/// out already.
+fn adb_server_port() -> std::io::Result<u16> {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_start.max(10_100));
+    let mut taken = crate::domain::lock(&TAKEN);
+    for _ in 0..200 {
+        let port = rand::random_range(low..high);
+        if taken.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        taken.push(port);
+        return Ok(port);
+    }
+    // Nothing free down there: any free port, as before.
+    free_port()
 }
 
 /// The simulated images' recipe: the files `start_rack` writes.
