@@ -49,6 +49,11 @@ pub enum Route {
     ImagePut(ImageName),
     /// `DELETE /api/image/{name}/` (admin).
     ImageDelete(ImageName),
+    /// `GET /api/bmm/pxe_config/list/[?active_only=1]`: the original BMM's PXE config names,
+    /// one per image (the original web UI's `bmm.html` lists them).
+    PxeConfigList,
+    /// `GET /api/bmm/pxe_config/{name}/details/`: one PXE config, i.e. the image of that name.
+    PxeConfigDetails(ImageName),
     /// `GET /api/environment/list/`.
     EnvironmentList,
     /// `PUT /api/environment/{name}/` (admin).
@@ -376,6 +381,10 @@ impl Route {
                     Route::ImageDelete(name),
                 )?
             }
+            ["api", "bmm", "pxe_config", "list"] => (GET, Route::PxeConfigList),
+            ["api", "bmm", "pxe_config", name, "details"] => {
+                (GET, Route::PxeConfigDetails(name.parse()?))
+            }
             ["api", "environment", "list"] => (GET, Route::EnvironmentList),
             ["api", "environment", name] => {
                 let name: EnvironmentName = name.parse()?;
@@ -440,6 +449,8 @@ impl Route {
                     | Route::DeviceState(_)
                     | Route::ImageList
                     | Route::ImageDetails(_)
+                    | Route::PxeConfigList
+                    | Route::PxeConfigDetails(_)
                     | Route::EnvironmentList
                     | Route::HardwareTypeList
                     | Route::LogQuery
@@ -495,6 +506,8 @@ impl Route {
             | Route::DeviceState(_)
             | Route::ImageList
             | Route::ImageDetails(_)
+            | Route::PxeConfigList
+            | Route::PxeConfigDetails(_)
             | Route::EnvironmentList
             | Route::HardwareTypeList
             | Route::LogQuery => Role::Read,
@@ -702,6 +715,28 @@ mod tests {
         // A backup is the whole database: it counts as an admin call, not a plain read.
         assert!(Route::Backup.mutates());
         assert!(!Route::Metrics.mutates());
+    }
+
+    #[test]
+    fn pxe_config_routes() {
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/bmm/pxe_config/list/"),
+            Ok(Route::PxeConfigList)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/bmm/pxe_config/b2g/details/"),
+            Ok(Route::PxeConfigDetails("b2g".parse().expect("name")))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/bmm/pxe_config/list"),
+            Err(RouteError::AddSlash)
+        );
+        assert!(matches!(
+            Route::parse(&Method::POST, "/api/bmm/pxe_config/list/"),
+            Err(RouteError::MethodNotAllowed(_))
+        ));
+        assert!(!Route::PxeConfigList.mutates());
+        assert_eq!(Route::PxeConfigList.required_role(), Role::Read);
     }
 
     #[test]

@@ -647,6 +647,18 @@ async fn api_golden_session() {
     .await;
     s.get("image list", "/api/image/list/").await;
     s.get("image details", "/api/image/android/details/").await;
+    s.get(
+        "pxe config list, active only (bmm.html)",
+        "/api/bmm/pxe_config/list/?active_only=1",
+    )
+    .await;
+    s.get("pxe config details", "/api/bmm/pxe_config/android/details/")
+        .await;
+    s.get(
+        "pxe config details, unknown",
+        "/api/bmm/pxe_config/nothing/details/",
+    )
+    .await;
     s.get("environment list", "/api/environment/list/").await;
     s.get("hardware type list", "/api/hardware-type/list/")
         .await;

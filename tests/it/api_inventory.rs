@@ -197,3 +197,78 @@ async fn version_and_health() {
     assert_eq!(status, 200);
     assert_eq!(h["storage"]["ok"], true);
 }
+
+/// The original web UI's `bmm.html` lists PXE configs; here they are the images, in the
+/// original's JSON shape.
+#[tokio::test]
+async fn pxe_configs_are_the_images_in_the_original_shape() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (status, _) = s
+        .put(
+            "/api/image/android/",
+            json!({
+                "description": "AOSP userdebug",
+                "agent": "adb",
+                "steps": [{"partition": "system", "file": "system.img"}, {"action": "wipe"}],
+            }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = s
+        .put(
+            "/api/image/a-hidden/",
+            json!({"hidden": true, "steps": [{"partition": "boot", "file": "boot.img"}]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let (status, body) = s.get("/api/bmm/pxe_config/list/").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"pxe_configs": ["a-hidden", "android", "b2g"]}));
+    // What bmm.html asks for: hidden images are not active.
+    let (status, body) = s.get("/api/bmm/pxe_config/list/?active_only=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"pxe_configs": ["android", "b2g"]}));
+    let (_, body) = s.get("/api/bmm/pxe_config/list/?active_only=0").await;
+    assert_eq!(body["pxe_configs"].as_array().map(Vec::len), Some(3));
+
+    let (status, body) = s.get("/api/bmm/pxe_config/android/details/").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"details": {
+            "name": "android",
+            "description": "AOSP userdebug",
+            "contents": "# mozpool image android: flashed with fastboot, not booted over PXE\n\
+                         # boot config keys: (none)\n\
+                         # agent: adb\n\
+                         fastboot flash system system.img\n\
+                         fastboot -w\n",
+            "active": true,
+        }})
+    );
+    let (_, body) = s.get("/api/bmm/pxe_config/a-hidden/details/").await;
+    assert_eq!(body["details"]["active"], false);
+    assert_eq!(body["details"]["description"], "");
+    let (_, body) = s.get("/api/bmm/pxe_config/b2g/details/").await;
+    let contents = body["details"]["contents"].as_str().expect("contents");
+    assert!(
+        contents.contains("# boot config keys: b2gbase\n"),
+        "{contents}"
+    );
+    assert!(
+        contents.contains("fastboot flash boot boot.img\n"),
+        "{contents}"
+    );
+
+    // The original answered 500 here; a clear 404 is better and breaks no client.
+    let (status, body) = s.get("/api/bmm/pxe_config/nothing/details/").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "not_found", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing")),
+        "{body}"
+    );
+}

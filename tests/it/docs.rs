@@ -23,7 +23,7 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 60;
+const ROUTE_VARIANTS: usize = 62;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
@@ -96,6 +96,8 @@ fn pattern(r: &Route) -> (usize, &'static str) {
         Route::DeviceAddressChange(..) => {
             (59, "POST /api/device/{id}/address-change/{accept|dismiss}/")
         }
+        Route::PxeConfigList => (60, "GET /api/bmm/pxe_config/list/"),
+        Route::PxeConfigDetails(_) => (61, "GET /api/bmm/pxe_config/{name}/details/"),
     }
 }
 
@@ -119,6 +121,8 @@ const SAMPLES: &[(&str, &str)] = &[
     ("GET", "/api/image/b2g/details/"),
     ("PUT", "/api/image/b2g/"),
     ("DELETE", "/api/image/b2g/"),
+    ("GET", "/api/bmm/pxe_config/list/"),
+    ("GET", "/api/bmm/pxe_config/b2g/details/"),
     ("GET", "/api/environment/list/"),
     ("PUT", "/api/environment/prod/"),
     ("DELETE", "/api/environment/prod/"),

@@ -5,6 +5,7 @@ mod devices;
 mod inventory;
 mod lifeguard;
 mod logs;
+mod pxe_configs;
 mod registration;
 mod relays;
 mod requests;
@@ -38,6 +39,8 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::ImageDetails(i) => inventory::image_details(ctx, i).await,
         Route::ImagePut(i) => inventory::image_put(ctx, i).await,
         Route::ImageDelete(i) => inventory::image_delete(ctx, i).await,
+        Route::PxeConfigList => pxe_configs::list(ctx).await,
+        Route::PxeConfigDetails(i) => pxe_configs::details(ctx, i).await,
         Route::EnvironmentList => inventory::environment_list(ctx).await,
         Route::EnvironmentPut(e) => inventory::environment_put(ctx, e).await,
         Route::EnvironmentDelete(e) => inventory::environment_delete(ctx, e).await,
