@@ -401,12 +401,18 @@ impl App {
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         // The API answers (from the stored states) while the Lifeguard resumes the devices,
         // which takes a while on a rack of thousands; the pool starts handing out after it.
+        // What to resume is read first: a device created through the API meanwhile is new,
+        // not one to resume.
+        let to_resume = self.lifeguard.to_resume().await;
         let http = tokio::spawn(crate::http::serve(
             Arc::clone(&self.services),
             listener,
             self.shutdown.clone(),
         ));
-        if let Err(e) = self.lifeguard.start().await {
+        if let Err(e) = match to_resume {
+            Ok(devices) => self.lifeguard.resume_and_run(devices).await,
+            Err(e) => Err(e),
+        } {
             tracing::error!(error = %e, "cannot resume the devices");
         }
         self.pool.start();

@@ -322,18 +322,21 @@ impl Lifeguard {
 
     /// Resume every device after a (re)start, then run the timers until shutdown.
     ///
-    /// The API may already be serving meanwhile (a rack of thousands of devices takes a
-    /// while to resume): a device that an event moved since the list was read is live
-    /// already and is left as it is.
-    ///
     /// # Errors
     /// Storage failure while resuming.
     pub async fn start(&self) -> Result<(), StoreError> {
-        /// Devices resumed per transaction: a transaction keeps its dirty pages in memory,
-        /// hundreds of MiB for a rack of 10,000 devices in one. Each device resumes on its
-        /// own, so a crash between two chunks leaves the rest to the next start.
-        const DEVICES_PER_WRITE: usize = 500;
-        let devices: Vec<(String, u64)> = self
+        let devices = self.to_resume().await?;
+        self.resume_and_run(devices).await
+    }
+
+    /// The devices a (re)start resumes: every device in the store now, with its generation.
+    /// Read before the API opens, so that a device created through it meanwhile is not
+    /// taken for one that was there before the restart.
+    ///
+    /// # Errors
+    /// Storage failure.
+    pub async fn to_resume(&self) -> Result<ToResume, StoreError> {
+        let devices = self
             .inner
             .store
             .read(|snap| {
@@ -345,6 +348,23 @@ impl Lifeguard {
                     .collect())
             })
             .await?;
+        Ok(ToResume(devices))
+    }
+
+    /// Resume `devices` (see [`Lifeguard::to_resume`]), then run the timers until shutdown.
+    ///
+    /// The API may already be serving meanwhile (a rack of thousands of devices takes a
+    /// while to resume): a device that an event moved since the list was read is live
+    /// already and is left as it is.
+    ///
+    /// # Errors
+    /// Storage failure while resuming.
+    pub async fn resume_and_run(&self, devices: ToResume) -> Result<(), StoreError> {
+        /// Devices resumed per transaction: a transaction keeps its dirty pages in memory,
+        /// hundreds of MiB for a rack of 10,000 devices in one. Each device resumes on its
+        /// own, so a crash between two chunks leaves the rest to the next start.
+        const DEVICES_PER_WRITE: usize = 500;
+        let devices = devices.0;
         for chunk in devices.chunks(DEVICES_PER_WRITE) {
             let (t, chunk) = (self.inner.timings.clone(), chunk.to_vec());
             let applied = self
@@ -1112,6 +1132,11 @@ impl crate::domain::timers::Deadlines for Lifeguard {
             .flatten()
     }
 }
+
+/// The devices to resume after a (re)start and the generation each had then
+/// ([`Lifeguard::to_resume`]).
+#[derive(Debug)]
+pub struct ToResume(Vec<(String, u64)>);
 
 /// `.boxed()` on a future: puts it on the heap, so the future awaiting it holds a pointer
 /// rather than the whole state machine (see [`Lifeguard::run_action`]).

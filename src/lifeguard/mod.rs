@@ -27,7 +27,7 @@ mod timings;
 pub use crate::domain::device_state::{DeviceState, StateClass, UnknownState};
 pub use driver::{
     DeliverError, Hardware, Lifeguard, ProbeError, RelayError, Report, Reports, SutAddrError,
-    SutError,
+    SutError, ToResume,
 };
 pub use machine::{force, resume, step};
 pub use model::{
