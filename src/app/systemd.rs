@@ -231,15 +231,7 @@ mod tests {
             Err(Unhealthy::EventLoopLate(_))
         ));
         // Block the writer thread for longer than half a period.
-        let blocker = store.clone();
-        let stuck = tokio::spawn(async move {
-            blocker
-                .write(|_, _| {
-                    std::thread::sleep(Duration::from_millis(1200));
-                    Ok(())
-                })
-                .await
-        });
+        let stuck = block_writer(&store);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             check(&store, &hb, period, Duration::ZERO).await,
@@ -247,6 +239,21 @@ mod tests {
         );
         stuck.await.expect("join").expect("write");
         assert_eq!(check(&store, &hb, period, Duration::ZERO).await, Ok(()));
+    }
+
+    /// Occupy the store's writer thread for 1.2 s (longer than half the tests' period).
+    fn block_writer(
+        store: &Store,
+    ) -> tokio::task::JoinHandle<Result<(), crate::storage::StoreError>> {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .write(|_, _| {
+                    std::thread::sleep(Duration::from_millis(1200));
+                    Ok(())
+                })
+                .await
+        })
     }
 
     /// A writer that refuses writes because the disk is full is alive and reopens the store
@@ -265,20 +272,12 @@ mod tests {
         assert!(e.fault().is_some(), "{e}");
         assert!(store.outage().is_some());
         assert_eq!(check(&store, &hb, period, Duration::ZERO).await, Ok(()));
-        let blocker = store.clone();
         disk.set_full(false);
         // Wait for the reopen, then block the writer for longer than half a period.
         while store.outage().is_some() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let stuck = tokio::spawn(async move {
-            blocker
-                .write(|_, _| {
-                    std::thread::sleep(Duration::from_millis(1200));
-                    Ok(())
-                })
-                .await
-        });
+        let stuck = block_writer(&store);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             check(&store, &hb, period, Duration::ZERO).await,
