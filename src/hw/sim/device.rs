@@ -506,6 +506,20 @@ fn tokio_listener(
     Ok((l, addr))
 }
 
+/// `Ok` when the device has `partition` (a slot suffix `_a`/`_b` names the same
+/// partition); fastboot's "Partition not found" otherwise.
+fn has_partition(st: &State, partition: &str) -> Result<(), String> {
+    let base = partition
+        .strip_suffix("_a")
+        .or_else(|| partition.strip_suffix("_b"))
+        .unwrap_or(partition);
+    if st.partitions.iter().any(|p| p == base) {
+        Ok(())
+    } else {
+        Err("Partition not found".into())
+    }
+}
+
 /// Where a warm reboot goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reboot {
@@ -600,13 +614,7 @@ impl super::fastboot_tcp::FastbootTarget for FastbootSide {
     fn flash(&self, partition: &str, data: Vec<u8>) -> Result<(), String> {
         let d = self.device().ok_or("device gone")?;
         let mut st = lock(&d.inner.state);
-        let base = partition
-            .strip_suffix("_a")
-            .or_else(|| partition.strip_suffix("_b"))
-            .unwrap_or(partition);
-        if !st.partitions.iter().any(|p| p == base) {
-            return Err("Partition not found".into());
-        }
+        has_partition(&st, partition)?;
         let sha = sha2::Sha256::digest(&data);
         let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
         st.flashed.insert(partition.to_owned(), hex);
@@ -616,13 +624,7 @@ impl super::fastboot_tcp::FastbootTarget for FastbootSide {
     fn erase(&self, partition: &str) -> Result<(), String> {
         let d = self.device().ok_or("device gone")?;
         let mut st = lock(&d.inner.state);
-        let base = partition
-            .strip_suffix("_a")
-            .or_else(|| partition.strip_suffix("_b"))
-            .unwrap_or(partition);
-        if !st.partitions.iter().any(|p| p == base) {
-            return Err("Partition not found".into());
-        }
+        has_partition(&st, partition)?;
         st.flashed.remove(partition);
         Ok(())
     }
