@@ -6,6 +6,7 @@ pub mod clock;
 pub mod device_state;
 pub mod heartbeat;
 pub mod histogram;
+pub mod history;
 pub mod model;
 pub mod names;
 pub mod request;
