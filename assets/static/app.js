@@ -87,9 +87,10 @@ async function act(button, result, question, call, done) {
   }
 }
 
-// Follow the rack: long polls of /api/pool/overview/ that return when any device or request
-// changes (or after 25 s), calling onUpdate with the fresh overview each time.
-function follow(initialVersion, onUpdate) {
+// Follow the rack: long polls of a feed (/api/pool/overview/ unless told otherwise) that
+// return when any device or request changes (or after 25 s), calling onUpdate with the
+// fresh overview each time.
+function follow(initialVersion, onUpdate, feed = '/api/pool/overview/') {
   const live = document.getElementById('live');
   let version = initialVersion;
   let failures = 0;
@@ -98,7 +99,7 @@ function follow(initialVersion, onUpdate) {
     for (;;) {
       try {
         const q = version === null ? '' : `?since=${encodeURIComponent(version)}&wait=25`;
-        const v = await api('GET', `/api/pool/overview/${q}`);
+        const v = await api('GET', `${feed}${q}`);
         failures = 0;
         if (live) { live.textContent = 'Live updates on'; live.classList.remove('off'); }
         const changed = v.version !== version;
@@ -403,7 +404,7 @@ function requestRow(r, queue) {
   }
   return el('tr', { id: `request-${r.id}`, 'data-id': r.id, 'data-state': r.state, 'data-open': r.open ? 'yes' : 'no', 'data-waiting': r.waiting ? 'yes' : 'no' },
     el('th', { scope: 'row', 'data-label': 'Request' }, `#${r.id} `, el('span', { class: 'muted', text: `for ${r.requested_device}` }), ' ',
-      el('a', { class: 'small', href: `/api/request/${r.id}/log/`, text: 'log' })),
+      el('a', { class: 'small', href: `/ui/request/${r.id}/`, text: 'details and log' })),
     el('td', { 'data-label': 'State' }, el('span', { class: 'rstate', text: r.state })),
     el('td', { 'data-label': 'Assignee', text: r.assignee }),
     dev,
@@ -520,13 +521,95 @@ function requestsPage() {
 
 // ---------------------------------------------------------------- relay boards page
 
+function failureRow(f) {
+  const where = el('td', {});
+  if (f.device) where.append(el('a', { href: `/ui/device/${encodeURIComponent(f.device)}/`, text: f.device }), ' ');
+  where.append(el('span', { class: 'muted', text: f.relay || 'whole board' }));
+  return el('tr', {}, el('td', {}, el('time', { text: f.at })), where, el('td', { text: f.op }), el('td', { text: f.error }));
+}
+
+// Redraw one board's section from the feed, leaving its test button and result alone.
+function renderBoard(section, b) {
+  section.className = `panel board ${b.health}`;
+  const health = section.querySelector('.board-health');
+  health.replaceChildren(el('span', { class: `health ${b.health}`, text: b.health }),
+    ` · ${b.ops_ok} operations ok, ${b.ops_failed} failed, ${b.queued} queued${b.last_ok ? ` · last ok ${b.last_ok} UTC` : ''}`);
+  const err = section.querySelector('.board-error');
+  err.textContent = `Last error: ${b.last_error}`;
+  err.hidden = !b.last_error;
+  const failures = section.querySelector('.board-failures');
+  if (b.failures.length) {
+    const body = el('tbody');
+    for (const f of b.failures) body.append(failureRow(f));
+    failures.replaceChildren(
+      el('h3', {}, 'Recent failures ', el('span', { class: 'muted', text: '(newest first)' })),
+      el('div', { class: 'table-wrap' }, el('table', { class: 'compact failures' },
+        el('caption', { class: 'sr-only', text: `Recent failed operations on ${b.name}, newest first` }),
+        el('thead', {}, el('tr', {}, ...['Time (UTC)', 'Device / relay', 'Operation', 'Error'].map((t) => el('th', { scope: 'col', text: t })))),
+        body)));
+  } else {
+    failures.replaceChildren(el('p', { class: 'muted', text: 'No failed operations since the service started.' }));
+  }
+  const devices = section.querySelector('.board-devices');
+  if (b.devices.length) {
+    const body = el('tbody');
+    for (const d of b.devices) {
+      body.append(el('tr', {},
+        el('th', { scope: 'row' }, el('a', { href: `/ui/device/${encodeURIComponent(d.name)}/`, text: d.name })),
+        el('td', { text: d.relay }),
+        el('td', {}, el('span', { class: `state ${d.look.class}`, text: d.state }))));
+    }
+    devices.replaceChildren(el('div', { class: 'table-wrap' }, el('table', { class: 'compact' },
+      el('caption', { class: 'sr-only', text: `Devices wired to ${b.name}` }),
+      el('thead', {}, el('tr', {}, ...['Device', 'Relay', 'State'].map((t) => el('th', { scope: 'col', text: t })))),
+      body)));
+  } else {
+    devices.replaceChildren(el('p', { class: 'muted', text: 'No devices wired to it.' }));
+  }
+}
+
 function relaysPage() {
+  const boards = document.getElementById('boards');
   for (const b of document.querySelectorAll('button[data-test]')) {
     const out = b.parentElement.querySelector('.result');
     b.addEventListener('click', () => act(b, out, null,
       () => api('GET', `/api/relay/${encodeURIComponent(b.dataset.test)}/test/`),
       (d) => (d.success ? 'The board answered both ways.' : `No answer: ${d.error || 'unknown error'}`)));
   }
+  let last = '';
+  follow(Number(boards.dataset.version), (v) => {
+    const snapshot = JSON.stringify(v.boards);
+    if (snapshot === last) return;
+    last = snapshot;
+    boards.dataset.version = String(v.version);
+    for (const b of v.boards) {
+      const section = boards.querySelector(`section[data-board="${CSS.escape(b.name)}"]`);
+      if (section) renderBoard(section, b);
+    }
+  }, '/api/relay/overview/');
+}
+
+// ---------------------------------------------------------------- request page
+
+function requestPage() {
+  const id = document.getElementById('request').dataset.id;
+  const log = document.getElementById('log');
+  follow(null, async () => {
+    const [d, l] = await Promise.all([api('GET', `/api/request/${id}/details/`), api('GET', `/api/request/${id}/log/`)]);
+    document.getElementById('rq-state').textContent = d.state;
+    const dev = document.getElementById('rq-device');
+    if (d.assigned_device) {
+      dev.replaceChildren('Device ', el('a', { href: `/ui/device/${encodeURIComponent(d.assigned_device)}/`, text: d.assigned_device }), '.');
+    } else dev.textContent = 'No device assigned.';
+    const body = log.tBodies[0];
+    const newest = body.rows.length ? Number(body.rows[body.rows.length - 1].dataset.id) : 0;
+    for (const e of l.log.filter((x) => x.id > newest)) {
+      const tr = logRow(e);
+      tr.classList.add('fresh');
+      body.append(tr);
+    }
+    document.getElementById('empty-log').hidden = body.rows.length > 0;
+  });
 }
 
 document.addEventListener('DOMContentLoaded', () => {
@@ -535,4 +618,5 @@ document.addEventListener('DOMContentLoaded', () => {
   else if (page === 'device') devicePage();
   else if (page === 'requests') requestsPage();
   else if (page === 'relays') relaysPage();
+  else if (page === 'request') requestPage();
 });

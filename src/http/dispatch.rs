@@ -208,8 +208,8 @@ fn refusal_response(r: &Refusal) -> Response<Body> {
     refused(resp)
 }
 
-/// A long poll's place: `GET /api/request/{id}/status/?wait=N` and the pages' feed
-/// `GET /api/pool/overview/?wait=N` (N > 0) may hold a connection for minutes, so each
+/// A long poll's place: `GET /api/request/{id}/status/?wait=N` and the pages' feeds
+/// `GET /api/pool/overview/?wait=N` and `GET /api/relay/overview/?wait=N` (N > 0) may hold a connection for minutes, so each
 /// client holds at most `server.max_long_polls_per_client` of them.
 fn long_poll(
     svc: &Arc<Services>,
@@ -217,7 +217,10 @@ fn long_poll(
     caller: &Caller,
     call: &Call,
 ) -> Result<Option<crate::http::limits::LongPoll>, Refusal> {
-    if !matches!(route, Route::RequestStatus(_) | Route::PoolOverview) {
+    if !matches!(
+        route,
+        Route::RequestStatus(_) | Route::PoolOverview | Route::RelayOverview
+    ) {
         return Ok(None);
     }
     let wait = Query::parse(call.query.as_deref())

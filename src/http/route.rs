@@ -131,6 +131,10 @@ pub enum Route {
     /// `GET /api/pool/overview/[?since=V&wait=N]`: every device with its holder and last log
     /// line, counts per state, and a change version for long polls (the pool page's feed).
     PoolOverview,
+    /// `GET /api/relay/overview/[?since=V&wait=N]`: every relay board with its health,
+    /// recent failures and wired devices, and a change version for long polls (the relay
+    /// page's feed).
+    RelayOverview,
     /// `GET /`: 303 to the web page.
     UiHome,
     /// `GET /ui/`: the pool page.
@@ -141,6 +145,8 @@ pub enum Route {
     UiRequests,
     /// `GET /ui/relays/`: the relay boards page.
     UiRelays,
+    /// `GET /ui/request/{id}/`: one request's page (details and log).
+    UiRequest(u64),
     /// `GET /ui/signin/`: the sign-in form.
     UiSignInForm,
     /// `POST /ui/signin/` (form field `token`): sign in by setting the HttpOnly,
@@ -347,10 +353,12 @@ impl Route {
             ),
             ["api", "relay", "list"] => (GET, Route::RelayList),
             ["api", "pool", "overview"] => (GET, Route::PoolOverview),
+            ["api", "relay", "overview"] => (GET, Route::RelayOverview),
             ["ui"] => (GET, Route::UiPool),
             ["ui", "device", id] => (GET, Route::UiDevice(id.parse()?)),
             ["ui", "requests"] => (GET, Route::UiRequests),
             ["ui", "relays"] => (GET, Route::UiRelays),
+            ["ui", "request", id] => (GET, Route::UiRequest(request_id(id)?)),
             ["ui", "signin"] if *method == Method::POST => (POST, Route::UiSignIn),
             ["ui", "signin"] => (GET, Route::UiSignInForm),
             ["ui", "signout"] => (POST, Route::UiSignOut),
@@ -428,9 +436,11 @@ impl Route {
                 | Route::UiDevice(_)
                 | Route::UiRequests
                 | Route::UiRelays
+                | Route::UiRequest(_)
                 | Route::UiSignInForm
                 | Route::Static { .. }
                 | Route::PoolOverview
+                | Route::RelayOverview
         )
     }
 
@@ -488,12 +498,13 @@ impl Route {
             | Route::UiDevice(_)
             | Route::UiRequests
             | Route::UiRelays
+            | Route::UiRequest(_)
             | Route::UiSignInForm
             | Route::UiSignIn
             | Route::UiSignOut
             | Route::Static { .. } => Role::None,
-            // The pages' live feed: the same data as the device and request lists.
-            Route::PoolOverview => Role::Read,
+            // The pages' live feeds: the same data as the device, request and relay lists.
+            Route::PoolOverview | Route::RelayOverview => Role::Read,
             // Prometheus can send a bearer token (`authorization` in the scrape config); with
             // the packaged `anonymous = "read"` it needs none.
             Route::Metrics => Role::Read,
@@ -667,6 +678,16 @@ mod tests {
             Route::parse(&Method::GET, "/api/pool/overview/"),
             Ok(Route::PoolOverview)
         );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/relay/overview/"),
+            Ok(Route::RelayOverview)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/ui/request/7/"),
+            Ok(Route::UiRequest(7))
+        );
+        assert!(Route::parse(&Method::GET, "/ui/request/x/").is_err());
+        assert!(Route::UiRequest(7).is_ui() && Route::RelayOverview.is_ui());
         assert_eq!(
             Route::parse(&Method::GET, "/static/0a1b/app.css"),
             Ok(Route::Static {

@@ -25,7 +25,7 @@ pub use fastboot::{FastbootStep, FlashDeadlines, Flasher};
 pub use images::{ImageFiles, ImageRecipe, ImageSource, ImageStore, RecipeStep};
 pub use relay::{
     BoardConfig, BoardIndex, BoardKind, BoardStatus, Channel, Contact, Framing, GpioBackend,
-    RelayAddr, RelayBoards, SimGpio, Transport,
+    RelayAddr, RelayBoards, RelayFailure, SimGpio, Transport,
 };
 pub use sut::SutInfo;
 

@@ -23,7 +23,7 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 62;
+const ROUTE_VARIANTS: usize = 64;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
@@ -98,6 +98,8 @@ fn pattern(r: &Route) -> (usize, &'static str) {
         }
         Route::PxeConfigList => (60, "GET /api/bmm/pxe_config/list/"),
         Route::PxeConfigDetails(_) => (61, "GET /api/bmm/pxe_config/{name}/details/"),
+        Route::RelayOverview => (62, "GET /api/relay/overview/"),
+        Route::UiRequest(_) => (63, "GET /ui/request/{id}/"),
     }
 }
 
@@ -168,6 +170,8 @@ const SAMPLES: &[(&str, &str)] = &[
     ("GET", "/ui/device/panda-1/"),
     ("GET", "/ui/requests/"),
     ("GET", "/ui/relays/"),
+    ("GET", "/ui/request/7/"),
+    ("GET", "/api/relay/overview/"),
     ("GET", "/static/0123abcd/app.css"),
 ];
 

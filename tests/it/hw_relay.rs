@@ -203,6 +203,13 @@ async fn silent_board_fails_within_timeout_while_other_board_works() {
             .unwrap_or("")
             .contains("timed out")
     );
+    // The relay page lists the failure: when, which relay, what, and the error.
+    let f = dead_st.recent_failures.first().expect("a recent failure");
+    assert_eq!(f.relay.as_deref(), Some("dead:bank1:relay1"));
+    assert!(f.op.contains("power cycle"), "{}", f.op);
+    assert!(f.error.contains("timed out"), "{}", f.error);
+    let good_st = st.iter().find(|s| s.name.as_str() == "good").expect("good");
+    assert!(good_st.recent_failures.is_empty());
 }
 
 #[tokio::test]

@@ -203,3 +203,104 @@ async fn overview_long_polls_until_a_change() {
     }));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn relay_feed_long_polls_and_lists_failures() {
+    let s = TestServer::start_rack(1, "").await;
+    let rack = s.app.sim.clone().expect("a simulated rack");
+    let dev = &rack.devices[0];
+    let (board, channel) = {
+        let text = dev.relay.to_string();
+        let (b, c) = text.split_once(':').expect("board:channel");
+        (b.to_owned(), c.to_owned())
+    };
+    let (st, v) = s.get("/api/relay/overview/").await;
+    assert_eq!(st, 200, "{v}");
+    let version = v["version"].as_u64().expect("version");
+    assert_eq!(v["boards"][0]["name"], board.as_str());
+    // A relay that does not switch: the next operation fails, the poll wakes, and the board
+    // lists the failure with the device wired to that relay.
+    let (bank, relay) = match dev.relay.channel {
+        mozpool::hw::Channel::Relay { bank, relay } => (bank, relay),
+        mozpool::hw::Channel::Pin(_) => unreachable!("the rack uses ProXR boards"),
+    };
+    rack.boards[0].set_relay_faults(
+        bank,
+        relay,
+        Some(mozpool::hw::sim::SimRelayFaults {
+            stuck: true,
+            ..Default::default()
+        }),
+    );
+    let poll = {
+        let url = s.url(&format!("/api/relay/overview/?since={version}&wait=30"));
+        let http = s.http.clone();
+        tokio::spawn(async move {
+            let v: serde_json::Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("json");
+            v
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, body) = s
+        .post(&format!("/api/relay/{board}/{channel}/off/"), json!({}))
+        .await;
+    assert_eq!(st, 502, "a stuck relay fails: {body}");
+    let v = poll.await.expect("poll task");
+    assert_ne!(v["version"], version);
+    // The failure may land after the store change that woke the poll: read until it shows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failure = loop {
+        let (_, v) = s.get("/api/relay/overview/").await;
+        if let Some(f) = v["boards"][0]["failures"].get(0) {
+            break f.clone();
+        }
+        assert!(Instant::now() < deadline, "no failure listed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failure["device"], dev.name.as_str());
+    assert_eq!(failure["relay"], dev.relay.to_string());
+    assert!(failure["op"].as_str().expect("op").contains("power off"));
+    let (_, html, _) = page(&s, "/ui/relays/").await;
+    assert!(html.contains("Recent failures"), "{html}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn request_page_shows_details_and_log() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (st, r) = s
+        .post(
+            "/api/device/any/request/",
+            json!({ "assignee": "<b>x</b>", "duration": 600, "image": "b2g", "b2gbase": "http://x/" }),
+        )
+        .await;
+    assert!(st == 200 || st == 201, "{st} {r}");
+    let id = r["request"]["id"].as_u64().expect("id");
+    let (st, body, _) = page(&s, &format!("/ui/request/{id}/")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&format!("Request #{id}")));
+    assert!(
+        body.contains("&lt;b&gt;x&lt;&#x2f;b&gt;"),
+        "assignee escaped"
+    );
+    assert!(
+        body.contains("http:&#x2f;&#x2f;x&#x2f;"),
+        "boot config shown"
+    );
+    assert!(
+        body.contains("<tbody>\n      <tr data-id="),
+        "the log has rows"
+    );
+    let (_, list, _) = page(&s, "/ui/requests/").await;
+    assert!(list.contains(&format!("href=\"/ui/request/{id}/\"")));
+    let (st, _, _) = page(&s, "/ui/request/999999/").await;
+    assert_eq!(st, 404);
+    s.stop().await;
+}

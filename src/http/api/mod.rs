@@ -76,11 +76,13 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::Metrics => system::metrics(ctx).await,
         Route::Backup => system::backup(ctx).await,
         Route::PoolOverview => crate::http::ui::pages::overview(ctx).await,
+        Route::RelayOverview => crate::http::ui::pages::relay_overview(ctx).await,
         page @ (Route::UiHome
         | Route::UiPool
         | Route::UiDevice(_)
         | Route::UiRequests
         | Route::UiRelays
+        | Route::UiRequest(_)
         | Route::UiSignInForm
         | Route::UiSignIn
         | Route::UiSignOut

@@ -111,6 +111,11 @@ mod tests {
         };
         d.wiring.sut_addr = Some("10.0.0.5:20701".parse().expect("host:port"));
         d.wiring.fastboot_serial = Some("0123".into());
+        d.wiring.relay = Some(
+            format!("relay-1:bank1:relay{}", name.len() % 8 + 1)
+                .parse()
+                .expect("relay address"),
+        );
         d.comments = Some(comments.to_owned());
         d.created = Millis(1_700_000_000_000);
         d.updated = Millis(1_700_000_100_000);
@@ -198,6 +203,12 @@ mod tests {
             ops_ok: 3,
             ops_failed: 1,
             queued: 0,
+            recent_failures: vec![crate::hw::RelayFailure {
+                at: Millis(1_700_000_000_000),
+                op: format!("power cycle relay-1:bank1:relay1 on relay-1 {EVIL}"),
+                relay: Some("relay-1:bank1:relay8".into()),
+                error: EVIL.into(),
+            }],
         };
         context! {
             layout => layout("device"),
@@ -206,7 +217,9 @@ mod tests {
             log => minijinja::Value::from(Serde(vec![LogLineView::from(&log)])),
             next_before => Some(42),
             log_page => 50,
+            request => minijinja::Value::from(Serde(view::request_view(&r, &devices))),
             requests => minijinja::Value::from(Serde(view::request_rows(&[r], &devices))),
+            version => 5,
             include_closed => true,
             boards => minijinja::Value::from(Serde(view::boards(vec![board], &devices))),
             status => 404,
@@ -225,6 +238,7 @@ mod tests {
             "device.html",
             "requests.html",
             "relays.html",
+            "request.html",
             "error.html",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing");
@@ -253,8 +267,27 @@ mod tests {
         );
         assert!(pool.contains("failed_flashing"), "state text always shown");
         assert!(pool.contains("FAILED") || pool.contains("working"));
-        let requests = ui.render("requests.html", ctx).expect("requests page");
+        let requests = ui
+            .render("requests.html", ctx.clone())
+            .expect("requests page");
         assert!(requests.contains(r#"id="request-7""#));
+        assert!(
+            requests.contains(r#"href="/ui/request/7/""#),
+            "links the request page"
+        );
+        let request = ui
+            .render("request.html", ctx.clone())
+            .expect("request page");
+        assert!(request.contains("Request #7") && request.contains("&lt;script&gt;"));
+        let relays = ui.render("relays.html", ctx).expect("relays page");
+        assert!(
+            relays.contains("Recent failures"),
+            "a board's failures are listed"
+        );
+        assert!(
+            relays.contains(r#"<a href="/ui/device/panda-1/">panda-1</a> <span class="muted">relay-1:bank1:relay8"#),
+            "a failure names the device wired to its relay"
+        );
     }
 
     #[test]

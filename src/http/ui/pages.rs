@@ -203,7 +203,11 @@ pub async fn page(ctx: &Ctx, route: Route) -> Response<Body> {
         Route::UiSignIn => signin(ctx),
         Route::UiSignOut => return signout(ctx),
         // Signed out where anonymous callers may not read: the sign-in form.
-        Route::UiPool | Route::UiDevice(_) | Route::UiRequests | Route::UiRelays
+        Route::UiPool
+        | Route::UiDevice(_)
+        | Route::UiRequests
+        | Route::UiRelays
+        | Route::UiRequest(_)
             if ctx.caller.role < Role::Read =>
         {
             return see_other("/ui/signin/");
@@ -212,6 +216,7 @@ pub async fn page(ctx: &Ctx, route: Route) -> Response<Body> {
         Route::UiDevice(name) => device(ctx, name).await,
         Route::UiRequests => requests(ctx).await,
         Route::UiRelays => relays(ctx).await,
+        Route::UiRequest(id) => request(ctx, id).await,
         other => Err(ApiError::not_found(format!("{other:?} is not a page"))),
     };
     result.unwrap_or_else(|e| {
@@ -321,13 +326,91 @@ async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     html(ctx, StatusCode::OK, "requests.html", c)
 }
 
-async fn relays(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+/// The relay page's change version: the store's (a wired device changed) plus the boards'
+/// (an operation finished). Both only grow, so their sum changes whenever either does.
+fn relay_version(ctx: &Ctx) -> u64 {
+    let store = *ctx.svc.store.subscribe().borrow();
+    let boards = *ctx.svc.lifeguard.hardware().boards.subscribe().borrow();
+    store.wrapping_add(boards)
+}
+
+async fn relays_view(ctx: &Ctx) -> Result<view::RelaysView, ApiError> {
+    let version = relay_version(ctx);
     let devices = ctx.svc.store.read(|snap| snap.devices()).await?;
     let status = ctx.svc.lifeguard.hardware().boards.status();
-    let boards = view::boards(status, &devices);
+    Ok(view::RelaysView {
+        version,
+        boards: view::boards(status, &devices),
+    })
+}
+
+/// `GET /api/relay/overview/[?since=V&wait=N]`: the [`view::RelaysView`] as JSON, a long
+/// poll like [`overview`]: with `since` equal to the current version and `wait`, the call
+/// returns when a board finishes an operation or a device changes (or after `wait` seconds,
+/// at most 60).
+///
+/// # Errors
+/// 400 for bad numbers; storage failure.
+pub async fn relay_overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let since = ctx.query.number("since")?;
+    let wait = ctx.query.number("wait")?.unwrap_or(0).min(MAX_FEED_WAIT);
+    if wait > 0 && since == Some(relay_version(ctx)) {
+        let mut store = ctx.svc.store.subscribe();
+        let mut boards = ctx.svc.lifeguard.hardware().boards.subscribe();
+        // A change between the version check and the subscriptions is caught by the
+        // comparison below, so nothing is missed.
+        if since == Some(relay_version(ctx)) {
+            tokio::select! {
+                _ = store.changed() => {}
+                _ = boards.changed() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+                () = ctx.svc.shutdown.cancelled() => {}
+            }
+        }
+    }
+    Ok(ok(&relays_view(ctx).await?))
+}
+
+async fn relays(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let v = relays_view(ctx).await?;
     let c = context! {
         layout => layout(ctx, "relays", "Relay boards"),
-        boards => Value::from(Serde(&boards)),
+        boards => Value::from(Serde(&v.boards)),
+        version => v.version,
     };
     html(ctx, StatusCode::OK, "relays.html", c)
+}
+
+/// Log lines on a request's page (its whole life, usually a few dozen).
+pub const REQUEST_LOG: usize = 1000;
+
+async fn request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    let found = ctx
+        .svc
+        .store
+        .read(move |snap| {
+            let Some(r) = snap.request(id)? else {
+                return Ok(None);
+            };
+            let devices = snap.devices()?;
+            let q = LogQuery {
+                subject: Some(crate::domain::model::request_subject(id)),
+                limit: REQUEST_LOG,
+                ..LogQuery::default()
+            };
+            // Oldest first: a request's log reads as a story.
+            let log: Vec<LogLineView> =
+                snap.logs(&q)?.iter().rev().map(LogLineView::from).collect();
+            Ok(Some((view::request_view(&r, &devices), log)))
+        })
+        .await?;
+    let Some((rv, log)) = found else {
+        return Err(ApiError::not_found(format!("no request {id}")));
+    };
+    let c = context! {
+        layout => layout(ctx, "request", format!("Request #{id}")),
+        request => Value::from(Serde(&rv)),
+        log => Value::from(Serde(&log)),
+    };
+    html(ctx, StatusCode::OK, "request.html", c)
 }

@@ -381,46 +381,107 @@ pub struct RequestRowView {
     pub waiting: bool,
 }
 
+/// Each device's state name, by device name.
+fn device_states(devices: &[Device]) -> HashMap<&str, &'static str> {
+    devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.state.name()))
+        .collect()
+}
+
+fn request_row(r: &StoredRequest, states: &HashMap<&str, &'static str>) -> RequestRowView {
+    let s = &r.snap;
+    let assigned = s
+        .assigned
+        .as_ref()
+        .map_or(String::new(), |a| a.device.to_string());
+    RequestRowView {
+        id: s.id,
+        requested_device: s.spec.requested_device.to_string(),
+        assignee: s.spec.assignee.clone(),
+        state: s.state.to_string(),
+        device_state: states
+            .get(assigned.as_str())
+            .copied()
+            .unwrap_or("")
+            .to_owned(),
+        assigned_device: assigned,
+        expires: when(s.expires),
+        environment: s
+            .spec
+            .environment
+            .as_ref()
+            .map_or("any".to_owned(), ToString::to_string),
+        image: s.spec.image.to_string(),
+        open: s.state.is_open(),
+        waiting: s.state.is_waiting(),
+    }
+}
+
 /// Build the request rows (newest first).
 #[must_use]
 pub fn request_rows(requests: &[StoredRequest], devices: &[Device]) -> Vec<RequestRowView> {
-    let states: HashMap<&str, &str> = devices
-        .iter()
-        .map(|d| (d.name.as_str(), d.state.name()))
-        .collect();
-    let mut rows: Vec<RequestRowView> = requests
-        .iter()
-        .map(|r| {
-            let s = &r.snap;
-            let assigned = s
-                .assigned
-                .as_ref()
-                .map_or(String::new(), |a| a.device.to_string());
-            RequestRowView {
-                id: s.id,
-                requested_device: s.spec.requested_device.to_string(),
-                assignee: s.spec.assignee.clone(),
-                state: s.state.to_string(),
-                device_state: states
-                    .get(assigned.as_str())
-                    .copied()
-                    .unwrap_or("")
-                    .to_owned(),
-                assigned_device: assigned,
-                expires: when(s.expires),
-                environment: s
-                    .spec
-                    .environment
-                    .as_ref()
-                    .map_or("any".to_owned(), ToString::to_string),
-                image: s.spec.image.to_string(),
-                open: s.state.is_open(),
-                waiting: s.state.is_waiting(),
-            }
-        })
-        .collect();
+    let states = device_states(devices);
+    let mut rows: Vec<RequestRowView> = requests.iter().map(|r| request_row(r, &states)).collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.id));
     rows
+}
+
+/// The request page: its row on the requests page, every detail, and its boot config.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    /// The requests page's row (state, device, expiry, ...).
+    pub row: RequestRowView,
+    /// What was asked for and what happened, in display order.
+    pub fields: Vec<FieldView>,
+    /// Boot config values it was given (shown as text, escaped by the template).
+    pub boot_config: Vec<FieldView>,
+}
+
+/// Build a request's page view.
+#[must_use]
+pub fn request_view(r: &StoredRequest, devices: &[Device]) -> RequestView {
+    let row = request_row(r, &device_states(devices));
+    let s = &r.snap;
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    let fields = vec![
+        field("Requested device", s.spec.requested_device.to_string()),
+        field("Assignee", s.spec.assignee.clone()),
+        field("Image", s.spec.image.to_string()),
+        field(
+            "Image may be reused",
+            if s.spec.can_reuse { "yes" } else { "no" },
+        ),
+        field("Environment", row.environment.clone()),
+        field(
+            "Hardware type",
+            opt(s.spec.hardware_type.as_ref().map(ToString::to_string)),
+        ),
+        field("Processor", opt(s.spec.processor.clone())),
+        field("Pool", opt(s.spec.pool.clone())),
+        field("OS version", opt(s.spec.os_version.clone())),
+        field("Priority", s.spec.priority.to_string()),
+        field(
+            "Waits in the queue up to",
+            opt(s.spec.wait.map(|w| format!("{w} s"))),
+        ),
+        field("Created", when(s.spec.created)),
+        field("Lease ends", when(s.expires)),
+        field("State times out at", opt(s.timeout.map(when))),
+        field("Controller", r.server.clone()),
+        field("Explanation", opt(r.explanation.clone())),
+    ];
+    let boot_config = s
+        .spec
+        .boot_config
+        .iter()
+        .map(|(k, v)| field(k, v.clone()))
+        .collect();
+    RequestView {
+        row,
+        fields,
+        boot_config,
+    }
 }
 
 /// A device wired to a relay board.
@@ -453,6 +514,34 @@ pub struct BoardView {
     pub queued: usize,
     /// Devices wired to it.
     pub devices: Vec<WiredDeviceView>,
+    /// Its last failed operations, newest first.
+    pub failures: Vec<RelayFailureView>,
+}
+
+/// One failed relay operation on the relay page.
+#[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
+pub struct RelayFailureView {
+    /// When (UTC).
+    pub at: String,
+    /// What was tried.
+    pub op: String,
+    /// The relay, `""` for a board-wide operation.
+    pub relay: String,
+    /// The device wired to that relay now, `""` when none.
+    pub device: String,
+    pub error: String,
+}
+
+/// The relay pages's live feed (`GET /api/relay/list/?since=V&wait=N` answers the same
+/// boards as JSON; the page redraws from [`BoardView`]s).
+#[derive(Debug, Clone, Serialize)]
+pub struct RelaysView {
+    /// Change version: pass it back as `since` to wait for the next change.
+    pub version: u64,
+    /// Every board, by name.
+    pub boards: Vec<BoardView>,
 }
 
 /// Build the relay boards' views.
@@ -475,6 +564,24 @@ pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
                 })
                 .collect();
             wired.sort_by(|a, b| a.name.cmp(&b.name));
+            let failures = b
+                .recent_failures
+                .iter()
+                .map(|f| {
+                    let relay = f.relay.clone().unwrap_or_default();
+                    RelayFailureView {
+                        at: when(f.at),
+                        op: f.op.clone(),
+                        device: wired
+                            .iter()
+                            .find(|w| !relay.is_empty() && w.relay == relay)
+                            .map(|w| w.name.clone())
+                            .unwrap_or_default(),
+                        relay,
+                        error: f.error.clone(),
+                    }
+                })
+                .collect();
             BoardView {
                 name: b.name.to_string(),
                 kind: b.kind.to_owned(),
@@ -489,6 +596,7 @@ pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
                 ops_failed: b.ops_failed,
                 queued: b.queued,
                 devices: wired,
+                failures,
             }
         })
         .collect()

@@ -13,7 +13,7 @@
 //! The board drivers ([`Board`] impls) know the wire protocol; the actor knows the
 //! operation sequences (set + read-back, power cycle) and the wiring (contact).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -23,7 +23,8 @@ use tokio::sync::oneshot;
 use super::link::{self, Link};
 use super::proxr::{self, Command, Framing, Reply};
 use super::{
-    BoardConfig, BoardKind, BoardStatus, Channel, Deadline, GpioBackend, RelayAddr, Transport, lcus,
+    BoardConfig, BoardKind, BoardStatus, Channel, Deadline, GpioBackend, RelayAddr, RelayFailure,
+    Transport, lcus,
 };
 use crate::domain::clock::{Clock, SystemClock};
 use crate::hw::{Error, Result, hex};
@@ -55,6 +56,14 @@ impl Op {
     }
 }
 
+/// The relay an operation switches or reads, if any.
+fn op_relay(op: &Op) -> Option<&RelayAddr> {
+    match op {
+        Op::Set { addr, .. } | Op::Cycle { addr, .. } | Op::Read { addr } => Some(addr),
+        Op::Test => None,
+    }
+}
+
 type ReplyTo = oneshot::Sender<Result<Option<bool>>>;
 
 struct Job {
@@ -82,7 +91,14 @@ struct Health {
     last_error: Option<String>,
     ops_ok: u64,
     ops_failed: u64,
+    /// The last [`RECENT_FAILURES`] failed operations, oldest first. Kept here, beside the
+    /// rest of the board's health, rather than in the durable log: a relay failure has no
+    /// device subject when nothing is wired to the relay, and the page wants it at once.
+    recent_failures: VecDeque<RelayFailure>,
 }
+
+/// Failed operations kept per board for the relay page.
+pub(crate) const RECENT_FAILURES: usize = 10;
 
 /// The async side of one board.
 pub(crate) struct BoardHandle {
@@ -95,7 +111,12 @@ pub(crate) struct BoardHandle {
 impl BoardHandle {
     /// Build the board's driver (a GPIO board claims its pins here, at their idle level)
     /// and start its thread.
-    pub(crate) fn spawn(config: BoardConfig, gpio: Option<Box<dyn GpioBackend>>) -> Result<Self> {
+    /// `changes` is bumped whenever the board's health changes (the relay page's feed).
+    pub(crate) fn spawn(
+        config: BoardConfig,
+        gpio: Option<Box<dyn GpioBackend>>,
+        changes: Arc<tokio::sync::watch::Sender<u64>>,
+    ) -> Result<Self> {
         let health = Arc::new(Mutex::new(Health::default()));
         let board: Box<dyn Board> = match (&config.kind, gpio) {
             (
@@ -129,6 +150,12 @@ impl BoardHandle {
                     let mut h = health.lock().unwrap_or_else(PoisonError::into_inner);
                     h.healthy = Some(false);
                     h.last_error = Some(e.to_string());
+                    h.push_failure(RelayFailure {
+                        at: SystemClock.now(),
+                        op: "claim GPIO pins".into(),
+                        relay: None,
+                        error: e.to_string(),
+                    });
                 }
                 Box::new(b)
             }
@@ -148,6 +175,7 @@ impl BoardHandle {
             health: health.clone(),
             queued: queued.clone(),
             pending: HashMap::new(),
+            changes,
         };
         std::thread::Builder::new()
             .name(format!("relay-{}", config.name))
@@ -211,6 +239,7 @@ impl BoardHandle {
             ops_ok: h.ops_ok,
             ops_failed: h.ops_failed,
             queued: self.queued.load(Ordering::SeqCst),
+            recent_failures: h.recent_failures.iter().rev().cloned().collect(),
         }
     }
 }
@@ -224,6 +253,17 @@ struct Actor {
     queued: Arc<AtomicUsize>,
     /// Power cycles waiting out their off time, at most one per relay.
     pending: HashMap<Channel, Pending>,
+    /// Bumped after every recorded outcome, so the relay page's feed wakes up.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Health {
+    fn push_failure(&mut self, f: RelayFailure) {
+        if self.recent_failures.len() >= RECENT_FAILURES {
+            self.recent_failures.pop_front();
+        }
+        self.recent_failures.push_back(f);
+    }
 }
 
 impl Actor {
@@ -278,7 +318,7 @@ impl Actor {
                 if *device_on { "power on" } else { "power off" },
             );
         }
-        self.finish(&what, result.as_ref().err());
+        self.finish(&what, op_relay(&job.op), result.as_ref().err());
         let _ = job.reply.send(result);
         self.rest();
     }
@@ -307,13 +347,15 @@ impl Actor {
         };
         let result = self.set_verified(&addr, false, &off_phase);
         if let Err(e) = &result {
-            self.finish(&format!("{what} (power off)"), Some(e));
+            self.finish(&format!("{what} (power off)"), Some(&addr), Some(e));
         } else {
             // A cycle counts as one operation in the board's health, when it completes.
             self.board.end_op();
             let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
             h.healthy = Some(true);
             h.last_ok = Some(SystemClock.now());
+            drop(h);
+            self.changes.send_modify(|v| *v += 1);
         }
         match result {
             Err(e) => {
@@ -368,7 +410,7 @@ impl Actor {
         };
         let what = format!("power cycle {} on {} (power on)", p.addr, self.config.name);
         let result = self.set_verified(&p.addr, true, &dl).map(|()| Some(true));
-        self.finish(&what, result.as_ref().err());
+        self.finish(&what, Some(&p.addr), result.as_ref().err());
         let mut replies = p.replies.into_iter();
         if let Some(first) = replies.next() {
             for other in replies {
@@ -393,9 +435,9 @@ impl Actor {
     }
 
     /// Close the operation's connection (TCP) and record its outcome.
-    fn finish(&mut self, what: &str, error: Option<&Error>) {
+    fn finish(&mut self, what: &str, relay: Option<&RelayAddr>, error: Option<&Error>) {
         self.board.end_op();
-        self.record(what, error);
+        self.record(what, relay, error);
     }
 
     fn rest(&self) {
@@ -404,7 +446,7 @@ impl Actor {
         }
     }
 
-    fn record(&self, what: &str, error: Option<&Error>) {
+    fn record(&self, what: &str, relay: Option<&RelayAddr>, error: Option<&Error>) {
         let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match error {
             None => {
@@ -417,8 +459,16 @@ impl Actor {
                 h.healthy = Some(false);
                 h.last_error = Some(e.to_string());
                 h.ops_failed += 1;
+                h.push_failure(RelayFailure {
+                    at: SystemClock.now(),
+                    op: what.to_owned(),
+                    relay: relay.map(ToString::to_string),
+                    error: e.to_string(),
+                });
             }
         }
+        drop(h);
+        self.changes.send_modify(|v| *v += 1);
     }
 
     fn execute(&mut self, op: &Op, dl: &Deadline) -> Result<Option<bool>> {

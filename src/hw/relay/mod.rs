@@ -312,6 +312,21 @@ pub struct BoardStatus {
     pub ops_failed: u64,
     /// Operations waiting in the queue now.
     pub queued: usize,
+    /// The last few failed operations, newest first (at most ten; kept in memory only).
+    pub recent_failures: Vec<RelayFailure>,
+}
+
+/// One failed relay board operation, for the relay page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RelayFailure {
+    /// When it failed.
+    pub at: Millis,
+    /// What was tried (`power cycle board:bank1:relay2 on board (power on)`).
+    pub op: String,
+    /// The relay it switched or read (`board:bank1:relay2`); `None` for a board-wide test.
+    pub relay: Option<String>,
+    /// The error, as the operation's caller saw it.
+    pub error: String,
 }
 
 /// The configured boards and the texts that name each of them in a relay address, checked
@@ -439,6 +454,8 @@ pub struct RelayBoards {
 struct Inner {
     index: BoardIndex,
     boards: HashMap<BoardName, actor::BoardHandle>,
+    /// Bumped by every board thread when its health changes: the relay page's live feed.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl fmt::Debug for RelayBoards {
@@ -469,17 +486,22 @@ impl RelayBoards {
         mut gpio: impl FnMut(&BoardName) -> Box<dyn GpioBackend>,
     ) -> Result<Self> {
         let index = BoardIndex::new(&configs)?;
+        let changes = Arc::new(tokio::sync::watch::Sender::new(0));
         let mut boards = HashMap::new();
         for cfg in configs {
             let backend = match cfg.kind {
                 BoardKind::Gpio { .. } => Some(gpio(&cfg.name)),
                 _ => None,
             };
-            let handle = actor::BoardHandle::spawn(cfg.clone(), backend)?;
+            let handle = actor::BoardHandle::spawn(cfg.clone(), backend, changes.clone())?;
             boards.insert(cfg.name, handle);
         }
         Ok(RelayBoards {
-            inner: Arc::new(Inner { index, boards }),
+            inner: Arc::new(Inner {
+                index,
+                boards,
+                changes,
+            }),
         })
     }
 
@@ -583,6 +605,13 @@ impl RelayBoards {
         let mut v: Vec<BoardStatus> = self.inner.boards.values().map(|b| b.status()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// A receiver of the boards' change counter: it moves whenever an operation on any
+    /// board finishes (the relay page waits on it).
+    #[must_use]
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// Configured board names, sorted.
