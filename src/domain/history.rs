@@ -359,6 +359,295 @@ pub fn quantile(histogram: &[WaitBucket], q: f64) -> Option<u64> {
     None
 }
 
+/// One hour, the pool chart's bucket and the roll-ups' unit, in milliseconds.
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// The start of the hour holding `t`.
+#[must_use]
+pub const fn hour_of(t: u64) -> u64 {
+    t - t % HOUR_MS
+}
+
+/// `[start, end)` cut at hour boundaries: `(hour start, milliseconds of the interval in that
+/// hour)` for every hour it touches, oldest first (nothing for an empty interval).
+pub fn split_hours(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut at = start;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let hour = hour_of(at);
+        let stop = end.min(hour + HOUR_MS);
+        let piece = (hour, stop - at);
+        at = stop;
+        Some(piece)
+    })
+}
+
+// --- The durable log's transition lines -------------------------------------------------
+//
+// The Lifeguard machine writes these lines and the timeline reads them back, so both sides
+// use the functions below: a change of format breaks a unit test, not the picture.
+
+/// The log line of a Lifeguard state change (`ready -> pc_power_cycling: why`), or of a
+/// re-entry into the same state (`re-entering ready: why`).
+#[must_use]
+pub fn transition_line(from: DeviceState, to: DeviceState, why: &str) -> String {
+    if from == to {
+        format!("re-entering {to}: {why}")
+    } else {
+        format!("{from} -> {to}: {why}")
+    }
+}
+
+/// The log line written when a request takes a device (`Some(id)`) or lets go of it
+/// (`None`, with the request that held it), so the timeline can tell `in_use` from `ready`.
+#[must_use]
+pub fn held_line(holder: Option<u64>, previous: Option<u64>) -> String {
+    match (holder, previous) {
+        (Some(id), _) => format!("{HELD_PREFIX}{id}"),
+        (None, Some(id)) => format!("{RELEASED_PREFIX}{id}"),
+        (None, None) => RELEASED_PREFIX.trim_end().to_owned(),
+    }
+}
+
+const HELD_PREFIX: &str = "now held by request ";
+const RELEASED_PREFIX: &str = "no longer held by request ";
+
+/// What a Lifeguard log line says about the device's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMark {
+    /// The device went from one state to another (or re-entered one: `from == to`).
+    State {
+        /// The state it left.
+        from: DeviceState,
+        /// The state it entered.
+        to: DeviceState,
+    },
+    /// A request took the device (`true`) or let go of it (`false`).
+    Held(bool),
+}
+
+impl LogMark {
+    /// Read a `statemachine` log line written by [`transition_line`] or [`held_line`];
+    /// `None` for any other line (or a state name this release does not know).
+    #[must_use]
+    pub fn parse(line: &str) -> Option<LogMark> {
+        if let Some(id) = line.strip_prefix(HELD_PREFIX) {
+            return id.parse::<u64>().ok().map(|_| LogMark::Held(true));
+        }
+        if let Some(rest) = line.strip_prefix(RELEASED_PREFIX.trim_end()) {
+            let ok = rest.is_empty()
+                || rest
+                    .strip_prefix(' ')
+                    .is_some_and(|id| id.parse::<u64>().is_ok());
+            return ok.then_some(LogMark::Held(false));
+        }
+        if let Some(rest) = line.strip_prefix("re-entering ") {
+            let (to, _) = rest.split_once(": ")?;
+            let to = to.parse().ok()?;
+            return Some(LogMark::State { from: to, to });
+        }
+        let (from, rest) = line.split_once(" -> ")?;
+        let (to, _) = rest.split_once(": ")?;
+        Some(LogMark::State {
+            from: from.parse().ok()?,
+            to: to.parse().ok()?,
+        })
+    }
+}
+
+/// A recognised log line of a device's chain, as the timeline builder takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// When it was written.
+    pub at: Millis,
+    /// Its sequence number in the durable log.
+    pub seq: u64,
+    /// Its message.
+    pub line: String,
+    /// What it says.
+    pub mark: LogMark,
+}
+
+/// Is a move from `from` to `to` an entry into a failed state (a failure)?
+#[must_use]
+pub fn is_failure(from: DeviceState, to: DeviceState) -> bool {
+    to.is_failed() && !from.is_failed()
+}
+
+/// A timeline built by [`timeline`]: its segments and counts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Timeline {
+    /// Oldest first, contiguous from the first one's start to the window's end.
+    pub segments: Vec<Segment>,
+    /// Entries into a failed state (see [`is_failure`]).
+    pub failures: u32,
+    /// First entries into `ready` after a failure.
+    pub recoveries: u32,
+    /// The last failure among the marks.
+    pub last_failure: Option<Millis>,
+}
+
+/// Build a timeline over `[from, until]` from `marks` (oldest first, all inside the window)
+/// and what the device was doing when the first segment starts: `start` is
+/// `(when, state, held)`, with `when` = `from` when the log reaches back that far, else the
+/// time of the first mark. Segments of zero length are left out and a mark that changes
+/// nothing visible (a re-entry) extends the segment it falls in.
+#[must_use]
+pub fn timeline(start: (Millis, DeviceState, bool), marks: &[Mark], until: Millis) -> Timeline {
+    let (begin, mut state, mut held) = start;
+    let mut t = Timeline::default();
+    // A failure that had not recovered when the window began still counts its recovery.
+    let mut down = state.is_failed();
+    let mut open = Segment {
+        activity: Activity::of(state, held),
+        state: state.name().to_owned(),
+        start: begin,
+        end: until,
+        log_seq: None,
+        log_line: None,
+    };
+    for m in marks {
+        match m.mark {
+            LogMark::State { from, to } => {
+                if is_failure(from, to) {
+                    t.failures += 1;
+                    t.last_failure = Some(m.at);
+                    down = true;
+                } else if to == DeviceState::Ready && down {
+                    t.recoveries += 1;
+                    down = false;
+                }
+                state = to;
+            }
+            LogMark::Held(h) => held = h,
+        }
+        let activity = Activity::of(state, held);
+        if activity == open.activity && state.name() == open.state {
+            continue;
+        }
+        let at = m.at.max(open.start).min(until);
+        let next = Segment {
+            activity,
+            state: state.name().to_owned(),
+            start: at,
+            end: until,
+            log_seq: Some(m.seq),
+            log_line: Some(m.line.clone()),
+        };
+        let done = std::mem::replace(&mut open, next);
+        if done.start < at {
+            t.segments.push(Segment { end: at, ..done });
+        }
+    }
+    if open.start < until || t.segments.is_empty() {
+        t.segments.push(open);
+    }
+    t
+}
+
+/// Why a request had to wait in the queue: the stable reason codes of
+/// [`WaitReason::reason`], derived from what the queue saw when it found no device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Waited {
+    /// Every matching device that could serve was held by other requests.
+    AllHeld,
+    /// Matching devices were self-testing or being flashed.
+    Preparing,
+    /// Matching devices were failed or out of service.
+    OutOfService,
+    /// A matching device was free, but other requests were ahead (queue order, fair share).
+    QueuedBehind,
+    /// No device matched the request (yet).
+    NoMatch,
+}
+
+impl Waited {
+    /// Every reason, in code order.
+    pub const ALL: [Waited; 5] = [
+        Waited::AllHeld,
+        Waited::Preparing,
+        Waited::OutOfService,
+        Waited::QueuedBehind,
+        Waited::NoMatch,
+    ];
+
+    /// Its stable name (`all_held`).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Waited::AllHeld => "all_held",
+            Waited::Preparing => "preparing",
+            Waited::OutOfService => "out_of_service",
+            Waited::QueuedBehind => "queued_behind",
+            Waited::NoMatch => "no_match",
+        }
+    }
+
+    /// Its stable code on disk (its index in [`Waited::ALL`]).
+    #[must_use]
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The reason with this code, if any.
+    #[must_use]
+    pub fn from_code(code: u8) -> Option<Waited> {
+        Waited::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The reason from what the queue saw: devices matching every criterion (`matching`),
+    /// of them free, held, and the states of the others (neither free nor held). A free
+    /// match means others were ahead; otherwise the largest group wins, ties going to
+    /// held, then preparing.
+    #[must_use]
+    pub fn of(
+        matching: usize,
+        free: usize,
+        held: usize,
+        others: impl IntoIterator<Item = (DeviceState, usize)>,
+    ) -> Waited {
+        if matching == 0 {
+            return Waited::NoMatch;
+        }
+        if free > 0 {
+            return Waited::QueuedBehind;
+        }
+        let (mut preparing, mut out) = (0usize, 0usize);
+        for (state, n) in others {
+            match Activity::of(state, false).usage() {
+                Usage::OutOfService => out += n,
+                _ => preparing += n,
+            }
+        }
+        if held >= preparing && held >= out && held > 0 {
+            Waited::AllHeld
+        } else if preparing >= out && preparing > 0 {
+            Waited::Preparing
+        } else if out > 0 {
+            Waited::OutOfService
+        } else {
+            Waited::AllHeld
+        }
+    }
+}
+
+/// Upper bounds (inclusive, ms) of the request-wait histogram's bars; one overflow bar
+/// follows. Fixed, so hours rolled up by different releases add up.
+pub const WAIT_BOUNDS_MS: [u64; 11] = [
+    100, 500, 1_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000,
+];
+
+/// The bar a wait of `ms` falls in (`WAIT_BOUNDS_MS.len()` is the overflow bar).
+#[must_use]
+pub fn wait_bar(ms: u64) -> usize {
+    WAIT_BOUNDS_MS
+        .iter()
+        .position(|&le| ms <= le)
+        .unwrap_or(WAIT_BOUNDS_MS.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

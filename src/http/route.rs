@@ -135,6 +135,13 @@ pub enum Route {
     /// recent failures and wired devices, and a change version for long polls (the relay
     /// page's feed).
     RelayOverview,
+    /// `GET /api/device/{id}/history/[?window=24h|7d|30d]`: the device's state timeline.
+    DeviceHistory(DeviceName),
+    /// `GET /api/pool/history/[?window=…]`: devices per band per hour, and the flaky table.
+    PoolHistory,
+    /// `GET /api/request/history/[?window=…]`: request-to-ready times and why requests
+    /// queued.
+    RequestHistory,
     /// `GET /`: 303 to the web page.
     UiHome,
     /// `GET /ui/`: the pool page.
@@ -315,6 +322,7 @@ impl Route {
                 (POST, Route::DeviceSetEnvironment(id.parse()?))
             }
             ["api", "device", id, "log"] => (GET, Route::DeviceLog(id.parse()?)),
+            ["api", "device", id, "history"] => (GET, Route::DeviceHistory(id.parse()?)),
             ["api", "device", id, "status"] => (GET, Route::DeviceStatus(id.parse()?)),
             ["api", "device", id, "state"] => (GET, Route::DeviceState(id.parse()?)),
             ["api", "device", id, "event", ev] => {
@@ -342,6 +350,7 @@ impl Route {
                 (POST, Route::DeviceRequest(DeviceChoice::parse(id)?))
             }
             ["api", "request", "list"] => (GET, Route::RequestList),
+            ["api", "request", "history"] => (GET, Route::RequestHistory),
             ["api", "request", id, "details"] => (GET, Route::RequestDetails(request_id(id)?)),
             ["api", "request", id, "status"] => (GET, Route::RequestStatus(request_id(id)?)),
             ["api", "request", id, "log"] => (GET, Route::RequestLog(request_id(id)?)),
@@ -354,6 +363,7 @@ impl Route {
             ["api", "relay", "list"] => (GET, Route::RelayList),
             ["api", "pool", "overview"] => (GET, Route::PoolOverview),
             ["api", "relay", "overview"] => (GET, Route::RelayOverview),
+            ["api", "pool", "history"] => (GET, Route::PoolHistory),
             ["ui"] => (GET, Route::UiPool),
             ["ui", "device", id] => (GET, Route::UiDevice(id.parse()?)),
             ["ui", "requests"] => (GET, Route::UiRequests),
@@ -455,6 +465,9 @@ impl Route {
                     | Route::DeviceList
                     | Route::DeviceDetails(_)
                     | Route::DeviceLog(_)
+                    | Route::DeviceHistory(_)
+                    | Route::PoolHistory
+                    | Route::RequestHistory
                     | Route::DeviceStatus(_)
                     | Route::DeviceState(_)
                     | Route::ImageList
@@ -513,6 +526,9 @@ impl Route {
             Route::DeviceList
             | Route::DeviceDetails(_)
             | Route::DeviceLog(_)
+            | Route::DeviceHistory(_)
+            | Route::PoolHistory
+            | Route::RequestHistory
             | Route::DeviceStatus(_)
             | Route::DeviceState(_)
             | Route::ImageList
@@ -579,6 +595,7 @@ impl Route {
             | Route::DeviceSetComments(d)
             | Route::DeviceSetEnvironment(d)
             | Route::DeviceLog(d)
+            | Route::DeviceHistory(d)
             | Route::DeviceStatus(d)
             | Route::DeviceState(d)
             | Route::DeviceEvent(d, _)

@@ -448,12 +448,12 @@ impl<'a> Run<'a> {
             self.set_state(S::Unknown);
             return;
         }
-        let from = self.s.state;
-        if from == to {
-            self.log.push(format!("re-entering {to}: {why}"));
-        } else {
-            self.log.push(format!("{from} -> {to}: {why}"));
-        }
+        // The timeline reads these lines back (domain::history::LogMark::parse).
+        self.log.push(crate::domain::history::transition_line(
+            self.s.state,
+            to,
+            &why,
+        ));
         self.set_state(to);
         self.enter();
     }

@@ -13,6 +13,7 @@ use super::{
     Action, Counters, DeviceState, ForceError, NextImage, Purpose, Refused, Snapshot, Transition,
 };
 use crate::domain::clock::Millis;
+use crate::domain::history;
 use crate::domain::model::{BootMode, Device, device_subject};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::{StoreError, inventory as inv};
@@ -148,12 +149,15 @@ where
     if before.state != tr.next.state {
         tracing::info!(device = name, from = %before.state, to = %tr.next.state, "device state");
     }
-    for line in &tr.log {
+    // A request taking or letting go of the device gets a line of its own, after the
+    // machine's: the device's timeline tells `in_use` from `ready` by it.
+    let held = (before.request != tr.next.request)
+        .then(|| history::held_line(tr.next.request, before.request));
+    for line in tr.log.iter().cloned().chain(held) {
         append(
             tx,
             now,
-            NewLog::new(device_subject(name), "statemachine", line.clone())
-                .by(actor.map(str::to_owned)),
+            NewLog::new(device_subject(name), "statemachine", line).by(actor.map(str::to_owned)),
         )?;
     }
     Ok(Ok(Applied {

@@ -32,7 +32,7 @@ use crate::lifeguard::store::{Applied, ApplyError, apply};
 use crate::lifeguard::{self, Lifeguard, Refused, Report, Reports};
 use crate::storage::logs::{NewLog, append};
 use crate::storage::requests::{self, StoredRequest};
-use crate::storage::{Snapshot, Store, StoreError, Tx, inventory as inv, next_counter};
+use crate::storage::{Snapshot, Store, StoreError, Tx, history, inventory as inv, next_counter};
 
 /// Deepest chain of request events one call may cause (search → assign → contact → lost →
 /// search ...). Deeper chains continue on the next timer tick.
@@ -690,9 +690,11 @@ fn deliver_tx(
     let Some(mut r) = requests::get_in_tx(tx, id)? else {
         return Ok(None);
     };
-    let explanation = match &event {
-        Event::NoDevice { explanation } => Some(explanation.to_string()),
-        _ => None,
+    let (explanation, wait_reason) = match &event {
+        Event::NoDevice { explanation } => {
+            (Some(explanation.to_string()), Some(explanation.wait_reason()))
+        }
+        _ => (None, None),
     };
     let before = r.snap.state;
     let old = requests::IndexKeys::of(&r.snap, c.timings.grace);
@@ -705,6 +707,19 @@ fn deliver_tx(
     }
     requests::replace(tx, Some(old), &r, c.timings.grace)?;
     post.touched.push(id);
+    // The request-wait chart, in the transaction that changes the request.
+    if let Some(why) = wait_reason
+        && r.snap.state.is_waiting()
+    {
+        history::request_waited(tx, id, why)?;
+    }
+    if before != RequestState::Ready && r.snap.state == RequestState::Ready {
+        history::request_served(tx, id, r.snap.spec.created, now)?;
+    } else if !before.is_terminal() && before != RequestState::Ready && r.snap.state.is_terminal()
+    {
+        // One that was served has no reason left to drop (the usual check-in).
+        history::request_ended(tx, id)?;
+    }
     if before != r.snap.state {
         tracing::info!(request = id, from = %before, to = %r.snap.state, "request state");
     }

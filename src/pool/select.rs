@@ -11,6 +11,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::spec::DeviceView;
+use crate::domain::device_state::DeviceState;
+use crate::domain::history::Waited;
 use crate::domain::request::{DeviceChoice, RequestSpec};
 
 /// One request criterion that narrows the inventory.
@@ -130,6 +132,23 @@ pub struct Explanation {
     pub by_state: BTreeMap<String, usize>,
     /// Of those not held: how many are in a `failed_*` state.
     pub failed: usize,
+}
+
+impl Explanation {
+    /// Why a request seeing this had to wait: the stable reason code of the request-wait
+    /// chart (see [`Waited::of`]).
+    #[must_use]
+    pub fn wait_reason(&self) -> Waited {
+        Waited::of(
+            self.matching_all,
+            self.free,
+            self.held,
+            self.by_state.iter().map(|(state, &n)| {
+                // A name this release does not know is counted as out of service.
+                (state.parse().unwrap_or(DeviceState::Unknown), n)
+            }),
+        )
+    }
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {

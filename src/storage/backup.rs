@@ -88,6 +88,11 @@ const TABLES: &[TableOps] = &[
     walked!("request_deadlines", tables::REQUEST_DEADLINES),
     walked!("free_devices", tables::FREE_DEVICES),
     walked!("waiting_requests", tables::WAITING_REQUESTS),
+    decoded!("device_usage", tables::DEVICE_USAGE),
+    decoded!("usage_hours", tables::USAGE_HOURS),
+    decoded!("failure_hours", tables::FAILURE_HOURS),
+    decoded!("wait_hours", tables::WAIT_HOURS),
+    walked!("request_waits", tables::REQUEST_WAITS),
 ];
 
 /// What a snapshot or a validation found.

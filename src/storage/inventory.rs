@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
+use super::history::{self, UsageKey};
 use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord};
 use super::{Encoded, StoreError, Tx, decode, encode};
 use crate::domain::clock::Millis;
@@ -225,6 +226,7 @@ pub fn put_device(tx: &Tx<'_>, d: &Device) -> Result<(), StoreError> {
 pub struct IndexKeys {
     deadline: Option<Millis>,
     free: Option<(String, String)>,
+    usage: UsageKey,
 }
 
 impl IndexKeys {
@@ -234,6 +236,7 @@ impl IndexKeys {
         IndexKeys {
             deadline: d.lifeguard.deadline,
             free: free_key(d).map(|(i, n)| (i.to_owned(), n.to_owned())),
+            usage: UsageKey::of(d),
         }
     }
 }
@@ -274,6 +277,14 @@ pub fn replace_device(tx: &Tx<'_>, old: Option<IndexKeys>, d: &Device) -> Result
             idx.insert(k, ())?;
         }
     }
+    // The pool chart and the flaky table, at the record's own time of change.
+    history::device_changed(
+        tx,
+        &d.name,
+        old.as_ref().map(|o| o.usage),
+        UsageKey::of(d),
+        d.updated,
+    )?;
     put_device_record(tx, d)
 }
 

@@ -25,6 +25,7 @@
 pub mod backup;
 mod codec;
 pub mod disk;
+pub mod history;
 pub mod inventory;
 pub mod logs;
 pub mod records;
@@ -56,7 +57,10 @@ use crate::domain::histogram::{FAST_BUCKETS, Histogram};
 /// 3: log layout 2: per-subject chains (`log_heads`, `LogV2::prev`) with sparse
 /// `log_index` checkpoints instead of an index row per entry and subject. Older entries
 /// keep their rows and are read as before; nothing is rewritten on upgrade.
-pub const SCHEMA_VERSION: u64 = 3;
+/// 4: the history roll-ups (`device_usage`, `usage_hours`, `failure_hours`, `wait_hours`,
+/// `request_waits`), empty on upgrade: history starts with the first change after it. An
+/// older release must not run on them (it would not keep them in step).
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Largest number of write closures committed together.
 const MAX_BATCH: usize = 512;
@@ -666,6 +670,11 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     tx.request_deadlines()?;
     tx.free_devices()?;
     tx.waiting_requests()?;
+    tx.device_usage()?;
+    tx.usage_hours()?;
+    tx.failure_hours()?;
+    tx.wait_hours()?;
+    tx.request_waits()?;
     // Stores from before version 2 (or without a version) get their indexes built.
     if found.is_none_or(|v| v < 2) {
         inventory::rebuild_free_index(&tx)?;

@@ -628,6 +628,90 @@ pub struct LogV2 {
     pub message: String,
 }
 
+/// `device_usage` value: the band a device is in since when (its open interval of the pool
+/// chart), and its last failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageOpenRecord {
+    /// Layout 1.
+    V1(UsageOpenV1),
+}
+
+impl Record for UsageOpenRecord {
+    const TYPE_NAME: &'static str = "mozpool.UsageOpenRecord";
+}
+
+/// `device_usage` layout 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageOpenV1 {
+    /// The band: 0 in use, 1 ready, 2 preparing, 3 out of service.
+    pub band: u8,
+    /// Since when (ms).
+    pub since: u64,
+    /// The device's last entry into a failed state (ms), 0 when none is known.
+    pub last_failure: u64,
+}
+
+/// `usage_hours` value: device-milliseconds spent in each band during one hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageHourRecord {
+    /// Layout 1.
+    V1(UsageHourV1),
+}
+
+impl Record for UsageHourRecord {
+    const TYPE_NAME: &'static str = "mozpool.UsageHourRecord";
+}
+
+/// `usage_hours` layout 1: milliseconds per band, in band order (in use, ready, preparing,
+/// out of service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UsageHourV1 {
+    /// Device-milliseconds per band.
+    pub ms: [u64; 4],
+}
+
+/// `failure_hours` value: how often one device failed during one hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureHourRecord {
+    /// Layout 1.
+    V1(FailureHourV1),
+}
+
+impl Record for FailureHourRecord {
+    const TYPE_NAME: &'static str = "mozpool.FailureHourRecord";
+}
+
+/// `failure_hours` layout 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureHourV1 {
+    /// Entries into a failed state in the hour.
+    pub failures: u32,
+    /// The last of them (ms).
+    pub last: u64,
+}
+
+/// `wait_hours` value: the requests that became ready during one hour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitHourRecord {
+    /// Layout 1.
+    V1(WaitHourV1),
+}
+
+impl Record for WaitHourRecord {
+    const TYPE_NAME: &'static str = "mozpool.WaitHourRecord";
+}
+
+/// `wait_hours` layout 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WaitHourV1 {
+    /// Requests per bar of `domain::history::WAIT_BOUNDS_MS` (plus the overflow bar last);
+    /// shorter when the later bars are empty.
+    pub bars: Vec<u64>,
+    /// Of them, those that waited in the queue, per reason code (`Waited::code`); shorter
+    /// when the later codes are empty.
+    pub waited: Vec<u64>,
+}
+
 impl LogRecord {
     /// Convert to the domain type, given the key.
     #[must_use]

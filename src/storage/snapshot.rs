@@ -9,11 +9,13 @@
 use redb::{ReadTransaction, ReadableTableMetadata};
 
 use super::StoreError;
+use super::history;
 use super::inventory as inv;
 use super::logs::{self, LogQuery};
 use super::requests::{self, StoredRequest};
 use super::tables;
 use crate::domain::clock::Millis;
+use crate::domain::history::{DeviceHistory, PoolHistory, RequestHistory, Window};
 use crate::domain::model::{Device, Environment, HardwareTypeInfo, Image, LogEntry};
 
 /// One consistent read view of the store, handed to [`super::Store::read`] closures.
@@ -214,6 +216,43 @@ impl Snapshot {
     /// Storage failure or a corrupt record.
     pub fn logs(&self, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
         logs::query(&self.tx, q)
+    }
+
+    /// A device's state timeline over `window` ending at `now`, from its log chain (see
+    /// [`super::history`]). An unknown device gets an empty, incomplete history: check
+    /// [`Snapshot::device`] in the same snapshot to answer "not found".
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub fn device_history(
+        &self,
+        name: &str,
+        window: Window,
+        now: Millis,
+    ) -> Result<DeviceHistory, StoreError> {
+        history::device_history(&self.tx, name, window, now)
+    }
+
+    /// The pool's utilisation per hour over `window` ending at `now`, and its flakiest
+    /// devices (from the roll-ups; see [`super::history`]).
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt row.
+    pub fn pool_history(&self, window: Window, now: Millis) -> Result<PoolHistory, StoreError> {
+        history::pool_history(&self.tx, window, now)
+    }
+
+    /// How long requests that became ready over `window` ending at `now` waited, and why
+    /// those that queued did.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt row.
+    pub fn request_history(
+        &self,
+        window: Window,
+        now: Millis,
+    ) -> Result<RequestHistory, StoreError> {
+        history::request_history(&self.tx, window, now)
     }
 
     /// Number of entries in the durable log (for `/metrics` and the health check).

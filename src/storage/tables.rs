@@ -6,7 +6,10 @@
 use redb::TableDefinition;
 
 use super::codec::Encoded;
-use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord};
+use super::records::{
+    DeviceRecord, EnvironmentRecord, FailureHourRecord, HardwareTypeRecord, ImageRecord, LogRecord,
+    UsageHourRecord, UsageOpenRecord, WaitHourRecord,
+};
 use super::requests::RequestRecord;
 
 /// Store-wide counters and markers: `schema_version`, `next_log_seq`, `next_request_id`.
@@ -67,3 +70,28 @@ pub const WAITING_REQUESTS: TableDefinition<u64, ()> = TableDefinition::new("wai
 /// and its expiry plus grace.
 pub const REQUEST_DEADLINES: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("request_deadlines");
+
+/// History (schema 4): each device's open interval of the pool chart: device name → the
+/// band it is in, since when, and its last failure. Kept in step with `DEVICES` by
+/// `inventory::replace_device` (in the transaction that changes the device).
+pub const DEVICE_USAGE: TableDefinition<&str, Encoded<UsageOpenRecord>> =
+    TableDefinition::new("device_usage");
+
+/// History: hour start (ms) → device-milliseconds spent in each band in that hour, for
+/// intervals that have ended (open ones are in `DEVICE_USAGE`).
+pub const USAGE_HOURS: TableDefinition<u64, Encoded<UsageHourRecord>> =
+    TableDefinition::new("usage_hours");
+
+/// History: (hour start, device name) → entries into a failed state in that hour, so the
+/// flaky table is one range scan from the window's first hour.
+pub const FAILURE_HOURS: TableDefinition<(u64, &str), Encoded<FailureHourRecord>> =
+    TableDefinition::new("failure_hours");
+
+/// History: hour start → the request-to-ready times of the requests that became ready in
+/// that hour (histogram bars), and why those that waited in the queue waited.
+pub const WAIT_HOURS: TableDefinition<u64, Encoded<WaitHourRecord>> =
+    TableDefinition::new("wait_hours");
+
+/// History: request id → why it first had to wait in the queue (`Waited::code`), for
+/// requests not yet ready or ended; the row goes when the request is served or ends.
+pub const REQUEST_WAITS: TableDefinition<u64, u8> = TableDefinition::new("request_waits");

@@ -26,7 +26,10 @@ use redb::{Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
 use super::StoreError;
 use super::codec::Encoded;
 use super::logs::{self, NewLog};
-use super::records::{DeviceRecord, EnvironmentRecord, HardwareTypeRecord, ImageRecord, LogRecord};
+use super::records::{
+    DeviceRecord, EnvironmentRecord, FailureHourRecord, HardwareTypeRecord, ImageRecord, LogRecord,
+    UsageHourRecord, UsageOpenRecord, WaitHourRecord,
+};
 use super::requests::RequestRecord;
 use super::tables;
 use crate::domain::clock::Millis;
@@ -104,6 +107,16 @@ tx_tables! {
     waiting_requests: WAITING_REQUESTS<u64, ()>;
     /// [`tables::REQUEST_DEADLINES`].
     request_deadlines: REQUEST_DEADLINES<(u64, u64), ()>;
+    /// [`tables::DEVICE_USAGE`].
+    device_usage: DEVICE_USAGE<&'static str, Encoded<UsageOpenRecord>>;
+    /// [`tables::USAGE_HOURS`].
+    usage_hours: USAGE_HOURS<u64, Encoded<UsageHourRecord>>;
+    /// [`tables::FAILURE_HOURS`].
+    failure_hours: FAILURE_HOURS<(u64, &'static str), Encoded<FailureHourRecord>>;
+    /// [`tables::WAIT_HOURS`].
+    wait_hours: WAIT_HOURS<u64, Encoded<WaitHourRecord>>;
+    /// [`tables::REQUEST_WAITS`].
+    request_waits: REQUEST_WAITS<u64, u8>;
 }
 
 impl Tx<'_> {

@@ -23,7 +23,7 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 64;
+const ROUTE_VARIANTS: usize = 67;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
@@ -98,8 +98,11 @@ fn pattern(r: &Route) -> (usize, &'static str) {
         }
         Route::PxeConfigList => (60, "GET /api/bmm/pxe_config/list/"),
         Route::PxeConfigDetails(_) => (61, "GET /api/bmm/pxe_config/{name}/details/"),
-        Route::RelayOverview => (62, "GET /api/relay/overview/"),
-        Route::UiRequest(_) => (63, "GET /ui/request/{id}/"),
+        Route::DeviceHistory(_) => (62, "GET /api/device/{id}/history/"),
+        Route::PoolHistory => (63, "GET /api/pool/history/"),
+        Route::RequestHistory => (64, "GET /api/request/history/"),
+        Route::RelayOverview => (65, "GET /api/relay/overview/"),
+        Route::UiRequest(_) => (66, "GET /ui/request/{id}/"),
     }
 }
 
@@ -165,6 +168,9 @@ const SAMPLES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/api/backup/"),
     ("GET", "/api/pool/overview/"),
+    ("GET", "/api/device/panda-1/history/"),
+    ("GET", "/api/pool/history/"),
+    ("GET", "/api/request/history/"),
     ("GET", "/"),
     ("GET", "/ui/"),
     ("GET", "/ui/device/panda-1/"),

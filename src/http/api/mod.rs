@@ -2,6 +2,7 @@
 //! [`Route`] to handler: adding a route without a handler does not compile.
 
 mod devices;
+mod history;
 mod inventory;
 mod lifeguard;
 mod logs;
@@ -77,6 +78,9 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
         Route::Backup => system::backup(ctx).await,
         Route::PoolOverview => crate::http::ui::pages::overview(ctx).await,
         Route::RelayOverview => crate::http::ui::pages::relay_overview(ctx).await,
+        Route::DeviceHistory(d) => history::device(ctx, d).await,
+        Route::PoolHistory => history::pool(ctx).await,
+        Route::RequestHistory => history::requests(ctx).await,
         page @ (Route::UiHome
         | Route::UiPool
         | Route::UiDevice(_)
