@@ -156,6 +156,36 @@ function rebuild(table, body) {
   }
 }
 
+// The history section (server-drawn SVG pictures) follows the page: after a change, the
+// page itself is fetched again and its #history section swapped in, at most every 15 s
+// (the pictures count hours, so more often would only cost the server).
+const HISTORY_EVERY = 15000;
+let historyAt = Date.now();
+let historyTimer = null;
+function refreshHistory() {
+  const section = document.getElementById('history');
+  if (!section || historyTimer) return;
+  historyTimer = setTimeout(async () => {
+    historyTimer = null;
+    historyAt = Date.now();
+    try {
+      const r = await fetch(window.location.pathname + window.location.search,
+        { credentials: 'same-origin', headers: { Accept: 'text/html' } });
+      if (!r.ok) return;
+      const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
+      const fresh = doc.getElementById('history');
+      if (!fresh) return;
+      const a = document.activeElement;
+      const key = a && section.contains(a) ? (a.dataset.start || a.dataset.window || null) : null;
+      section.replaceChildren(...[...fresh.childNodes].map((n) => document.importNode(n, true)));
+      if (key) {
+        const again = section.querySelector(`[data-start="${CSS.escape(key)}"][tabindex], a[data-window="${CSS.escape(key)}"]`);
+        if (again) again.focus();
+      }
+    } catch (_) { /* the next change tries again */ }
+  }, Math.max(0, historyAt + HISTORY_EVERY - Date.now()));
+}
+
 async function fillSelect(select, items, keep) {
   const current = keep !== undefined ? keep : select.value;
   for (const o of [...select.options]) if (o.dataset.dynamic) o.remove();
@@ -250,7 +280,10 @@ function poolPage() {
   problems.addEventListener('change', applyFilter);
   bindChips();
   applyFilter();
-  follow(Number(table.dataset.version), (v) => render(v));
+  follow(Number(table.dataset.version), (v, changed) => {
+    render(v);
+    if (changed) refreshHistory();
+  });
 }
 
 // ---------------------------------------------------------------- device page
@@ -380,10 +413,11 @@ function devicePage() {
       (d) => `State changed; now ${d.state}.`).then(refreshLog).catch(() => {});
   });
 
-  follow(null, async (v) => {
+  follow(null, async (v, changed) => {
     const row = v.devices.find((d) => d.name === name);
     if (row) update(row);
     await refreshLog();
+    if (changed) refreshHistory();
   });
 }
 
@@ -516,7 +550,10 @@ function requestsPage() {
       .then(refresh).catch(() => {});
   });
 
-  follow(null, () => refresh());
+  follow(null, (v, changed) => {
+    if (changed) refreshHistory();
+    return refresh();
+  });
 }
 
 // ---------------------------------------------------------------- relay boards page

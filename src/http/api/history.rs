@@ -11,7 +11,7 @@ use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 
 /// The `window` parameter: `24h` when absent, 400 when not one of the three.
-fn window(ctx: &Ctx) -> Result<Window, ApiError> {
+pub(crate) fn window(ctx: &Ctx) -> Result<Window, ApiError> {
     match ctx.query.get("window") {
         None => Ok(Window::default()),
         Some(w) => w

@@ -2,7 +2,7 @@
 //! [`Route`] to handler: adding a route without a handler does not compile.
 
 mod devices;
-mod history;
+pub(crate) mod history;
 mod inventory;
 mod lifeguard;
 mod logs;

@@ -5,7 +5,8 @@
 //! - [`assets`]: static files under hashed, immutable URLs;
 //! - [`view`]: the `Serialize` view models templates (and the pool page's live feed) see,
 //!   built from domain types, never from storage records;
-//! - [`pages`]: the HTML handlers.
+//! - [`pages`]: the HTML handlers;
+//! - [`svg`]: the history pictures (device timeline, pool utilisation, request waits).
 //!
 //! The pages only *show*; every action a page offers is a `fetch()` of the JSON API that
 //! machines use, so nothing the page can do is missing from the API. This module must not
@@ -13,6 +14,7 @@
 
 pub mod assets;
 pub mod pages;
+pub mod svg;
 pub mod view;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
@@ -94,6 +96,10 @@ mod tests {
     use super::view::{self, LogLineView};
     use super::*;
     use crate::domain::clock::Millis;
+    use crate::domain::history::{
+        Activity, DeviceHistory, FlakyDevice, PoolHistory, RequestHistory, Segment, UsageBucket,
+        WaitBucket, WaitReason, Window,
+    };
     use crate::domain::model::{Device, DeviceFacts, LogEntry, Registration};
     use crate::pool::{Assignment, DeviceChoice, RequestSnapshot, RequestSpec, RequestState};
     use crate::storage::requests::StoredRequest;
@@ -210,6 +216,63 @@ mod tests {
                 error: EVIL.into(),
             }],
         };
+        let (from, until) = (
+            Millis(1_700_000_000_000 - 86_400_000),
+            Millis(1_700_000_000_000),
+        );
+        let timeline = DeviceHistory {
+            device: EVIL.into(),
+            window: Window::Day,
+            from,
+            until,
+            segments: vec![Segment {
+                activity: Activity::Failed,
+                state: "failed_pinging".into(),
+                start: from,
+                end: until,
+                log_seq: Some(42),
+                log_line: Some(EVIL.into()),
+            }],
+            failures: 2,
+            recoveries: 1,
+            last_failure: Some(from),
+            complete: false,
+        };
+        let usage = PoolHistory {
+            window: Window::Day,
+            from,
+            until,
+            bucket_ms: 3_600_000,
+            buckets: vec![UsageBucket {
+                start: Millis(from.0 / 3_600_000 * 3_600_000 + 3_600_000),
+                in_use: 1.0,
+                ready: 2.0,
+                preparing: 0.0,
+                out_of_service: 0.5,
+            }],
+            flaky: vec![FlakyDevice {
+                device: EVIL.into(),
+                failures: 2,
+                last_failure: from,
+            }],
+        };
+        let waits = RequestHistory {
+            window: Window::Day,
+            from,
+            until,
+            served: 1,
+            histogram: vec![WaitBucket {
+                le_ms: Some(1000),
+                count: 1,
+            }],
+            p50_ms: Some(1000),
+            p95_ms: Some(1000),
+            waited: 1,
+            reasons: vec![WaitReason {
+                reason: EVIL.into(),
+                requests: 1,
+            }],
+        };
         context! {
             layout => layout("device"),
             pool => minijinja::Value::from(Serde(&pool)),
@@ -220,6 +283,15 @@ mod tests {
             request => minijinja::Value::from(Serde(view::request_view(&r, &devices))),
             requests => minijinja::Value::from(Serde(view::request_rows(&[r], &devices))),
             version => 5,
+            timeline => minijinja::Value::from(Serde(view::device_history_view(&timeline, Millis(1_700_000_100_000)))),
+            usage => minijinja::Value::from(Serde(view::pool_history_view(&usage))),
+            waits => minijinja::Value::from(Serde(view::request_history_view(&waits))),
+            windows => minijinja::Value::from(Serde(
+                crate::domain::history::Window::ALL
+                    .iter()
+                    .map(|w| view::WindowLinkView { name: w.name(), current: w.name() == "7d" })
+                    .collect::<Vec<_>>(),
+            )),
             include_closed => true,
             boards => minijinja::Value::from(Serde(view::boards(vec![board], &devices))),
             status => 404,
@@ -244,7 +316,8 @@ mod tests {
             assert!(names.iter().any(|n| n == expected), "{expected} missing");
         }
         let ctx = fixture();
-        for name in &names {
+        // Partials (`_name.html`) are rendered inside the pages that include them.
+        for name in names.iter().filter(|n| !n.starts_with('_')) {
             let html = ui
                 .render(name, ctx.clone())
                 .unwrap_or_else(|e| panic!("{name} does not render: {e:#}"));
@@ -279,6 +352,18 @@ mod tests {
             .render("request.html", ctx.clone())
             .expect("request page");
         assert!(request.contains("Request #7") && request.contains("&lt;script&gt;"));
+        assert!(
+            requests.contains(r#"class="chart waits""#),
+            "wait histogram"
+        );
+        assert!(requests.contains(r#"aria-current="true" class="current" data-window="7d""#));
+        let pool = ui.render("pool.html", ctx.clone()).expect("pool page");
+        assert!(pool.contains(r#"class="chart utilisation""#) && pool.contains(r#"id="flaky""#));
+        let device = ui.render("device.html", ctx.clone()).expect("device page");
+        assert!(
+            device.contains(r#"class="chart timeline""#)
+                && device.contains(r#"class="seg failed""#)
+        );
         let relays = ui.render("relays.html", ctx).expect("relays page");
         assert!(
             relays.contains("Recent failures"),

@@ -11,6 +11,7 @@ use minijinja::value::{Serde, Value};
 use serde::Serialize;
 
 use super::view::{self, LogLineView};
+use crate::domain::history::Window;
 use crate::domain::model::device_subject;
 use crate::domain::names::DeviceName;
 use crate::http::auth::Role;
@@ -261,31 +262,47 @@ pub async fn overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 async fn pool(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let window = crate::http::api::history::window(ctx)?;
+    let now = ctx.svc.clock.now();
     let v = pool_view(ctx).await?;
+    let history = ctx
+        .svc
+        .store
+        .read(move |snap| snap.pool_history(window, now))
+        .await?;
     let c = context! {
         layout => layout(ctx, "pool", "Devices"),
         pool => Value::from(Serde(&v)),
+        usage => Value::from(Serde(view::pool_history_view(&history))),
+        windows => windows(window),
     };
     html(ctx, StatusCode::OK, "pool.html", c)
 }
 
 async fn device(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
     let n = name.to_string();
-    let (dv, log) = ctx
+    let window = crate::http::api::history::window(ctx)?;
+    let now = ctx.svc.clock.now();
+    let (dv, log, history) = ctx
         .svc
         .store
         .read(move |snap| {
             let dv = view::load_device_view(snap, &n)?;
+            let history = if dv.is_some() {
+                Some(snap.device_history(&n, window, now)?)
+            } else {
+                None
+            };
             let q = LogQuery {
                 subject: Some(device_subject(&n)),
                 limit: LOG_PAGE,
                 ..LogQuery::default()
             };
             let log: Vec<LogLineView> = snap.logs(&q)?.iter().map(LogLineView::from).collect();
-            Ok((dv, log))
+            Ok((dv, log, history))
         })
         .await?;
-    let Some(dv) = dv else {
+    let (Some(dv), Some(history)) = (dv, history) else {
         return Err(ApiError::not_found(format!("no device named {name}")));
     };
     let next_before = if log.len() == LOG_PAGE {
@@ -299,19 +316,24 @@ async fn device(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError>
         log => Value::from(Serde(&log)),
         next_before => next_before,
         log_page => LOG_PAGE,
+        timeline => Value::from(Serde(view::device_history_view(&history, now))),
+        windows => windows(window),
     };
     html(ctx, StatusCode::OK, "device.html", c)
 }
 
 async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let include_closed = ctx.query.flag("closed");
-    let rows = ctx
+    let window = crate::http::api::history::window(ctx)?;
+    let now = ctx.svc.clock.now();
+    let (rows, history) = ctx
         .svc
         .store
         .read(move |snap| {
             let requests = snap.requests(!include_closed)?;
             let devices = snap.devices()?;
-            Ok(view::request_rows(&requests, &devices))
+            let history = snap.request_history(window, now)?;
+            Ok((view::request_rows(&requests, &devices), history))
         })
         .await?;
     let rows: Vec<_> = rows
@@ -322,8 +344,23 @@ async fn requests(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         layout => layout(ctx, "requests", "Requests"),
         requests => Value::from(Serde(&rows)),
         include_closed => include_closed,
+        waits => Value::from(Serde(view::request_history_view(&history))),
+        windows => windows(window),
     };
     html(ctx, StatusCode::OK, "requests.html", c)
+}
+
+/// The history switch: each window's name, whether it is the one shown.
+fn windows(current: Window) -> Value {
+    Value::from(Serde(
+        Window::ALL
+            .iter()
+            .map(|w| view::WindowLinkView {
+                name: w.name(),
+                current: *w == current,
+            })
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// The relay page's change version: the store's (a wired device changed) plus the boards'

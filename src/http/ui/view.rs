@@ -601,3 +601,195 @@ pub fn boards(status: Vec<BoardStatus>, devices: &[Device]) -> Vec<BoardView> {
         })
         .collect()
 }
+
+/// One choice of the history switch (`24h`, `7d`, `30d`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowLinkView {
+    /// The window's name, also its `?window=` value.
+    pub name: &'static str,
+    /// Is it the window shown?
+    pub current: bool,
+}
+
+/// How long ago, for people: `3 h 5 min`, `2 d 4 h`, `40 s`.
+#[must_use]
+pub fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    if d > 0 {
+        format!("{d} d {h} h")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else if m > 0 {
+        format!("{m} min")
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// The device page's history section.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceHistoryView {
+    /// The timeline picture (SVG markup, escaped by [`super::svg`]).
+    pub svg: String,
+    /// Its legend (HTML).
+    pub legend: String,
+    /// The window's name.
+    pub window: &'static str,
+    /// Entries into a failed state in the window.
+    pub failures: u32,
+    /// Returns from a failed state to `ready` in the window.
+    pub recoveries: u32,
+    /// When it last failed (UTC), `""` when not known.
+    pub last_failure: String,
+    /// How long ago that was, `""` when not known.
+    pub since_failure: String,
+    /// The log does not reach back over the whole window.
+    pub incomplete: bool,
+}
+
+/// Build the device page's history section.
+#[must_use]
+pub fn device_history_view(
+    h: &crate::domain::history::DeviceHistory,
+    now: crate::domain::clock::Millis,
+) -> DeviceHistoryView {
+    DeviceHistoryView {
+        svg: super::svg::device_timeline(h, "tl"),
+        legend: super::svg::activity_legend("tl"),
+        window: h.window.name(),
+        failures: h.failures,
+        recoveries: h.recoveries,
+        last_failure: h.last_failure.map(when).unwrap_or_default(),
+        since_failure: h
+            .last_failure
+            .map(|t| ago(now.0.saturating_sub(t.0)))
+            .unwrap_or_default(),
+        incomplete: !h.complete,
+    }
+}
+
+/// A row of the flaky-devices table.
+#[derive(Debug, Clone, Serialize)]
+// Fields are the template's names; only the non-obvious ones are documented.
+#[allow(missing_docs)]
+pub struct FlakyView {
+    pub device: String,
+    /// Entries into a failed state in the window.
+    pub failures: u32,
+    /// The last of them (UTC).
+    pub last_failure: String,
+}
+
+/// The pool page's history section.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolHistoryView {
+    /// The utilisation picture (SVG markup).
+    pub svg: String,
+    /// Its legend (HTML).
+    pub legend: String,
+    /// The window's name.
+    pub window: &'static str,
+    /// Most failures first.
+    pub flaky: Vec<FlakyView>,
+}
+
+/// Build the pool page's history section.
+#[must_use]
+pub fn pool_history_view(h: &crate::domain::history::PoolHistory) -> PoolHistoryView {
+    PoolHistoryView {
+        svg: super::svg::pool_utilisation(h, "pu"),
+        legend: super::svg::usage_legend("pu"),
+        window: h.window.name(),
+        flaky: h
+            .flaky
+            .iter()
+            .map(|f| FlakyView {
+                device: f.device.clone(),
+                failures: f.failures,
+                last_failure: when(f.last_failure),
+            })
+            .collect(),
+    }
+}
+
+/// A row of the wait-reasons table.
+#[derive(Debug, Clone, Serialize)]
+// Fields are the template's names.
+#[allow(missing_docs)]
+pub struct WaitReasonView {
+    pub reason: String,
+    /// The reason in words.
+    pub words: &'static str,
+    pub requests: u64,
+}
+
+/// A wait reason's code in words.
+fn reason_words(code: &str) -> &'static str {
+    match code {
+        "all_held" => "every matching device was held by other requests",
+        "preparing" => "matching devices were self-testing or being flashed",
+        "out_of_service" => "matching devices were failed or out of service",
+        "queued_behind" => "a device was free, but other requests were ahead",
+        "no_match" => "no device matched",
+        _ => "",
+    }
+}
+
+/// The requests page's history section.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestHistoryView {
+    /// The histogram picture (SVG markup).
+    pub svg: String,
+    /// The window's name.
+    pub window: &'static str,
+    /// Requests that became ready in the window.
+    pub served: u64,
+    /// Median wait, `""` when none.
+    pub p50: String,
+    /// 95th percentile wait, `""` when none.
+    pub p95: String,
+    /// Requests that queued.
+    pub waited: u64,
+    /// Why they queued, most first.
+    pub reasons: Vec<WaitReasonView>,
+}
+
+/// A quantile for people: `≤ 30 s`, or `more than 1 h` for the overflow bar.
+fn quantile_text(q: Option<u64>, served: u64) -> String {
+    match q {
+        Some(v) => format!("≤ {}", super::svg::duration(v)),
+        None if served > 0 => format!(
+            "more than {}",
+            super::svg::duration(
+                crate::domain::history::WAIT_BOUNDS_MS
+                    .last()
+                    .copied()
+                    .unwrap_or_default()
+            )
+        ),
+        None => String::new(),
+    }
+}
+
+/// Build the requests page's history section.
+#[must_use]
+pub fn request_history_view(h: &crate::domain::history::RequestHistory) -> RequestHistoryView {
+    RequestHistoryView {
+        svg: super::svg::request_waits(h),
+        window: h.window.name(),
+        served: h.served,
+        p50: quantile_text(h.p50_ms, h.served),
+        p95: quantile_text(h.p95_ms, h.served),
+        waited: h.waited,
+        reasons: h
+            .reasons
+            .iter()
+            .map(|r| WaitReasonView {
+                reason: r.reason.clone(),
+                words: reason_words(&r.reason),
+                requests: r.requests,
+            })
+            .collect(),
+    }
+}
