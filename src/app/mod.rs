@@ -9,6 +9,7 @@
 //! `EXIT_DEADLINE`; the store closes when its last handle goes.
 
 pub mod config;
+pub mod seed;
 pub mod shutdown;
 pub mod simulate;
 pub mod systemd;

@@ -692,4 +692,136 @@ mod tests {
         assert_eq!(quantile(&h, 0.99), None);
         assert_eq!(quantile(&[], 0.5), None);
     }
+
+    #[test]
+    fn hours_split_at_their_boundaries() {
+        let h = HOUR_MS;
+        assert_eq!(split_hours(10, 10).count(), 0);
+        assert_eq!(split_hours(10, 20).collect::<Vec<_>>(), vec![(0, 10)]);
+        assert_eq!(
+            split_hours(h - 5, 2 * h + 7).collect::<Vec<_>>(),
+            vec![(0, 5), (h, h), (2 * h, 7)]
+        );
+        assert_eq!(hour_of(2 * h + 7), 2 * h);
+    }
+
+    #[test]
+    fn log_lines_round_trip() {
+        use DeviceState as S;
+        let line = transition_line(S::PcPinging, S::FailedPinging, "no answer: 3 tries");
+        assert_eq!(
+            LogMark::parse(&line),
+            Some(LogMark::State {
+                from: S::PcPinging,
+                to: S::FailedPinging
+            })
+        );
+        let line = transition_line(S::Ready, S::Ready, "held by request 4 -> x: y");
+        assert_eq!(
+            LogMark::parse(&line),
+            Some(LogMark::State {
+                from: S::Ready,
+                to: S::Ready
+            })
+        );
+        assert_eq!(
+            LogMark::parse(&held_line(Some(7), None)),
+            Some(LogMark::Held(true))
+        );
+        assert_eq!(
+            LogMark::parse(&held_line(None, Some(7))),
+            Some(LogMark::Held(false))
+        );
+        for other in [
+            "accepted please_self_test",
+            "bogus -> ready: x",
+            "ready -> bogus: x",
+            "now held by request x",
+            "ignored late result ping_ok (generation 3, current 4) in ready",
+        ] {
+            assert_eq!(LogMark::parse(other), None, "{other}");
+        }
+    }
+
+    fn mark(at: u64, seq: u64, mark: LogMark) -> Mark {
+        Mark {
+            at: Millis(at),
+            seq,
+            line: format!("line {seq}"),
+            mark,
+        }
+    }
+
+    #[test]
+    fn a_timeline_has_contiguous_segments_and_counts_failures() {
+        use DeviceState as S;
+        let st = |from, to| LogMark::State { from, to };
+        let marks = [
+            mark(100, 1, LogMark::Held(true)),
+            mark(200, 2, LogMark::Held(false)),
+            // A re-entry changes nothing visible.
+            mark(250, 3, st(S::Ready, S::Ready)),
+            mark(300, 4, st(S::Ready, S::PcPowerCycling)),
+            mark(300, 5, st(S::PcPowerCycling, S::FailedPowerCycling)),
+            mark(400, 6, st(S::FailedPowerCycling, S::StartSelfTest)),
+            mark(400, 7, st(S::StartSelfTest, S::PcPowerCycling)),
+            mark(500, 8, st(S::PcPowerCycling, S::Ready)),
+        ];
+        let t = timeline((Millis(50), S::Ready, false), &marks, Millis(600));
+        let got: Vec<(Activity, &str, u64, u64, Option<u64>)> = t
+            .segments
+            .iter()
+            .map(|s| (s.activity, s.state.as_str(), s.start.0, s.end.0, s.log_seq))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Activity::Ready, "ready", 50, 100, None),
+                (Activity::InUse, "ready", 100, 200, Some(1)),
+                (Activity::Ready, "ready", 200, 300, Some(2)),
+                (Activity::Failed, "failed_power_cycling", 300, 400, Some(5)),
+                (Activity::SelfTest, "pc_power_cycling", 400, 500, Some(7)),
+                (Activity::Ready, "ready", 500, 600, Some(8)),
+            ]
+        );
+        assert_eq!((t.failures, t.recoveries), (1, 1));
+        assert_eq!(t.last_failure, Some(Millis(300)));
+        // A window that starts failed counts the recovery, not a failure.
+        let t = timeline(
+            (Millis(0), S::FailedPinging, false),
+            &marks[7..],
+            Millis(600),
+        );
+        assert_eq!((t.failures, t.recoveries), (0, 1));
+        assert_eq!(t.segments[0].activity, Activity::Failed);
+        // No marks: one segment, the state at the start.
+        let t = timeline((Millis(0), S::MaintenanceMode, false), &[], Millis(10));
+        assert_eq!(t.segments.len(), 1);
+        assert_eq!(t.segments[0].activity, Activity::Maintenance);
+    }
+
+    #[test]
+    fn wait_reasons_and_bars() {
+        use DeviceState as S;
+        assert_eq!(Waited::of(0, 0, 0, []), Waited::NoMatch);
+        assert_eq!(Waited::of(3, 1, 2, []), Waited::QueuedBehind);
+        assert_eq!(Waited::of(3, 0, 3, []), Waited::AllHeld);
+        assert_eq!(
+            Waited::of(3, 0, 1, [(S::PcRebooting, 1), (S::Flashing, 1)]),
+            Waited::Preparing
+        );
+        assert_eq!(
+            Waited::of(3, 0, 0, [(S::FailedPinging, 2), (S::Flashing, 1)]),
+            Waited::OutOfService
+        );
+        for w in Waited::ALL {
+            assert_eq!(Waited::from_code(w.code()), Some(w));
+        }
+        assert_eq!(Waited::from_code(99), None);
+        assert_eq!(wait_bar(0), 0);
+        assert_eq!(wait_bar(100), 0);
+        assert_eq!(wait_bar(101), 1);
+        assert_eq!(wait_bar(3_600_000), WAIT_BOUNDS_MS.len() - 1);
+        assert_eq!(wait_bar(3_600_001), WAIT_BOUNDS_MS.len());
+    }
 }

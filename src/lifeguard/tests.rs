@@ -1655,3 +1655,34 @@ fn only_the_bootloader_window_needs_a_relay_to_flash() {
         );
     }
 }
+
+/// The device timeline reads the machine's transition lines back
+/// (`domain::history::LogMark::parse`): every change of state the machine logs must parse
+/// to the states it really moved between, so a change of wording breaks this test, not the
+/// picture.
+#[test]
+fn transition_lines_parse_back_to_the_states_they_name() {
+    use crate::domain::history::LogMark;
+    // A self-test from ready through its first hops, a re-entry and a failure.
+    let s = at(S::Ready, true, true);
+    let tr = please_ok(&s, Event::PleaseSelfTest);
+    let mut marks = tr.log.iter().filter_map(|l| LogMark::parse(l));
+    let mut state = S::Ready;
+    for m in marks.by_ref() {
+        let LogMark::State { from, to } = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(from, state, "{:?}", tr.log);
+        state = to;
+    }
+    assert_eq!(state, tr.next.state, "{:?}", tr.log);
+    for &to in S::ALL {
+        let forced = force(&s, "ready", to.name(), T0, &t()).expect("force");
+        let first = forced.log.first().expect("a line");
+        assert_eq!(
+            LogMark::parse(first),
+            Some(LogMark::State { from: S::Ready, to }),
+            "{first}"
+        );
+    }
+}
