@@ -5,8 +5,13 @@
 //! and see its position and reason; power-cycle a device from its page and see its log, and a
 //! refusal's reason; renew and return the request; test a relay board; force a failure state
 //! and see it stand out and filter; check every page fits a phone-sized screen, has labelled
-//! controls and logs no browser errors. Screenshots of every page go to
-//! `target/ui-screenshots/`.
+//! controls and logs no browser errors. Before all that, the history pictures: the data
+//! directory is seeded through the library's write paths ([`mozpool::app::seed`]) with past
+//! times before the service starts on it (a device that failed twice yesterday, another once,
+//! a busy afternoon, requests that waited), and the page checks that the device timeline has
+//! the failed segments at the right times, the utilisation chart peaks in the busy hour, the
+//! flaky table lists the failing device first, and the wait histogram marks p50 and p95.
+//! Screenshots of every page go to `target/ui-screenshots/`.
 //!
 //! A test binary of its own (not a module of `tests/it`), so Chromium and the second service
 //! do not run alongside the timing-sensitive integration tests: cargo runs test binaries one
@@ -19,7 +24,76 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use mozpool::app::seed;
+use mozpool::domain::clock::{Clock, Millis, SystemClock};
+use mozpool::domain::device_state::DeviceState;
+use mozpool::domain::history::{HOUR_MS, Waited, hour_of};
+use mozpool::storage::Store;
+use serde_json::json;
+
+/// Seed `dir`'s store with the history the browser checks, through the service's own write
+/// paths at past times, and close it again. Returns what the page must show, for the script.
+fn seed_history(dir: &Path) -> serde_json::Value {
+    let now = SystemClock.now().0;
+    let store = Store::open(
+        &dir.join(mozpool::storage::backup::DB_FILE),
+        Arc::new(SystemClock),
+    )
+    .expect("open the store to seed");
+    // Yesterday's two failures of `flaky-1`, one of `flaky-2` (within the last 24 hours).
+    let failures = [
+        (now - 22 * HOUR_MS, now - 21 * HOUR_MS),
+        (now - 18 * HOUR_MS, now - 17 * HOUR_MS - 30 * 60_000),
+    ];
+    // The busy hour: every busy device held by a request for the whole hour, 8 hours ago.
+    let busy_hour = hour_of(now) - 8 * HOUR_MS;
+    let busy = ["busy-1", "busy-2", "busy-3", "busy-4", "busy-5", "busy-6"];
+    let since = Millis(now - 3 * 24 * HOUR_MS);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let f: Vec<(Millis, Millis)> = failures.iter().map(|&(a, b)| (Millis(a), Millis(b))).collect();
+        seed::flaky_device(&store, "flaky-1", since, &f).await.expect("flaky-1");
+        seed::flaky_device(&store, "flaky-2", since, &f[..1]).await.expect("flaky-2");
+        for name in busy {
+            seed::device(&store, name, since).await.expect("busy device");
+        }
+        seed::busy(&store, &busy, 9001, Millis(busy_hour), Millis(busy_hour + HOUR_MS))
+            .await
+            .expect("busy afternoon");
+        // Requests: most ready within a second, a few after minutes in the queue.
+        for i in 0..20u64 {
+            let created = busy_hour + i * 60_000;
+            let (wait, why) = match i {
+                0..=15 => (400, None),
+                16..=18 => (45_000, Some(Waited::AllHeld)),
+                _ => (600_000, Some(Waited::Preparing)),
+            };
+            seed::request_wait(&store, 9101 + i, Millis(created), Millis(created + wait), why)
+                .await
+                .expect("request wait");
+        }
+        // Out of service now, so the live rack's requests never pick a seeded device (it
+        // has no hardware behind it).
+        for name in ["flaky-1", "flaky-2"].iter().chain(busy.iter()) {
+            seed::state(&store, name, DeviceState::MaintenanceMode, Millis(now - 60_000))
+                .await
+                .expect("maintenance");
+        }
+    });
+    drop(store);
+    drop(rt);
+    // Let the writer thread close the file before the service opens it.
+    std::thread::sleep(Duration::from_millis(500));
+    json!({
+        "flaky": "flaky-1",
+        "failures": failures,
+        "busy_hour": busy_hour,
+        "busy_devices": busy.len(),
+    })
+}
 
 struct Kill(Child);
 
@@ -63,6 +137,7 @@ fn pages_work_in_headless_chromium() {
         .expect("free port")
         .port();
     let data = tempfile::tempdir().expect("tempdir");
+    let seeded = seed_history(data.path());
     let server = Kill(
         Command::new(env!("CARGO_BIN_EXE_mozpool"))
             .args(["serve", "--simulate", "4", "--listen"])
@@ -86,6 +161,7 @@ fn pages_work_in_headless_chromium() {
         .arg(root.join("tests/ui/browser.mjs"))
         .arg(&base)
         .arg(&shots)
+        .arg(seeded.to_string())
         .status()
         .expect("run node");
     drop(server);
@@ -93,7 +169,16 @@ fn pages_work_in_headless_chromium() {
         status.success(),
         "the browser test failed (see its output above)"
     );
-    for page in ["pool", "requests", "device", "relays", "pool-phone"] {
+    for page in [
+        "pool",
+        "requests",
+        "device",
+        "relays",
+        "pool-phone",
+        "history-device",
+        "history-pool",
+        "history-requests",
+    ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
             "no screenshot of {page}"

@@ -1,16 +1,20 @@
 // End-to-end test of mozpool's web page in real headless Chromium (Debian's package),
 // driven with playwright-core over the DevTools protocol. No browser is downloaded.
 //
-//   node tests/ui/browser.mjs BASE_URL SCREENSHOT_DIR
+//   node tests/ui/browser.mjs BASE_URL SCREENSHOT_DIR [SEEDED_JSON]
 //
 // BASE_URL is a running `mozpool serve --simulate N` (tests/ui_browser.rs starts one).
+// SEEDED_JSON says what history the data directory was seeded with (tests/ui_browser.rs):
+// {"flaky", "failures": [[down_ms, up_ms]...], "busy_hour", "busy_devices"}; with it the
+// history pictures are checked first.
 // Exits non-zero on the first failed step; saves a screenshot of every page.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-const [base, shots] = process.argv.slice(2);
+const [base, shots, seededJson] = process.argv.slice(2);
+const seeded = seededJson ? JSON.parse(seededJson) : null;
 if (!base || !shots) {
   console.error('usage: browser.mjs BASE_URL SCREENSHOT_DIR');
   process.exit(2);
@@ -40,11 +44,82 @@ try {
   page.on('console', (m) => { if (m.type() === 'error' && !m.text().includes('status of 409')) problems.push(`console error: ${m.text()}`); });
   const shot = (name) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
   const confirm = async () => { await page.locator('#confirm-ok').click(); };
+  let missing = [];
 
   // Every form control has an accessible name.
   const unlabelled = () => page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
     .filter((e) => e.type !== 'hidden' && !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
     .map((e) => e.id || e.name || e.outerHTML.slice(0, 60)));
+
+  // 0. History pictures from the seeded past.
+  if (seeded) {
+    step(`history: timeline of ${seeded.flaky}`);
+    await page.goto(`${base}/ui/device/${seeded.flaky}/`);
+    const segs = await page.locator('svg.timeline g.seg.failed').evaluateAll((gs) => gs.map((g) => ({
+      start: Number(g.dataset.start), end: Number(g.dataset.end), title: g.querySelector('title').textContent,
+      x: Number(g.querySelector('rect').getAttribute('x')),
+      band: Number(g.closest('g.band').dataset.start), focusable: g.getAttribute('tabindex') === '0',
+    })));
+    if (segs.length !== seeded.failures.length) throw new Error(`timeline shows ${segs.length} failed segments, not ${seeded.failures.length}: ${JSON.stringify(segs)}`);
+    const DAY = 24 * 3600 * 1000;
+    seeded.failures.forEach(([down, up], i) => {
+      const s = segs[i];
+      if (s.start !== down || s.end !== up) throw new Error(`failed segment ${i} is ${s.start}-${s.end}, not ${down}-${up}`);
+      // The segment sits where its time is along the day's band (64 + 648 units wide).
+      const x = 64 + ((down - s.band) / DAY) * 648;
+      if (Math.abs(s.x - x) > 0.5) throw new Error(`failed segment ${i} is drawn at x=${s.x}, not ${x}`);
+      if (!s.focusable || !/^FAILED: failed_/.test(s.title)) throw new Error(`segment ${i} is not focusable with its state: ${s.title}`);
+    });
+    // The page's count is the history API's (which counts every entry into a failed state).
+    const count = Number((await page.locator('#hist-failures').textContent()).trim());
+    const api = await (await page.request.get(`${base}/api/device/${seeded.flaky}/history/`)).json();
+    if (count !== api.failures || count < seeded.failures.length) throw new Error(`the page counts ${count} failures, the API ${api.failures}, seeded ${seeded.failures.length}`);
+    if (!(await page.locator('#hist-since').textContent()).trim()) throw new Error('no time since the last failure');
+    // Keyboard: Tab reaches a segment and its title says what it was.
+    await page.locator('svg.timeline g.seg.failed').first().focus();
+    const focused = await page.evaluate(() => document.activeElement.getAttribute('aria-label'));
+    if (!/FAILED: failed_\w+ from/.test(focused || '')) throw new Error(`focused segment says ${focused}`);
+    step(`timeline: ${segs.length} failed segments at the seeded times; "${focused.slice(0, 80)}…"`);
+    await shot('history-device');
+    // The switch works without script: 7 days, 7 bands.
+    await page.locator('nav.switch a[data-window="7d"]').click();
+    await page.waitForURL(/window=7d/);
+    const bands = await page.locator('svg.timeline g.band').count();
+    if (bands !== 7) throw new Error(`the 7d timeline has ${bands} bands`);
+    if (await page.locator('svg.timeline g.seg.failed').count() < seeded.failures.length) throw new Error('the 7d timeline lost the failures');
+
+    step('history: pool utilisation and flaky devices');
+    await page.goto(`${base}/ui/`);
+    const bars = await page.locator('svg.utilisation g.bar').evaluateAll((gs) => gs.map((g) => ({
+      start: Number(g.dataset.start), inUse: Number(g.dataset.inUse), total: Number(g.dataset.total),
+      height: [...g.querySelectorAll('rect')].reduce((h, r) => h + Number(r.getAttribute('height')), 0),
+    })));
+    if (!bars.length) throw new Error('the utilisation chart has no bars');
+    const peak = bars.reduce((a, b) => (b.inUse > a.inUse ? b : a));
+    if (peak.start !== seeded.busy_hour) throw new Error(`the chart peaks at ${new Date(peak.start).toISOString()}, not the busy hour ${new Date(seeded.busy_hour).toISOString()}`);
+    if (peak.inUse < seeded.busy_devices) throw new Error(`the busy hour shows ${peak.inUse} in use, not ${seeded.busy_devices}`);
+    const inUseHeight = (b) => b.height * (b.inUse / (b.total || 1));
+    if (bars.some((b) => b !== peak && inUseHeight(b) >= inUseHeight(peak))) throw new Error('another bar has as much in use as the busy hour');
+    const flaky = await page.locator('#flaky tbody tr').evaluateAll((rs) => rs.map((r) => r.dataset.name));
+    if (flaky[0] !== seeded.flaky) throw new Error(`the flaky table lists ${flaky}, not ${seeded.flaky} first`);
+    const href = await page.locator('#flaky tbody tr').first().locator('a').getAttribute('href');
+    if (!href.startsWith(`/ui/device/${seeded.flaky}/`)) throw new Error(`the flaky row links ${href}`);
+    step(`pool chart peaks at ${new Date(peak.start).toISOString()} with ${peak.inUse} in use; flaky: ${flaky.join(', ')}`);
+    await page.locator('#history').scrollIntoViewIfNeeded();
+    await shot('history-pool');
+
+    step('history: request waits');
+    await page.goto(`${base}/ui/requests/`);
+    await page.locator('svg.waits g.marker.p50').waitFor({ state: 'attached' });
+    await page.locator('svg.waits g.marker.p95').waitFor({ state: 'attached' });
+    const reasons = await page.locator('#wait-reasons tbody tr').evaluateAll((rs) => rs.map((r) => r.dataset.reason));
+    if (reasons[0] !== 'all_held' || !reasons.includes('preparing')) throw new Error(`wait reasons: ${reasons}`);
+    const p50 = (await page.locator('#hist-p50').textContent()).trim();
+    const p95 = (await page.locator('#hist-p95').textContent()).trim();
+    step(`waits: p50 ${p50}, p95 ${p95}, reasons ${reasons.join(', ')}`);
+    await page.locator('#history').scrollIntoViewIfNeeded();
+    await shot('history-requests');
+  }
 
   // 1. Pool page: loads, and shows devices reaching `ready` live, without a reload.
   step('pool page');
@@ -55,7 +130,7 @@ try {
   await page.locator('#devices tbody tr[data-state="ready"]').first().waitFor({ timeout: 90000 });
   if (navigations.length) throw new Error(`the pool page reloaded: ${navigations}`);
   step(`pool page live: ${await page.locator('#devices tbody tr[data-state="ready"]').count()} ready`);
-  let missing = await unlabelled();
+  missing = await unlabelled();
   if (missing.length) throw new Error(`unlabelled controls on the pool page: ${missing}`);
   await page.locator('#filter').fill('sim-0002');
   if (await page.locator('#devices tbody tr:not([hidden])').count() !== 1) throw new Error('the search box does not filter');
@@ -80,6 +155,19 @@ try {
   if (navigations.length) throw new Error(`the requests page reloaded: ${navigations}`);
   const held = (await page.locator(`#request-${id} td[data-label="Device"] a`).textContent()).trim();
   step(`request #${id} ready live with ${held}`);
+  // The request's own page: details and its log, linked from the list.
+  await page.locator(`#request-${id} a[href="/ui/request/${id}/"]`).click();
+  await page.locator('#rq-state', { hasText: 'ready' }).waitFor();
+  await page.locator('#log tbody tr').first().waitFor();
+  step(`request page: ${await page.locator('#log tbody tr').count()} log lines`);
+  missing = await unlabelled();
+  if (missing.length) throw new Error(`unlabelled controls on the request page: ${missing}`);
+  await shot('request');
+  await page.goto(`${base}/ui/requests/`);
+  await page.locator(`#rq-device option[value="${held}"]`).waitFor({ state: 'attached' });
+  await page.locator('#rq-image option[value="android"]').waitFor({ state: 'attached' });
+  await page.selectOption('#rq-image', 'android');
+  await page.fill('#rq-duration', '600');
   // Ask for that very device, willing to wait: the request queues and says why.
   await page.selectOption('#rq-device', held);
   await page.locator('details.criteria summary').click();
@@ -168,9 +256,16 @@ try {
   await page.goto(`${base}/ui/relays/`);
   const test = page.locator('button[data-test]').first();
   if (await test.count()) {
+    // The page is live: the test's outcome shows in the board's counts without a reload.
+    const health = page.locator('.board .board-health').first();
+    const before = await health.textContent();
+    navigations.length = 0;
     await test.click();
-    await page.locator('.board .result', { hasText: /answered|No answer/ }).first().waitFor();
-    step(`relay test: ${await page.locator('.board .result').first().textContent()}`);
+    await page.locator('.board .test-result', { hasText: /answered|No answer/ }).first().waitFor();
+    step(`relay test: ${await page.locator('.board .test-result').first().textContent()}`);
+    await page.waitForFunction((b) => document.querySelector('.board .board-health').textContent !== b, before);
+    if (navigations.length) throw new Error(`the relay page reloaded: ${navigations}`);
+    step(`relay page live: ${(await health.textContent()).replace(/\s+/g, ' ').trim()}`);
   }
   await shot('relays');
 
@@ -199,7 +294,8 @@ try {
   await shot('pool-phone');
   await page.goto(`${base}/ui/device/${free}/`);
   await shot('device-phone');
-  for (const u of ['/ui/', `/ui/device/${free}/`, '/ui/requests/', '/ui/relays/']) {
+  const extra = seeded ? [`/ui/device/${seeded.flaky}/?window=30d`, `/ui/request/${id}/`] : [`/ui/request/${id}/`];
+  for (const u of ['/ui/', `/ui/device/${free}/`, '/ui/requests/', '/ui/relays/', ...extra]) {
     await page.goto(`${base}${u}`);
     const width = await page.evaluate(() => document.documentElement.scrollWidth);
     if (width > 390) throw new Error(`${u} is ${width}px wide on a 390px screen`);

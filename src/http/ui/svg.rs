@@ -652,7 +652,7 @@ pub fn request_waits(h: &RequestHistory) -> String {
         );
         let _ = write!(
             out,
-            r##"<rect x="{x}" y="{y}" width="{w}" height="{hgt}" fill="#93c5fd" stroke="#1e3a8a"/><text x="{cx}" y="{ly}" font-size="11" text-anchor="middle" fill="#374151">{label}</text></g>"##,
+            r##"<rect x="{x}" y="{y}" width="{w}" height="{hgt}" fill="#93c5fd" stroke="#1e3a8a"/><text x="{cx}" y="{ly}" font-size="10" text-anchor="middle" fill="#374151">{label}</text></g>"##,
             x = n(x + 2.0),
             y = n(RW_TOP + plot_h - hgt),
             w = n((bar_w - 4.0).max(1.0)),
