@@ -54,15 +54,30 @@ fn seed_history(dir: &Path) -> serde_json::Value {
     let since = Millis(now - 3 * 24 * HOUR_MS);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let f: Vec<(Millis, Millis)> = failures.iter().map(|&(a, b)| (Millis(a), Millis(b))).collect();
-        seed::flaky_device(&store, "flaky-1", since, &f).await.expect("flaky-1");
-        seed::flaky_device(&store, "flaky-2", since, &f[..1]).await.expect("flaky-2");
-        for name in busy {
-            seed::device(&store, name, since).await.expect("busy device");
-        }
-        seed::busy(&store, &busy, 9001, Millis(busy_hour), Millis(busy_hour + HOUR_MS))
+        let f: Vec<(Millis, Millis)> = failures
+            .iter()
+            .map(|&(a, b)| (Millis(a), Millis(b)))
+            .collect();
+        seed::flaky_device(&store, "flaky-1", since, &f)
             .await
-            .expect("busy afternoon");
+            .expect("flaky-1");
+        seed::flaky_device(&store, "flaky-2", since, &f[..1])
+            .await
+            .expect("flaky-2");
+        for name in busy {
+            seed::device(&store, name, since)
+                .await
+                .expect("busy device");
+        }
+        seed::busy(
+            &store,
+            &busy,
+            9001,
+            Millis(busy_hour),
+            Millis(busy_hour + HOUR_MS),
+        )
+        .await
+        .expect("busy afternoon");
         // Requests: most ready within a second, a few after minutes in the queue.
         for i in 0..20u64 {
             let created = busy_hour + i * 60_000;
@@ -71,16 +86,27 @@ fn seed_history(dir: &Path) -> serde_json::Value {
                 16..=18 => (45_000, Some(Waited::AllHeld)),
                 _ => (600_000, Some(Waited::Preparing)),
             };
-            seed::request_wait(&store, 9101 + i, Millis(created), Millis(created + wait), why)
-                .await
-                .expect("request wait");
+            seed::request_wait(
+                &store,
+                9101 + i,
+                Millis(created),
+                Millis(created + wait),
+                why,
+            )
+            .await
+            .expect("request wait");
         }
         // Out of service now, so the live rack's requests never pick a seeded device (it
         // has no hardware behind it).
         for name in ["flaky-1", "flaky-2"].iter().chain(busy.iter()) {
-            seed::state(&store, name, DeviceState::MaintenanceMode, Millis(now - 60_000))
-                .await
-                .expect("maintenance");
+            seed::state(
+                &store,
+                name,
+                DeviceState::MaintenanceMode,
+                Millis(now - 60_000),
+            )
+            .await
+            .expect("maintenance");
         }
     });
     drop(store);

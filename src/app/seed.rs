@@ -58,7 +58,12 @@ pub async fn device(store: &Store, name: &str, at: Millis) -> Result<(), SeedErr
 ///
 /// # Errors
 /// [`SeedError`].
-pub async fn state(store: &Store, name: &str, to: DeviceState, at: Millis) -> Result<(), SeedError> {
+pub async fn state(
+    store: &Store,
+    name: &str,
+    to: DeviceState,
+    at: Millis,
+) -> Result<(), SeedError> {
     let n = name.to_owned();
     store
         .write(move |tx, _| {

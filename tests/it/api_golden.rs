@@ -945,7 +945,7 @@ async fn api_golden_session() {
     )
     .await;
     s.post(
-        "power cycle: pxe_config refused",
+        "power cycle: unknown pxe_config",
         "/api/device/sim-0001/power-cycle/",
         r#"{"pxe_config": "x"}"#,
     )

@@ -198,6 +198,66 @@ async fn version_and_health() {
     assert_eq!(h["storage"]["ok"], true);
 }
 
+/// The original web UI's "PXE boot" (a power-cycle with `pxe_config`): a PXE config is an
+/// image here, so booting one is flashing it, answered exactly as the flash call; an
+/// unknown name is a clear 404.
+#[tokio::test]
+async fn pxe_boot_of_an_image_flashes_it() {
+    let s = TestServer::start(TWO_DEVICES).await;
+    let (status, body) = s
+        .post(
+            "/api/device/panda-1/power-cycle/",
+            json!({"pxe_config": "nope", "boot_config": ""}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no pxe_config named nope")
+                && e.contains("/api/bmm/pxe_config/list/")),
+        "{body}"
+    );
+    // Bad names are the same 404, not a parse error.
+    let (status, _) = s
+        .post(
+            "/api/device/panda-1/power-cycle/",
+            json!({"pxe_config": "../x"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // A known one: the same answer as flashing it, for the same device and boot config.
+    let pxe = s
+        .post(
+            "/api/device/panda-2/power-cycle/",
+            json!({"pxe_config": "b2g", "boot_config": "{\"b2gbase\": \"http://x/\"}"}),
+        )
+        .await;
+    let log = s.get("/api/device/panda-2/log/").await.1.to_string();
+    let flash = s
+        .post(
+            "/api/device/panda-1/flash/",
+            json!({"image": "b2g", "boot_config": "{\"b2gbase\": \"http://x/\"}"}),
+        )
+        .await;
+    assert_eq!(pxe.0, flash.0, "{pxe:?} vs {flash:?}");
+    if pxe.0 == 200 {
+        assert!(log.contains("b2g"), "the flash of b2g is logged: {log}");
+    } else {
+        assert_eq!(pxe.1["code"], flash.1["code"], "{pxe:?} vs {flash:?}");
+    }
+    // boot_config alone is ignored (a plain power cycle), as the original did.
+    let (a, _) = s
+        .post(
+            "/api/device/panda-1/power-cycle/",
+            json!({"boot_config": "x"}),
+        )
+        .await;
+    let (b, _) = s.post("/api/device/panda-1/power-cycle/", json!({})).await;
+    assert_eq!(a, b);
+    s.stop().await;
+}
+
 /// The original web UI's `bmm.html` lists PXE configs; here they are the images, in the
 /// original's JSON shape.
 #[tokio::test]

@@ -76,6 +76,15 @@ fn boot_config_text(v: Option<Value>) -> Result<String, ApiError> {
 
 async fn please_image(ctx: &Ctx, name: &DeviceName) -> Result<Response<Body>, ApiError> {
     let body: ImageBody = json(&ctx.body)?;
+    flash_image(ctx, name, body).await
+}
+
+/// Flash `body.image` onto the device (the `please_image` event), after checking the image.
+async fn flash_image(
+    ctx: &Ctx,
+    name: &DeviceName,
+    body: ImageBody,
+) -> Result<Response<Body>, ApiError> {
     let boot_config = boot_config_text(body.boot_config)?;
     let image = body.image.to_string();
     let found = ctx.svc.store.peek(move |snap| snap.image(&image))?;
@@ -166,15 +175,39 @@ struct PowerCycleBody {
     boot_config: Option<Value>,
 }
 
-/// `POST /api/device/{id}/power-cycle/`.
+/// `POST /api/device/{id}/power-cycle/`: a Lifeguard power cycle. With the original's
+/// `pxe_config` (the 4.2.1 web UI's "PXE boot"), the PXE config names one of our images
+/// (`GET /api/bmm/pxe_config/list/`), and booting a device into it means what it meant
+/// there, installing that image: the call is a flash of that image with `boot_config`.
+/// An unknown name is a 404 the old page shows. `boot_config` without `pxe_config` is
+/// ignored, as the original did.
 pub async fn power_cycle(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError> {
     let body: PowerCycleBody = json(&ctx.body)?;
-    if body.pxe_config.is_some() || body.boot_config.is_some() {
-        return Err(ApiError::bad_request(
-            "pxe_config and boot_config are not supported: mozpool flashes with fastboot; POST /api/device/{id}/flash/ with an image instead",
-        ));
+    let Some(pxe) = body.pxe_config.filter(|p| !p.is_empty()) else {
+        return deliver(ctx, &name, Event::PleasePowerCycle).await;
+    };
+    let unknown = || {
+        ApiError::not_found(format!(
+            "no pxe_config named {pxe}: the PXE configs here are the images (GET /api/bmm/pxe_config/list/), and PXE-booting one flashes it"
+        ))
+    };
+    let image: ImageName = pxe.parse().map_err(|_| unknown())?;
+    let known = {
+        let i = image.to_string();
+        ctx.svc.store.peek(move |snap| snap.image(&i))?.is_some()
+    };
+    if !known {
+        return Err(unknown());
     }
-    deliver(ctx, &name, Event::PleasePowerCycle).await
+    flash_image(
+        ctx,
+        &name,
+        ImageBody {
+            image,
+            boot_config: body.boot_config,
+        },
+    )
+    .await
 }
 
 /// `POST /api/device/{id}/flash/` with `{"image", "boot_config"?}`.
