@@ -691,9 +691,10 @@ fn deliver_tx(
         return Ok(None);
     };
     let (explanation, wait_reason) = match &event {
-        Event::NoDevice { explanation } => {
-            (Some(explanation.to_string()), Some(explanation.wait_reason()))
-        }
+        Event::NoDevice { explanation } => (
+            Some(explanation.to_string()),
+            Some(explanation.wait_reason()),
+        ),
         _ => (None, None),
     };
     let before = r.snap.state;
@@ -715,8 +716,7 @@ fn deliver_tx(
     }
     if before != RequestState::Ready && r.snap.state == RequestState::Ready {
         history::request_served(tx, id, r.snap.spec.created, now)?;
-    } else if !before.is_terminal() && before != RequestState::Ready && r.snap.state.is_terminal()
-    {
+    } else if !before.is_terminal() && before != RequestState::Ready && r.snap.state.is_terminal() {
         // One that was served has no reason left to drop (the usual check-in).
         history::request_ended(tx, id)?;
     }
