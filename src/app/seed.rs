@@ -113,8 +113,10 @@ pub async fn release(store: &Store, name: &str, request: u64, at: Millis) -> Res
     Ok(())
 }
 
-/// A device that failed twice: `name` (created `ready` at `since`) enters
-/// `failed_pinging` at each of `failures`' first times and is back `ready` at the second.
+/// A device that failed: `name` (created `ready` at `since`) enters
+/// `failed_health_check` at each of `failures`' first times and is back `ready` at the
+/// second. (A failed state that Lifeguard retries with a self-test, such as
+/// `failed_pinging`, would move on at once on a seeded device, which has no hardware.)
 ///
 /// # Errors
 /// [`SeedError`].
@@ -126,7 +128,7 @@ pub async fn flaky_device(
 ) -> Result<(), SeedError> {
     device(store, name, since).await?;
     for &(down, up) in failures {
-        state(store, name, DeviceState::FailedPinging, down).await?;
+        state(store, name, DeviceState::FailedHealthCheck, down).await?;
         state(store, name, DeviceState::Ready, up).await?;
     }
     Ok(())

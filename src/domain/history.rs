@@ -494,12 +494,18 @@ pub struct Timeline {
 /// `(when, state, held)`, with `when` = `from` when the log reaches back that far, else the
 /// time of the first mark. Segments of zero length are left out and a mark that changes
 /// nothing visible (a re-entry) extends the segment it falls in.
+///
+/// Failures are counted per Lifeguard transition, as the flaky table counts them: marks
+/// written at the same time (one transition's lines) that enter a failed state count once,
+/// so a failure followed at once by an automatic self-test that fails again is one.
 #[must_use]
 pub fn timeline(start: (Millis, DeviceState, bool), marks: &[Mark], until: Millis) -> Timeline {
     let (begin, mut state, mut held) = start;
     let mut t = Timeline::default();
     // A failure that had not recovered when the window began still counts its recovery.
     let mut down = state.is_failed();
+    // The time of the last counted failure: a transition's lines share it.
+    let mut counted_at = None;
     let mut open = Segment {
         activity: Activity::of(state, held),
         state: state.name().to_owned(),
@@ -512,7 +518,10 @@ pub fn timeline(start: (Millis, DeviceState, bool), marks: &[Mark], until: Milli
         match m.mark {
             LogMark::State { from, to } => {
                 if is_failure(from, to) {
-                    t.failures += 1;
+                    if counted_at != Some(m.at) {
+                        t.failures += 1;
+                        counted_at = Some(m.at);
+                    }
                     t.last_failure = Some(m.at);
                     down = true;
                 } else if to == DeviceState::Ready && down {

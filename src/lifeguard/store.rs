@@ -160,6 +160,15 @@ where
             NewLog::new(device_subject(name), "statemachine", line).by(actor.map(str::to_owned)),
         )?;
     }
+    // The flaky table counts a transition that entered a failed state once, however many
+    // states it passed through (an automatic self-test after a failure is the same failure).
+    let failed = tr.log.iter().any(|line| {
+        matches!(history::LogMark::parse(line),
+            Some(history::LogMark::State { from, to }) if history::is_failure(from, to))
+    });
+    if failed {
+        crate::storage::history::device_failed(tx, name, now)?;
+    }
     Ok(Ok(Applied {
         device: name.to_owned(),
         state: tr.next.state,

@@ -50,12 +50,11 @@ pub const MAX_FLAKY: usize = 20;
 /// past every window (and would make one write touch thousands of rows).
 const MAX_ROLLUP_MS: u64 = 31 * 24 * HOUR_MS;
 
-/// The pool-chart band and failed flag of a device as stored: what a device write compares
-/// to decide whether history changes. `band` is `None` for a retired device (off the chart).
+/// The pool-chart band of a device as stored: what a device write compares to decide
+/// whether the chart changes. `None` for a retired device (off the chart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageKey {
     band: Option<Usage>,
-    failed: bool,
 }
 
 impl UsageKey {
@@ -64,7 +63,6 @@ impl UsageKey {
     pub fn of(d: &Device) -> UsageKey {
         UsageKey {
             band: (!d.retired).then(|| Activity::of(d.state, d.request.is_some()).usage()),
-            failed: d.state.is_failed(),
         }
     }
 }
@@ -88,11 +86,11 @@ fn open_row(rec: UsageOpenRecord) -> UsageOpenV1 {
     }
 }
 
-/// Keep the pool chart and the flaky table in step with a device write (called by
+/// Keep the pool chart in step with a device write (called by
 /// `inventory::replace_device`): `old` is the stored device's key (`None` for a new
 /// device), `at` the time of the change (the record's `updated`). Costs nothing when the
-/// band stays and no failure begins; otherwise a read and a write of the device's open
-/// interval, one of the current hour's row, and one failure row on a failure.
+/// band stays; otherwise a read and a write of the device's open interval and of the
+/// current hour's row (more rows only when the closed interval spans hours).
 ///
 /// # Errors
 /// Storage failure or a corrupt row.
@@ -103,9 +101,7 @@ pub(super) fn device_changed(
     new: UsageKey,
     at: Millis,
 ) -> Result<(), StoreError> {
-    let band_changed = old.map(|o| o.band) != Some(new.band);
-    let failure = new.band.is_some() && new.failed && old.is_some_and(|o| !o.failed);
-    if !band_changed && !failure {
+    if old.map(|o| o.band) == Some(new.band) {
         return Ok(());
     }
     let mut open = tx.device_usage()?;
@@ -113,44 +109,57 @@ pub(super) fn device_changed(
         Some(g) => Some(open_row(decode("device_usage", name, &g.value())?)),
         None => None,
     };
-    let mut last_failure = row.map_or(0, |r| r.last_failure);
-    if failure {
-        last_failure = at.0;
-        let key = (hour_of(at.0), name);
-        let mut fails = tx.failure_hours()?;
-        let before = match fails.get(key)? {
-            Some(g) => match decode("failure_hours", name, &g.value())? {
-                FailureHourRecord::V1(v) => v.failures,
-            },
-            None => 0,
-        };
-        let rec = FailureHourRecord::V1(FailureHourV1 {
-            failures: before.saturating_add(1),
-            last: at.0,
-        });
-        fails.insert(key, encode(&rec)?)?;
-    }
-    let mut since = row.map_or(at.0, |r| r.since);
-    if band_changed {
-        if let Some(r) = row {
-            // The record's own time never goes back, but a caller could; nothing to add then.
-            let start = r.since.max(at.0.saturating_sub(MAX_ROLLUP_MS));
-            add_hours(tx, band_index(r.band), start, at.0)?;
-        }
-        since = at.0;
+    if let Some(r) = row {
+        // The record's own time never goes back, but a caller could; nothing to add then.
+        let start = r.since.max(at.0.saturating_sub(MAX_ROLLUP_MS));
+        add_hours(tx, band_index(r.band), start, at.0)?;
     }
     match new.band {
         Some(band) => {
             let rec = UsageOpenRecord::V1(UsageOpenV1 {
                 band: band_code(band),
-                since,
-                last_failure,
+                since: at.0,
+                last_failure: row.map_or(0, |r| r.last_failure),
             });
             open.insert(name, encode(&rec)?)?;
         }
         None => {
             open.remove(name)?;
         }
+    }
+    Ok(())
+}
+
+/// A Lifeguard transition of `name` at `at` entered a failed state from a working one
+/// (called by `lifeguard::store::apply` once per transition, however many states it passed
+/// through): count it in the hour's flaky row and remember it as the device's last failure.
+/// Call it after the device write of the same transition.
+///
+/// # Errors
+/// Storage failure or a corrupt row.
+pub fn device_failed(tx: &Tx<'_>, name: &str, at: Millis) -> Result<(), StoreError> {
+    let key = (hour_of(at.0), name);
+    let mut fails = tx.failure_hours()?;
+    let before = match fails.get(key)? {
+        Some(g) => match decode("failure_hours", name, &g.value())? {
+            FailureHourRecord::V1(v) => v.failures,
+        },
+        None => 0,
+    };
+    let rec = FailureHourRecord::V1(FailureHourV1 {
+        failures: before.saturating_add(1),
+        last: at.0,
+    });
+    fails.insert(key, encode(&rec)?)?;
+    drop(fails);
+    let mut open = tx.device_usage()?;
+    let row = match open.get(name)? {
+        Some(g) => Some(open_row(decode("device_usage", name, &g.value())?)),
+        None => None,
+    };
+    if let Some(mut r) = row {
+        r.last_failure = at.0;
+        open.insert(name, encode(&UsageOpenRecord::V1(r))?)?;
     }
     Ok(())
 }

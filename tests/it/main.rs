@@ -17,6 +17,7 @@ mod crash;
 mod disk_full;
 mod docs;
 mod fair_connections;
+mod history;
 mod hostile;
 mod hw_fastboot;
 mod hw_images;

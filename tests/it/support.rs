@@ -90,6 +90,23 @@ impl TestServer {
         Self::serve(app, dir).await
     }
 
+    /// Start a service on `store` (open in `dir`, perhaps seeded) with its own `clock` (a
+    /// `ManualClock` for answers at a fixed time).
+    pub async fn start_with_clock(
+        config_text: &str,
+        dir: tempfile::TempDir,
+        clock: Arc<dyn mozpool::domain::clock::Clock>,
+        store: mozpool::storage::Store,
+    ) -> TestServer {
+        let mut config = Config::parse(Path::new("test.toml"), config_text).expect("test config");
+        config.server.data_dir = dir.path().to_owned();
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        let app = App::open_on_store(config, clock, store)
+            .await
+            .expect("app opens");
+        Self::serve(app, dir).await
+    }
+
     async fn launch(
         config: Config,
         dir: tempfile::TempDir,
