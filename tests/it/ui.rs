@@ -302,5 +302,22 @@ async fn request_page_shows_details_and_log() {
     assert!(list.contains(&format!("href=\"/ui/request/{id}/\"")));
     let (st, _, _) = page(&s, "/ui/request/999999/").await;
     assert_eq!(st, 404);
+    // The history switch: each window draws its bands; a bad window is a 400 page.
+    for (w, bands) in [("24h", 1), ("7d", 7), ("30d", 30)] {
+        let (st, body, _) = page(&s, &format!("/ui/device/panda-1/?window={w}")).await;
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(body.matches(r#"<g class="band""#).count(), bands, "{w}");
+        assert!(body.contains(&format!(
+            r#"aria-current="true" class="current" data-window="{w}""#
+        )));
+    }
+    for path in ["/ui/", "/ui/requests/"] {
+        let (st, body, _) = page(&s, &format!("{path}?window=7d")).await;
+        assert_eq!(st, 200, "{body}");
+        assert!(body.contains("last 7d"), "{path}");
+    }
+    let (st, body, _) = page(&s, "/ui/device/panda-1/?window=1y").await;
+    assert_eq!(st, 400);
+    assert!(body.contains("unknown window"), "{body}");
     s.stop().await;
 }

@@ -402,5 +402,8 @@ mod tests {
             "out"
         );
         assert_eq!(view::when(Millis(1_700_000_000_123)), "2023-11-14 22:13:20");
+        assert_eq!(view::ago(40_000), "40 s");
+        assert_eq!(view::ago(3_900_000), "1 h 5 min");
+        assert_eq!(view::ago(2 * 86_400_000 + 4 * 3_600_000), "2 d 4 h");
     }
 }
