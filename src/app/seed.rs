@@ -20,7 +20,7 @@ use crate::domain::names::DeviceName;
 use crate::inventory::{DeviceFields, upsert_device};
 use crate::lifeguard::store::{ApplyError, apply};
 use crate::lifeguard::{Event, Timings, counter, force, step};
-use crate::storage::{Store, StoreError, history};
+use crate::storage::{Store, StoreError, Tx, history};
 
 /// Why a seeding step failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +65,24 @@ pub async fn state(
     at: Millis,
 ) -> Result<(), SeedError> {
     let n = name.to_owned();
-    store
-        .write(move |tx, _| {
-            apply(tx, at, &n, None, |s| {
-                force(s, s.state.name(), to.name(), at, &Timings::default())
-                    .map_err(ApplyError::from)
-            })
-        })
-        .await??;
+    store.write(move |tx, _| state_in(tx, &n, to, at)).await??;
     Ok(())
+}
+
+/// [`state`] inside a write closure (many steps in one commit).
+///
+/// # Errors
+/// Outer: storage failure. Inner: the machine's refusal.
+pub fn state_in(
+    tx: &Tx<'_>,
+    name: &str,
+    to: DeviceState,
+    at: Millis,
+) -> Result<Result<(), ApplyError>, StoreError> {
+    let applied = apply(tx, at, name, None, |s| {
+        force(s, s.state.name(), to.name(), at, &Timings::default()).map_err(ApplyError::from)
+    })?;
+    Ok(applied.map(|_| ()))
 }
 
 /// Request `request` takes the `ready` device `name` at `at` (the pool's `hold` event; the
@@ -84,16 +93,27 @@ pub async fn state(
 pub async fn hold(store: &Store, name: &str, request: u64, at: Millis) -> Result<(), SeedError> {
     let n = name.to_owned();
     store
-        .write(move |tx, _| {
-            apply(tx, at, &n, None, |s| {
-                let mut clean = s.clone();
-                clean.counters.set(counter::VERIFIED_CLEAN, 1);
-                step(&clean, Event::Hold { request }, at, &Timings::default())
-                    .map_err(ApplyError::from)
-            })
-        })
+        .write(move |tx, _| hold_in(tx, &n, request, at))
         .await??;
     Ok(())
+}
+
+/// [`hold`] inside a write closure.
+///
+/// # Errors
+/// Outer: storage failure. Inner: the machine's refusal.
+pub fn hold_in(
+    tx: &Tx<'_>,
+    name: &str,
+    request: u64,
+    at: Millis,
+) -> Result<Result<(), ApplyError>, StoreError> {
+    let applied = apply(tx, at, name, None, |s| {
+        let mut clean = s.clone();
+        clean.counters.set(counter::VERIFIED_CLEAN, 1);
+        step(&clean, Event::Hold { request }, at, &Timings::default()).map_err(ApplyError::from)
+    })?;
+    Ok(applied.map(|_| ()))
 }
 
 /// Request `request` lets go of `name` at `at` (the pool's `release` event).
@@ -103,14 +123,25 @@ pub async fn hold(store: &Store, name: &str, request: u64, at: Millis) -> Result
 pub async fn release(store: &Store, name: &str, request: u64, at: Millis) -> Result<(), SeedError> {
     let n = name.to_owned();
     store
-        .write(move |tx, _| {
-            apply(tx, at, &n, None, |s| {
-                step(s, Event::Release { request }, at, &Timings::default())
-                    .map_err(ApplyError::from)
-            })
-        })
+        .write(move |tx, _| release_in(tx, &n, request, at))
         .await??;
     Ok(())
+}
+
+/// [`release`] inside a write closure.
+///
+/// # Errors
+/// Outer: storage failure. Inner: the machine's refusal.
+pub fn release_in(
+    tx: &Tx<'_>,
+    name: &str,
+    request: u64,
+    at: Millis,
+) -> Result<Result<(), ApplyError>, StoreError> {
+    let applied = apply(tx, at, name, None, |s| {
+        step(s, Event::Release { request }, at, &Timings::default()).map_err(ApplyError::from)
+    })?;
+    Ok(applied.map(|_| ()))
 }
 
 /// A device that failed: `name` (created `ready` at `since`) enters
