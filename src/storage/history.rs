@@ -408,8 +408,8 @@ pub(super) fn pool_history(
         let hour = k.value();
         let UsageHourRecord::V1(v) = decode("usage_hours", hour, &v.value())?;
         let i = idx(hour);
-        for b in 0..4 {
-            ms[i][b] = ms[i][b].saturating_add(v.ms[b]);
+        for (sum, add) in ms[i].iter_mut().zip(v.ms) {
+            *sum = sum.saturating_add(add);
         }
         seen[i] = true;
     }
@@ -545,7 +545,7 @@ pub(super) fn request_history(
             requests,
         })
         .collect();
-    reasons.sort_by(|a, b| b.requests.cmp(&a.requests));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.requests));
     Ok(RequestHistory {
         window,
         from,

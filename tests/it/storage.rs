@@ -698,10 +698,22 @@ fn golden_history_records_still_decode() {
         })
     );
     // Written today, layout 1 encodes to the same bytes.
-    assert_eq!(Encoded::encode(&open).expect("encodes").bytes(), USAGE_OPEN_V1);
-    assert_eq!(Encoded::encode(&hour).expect("encodes").bytes(), USAGE_HOUR_V1);
-    assert_eq!(Encoded::encode(&fail).expect("encodes").bytes(), FAILURE_HOUR_V1);
-    assert_eq!(Encoded::encode(&wait).expect("encodes").bytes(), WAIT_HOUR_V1);
+    assert_eq!(
+        Encoded::encode(&open).expect("encodes").bytes(),
+        USAGE_OPEN_V1
+    );
+    assert_eq!(
+        Encoded::encode(&hour).expect("encodes").bytes(),
+        USAGE_HOUR_V1
+    );
+    assert_eq!(
+        Encoded::encode(&fail).expect("encodes").bytes(),
+        FAILURE_HOUR_V1
+    );
+    assert_eq!(
+        Encoded::encode(&wait).expect("encodes").bytes(),
+        WAIT_HOUR_V1
+    );
 }
 
 /// A store upgraded to schema 4 charts the devices that sit idle from the upgrade on: each
