@@ -11,6 +11,13 @@
 //! transition calls. Nothing here reads a clock, so a store opened on any clock can be
 //! seeded with times in the past, closed, and opened by a service on the system clock.
 //!
+//! A service started on a seeded store resumes every device (`lifeguard::resume`): a state
+//! whose deadline has passed times out at once (an idle `ready` device is health-checked,
+//! and a seeded device has no hardware, so it fails). Make each device's last change less
+//! than its state's timeout before the service's start (`ready`: `ready_check_ms`, 10
+//! minutes by default), e.g. `state(store, name, DeviceState::Ready, now - 1 min)`, or leave
+//! it in a state without a timeout (`maintenance_mode`, a `failed_*` state).
+//!
 //! No command line offers this: it writes made-up history.
 
 use crate::domain::clock::Millis;
