@@ -11,6 +11,13 @@
 //! transition calls. Nothing here reads a clock, so a store opened on any clock can be
 //! seeded with times in the past, closed, and opened by a service on the system clock.
 //!
+//! A service started on a seeded store resumes every device (`lifeguard::resume`): a state
+//! whose deadline has passed times out at once (an idle `ready` device is health-checked,
+//! and a seeded device has no hardware, so it fails). Make each device's last change less
+//! than its state's timeout before the service's start (`ready`: `ready_check_ms`, 10
+//! minutes by default), e.g. `state(store, name, DeviceState::Ready, now - 1 min)`, or leave
+//! it in a state without a timeout (`maintenance_mode`, a `failed_*` state).
+//!
 //! No command line offers this: it writes made-up history.
 
 use crate::domain::clock::Millis;
@@ -20,7 +27,7 @@ use crate::domain::names::DeviceName;
 use crate::inventory::{DeviceFields, upsert_device};
 use crate::lifeguard::store::{ApplyError, apply};
 use crate::lifeguard::{Event, Timings, counter, force, step};
-use crate::storage::{Store, StoreError, history};
+use crate::storage::{Store, StoreError, Tx, history};
 
 /// Why a seeding step failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +72,24 @@ pub async fn state(
     at: Millis,
 ) -> Result<(), SeedError> {
     let n = name.to_owned();
-    store
-        .write(move |tx, _| {
-            apply(tx, at, &n, None, |s| {
-                force(s, s.state.name(), to.name(), at, &Timings::default())
-                    .map_err(ApplyError::from)
-            })
-        })
-        .await??;
+    store.write(move |tx, _| state_in(tx, &n, to, at)).await??;
     Ok(())
+}
+
+/// [`state`] inside a write closure (many steps in one commit).
+///
+/// # Errors
+/// Outer: storage failure. Inner: the machine's refusal.
+pub fn state_in(
+    tx: &Tx<'_>,
+    name: &str,
+    to: DeviceState,
+    at: Millis,
+) -> Result<Result<(), ApplyError>, StoreError> {
+    let applied = apply(tx, at, name, None, |s| {
+        force(s, s.state.name(), to.name(), at, &Timings::default()).map_err(ApplyError::from)
+    })?;
+    Ok(applied.map(|_| ()))
 }
 
 /// Request `request` takes the `ready` device `name` at `at` (the pool's `hold` event; the
@@ -84,16 +100,27 @@ pub async fn state(
 pub async fn hold(store: &Store, name: &str, request: u64, at: Millis) -> Result<(), SeedError> {
     let n = name.to_owned();
     store
-        .write(move |tx, _| {
-            apply(tx, at, &n, None, |s| {
-                let mut clean = s.clone();
-                clean.counters.set(counter::VERIFIED_CLEAN, 1);
-                step(&clean, Event::Hold { request }, at, &Timings::default())
-                    .map_err(ApplyError::from)
-            })
-        })
+        .write(move |tx, _| hold_in(tx, &n, request, at))
         .await??;
     Ok(())
+}
+
+/// [`hold`] inside a write closure.
+///
+/// # Errors
+/// Outer: storage failure. Inner: the machine's refusal.
+pub fn hold_in(
+    tx: &Tx<'_>,
+    name: &str,
+    request: u64,
+    at: Millis,
+) -> Result<Result<(), ApplyError>, StoreError> {
+    let applied = apply(tx, at, name, None, |s| {
+        let mut clean = s.clone();
+        clean.counters.set(counter::VERIFIED_CLEAN, 1);
+        step(&clean, Event::Hold { request }, at, &Timings::default()).map_err(ApplyError::from)
+    })?;
+    Ok(applied.map(|_| ()))
 }
 
 /// Request `request` lets go of `name` at `at` (the pool's `release` event).
@@ -103,14 +130,25 @@ pub async fn hold(store: &Store, name: &str, request: u64, at: Millis) -> Result
 pub async fn release(store: &Store, name: &str, request: u64, at: Millis) -> Result<(), SeedError> {
     let n = name.to_owned();
     store
-        .write(move |tx, _| {
-            apply(tx, at, &n, None, |s| {
-                step(s, Event::Release { request }, at, &Timings::default())
-                    .map_err(ApplyError::from)
-            })
-        })
+        .write(move |tx, _| release_in(tx, &n, request, at))
         .await??;
     Ok(())
+}
+
+/// [`release`] inside a write closure.
+///
+/// # Errors
+/// Outer: storage failure. Inner: the machine's refusal.
+pub fn release_in(
+    tx: &Tx<'_>,
+    name: &str,
+    request: u64,
+    at: Millis,
+) -> Result<Result<(), ApplyError>, StoreError> {
+    let applied = apply(tx, at, name, None, |s| {
+        step(s, Event::Release { request }, at, &Timings::default()).map_err(ApplyError::from)
+    })?;
+    Ok(applied.map(|_| ()))
 }
 
 /// A device that failed: `name` (created `ready` at `since`) enters

@@ -164,6 +164,32 @@ pub fn device_failed(tx: &Tx<'_>, name: &str, at: Millis) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Open an interval for every device of a store upgraded to schema 4, in the band it is in
+/// since its record last changed, so the chart shows the devices that sit idle from the
+/// upgrade on (their time before it is not known).
+///
+/// # Errors
+/// Storage failure or a corrupt record.
+pub(super) fn open_intervals_on_upgrade(tx: &Tx<'_>) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    inv::for_each_device_in_tx(tx, |d| {
+        rows.push((d.name.to_string(), UsageKey::of(&d).band, d.updated));
+        Ok(())
+    })?;
+    let mut open = tx.device_usage()?;
+    for (name, band, since) in rows {
+        if let Some(band) = band {
+            let rec = UsageOpenRecord::V1(UsageOpenV1 {
+                band: band_code(band),
+                since: since.0,
+                last_failure: 0,
+            });
+            open.insert(name.as_str(), encode(&rec)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Add `[start, end)` spent in band `band` to the hours it spans.
 fn add_hours(tx: &Tx<'_>, band: usize, start: u64, end: u64) -> Result<(), StoreError> {
     if start >= end {
@@ -382,8 +408,8 @@ pub(super) fn pool_history(
         let hour = k.value();
         let UsageHourRecord::V1(v) = decode("usage_hours", hour, &v.value())?;
         let i = idx(hour);
-        for b in 0..4 {
-            ms[i][b] = ms[i][b].saturating_add(v.ms[b]);
+        for (sum, add) in ms[i].iter_mut().zip(v.ms) {
+            *sum = sum.saturating_add(add);
         }
         seen[i] = true;
     }
@@ -519,7 +545,7 @@ pub(super) fn request_history(
             requests,
         })
         .collect();
-    reasons.sort_by(|a, b| b.requests.cmp(&a.requests));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.requests));
     Ok(RequestHistory {
         window,
         from,

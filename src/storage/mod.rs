@@ -58,8 +58,9 @@ use crate::domain::histogram::{FAST_BUCKETS, Histogram};
 /// `log_index` checkpoints instead of an index row per entry and subject. Older entries
 /// keep their rows and are read as before; nothing is rewritten on upgrade.
 /// 4: the history roll-ups (`device_usage`, `usage_hours`, `failure_hours`, `wait_hours`,
-/// `request_waits`), empty on upgrade: history starts with the first change after it. An
-/// older release must not run on them (it would not keep them in step).
+/// `request_waits`). On upgrade each device gets an open interval (its band since its record
+/// last changed); the hourly rows begin with the upgrade. An older release must not run on
+/// them (it would not keep them in step).
 pub const SCHEMA_VERSION: u64 = 4;
 
 /// Largest number of write closures committed together.
@@ -679,6 +680,10 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     if found.is_none_or(|v| v < 2) {
         inventory::rebuild_free_index(&tx)?;
         requests::rebuild_waiting_index(&tx)?;
+    }
+    // Stores from before version 4 get an open interval per device for the pool chart.
+    if found.is_some_and(|v| v < 4) {
+        history::open_intervals_on_upgrade(&tx)?;
     }
     tx.finish()?;
     wtx.commit()?;

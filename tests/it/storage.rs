@@ -652,3 +652,88 @@ fn the_waiting_request_index_follows_request_writes_and_is_rebuilt_on_upgrade() 
     let store = reopen(&path);
     assert_eq!(waiting_ids(&store), [2, 4]);
 }
+
+/// The golden bytes of the history roll-ups' layout 1 (schema 4), frozen when released.
+const USAGE_OPEN_V1: &[u8] = include_bytes!("../fixtures/records/usage_open_v1.bin");
+const USAGE_HOUR_V1: &[u8] = include_bytes!("../fixtures/records/usage_hour_v1.bin");
+const FAILURE_HOUR_V1: &[u8] = include_bytes!("../fixtures/records/failure_hour_v1.bin");
+const WAIT_HOUR_V1: &[u8] = include_bytes!("../fixtures/records/wait_hour_v1.bin");
+
+#[test]
+fn golden_history_records_still_decode() {
+    use mozpool::storage::records::{
+        FailureHourRecord, FailureHourV1, UsageHourRecord, UsageHourV1, UsageOpenRecord,
+        UsageOpenV1, WaitHourRecord, WaitHourV1,
+    };
+    let open = decode_bytes::<UsageOpenRecord>(USAGE_OPEN_V1).expect("decodes");
+    assert_eq!(
+        open,
+        UsageOpenRecord::V1(UsageOpenV1 {
+            band: 1,
+            since: 1_764_000_000_000,
+            last_failure: 1_763_990_000_000,
+        })
+    );
+    let hour = decode_bytes::<UsageHourRecord>(USAGE_HOUR_V1).expect("decodes");
+    assert_eq!(
+        hour,
+        UsageHourRecord::V1(UsageHourV1 {
+            ms: [3_600_000, 7_200_000, 0, 1_800_000]
+        })
+    );
+    let fail = decode_bytes::<FailureHourRecord>(FAILURE_HOUR_V1).expect("decodes");
+    assert_eq!(
+        fail,
+        FailureHourRecord::V1(FailureHourV1 {
+            failures: 2,
+            last: 1_764_000_123_456,
+        })
+    );
+    let wait = decode_bytes::<WaitHourRecord>(WAIT_HOUR_V1).expect("decodes");
+    assert_eq!(
+        wait,
+        WaitHourRecord::V1(WaitHourV1 {
+            bars: vec![5, 0, 1],
+            waited: vec![2],
+        })
+    );
+    // Written today, layout 1 encodes to the same bytes.
+    assert_eq!(
+        Encoded::encode(&open).expect("encodes").bytes(),
+        USAGE_OPEN_V1
+    );
+    assert_eq!(
+        Encoded::encode(&hour).expect("encodes").bytes(),
+        USAGE_HOUR_V1
+    );
+    assert_eq!(
+        Encoded::encode(&fail).expect("encodes").bytes(),
+        FAILURE_HOUR_V1
+    );
+    assert_eq!(
+        Encoded::encode(&wait).expect("encodes").bytes(),
+        WAIT_HOUR_V1
+    );
+}
+
+/// A store upgraded to schema 4 charts the devices that sit idle from the upgrade on: each
+/// gets an open interval in its band since its record last changed.
+#[test]
+fn an_upgraded_store_charts_its_idle_devices() {
+    use mozpool::domain::history::{HOUR_MS, Window};
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db.redb");
+    old_store(&path, Some(3));
+    let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
+    let d = store
+        .read_blocking(|snap| snap.device("panda-0042"))
+        .expect("read")
+        .expect("present");
+    let now = Millis(d.updated.0 + 3 * HOUR_MS);
+    let p = store
+        .read_blocking(|snap| snap.pool_history(Window::Day, now))
+        .expect("pool history");
+    let last = p.buckets.last().expect("a bucket");
+    assert!((last.ready - 1.0).abs() < 1e-9, "{p:#?}");
+    assert!(p.flaky.is_empty());
+}

@@ -12,6 +12,7 @@
 //! single-writer figures excepted) is more than `--max-regression` times worse than the
 //! figure recorded in FILE (CI uses this with `--quick`).
 
+mod history;
 pub mod sut;
 
 use std::collections::BTreeMap;
@@ -51,7 +52,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub log_records: Option<u64>,
     /// Run only these sections (comma-separated: cycles, scale, lab, health, relays, store,
-    /// logs).
+    /// logs, history).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -188,6 +189,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or(if args.quick { 200_000 } else { 10_000_000 });
         eprintln!("logs: generating {n} log records");
         logs(n, &mut figs).await.context("logs")?;
+    }
+    if want("history") {
+        // The history section builds its own log of the same size over 10,000 devices
+        // (1,000 with --quick).
+        let n = args
+            .log_records
+            .unwrap_or(if args.quick { 200_000 } else { 10_000_000 });
+        let devices = if args.quick { 1000 } else { 10_000 };
+        eprintln!("history: a month of history, {devices} devices, {n} log records");
+        history::history(devices, n, &mut figs)
+            .await
+            .context("history")?;
     }
     print_table(&figs, args.quick, started.elapsed());
     if let Some(path) = &args.json {
