@@ -100,6 +100,10 @@ pub struct Config {
     /// Who may register and how fast (`docs/registration.md`).
     #[serde(default)]
     pub registration: crate::inventory::registration::trust::TrustConfig,
+    /// Several racks, one pool, through etcd (`docs/cluster.md`). Absent: this controller
+    /// runs alone and no cluster code runs.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[simulate]`: only used with `mozpool serve --simulate N`.
@@ -475,6 +479,9 @@ impl Config {
         self.registration
             .check()
             .map_err(|message| invalid(0..0, message))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check().map_err(|message| invalid(0..0, message))?;
+        }
         if let Some(src) = &self.inventory.source
             && (src.is_empty() || src.starts_with("https://"))
         {
