@@ -290,7 +290,7 @@ impl App {
                     .clone()
                     .unwrap_or_else(|| config.server.name.clone())
                     .to_string();
-                Some(crate::cluster::Cluster::connect(c, name).await?)
+                Some(crate::cluster::Cluster::new(c, name)?)
             }
             None => None,
         };

@@ -80,6 +80,11 @@ impl ClusterConfig {
                     "cluster.endpoints: {e:?} is not an http:// or https:// URL with host and port (https://rack1.lab:2379)"
                 ));
             }
+            if e.starts_with("https://") && self.ca.is_none() {
+                return Err(format!(
+                    "cluster.endpoints: {e:?} is https:// but cluster.ca is not set: name the CA that signed the etcd members' certificates"
+                ));
+            }
             if tls && e.starts_with("http://") {
                 return Err(format!(
                     "cluster.endpoints: {e:?} is plain http:// but cluster.ca or cluster.cert is set; use https://"
@@ -159,11 +164,12 @@ mod tests {
                 "use https://",
             ),
             (
-                "endpoints = [\"https://a:1\"]\ncert = \"/etc/c.pem\"\n",
+                "endpoints = [\"https://a:1\"]\nca = \"/ca.pem\"\ncert = \"/etc/c.pem\"\n",
                 "cert and cluster.key",
             ),
+            ("endpoints = [\"https://a:1\"]\n", "cluster.ca is not set"),
             (
-                "endpoints = [\"https://a:1\"]\nuser = \"mozpool\"\n",
+                "endpoints = [\"http://a:1\"]\nuser = \"mozpool\"\n",
                 "password",
             ),
             (

@@ -17,7 +17,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, ClusterError, Leadership, LeaseState, call};
+use super::{Cluster, ClusterError, Leadership, LeaseState};
 
 /// The value of the election key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,14 +81,16 @@ pub(super) async fn run(cluster: Cluster, stop: CancellationToken) {
             }
         };
         // Watch the key until it is deleted, the lease changes, or a TTL passes.
-        let mut watch = inner.client.watch_client();
         let opts = WatchOptions::new().with_start_revision(from);
-        let mut stream = match call(
-            inner.config.timeout(),
-            watch.watch(cluster.scheduler_key(), Some(opts)),
-        )
-        .await
-        {
+        let key = cluster.scheduler_key();
+        let watched = inner
+            .etcd
+            .call(inner.config.timeout(), |mut c| {
+                let (key, opts) = (key.clone(), opts.clone());
+                async move { c.watch(key, Some(opts)).await }
+            })
+            .await;
+        let mut stream = match watched {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::debug!(error = %e, "cluster: cannot watch the election key");
@@ -154,8 +156,13 @@ async fn campaign(cluster: &Cluster, id: i64) -> Result<Campaign, ClusterError> 
             Some(PutOptions::new().with_lease(id)),
         )])
         .or_else([TxnOp::get(key, None)]);
-    let mut kv = inner.client.kv_client();
-    let resp = call(inner.config.timeout(), kv.txn(txn)).await?;
+    let resp = inner
+        .etcd
+        .call(inner.config.timeout(), |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     if resp.succeeded() {
         return Ok(Campaign::Won(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, ClusterError, LeaseState, call};
+use super::{Cluster, ClusterError, LeaseState, within};
 
 /// Pause between attempts to grant a lease while etcd does not answer.
 const RETRY: Duration = Duration::from_millis(500);
@@ -31,16 +31,26 @@ pub(super) async fn run(cluster: Cluster, stop: CancellationToken) {
         if stop.is_cancelled() {
             return;
         }
-        if let Some(id) = stale {
-            let mut leases = inner.client.lease_client();
-            if call(timeout, leases.revoke(id)).await.is_ok() {
-                stale = None;
-            }
+        // The old lease goes once etcd answers (or says it is gone already).
+        if let Some(id) = stale
+            && !inner
+                .etcd
+                .call(timeout, |mut c| async move { c.lease_revoke(id).await })
+                .await
+                .is_err_and(|e| e.is_unavailable())
+        {
+            stale = None;
         }
         let sent = Instant::now();
-        let mut leases = inner.client.lease_client();
         let ttl_s = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let granted = match call(timeout, leases.grant(ttl_s, None)).await {
+        let granted = match inner
+            .etcd
+            .call(
+                timeout,
+                |mut c| async move { c.lease_grant(ttl_s, None).await },
+            )
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 tracing::debug!(error = %e, "cluster: cannot grant a lease yet");
@@ -65,8 +75,10 @@ pub(super) async fn run(cluster: Cluster, stop: CancellationToken) {
             End::Stopped => {
                 inner.lease.send_replace(LeaseState::None);
                 // Going away on purpose: the keys go now, not a TTL later.
-                let mut leases = inner.client.lease_client();
-                let _ = call(timeout, leases.revoke(id)).await;
+                let _ = inner
+                    .etcd
+                    .call(timeout, |mut c| async move { c.lease_revoke(id).await })
+                    .await;
                 return;
             }
             End::Lost(why) => {
@@ -96,14 +108,18 @@ async fn keep(cluster: &Cluster, id: i64, stop: CancellationToken) -> End {
         let sent = now;
         let answered = async {
             if stream.is_none() {
-                let mut leases = inner.client.lease_client();
-                stream = Some(call(timeout, leases.keep_alive(id)).await?);
+                stream = Some(
+                    inner
+                        .etcd
+                        .call(timeout, |mut c| async move { c.lease_keep_alive(id).await })
+                        .await?,
+                );
             }
             let Some((keeper, answers)) = stream.as_mut() else {
                 return Err(ClusterError::NoLease);
             };
-            call(timeout, keeper.keep_alive()).await?;
-            match call(timeout, answers.message()).await? {
+            within(timeout, keeper.keep_alive()).await?;
+            match within(timeout, answers.message()).await? {
                 Some(a) => Ok(a.ttl()),
                 None => Err(ClusterError::Unavailable("keep-alive stream closed".into())),
             }

@@ -22,6 +22,7 @@
 
 pub mod config;
 mod election;
+mod endpoints;
 mod lease;
 mod publish;
 
@@ -30,8 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp, TxnOpResponse,
+    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -101,8 +102,9 @@ fn classify(e: etcd_client::Error) -> ClusterError {
     }
 }
 
-/// Run one etcd call with the configured deadline; a call past it counts as unavailable.
-async fn call<T>(
+/// Run one step of a stream (a keep-alive answer, a watch event) with a deadline; past it
+/// etcd counts as unavailable.
+async fn within<T>(
     timeout: Duration,
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, ClusterError> {
@@ -271,9 +273,9 @@ impl std::fmt::Debug for Cluster {
 }
 
 struct Inner {
-    /// The etcd client; cheap to clone (one channel balanced over the endpoints). It
-    /// connects lazily, so a controller starts while etcd is down and catches up.
-    client: Client,
+    /// One client per endpoint, with failover ([`endpoints`]). They connect lazily, so a
+    /// controller starts while etcd is down and catches up.
+    etcd: endpoints::Endpoints,
     config: ClusterConfig,
     /// This controller's cluster name.
     name: String,
@@ -287,12 +289,13 @@ struct Inner {
 }
 
 impl Cluster {
-    /// Build the client for `config` (certificates read here, so a bad path stops start-up).
-    /// No call is made: etcd may be down; the tasks of [`Cluster::start`] keep trying.
+    /// Build the clients for `config` (certificates read here, so a bad path stops
+    /// start-up). Nothing is sent yet: etcd may be down; the clients connect on first use
+    /// and the tasks of [`Cluster::start`] keep trying.
     ///
     /// # Errors
-    /// [`ClusterError::Setup`] for unreadable TLS files or bad endpoints.
-    pub async fn connect(config: &ClusterConfig, name: String) -> Result<Cluster, ClusterError> {
+    /// [`ClusterError::Setup`] for unreadable TLS files.
+    pub fn new(config: &ClusterConfig, name: String) -> Result<Cluster, ClusterError> {
         let timeout = config.timeout();
         // require_leader: a member cut off from the others answers "no leader" at once
         // instead of letting the call hang until the deadline.
@@ -319,35 +322,14 @@ impl Cluster {
             }
             options = options.with_tls(tls);
         }
-        let endpoints: Vec<&str> = config
+        let endpoints: Vec<String> = config
             .endpoints
             .iter()
-            .map(|e| e.trim_end_matches('/'))
+            .map(|e| e.trim_end_matches('/').to_owned())
             .collect();
-        // With a user, connecting authenticates (one call); without, nothing is sent yet.
-        let client =
-            match tokio::time::timeout(timeout, Client::connect(&endpoints, Some(options))).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    return Err(match classify(e) {
-                        ClusterError::Unavailable(m) => ClusterError::Setup(format!(
-                            "cannot reach etcd at {}: {m}",
-                            config.endpoints.join(", ")
-                        )),
-                        other => ClusterError::Setup(other.to_string()),
-                    });
-                }
-                Err(_) => {
-                    return Err(ClusterError::Setup(format!(
-                        "etcd at {} did not answer within {} ms",
-                        config.endpoints.join(", "),
-                        timeout.as_millis()
-                    )));
-                }
-            };
         Ok(Cluster {
             inner: Arc::new(Inner {
-                client,
+                etcd: endpoints::Endpoints::new(endpoints, options),
                 config: config.clone(),
                 name,
                 lease: watch::channel(LeaseState::None).0,
@@ -429,8 +411,14 @@ impl Cluster {
                 value,
                 None,
             )]);
-        let mut kv = self.inner.client.kv_client();
-        let resp = call(self.inner.config.timeout(), kv.txn(txn)).await?;
+        let resp = self
+            .inner
+            .etcd
+            .call(self.inner.config.timeout(), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             Ok(resp.header().map_or(0, |h| h.revision()))
         } else {
@@ -495,8 +483,14 @@ impl Cluster {
                 ),
                 TxnOp::get(self.scheduler_key(), None),
             ]);
-            let mut kv = self.inner.client.kv_client();
-            let result = call(timeout, kv.txn(txn)).await;
+            let result = self
+                .inner
+                .etcd
+                .call(timeout, |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await;
             {
                 let mut seen = lock(&self.inner.seen);
                 match result {

@@ -13,7 +13,7 @@ use etcd_client::{PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, DeviceMap, Member, call, lock};
+use super::{Cluster, DeviceMap, Member, lock};
 
 /// Operations per transaction: etcd's default `--max-txn-ops` is 128.
 const BATCH: usize = 100;
@@ -104,8 +104,14 @@ async fn sync(
                 None => TxnOp::delete(format!("{base}{name}"), None),
             })
             .collect();
-        let mut kv = inner.client.kv_client();
-        call(inner.config.timeout(), kv.txn(Txn::new().and_then(ops))).await?;
+        let txn = Txn::new().and_then(ops);
+        inner
+            .etcd
+            .call(inner.config.timeout(), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         for (name, v) in chunk {
             match v {
                 Some(v) => published.insert(name.clone(), v.clone()),
@@ -115,9 +121,14 @@ async fn sync(
     }
     let m = serde_json::to_vec(me).unwrap_or_default();
     if member.as_ref() != Some(&m) {
-        let mut kv = inner.client.kv_client();
         let key = format!("{}controllers/{}", inner.config.prefix, inner.name);
-        call(inner.config.timeout(), kv.put(key, m.clone(), leased())).await?;
+        inner
+            .etcd
+            .call(inner.config.timeout(), |mut c| {
+                let (key, m) = (key.clone(), m.clone());
+                async move { c.put(key, m, leased()).await }
+            })
+            .await?;
         *member = Some(m);
     }
     Ok(())

@@ -32,6 +32,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A file of the test-only TLS fixtures.
+fn tls_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/etcd-tls")
+        .join(name)
+}
+
 fn signal(child: &Child, sig: Signal) {
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     kill(pid, sig).expect("signal");
@@ -40,6 +47,8 @@ fn signal(child: &Child, sig: Signal) {
 /// A 3-member etcd cluster on loopback.
 struct Etcd {
     dir: tempfile::TempDir,
+    /// Clients speak TLS and must show a certificate (`tests/fixtures/etcd-tls/`).
+    tls: bool,
     /// (name, client port, peer port)
     members: Vec<(String, u16, u16)>,
     children: Vec<Option<Child>>,
@@ -49,6 +58,11 @@ impl Etcd {
     /// Start three members and wait until the cluster takes writes; `None` (after printing
     /// `SKIPPED`) when etcd is not installed outside CI.
     fn start(test: &str) -> Option<Etcd> {
+        Etcd::start_with(test, false)
+    }
+
+    /// [`Etcd::start`], with TLS and client certificates on the client URLs when `tls`.
+    fn start_with(test: &str, tls: bool) -> Option<Etcd> {
         require_tool(test, ETCD)?;
         require_tool(test, ETCDCTL)?;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -57,6 +71,7 @@ impl Etcd {
             .collect();
         let mut etcd = Etcd {
             dir,
+            tls,
             members,
             children: vec![None, None, None],
         };
@@ -69,6 +84,17 @@ impl Etcd {
 
     fn start_member(&mut self, i: usize) {
         let (name, client, peer) = self.members[i].clone();
+        let scheme = if self.tls { "https" } else { "http" };
+        let tls_flags: Vec<String> = if self.tls {
+            vec![
+                format!("--cert-file={}", tls_file("member.pem").display()),
+                format!("--key-file={}", tls_file("member-key.pem").display()),
+                format!("--trusted-ca-file={}", tls_file("ca.pem").display()),
+                "--client-cert-auth".into(),
+            ]
+        } else {
+            Vec::new()
+        };
         let initial: Vec<String> = self
             .members
             .iter()
@@ -85,9 +111,9 @@ impl Etcd {
             .arg(self.dir.path().join(&name))
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
                 "--listen-peer-urls",
                 &format!("http://127.0.0.1:{peer}"),
                 "--initial-advertise-peer-urls",
@@ -107,6 +133,7 @@ impl Etcd {
                 "--log-level",
                 "warn",
             ])
+            .args(&tls_flags)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -123,15 +150,21 @@ impl Etcd {
     }
 
     fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls { "https" } else { "http" };
         self.members
             .iter()
-            .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
+            .map(|(_, c, _)| format!("{scheme}://127.0.0.1:{c}"))
             .collect()
     }
 
     fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(ETCDCTL)
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new(ETCDCTL);
+        if self.tls {
+            cmd.arg(format!("--cacert={}", tls_file("ca.pem").display()))
+                .arg(format!("--cert={}", tls_file("client.pem").display()))
+                .arg(format!("--key={}", tls_file("client-key.pem").display()));
+        }
+        cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoints().join(",")))
             .arg("--command-timeout=2s")
             .args(args)
@@ -190,21 +223,32 @@ impl Etcd {
             .iter()
             .map(|e| format!("\"{e}\""))
             .collect();
-        format!(
+        let mut text = format!(
             "[cluster]\nname = \"{name}\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_s = {}\ntimeout_ms = 1000\n",
             endpoints.join(", "),
             TTL.as_secs()
-        )
+        );
+        if self.tls {
+            for (key, file) in [
+                ("ca", "ca.pem"),
+                ("cert", "client.pem"),
+                ("key", "client-key.pem"),
+            ] {
+                text.push_str(&format!(
+                    "{key} = {:?}\n",
+                    tls_file(file).display().to_string()
+                ));
+            }
+        }
+        text
     }
 
     /// An in-process client on the same etcd (not started: no lease, no publication).
-    async fn client(&self, prefix: &str) -> Cluster {
+    fn client(&self, prefix: &str) -> Cluster {
         let text = self.section("test-client", prefix);
         let config = Config::parse(Path::new("test.toml"), &text).expect("config");
         let c = config.cluster.expect("cluster section");
-        Cluster::connect(&c, "test-client".into())
-            .await
-            .expect("client")
+        Cluster::new(&c, "test-client".into()).expect("client")
     }
 }
 
@@ -397,6 +441,15 @@ async fn a_killed_controllers_devices_leave_the_pool_within_its_lease() {
         s.is_some_and(|s| s["members"].as_array().is_some_and(|m| m.len() == 1))
     })
     .await;
+
+    // SIGTERM: a clean stop revokes the lease, so rack-b's keys are gone when it exits,
+    // not a TTL later.
+    let mut b = b;
+    signal(&b.child, Signal::SIGTERM);
+    let status = b.child.wait().expect("wait");
+    assert!(status.success(), "exit status {status}");
+    let keys = etcd.keys(&p);
+    assert!(keys.is_empty(), "keys left after a clean stop: {keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,7 +489,7 @@ async fn a_paused_scheduler_is_replaced_and_its_old_election_cannot_write() {
     let old_lease =
         i64::from_str_radix(old["lease"]["id"].as_str().expect("lease"), 16).expect("hex lease");
     // A write guarded by the live election succeeds (the guard is not always false).
-    let client = etcd.client(&p).await;
+    let client = etcd.client(&p);
     let live = Leadership {
         revision: old_rev,
         lease: old_lease,
@@ -494,17 +547,56 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
     };
     let p = prefix(test);
     let a = Controller::start(&etcd, "rack-a", &p, 2).await;
-    a.wait_for("etcd ok, lease, scheduler", Duration::from_secs(10), |s| {
-        s.is_some_and(|s| {
-            s["etcd_ok"] == true && s["lease"].is_object() && s["is_scheduler"] == true
-        })
-    })
+    a.wait_for(
+        "etcd ok, lease, scheduler, devices",
+        Duration::from_secs(10),
+        |s| {
+            s.is_some_and(|s| {
+                s["etcd_ok"] == true
+                    && s["lease"].is_object()
+                    && s["is_scheduler"] == true
+                    && s["published_devices"] == 2
+                    && s["members"].as_array().is_some_and(|m| m.len() == 1)
+            })
+        },
+    )
     .await;
-    let client = etcd.client(&p).await;
+    let client = etcd.client(&p);
+    let lease = |s: &Value| s["lease"]["id"].as_str().map(str::to_owned);
+    let first = lease(&a.status().await.expect("status"));
+
+    // One member down changes nothing: still a quorum, same lease, still the scheduler.
+    // (If it was etcd's raft leader, the others elect a new one first: for about an
+    // election timeout etcd answers "no leader", which the probe reports; the lease and the
+    // scheduler role ride it out.)
+    etcd.kill_member(2);
+    let killed = Instant::now();
+    let settled = Duration::from_secs(1);
+    while killed.elapsed() < TTL + settled {
+        let s = a.status().await.expect("status");
+        assert!(
+            s["is_scheduler"] == true && lease(&s) == first,
+            "with one member down: {s}"
+        );
+        assert!(
+            killed.elapsed() < settled || s["etcd_ok"] == true,
+            "with one member down, after a re-election: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let guard = Leadership {
+        revision: a.status().await.expect("status")["election_revision"]
+            .as_i64()
+            .expect("revision"),
+        lease: 0,
+    };
+    client
+        .put_as_leader(&guard, "guard-probe", b"1")
+        .await
+        .expect("writes work with one member down");
 
     // Two of three members down: no quorum.
     etcd.kill_member(1);
-    etcd.kill_member(2);
     let lost = a
         .wait_for("report quorum loss", Duration::from_secs(5), |s| {
             s.is_some_and(|s| s["etcd_ok"] == false && s["etcd_error"].is_string())
@@ -521,10 +613,6 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
     assert_eq!(health["cluster"]["etcd_ok"], false, "{health}");
     assert_eq!(health["storage"]["ok"], true, "{health}");
     // A write now fails as "unavailable": the API answers it with 503.
-    let guard = Leadership {
-        revision: 1,
-        lease: 0,
-    };
     let started = Instant::now();
     let err = client
         .put_as_leader(&guard, "guard-probe", b"x")
@@ -604,5 +692,57 @@ async fn a_controller_starts_while_etcd_is_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     s.wait_all_ready(20).await;
+    s.stop().await;
+}
+
+/// TLS (rustls) with client certificates against etcd 3.4: a controller with `ca`, `cert`
+/// and `key` takes its lease, wins the election and publishes; one without a client
+/// certificate is refused and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let test = "cluster_tls";
+    let Some(etcd) = Etcd::start_with(test, true) else {
+        return;
+    };
+    let p = prefix(test);
+    let s = TestServer::start_rack(1, &etcd.section("rack-tls", &p)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = s.get("/api/cluster/").await;
+        if body["etcd_ok"] == true
+            && body["lease"].is_object()
+            && body["is_scheduler"] == true
+            && body["published_devices"] == 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "over TLS: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(etcd.keys(&format!("{p}devices/rack-tls/")).len(), 1);
+
+    // Without a client certificate the members refuse the connection.
+    let no_cert: String = etcd
+        .section("rack-nocert", &p)
+        .lines()
+        .filter(|l| !l.starts_with("cert =") && !l.starts_with("key ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let t = TestServer::start_rack(1, &no_cert).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = t.get("/api/cluster/").await;
+        if body["etcd_error"].is_string() {
+            assert_eq!(body["etcd_ok"], false, "{body}");
+            assert!(body["lease"].is_null(), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "without a client certificate: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.stop().await;
     s.stop().await;
 }
