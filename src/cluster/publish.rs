@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, DeviceMap, Member, lock};
+use super::{Cluster, ClusterError, DeviceMap, Member, lock};
 
 /// Operations per transaction: etcd's default `--max-txn-ops` is 128.
 const BATCH: usize = 100;
@@ -79,10 +79,17 @@ async fn sync(
     me: &Member,
     published: &mut BTreeMap<String, Vec<u8>>,
     member: &mut Option<Vec<u8>>,
-) -> Result<(), super::ClusterError> {
+) -> Result<(), ClusterError> {
     let inner = &cluster.inner;
     let base = format!("{}devices/{}/", inner.config.prefix, inner.name);
     let leased = || Some(PutOptions::new().with_lease(id));
+    // The member key first: it must be absent or under this lease, so two live controllers
+    // with the same name cannot overwrite each other's devices.
+    let m = serde_json::to_vec(me).unwrap_or_default();
+    if member.as_ref() != Some(&m) {
+        claim(cluster, id, &m).await?;
+        *member = Some(m);
+    }
     // (device, new value or None for a delete)
     let mut changes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
     for (name, d) in want.iter() {
@@ -119,17 +126,54 @@ async fn sync(
             };
         }
     }
-    let m = serde_json::to_vec(me).unwrap_or_default();
-    if member.as_ref() != Some(&m) {
-        let key = format!("{}controllers/{}", inner.config.prefix, inner.name);
-        inner
-            .etcd
-            .call(inner.config.timeout(), |mut c| {
-                let (key, m) = (key.clone(), m.clone());
-                async move { c.put(key, m, leased()).await }
-            })
-            .await?;
-        *member = Some(m);
-    }
     Ok(())
+}
+
+/// Write this controller's member key `value` under lease `id` if the key is absent or
+/// already under `id`; otherwise another live controller uses this name.
+async fn claim(cluster: &Cluster, id: i64, value: &[u8]) -> Result<(), ClusterError> {
+    let inner = &cluster.inner;
+    let key = format!("{}controllers/{}", inner.config.prefix, inner.name);
+    let put = || TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id)));
+    let ours = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, id)])
+        .and_then([put()])
+        .or_else([TxnOp::get(key.clone(), None)]);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([put()])
+        .or_else([TxnOp::txn(ours)]);
+    let resp = inner
+        .etcd
+        .call(inner.config.timeout(), |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    if resp.succeeded() {
+        return Ok(());
+    }
+    let nested = resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Txn(t) => Some(t),
+        _ => None,
+    });
+    match nested {
+        Some(t) if t.succeeded() => Ok(()),
+        other => {
+            let holder = other
+                .and_then(|t| {
+                    t.op_responses().into_iter().find_map(|r| match r {
+                        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+                        _ => None,
+                    })
+                })
+                .unwrap_or(0);
+            let e = ClusterError::Refused(format!(
+                "controller name {:?} is in use by another live controller (lease {holder:x}); give each controller its own server.name or cluster.name (a restarted controller waits here until its old lease expires)",
+                inner.name
+            ));
+            tracing::warn!(error = %e, "cluster: cannot publish");
+            Err(e)
+        }
+    }
 }

@@ -413,6 +413,25 @@ async fn a_killed_controllers_devices_leave_the_pool_within_its_lease() {
     assert_eq!(status["published_devices"], 3);
     assert!(status["lease"]["id"].is_string(), "{status}");
 
+    // A second live controller under rack-b's name publishes nothing and says why.
+    let twin = TestServer::start_rack(1, &etcd.section("rack-b", &p)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = twin.get("/api/cluster/").await;
+        if body["publish_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("in use by another live controller"))
+        {
+            assert_eq!(body["published_devices"], 0, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "name clash not reported: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    twin.stop().await;
+    let keys = etcd.keys(&format!("{devices}rack-b/"));
+    assert_eq!(keys.len(), 2, "rack-b's own devices untouched: {keys:?}");
+
     // SIGKILL: no revoke, no goodbye. Its keys go when its lease expires.
     signal(&a.child, Signal::SIGKILL);
     let _ = a.child.wait();
@@ -567,23 +586,24 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
 
     // One member down changes nothing: still a quorum, same lease, still the scheduler.
     // (If it was etcd's raft leader, the others elect a new one first: for about an
-    // election timeout etcd answers "no leader", which the probe reports; the lease and the
-    // scheduler role ride it out.)
+    // election timeout etcd answers "no leader", which the probe may report; the lease and
+    // the scheduler role ride it out.)
     etcd.kill_member(2);
     let killed = Instant::now();
-    let settled = Duration::from_secs(1);
-    while killed.elapsed() < TTL + settled {
+    while killed.elapsed() < TTL + Duration::from_secs(1) {
         let s = a.status().await.expect("status");
         assert!(
             s["is_scheduler"] == true && lease(&s) == first,
             "with one member down: {s}"
         );
-        assert!(
-            killed.elapsed() < settled || s["etcd_ok"] == true,
-            "with one member down, after a re-election: {s}"
-        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    a.wait_for(
+        "etcd ok with one member down",
+        Duration::from_secs(3),
+        |s| s.is_some_and(|s| s["etcd_ok"] == true),
+    )
+    .await;
     let guard = Leadership {
         revision: a.status().await.expect("status")["election_revision"]
             .as_i64()
