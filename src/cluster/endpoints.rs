@@ -1,9 +1,9 @@
 //! One etcd client per endpoint, used one at a time, with failover: calls go to the current
 //! endpoint; when it is unreachable, has no leader (a member cut off from the others) or
 //! does not answer, the call moves to the next endpoint and is retried there while its
-//! deadline allows, and later calls start there. This is what etcd's own Go client does.
-//! One client balanced over all endpoints was tried first: it keeps handing calls to a dead
-//! member ("tcp connect error"), so one member down failed a third of the calls.
+//! deadline allows, and later calls start there. One client balanced over all endpoints
+//! was tried first: it kept handing calls to a dead member ("tcp connect error"), so with
+//! one member down a share of the calls failed.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};

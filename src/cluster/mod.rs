@@ -2,20 +2,21 @@
 //!
 //! Only this folder names the etcd client. It owns the connection to etcd and, while the
 //! controller runs with a `[cluster]` section, three tasks:
-//! - [`lease`]: this controller's etcd lease, kept alive; when keep-alives fail past the TTL
+//! - `lease`: this controller's etcd lease, kept alive; when keep-alives fail past the TTL
 //!   the controller knows it lost its lease ([`Cluster::lease`] is a watch channel) and every
 //!   key written under it is gone, so it must stop acting as owner or scheduler;
-//! - [`publish`]: this controller's devices' pool view ([`PublishedDevice`]) under the lease,
+//! - `publish`: this controller's devices' pool view ([`PublishedDevice`]) under the lease,
 //!   at `<prefix>devices/<controller>/<device>`, plus `<prefix>controllers/<controller>`,
 //!   fed through a watch channel by the layers above (this layer never calls up);
-//! - [`election`]: the scheduler election, a key `<prefix>scheduler` created under the
+//! - `election`: the scheduler election, a key `<prefix>scheduler` created under the
 //!   candidate's lease only if absent; [`Cluster::leadership`] says whether this
 //!   controller is the scheduler and with which election revision, so writes can be guarded
 //!   by it ([`Cluster::put_as_leader`]).
 //!
-//! A fourth, [`probe`](Cluster::status), reads the members and the scheduler once a second
-//! through a linearizable read, which fails fast when etcd has no quorum: that is what
-//! `GET /api/cluster/` reports.
+//! A fourth task, the probe, reads the members and the scheduler once a second through a
+//! linearizable read, which fails fast when etcd has no quorum: that is what
+//! [`Cluster::status`] (and `GET /api/cluster/`) reports. Calls go through `endpoints`:
+//! one client per etcd endpoint, with failover.
 //!
 //! It must not touch the store, the hardware or requests: ownership stays physical, and the
 //! shared queue (requests and assignments in etcd) is still to be built on this.
@@ -273,7 +274,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 struct Inner {
-    /// One client per endpoint, with failover ([`endpoints`]). They connect lazily, so a
+    /// One client per endpoint, with failover (`endpoints`). They connect lazily, so a
     /// controller starts while etcd is down and catches up.
     etcd: endpoints::Endpoints,
     config: ClusterConfig,
