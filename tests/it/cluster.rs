@@ -632,6 +632,16 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
         .expect("json");
     assert_eq!(health["cluster"]["etcd_ok"], false, "{health}");
     assert_eq!(health["storage"]["ok"], true, "{health}");
+    let metrics = reqwest::get(format!("{}/metrics", a.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(|l| l == "mozpool_cluster_etcd_up 0"),
+        "{metrics}"
+    );
     // A write now fails as "unavailable": the API answers it with 503.
     let started = Instant::now();
     let err = client
@@ -679,6 +689,16 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
 async fn without_a_cluster_section_no_etcd_is_involved() {
     let s = TestServer::start_rack(1, "").await;
     assert!(s.app.cluster.is_none());
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(!metrics.contains("mozpool_cluster_"), "{metrics}");
     let (status, body) = s.get("/api/cluster/").await;
     assert_eq!(status, 200);
     assert_eq!(body, serde_json::json!({"enabled": false}));
@@ -733,6 +753,7 @@ async fn tls_with_client_certificates() {
             && body["lease"].is_object()
             && body["is_scheduler"] == true
             && body["published_devices"] == 1
+            && body["members"].as_array().is_some_and(|m| m.len() == 1)
         {
             break;
         }
@@ -740,6 +761,24 @@ async fn tls_with_client_certificates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(etcd.keys(&format!("{p}devices/rack-tls/")).len(), 1);
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "mozpool_cluster_etcd_up 1",
+        "mozpool_cluster_lease_held 1",
+        "mozpool_cluster_scheduler 1",
+        "mozpool_cluster_members 1",
+        "mozpool_cluster_published_devices 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 
     // Without a client certificate the members refuse the connection.
     let no_cert: String = etcd

@@ -112,13 +112,16 @@ pub fn cluster(ctx: &Ctx) -> Response<Body> {
 /// `GET /metrics`: Prometheus text format 0.0.4.
 pub async fn metrics(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let app = &ctx.svc;
-    let text = crate::http::metrics::render(
+    let mut text = crate::http::metrics::render(
         &app.metrics,
         &app.store,
         app.started.0,
         app.pool.watched_requests(),
     )
     .await;
+    if let Some(c) = &app.cluster {
+        crate::http::metrics::render_cluster(&mut text, &c.status());
+    }
     Ok(bytes_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
