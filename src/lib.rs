@@ -9,6 +9,9 @@
 //!   on (deadline loop, heartbeat, histogram);
 //! - [`storage`]: the embedded store (the only layer that names the database), its versioned
 //!   records, indexes, the durable log and backups;
+//! - [`cluster`]: several controllers, one pool, through etcd (the only layer that names
+//!   the etcd client): this controller's lease, its devices' published pool view, and the
+//!   scheduler election; runs only with a `[cluster]` section;
 //! - [`hw`]: relay boards, SUTAgent, reachability, fastboot, image files, their settings and
 //!   counters, and simulators;
 //! - [`lifeguard`]: device health, a pure state machine plus the driver that runs the hardware;
@@ -23,6 +26,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod domain;
 pub mod http;
 pub mod hw;

@@ -100,6 +100,10 @@ pub struct Config {
     /// Who may register and how fast (`docs/registration.md`).
     #[serde(default)]
     pub registration: crate::inventory::registration::trust::TrustConfig,
+    /// Several racks, one pool, through etcd (`docs/cluster.md`). Absent: this controller
+    /// runs alone and no cluster code runs.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[simulate]`: only used with `mozpool serve --simulate N`.
@@ -475,6 +479,18 @@ impl Config {
         self.registration
             .check()
             .map_err(|message| invalid(0..0, message))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check().map_err(|message| invalid(0..0, message))?;
+            // Every controller's keys are named after it: two called "localhost" would
+            // overwrite each other's devices.
+            if cluster.name.as_ref().unwrap_or(&self.server.name) == &ServerName::localhost() {
+                return Err(invalid(
+                    0..0,
+                    "[cluster] needs this controller's unique name: set server.name (its FQDN) or cluster.name"
+                        .into(),
+                ));
+            }
+        }
         if let Some(src) = &self.inventory.source
             && (src.is_empty() || src.starts_with("https://"))
         {
@@ -627,6 +643,17 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn cluster_needs_a_controller_name() {
+        let section = "[cluster]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+        let err = parse(section).expect_err("localhost").to_string();
+        assert!(err.contains("unique name"), "{err}");
+        let c = parse(&format!("[server]\nname = \"rack1.lab\"\n{section}")).expect("named");
+        assert!(c.cluster.is_some_and(|c| c.name.is_none()));
+        assert!(parse(&format!("{section}name = \"rack1\"\n")).is_ok());
+        assert!(parse("").expect("default").cluster.is_none());
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// `[cluster]` is set but its client cannot be built (certificate files).
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The registration listener is on but no network may register.
     #[error(
         "server.registration_listen is set but [registration] allow lists no network: list the networks devices register from (allow = [\"10.0.0.0/16\"])"
@@ -280,6 +283,18 @@ impl App {
             header_timeout: Duration::from_secs(config.server.header_timeout_secs.max(1)),
             body_timeout: Duration::from_secs(config.server.body_timeout_secs.max(1)),
         };
+        // Cluster mode only with a [cluster] section: without one, no etcd code runs.
+        let cluster = match &config.cluster {
+            Some(c) => {
+                let name = c
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| config.server.name.clone())
+                    .to_string();
+                Some(crate::cluster::Cluster::new(c, name)?)
+            }
+            None => None,
+        };
         let limits = crate::http::limits::Limits::new(settings.limits);
         let services = Arc::new(Services {
             settings,
@@ -297,6 +312,7 @@ impl App {
             registration_addr,
             metrics,
             registration: gate,
+            cluster,
         });
         let app = App {
             inner: Arc::new(AppInner {
@@ -419,6 +435,7 @@ impl App {
         self.pool.start();
         self.spawn_registration();
         self.spawn_inventory_sync();
+        self.spawn_cluster(&addr);
         systemd::spawn_watchdog(
             &self.tasks,
             self.store.clone(),
@@ -459,6 +476,58 @@ impl App {
         TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen { addr, source })
+    }
+
+    /// Cluster mode: publish this controller's devices' pool view whenever a commit
+    /// changes it (the store's change channel, as the live page follows it), and start the
+    /// cluster's lease, publication and election tasks. They stop with the drivers, after
+    /// HTTP has drained; the lease is revoked then, so the devices leave the pool at once.
+    fn spawn_cluster(&self, addr: &str) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        /// Coalesces bursts of commits (a rack of devices booting) into one read.
+        const SETTLE: Duration = Duration::from_millis(250);
+        let (tx, rx) = tokio::sync::watch::channel(crate::cluster::DeviceMap::default());
+        let pool = self.pool.clone();
+        let mut changes = self.store.subscribe();
+        let stop = self.drivers.clone();
+        self.tasks.spawn(async move {
+            loop {
+                changes.borrow_and_update();
+                match pool.device_views().await {
+                    Ok(views) => {
+                        let map: std::collections::BTreeMap<_, _> = views
+                            .iter()
+                            .map(|v| (v.name.to_string(), published(v)))
+                            .collect();
+                        tx.send_if_modified(|cur| {
+                            let changed = **cur != map;
+                            if changed {
+                                *cur = Arc::new(map);
+                            }
+                            changed
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cluster: cannot read the devices"),
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(SETTLE) => {}
+                }
+            }
+        });
+        let url = self
+            .config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        cluster.start(rx, Some(url), &self.tasks, self.drivers.clone());
     }
 
     /// The registration listener, when configured.
@@ -698,6 +767,24 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
 }
 
 /// Remove scratch files a crash left behind (half-written backup snapshots in `tmp/`).
+/// A device's pool view as cluster mode publishes it.
+fn published(v: &crate::pool::DeviceView) -> crate::cluster::PublishedDevice {
+    crate::cluster::PublishedDevice {
+        name: v.name.clone(),
+        available: v.available(),
+        state: v.lifeguard_state.clone(),
+        failed: v.failed,
+        retired: v.retired,
+        held: v.held_by.is_some(),
+        hardware_type: v.hardware_type.clone(),
+        processor: v.processor.clone(),
+        pool: v.pool.clone(),
+        os_version: v.os_version.clone(),
+        environment: v.environment.clone(),
+        current_image: v.current_image.clone(),
+    }
+}
+
 fn clean_scratch(data_dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(data_dir.join("tmp")) else {
         return;

@@ -86,6 +86,30 @@ impl From<crate::http::auth::AuthError> for ApiError {
     }
 }
 
+impl From<crate::cluster::ClusterError> for ApiError {
+    /// etcd unreachable, without quorum, or this controller's lease lost: 503
+    /// `cluster_unavailable` with a `Retry-After`, since it heals by itself. A write guarded
+    /// by a lost election is a 409; anything else etcd refuses is a 500.
+    fn from(e: crate::cluster::ClusterError) -> ApiError {
+        use crate::cluster::ClusterError as C;
+        match e {
+            C::Unavailable(_) | C::NoLease => ApiError {
+                retry_after: Some(Duration::from_secs(1)),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    e.to_string(),
+                )
+            },
+            C::NotLeader(_) => ApiError::conflict(e.to_string()),
+            C::Refused(_) | C::Setup(_) => {
+                tracing::error!(error = %e, "etcd refused a call");
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if let Some(fault) = e.fault() {
@@ -147,5 +171,32 @@ impl std::fmt::Display for ApiError {
             self.code,
             self.message
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterError;
+
+    #[test]
+    fn cluster_errors_map_to_503_409_and_500() {
+        let e = ApiError::from(ClusterError::Unavailable("etcdserver: no leader".into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "cluster_unavailable");
+        assert!(e.message.contains("no leader"), "{}", e.message);
+        assert!(e.retry_after.is_some());
+        assert_eq!(
+            ApiError::from(ClusterError::NoLease).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(ClusterError::NotLeader(7)).status,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            ApiError::from(ClusterError::Refused("permission denied".into())).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -412,6 +412,42 @@ fn render_counts(o: &mut String, counts: &StoreCounts) {
 }
 
 /// The `# HELP` and `# TYPE` lines of a metric family.
+/// The cluster-mode families (`docs/operations.md`), appended to the page when `[cluster]`
+/// is configured.
+pub fn render_cluster(o: &mut String, status: &crate::cluster::ClusterStatus) {
+    let gauges: [(&str, &str, usize); 5] = [
+        (
+            "mozpool_cluster_etcd_up",
+            "1 when the last etcd probe (a linearizable read) succeeded.",
+            usize::from(status.etcd_ok),
+        ),
+        (
+            "mozpool_cluster_lease_held",
+            "1 while this controller holds a live etcd lease.",
+            usize::from(status.lease.is_some()),
+        ),
+        (
+            "mozpool_cluster_scheduler",
+            "1 while this controller is the elected scheduler.",
+            usize::from(status.is_scheduler),
+        ),
+        (
+            "mozpool_cluster_members",
+            "Controllers present in etcd, as of the last good probe.",
+            status.members.len(),
+        ),
+        (
+            "mozpool_cluster_published_devices",
+            "Devices this controller has published under its current lease.",
+            status.published_devices,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(o, name, "gauge", help);
+        sample(o, name, value);
+    }
+}
+
 fn family(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}");
     let _ = writeln!(o, "# TYPE {name} {kind}");

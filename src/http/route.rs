@@ -23,6 +23,8 @@ pub enum Route {
     Version,
     /// `GET /api/health/`: storage and hardware backends alive?
     Health,
+    /// `GET /api/cluster/`: the etcd cluster as this controller sees it (cluster mode).
+    Cluster,
     /// `GET /api/device/list/[?details=1]`.
     DeviceList,
     /// `GET /api/device/{id}/details/`.
@@ -300,6 +302,7 @@ impl Route {
         let (allowed, route) = match segs.as_slice() {
             ["api", "version"] => (GET, Route::Version),
             ["api", "health"] => (GET, Route::Health),
+            ["api", "cluster"] => (GET, Route::Cluster),
             ["api", "log"] => (GET, Route::LogQuery),
             ["api", "backup"] => (GET, Route::Backup),
             ["api", "device", "list"] => (GET, Route::DeviceList),
@@ -462,6 +465,7 @@ impl Route {
                 self,
                 Route::Version
                     | Route::Health
+                    | Route::Cluster
                     | Route::DeviceList
                     | Route::DeviceDetails(_)
                     | Route::DeviceLog(_)
@@ -521,6 +525,8 @@ impl Route {
             // Prometheus can send a bearer token (`authorization` in the scrape config); with
             // the packaged `anonymous = "read"` it needs none.
             Route::Metrics => Role::Read,
+            // Who the controllers and the scheduler are: as readable as the device list.
+            Route::Cluster => Role::Read,
             // A copy of the whole database.
             Route::Backup => Role::Admin,
             Route::DeviceList

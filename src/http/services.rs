@@ -73,6 +73,9 @@ pub struct Services {
     pub limits: Arc<crate::http::limits::Limits>,
     /// Web sign-in sessions (in memory).
     pub sessions: crate::http::session::Sessions,
+    /// The etcd cluster, when `[cluster]` is configured (`None`: this controller runs
+    /// alone, and nothing talks to etcd).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Services {

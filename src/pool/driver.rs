@@ -213,6 +213,26 @@ impl Pool {
         lock(&self.inner.watchers).len()
     }
 
+    /// Every device as the queue sees it, read from one snapshot (holders without their
+    /// assignee): what cluster mode publishes for the other controllers.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub async fn device_views(&self) -> Result<Vec<DeviceView>, StoreError> {
+        self.inner
+            .store
+            .read(|snap| {
+                let none = HashMap::new();
+                let mut views = Vec::new();
+                snap.for_each_device(|d| {
+                    views.extend(device_view(&d, &none));
+                    Ok(())
+                })?;
+                Ok(views)
+            })
+            .await
+    }
+
     /// A device changed outside Lifeguard (a tech settled its address change) and may be
     /// free now: run a queue pass.
     pub fn device_changed(&self) {

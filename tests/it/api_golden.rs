@@ -983,6 +983,7 @@ async fn api_golden_session() {
     .await;
     s.get("device list with the new device", "/api/device/list/")
         .await;
+    s.get("cluster status, single rack", "/api/cluster/").await;
     s.get("health at the end", "/api/health/").await;
 
     check_transcript(&s.transcript);

@@ -414,12 +414,13 @@ fn packaged_config_and_its_examples_parse() {
         std::path::Path::new("/var/lib/mozpool")
     );
     assert_eq!(config.log.level, "info");
-    // Uncomment `#[[table]]` and `#key = value` lines; prose comments stay comments.
+    // Uncomment `#[table]`, `#[[table]]` and `#key = value` lines; prose comments stay
+    // comments.
     let examples: String = text
         .lines()
         .map(|l| match l.strip_prefix('#') {
             Some(rest)
-                if rest.starts_with("[[")
+                if rest.starts_with('[')
                     || rest.split_once(" = ").is_some_and(|(k, _)| {
                         !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                     }) =>
@@ -434,4 +435,5 @@ fn packaged_config_and_its_examples_parse() {
         .unwrap_or_else(|e| panic!("examples do not parse: {e}\n{examples}"));
     assert_eq!(full.devices.len(), 1);
     assert_eq!(full.images.len(), 2);
+    assert!(full.cluster.is_some_and(|c| c.endpoints.len() == 3));
 }

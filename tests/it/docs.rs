@@ -23,13 +23,14 @@ fn doc(name: &str) -> String {
 }
 
 /// Number of `Route` variants: the indexes `pattern` returns are `0..ROUTE_VARIANTS`.
-const ROUTE_VARIANTS: usize = 67;
+const ROUTE_VARIANTS: usize = 68;
 
 /// The variant's index and its documented `METHOD /path/` pattern. Exhaustive on purpose.
 fn pattern(r: &Route) -> (usize, &'static str) {
     match r {
         Route::Version => (0, "GET /api/version/"),
         Route::Health => (1, "GET /api/health/"),
+        Route::Cluster => (67, "GET /api/cluster/"),
         Route::DeviceList => (2, "GET /api/device/list/"),
         Route::DeviceDetails(_) => (3, "GET /api/device/{id}/details/"),
         Route::DevicePut(_) => (4, "PUT /api/device/{id}/"),
@@ -166,6 +167,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("POST", "/api/relay/relay-1/bank1:relay2/cycle/"),
     ("PUT", "/api/sim/device/sim-0001/faults/"),
     ("GET", "/metrics"),
+    ("GET", "/api/cluster/"),
     ("GET", "/api/backup/"),
     ("GET", "/api/pool/overview/"),
     ("GET", "/api/device/panda-1/history/"),
@@ -221,6 +223,7 @@ const TABLES: &[(&str, &str, &str)] = &[
     ("queue", "`[queue]`", "[queue]\nzzz_probe = 1\n"),
     ("simulate", "`[simulate]`", "[simulate]\nzzz_probe = 1\n"),
     ("auth", "`[auth]`", "[auth]\nzzz_probe = 1\n"),
+    ("cluster", "`[cluster]`", "[cluster]\nzzz_probe = 1\n"),
     (
         "registration",
         "`[registration]`",

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "domain",
     "storage",
+    "cluster",
     "hw",
     "lifeguard",
     "pool",
@@ -314,6 +315,53 @@ fn only_storage_names_redb_or_its_tables() {
         .flat_map(|(rel, text)| check_store_names(rel, text))
         .collect();
     assert_none("store internals named outside src/storage/", &violations);
+}
+
+/// Where a file outside `src/cluster/` (`rel` is relative to `src/`) names the etcd client
+/// (`etcd_client`) or the gRPC stack under it (`tonic`). Comments and strings do not count.
+fn check_etcd_names(rel: &str, text: &str) -> Vec<Violation> {
+    if rel.starts_with("cluster/") {
+        return Vec::new();
+    }
+    code_only(text)
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.match_indices("etcd_client")
+                .chain(line.match_indices("tonic"))
+                .any(|(at, word)| {
+                    let before = line[..at].chars().next_back();
+                    let after = line[at + word.len()..].chars().next();
+                    !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+                })
+        })
+        .map(|(n, _)| {
+            (
+                rel.to_owned(),
+                n + 1,
+                "names the etcd client; only src/cluster/ may (use crate::cluster::Cluster)"
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn only_cluster_names_the_etcd_client() {
+    let violations: Vec<Violation> = sources()
+        .iter()
+        .flat_map(|(rel, text)| check_etcd_names(rel, text))
+        .collect();
+    assert_none("the etcd client named outside src/cluster/", &violations);
+    // The check finds a planted use, and leaves comments, strings and other words alone.
+    let v = check_etcd_names(
+        "pool/driver.rs",
+        "use etcd_client::Client;\nfn f(c: tonic::Code) {}\n",
+    );
+    assert_eq!(v.iter().map(|x| x.1).collect::<Vec<_>>(), [1, 2], "{v:?}");
+    let ok = "//! Talks to etcd_client via crate::cluster.\nlet s = \"etcd_client\";\nlet etcd_clients = 1;\n";
+    assert!(check_etcd_names("app/mod.rs", ok).is_empty());
+    assert!(check_etcd_names("cluster/lease.rs", "use etcd_client::Client;\n").is_empty());
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod auth;
 mod browser_safety;
 mod check;
 mod cli;
+mod cluster;
 mod crash;
 mod disk_full;
 mod docs;

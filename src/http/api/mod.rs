@@ -27,6 +27,7 @@ pub async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response<Body>, ApiErro
     match route {
         Route::Version => system::version(ctx),
         Route::Health => system::health(ctx).await,
+        Route::Cluster => Ok(system::cluster(ctx)),
         Route::DeviceList => devices::list(ctx).await,
         Route::DeviceDetails(d) => devices::details(ctx, d).await,
         Route::DevicePut(d) => devices::put(ctx, d).await,

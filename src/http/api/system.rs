@@ -43,7 +43,7 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let stats = store.stats();
     let boards = ctx.svc.lifeguard.hardware().boards.status();
     let hardware_ok = boards.iter().all(|b| b.healthy != Some(false));
-    let body = json!({
+    let mut body = json!({
         "ok": storage_ok && hardware_ok,
         "hardware": {
             "ok": hardware_ok,
@@ -64,6 +64,20 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             "reopens": stats.reopens.load(std::sync::atomic::Ordering::Relaxed),
         },
     });
+    // Cluster mode adds what etcd looks like from here; it does not change `ok` or the
+    // status: the rack keeps serving its own devices without etcd.
+    if let (Some(c), Some(o)) = (&ctx.svc.cluster, body.as_object_mut()) {
+        let s = c.status();
+        o.insert(
+            "cluster".into(),
+            json!({
+                "etcd_ok": s.etcd_ok,
+                "etcd_error": s.etcd_error,
+                "lease": s.lease.is_some(),
+                "is_scheduler": s.is_scheduler,
+            }),
+        );
+    }
     let status = if storage_ok {
         StatusCode::OK
     } else {
@@ -77,16 +91,37 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     Ok(r)
 }
 
+/// `GET /api/cluster/`: the etcd cluster as this controller sees it, or `"enabled": false`
+/// when it runs alone (no `[cluster]` section). Always 200: a lost quorum is a state to
+/// report (`etcd_ok: false`), not a failure of this call.
+#[must_use]
+pub fn cluster(ctx: &Ctx) -> Response<Body> {
+    let body = match &ctx.svc.cluster {
+        Some(c) => {
+            let mut v = serde_json::to_value(c.status()).unwrap_or_else(|_| json!({}));
+            if let Some(o) = v.as_object_mut() {
+                o.insert("enabled".into(), json!(true));
+            }
+            v
+        }
+        None => json!({"enabled": false}),
+    };
+    json_response(StatusCode::OK, &body)
+}
+
 /// `GET /metrics`: Prometheus text format 0.0.4.
 pub async fn metrics(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let app = &ctx.svc;
-    let text = crate::http::metrics::render(
+    let mut text = crate::http::metrics::render(
         &app.metrics,
         &app.store,
         app.started.0,
         app.pool.watched_requests(),
     )
     .await;
+    if let Some(c) = &app.cluster {
+        crate::http::metrics::render_cluster(&mut text, &c.status());
+    }
     Ok(bytes_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -1,0 +1,97 @@
+//! One etcd client per endpoint, used one at a time, with failover: calls go to the current
+//! endpoint; when it is unreachable, has no leader (a member cut off from the others) or
+//! does not answer, the call moves to the next endpoint and is retried there while its
+//! deadline allows, and later calls start there. One client balanced over all endpoints
+//! was tried first: it kept handing calls to a dead member ("tcp connect error"), so with
+//! one member down a share of the calls failed.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use tokio::time::Instant;
+
+use super::{ClusterError, classify, lock};
+
+pub(super) struct Endpoints {
+    urls: Vec<String>,
+    options: ConnectOptions,
+    /// Built on first use (connecting with a user authenticates, which needs the member
+    /// up); the client reconnects by itself afterwards.
+    clients: Vec<Mutex<Option<Client>>>,
+    /// The endpoint calls go to first.
+    current: AtomicUsize,
+}
+
+impl Endpoints {
+    pub(super) fn new(urls: Vec<String>, options: ConnectOptions) -> Endpoints {
+        Endpoints {
+            clients: urls.iter().map(|_| Mutex::new(None)).collect(),
+            urls,
+            options,
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    async fn client(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        if let Some(c) = lock(&self.clients[i]).clone() {
+            return Ok(c);
+        }
+        let c = Client::connect([&self.urls[i]], Some(self.options.clone())).await?;
+        *lock(&self.clients[i]) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Move on from endpoint `i` (unless another call already did).
+    fn fail(&self, i: usize) {
+        let next = (i + 1) % self.urls.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Run `f` on a client, within `timeout` in all; an "unavailable" failure is retried on
+    /// the next endpoint, each endpoint at most once. Every call here is safe to repeat
+    /// (guarded transactions, puts of the same value, reads; a repeated lease grant leaves
+    /// an unused lease that expires by itself).
+    pub(super) async fn call<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        mut f: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        for _ in 0..self.urls.len() {
+            let i = self.current.load(Ordering::Relaxed) % self.urls.len();
+            let attempt = async {
+                let c = self.client(i).await?;
+                f(c).await
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    let e = classify(e);
+                    if !e.is_unavailable() {
+                        return Err(e);
+                    }
+                    tracing::debug!(endpoint = %self.urls[i], error = %e, "cluster: endpoint failed");
+                    self.fail(i);
+                    last = Some(e);
+                }
+                Err(_) => {
+                    self.fail(i);
+                    last = None;
+                    break;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClusterError::Unavailable(format!("no answer within {} ms", timeout.as_millis()))
+        }))
+    }
+}

@@ -1,0 +1,807 @@
+//! Cluster mode against a real etcd: a 3-member cluster on loopback (free ports, temporary
+//! data directories, shortened heartbeat and election timeout, killed on drop) and
+//! `mozpool serve --simulate N` controllers as child processes with `[cluster]` pointing at
+//! it, killed and paused with real signals. Lease TTL 2 s, so the file runs in seconds.
+//!
+//! Without Debian's `etcd` (package `etcd-server`) the etcd tests print
+//! `SKIPPED <test>: etcd not installed` and pass, except under CI or
+//! `MOZPOOL_REQUIRE_TOOLS=1`, where they fail.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mozpool::app::config::Config;
+use mozpool::cluster::{Cluster, ClusterError, Leadership};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::support::{FAST_RACK, TestServer, require_tool};
+
+const ETCD: &str = "/usr/bin/etcd";
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+/// The controllers' lease TTL in these tests.
+const TTL: Duration = Duration::from_secs(2);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A file of the test-only TLS fixtures.
+fn tls_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/etcd-tls")
+        .join(name)
+}
+
+fn signal(child: &Child, sig: Signal) {
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    kill(pid, sig).expect("signal");
+}
+
+/// A 3-member etcd cluster on loopback.
+struct Etcd {
+    dir: tempfile::TempDir,
+    /// Clients speak TLS and must show a certificate (`tests/fixtures/etcd-tls/`).
+    tls: bool,
+    /// (name, client port, peer port)
+    members: Vec<(String, u16, u16)>,
+    children: Vec<Option<Child>>,
+}
+
+impl Etcd {
+    /// Start three members and wait until the cluster takes writes; `None` (after printing
+    /// `SKIPPED`) when etcd is not installed outside CI.
+    fn start(test: &str) -> Option<Etcd> {
+        Etcd::start_with(test, false)
+    }
+
+    /// [`Etcd::start`], with TLS and client certificates on the client URLs when `tls`.
+    fn start_with(test: &str, tls: bool) -> Option<Etcd> {
+        require_tool(test, ETCD)?;
+        require_tool(test, ETCDCTL)?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Vec<(String, u16, u16)> = (0..3)
+            .map(|i| (format!("m{i}"), free_port(), free_port()))
+            .collect();
+        let mut etcd = Etcd {
+            dir,
+            tls,
+            members,
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            etcd.start_member(i);
+        }
+        etcd.wait_writable(Duration::from_secs(20));
+        Some(etcd)
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let (name, client, peer) = self.members[i].clone();
+        let scheme = if self.tls { "https" } else { "http" };
+        let tls_flags: Vec<String> = if self.tls {
+            vec![
+                format!("--cert-file={}", tls_file("member.pem").display()),
+                format!("--key-file={}", tls_file("member-key.pem").display()),
+                format!("--trusted-ca-file={}", tls_file("ca.pem").display()),
+                "--client-cert-auth".into(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log");
+        let child = Command::new(ETCD)
+            .args(["--name", &name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&name))
+            .args([
+                "--listen-client-urls",
+                &format!("{scheme}://127.0.0.1:{client}"),
+                "--advertise-client-urls",
+                &format!("{scheme}://127.0.0.1:{client}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-token",
+                &format!("mozpool-test-{}", self.members[0].1),
+                "--initial-cluster-state",
+                "new",
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "300",
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ])
+            .args(&tls_flags)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.children[i] = Some(child);
+    }
+
+    /// SIGKILL member `i` and reap it.
+    fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls { "https" } else { "http" };
+        self.members
+            .iter()
+            .map(|(_, c, _)| format!("{scheme}://127.0.0.1:{c}"))
+            .collect()
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(ETCDCTL);
+        if self.tls {
+            cmd.arg(format!("--cacert={}", tls_file("ca.pem").display()))
+                .arg(format!("--cert={}", tls_file("client.pem").display()))
+                .arg(format!("--key={}", tls_file("client-key.pem").display()));
+        }
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .arg("--command-timeout=2s")
+            .args(args)
+            .output()
+            .expect("etcdctl")
+    }
+
+    fn wait_writable(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.etcdctl(&["put", "/probe", "x"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd cluster did not come up: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The keys under `prefix`.
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.etcdctl(&["get", prefix, "--prefix", "--keys-only"]);
+        assert!(
+            out.status.success(),
+            "etcdctl get: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        (0..3)
+            .map(|i| {
+                let p = self.dir.path().join(format!("m{i}.log"));
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                format!("m{i}: {}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `[cluster]` for a controller named `name`, keys under `prefix`.
+    fn section(&self, name: &str, prefix: &str) -> String {
+        let endpoints: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        let mut text = format!(
+            "[cluster]\nname = \"{name}\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_s = {}\ntimeout_ms = 1000\n",
+            endpoints.join(", "),
+            TTL.as_secs()
+        );
+        if self.tls {
+            for (key, file) in [
+                ("ca", "ca.pem"),
+                ("cert", "client.pem"),
+                ("key", "client-key.pem"),
+            ] {
+                text.push_str(&format!(
+                    "{key} = {:?}\n",
+                    tls_file(file).display().to_string()
+                ));
+            }
+        }
+        text
+    }
+
+    /// An in-process client on the same etcd (not started: no lease, no publication).
+    fn client(&self, prefix: &str) -> Cluster {
+        let text = self.section("test-client", prefix);
+        let config = Config::parse(Path::new("test.toml"), &text).expect("config");
+        let c = config.cluster.expect("cluster section");
+        Cluster::new(&c, "test-client".into()).expect("client")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill_member(i);
+        }
+    }
+}
+
+/// `mozpool serve --simulate N` as a child process with a `[cluster]` section.
+struct Controller {
+    name: String,
+    child: Child,
+    url: String,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Controller {
+    async fn start(etcd: &Etcd, name: &str, prefix: &str, devices: u32) -> Controller {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let port = free_port();
+        let config = dir.join("mozpool.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nname = \"{name}\"\n[log]\nlevel = \"info\"\n{FAST_RACK}\n{}",
+                etcd.section(name, prefix)
+            ),
+        )
+        .expect("config");
+        let log = std::fs::File::create(dir.join("serve.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_mozpool"))
+            .args(["serve", "--simulate", &devices.to_string(), "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mozpool serve");
+        let c = Controller {
+            name: name.to_owned(),
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            _tmp: tmp,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("client"),
+        };
+        c.wait_for("its API", Duration::from_secs(20), |s| s.is_some())
+            .await;
+        c
+    }
+
+    /// `GET /api/cluster/`, or `None` when it does not answer.
+    async fn status(&self) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/api/cluster/", self.url))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// Poll `/api/cluster/` until `pred` holds; panics (with the controller's log) after
+    /// `within`. Returns how long it took.
+    async fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(Option<&Value>) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < within {
+            last = self.status().await;
+            if pred(last.as_ref()) {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{}: {what} not within {within:?}; last status {last:?}\nlog:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        // A paused controller must be woken to die cleanly.
+        let _ = kill(
+            Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)),
+            Signal::SIGCONT,
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_scheduler(s: Option<&Value>) -> bool {
+    s.is_some_and(|s| s["is_scheduler"] == true)
+}
+
+/// A unique key prefix per test, so tests could share an etcd.
+fn prefix(test: &str) -> String {
+    format!("/mozpool-test/{test}/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controllers_devices_leave_the_pool_within_its_lease() {
+    let test = "cluster_killed_controller";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let mut a = Controller::start(&etcd, "rack-a", &p, 3).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 2).await;
+    // Both publish their devices under their leases.
+    let devices = format!("{p}devices/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = etcd.keys(&devices);
+        let of = |c: &str| {
+            keys.iter()
+                .filter(|k| k.starts_with(&format!("{devices}{c}/")))
+                .count()
+        };
+        if of("rack-a") == 3 && of("rack-b") == 2 {
+            assert!(
+                keys.contains(&format!("{devices}rack-a/sim-0001")),
+                "{keys:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "devices not published: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each sees both members.
+    b.wait_for("both members", Duration::from_secs(5), |s| {
+        s.is_some_and(|s| s["members"].as_array().is_some_and(|m| m.len() == 2))
+    })
+    .await;
+    let status = a.status().await.expect("status");
+    assert_eq!(status["enabled"], true);
+    assert_eq!(status["published_devices"], 3);
+    assert!(status["lease"]["id"].is_string(), "{status}");
+
+    // A second live controller under rack-b's name publishes nothing and says why.
+    let twin = TestServer::start_rack(1, &etcd.section("rack-b", &p)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = twin.get("/api/cluster/").await;
+        if body["publish_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("in use by another live controller"))
+        {
+            assert_eq!(body["published_devices"], 0, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "name clash not reported: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    twin.stop().await;
+    let keys = etcd.keys(&format!("{devices}rack-b/"));
+    assert_eq!(keys.len(), 2, "rack-b's own devices untouched: {keys:?}");
+
+    // SIGKILL: no revoke, no goodbye. Its keys go when its lease expires.
+    signal(&a.child, Signal::SIGKILL);
+    let _ = a.child.wait();
+    let killed = Instant::now();
+    loop {
+        let keys = etcd.keys(&devices);
+        if !keys
+            .iter()
+            .any(|k| k.starts_with(&format!("{devices}rack-a/")))
+        {
+            assert_eq!(keys.len(), 2, "rack-b's devices stay: {keys:?}");
+            break;
+        }
+        assert!(
+            killed.elapsed() < TTL + Duration::from_secs(2),
+            "rack-a's devices still published {:?} after SIGKILL: {keys:?}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "cluster: rack-a's devices left the pool {:?} after SIGKILL (TTL {TTL:?})",
+        killed.elapsed()
+    );
+    b.wait_for("rack-a gone from members", Duration::from_secs(3), |s| {
+        s.is_some_and(|s| s["members"].as_array().is_some_and(|m| m.len() == 1))
+    })
+    .await;
+
+    // SIGTERM: a clean stop revokes the lease, so rack-b's keys are gone when it exits,
+    // not a TTL later.
+    let mut b = b;
+    signal(&b.child, Signal::SIGTERM);
+    let status = b.child.wait().expect("wait");
+    assert!(status.success(), "exit status {status}");
+    let keys = etcd.keys(&p);
+    assert!(keys.is_empty(), "keys left after a clean stop: {keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_scheduler_is_replaced_and_its_old_election_cannot_write() {
+    let test = "cluster_scheduler_failover";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    // Exactly one scheduler, and both agree who.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (leader, other) = loop {
+        let (sa, sb) = (a.status().await, b.status().await);
+        let (la, lb) = (is_scheduler(sa.as_ref()), is_scheduler(sb.as_ref()));
+        assert!(!(la && lb), "two schedulers: {sa:?} {sb:?}");
+        let agreed =
+            |s: &Option<Value>, name: &str| s.as_ref().is_some_and(|s| s["scheduler"] == name);
+        if la && agreed(&sb, "rack-a") {
+            break (&a, &b);
+        }
+        if lb && agreed(&sa, "rack-b") {
+            break (&b, &a);
+        }
+        assert!(Instant::now() < deadline, "no scheduler: {sa:?} {sb:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Stays exactly one for a while.
+    for _ in 0..10 {
+        assert!(is_scheduler(leader.status().await.as_ref()));
+        assert!(!is_scheduler(other.status().await.as_ref()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old = leader.status().await.expect("status");
+    let old_rev = old["election_revision"].as_i64().expect("revision");
+    let old_lease =
+        i64::from_str_radix(old["lease"]["id"].as_str().expect("lease"), 16).expect("hex lease");
+    // A write guarded by the live election succeeds (the guard is not always false).
+    let client = etcd.client(&p);
+    let live = Leadership {
+        revision: old_rev,
+        lease: old_lease,
+    };
+    client
+        .put_as_leader(&live, "guard-probe", b"1")
+        .await
+        .expect("guarded write while the election holds");
+
+    // SIGSTOP the scheduler: its keep-alives stop; the other takes over within TTL + 2 s.
+    signal(&leader.child, Signal::SIGSTOP);
+    let took = other
+        .wait_for(
+            "take over as scheduler",
+            TTL + Duration::from_secs(2),
+            is_scheduler,
+        )
+        .await;
+    eprintln!(
+        "cluster: {} took over {took:?} after SIGSTOP (TTL {TTL:?})",
+        other.name
+    );
+    let new = other.status().await.expect("status");
+    let new_rev = new["election_revision"].as_i64().expect("revision");
+    assert!(new_rev > old_rev, "{new_rev} > {old_rev}");
+
+    // SIGCONT: the old one learns it lost its lease and is no longer the scheduler.
+    signal(&leader.child, Signal::SIGCONT);
+    leader
+        .wait_for("step down", Duration::from_secs(5), |s| {
+            s.is_some_and(|s| s["is_scheduler"] == false && s["scheduler"] == other.name.as_str())
+        })
+        .await;
+    assert!(is_scheduler(other.status().await.as_ref()));
+    // Its old election revision no longer guards anything.
+    match client.put_as_leader(&live, "guard-probe", b"2").await {
+        Err(ClusterError::NotLeader(r)) => assert_eq!(r, old_rev),
+        other => panic!("a write guarded by the old election must fail: {other:?}"),
+    }
+    let current = Leadership {
+        revision: new_rev,
+        lease: 0,
+    };
+    client
+        .put_as_leader(&current, "guard-probe", b"3")
+        .await
+        .expect("the new election guards writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
+    let test = "cluster_quorum_loss";
+    let Some(mut etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 2).await;
+    a.wait_for(
+        "etcd ok, lease, scheduler, devices",
+        Duration::from_secs(10),
+        |s| {
+            s.is_some_and(|s| {
+                s["etcd_ok"] == true
+                    && s["lease"].is_object()
+                    && s["is_scheduler"] == true
+                    && s["published_devices"] == 2
+                    && s["members"].as_array().is_some_and(|m| m.len() == 1)
+            })
+        },
+    )
+    .await;
+    let client = etcd.client(&p);
+    let lease = |s: &Value| s["lease"]["id"].as_str().map(str::to_owned);
+    let first = lease(&a.status().await.expect("status"));
+
+    // One member down changes nothing: still a quorum, same lease, still the scheduler.
+    // (If it was etcd's raft leader, the others elect a new one first: for about an
+    // election timeout etcd answers "no leader", which the probe may report; the lease and
+    // the scheduler role ride it out.)
+    etcd.kill_member(2);
+    let killed = Instant::now();
+    while killed.elapsed() < TTL + Duration::from_secs(1) {
+        let s = a.status().await.expect("status");
+        assert!(
+            s["is_scheduler"] == true && lease(&s) == first,
+            "with one member down: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.wait_for(
+        "etcd ok with one member down",
+        Duration::from_secs(3),
+        |s| s.is_some_and(|s| s["etcd_ok"] == true),
+    )
+    .await;
+    let guard = Leadership {
+        revision: a.status().await.expect("status")["election_revision"]
+            .as_i64()
+            .expect("revision"),
+        lease: 0,
+    };
+    client
+        .put_as_leader(&guard, "guard-probe", b"1")
+        .await
+        .expect("writes work with one member down");
+
+    // Two of three members down: no quorum.
+    etcd.kill_member(1);
+    let lost = a
+        .wait_for("report quorum loss", Duration::from_secs(5), |s| {
+            s.is_some_and(|s| s["etcd_ok"] == false && s["etcd_error"].is_string())
+        })
+        .await;
+    eprintln!("cluster: quorum loss reported after {lost:?}");
+    // The health check says so too, and the rack itself stays up.
+    let health: Value = reqwest::get(format!("{}/api/health/", a.url))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["cluster"]["etcd_ok"], false, "{health}");
+    assert_eq!(health["storage"]["ok"], true, "{health}");
+    let metrics = reqwest::get(format!("{}/metrics", a.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(|l| l == "mozpool_cluster_etcd_up 0"),
+        "{metrics}"
+    );
+    // A write now fails as "unavailable": the API answers it with 503.
+    let started = Instant::now();
+    let err = client
+        .put_as_leader(&guard, "guard-probe", b"x")
+        .await
+        .expect_err("no quorum, no write");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let api = mozpool::http::error::ApiError::from(err);
+    assert_eq!(api.status.as_u16(), 503);
+    assert_eq!(api.code, "cluster_unavailable");
+    // Past the TTL without keep-alives the lease is lost, and with it the scheduler role.
+    a.wait_for(
+        "lose lease and scheduler",
+        TTL + Duration::from_secs(2),
+        |s| s.is_some_and(|s| s["lease"].is_null() && s["is_scheduler"] == false),
+    )
+    .await;
+
+    // Members back: everything resumes without restarting mozpool.
+    etcd.start_member(1);
+    etcd.start_member(2);
+    let back = a
+        .wait_for("recover", Duration::from_secs(15), |s| {
+            s.is_some_and(|s| {
+                s["etcd_ok"] == true
+                    && s["lease"].is_object()
+                    && s["is_scheduler"] == true
+                    && s["published_devices"] == 2
+            })
+        })
+        .await;
+    eprintln!("cluster: recovered {back:?} after the members restarted");
+    let keys = etcd.keys(&format!("{p}devices/rack-a/"));
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+/// Without `[cluster]` nothing of cluster mode exists: no client, no etcd connection, the
+/// API says `enabled: false` and health has no `cluster` entry. Needs no etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cluster_section_no_etcd_is_involved() {
+    let s = TestServer::start_rack(1, "").await;
+    assert!(s.app.cluster.is_none());
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(!metrics.contains("mozpool_cluster_"), "{metrics}");
+    let (status, body) = s.get("/api/cluster/").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"enabled": false}));
+    let (status, health) = s.get("/api/health/").await;
+    assert_eq!(status, 200);
+    assert!(health.get("cluster").is_none(), "{health}");
+    s.wait_all_ready(20).await;
+    s.stop().await;
+}
+
+/// A `[cluster]` whose etcd is down does not stop the controller: it serves its rack, says
+/// etcd is unreachable, and has no lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_starts_while_etcd_is_down() {
+    let port = free_port();
+    let text = format!(
+        "[cluster]\nname = \"rack-x\"\nendpoints = [\"http://127.0.0.1:{port}\"]\nlease_ttl_s = 2\ntimeout_ms = 300\n"
+    );
+    let s = TestServer::start_rack(1, &text).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = s.get("/api/cluster/").await;
+        assert_eq!(status, 200);
+        if body["etcd_error"].is_string() {
+            assert_eq!(body["etcd_ok"], false, "{body}");
+            assert!(body["lease"].is_null(), "{body}");
+            assert_eq!(body["is_scheduler"], false, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.wait_all_ready(20).await;
+    s.stop().await;
+}
+
+/// TLS (rustls) with client certificates against etcd 3.4: a controller with `ca`, `cert`
+/// and `key` takes its lease, wins the election and publishes; one without a client
+/// certificate is refused and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let test = "cluster_tls";
+    let Some(etcd) = Etcd::start_with(test, true) else {
+        return;
+    };
+    let p = prefix(test);
+    let s = TestServer::start_rack(1, &etcd.section("rack-tls", &p)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = s.get("/api/cluster/").await;
+        if body["etcd_ok"] == true
+            && body["lease"].is_object()
+            && body["is_scheduler"] == true
+            && body["published_devices"] == 1
+            && body["members"].as_array().is_some_and(|m| m.len() == 1)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "over TLS: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(etcd.keys(&format!("{p}devices/rack-tls/")).len(), 1);
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "mozpool_cluster_etcd_up 1",
+        "mozpool_cluster_lease_held 1",
+        "mozpool_cluster_scheduler 1",
+        "mozpool_cluster_members 1",
+        "mozpool_cluster_published_devices 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+
+    // Without a client certificate the members refuse the connection.
+    let no_cert: String = etcd
+        .section("rack-nocert", &p)
+        .lines()
+        .filter(|l| !l.starts_with("cert =") && !l.starts_with("key ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let t = TestServer::start_rack(1, &no_cert).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = t.get("/api/cluster/").await;
+        if body["etcd_error"].is_string() {
+            assert_eq!(body["etcd_ok"], false, "{body}");
+            assert!(body["lease"].is_null(), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "without a client certificate: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.stop().await;
+    s.stop().await;
+}
