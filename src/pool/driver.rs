@@ -109,7 +109,7 @@ fn views_in_tx(tx: &Tx<'_>, post: &mut Post) -> Result<Arc<Vec<DeviceView>>, Sto
     let assignees = assignees(&open);
     let mut views = Vec::with_capacity(usize::try_from(inv::device_count_in_tx(tx)?).unwrap_or(0));
     inv::for_each_device_in_tx(tx, |d| {
-        views.extend(device_view(&d, &assignees));
+        views.extend(device_view(d, &assignees));
         Ok(())
     })?;
     let v = Arc::new(views);

@@ -173,7 +173,7 @@ pub fn device_failed(tx: &Tx<'_>, name: &str, at: Millis) -> Result<(), StoreErr
 pub(super) fn open_intervals_on_upgrade(tx: &Tx<'_>) -> Result<(), StoreError> {
     let mut rows = Vec::new();
     inv::for_each_device_in_tx(tx, |d| {
-        rows.push((d.name.to_string(), UsageKey::of(&d).band, d.updated));
+        rows.push((d.name.to_string(), UsageKey::of(d).band, d.updated));
         Ok(())
     })?;
     let mut open = tx.device_usage()?;

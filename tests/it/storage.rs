@@ -248,6 +248,48 @@ async fn a_batch_writes_its_log_entries_in_order_and_an_aborted_batch_none() {
     assert_ne!(newest[1].message, "lost");
 }
 
+/// A walk over the inventory inside a write (what a queue pass does) sees every committed
+/// change and nothing of an aborted write, however often it walks.
+#[test]
+fn a_walk_inside_a_write_sees_each_committed_device_and_no_aborted_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("walk.redb");
+    old_store(&path, None);
+    let store = Store::open(&path, Arc::new(ManualClock::new(START))).expect("opens");
+    let walk = |store: &Store| {
+        store
+            .write_blocking(|tx, _| {
+                let mut seen = Vec::new();
+                inv::for_each_device_in_tx(tx, |d| {
+                    seen.push((d.name.to_string(), d.comments.clone()));
+                    Ok(())
+                })?;
+                Ok(seen)
+            })
+            .expect("walk")
+    };
+    let comment = |store: &Store, text: &'static str, abort: bool| {
+        store.write_blocking(move |tx, _| {
+            let mut d = inv::device_in_tx(tx, "panda-0042")?.expect("present");
+            d.comments = Some(text.into());
+            inv::put_device(tx, &d)?;
+            if abort {
+                return Err(mozpool::storage::StoreError::Backup("abort".into()));
+            }
+            Ok(())
+        })
+    };
+    let before = walk(&store);
+    assert_eq!(before.len(), 1);
+    comment(&store, "first", false).expect("write");
+    assert_eq!(walk(&store)[0].1.as_deref(), Some("first"));
+    assert!(comment(&store, "never committed", true).is_err());
+    assert_eq!(walk(&store)[0].1.as_deref(), Some("first"));
+    comment(&store, "second", false).expect("write");
+    assert_eq!(walk(&store)[0].1.as_deref(), Some("second"));
+    assert_eq!(walk(&store)[0].1.as_deref(), Some("second"));
+}
+
 /// The golden bytes of a layout-1 device record, frozen when layout 1 was released.
 const DEVICE_V1: &[u8] = include_bytes!("../fixtures/records/device_v1.bin");
 
