@@ -26,6 +26,7 @@ mod election;
 mod endpoints;
 mod lease;
 mod publish;
+pub mod requests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

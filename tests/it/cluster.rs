@@ -805,3 +805,208 @@ async fn tls_with_client_certificates() {
     t.stop().await;
     s.stop().await;
 }
+
+// ---- The shared queue (issue 22) ----
+
+/// A client on one controller's MozPool API.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+/// `POST /api/device/any/request/` through `c`; the request's JSON.
+async fn request_any(c: &Controller, assignee: &str, priority: i32, idem: Option<&str>) -> Value {
+    let mut req = http()
+        .post(format!("{}/api/device/any/request/", c.url))
+        .json(&serde_json::json!({
+            "assignee": assignee, "duration": 600, "image": "android",
+            "priority": priority, "wait": 120
+        }));
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    let r = req.send().await.expect("create");
+    assert_eq!(r.status(), 200, "create through {}", c.name);
+    let body: Value = r.json().await.expect("json");
+    body["request"].clone()
+}
+
+async fn get_json(c: &Controller, path: &str) -> Value {
+    let r = http()
+        .get(format!("{}{path}", c.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200, "GET {path} through {}", c.name);
+    r.json().await.expect("json")
+}
+
+/// Poll `id`'s status through `c` (long polls) until `ready`; panics after `within`.
+async fn until_ready(c: &Controller, id: u64, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = get_json(c, &format!("/api/request/{id}/status/?wait=1")).await;
+        if s["state"] == "ready" {
+            return s;
+        }
+        assert!(
+            start.elapsed() < within
+                && !s["state"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("failed") || s == "closed"),
+            "request {id} not ready through {} after {:?}: {s}\n{}",
+            c.name,
+            start.elapsed(),
+            c.log_tail()
+        );
+    }
+}
+
+async fn post(c: &Controller, path: &str, body: Value) -> u16 {
+    http()
+        .post(format!("{}{path}", c.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
+/// The invariant over etcd's whole history of `<prefix>assign/`: no device has two
+/// holders at once (a PUT on a key that is already present, for another request) and no
+/// request holds two devices at once. Returns how many assignments it saw.
+fn check_assignment_history(etcd: &Etcd, prefix: &str) -> usize {
+    let out = Command::new("timeout")
+        .arg("2")
+        .arg(ETCDCTL)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", etcd.endpoints().join(",")))
+        .args(["watch", "--prefix", "--rev=1", &format!("{prefix}assign/")])
+        .output()
+        .expect("etcdctl watch");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let mut holder: std::collections::HashMap<String, String> = Default::default();
+    let mut puts = 0;
+    while let Some(l) = lines.next() {
+        match l {
+            "PUT" => {
+                let key = lines.next().expect("key").to_owned();
+                let value = lines.next().expect("value").to_owned();
+                if let Some(old) = holder.get(&key) {
+                    assert_eq!(
+                        old, &value,
+                        "device {key} given to {value} while {old} held it"
+                    );
+                }
+                assert!(
+                    !holder.iter().any(|(k, v)| *v == value && *k != key),
+                    "request {value} holds two devices: {key} and another ({holder:?})"
+                );
+                holder.insert(key, value);
+                puts += 1;
+            }
+            "DELETE" => {
+                let key = lines.next().expect("key");
+                holder.remove(key);
+            }
+            _ => {}
+        }
+    }
+    puts
+}
+
+/// Issue 22, test 7: the mozharness sequence (request any, poll status until ready,
+/// details, renew, return) against each controller; the device may be on another rack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mozharness_sequence_works_against_each_controller() {
+    let test = "cluster_mozharness";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    let start = Instant::now();
+    while etcd.keys(&format!("{p}devices/")).len() < 2
+        || etcd.keys(&format!("{p}scheduler")).is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in [&a, &b] {
+        let t = Instant::now();
+        let r = request_any(c, "mozharness", 0, None).await;
+        let id = r["id"].as_u64().expect("integer id");
+        assert_eq!(r["url"], format!("{}/api/request/{id}/", c.url));
+        let s = until_ready(c, id, Duration::from_secs(30)).await;
+        let device = s["assigned_device"].as_str().expect("device").to_owned();
+        assert!(device.starts_with("sim-"), "{s}");
+        eprintln!(
+            "cluster: request {id} through {} ready on {device} of {} in {:?}",
+            c.name,
+            s["controller"],
+            t.elapsed()
+        );
+        // Details and status through the other controller agree.
+        let other = if c.name == a.name { &b } else { &a };
+        let d = get_json(other, &format!("/api/request/{id}/details/")).await;
+        assert_eq!(d["state"], "ready");
+        assert_eq!(d["assigned_device"], device.as_str());
+        assert_eq!(d["imaging_server"], c.name.as_str());
+        assert_eq!(
+            post(
+                c,
+                &format!("/api/request/{id}/renew/"),
+                serde_json::json!({"duration": 900})
+            )
+            .await,
+            204
+        );
+        let d2 = get_json(c, &format!("/api/request/{id}/details/")).await;
+        assert_ne!(d2["expires"], d["expires"], "renew moved the expiry");
+        // While it holds its device, a second request (through the same controller) is
+        // served by the other rack's device.
+        let r2 = request_any(c, "mozharness-2", 0, None).await;
+        let id2 = r2["id"].as_u64().expect("id");
+        let s2 = until_ready(c, id2, Duration::from_secs(30)).await;
+        assert_ne!(
+            s2["controller"], s["controller"],
+            "served by the other rack: {s} {s2}"
+        );
+        for id in [id, id2] {
+            assert_eq!(
+                post(
+                    c,
+                    &format!("/api/request/{id}/return/"),
+                    serde_json::json!({})
+                )
+                .await,
+                204
+            );
+            let st = get_json(other, &format!("/api/request/{id}/status/")).await;
+            assert_eq!(st["state"], "closed");
+        }
+        // Both devices come back (self-tested, assignment freed) before the next round.
+        let t = Instant::now();
+        while !etcd.keys(&format!("{p}assign/")).is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "assignments not freed\n{}\n{}",
+                a.log_tail(),
+                b.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "cluster: both devices back in the pool {:?} after the returns",
+            t.elapsed()
+        );
+    }
+    let list = get_json(&b, "/api/request/list/?include_closed=1").await;
+    assert_eq!(list["requests"].as_array().map(Vec::len), Some(4), "{list}");
+    assert_eq!(check_assignment_history(&etcd, &p), 4);
+}
