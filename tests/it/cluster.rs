@@ -1156,3 +1156,75 @@ async fn an_acknowledged_request_survives_its_controller_and_retries_are_idempot
     assert_ne!(other["id"], first["id"]);
     check_assignment_history(&etcd, &p);
 }
+
+/// Issue 22, test 6: the scheduler is paused during a burst of creates; another controller
+/// assigns within the lease TTL + 2 s; after SIGCONT the old scheduler assigns nothing
+/// (its election is gone) and the history has no double booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_scheduler_during_a_burst_is_replaced() {
+    let test = "cluster_burst_failover";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let ctrls = [
+        Controller::start(&etcd, "rack-a", &p, 2).await,
+        Controller::start(&etcd, "rack-b", &p, 2).await,
+        Controller::start(&etcd, "rack-c", &p, 2).await,
+    ];
+    until_pooled(&etcd, &p, 6).await;
+    let mut leader = None;
+    for (i, c) in ctrls.iter().enumerate() {
+        if is_scheduler(c.status().await.as_ref()) {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("a scheduler");
+    let old_rev = ctrls[leader].status().await.expect("status")["election_revision"].clone();
+    assert!(old_rev.is_i64(), "{old_rev}");
+    let others: Vec<&Controller> = ctrls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, c)| c)
+        .collect();
+    signal(&ctrls[leader].child, Signal::SIGSTOP);
+    let paused = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = request_any(others[i % 2], "burst", 0, None).await;
+        ids.push(r["id"].as_u64().expect("id"));
+    }
+    // Every request of the burst is assigned by the new scheduler within TTL + 2 s.
+    loop {
+        let mut queued = 0;
+        for id in &ids {
+            let s = get_json(others[0], &format!("/api/request/{id}/status/")).await;
+            if s["state"] == "queued" {
+                queued += 1;
+            }
+        }
+        if queued == 0 {
+            break;
+        }
+        assert!(
+            paused.elapsed() < TTL + Duration::from_secs(2),
+            "{queued} requests still queued {:?} after the scheduler was paused",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cluster: burst assigned {:?} after pausing the scheduler",
+        paused.elapsed()
+    );
+    signal(&ctrls[leader].child, Signal::SIGCONT);
+    for id in &ids {
+        until_ready(others[1], *id, Duration::from_secs(40)).await;
+    }
+    // The resumed controller no longer holds the election it held (its assignment
+    // transactions compare that revision, so they fail).
+    let s = ctrls[leader].status().await.expect("status");
+    assert_ne!(s["election_revision"], old_rev, "{s}");
+    check_assignment_history(&etcd, &p);
+}

@@ -76,7 +76,7 @@ pub async fn create(
         }
     };
     let now = ctx.svc.clock.now();
-    let expires = now.plus(Duration::from_secs(duration));
+    let (expires, _) = ctx.svc.pool.timings().lease_end(now, duration);
     let token = ctx.caller.token.clone();
     let (r, _new) = cluster
         .create_request(idem.as_deref(), |id| SharedRequest {
@@ -231,7 +231,11 @@ pub async fn renew(
     id: u64,
     duration_secs: u64,
 ) -> Result<Response<Body>, ApiError> {
-    let expires = ctx.svc.clock.now().plus(Duration::from_secs(duration_secs));
+    let (expires, _) = ctx
+        .svc
+        .pool
+        .timings()
+        .lease_end(ctx.svc.clock.now(), duration_secs);
     modify(ctx, cluster, id, |r| {
         if !r.state.is_open() {
             return false;
