@@ -1228,3 +1228,68 @@ async fn a_paused_scheduler_during_a_burst_is_replaced() {
     assert_ne!(s["election_revision"], old_rev, "{s}");
     check_assignment_history(&etcd, &p);
 }
+
+/// Issue 22, test 5: one etcd member down changes nothing for request calls; two down →
+/// creates answer 503 `cluster_unavailable` within 5 s and nothing is reassigned; members
+/// back → requests are served again and the history has no double booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
+    let test = "cluster_queue_quorum";
+    let Some(mut etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    until_pooled(&etcd, &p, 2).await;
+    etcd.kill_member(2);
+    let held = request_any(&a, "one-down", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    let s = until_ready(&b, held, Duration::from_secs(30)).await;
+    etcd.kill_member(1);
+    let t = Instant::now();
+    let r = http()
+        .post(format!("{}/api/device/any/request/", b.url))
+        .json(&serde_json::json!({"assignee": "no-quorum", "duration": 600, "image": "android"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    eprintln!(
+        "cluster: create without quorum answered 503 in {:?}",
+        t.elapsed()
+    );
+    // Members back: the ready request kept its device; new requests are served.
+    etcd.start_member(1);
+    etcd.start_member(2);
+    etcd.wait_writable(Duration::from_secs(20));
+    let t = Instant::now();
+    let after = loop {
+        let r = http()
+            .post(format!("{}/api/device/any/request/", a.url))
+            .json(&serde_json::json!({"assignee": "after", "duration": 600, "image": "android"}))
+            .send()
+            .await
+            .expect("create");
+        if r.status() == 200 {
+            let v: Value = r.json().await.expect("json");
+            break v["request"]["id"].as_u64().expect("id");
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "creates still fail");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let d = get_json(&a, &format!("/api/request/{held}/details/")).await;
+    assert_eq!(d["state"], "ready", "{d}");
+    assert_eq!(d["assigned_device"], s["assigned_device"]);
+    let s2 = until_ready(&b, after, Duration::from_secs(40)).await;
+    assert_ne!(s2["controller"], s["controller"], "{s} {s2}");
+    eprintln!(
+        "cluster: after quorum came back a new request was ready in {:?}",
+        t.elapsed()
+    );
+    check_assignment_history(&etcd, &p);
+}
