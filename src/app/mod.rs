@@ -499,7 +499,7 @@ impl App {
                     Ok(views) => {
                         let map: std::collections::BTreeMap<_, _> = views
                             .iter()
-                            .map(|v| (v.name.to_string(), published(v)))
+                            .map(|v| (v.name.to_string(), crate::pool::shared::published(v)))
                             .collect();
                         tx.send_if_modified(|cur| {
                             let changed = **cur != map;
@@ -528,6 +528,15 @@ impl App {
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
         cluster.start(rx, Some(url), &self.tasks, self.drivers.clone());
+        // The shared queue: scheduler passes (when elected) and this rack's side of the
+        // assignments of its devices.
+        self.tasks.spawn(crate::pool::shared::run(
+            cluster,
+            self.pool.clone(),
+            self.clock.clone(),
+            self.config.queue.clone(),
+            self.drivers.clone(),
+        ));
     }
 
     /// The registration listener, when configured.
@@ -767,24 +776,6 @@ fn register_on_boot(rack: &SimRack, registration: SocketAddr) {
 }
 
 /// Remove scratch files a crash left behind (half-written backup snapshots in `tmp/`).
-/// A device's pool view as cluster mode publishes it.
-fn published(v: &crate::pool::DeviceView) -> crate::cluster::PublishedDevice {
-    crate::cluster::PublishedDevice {
-        name: v.name.clone(),
-        available: v.available(),
-        state: v.lifeguard_state.clone(),
-        failed: v.failed,
-        retired: v.retired,
-        held: v.held_by.is_some(),
-        hardware_type: v.hardware_type.clone(),
-        processor: v.processor.clone(),
-        pool: v.pool.clone(),
-        os_version: v.os_version.clone(),
-        environment: v.environment.clone(),
-        current_image: v.current_image.clone(),
-    }
-}
-
 fn clean_scratch(data_dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(data_dir.join("tmp")) else {
         return;

@@ -18,14 +18,17 @@
 //! [`Cluster::status`] (and `GET /api/cluster/`) reports. Calls go through `endpoints`:
 //! one client per etcd endpoint, with failover.
 //!
-//! It must not touch the store, the hardware or requests: ownership stays physical, and the
-//! shared queue (requests and assignments in etcd) is still to be built on this.
+//! `requests` holds the shared queue's etcd records and their guarded transactions
+//! (requests, the id counter, idempotency keys, assignments); what to write is decided
+//! above it (`pool::shared`, the HTTP handlers). This layer must not touch the store or the
+//! hardware: ownership stays physical.
 
 pub mod config;
 mod election;
 mod endpoints;
 mod lease;
 mod publish;
+pub mod requests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -19,6 +19,7 @@ pub mod driver;
 pub mod machine;
 pub mod queue;
 pub mod select;
+pub mod shared;
 pub mod spec;
 
 #[cfg(test)]

@@ -805,3 +805,491 @@ async fn tls_with_client_certificates() {
     t.stop().await;
     s.stop().await;
 }
+
+// ---- The shared queue (issue 22) ----
+
+/// A client on one controller's MozPool API.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+/// `POST /api/device/any/request/` through `c`; the request's JSON.
+async fn request_any(c: &Controller, assignee: &str, priority: i32, idem: Option<&str>) -> Value {
+    let mut req = http()
+        .post(format!("{}/api/device/any/request/", c.url))
+        .json(&serde_json::json!({
+            "assignee": assignee, "duration": 600, "image": "android",
+            "priority": priority, "wait": 120
+        }));
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    let r = req.send().await.expect("create");
+    assert_eq!(r.status(), 200, "create through {}", c.name);
+    let body: Value = r.json().await.expect("json");
+    body["request"].clone()
+}
+
+async fn get_json(c: &Controller, path: &str) -> Value {
+    let r = http()
+        .get(format!("{}{path}", c.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200, "GET {path} through {}", c.name);
+    r.json().await.expect("json")
+}
+
+/// Poll `id`'s status through `c` (long polls) until `ready`; panics after `within`.
+async fn until_ready(c: &Controller, id: u64, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = get_json(c, &format!("/api/request/{id}/status/?wait=1")).await;
+        if s["state"] == "ready" {
+            return s;
+        }
+        assert!(
+            start.elapsed() < within
+                && !s["state"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("failed") || s == "closed"),
+            "request {id} not ready through {} after {:?}: {s}\n{}",
+            c.name,
+            start.elapsed(),
+            c.log_tail()
+        );
+    }
+}
+
+async fn post(c: &Controller, path: &str, body: Value) -> u16 {
+    http()
+        .post(format!("{}{path}", c.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
+/// The invariant over etcd's whole history of `<prefix>assign/`: no device has two
+/// holders at once (a PUT on a key that is already present, for another request) and no
+/// request holds two devices at once. Returns how many assignments it saw.
+fn check_assignment_history(etcd: &Etcd, prefix: &str) -> usize {
+    let out = Command::new("timeout")
+        .arg("2")
+        .arg(ETCDCTL)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", etcd.endpoints().join(",")))
+        .args(["watch", "--prefix", "--rev=1", &format!("{prefix}assign/")])
+        .output()
+        .expect("etcdctl watch");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let mut holder: std::collections::HashMap<String, String> = Default::default();
+    let mut puts = 0;
+    while let Some(l) = lines.next() {
+        match l {
+            "PUT" => {
+                let key = lines.next().expect("key").to_owned();
+                let value = lines.next().expect("value").to_owned();
+                if let Some(old) = holder.get(&key) {
+                    assert_eq!(
+                        old, &value,
+                        "device {key} given to {value} while {old} held it"
+                    );
+                }
+                assert!(
+                    !holder.iter().any(|(k, v)| *v == value && *k != key),
+                    "request {value} holds two devices: {key} and another ({holder:?})"
+                );
+                holder.insert(key, value);
+                puts += 1;
+            }
+            "DELETE" => {
+                let key = lines.next().expect("key");
+                holder.remove(key);
+            }
+            _ => {}
+        }
+    }
+    puts
+}
+
+/// Issue 22, test 7: the mozharness sequence (request any, poll status until ready,
+/// details, renew, return) against each controller; the device may be on another rack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mozharness_sequence_works_against_each_controller() {
+    let test = "cluster_mozharness";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    let start = Instant::now();
+    while etcd.keys(&format!("{p}devices/")).len() < 2
+        || etcd.keys(&format!("{p}scheduler")).is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in [&a, &b] {
+        let t = Instant::now();
+        let r = request_any(c, "mozharness", 0, None).await;
+        let id = r["id"].as_u64().expect("integer id");
+        assert_eq!(r["url"], format!("{}/api/request/{id}/", c.url));
+        let s = until_ready(c, id, Duration::from_secs(30)).await;
+        let device = s["assigned_device"].as_str().expect("device").to_owned();
+        assert!(device.starts_with("sim-"), "{s}");
+        eprintln!(
+            "cluster: request {id} through {} ready on {device} of {} in {:?}",
+            c.name,
+            s["controller"],
+            t.elapsed()
+        );
+        // Details and status through the other controller agree.
+        let other = if c.name == a.name { &b } else { &a };
+        let d = get_json(other, &format!("/api/request/{id}/details/")).await;
+        assert_eq!(d["state"], "ready");
+        assert_eq!(d["assigned_device"], device.as_str());
+        assert_eq!(d["imaging_server"], c.name.as_str());
+        assert_eq!(
+            post(
+                c,
+                &format!("/api/request/{id}/renew/"),
+                serde_json::json!({"duration": 900})
+            )
+            .await,
+            204
+        );
+        let d2 = get_json(c, &format!("/api/request/{id}/details/")).await;
+        assert_ne!(d2["expires"], d["expires"], "renew moved the expiry");
+        // While it holds its device, a second request (through the same controller) is
+        // served by the other rack's device.
+        let r2 = request_any(c, "mozharness-2", 0, None).await;
+        let id2 = r2["id"].as_u64().expect("id");
+        let s2 = until_ready(c, id2, Duration::from_secs(30)).await;
+        assert_ne!(
+            s2["controller"], s["controller"],
+            "served by the other rack: {s} {s2}"
+        );
+        for id in [id, id2] {
+            assert_eq!(
+                post(
+                    c,
+                    &format!("/api/request/{id}/return/"),
+                    serde_json::json!({})
+                )
+                .await,
+                204
+            );
+            let st = get_json(other, &format!("/api/request/{id}/status/")).await;
+            assert_eq!(st["state"], "closed");
+        }
+        // Both devices come back (self-tested, assignment freed) before the next round.
+        let t = Instant::now();
+        while !etcd.keys(&format!("{p}assign/")).is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "assignments not freed\n{}\n{}",
+                a.log_tail(),
+                b.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "cluster: both devices back in the pool {:?} after the returns",
+            t.elapsed()
+        );
+    }
+    let list = get_json(&b, "/api/request/list/?include_closed=1").await;
+    assert_eq!(list["requests"].as_array().map(Vec::len), Some(4), "{list}");
+    assert_eq!(check_assignment_history(&etcd, &p), 4);
+}
+
+/// Wait until all controllers' devices (`n`) and a scheduler are in etcd.
+async fn until_pooled(etcd: &Etcd, p: &str, n: usize) {
+    let start = Instant::now();
+    while etcd.keys(&format!("{p}devices/")).len() < n
+        || etcd.keys(&format!("{p}scheduler")).is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Published devices that are available and have no assignment: what the scheduler may
+/// hand out now, as `controller/device`.
+fn free_devices(etcd: &Etcd, p: &str) -> Vec<String> {
+    let out = etcd.etcdctl(&["get", "--prefix", &format!("{p}devices/")]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let assigned = etcd.keys(&format!("{p}assign/"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(2)
+        .filter(|kv| kv.len() == 2 && kv[1].contains("\"available\":true"))
+        .filter_map(|kv| kv[0].strip_prefix(&format!("{p}devices/")))
+        .filter(|d| !assigned.contains(&format!("{p}assign/{d}")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 22, test 2: all devices held; two waiters of different priority queued through
+/// two controllers; a device returned on a third goes to the higher priority within 2 s,
+/// the next one to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_freed_device_serves_the_highest_priority_waiter() {
+    let test = "cluster_priority";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    let c = Controller::start(&etcd, "rack-c", &p, 1).await;
+    until_pooled(&etcd, &p, 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let r = request_any(&c, "holder", 0, None).await;
+        held.push(r["id"].as_u64().expect("id"));
+    }
+    for id in &held {
+        until_ready(&c, *id, Duration::from_secs(30)).await;
+    }
+    let low = request_any(&a, "low", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    let high = request_any(&b, "high", 5, None).await["id"]
+        .as_u64()
+        .expect("id");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in [low, high] {
+        let s = get_json(&c, &format!("/api/request/{id}/status/")).await;
+        assert_eq!(s["state"], "queued", "{s}");
+    }
+    let assigned = |s: &Value| s["state"] != "queued";
+    for (round, expect) in [(0usize, high), (1, low)] {
+        assert_eq!(
+            post(
+                &c,
+                &format!("/api/request/{}/return/", held[round]),
+                serde_json::json!({})
+            )
+            .await,
+            204
+        );
+        // The returned device is self-tested by its rack first (as in single-rack mode);
+        // the 2 s run from the moment it is published available again.
+        let t = Instant::now();
+        let mut freed: Option<Instant> = None;
+        loop {
+            let s = get_json(&c, &format!("/api/request/{expect}/status/")).await;
+            if assigned(&s) {
+                break;
+            }
+            if freed.is_none() && !free_devices(&etcd, &p).is_empty() {
+                freed = Some(Instant::now());
+            }
+            assert!(
+                freed.is_none_or(|f| f.elapsed() < Duration::from_secs(2))
+                    && t.elapsed() < Duration::from_secs(30),
+                "request {expect} not served within 2 s of a device freed: {s}; assignments {:?}\n{}",
+                etcd.keys(&format!("{p}assign/")),
+                c.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "cluster: freed device went to request {expect} {:?} after the return, {:?} after it was published available",
+            t.elapsed(),
+            freed.map(|f| f.elapsed())
+        );
+        if round == 0 {
+            let s = get_json(&a, &format!("/api/request/{low}/status/")).await;
+            assert_eq!(s["state"], "queued", "the lower priority still waits: {s}");
+        }
+    }
+    check_assignment_history(&etcd, &p);
+}
+
+/// Issue 22, test 3: a request survives the controller that took it, and a create retried
+/// on another controller with the same idempotency key yields one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_request_survives_its_controller_and_retries_are_idempotent() {
+    let test = "cluster_survive";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    let c = Controller::start(&etcd, "rack-c", &p, 1).await;
+    until_pooled(&etcd, &p, 3).await;
+    let id = request_any(&a, "survivor", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    signal(&a.child, Signal::SIGKILL);
+    let t = Instant::now();
+    let s = until_ready(&b, id, Duration::from_secs(30)).await;
+    assert_ne!(s["controller"], "rack-a", "served by a live rack: {s}");
+    eprintln!(
+        "cluster: request {id} taken by a killed controller ready in {:?}",
+        t.elapsed()
+    );
+    // The same idempotency key through two controllers: one request.
+    let first = request_any(&b, "retry", 0, Some("job-42-attempt")).await;
+    let again = request_any(&c, "retry", 0, Some("job-42-attempt")).await;
+    assert_eq!(first["id"], again["id"], "{first} {again}");
+    let list = get_json(&c, "/api/request/list/?include_closed=1").await;
+    let n = list["requests"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["assignee"] == "retry")
+        .count();
+    assert_eq!(n, 1, "{list}");
+    let other = request_any(&c, "retry", 0, Some("job-43")).await;
+    assert_ne!(other["id"], first["id"]);
+    check_assignment_history(&etcd, &p);
+}
+
+/// Issue 22, test 6: the scheduler is paused during a burst of creates; another controller
+/// assigns within the lease TTL + 2 s; after SIGCONT the old scheduler assigns nothing
+/// (its election is gone) and the history has no double booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_scheduler_during_a_burst_is_replaced() {
+    let test = "cluster_burst_failover";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let ctrls = [
+        Controller::start(&etcd, "rack-a", &p, 2).await,
+        Controller::start(&etcd, "rack-b", &p, 2).await,
+        Controller::start(&etcd, "rack-c", &p, 2).await,
+    ];
+    until_pooled(&etcd, &p, 6).await;
+    let mut leader = None;
+    for (i, c) in ctrls.iter().enumerate() {
+        if is_scheduler(c.status().await.as_ref()) {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("a scheduler");
+    let old_rev = ctrls[leader].status().await.expect("status")["election_revision"].clone();
+    assert!(old_rev.is_i64(), "{old_rev}");
+    let others: Vec<&Controller> = ctrls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, c)| c)
+        .collect();
+    signal(&ctrls[leader].child, Signal::SIGSTOP);
+    let paused = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = request_any(others[i % 2], "burst", 0, None).await;
+        ids.push(r["id"].as_u64().expect("id"));
+    }
+    // Every request of the burst is assigned by the new scheduler within TTL + 2 s.
+    loop {
+        let mut queued = 0;
+        for id in &ids {
+            let s = get_json(others[0], &format!("/api/request/{id}/status/")).await;
+            if s["state"] == "queued" {
+                queued += 1;
+            }
+        }
+        if queued == 0 {
+            break;
+        }
+        assert!(
+            paused.elapsed() < TTL + Duration::from_secs(2),
+            "{queued} requests still queued {:?} after the scheduler was paused",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cluster: burst assigned {:?} after pausing the scheduler",
+        paused.elapsed()
+    );
+    signal(&ctrls[leader].child, Signal::SIGCONT);
+    for id in &ids {
+        until_ready(others[1], *id, Duration::from_secs(40)).await;
+    }
+    // The resumed controller no longer holds the election it held (its assignment
+    // transactions compare that revision, so they fail).
+    let s = ctrls[leader].status().await.expect("status");
+    assert_ne!(s["election_revision"], old_rev, "{s}");
+    check_assignment_history(&etcd, &p);
+}
+
+/// Issue 22, test 5: one etcd member down changes nothing for request calls; two down →
+/// creates answer 503 `cluster_unavailable` within 5 s and nothing is reassigned; members
+/// back → requests are served again and the history has no double booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
+    let test = "cluster_queue_quorum";
+    let Some(mut etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    until_pooled(&etcd, &p, 2).await;
+    etcd.kill_member(2);
+    let held = request_any(&a, "one-down", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    let s = until_ready(&b, held, Duration::from_secs(30)).await;
+    etcd.kill_member(1);
+    let t = Instant::now();
+    let r = http()
+        .post(format!("{}/api/device/any/request/", b.url))
+        .json(&serde_json::json!({"assignee": "no-quorum", "duration": 600, "image": "android"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    eprintln!(
+        "cluster: create without quorum answered 503 in {:?}",
+        t.elapsed()
+    );
+    // Members back: the ready request kept its device; new requests are served.
+    etcd.start_member(1);
+    etcd.start_member(2);
+    etcd.wait_writable(Duration::from_secs(20));
+    let t = Instant::now();
+    let after = loop {
+        let r = http()
+            .post(format!("{}/api/device/any/request/", a.url))
+            .json(&serde_json::json!({"assignee": "after", "duration": 600, "image": "android"}))
+            .send()
+            .await
+            .expect("create");
+        if r.status() == 200 {
+            let v: Value = r.json().await.expect("json");
+            break v["request"]["id"].as_u64().expect("id");
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "creates still fail");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let d = get_json(&a, &format!("/api/request/{held}/details/")).await;
+    assert_eq!(d["state"], "ready", "{d}");
+    assert_eq!(d["assigned_device"], s["assigned_device"]);
+    let s2 = until_ready(&b, after, Duration::from_secs(40)).await;
+    assert_ne!(s2["controller"], s["controller"], "{s} {s2}");
+    eprintln!(
+        "cluster: after quorum came back a new request was ready in {:?}",
+        t.elapsed()
+    );
+    check_assignment_history(&etcd, &p);
+}

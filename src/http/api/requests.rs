@@ -18,6 +18,8 @@ use crate::pool::{DeviceChoice, Event, ImagingResult, PoolError, RequestSpec};
 use crate::storage::logs::LogQuery;
 use crate::storage::requests::StoredRequest;
 
+mod shared;
+
 /// Longest accepted `wait` on a status long poll.
 const MAX_STATUS_WAIT: u64 = 300;
 /// Longest accepted `assignee`.
@@ -180,6 +182,9 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
     spec.os_version = criteria.remove("os_version");
     spec.priority = priority;
     spec.wait = wait;
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::create(ctx, cluster, spec, duration).await;
+    }
     let r = ctx
         .svc
         .pool
@@ -192,6 +197,9 @@ pub async fn create(ctx: &Ctx, device: DeviceChoice) -> Result<Response<Body>, A
 /// `GET /api/request/list/[?include_closed=1]`.
 pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let include_closed = ctx.query.flag("include_closed");
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::list(ctx, cluster, include_closed).await;
+    }
     let (requests, devices) = ctx
         .svc
         .store
@@ -242,6 +250,9 @@ async fn load(ctx: &Ctx, id: u64) -> Result<StoredRequest, ApiError> {
 
 /// `GET /api/request/{id}/details/`.
 pub async fn details(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::details(ctx, cluster, id).await;
+    }
     Ok(ok(&request_json(&load(ctx, id).await?, &ctx.base_url)))
 }
 
@@ -260,6 +271,9 @@ async fn log_rows(ctx: &Ctx, id: u64, limit: usize) -> Result<Vec<Value>, ApiErr
 /// as soon as the state changes (or after N seconds), so clients need not busy-poll.
 pub async fn status(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
     let wait = ctx.query.number("wait")?;
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::status(ctx, cluster, id, wait).await;
+    }
     // Subscribed before the first read, so a change right after it is not missed.
     let mut watch = wait.map(|_| ctx.svc.pool.watch_request(id));
     let mut r = load(ctx, id).await?;
@@ -311,6 +325,9 @@ pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
         .ok()
         .filter(|d| *d > 0)
         .ok_or_else(|| ApiError::bad_request("duration must be a positive number of seconds"))?;
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::renew(ctx, cluster, id, duration_secs).await;
+    }
     check_owner(ctx, &load(ctx, id).await?)?;
     ctx.svc
         .pool
@@ -327,6 +344,9 @@ pub async fn renew(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
 /// `POST /api/request/{id}/return/`: close the request; its device is rebooted and verified
 /// before anyone else gets it. 204, also when it was already closed.
 pub async fn return_request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::return_request(ctx, cluster, id).await;
+    }
     check_owner(ctx, &load(ctx, id).await?)?;
     ctx.svc
         .pool

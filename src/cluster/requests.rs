@@ -1,0 +1,414 @@
+//! The shared queue's records in etcd (`docs/cluster.md`, "Keys"): requests, the id
+//! counter, idempotency keys and assignments. Plain reads and compare-guarded
+//! transactions; what to write is decided above (the HTTP handlers and `pool::shared`).
+//!
+//! - `<prefix>requests/<id>`: a [`SharedRequest`], not under any lease, so an
+//!   acknowledged request survives the controller that took it;
+//! - `<prefix>counter`: the last request id, bumped in the create transaction with a compare
+//!   on its mod revision (a conflict retries), so ids stay integers and unique cluster-wide;
+//! - `<prefix>idem/<key>`: the request id created for a client's `Idempotency-Key`,
+//!   created in the same transaction (compare create revision 0);
+//! - `<prefix>assign/<controller>/<device>`: an [`Assignment`], written only by the
+//!   scheduler guarded by its election revision. Keyed by controller too because device
+//!   names are only unique per rack (every simulated rack has a `sim-0001`).
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use serde::{Deserialize, Serialize};
+
+use super::{Cluster, ClusterError, Leadership, PublishedDevice};
+use crate::domain::clock::Millis;
+use crate::domain::request::RequestSpec;
+use crate::domain::request_state::RequestState;
+
+/// One request of the shared queue, as stored at `<prefix>requests/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields are named for what they hold.
+#[allow(missing_docs)]
+pub struct SharedRequest {
+    pub id: u64,
+    pub spec: RequestSpec,
+    pub expires: Millis,
+    /// `queued` (waiting), `pending` (assigned, its owner preparing the device), `ready`,
+    /// `closed` (returned or expired) or `failed_device_not_found`.
+    pub state: RequestState,
+    /// The assigned device and the controller owning it.
+    pub device: Option<String>,
+    pub owner: Option<String>,
+    /// The controller that accepted the create (`imaging_server` in the JSON).
+    pub taken_by: String,
+    /// Why it still waits, as the scheduler last saw it.
+    pub explanation: Option<String>,
+    /// The API token that created it (only it or an admin may renew or return it).
+    pub owner_token: Option<String>,
+    /// Arrival in the queue (kept when a request goes back to waiting).
+    pub since: Millis,
+}
+
+/// A value read from etcd with its mod revision, for a later compare.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    /// The decoded value.
+    pub value: T,
+    /// The key's mod revision when read.
+    pub mod_revision: i64,
+}
+
+/// `<prefix>assign/<controller>/<device>`: the device is handed to `request`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The request holding the device.
+    pub request: u64,
+}
+
+/// An assignment key read back: where it points and when it was created.
+#[derive(Debug, Clone)]
+pub struct AssignmentRow {
+    /// Owner controller.
+    pub controller: String,
+    /// Device name on that controller.
+    pub device: String,
+    /// The assignment.
+    pub assignment: Assignment,
+    /// The key's create revision (an assignment's identity in the history).
+    pub create_revision: i64,
+}
+
+/// Everything a scheduler pass needs, read in one transaction (one revision).
+#[derive(Debug, Clone, Default)]
+pub struct QueueSnapshot {
+    /// Every request record.
+    pub requests: Vec<Versioned<SharedRequest>>,
+    /// Every assignment.
+    pub assignments: Vec<AssignmentRow>,
+    /// Every published device: (controller, view).
+    pub devices: Vec<(String, PublishedDevice)>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, ClusterError> {
+    serde_json::from_slice(value).map_err(|e| {
+        ClusterError::Refused(format!(
+            "undecodable value at {}: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain data with string keys: serializing cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn gets(resp: &TxnResponse, i: usize) -> Vec<etcd_client::KeyValue> {
+    match resp.op_responses().get(i) {
+        Some(TxnOpResponse::Get(g)) => g.kvs().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+impl Cluster {
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.inner.config.prefix)
+    }
+
+    /// Key of request `id`.
+    fn request_key(&self, id: u64) -> String {
+        self.key(&format!("requests/{id}"))
+    }
+
+    /// Key of the assignment of `device` on `controller`.
+    #[must_use]
+    pub fn assign_key(&self, controller: &str, device: &str) -> String {
+        self.key(&format!("assign/{controller}/{device}"))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, ClusterError> {
+        self.inner
+            .etcd
+            .call(self.inner.config.timeout(), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+    }
+
+    /// Create a request: `build` gets the new id. With `idem`, a second create with the same
+    /// key (on any controller) returns the first request instead (`false`: not new).
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot take the write.
+    pub async fn create_request(
+        &self,
+        idem: Option<&str>,
+        build: impl Fn(u64) -> SharedRequest,
+    ) -> Result<(SharedRequest, bool), ClusterError> {
+        let counter = self.key("counter");
+        let idem_key = idem.map(|k| self.key(&format!("idem/{k}")));
+        for _ in 0..50 {
+            let mut reads = vec![TxnOp::get(counter.clone(), None)];
+            if let Some(k) = &idem_key {
+                reads.push(TxnOp::get(k.clone(), None));
+            }
+            let resp = self.txn(Txn::new().and_then(reads)).await?;
+            if let Some(kv) = gets(&resp, 1).first() {
+                let id: u64 = decode(kv.key(), kv.value())?;
+                if let Some(r) = self.request(id).await? {
+                    return Ok((r.value, false));
+                }
+            }
+            let (last, rev) = gets(&resp, 0).first().map_or(Ok((0, 0)), |kv| {
+                decode::<u64>(kv.key(), kv.value()).map(|n| (n, kv.mod_revision()))
+            })?;
+            let id = last + 1;
+            let r = build(id);
+            let mut when = vec![Compare::mod_revision(
+                counter.clone(),
+                CompareOp::Equal,
+                rev,
+            )];
+            let mut puts = vec![
+                TxnOp::put(counter.clone(), encode(&id), None),
+                TxnOp::put(self.request_key(id), encode(&r), None),
+            ];
+            if let Some(k) = &idem_key {
+                when.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
+                puts.push(TxnOp::put(k.clone(), encode(&id), None));
+            }
+            if self
+                .txn(Txn::new().when(when).and_then(puts))
+                .await?
+                .succeeded()
+            {
+                return Ok((r, true));
+            }
+            // Another create took the id (or the idempotency key) meanwhile: read again.
+        }
+        Err(ClusterError::Unavailable(
+            "too many concurrent request creations; retry".into(),
+        ))
+    }
+
+    /// Request `id` with its mod revision.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot be read.
+    pub async fn request(&self, id: u64) -> Result<Option<Versioned<SharedRequest>>, ClusterError> {
+        let resp = self
+            .txn(Txn::new().and_then([TxnOp::get(self.request_key(id), None)]))
+            .await?;
+        gets(&resp, 0)
+            .first()
+            .map(|kv| {
+                Ok(Versioned {
+                    value: decode(kv.key(), kv.value())?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Write `r` if its key still has `mod_revision` (nobody changed it since it was read);
+    /// `Ok(false)` when it changed. `delete_assignment`: also delete that assignment key in
+    /// the same transaction.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot take the write.
+    pub async fn update_request(
+        &self,
+        r: &SharedRequest,
+        mod_revision: i64,
+        delete_assignment: Option<(&str, &str)>,
+    ) -> Result<bool, ClusterError> {
+        let key = self.request_key(r.id);
+        let mut ops = vec![TxnOp::put(key.clone(), encode(r), None)];
+        if let Some((c, d)) = delete_assignment {
+            ops.push(TxnOp::delete(self.assign_key(c, d), None));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then(ops);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// As [`Cluster::update_request`], also guarded by `leadership`'s election revision:
+    /// the scheduler's writes (expiry, sending a dead owner's request back to the queue).
+    ///
+    /// # Errors
+    /// [`ClusterError::NotLeader`] when the election is lost; `Ok(false)` when the request
+    /// changed since it was read.
+    pub async fn update_request_as_leader(
+        &self,
+        leadership: &Leadership,
+        r: &SharedRequest,
+        mod_revision: i64,
+        delete_assignment: Option<(&str, &str)>,
+    ) -> Result<bool, ClusterError> {
+        let key = self.request_key(r.id);
+        let mut ops = vec![TxnOp::put(key.clone(), encode(r), None)];
+        if let Some((c, d)) = delete_assignment {
+            ops.push(TxnOp::delete(self.assign_key(c, d), None));
+        }
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
+                Compare::create_revision(
+                    self.scheduler_key(),
+                    CompareOp::Equal,
+                    leadership.revision,
+                ),
+            ])
+            .and_then(ops)
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        // Which compare failed: the request changed (fine, next pass) or the election.
+        match gets(&resp, 0).first() {
+            Some(kv) if kv.mod_revision() != mod_revision => Ok(false),
+            _ => Err(ClusterError::NotLeader(leadership.revision)),
+        }
+    }
+
+    /// The assignment transaction: hand `device` of `controller` to `r` (read at
+    /// `mod_revision`, waiting) only if the device has no assignment, the request is
+    /// unchanged and this controller still holds the election at `leadership`'s revision.
+    /// `Ok(false)` when the device or the request changed; [`ClusterError::NotLeader`] when
+    /// the election is gone.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot take the write.
+    pub async fn assign(
+        &self,
+        leadership: &Leadership,
+        r: &SharedRequest,
+        mod_revision: i64,
+        controller: &str,
+        device: &str,
+    ) -> Result<bool, ClusterError> {
+        let akey = self.assign_key(controller, device);
+        let rkey = self.request_key(r.id);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(akey.clone(), CompareOp::Equal, 0),
+                Compare::mod_revision(rkey.clone(), CompareOp::Equal, mod_revision),
+                Compare::create_revision(
+                    self.scheduler_key(),
+                    CompareOp::Equal,
+                    leadership.revision,
+                ),
+            ])
+            .and_then([
+                TxnOp::put(akey, encode(&Assignment { request: r.id }), None),
+                TxnOp::put(rkey, encode(r), None),
+            ])
+            .or_else([TxnOp::get(self.scheduler_key(), None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        match gets(&resp, 0).first() {
+            Some(kv) if kv.create_revision() == leadership.revision => Ok(false),
+            _ => Err(ClusterError::NotLeader(leadership.revision)),
+        }
+    }
+
+    /// Delete an assignment key, only if it still holds `request` (its owner is done
+    /// with it: returned and verified, or failed).
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot take the write.
+    pub async fn release_assignment(
+        &self,
+        controller: &str,
+        device: &str,
+        request: u64,
+    ) -> Result<bool, ClusterError> {
+        let akey = self.assign_key(controller, device);
+        let txn = Txn::new()
+            .when([Compare::value(
+                akey.clone(),
+                CompareOp::Equal,
+                encode(&Assignment { request }),
+            )])
+            .and_then([TxnOp::delete(akey, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Requests, assignments and published devices at one revision.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot be read.
+    pub async fn queue_snapshot(&self) -> Result<QueueSnapshot, ClusterError> {
+        let prefixed = |k: &str| TxnOp::get(self.key(k), Some(GetOptions::new().with_prefix()));
+        let resp = self
+            .txn(Txn::new().and_then([
+                prefixed("requests/"),
+                prefixed("assign/"),
+                prefixed("devices/"),
+            ]))
+            .await?;
+        let mut snap = QueueSnapshot::default();
+        for kv in gets(&resp, 0) {
+            snap.requests.push(Versioned {
+                value: decode(kv.key(), kv.value())?,
+                mod_revision: kv.mod_revision(),
+            });
+        }
+        let tail = |kv: &etcd_client::KeyValue, what: &str| -> Option<(String, String)> {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let rest = key.strip_prefix(&self.key(what))?;
+            let (c, d) = rest.split_once('/')?;
+            Some((c.to_owned(), d.to_owned()))
+        };
+        for kv in gets(&resp, 1) {
+            if let Some((controller, device)) = tail(&kv, "assign/") {
+                snap.assignments.push(AssignmentRow {
+                    controller,
+                    device,
+                    assignment: decode(kv.key(), kv.value())?,
+                    create_revision: kv.create_revision(),
+                });
+            }
+        }
+        for kv in gets(&resp, 2) {
+            if let Some((controller, _)) = tail(&kv, "devices/") {
+                snap.devices
+                    .push((controller, decode(kv.key(), kv.value())?));
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Wait until request `id`'s key changes after `revision` (or `within` passes): the
+    /// status long poll. Returns early, without error, when etcd cannot be watched (the
+    /// caller reads again and answers).
+    pub async fn wait_request_change(&self, id: u64, revision: i64, within: std::time::Duration) {
+        let key = self.request_key(id);
+        let watch = self
+            .inner
+            .etcd
+            .call(self.inner.config.timeout(), |mut c| {
+                let key = key.clone();
+                async move {
+                    c.watch(
+                        key,
+                        Some(etcd_client::WatchOptions::new().with_start_revision(revision + 1)),
+                    )
+                    .await
+                }
+            })
+            .await;
+        let Ok(mut stream) = watch else {
+            tokio::time::sleep(within.min(std::time::Duration::from_millis(200))).await;
+            return;
+        };
+        let _ = tokio::time::timeout(within, async {
+            while let Ok(Some(resp)) = stream.message().await {
+                if !resp.events().is_empty() || resp.canceled() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,267 @@
+//! Cluster mode's request calls: the same paths and JSON shapes as single-rack mode,
+//! answered from the shared queue in etcd (`cluster::requests`) by any controller. The
+//! scheduler and the owners (`pool::shared`) move the requests on; these handlers only
+//! create, read, renew and return.
+
+use std::time::Duration;
+
+use hyper::Response;
+use serde_json::{Value, json};
+
+use super::MAX_STATUS_WAIT;
+use crate::cluster::Cluster;
+use crate::cluster::requests::{SharedRequest, Versioned};
+use crate::http::body::{Body, no_content, ok};
+use crate::http::dispatch::Ctx;
+use crate::http::error::ApiError;
+use crate::pool::driver::settled;
+use crate::pool::{RequestSpec, RequestState};
+
+/// Header a client may send with a create so a retry (on any controller) yields the same
+/// request.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Longest accepted idempotency key.
+const MAX_IDEM: usize = 200;
+
+/// The request object, as `request_json` renders a local one.
+fn request_json(r: &SharedRequest, base_url: &str) -> Value {
+    let s = &r.spec;
+    json!({
+        "id": r.id,
+        "requested_device": s.requested_device.to_string(),
+        "assignee": s.assignee,
+        "expires": r.expires.iso(),
+        "environment": s.environment.as_ref().map_or("any", |e| e.as_str()),
+        "image": s.image.as_str(),
+        "boot_config": s.boot_config_json(),
+        "assigned_device": r.device.clone().unwrap_or_default(),
+        "url": format!("{base_url}/api/request/{}/", r.id),
+        "state": r.state.to_string(),
+        "imaging_server": r.taken_by,
+        "hardware_type": s.hardware_type.as_ref().map(ToString::to_string),
+        "processor": s.processor,
+        "pool": s.pool,
+        "os_version": s.os_version,
+        "priority": s.priority,
+        "wait": s.wait,
+        "controller": r.owner,
+    })
+}
+
+/// `POST /api/device/{id|any}/request/` in cluster mode.
+pub async fn create(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    spec: RequestSpec,
+    duration: u64,
+) -> Result<Response<Body>, ApiError> {
+    let idem = match ctx.headers.get(IDEMPOTENCY_HEADER) {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .ok()
+                .filter(|k| {
+                    !k.is_empty()
+                        && k.len() <= MAX_IDEM
+                        && k.chars().all(|c| c.is_ascii_graphic() && c != '/')
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEM} printable ASCII characters without '/'"
+                    ))
+                })?;
+            Some(k.to_owned())
+        }
+    };
+    let now = ctx.svc.clock.now();
+    let (expires, _) = ctx.svc.pool.timings().lease_end(now, duration);
+    let token = ctx.caller.token.clone();
+    let (r, _new) = cluster
+        .create_request(idem.as_deref(), |id| SharedRequest {
+            id,
+            spec: spec.clone(),
+            expires,
+            state: RequestState::Queued,
+            device: None,
+            owner: None,
+            taken_by: cluster.name().to_owned(),
+            explanation: None,
+            owner_token: token.clone(),
+            since: now,
+        })
+        .await?;
+    Ok(ok(&json!({ "request": request_json(&r, &ctx.base_url) })))
+}
+
+async fn load(cluster: &Cluster, id: u64) -> Result<Versioned<SharedRequest>, ApiError> {
+    cluster
+        .request(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no request with id {id}")))
+}
+
+/// `GET /api/request/list/` in cluster mode: every controller's requests.
+pub async fn list(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    include_closed: bool,
+) -> Result<Response<Body>, ApiError> {
+    let snap = cluster.queue_snapshot().await?;
+    let rows: Vec<Value> = snap
+        .requests
+        .iter()
+        .map(|r| &r.value)
+        .filter(|r| include_closed || r.state.is_open())
+        .map(|r| {
+            let device_state = snap
+                .devices
+                .iter()
+                .find(|(c, d)| {
+                    Some(c) == r.owner.as_ref() && Some(d.name.as_str()) == r.device.as_deref()
+                })
+                .map_or(String::new(), |(_, d)| d.state.clone());
+            let mut v = request_json(r, &ctx.base_url);
+            v["device_state"] = json!(device_state);
+            v["open"] = json!(r.state.is_open());
+            v["waiting"] = json!(r.state.is_waiting());
+            v
+        })
+        .collect();
+    Ok(ok(&json!({ "requests": rows })))
+}
+
+/// `GET /api/request/{id}/details/` in cluster mode.
+pub async fn details(ctx: &Ctx, cluster: &Cluster, id: u64) -> Result<Response<Body>, ApiError> {
+    Ok(ok(&request_json(
+        &load(cluster, id).await?.value,
+        &ctx.base_url,
+    )))
+}
+
+/// `GET /api/request/{id}/status/[?wait=N]` in cluster mode: the long poll watches the
+/// request's key.
+pub async fn status(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    id: u64,
+    wait: Option<u64>,
+) -> Result<Response<Body>, ApiError> {
+    let mut r = load(cluster, id).await?;
+    if let Some(wait) = wait {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_STATUS_WAIT));
+        let start = r.value.state;
+        while r.value.state == start && !settled(start) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || ctx.svc.shutdown.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = cluster.wait_request_change(id, r.mod_revision, left) => {}
+                () = ctx.svc.shutdown.cancelled() => break,
+            }
+            r = load(cluster, id).await?;
+        }
+    }
+    let v = &r.value;
+    let position = if v.state.is_waiting() {
+        let snap = cluster.queue_snapshot().await?;
+        let mut waiting: Vec<_> = snap
+            .requests
+            .iter()
+            .map(|r| &r.value)
+            .filter(|r| r.state.is_waiting())
+            .collect();
+        waiting.sort_by_key(|r| (std::cmp::Reverse(r.spec.priority), r.since, r.id));
+        waiting.iter().position(|r| r.id == id).map(|p| p + 1)
+    } else {
+        None
+    };
+    Ok(ok(&json!({
+        "state": v.state.to_string(),
+        "log": [],
+        "assigned_device": v.device.clone().unwrap_or_default(),
+        "expires": v.expires.iso(),
+        "queue_position": position,
+        "waiting_because": v.explanation,
+        "controller": v.owner,
+    })))
+}
+
+fn check_owner(ctx: &Ctx, r: &SharedRequest) -> Result<(), ApiError> {
+    if crate::http::auth::may_manage_request(&ctx.caller, r.owner_token.as_deref()) {
+        return Ok(());
+    }
+    let owner = r.owner_token.as_deref().unwrap_or("anonymous callers");
+    Err(ApiError::forbidden(format!(
+        "request {} belongs to {owner}; only its owner or an admin may change it",
+        r.id
+    )))
+}
+
+/// Apply `change` to request `id` with a compare on its mod revision, retrying when
+/// another controller wrote it meanwhile.
+async fn modify(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    id: u64,
+    change: impl Fn(&mut SharedRequest) -> bool,
+) -> Result<(), ApiError> {
+    for _ in 0..20 {
+        let r = load(cluster, id).await?;
+        check_owner(ctx, &r.value)?;
+        let mut nv = r.value.clone();
+        if !change(&mut nv) {
+            return Ok(());
+        }
+        if cluster.update_request(&nv, r.mod_revision, None).await? {
+            return Ok(());
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "request {id} kept changing; try again"
+    )))
+}
+
+/// `POST /api/request/{id}/renew/` in cluster mode. 204.
+pub async fn renew(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    id: u64,
+    duration_secs: u64,
+) -> Result<Response<Body>, ApiError> {
+    let (expires, _) = ctx
+        .svc
+        .pool
+        .timings()
+        .lease_end(ctx.svc.clock.now(), duration_secs);
+    modify(ctx, cluster, id, |r| {
+        if !r.state.is_open() {
+            return false;
+        }
+        r.expires = expires;
+        true
+    })
+    .await?;
+    Ok(no_content())
+}
+
+/// `POST /api/request/{id}/return/` in cluster mode: the request is closed in etcd; the
+/// device's owner hands it back to its rack, which self-tests it. 204, also when it was
+/// already closed.
+pub async fn return_request(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    id: u64,
+) -> Result<Response<Body>, ApiError> {
+    modify(ctx, cluster, id, |r| {
+        if !r.state.is_open() {
+            return false;
+        }
+        r.state = RequestState::Closed;
+        true
+    })
+    .await?;
+    Ok(no_content())
+}

@@ -1,0 +1,444 @@
+//! Cluster mode's shared queue, above the etcd records of `cluster::requests`
+//! (`docs/cluster.md`): the scheduler pass (run by the elected scheduler only) and the
+//! owner's side (each controller acting on the assignments of its own devices through a
+//! local *mirror* request on this rack's [`Pool`], so preparing, flashing, verifying and the
+//! self-test after a return are exactly single-rack mode's).
+//!
+//! Both loops run every [`TICK`] and on every change of the queue's keys they see through
+//! it; every write is a compare-guarded transaction, so a stale pass only loses its race.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{DeviceChoice, DeviceView, Event, Pool, QueuePolicy, QueuedRequest, RequestState};
+use crate::cluster::requests::{QueueSnapshot, SharedRequest};
+use crate::cluster::{Cluster, ClusterError, PublishedDevice};
+use crate::domain::clock::{Clock, Millis};
+use crate::domain::names::DeviceName;
+
+/// How often the scheduler and the owner look at the queue.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// A device's pool view as cluster mode publishes it.
+#[must_use]
+pub fn published(v: &DeviceView) -> PublishedDevice {
+    PublishedDevice {
+        name: v.name.clone(),
+        available: v.available(),
+        state: v.lifeguard_state.clone(),
+        failed: v.failed,
+        retired: v.retired,
+        held: v.held_by.is_some(),
+        hardware_type: v.hardware_type.clone(),
+        processor: v.processor.clone(),
+        pool: v.pool.clone(),
+        os_version: v.os_version.clone(),
+        environment: v.environment.clone(),
+        current_image: v.current_image.clone(),
+    }
+}
+
+/// A published view as the queue logic reads devices.
+fn view(p: &PublishedDevice) -> DeviceView {
+    let mut v = DeviceView::new(p.name.clone());
+    v.lifeguard_state.clone_from(&p.state);
+    v.free = p.available;
+    v.failed = p.failed;
+    v.retired = p.retired;
+    v.environment.clone_from(&p.environment);
+    v.hardware_type.clone_from(&p.hardware_type);
+    v.processor.clone_from(&p.processor);
+    v.pool.clone_from(&p.pool);
+    v.os_version.clone_from(&p.os_version);
+    v.current_image.clone_from(&p.current_image);
+    v
+}
+
+/// Run the scheduler and owner loops until `stop`.
+pub async fn run(
+    cluster: Cluster,
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    policy: QueuePolicy,
+    stop: CancellationToken,
+) {
+    let mut owner = Owner {
+        cluster: cluster.clone(),
+        pool,
+        clock: clock.clone(),
+        mirrors: HashMap::new(),
+    };
+    loop {
+        if cluster.lease().borrow().live().is_some() {
+            match cluster.queue_snapshot().await {
+                Ok(snap) => {
+                    if let Err(e) = schedule(&cluster, &snap, clock.now(), &policy).await {
+                        tracing::debug!(error = %e, "cluster: scheduler pass stopped");
+                    }
+                    if let Err(e) = owner.pass(&snap).await {
+                        tracing::debug!(error = %e, "cluster: owner pass stopped");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cluster: cannot read the queue"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Is `r` still waiting for a device?
+fn waiting(r: &SharedRequest) -> bool {
+    r.state == RequestState::Queued
+}
+
+/// One scheduler pass, when this controller is the scheduler: close expired requests,
+/// send a dead owner's unfinished requests back to the queue, and hand available devices to
+/// waiting requests (`pool::queue::assign`). Every write carries the election revision.
+async fn schedule(
+    cluster: &Cluster,
+    snap: &QueueSnapshot,
+    now: Millis,
+    policy: &QueuePolicy,
+) -> Result<(), ClusterError> {
+    let Some(lead) = cluster.leadership() else {
+        return Ok(());
+    };
+    let present: HashSet<(&str, &str)> = snap
+        .devices
+        .iter()
+        .map(|(c, d)| (c.as_str(), d.name.as_str()))
+        .collect();
+    let assigned: HashSet<(&str, &str)> = snap
+        .assignments
+        .iter()
+        .map(|a| (a.controller.as_str(), a.device.as_str()))
+        .collect();
+    let mut done: HashSet<u64> = HashSet::new();
+    // Expiry, and waits that ran out.
+    for r in &snap.requests {
+        let v = &r.value;
+        let next = if v.state.is_open() && v.expires <= now {
+            Some(RequestState::Closed)
+        } else if waiting(v)
+            && v.spec
+                .wait
+                .is_some_and(|w| v.since.plus(Duration::from_secs(w)) <= now)
+        {
+            Some(RequestState::FailedDeviceNotFound)
+        } else {
+            None
+        };
+        if let Some(state) = next {
+            let mut nv = v.clone();
+            nv.state = state;
+            cluster
+                .update_request_as_leader(&lead, &nv, r.mod_revision, None)
+                .await?;
+            done.insert(v.id);
+        }
+    }
+    // Assignments to devices whose owner's lease is gone: not-yet-ready requests go back
+    // to the queue; a ready one stays the job's until returned or expired.
+    for a in &snap.assignments {
+        if present.contains(&(a.controller.as_str(), a.device.as_str())) {
+            continue;
+        }
+        let r = snap
+            .requests
+            .iter()
+            .find(|r| r.value.id == a.assignment.request);
+        match r {
+            Some(r) if r.value.state == RequestState::Ready => {}
+            Some(r) if !done.contains(&r.value.id) => {
+                let mut nv = r.value.clone();
+                if nv.state.is_open() {
+                    nv.state = RequestState::Queued;
+                    nv.device = None;
+                    nv.owner = None;
+                }
+                cluster
+                    .update_request_as_leader(
+                        &lead,
+                        &nv,
+                        r.mod_revision,
+                        Some((&a.controller, &a.device)),
+                    )
+                    .await?;
+                done.insert(nv.id);
+            }
+            _ => {}
+        }
+    }
+    // The queue pass. Device names are unique per rack only, so each round offers at most
+    // one device per name; rounds repeat while they assign.
+    let mut taken: HashSet<(String, String)> = HashSet::new();
+    let mut served: HashSet<u64> = done;
+    loop {
+        let queue: Vec<QueuedRequest> = snap
+            .requests
+            .iter()
+            .filter(|r| waiting(&r.value) && !served.contains(&r.value.id))
+            .map(|r| QueuedRequest {
+                id: r.value.id,
+                spec: r.value.spec.clone(),
+                since: r.value.since,
+            })
+            .collect();
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let mut by_name: HashMap<DeviceName, &str> = HashMap::new();
+        let mut views = Vec::new();
+        for (c, d) in &snap.devices {
+            let key = (c.clone(), d.name.to_string());
+            if !d.available
+                || assigned.contains(&(c.as_str(), d.name.as_str()))
+                || taken.contains(&key)
+                || by_name.contains_key(&d.name)
+            {
+                continue;
+            }
+            by_name.insert(d.name.clone(), c);
+            views.push(view(d));
+        }
+        let picks = super::assign(&queue, &views, now, policy);
+        if picks.is_empty() {
+            return Ok(());
+        }
+        for (id, name) in picks {
+            let controller = by_name[&name].to_owned();
+            served.insert(id);
+            taken.insert((controller.clone(), name.to_string()));
+            let Some(r) = snap.requests.iter().find(|r| r.value.id == id) else {
+                continue;
+            };
+            let mut nv = r.value.clone();
+            nv.state = RequestState::Pending;
+            nv.device = Some(name.to_string());
+            nv.owner = Some(controller.clone());
+            nv.explanation = None;
+            let ok = cluster
+                .assign(&lead, &nv, r.mod_revision, &controller, name.as_str())
+                .await?;
+            if ok {
+                tracing::info!(request = id, device = %name, %controller, "cluster: assigned");
+            }
+        }
+    }
+}
+
+/// A local request holding one of this rack's devices for a shared request.
+#[derive(Debug, Clone)]
+struct Mirror {
+    shared: u64,
+    local: u64,
+    expires: Millis,
+}
+
+/// The owner's side: assignments of this controller's devices, carried out locally.
+struct Owner {
+    cluster: Cluster,
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    /// By device name.
+    mirrors: HashMap<String, Mirror>,
+}
+
+impl Owner {
+    async fn pass(&mut self, snap: &QueueSnapshot) -> Result<(), ClusterError> {
+        let me = self.cluster.name().to_owned();
+        let mine: Vec<_> = snap
+            .assignments
+            .iter()
+            .filter(|a| a.controller == me)
+            .collect();
+        // Mirrors whose assignment is gone (taken back by the scheduler): release locally.
+        let live: HashSet<&str> = mine.iter().map(|a| a.device.as_str()).collect();
+        let stale: Vec<String> = self
+            .mirrors
+            .keys()
+            .filter(|d| !live.contains(d.as_str()))
+            .cloned()
+            .collect();
+        for d in stale {
+            if let Some(m) = self.mirrors.remove(&d) {
+                self.close_local(m.local).await;
+            }
+        }
+        for a in mine {
+            let Some(r) = snap
+                .requests
+                .iter()
+                .find(|r| r.value.id == a.assignment.request)
+            else {
+                continue;
+            };
+            let v = &r.value;
+            let mirror = self.mirrors.get(&a.device).cloned();
+            if !v.state.is_open() || v.device.as_deref() != Some(a.device.as_str()) {
+                // Returned or expired: hand the device back locally (Lifeguard self-tests
+                // it), then free the assignment once the published view has caught up
+                // with the device's state, so it is not offered before it is verified.
+                if let Some(m) = mirror {
+                    self.close_local(m.local).await;
+                    self.mirrors.remove(&a.device);
+                    continue;
+                }
+                if self.view_settled(snap, &me, &a.device).await {
+                    self.cluster
+                        .release_assignment(&me, &a.device, v.id)
+                        .await?;
+                }
+                continue;
+            }
+            match mirror {
+                None if v.state == RequestState::Pending => {
+                    self.start_mirror(v, r.mod_revision, &a.device).await?;
+                }
+                None => {}
+                Some(m) => {
+                    let local = self.pool.get(m.local).await.ok().flatten();
+                    let state = local.as_ref().map(|l| l.snap.state);
+                    match state {
+                        Some(RequestState::Ready) if v.state == RequestState::Pending => {
+                            let mut nv = v.clone();
+                            nv.state = RequestState::Ready;
+                            // A failed compare: the request changed meanwhile (returned,
+                            // reassigned); the next pass sees what it is now.
+                            self.cluster
+                                .update_request(&nv, r.mod_revision, None)
+                                .await?;
+                        }
+                        Some(s) if s.is_open() => {
+                            if v.expires > m.expires {
+                                self.renew_local(&a.device, &m, v.expires).await;
+                            }
+                        }
+                        _ => {
+                            // The local request failed (bad image, device failure): the
+                            // shared one goes back to the queue and the device is freed.
+                            let mut nv = v.clone();
+                            nv.state = RequestState::Queued;
+                            nv.device = None;
+                            nv.owner = None;
+                            if self
+                                .cluster
+                                .update_request(&nv, r.mod_revision, Some((&me, &a.device)))
+                                .await?
+                            {
+                                self.mirrors.remove(&a.device);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's view in etcd equals what this controller would publish now.
+    async fn view_settled(&self, snap: &QueueSnapshot, me: &str, device: &str) -> bool {
+        let Ok(views) = self.pool.device_views().await else {
+            return false;
+        };
+        let Some(local) = views.iter().find(|v| v.name.as_str() == device) else {
+            return true;
+        };
+        let now = published(local);
+        snap.devices
+            .iter()
+            .any(|(c, d)| c == me && d.name.as_str() == device && *d == now)
+    }
+
+    /// Hold `device` locally for `v` through a local request for exactly that device.
+    async fn start_mirror(
+        &mut self,
+        v: &SharedRequest,
+        mod_revision: i64,
+        device: &str,
+    ) -> Result<(), ClusterError> {
+        let now = self.clock.now();
+        let secs = v.expires.0.saturating_sub(now.0).div_ceil(1000).max(1);
+        let mut spec = v.spec.clone();
+        let named = device.parse().map(DeviceChoice::Named);
+        let result = match named {
+            Ok(choice) => {
+                spec.requested_device = choice;
+                spec.created = now;
+                spec.wait = None;
+                self.pool
+                    .create(spec, secs, None)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(local) if local.snap.state.is_open() => {
+                tracing::info!(
+                    request = v.id,
+                    local = local.snap.id,
+                    device,
+                    "cluster: preparing an assigned device"
+                );
+                self.mirrors.insert(
+                    device.to_owned(),
+                    Mirror {
+                        shared: v.id,
+                        local: local.snap.id,
+                        expires: v.expires,
+                    },
+                );
+                Ok(())
+            }
+            other => {
+                tracing::warn!(request = v.id, device, result = ?other.map(|l| l.snap.state), "cluster: cannot hold an assigned device; back to the queue");
+                let mut nv = v.clone();
+                nv.state = RequestState::Queued;
+                nv.device = None;
+                nv.owner = None;
+                let me = self.cluster.name().to_owned();
+                self.cluster
+                    .update_request(&nv, mod_revision, Some((&me, device)))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn close_local(&self, local: u64) {
+        if let Err(e) = self.pool.deliver(local, Event::Close, None).await {
+            tracing::warn!(local, error = %e, "cluster: cannot close a local mirror request");
+        }
+    }
+
+    async fn renew_local(&mut self, device: &str, m: &Mirror, expires: Millis) {
+        let secs = expires
+            .0
+            .saturating_sub(self.clock.now().0)
+            .div_ceil(1000)
+            .max(1);
+        if self
+            .pool
+            .deliver(
+                m.local,
+                Event::Renew {
+                    duration_secs: secs,
+                },
+                None,
+            )
+            .await
+            .is_ok()
+            && let Some(mm) = self.mirrors.get_mut(device)
+        {
+            debug_assert_eq!(mm.shared, m.shared);
+            mm.expires = expires;
+        }
+    }
+}
