@@ -233,6 +233,15 @@ impl Pool {
             .await
     }
 
+    /// Every open request (not closed or failed), as stored: cluster mode's owner looks for
+    /// the mirrors an earlier process of this controller left behind.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub async fn open_requests(&self) -> Result<Vec<StoredRequest>, StoreError> {
+        self.inner.store.read(|snap| snap.requests(true)).await
+    }
+
     /// A device changed outside Lifeguard (a tech settled its address change) and may be
     /// free now: run a queue pass.
     pub fn device_changed(&self) {

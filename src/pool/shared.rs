@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeviceChoice, DeviceView, Event, Pool, QueuePolicy, QueuedRequest, RequestState};
-use crate::cluster::requests::{QueueSnapshot, SharedRequest};
+use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest};
 use crate::cluster::{Cluster, ClusterError, PublishedDevice};
 use crate::domain::clock::{Clock, Millis};
 use crate::domain::names::DeviceName;
@@ -70,6 +70,7 @@ pub async fn run(
         pool,
         clock: clock.clone(),
         mirrors: HashMap::new(),
+        adopted: false,
     };
     loop {
         if cluster.lease().borrow().live().is_some() {
@@ -248,6 +249,8 @@ struct Owner {
     clock: Arc<dyn Clock>,
     /// By device name.
     mirrors: HashMap<String, Mirror>,
+    /// The mirrors left by an earlier process of this controller were dealt with.
+    adopted: bool,
 }
 
 impl Owner {
@@ -258,6 +261,9 @@ impl Owner {
             .iter()
             .filter(|a| a.controller == me)
             .collect();
+        if !self.adopted {
+            self.adopt(&mine).await;
+        }
         // Mirrors whose assignment is gone (taken back by the scheduler): release locally.
         let live: HashSet<&str> = mine.iter().map(|a| a.device.as_str()).collect();
         let stale: Vec<String> = self
@@ -340,6 +346,58 @@ impl Owner {
             }
         }
         Ok(())
+    }
+
+    /// Once, at the first pass after start-up: the open local requests an earlier process
+    /// of this controller left (it was killed while holding devices; in cluster mode every
+    /// local request is a mirror made for one named device). One whose device still has an
+    /// assignment becomes that assignment's mirror again, so the pass carries it on
+    /// (reports it ready, renews it, or closes it when the shared request ended). The
+    /// others are closed: their shared request went back to the queue or ended meanwhile,
+    /// and without this the device stayed held locally, out of the pool, until the old
+    /// request's lease ran out.
+    async fn adopt(&mut self, mine: &[&AssignmentRow]) {
+        let open = match self.pool.open_requests().await {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: cannot read the local requests; trying again");
+                return;
+            }
+        };
+        for local in open {
+            let id = local.snap.id;
+            let device = match &local.snap.spec.requested_device {
+                DeviceChoice::Named(d) => d.to_string(),
+                DeviceChoice::Any => String::new(),
+            };
+            match mine.iter().find(|a| a.device == device) {
+                Some(a) if !self.mirrors.contains_key(&device) => {
+                    tracing::info!(
+                        request = a.assignment.request,
+                        local = id,
+                        device,
+                        "cluster: carrying on with a mirror left by an earlier process"
+                    );
+                    self.mirrors.insert(
+                        device,
+                        Mirror {
+                            shared: a.assignment.request,
+                            local: id,
+                            expires: local.snap.expires,
+                        },
+                    );
+                }
+                _ => {
+                    tracing::info!(
+                        local = id,
+                        device,
+                        "cluster: closing a mirror left by an earlier process"
+                    );
+                    self.close_local(id).await;
+                }
+            }
+        }
+        self.adopted = true;
     }
 
     /// The device's view in etcd equals what this controller would publish now.
