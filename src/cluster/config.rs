@@ -34,6 +34,11 @@ pub struct ClusterConfig {
     /// Longest wait for one etcd call, in ms; past it the call counts as etcd unreachable.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long a closed or failed request (and its idempotency key) stays in etcd after it
+    /// ended, in seconds, before the scheduler deletes it: clients may still read its final
+    /// state, and a create retried with the same key within this time gets it back.
+    #[serde(default = "default_keep_closed_s")]
+    pub keep_closed_s: u64,
     /// CA certificate (PEM) that signed the etcd members' certificates; needs `https://`
     /// endpoints.
     pub ca: Option<PathBuf>,
@@ -58,6 +63,10 @@ fn default_lease_ttl() -> u64 {
 
 fn default_timeout_ms() -> u64 {
     2000
+}
+
+fn default_keep_closed_s() -> u64 {
+    86_400
 }
 
 impl ClusterConfig {
@@ -107,6 +116,9 @@ impl ClusterConfig {
         if !(100..=60_000).contains(&self.timeout_ms) {
             return Err("cluster.timeout_ms must be between 100 and 60000".into());
         }
+        if self.keep_closed_s == 0 {
+            return Err("cluster.keep_closed_s must be at least 1".into());
+        }
         if self.cert.is_some() != self.key.is_some() {
             return Err("cluster.cert and cluster.key go together: set both or neither".into());
         }
@@ -146,6 +158,7 @@ mod tests {
         let c = parse("endpoints = [\"http://127.0.0.1:2379\"]\n").expect("minimal");
         assert_eq!(c.prefix, "/mozpool/");
         assert_eq!(c.lease_ttl_s, 10);
+        assert_eq!(c.keep_closed_s, 86_400);
         assert!(c.name.is_none());
         for (text, want) in [
             ("endpoints = []\n", "at least one"),
@@ -158,6 +171,10 @@ mod tests {
             (
                 "endpoints = [\"http://a:1\"]\nlease_ttl_s = 1\n",
                 "lease_ttl_s",
+            ),
+            (
+                "endpoints = [\"http://a:1\"]\nkeep_closed_s = 0\n",
+                "keep_closed_s",
             ),
             (
                 "endpoints = [\"http://a:1\"]\nca = \"/etc/ca.pem\"\n",

@@ -42,6 +42,10 @@ pub struct SharedRequest {
     pub owner_token: Option<String>,
     /// Arrival in the queue (kept when a request goes back to waiting).
     pub since: Millis,
+    /// When it was returned, expired or failed: the scheduler deletes it
+    /// `cluster.keep_closed_s` later (records without it count from `expires`).
+    #[serde(default)]
+    pub ended: Option<Millis>,
 }
 
 /// A value read from etcd with its mod revision, for a later compare.
@@ -332,6 +336,70 @@ impl Cluster {
             )])
             .and_then([TxnOp::delete(akey, None)]);
         Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// How long an ended request stays in etcd (`cluster.keep_closed_s`).
+    #[must_use]
+    pub fn keep_closed(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.inner.config.keep_closed_s)
+    }
+
+    /// Delete ended requests, each `(id, mod_revision)` as read, with the idempotency keys
+    /// that name them, one transaction per request guarded by that revision (unchanged)
+    /// and `leadership`'s election revision. Returns how many went.
+    ///
+    /// # Errors
+    /// [`ClusterError::NotLeader`] when the election is lost; [`ClusterError::Unavailable`]
+    /// when etcd cannot take the writes.
+    pub async fn delete_requests_as_leader(
+        &self,
+        leadership: &Leadership,
+        ended: &[(u64, i64)],
+    ) -> Result<usize, ClusterError> {
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        let resp = self
+            .txn(Txn::new().and_then([TxnOp::get(
+                self.key("idem/"),
+                Some(GetOptions::new().with_prefix()),
+            )]))
+            .await?;
+        let idem: Vec<(Vec<u8>, u64)> = gets(&resp, 0)
+            .iter()
+            .filter_map(|kv| Some((kv.key().to_vec(), serde_json::from_slice(kv.value()).ok()?)))
+            .collect();
+        let mut gone = 0;
+        for &(id, mod_revision) in ended {
+            let key = self.request_key(id);
+            let mut ops = vec![TxnOp::delete(key.clone(), None)];
+            ops.extend(
+                idem.iter()
+                    .filter(|(_, i)| *i == id)
+                    .map(|(k, _)| TxnOp::delete(k.clone(), None)),
+            );
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
+                    Compare::create_revision(
+                        self.scheduler_key(),
+                        CompareOp::Equal,
+                        leadership.revision,
+                    ),
+                ])
+                .and_then(ops)
+                .or_else([TxnOp::get(self.scheduler_key(), None)]);
+            let resp = self.txn(txn).await?;
+            if resp.succeeded() {
+                gone += 1;
+                continue;
+            }
+            match gets(&resp, 0).first() {
+                Some(kv) if kv.create_revision() == leadership.revision => {}
+                _ => return Err(ClusterError::NotLeader(leadership.revision)),
+            }
+        }
+        Ok(gone)
     }
 
     /// Requests, assignments and published devices at one revision.

@@ -22,6 +22,10 @@ use crate::domain::names::DeviceName;
 /// How often the scheduler and the owner look at the queue.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// At most this many ended requests are deleted per scheduler pass, so a backlog does not
+/// hold up assignments.
+const SWEEP_BATCH: usize = 64;
+
 /// A device's pool view as cluster mode publishes it.
 #[must_use]
 pub fn published(v: &DeviceView) -> PublishedDevice {
@@ -138,11 +142,40 @@ async fn schedule(
         if let Some(state) = next {
             let mut nv = v.clone();
             nv.state = state;
+            nv.ended = Some(now);
             cluster
                 .update_request_as_leader(&lead, &nv, r.mod_revision, None)
                 .await?;
             done.insert(v.id);
         }
+    }
+    // Ended requests kept long enough, whose device (if any) its owner has freed: deleted
+    // with their idempotency keys, so etcd and every pass's read stay small.
+    let keep = cluster.keep_closed();
+    let held: HashSet<u64> = snap
+        .assignments
+        .iter()
+        .map(|a| a.assignment.request)
+        .collect();
+    let ended: Vec<(u64, i64)> = snap
+        .requests
+        .iter()
+        .filter(|r| {
+            let v = &r.value;
+            !v.state.is_open()
+                && !done.contains(&v.id)
+                && !held.contains(&v.id)
+                && v.ended.unwrap_or(v.expires).plus(keep) <= now
+        })
+        .take(SWEEP_BATCH)
+        .map(|r| (r.value.id, r.mod_revision))
+        .collect();
+    let gone = cluster.delete_requests_as_leader(&lead, &ended).await?;
+    if gone > 0 {
+        tracing::info!(
+            requests = gone,
+            "cluster: deleted ended requests past cluster.keep_closed_s"
+        );
     }
     // Assignments to devices whose owner's lease is gone: not-yet-ready requests go back
     // to the queue; a ready one stays the job's until returned or expired.

@@ -276,6 +276,17 @@ struct Controller {
 
 impl Controller {
     async fn start(etcd: &Etcd, name: &str, prefix: &str, devices: u32) -> Controller {
+        Self::start_with(etcd, name, prefix, devices, "").await
+    }
+
+    /// As [`Controller::start`], with `extra` lines appended to its `[cluster]` section.
+    async fn start_with(
+        etcd: &Etcd,
+        name: &str,
+        prefix: &str,
+        devices: u32,
+        extra: &str,
+    ) -> Controller {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
         let port = free_port();
@@ -283,7 +294,7 @@ impl Controller {
         std::fs::write(
             &config,
             format!(
-                "[server]\nname = \"{name}\"\n[log]\nlevel = \"info\"\n{FAST_RACK}\n{}",
+                "[server]\nname = \"{name}\"\n[log]\nlevel = \"info\"\n{FAST_RACK}\n{}{extra}",
                 etcd.section(name, prefix)
             ),
         )
@@ -1679,4 +1690,73 @@ async fn no_double_booking_while_controllers_are_killed_and_restarted() {
         ready >= 4,
         "too little was served to prove anything: {ready} ready"
     );
+}
+
+/// The retention sweep: an ended request stays readable for `cluster.keep_closed_s`, is
+/// deleted with its idempotency key only after its device was freed, and the key then
+/// creates a new request (ids are not reused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_requests_are_deleted_after_keep_closed() {
+    let test = "cluster_keep_closed";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start_with(&etcd, "rack-a", &p, 1, "keep_closed_s = 2\n").await;
+    until_pooled(&etcd, &p, 1).await;
+    let id = request_any(&a, "sweep", 0, Some("sweep-1")).await["id"]
+        .as_u64()
+        .expect("id");
+    until_ready(&a, id, Duration::from_secs(30)).await;
+    // An open request is never swept, however old.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let key = format!("{p}requests/{id}");
+    assert_eq!(etcd.keys(&key), vec![key.clone()]);
+    assert_eq!(
+        post(
+            &a,
+            &format!("/api/request/{id}/return/"),
+            serde_json::json!({})
+        )
+        .await,
+        204
+    );
+    let returned = Instant::now();
+    let s = get_json(&a, &format!("/api/request/{id}/status/")).await;
+    assert_eq!(s["state"], "closed", "{s}");
+    // Deleted once kept 2 s and its device is freed (the self-test takes longer), never
+    // while its assignment is still there.
+    while !etcd.keys(&key).is_empty() {
+        assert!(
+            returned.elapsed() < Duration::from_secs(20),
+            "request {id} not deleted\n{}",
+            a.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = returned.elapsed();
+    assert!(
+        gone >= Duration::from_millis(1900),
+        "deleted too early: {gone:?}"
+    );
+    assert!(
+        etcd.keys(&format!("{p}assign/")).is_empty(),
+        "deleted while its device was still assigned"
+    );
+    assert!(
+        etcd.keys(&format!("{p}idem/")).is_empty(),
+        "idempotency key left"
+    );
+    eprintln!("cluster: ended request {id} deleted {gone:?} after its return");
+    let r = http()
+        .get(format!("{}/api/request/{id}/status/", a.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    let again = request_any(&a, "sweep", 0, Some("sweep-1")).await["id"]
+        .as_u64()
+        .expect("id");
+    assert_eq!(again, id + 1, "a new request, with a new id");
+    check_assignment_history(&etcd, &p);
 }

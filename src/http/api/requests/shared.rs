@@ -90,6 +90,7 @@ pub async fn create(
             explanation: None,
             owner_token: token.clone(),
             since: now,
+            ended: None,
         })
         .await?;
     Ok(ok(&json!({ "request": request_json(&r, &ctx.base_url) })))
@@ -255,11 +256,13 @@ pub async fn return_request(
     cluster: &Cluster,
     id: u64,
 ) -> Result<Response<Body>, ApiError> {
+    let now = ctx.svc.clock.now();
     modify(ctx, cluster, id, |r| {
         if !r.state.is_open() {
             return false;
         }
         r.state = RequestState::Closed;
+        r.ended = Some(now);
         true
     })
     .await?;
