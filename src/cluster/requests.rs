@@ -210,6 +210,20 @@ impl Cluster {
             .transpose()
     }
 
+    /// The key of `r` and the operations that write it (and delete `delete_assignment`).
+    fn request_write(
+        &self,
+        r: &SharedRequest,
+        delete_assignment: Option<(&str, &str)>,
+    ) -> (String, Vec<TxnOp>) {
+        let key = self.request_key(r.id);
+        let mut ops = vec![TxnOp::put(key.clone(), encode(r), None)];
+        if let Some((c, d)) = delete_assignment {
+            ops.push(TxnOp::delete(self.assign_key(c, d), None));
+        }
+        (key, ops)
+    }
+
     /// Write `r` if its key still has `mod_revision` (nobody changed it since it was read);
     /// `Ok(false)` when it changed. `delete_assignment`: also delete that assignment key in
     /// the same transaction.
@@ -222,11 +236,7 @@ impl Cluster {
         mod_revision: i64,
         delete_assignment: Option<(&str, &str)>,
     ) -> Result<bool, ClusterError> {
-        let key = self.request_key(r.id);
-        let mut ops = vec![TxnOp::put(key.clone(), encode(r), None)];
-        if let Some((c, d)) = delete_assignment {
-            ops.push(TxnOp::delete(self.assign_key(c, d), None));
-        }
+        let (key, ops) = self.request_write(r, delete_assignment);
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
             .and_then(ops);
@@ -246,11 +256,7 @@ impl Cluster {
         mod_revision: i64,
         delete_assignment: Option<(&str, &str)>,
     ) -> Result<bool, ClusterError> {
-        let key = self.request_key(r.id);
-        let mut ops = vec![TxnOp::put(key.clone(), encode(r), None)];
-        if let Some((c, d)) = delete_assignment {
-            ops.push(TxnOp::delete(self.assign_key(c, d), None));
-        }
+        let (key, ops) = self.request_write(r, delete_assignment);
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
