@@ -14,6 +14,10 @@ use tokio::time::Instant;
 
 use super::{ClusterError, classify, lock};
 
+/// The pause before trying every endpoint again: short against an etcd leader election
+/// (1 s by default), long enough not to hammer members that are down.
+const ROUND_PAUSE: Duration = Duration::from_millis(50);
+
 pub(super) struct Endpoints {
     urls: Vec<String>,
     options: ConnectOptions,
@@ -52,9 +56,12 @@ impl Endpoints {
     }
 
     /// Run `f` on a client, within `timeout` in all; an "unavailable" failure is retried on
-    /// the next endpoint, each endpoint at most once. Every call here is safe to repeat
-    /// (guarded transactions, puts of the same value, reads; a repeated lease grant leaves
-    /// an unused lease that expires by itself).
+    /// the next endpoint, and after every endpoint failed in a row, again from the start after
+    /// a short pause, until the deadline: when etcd's raft leader dies, the other members
+    /// answer "no leader" until they elect a new one (about an election timeout), and a
+    /// call that waits that out is one a client never sees fail. Every call here is safe to
+    /// repeat (guarded transactions, puts of the same value, reads; a repeated lease grant
+    /// leaves an unused lease that expires by itself).
     pub(super) async fn call<T, F, Fut>(
         &self,
         timeout: Duration,
@@ -66,7 +73,15 @@ impl Endpoints {
     {
         let deadline = Instant::now() + timeout;
         let mut last = None;
-        for _ in 0..self.urls.len() {
+        let mut failed_in_a_row = 0;
+        loop {
+            if failed_in_a_row >= self.urls.len() {
+                failed_in_a_row = 0;
+                if Instant::now() + ROUND_PAUSE >= deadline {
+                    break;
+                }
+                tokio::time::sleep(ROUND_PAUSE).await;
+            }
             let i = self.current.load(Ordering::Relaxed) % self.urls.len();
             let attempt = async {
                 let c = self.client(i).await?;
@@ -82,10 +97,11 @@ impl Endpoints {
                     tracing::debug!(endpoint = %self.urls[i], error = %e, "cluster: endpoint failed");
                     self.fail(i);
                     last = Some(e);
+                    failed_in_a_row += 1;
                 }
                 Err(_) => {
+                    // Past the deadline: the reason an earlier endpoint gave, if any, says more.
                     self.fail(i);
-                    last = None;
                     break;
                 }
             }
