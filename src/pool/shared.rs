@@ -133,6 +133,14 @@ pub fn queue_positions(
     super::position(&waiting_queue(snap, &HashSet::new()), &views, now, policy)
 }
 
+/// The Lifeguard state `controller` publishes for `device` (empty when unpublished).
+fn published_state(snap: &QueueSnapshot, controller: &str, device: &str) -> String {
+    snap.devices
+        .iter()
+        .find(|(c, d)| c == controller && d.name.as_str() == device)
+        .map_or_else(String::new, |(_, d)| d.state.clone())
+}
+
 /// Run the scheduler and owner loops until `stop`.
 pub async fn run(
     cluster: Cluster,
@@ -514,7 +522,9 @@ impl Owner {
             }
             match mirror {
                 None if v.state == RequestState::Pending => {
-                    self.start_mirror(v, r.mod_revision, &a.device).await?;
+                    let seen = published_state(snap, &me, &a.device);
+                    self.start_mirror(v, r.mod_revision, &a.device, seen)
+                        .await?;
                 }
                 None => {}
                 Some(mut m) => {
@@ -633,19 +643,13 @@ impl Owner {
     /// Note the device's Lifeguard state when it changed since the last pass (flashing,
     /// rebooting, verifying…), as its rack published it.
     fn note_progress(&self, snap: &QueueSnapshot, me: &str, device: &str, m: &mut Mirror) {
-        let Some((_, d)) = snap
-            .devices
-            .iter()
-            .find(|(c, d)| c == me && d.name.as_str() == device)
-        else {
-            return;
-        };
-        if d.state != m.seen {
-            m.seen.clone_from(&d.state);
+        let state = published_state(snap, me, device);
+        if !state.is_empty() && state != m.seen {
             m.note(
                 self.clock.now(),
-                format!("device {device} on controller {me}: {}", d.state),
+                format!("device {device} on controller {me}: {state}"),
             );
+            m.seen = state;
         }
     }
 
@@ -669,6 +673,7 @@ impl Owner {
         v: &SharedRequest,
         mod_revision: i64,
         device: &str,
+        seen: String,
     ) -> Result<(), ClusterError> {
         let now = self.clock.now();
         let secs = v.expires.0.saturating_sub(now.0).div_ceil(1000).max(1);
@@ -695,6 +700,8 @@ impl Owner {
                     "cluster: preparing an assigned device"
                 );
                 let mut m = Mirror::new(v.id, local.snap.id, v.expires);
+                // Progress notes start from the state it was offered in (`ready`).
+                m.seen = seen;
                 m.note(
                     now,
                     format!(
