@@ -849,6 +849,25 @@ mod tests {
     }
 
     #[test]
+    fn progress_notes_are_bounded_and_written_once() {
+        let mut m = Mirror::new(4, 9, Millis(0));
+        for i in 0..(MAX_NOTES as u64 + 3) {
+            m.note(Millis(i), format!("note {i}"));
+        }
+        let mut r = request(4, "alice", 0, RequestState::Pending).value;
+        m.flush(&mut r);
+        assert_eq!(r.log.len(), MAX_NOTES);
+        assert_eq!(r.log[0].message, "note 3", "the oldest notes went");
+        assert!(r.log.iter().all(|l| l.source == "owner"));
+        m.flush(&mut r);
+        assert_eq!(
+            r.log.len(),
+            MAX_NOTES,
+            "flushed notes are not written twice"
+        );
+    }
+
+    #[test]
     fn holdings_on_every_rack_count_for_fair_share() {
         let snap = three_racks();
         let views = cluster_views(&snap);

@@ -1510,6 +1510,13 @@ async fn reasons_logs_and_fair_share_across_racks() {
         holders[0],
         log_messages(&get_json(&a, &format!("/api/request/{}/log/", holders[0])).await)
     );
+    for id in [bob, holders[0]] {
+        let out = etcd.etcdctl(&["get", &format!("{p}requests/{id}"), "--print-value-only"]);
+        eprintln!(
+            "cluster: request {id}'s record in etcd is {} bytes",
+            out.stdout.len()
+        );
+    }
     let device = sb["assigned_device"].as_str().expect("device");
     let rack = sb["controller"].as_str().expect("controller");
     for want in [
