@@ -46,6 +46,52 @@ pub struct SharedRequest {
     /// `cluster.keep_closed_s` later (records without it count from `expires`).
     #[serde(default)]
     pub ended: Option<Millis>,
+    /// What happened to it, oldest first: the last [`MAX_LOG_LINES`] lines, each written in
+    /// the transaction that made the change it describes (records written before the log
+    /// existed have none).
+    #[serde(default)]
+    pub log: Vec<LogLine>,
+}
+
+/// Most log lines a shared request keeps (older ones are dropped), so a request that keeps
+/// changing does not grow its etcd value without bound.
+pub const MAX_LOG_LINES: usize = 50;
+
+/// One line of a shared request's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// 1 for the request's first line, then one more per line (kept when older lines are
+    /// dropped, so a client can tell what it already saw).
+    pub seq: u64,
+    /// When it happened.
+    pub ts: Millis,
+    /// Who wrote it: `api` (a client's call), `scheduler` or `owner` (the device's
+    /// controller).
+    pub source: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl SharedRequest {
+    /// Append a log line, dropping the oldest beyond [`MAX_LOG_LINES`].
+    pub fn push_log(&mut self, ts: Millis, source: &str, message: impl Into<String>) {
+        let seq = self.log.last().map_or(1, |l| l.seq + 1);
+        self.log.push(LogLine {
+            seq,
+            ts,
+            source: source.to_owned(),
+            message: message.into(),
+        });
+        let over = self.log.len().saturating_sub(MAX_LOG_LINES);
+        self.log.drain(..over);
+    }
+
+    /// `self` with one more log line (see [`SharedRequest::push_log`]).
+    #[must_use]
+    pub fn with_log(mut self, ts: Millis, source: &str, message: impl Into<String>) -> Self {
+        self.push_log(ts, source, message);
+        self
+    }
 }
 
 /// A value read from etcd with its mod revision, for a later compare.
@@ -484,5 +530,57 @@ impl Cluster {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::request::DeviceChoice;
+
+    fn request() -> SharedRequest {
+        SharedRequest {
+            id: 7,
+            spec: RequestSpec::new(
+                DeviceChoice::Any,
+                "alice",
+                "android".parse().expect("image"),
+                Millis(0),
+            ),
+            expires: Millis(1000),
+            state: RequestState::Queued,
+            device: None,
+            owner: None,
+            taken_by: "rack-a".into(),
+            explanation: None,
+            owner_token: None,
+            since: Millis(0),
+            ended: None,
+            log: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_log_keeps_the_last_lines_and_counts_on() {
+        let mut r = request();
+        for i in 0..(MAX_LOG_LINES as u64 + 5) {
+            r.push_log(Millis(i), "api", format!("line {i}"));
+        }
+        assert_eq!(r.log.len(), MAX_LOG_LINES);
+        assert_eq!(r.log[0].seq, 6, "the five oldest went");
+        assert_eq!(r.log[0].message, "line 5");
+        let last = r.log.last().expect("line");
+        assert_eq!((last.seq, last.ts), (MAX_LOG_LINES as u64 + 5, Millis(54)));
+    }
+
+    #[test]
+    fn records_written_before_the_log_existed_still_decode() {
+        let mut v = serde_json::to_value(request()).expect("json");
+        let o = v.as_object_mut().expect("object");
+        o.remove("log");
+        o.remove("ended");
+        let r: SharedRequest = serde_json::from_value(v).expect("decodes");
+        assert!(r.log.is_empty());
+        assert_eq!(r.ended, None);
     }
 }

@@ -191,6 +191,12 @@ impl Pool {
         &self.inner.ctx.timings
     }
 
+    /// Queue policy in use (cluster mode's status answers positions with it too).
+    #[must_use]
+    pub fn policy(&self) -> &QueuePolicy {
+        &self.inner.ctx.policy
+    }
+
     /// Follow one request: [`RequestWatch::changed`] returns after the next commit that
     /// writes it. Only that request's waiters wake, not every long poll of the pool.
     #[must_use]

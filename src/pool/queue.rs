@@ -88,11 +88,13 @@ pub fn fair_share_applies(waiting: &[QueuedRequest], policy: &QueuePolicy) -> bo
 }
 
 /// Whether `r`'s assignee holds at least its share of `r`'s matching devices, counting
-/// devices held in `devices` plus `granted` (device name → assignee) from this pass.
+/// devices held in `devices` plus `granted` (device → assignee) from this pass. Granted
+/// devices are compared by identity, not name: cluster mode passes devices of several racks,
+/// whose names are unique per rack only.
 fn over_share(
     r: &QueuedRequest,
     devices: &[DeviceView],
-    granted: &[(&DeviceName, &str)],
+    granted: &[(&DeviceView, &str)],
     k: usize,
 ) -> bool {
     let a = r.spec.assignee.as_str();
@@ -104,7 +106,9 @@ fn over_share(
         }
         matching += 1;
         let holder_is_a = d.held_by.as_ref().is_some_and(|h| h.assignee == a)
-            || granted.iter().any(|&(gn, ga)| *gn == d.name && ga == a);
+            || granted
+                .iter()
+                .any(|&(gd, ga)| std::ptr::eq(gd, d) && ga == a);
         if holder_is_a {
             held += 1;
         }
@@ -128,7 +132,7 @@ pub fn assign(
     // By name, so even a (bogus) inventory listing a name twice cannot hand it out twice.
     let mut taken: HashSet<&DeviceName> = HashSet::new();
     let mut served: HashSet<u64> = HashSet::new();
-    let mut granted: Vec<(&DeviceName, &str)> = Vec::new();
+    let mut granted: Vec<(&DeviceView, &str)> = Vec::new();
     let mut out = Vec::new();
     let rounds: &[bool] = if fair { &[true, false] } else { &[false] };
     for &check_share in rounds {
@@ -146,7 +150,7 @@ pub fn assign(
             };
             taken.insert(&d.name);
             served.insert(r.id);
-            granted.push((&d.name, r.spec.assignee.as_str()));
+            granted.push((d, r.spec.assignee.as_str()));
             out.push((r.id, d.name.clone()));
         }
     }

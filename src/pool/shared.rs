@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{DeviceChoice, DeviceView, Event, Pool, QueuePolicy, QueuedRequest, RequestState};
+use super::{
+    DeviceChoice, DeviceView, Event, Holder, Pool, QueuePolicy, QueuedRequest, RequestState,
+};
 use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest};
 use crate::cluster::{Cluster, ClusterError, PublishedDevice};
 use crate::domain::clock::{Clock, Millis};
@@ -25,6 +27,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// At most this many ended requests are deleted per scheduler pass, so a backlog does not
 /// hold up assignments.
 const SWEEP_BATCH: usize = 64;
+
+/// At most this many waiting requests get a new `waiting_because` per scheduler pass (the
+/// front of the queue first), so a long queue whose explanations all change at once (a
+/// device changed state) costs a few writes a pass, not one per waiter.
+pub const REASON_BATCH: usize = 8;
 
 /// A device's pool view as cluster mode publishes it.
 #[must_use]
@@ -59,6 +66,79 @@ fn view(p: &PublishedDevice) -> DeviceView {
     v.os_version.clone_from(&p.os_version);
     v.current_image.clone_from(&p.current_image);
     v
+}
+
+/// The waiting requests of the shared queue, as the queue logic reads them, leaving out
+/// `skip` (requests this pass already changed).
+fn waiting_queue(snap: &QueueSnapshot, skip: &HashSet<u64>) -> Vec<QueuedRequest> {
+    snap.requests
+        .iter()
+        .filter(|r| waiting(&r.value) && !skip.contains(&r.value.id))
+        .map(|r| QueuedRequest {
+            id: r.value.id,
+            spec: r.value.spec.clone(),
+            since: r.value.since,
+        })
+        .collect()
+}
+
+/// Every published device of the cluster as the queue logic reads it, with its controller.
+/// A device with an assignment is never free; while the assigned request is open it is held
+/// by that request's assignee, so fair share counts what each assignee holds on every rack,
+/// as single-rack mode counts its holders.
+fn cluster_views(snap: &QueueSnapshot) -> Vec<(&str, DeviceView)> {
+    let open: HashMap<u64, &SharedRequest> = snap
+        .requests
+        .iter()
+        .map(|r| &r.value)
+        .filter(|r| r.state.is_open())
+        .map(|r| (r.id, r))
+        .collect();
+    let assigned: HashMap<(&str, &str), u64> = snap
+        .assignments
+        .iter()
+        .map(|a| {
+            (
+                (a.controller.as_str(), a.device.as_str()),
+                a.assignment.request,
+            )
+        })
+        .collect();
+    snap.devices
+        .iter()
+        .map(|(c, d)| {
+            let mut v = view(d);
+            if let Some(id) = assigned.get(&(c.as_str(), d.name.as_str())) {
+                v.free = false;
+                v.held_by = open.get(id).map(|r| Holder {
+                    request: r.id,
+                    assignee: r.spec.assignee.clone(),
+                });
+            }
+            (c.as_str(), v)
+        })
+        .collect()
+}
+
+/// Each waiting request's 1-based queue position, from the same inputs the scheduler pass
+/// hands `pool::queue::assign` (priority, aging, fair share over the whole cluster), through
+/// single-rack mode's [`super::position`].
+#[must_use]
+pub fn queue_positions(
+    snap: &QueueSnapshot,
+    now: Millis,
+    policy: &QueuePolicy,
+) -> Vec<(u64, usize)> {
+    let views: Vec<DeviceView> = cluster_views(snap).into_iter().map(|(_, v)| v).collect();
+    super::position(&waiting_queue(snap, &HashSet::new()), &views, now, policy)
+}
+
+/// The Lifeguard state `controller` publishes for `device` (empty when unpublished).
+fn published_state(snap: &QueueSnapshot, controller: &str, device: &str) -> String {
+    snap.devices
+        .iter()
+        .find(|(c, d)| c == controller && d.name.as_str() == device)
+        .map_or_else(String::new, |(_, d)| d.state.clone())
 }
 
 /// Run the scheduler and owner loops until `stop`.
@@ -119,11 +199,6 @@ async fn schedule(
         .iter()
         .map(|(c, d)| (c.as_str(), d.name.as_str()))
         .collect();
-    let assigned: HashSet<(&str, &str)> = snap
-        .assignments
-        .iter()
-        .map(|a| (a.controller.as_str(), a.device.as_str()))
-        .collect();
     let mut done: HashSet<u64> = HashSet::new();
     // Expiry, and waits that ran out.
     for r in &snap.requests {
@@ -143,6 +218,12 @@ async fn schedule(
             let mut nv = v.clone();
             nv.state = state;
             nv.ended = Some(now);
+            let line = match (state, &v.explanation) {
+                (RequestState::Closed, _) => "Request expired.".to_owned(),
+                (_, Some(why)) => format!("no device found within its wait: {why}"),
+                (_, None) => "no device found within its wait".to_owned(),
+            };
+            nv.push_log(now, "scheduler", line);
             cluster
                 .update_request_as_leader(&lead, &nv, r.mod_revision, None)
                 .await?;
@@ -195,6 +276,14 @@ async fn schedule(
                     nv.state = RequestState::Queued;
                     nv.device = None;
                     nv.owner = None;
+                    nv.push_log(
+                        now,
+                        "scheduler",
+                        format!(
+                            "back to the queue: device {} of {} left the pool (its controller's lease ended)",
+                            a.device, a.controller
+                        ),
+                    );
                 }
                 cluster
                     .update_request_as_leader(
@@ -209,62 +298,123 @@ async fn schedule(
             _ => {}
         }
     }
-    // The queue pass. Device names are unique per rack only, so each round offers at most
-    // one device per name; rounds repeat while they assign.
-    let mut taken: HashSet<(String, String)> = HashSet::new();
+    // The queue pass, over every published device of the cluster (held ones too, so fair
+    // share counts each assignee's holdings). Device names are unique per rack only, so
+    // each round offers at most one available device per name (the others count for fair
+    // share but wait for the next round); rounds repeat while they assign.
+    let base = cluster_views(snap);
+    let mut granted: HashMap<(&str, String), Holder> = HashMap::new();
     let mut served: HashSet<u64> = done;
-    loop {
-        let queue: Vec<QueuedRequest> = snap
-            .requests
-            .iter()
-            .filter(|r| waiting(&r.value) && !served.contains(&r.value.id))
-            .map(|r| QueuedRequest {
-                id: r.value.id,
-                spec: r.value.spec.clone(),
-                since: r.value.since,
+    let with_grants = |granted: &HashMap<(&str, String), Holder>| -> Vec<(&str, DeviceView)> {
+        base.iter()
+            .map(|(c, v)| {
+                let mut v = v.clone();
+                if let Some(h) = granted.get(&(*c, v.name.to_string())) {
+                    v.free = false;
+                    v.held_by = Some(h.clone());
+                }
+                (*c, v)
             })
-            .collect();
+            .collect()
+    };
+    loop {
+        let queue = waiting_queue(snap, &served);
         if queue.is_empty() {
-            return Ok(());
+            break;
         }
         let mut by_name: HashMap<DeviceName, &str> = HashMap::new();
-        let mut views = Vec::new();
-        for (c, d) in &snap.devices {
-            let key = (c.clone(), d.name.to_string());
-            if !d.available
-                || assigned.contains(&(c.as_str(), d.name.as_str()))
-                || taken.contains(&key)
-                || by_name.contains_key(&d.name)
-            {
-                continue;
-            }
-            by_name.insert(d.name.clone(), c);
-            views.push(view(d));
-        }
+        let views: Vec<DeviceView> = with_grants(&granted)
+            .into_iter()
+            .map(|(c, mut v)| {
+                if v.available() {
+                    if by_name.contains_key(&v.name) {
+                        v.free = false;
+                    } else {
+                        by_name.insert(v.name.clone(), c);
+                    }
+                }
+                v
+            })
+            .collect();
         let picks = super::assign(&queue, &views, now, policy);
         if picks.is_empty() {
-            return Ok(());
+            break;
         }
         for (id, name) in picks {
-            let controller = by_name[&name].to_owned();
+            let controller = by_name[&name];
             served.insert(id);
-            taken.insert((controller.clone(), name.to_string()));
             let Some(r) = snap.requests.iter().find(|r| r.value.id == id) else {
                 continue;
             };
+            granted.insert(
+                (controller, name.to_string()),
+                Holder {
+                    request: id,
+                    assignee: r.value.spec.assignee.clone(),
+                },
+            );
             let mut nv = r.value.clone();
             nv.state = RequestState::Pending;
             nv.device = Some(name.to_string());
-            nv.owner = Some(controller.clone());
+            nv.owner = Some(controller.to_owned());
             nv.explanation = None;
+            nv.push_log(
+                now,
+                "scheduler",
+                format!("assigned device {name} on controller {controller}"),
+            );
             let ok = cluster
-                .assign(&lead, &nv, r.mod_revision, &controller, name.as_str())
+                .assign(&lead, &nv, r.mod_revision, controller, name.as_str())
                 .await?;
             if ok {
                 tracing::info!(request = id, device = %name, %controller, "cluster: assigned");
             }
         }
     }
+    // Why the others still wait, in single-rack mode's words, written only when it changed
+    // and for at most REASON_BATCH requests a pass, front of the queue first.
+    let views: Vec<DeviceView> = with_grants(&granted).into_iter().map(|(_, v)| v).collect();
+    for (id, why) in reasons(snap, &served, &views, now, policy) {
+        let Some(r) = snap.requests.iter().find(|r| r.value.id == id) else {
+            continue;
+        };
+        let mut nv = r.value.clone();
+        if nv.explanation.is_none() {
+            nv.push_log(now, "scheduler", format!("queued: {why}"));
+        }
+        nv.explanation = Some(why);
+        cluster
+            .update_request_as_leader(&lead, &nv, r.mod_revision, None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The waiting requests (but `skip`) whose explanation differs from the one they carry,
+/// with the new one: at most [`REASON_BATCH`], in queue order. `views` are the cluster's
+/// devices as the queue pass left them.
+fn reasons(
+    snap: &QueueSnapshot,
+    skip: &HashSet<u64>,
+    views: &[DeviceView],
+    now: Millis,
+    policy: &QueuePolicy,
+) -> Vec<(u64, String)> {
+    let queue = waiting_queue(snap, skip);
+    let by_id: HashMap<u64, &SharedRequest> = snap
+        .requests
+        .iter()
+        .map(|r| (r.value.id, &r.value))
+        .collect();
+    super::position(&queue, views, now, policy)
+        .into_iter()
+        .filter_map(|(id, _)| {
+            let r = by_id.get(&id)?;
+            let why = super::explain(&r.spec, views).to_string();
+            (r.explanation.as_deref() != Some(why.as_str())).then_some((id, why))
+        })
+        .take(REASON_BATCH)
+        .collect()
 }
 
 /// A local request holding one of this rack's devices for a shared request.
@@ -273,6 +423,40 @@ struct Mirror {
     shared: u64,
     local: u64,
     expires: Millis,
+    /// What preparing the device went through, as the owner saw it (time, line): written
+    /// into the shared request's log with the next change the owner makes to it (ready,
+    /// or back to the queue), so progress costs no writes of its own.
+    notes: Vec<(Millis, String)>,
+    /// The device's Lifeguard state last noted.
+    seen: String,
+}
+
+/// Most progress notes a mirror keeps before they are written (the oldest are dropped).
+const MAX_NOTES: usize = 20;
+
+impl Mirror {
+    fn new(shared: u64, local: u64, expires: Millis) -> Mirror {
+        Mirror {
+            shared,
+            local,
+            expires,
+            notes: Vec::new(),
+            seen: String::new(),
+        }
+    }
+
+    fn note(&mut self, at: Millis, line: String) {
+        self.notes.push((at, line));
+        let over = self.notes.len().saturating_sub(MAX_NOTES);
+        self.notes.drain(..over);
+    }
+
+    /// Move the notes into `r`'s log.
+    fn flush(&mut self, r: &mut SharedRequest) {
+        for (at, line) in self.notes.drain(..) {
+            r.push_log(at, "owner", line);
+        }
+    }
 }
 
 /// The owner's side: assignments of this controller's devices, carried out locally.
@@ -338,21 +522,38 @@ impl Owner {
             }
             match mirror {
                 None if v.state == RequestState::Pending => {
-                    self.start_mirror(v, r.mod_revision, &a.device).await?;
+                    let seen = published_state(snap, &me, &a.device);
+                    self.start_mirror(v, r.mod_revision, &a.device, seen)
+                        .await?;
                 }
                 None => {}
-                Some(m) => {
+                Some(mut m) => {
                     let local = self.pool.get(m.local).await.ok().flatten();
                     let state = local.as_ref().map(|l| l.snap.state);
+                    if v.state == RequestState::Pending {
+                        self.note_progress(snap, &me, &a.device, &mut m);
+                        self.mirrors.insert(a.device.clone(), m.clone());
+                    }
                     match state {
                         Some(RequestState::Ready) if v.state == RequestState::Pending => {
                             let mut nv = v.clone();
                             nv.state = RequestState::Ready;
+                            m.flush(&mut nv);
+                            nv.push_log(
+                                self.clock.now(),
+                                "owner",
+                                format!("device {} on controller {me} is ready", a.device),
+                            );
                             // A failed compare: the request changed meanwhile (returned,
-                            // reassigned); the next pass sees what it is now.
-                            self.cluster
+                            // reassigned); the next pass sees what it is now, and the
+                            // notes stay with the mirror for the next write.
+                            if self
+                                .cluster
                                 .update_request(&nv, r.mod_revision, None)
-                                .await?;
+                                .await?
+                            {
+                                self.mirrors.insert(a.device.clone(), m);
+                            }
                         }
                         Some(s) if s.is_open() => {
                             if v.expires > m.expires {
@@ -366,6 +567,16 @@ impl Owner {
                             nv.state = RequestState::Queued;
                             nv.device = None;
                             nv.owner = None;
+                            m.flush(&mut nv);
+                            nv.push_log(
+                                self.clock.now(),
+                                "owner",
+                                format!(
+                                    "back to the queue: preparing device {} on controller {me} failed (local request {})",
+                                    a.device,
+                                    state.map_or_else(|| "gone".to_owned(), |s| s.to_string())
+                                ),
+                            );
                             if self
                                 .cluster
                                 .update_request(&nv, r.mod_revision, Some((&me, &a.device)))
@@ -413,11 +624,7 @@ impl Owner {
                     );
                     self.mirrors.insert(
                         device,
-                        Mirror {
-                            shared: a.assignment.request,
-                            local: id,
-                            expires: local.snap.expires,
-                        },
+                        Mirror::new(a.assignment.request, id, local.snap.expires),
                     );
                 }
                 _ => {
@@ -431,6 +638,19 @@ impl Owner {
             }
         }
         self.adopted = true;
+    }
+
+    /// Note the device's Lifeguard state when it changed since the last pass (flashing,
+    /// rebooting, verifying…), as its rack published it.
+    fn note_progress(&self, snap: &QueueSnapshot, me: &str, device: &str, m: &mut Mirror) {
+        let state = published_state(snap, me, device);
+        if !state.is_empty() && state != m.seen {
+            m.note(
+                self.clock.now(),
+                format!("device {device} on controller {me}: {state}"),
+            );
+            m.seen = state;
+        }
     }
 
     /// The device's view in etcd equals what this controller would publish now.
@@ -453,6 +673,7 @@ impl Owner {
         v: &SharedRequest,
         mod_revision: i64,
         device: &str,
+        seen: String,
     ) -> Result<(), ClusterError> {
         let now = self.clock.now();
         let secs = v.expires.0.saturating_sub(now.0).div_ceil(1000).max(1);
@@ -478,23 +699,38 @@ impl Owner {
                     device,
                     "cluster: preparing an assigned device"
                 );
-                self.mirrors.insert(
-                    device.to_owned(),
-                    Mirror {
-                        shared: v.id,
-                        local: local.snap.id,
-                        expires: v.expires,
-                    },
+                let mut m = Mirror::new(v.id, local.snap.id, v.expires);
+                // Progress notes start from the state it was offered in (`ready`).
+                m.seen = seen;
+                m.note(
+                    now,
+                    format!(
+                        "controller {} holds device {device} for it (local request {}); preparing it",
+                        self.cluster.name(),
+                        local.snap.id
+                    ),
                 );
+                self.mirrors.insert(device.to_owned(), m);
                 Ok(())
             }
             other => {
-                tracing::warn!(request = v.id, device, result = ?other.map(|l| l.snap.state), "cluster: cannot hold an assigned device; back to the queue");
+                let why = match &other {
+                    Ok(l) => format!("its local request ended {}", l.snap.state),
+                    Err(e) => e.clone(),
+                };
+                tracing::warn!(request = v.id, device, %why, "cluster: cannot hold an assigned device; back to the queue");
+                let me = self.cluster.name().to_owned();
                 let mut nv = v.clone();
                 nv.state = RequestState::Queued;
                 nv.device = None;
                 nv.owner = None;
-                let me = self.cluster.name().to_owned();
+                nv.push_log(
+                    now,
+                    "owner",
+                    format!(
+                        "back to the queue: controller {me} cannot hold device {device}: {why}"
+                    ),
+                );
                 self.cluster
                     .update_request(&nv, mod_revision, Some((&me, device)))
                     .await?;
@@ -531,5 +767,188 @@ impl Owner {
             debug_assert_eq!(mm.shared, m.shared);
             mm.expires = expires;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::requests::{Assignment, Versioned};
+    use crate::pool::RequestSpec;
+
+    fn device(name: &str) -> PublishedDevice {
+        published(&DeviceView::new(name.parse().expect("name")))
+    }
+
+    fn request(
+        id: u64,
+        assignee: &str,
+        priority: i32,
+        state: RequestState,
+    ) -> Versioned<SharedRequest> {
+        let mut spec = RequestSpec::new(
+            DeviceChoice::Any,
+            assignee,
+            "android".parse().expect("image"),
+            Millis(id),
+        );
+        spec.priority = priority;
+        Versioned {
+            value: SharedRequest {
+                id,
+                spec,
+                expires: Millis(1_000_000),
+                state,
+                device: None,
+                owner: None,
+                taken_by: "rack-a".into(),
+                explanation: None,
+                owner_token: None,
+                since: Millis(id),
+                ended: None,
+                log: Vec::new(),
+            },
+            mod_revision: 1,
+        }
+    }
+
+    fn assignment(controller: &str, device: &str, request: u64) -> AssignmentRow {
+        AssignmentRow {
+            controller: controller.into(),
+            device: device.into(),
+            assignment: Assignment { request },
+            create_revision: 1,
+        }
+    }
+
+    /// Three racks whose devices all share the name `sim-0001`: alice holds the devices of
+    /// rack-a and rack-b (ready requests 1 and 2); rack-c's is free; alice (priority 5,
+    /// older) and bob (priority 0) wait.
+    fn three_racks() -> QueueSnapshot {
+        let mut held_a = device("sim-0001");
+        held_a.available = false;
+        held_a.held = true;
+        let held_b = held_a.clone();
+        QueueSnapshot {
+            requests: vec![
+                request(1, "alice", 0, RequestState::Ready),
+                request(2, "alice", 0, RequestState::Ready),
+                request(3, "alice", 5, RequestState::Queued),
+                request(4, "bob", 0, RequestState::Queued),
+            ],
+            assignments: vec![
+                assignment("rack-a", "sim-0001", 1),
+                assignment("rack-b", "sim-0001", 2),
+            ],
+            devices: vec![
+                ("rack-a".into(), held_a),
+                ("rack-b".into(), held_b),
+                ("rack-c".into(), device("sim-0001")),
+            ],
+        }
+    }
+
+    #[test]
+    fn progress_notes_are_bounded_and_written_once() {
+        let mut m = Mirror::new(4, 9, Millis(0));
+        for i in 0..(MAX_NOTES as u64 + 3) {
+            m.note(Millis(i), format!("note {i}"));
+        }
+        let mut r = request(4, "alice", 0, RequestState::Pending).value;
+        m.flush(&mut r);
+        assert_eq!(r.log.len(), MAX_NOTES);
+        assert_eq!(r.log[0].message, "note 3", "the oldest notes went");
+        assert!(r.log.iter().all(|l| l.source == "owner"));
+        m.flush(&mut r);
+        assert_eq!(
+            r.log.len(),
+            MAX_NOTES,
+            "flushed notes are not written twice"
+        );
+    }
+
+    #[test]
+    fn holdings_on_every_rack_count_for_fair_share() {
+        let snap = three_racks();
+        let views = cluster_views(&snap);
+        let holders: Vec<Option<u64>> = views
+            .iter()
+            .map(|(_, v)| v.held_by.as_ref().map(|h| h.request))
+            .collect();
+        assert_eq!(holders, vec![Some(1), Some(2), None]);
+        let views: Vec<DeviceView> = views.into_iter().map(|(_, v)| v).collect();
+        let queue = waiting_queue(&snap, &HashSet::new());
+        let policy = QueuePolicy::default();
+        // Alice holds 2 of 3 (her share, ⌈3/2⌉): bob is served first despite priority,
+        // exactly as single-rack mode decides over the same inventory.
+        let picks = super::super::assign(&queue, &views, Millis(10), &policy);
+        assert_eq!(picks.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(
+            queue_positions(&snap, Millis(10), &policy),
+            vec![(4, 1), (3, 2)]
+        );
+        // Seeing only the available device (as before), alice's priority would win.
+        let available: Vec<DeviceView> = views.iter().filter(|v| v.available()).cloned().collect();
+        let blind = super::super::assign(&queue, &available, Millis(10), &policy);
+        assert_eq!(blind.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn a_returned_requests_device_is_neither_free_nor_held() {
+        let mut snap = three_racks();
+        snap.requests[0].value.state = RequestState::Closed;
+        let views = cluster_views(&snap);
+        assert!(views[0].1.held_by.is_none());
+        assert!(
+            !views[0].1.available(),
+            "not offered before its owner frees it"
+        );
+        // Alice now holds 1 of 3, under her share: her priority wins.
+        assert_eq!(
+            queue_positions(&snap, Millis(10), &QueuePolicy::default()),
+            vec![(3, 1), (4, 2)]
+        );
+    }
+
+    #[test]
+    fn reasons_use_single_rack_wording_and_are_written_only_when_changed() {
+        let mut snap = three_racks();
+        snap.devices.truncate(2);
+        let views: Vec<DeviceView> = cluster_views(&snap).into_iter().map(|(_, v)| v).collect();
+        let policy = QueuePolicy::default();
+        let got = reasons(&snap, &HashSet::new(), &views, Millis(10), &policy);
+        let expect = super::super::explain(&snap.requests[2].value.spec, &views).to_string();
+        assert!(expect.contains("2 held"), "{expect}");
+        // Queue order: alice holds both devices, over her share, so bob comes first.
+        assert_eq!(got, vec![(4, expect.clone()), (3, expect.clone())]);
+        // Already carried: not written again.
+        snap.requests[3].value.explanation = Some(expect.clone());
+        let got = reasons(&snap, &HashSet::new(), &views, Millis(10), &policy);
+        assert_eq!(got, vec![(3, expect)]);
+    }
+
+    #[test]
+    fn reasons_are_bounded_per_pass_front_of_the_queue_first() {
+        let mut snap = three_racks();
+        for id in 10..1010 {
+            snap.requests
+                .push(request(id, "carol", 0, RequestState::Queued));
+        }
+        let views: Vec<DeviceView> = cluster_views(&snap).into_iter().map(|(_, v)| v).collect();
+        let got = reasons(
+            &snap,
+            &HashSet::new(),
+            &views,
+            Millis(10),
+            &QueuePolicy::default(),
+        );
+        assert_eq!(got.len(), REASON_BATCH);
+        let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+        let order: Vec<u64> = queue_positions(&snap, Millis(10), &QueuePolicy::default())
+            .into_iter()
+            .take(REASON_BATCH)
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, order);
     }
 }

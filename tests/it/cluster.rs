@@ -1280,9 +1280,12 @@ async fn a_paused_scheduler_during_a_burst_is_replaced() {
     check_assignment_history(&etcd, &p);
 }
 
-/// Issue 22, test 5: one etcd member down changes nothing for request calls; two down →
-/// creates answer 503 `cluster_unavailable` within 5 s and nothing is reassigned; members
-/// back → requests are served again and the history has no double booking.
+/// Issue 22, test 5: one etcd member down changes nothing for request calls; with all
+/// devices held and a request waiting, two members down → a create and a return answer 503
+/// `cluster_unavailable` within 5 s and nothing is reassigned through the outage (longer
+/// than the lease TTL); members back → the retried return frees a device, the request that
+/// waited through the outage is served, then a new one, and the history has no double
+/// booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
     let test = "cluster_queue_quorum";
@@ -1293,7 +1296,8 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
     let a = Controller::start(&etcd, "rack-a", &p, 1).await;
     let b = Controller::start(&etcd, "rack-b", &p, 1).await;
     until_pooled(&etcd, &p, 2).await;
-    // The raft leader goes first: the create right after must ride out the election.
+    // One member down, the raft leader first, changes nothing: the create right after
+    // rides out etcd's election and both devices are handed out as usual.
     let first = etcd.leader();
     let second = (first + 1) % 3;
     etcd.kill_member(first);
@@ -1301,6 +1305,27 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
         .as_u64()
         .expect("id");
     let s = until_ready(&b, held, Duration::from_secs(30)).await;
+    let held2 = request_any(&b, "one-down-2", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    let s_held2 = until_ready(&a, held2, Duration::from_secs(30)).await;
+    // All devices held; a request waits (its reason written) before quorum is lost.
+    let waiter = request_any(&a, "waiter", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    let t = Instant::now();
+    loop {
+        let st = get_json(&b, &format!("/api/request/{waiter}/status/")).await;
+        assert_eq!(st["state"], "queued", "{st}");
+        if st["waiting_because"].is_string() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no reason: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let assigned_before = etcd.keys(&format!("{p}assign/"));
+    let history_before = check_assignment_history(&etcd, &p);
+    assert_eq!(history_before, 2);
     etcd.kill_member(second);
     let t = Instant::now();
     let r = http()
@@ -1317,10 +1342,46 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
         "cluster: create without quorum answered 503 in {:?}",
         t.elapsed()
     );
-    // Members back: the ready request kept its device; new requests are served.
+    // A return is a write too: 503, to be retried once etcd is back.
+    let t = Instant::now();
+    let ret = http()
+        .post(format!("{}/api/request/{held}/return/", a.url))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("return");
+    assert_eq!(ret.status(), 503);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    eprintln!(
+        "cluster: return without quorum answered 503 in {:?}",
+        t.elapsed()
+    );
+    // Stay down past the lease TTL (2 s): every controller loses its lease and the
+    // scheduler role meanwhile.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     etcd.start_member(second);
     etcd.start_member(first);
     etcd.wait_writable(Duration::from_secs(20));
+    let back = Instant::now();
+    // Nothing was reassigned through the outage: the same assignments, no new ones in
+    // etcd's history, the ready requests on their devices, the waiter still waiting.
+    a.wait_for("a lease again", Duration::from_secs(10), |s| {
+        s.is_some_and(|s| s["lease"].is_object())
+    })
+    .await;
+    until_pooled(&etcd, &p, 2).await;
+    assert_eq!(etcd.keys(&format!("{p}assign/")), assigned_before);
+    assert_eq!(check_assignment_history(&etcd, &p), history_before);
+    for (id, st) in [(held, &s), (held2, &s_held2)] {
+        let d = get_json(&a, &format!("/api/request/{id}/details/")).await;
+        assert_eq!(d["state"], "ready", "{d}");
+        assert_eq!(d["assigned_device"], st["assigned_device"]);
+        assert_eq!(d["controller"], st["controller"]);
+    }
+    let st = get_json(&b, &format!("/api/request/{waiter}/status/")).await;
+    assert_eq!(st["state"], "queued", "{st}");
+    // A create is taken again; the return is retried and its device serves the request
+    // that waited through the outage (it is older than the new one).
     let t = Instant::now();
     let after = loop {
         let r = http()
@@ -1336,14 +1397,202 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
         assert!(t.elapsed() < Duration::from_secs(20), "creates still fail");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let d = get_json(&a, &format!("/api/request/{held}/details/")).await;
-    assert_eq!(d["state"], "ready", "{d}");
-    assert_eq!(d["assigned_device"], s["assigned_device"]);
-    let s2 = until_ready(&b, after, Duration::from_secs(40)).await;
-    assert_ne!(s2["controller"], s["controller"], "{s} {s2}");
+    assert_eq!(
+        post(
+            &b,
+            &format!("/api/request/{held}/return/"),
+            serde_json::json!({})
+        )
+        .await,
+        204
+    );
+    let sw = until_ready(&b, waiter, Duration::from_secs(40)).await;
+    assert_eq!(sw["controller"], s["controller"], "{s} {sw}");
     eprintln!(
-        "cluster: after quorum came back a new request was ready in {:?}",
+        "cluster: the request that waited through the outage was ready {:?} after quorum came back",
+        back.elapsed()
+    );
+    let st = get_json(&a, &format!("/api/request/{after}/status/")).await;
+    assert_eq!(st["state"], "queued", "{st}");
+    assert_eq!(
+        post(
+            &a,
+            &format!("/api/request/{held2}/return/"),
+            serde_json::json!({})
+        )
+        .await,
+        204
+    );
+    let s2 = until_ready(&b, after, Duration::from_secs(40)).await;
+    assert_eq!(s2["controller"], s_held2["controller"], "{s_held2} {s2}");
+    assert_eq!(check_assignment_history(&etcd, &p), 4);
+}
+
+/// Messages of a status or log answer's `log`, checking the rows' shape on the way.
+fn log_messages(v: &Value) -> Vec<String> {
+    let rows = v["log"].as_array().expect("log rows");
+    let mut last = 0;
+    rows.iter()
+        .map(|row| {
+            let id = row["id"].as_u64().expect("row id");
+            assert!(id > last, "oldest first: {v}");
+            last = id;
+            assert!(row["timestamp"].is_string(), "{row}");
+            assert!(row["source"].is_string(), "{row}");
+            row["message"].as_str().expect("message").to_owned()
+        })
+        .collect()
+}
+
+/// Cluster mode's queue answers like single-rack mode's: fair share counts what each
+/// assignee holds on every rack (and the queue position follows it), a waiting request says
+/// why it waits, the request's log tells where it was taken, assigned, prepared and
+/// returned, and the request event route acts on the shared request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasons_logs_and_fair_share_across_racks() {
+    let test = "cluster_reasons";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 2).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    until_pooled(&etcd, &p, 3).await;
+    // Alice holds two devices, carol the third: every device is held.
+    let mut holders = Vec::new();
+    for (c, who) in [(&a, "alice"), (&b, "alice"), (&b, "carol")] {
+        holders.push(
+            request_any(c, who, 0, None).await["id"]
+                .as_u64()
+                .expect("id"),
+        );
+    }
+    for id in &holders {
+        until_ready(&a, *id, Duration::from_secs(30)).await;
+    }
+    // Alice (priority 5, first) and bob (priority 0) wait. Alice holds 2 of 3, her share:
+    // bob goes first, as single-rack mode decides.
+    let alice = request_any(&a, "alice", 5, None).await["id"]
+        .as_u64()
+        .expect("id");
+    let bob = request_any(&b, "bob", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    let t = Instant::now();
+    let (sa, sb) = loop {
+        let sa = get_json(&b, &format!("/api/request/{alice}/status/")).await;
+        let sb = get_json(&a, &format!("/api/request/{bob}/status/")).await;
+        if sa["waiting_because"].is_string() && sb["waiting_because"].is_string() {
+            break (sa, sb);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no reasons: {sa} {sb}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "cluster: waiting_because written {:?} after the creates",
         t.elapsed()
+    );
+    let why = sb["waiting_because"].as_str().expect("reason");
+    assert_eq!(sa["waiting_because"], why);
+    assert!(why.ends_with("of 3 matching all criteria: 3 held"), "{why}");
+    assert_eq!(sb["queue_position"], 1, "{sb}");
+    assert_eq!(sa["queue_position"], 2, "{sa}");
+    let created = log_messages(&sb);
+    assert!(
+        created[0].starts_with("created on controller rack-b"),
+        "{created:?}"
+    );
+    assert!(
+        created.iter().any(|m| *m == format!("queued: {why}")),
+        "{created:?}"
+    );
+    // Carol returns her device: bob gets it; alice still waits.
+    assert_eq!(
+        post(
+            &a,
+            &format!("/api/request/{}/return/", holders[2]),
+            serde_json::json!({})
+        )
+        .await,
+        204
+    );
+    let sb = until_ready(&a, bob, Duration::from_secs(30)).await;
+    let sa = get_json(&b, &format!("/api/request/{alice}/status/")).await;
+    assert_eq!(sa["state"], "queued", "{sa}");
+    assert_eq!(sa["queue_position"], 1, "{sa}");
+    let lines = log_messages(&sb);
+    eprintln!("cluster: request {bob}'s log: {lines:#?}");
+    eprintln!(
+        "cluster: request {}'s log: {:#?}",
+        holders[0],
+        log_messages(&get_json(&a, &format!("/api/request/{}/log/", holders[0])).await)
+    );
+    for id in [bob, holders[0]] {
+        let out = etcd.etcdctl(&["get", &format!("{p}requests/{id}"), "--print-value-only"]);
+        eprintln!(
+            "cluster: request {id}'s record in etcd is {} bytes",
+            out.stdout.len()
+        );
+    }
+    let device = sb["assigned_device"].as_str().expect("device");
+    let rack = sb["controller"].as_str().expect("controller");
+    for want in [
+        format!("assigned device {device} on controller {rack}"),
+        format!("controller {rack} holds device {device} for it"),
+        format!("device {device} on controller {rack} is ready"),
+    ] {
+        assert!(
+            lines.iter().any(|m| m.starts_with(&want)),
+            "{want}: {lines:?}"
+        );
+    }
+    assert_eq!(
+        log_messages(&get_json(&b, &format!("/api/request/{bob}/log/")).await),
+        lines
+    );
+    let carol = log_messages(&get_json(&b, &format!("/api/request/{}/log/", holders[2])).await);
+    assert!(
+        carol
+            .last()
+            .is_some_and(|m| m.starts_with("Request returned through controller rack-a")),
+        "{carol:?}"
+    );
+    // Request events: close acts on the shared request, once; lifeguard_finished has no
+    // meaning here.
+    let event = |c: &Controller, id: u64, ev: &str| {
+        let url = format!("{}/api/request/{id}/event/{ev}/", c.url);
+        async move {
+            let r = http()
+                .post(url)
+                .json(&serde_json::json!({"imaging_result": "complete"}))
+                .send()
+                .await
+                .expect("event");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    assert_eq!(event(&b, alice, "close").await.0, 200);
+    let (status, body) = event(&a, alice, "close").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = event(&a, bob, "lifeguard_finished").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no meaning")),
+        "{body}"
+    );
+    let st = get_json(&a, &format!("/api/request/{alice}/status/")).await;
+    assert_eq!(st["state"], "closed");
+    assert!(
+        log_messages(&st)
+            .last()
+            .is_some_and(|m| m.starts_with("Request closed (event close)")),
+        "{st}"
     );
     check_assignment_history(&etcd, &p);
 }

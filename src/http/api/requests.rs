@@ -307,6 +307,9 @@ pub async fn status(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
 
 /// `GET /api/request/{id}/log/`: every row, oldest first (at most 10000).
 pub async fn log(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::log(cluster, id).await;
+    }
     load(ctx, id).await?;
     Ok(ok(&json!({ "log": log_rows(ctx, id, 10_000).await? })))
 }
@@ -359,6 +362,9 @@ pub async fn return_request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiErr
 /// `GET|POST /api/request/{id}/event/{event}/`: `close`, `expire`, or `lifeguard_finished`
 /// with `{"imaging_result": ...}`. 200 `{}` when taken; 409 when the state ignored it.
 pub async fn event(ctx: &Ctx, id: u64, event: String) -> Result<Response<Body>, ApiError> {
+    if let Some(cluster) = &ctx.svc.cluster {
+        return shared::event(ctx, cluster, id, &event).await;
+    }
     let r = load(ctx, id).await?;
     let ev = match event.as_str() {
         "close" => {

@@ -5,16 +5,18 @@
 
 use std::time::Duration;
 
-use hyper::Response;
+use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::MAX_STATUS_WAIT;
 use crate::cluster::Cluster;
 use crate::cluster::requests::{SharedRequest, Versioned};
+use crate::domain::model::request_subject;
 use crate::http::body::{Body, no_content, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::pool::driver::settled;
+use crate::pool::shared::queue_positions;
 use crate::pool::{RequestSpec, RequestState};
 
 /// Header a client may send with a create so a retry (on any controller) yields the same
@@ -49,6 +51,25 @@ fn request_json(r: &SharedRequest, base_url: &str) -> Value {
     })
 }
 
+/// The request's log lines from the `skip`th on, as single-rack mode's log rows (`id`,
+/// `timestamp`, `source`, `message`, `actor`, `subjects`).
+fn log_json(r: &SharedRequest, skip: usize) -> Vec<Value> {
+    r.log
+        .iter()
+        .skip(skip)
+        .map(|l| {
+            json!({
+                "id": l.seq,
+                "timestamp": l.ts.iso(),
+                "source": l.source,
+                "message": l.message,
+                "actor": null,
+                "subjects": [request_subject(r.id)],
+            })
+        })
+        .collect()
+}
+
 /// `POST /api/device/{id|any}/request/` in cluster mode.
 pub async fn create(
     ctx: &Ctx,
@@ -79,18 +100,30 @@ pub async fn create(
     let (expires, _) = ctx.svc.pool.timings().lease_end(now, duration);
     let token = ctx.caller.token.clone();
     let (r, _new) = cluster
-        .create_request(idem.as_deref(), |id| SharedRequest {
-            id,
-            spec: spec.clone(),
-            expires,
-            state: RequestState::Queued,
-            device: None,
-            owner: None,
-            taken_by: cluster.name().to_owned(),
-            explanation: None,
-            owner_token: token.clone(),
-            since: now,
-            ended: None,
+        .create_request(idem.as_deref(), |id| {
+            SharedRequest {
+                id,
+                spec: spec.clone(),
+                expires,
+                state: RequestState::Queued,
+                device: None,
+                owner: None,
+                taken_by: cluster.name().to_owned(),
+                explanation: None,
+                owner_token: token.clone(),
+                since: now,
+                ended: None,
+                log: Vec::new(),
+            }
+            .with_log(
+                now,
+                "api",
+                format!(
+                    "created on controller {} by {}",
+                    cluster.name(),
+                    ctx.caller.name
+                ),
+            )
         })
         .await?;
     Ok(ok(&json!({ "request": request_json(&r, &ctx.base_url) })))
@@ -168,20 +201,18 @@ pub async fn status(
     let v = &r.value;
     let position = if v.state.is_waiting() {
         let snap = cluster.queue_snapshot().await?;
-        let mut waiting: Vec<_> = snap
-            .requests
-            .iter()
-            .map(|r| &r.value)
-            .filter(|r| r.state.is_waiting())
-            .collect();
-        waiting.sort_by_key(|r| (std::cmp::Reverse(r.spec.priority), r.since, r.id));
-        waiting.iter().position(|r| r.id == id).map(|p| p + 1)
+        queue_positions(&snap, ctx.svc.clock.now(), ctx.svc.pool.policy())
+            .into_iter()
+            .find(|(r, _)| *r == id)
+            .map(|(_, p)| p)
     } else {
         None
     };
+    // As single-rack mode: the last 100 lines, oldest first.
+    let skip = v.log.len().saturating_sub(100);
     Ok(ok(&json!({
         "state": v.state.to_string(),
-        "log": [],
+        "log": log_json(v, skip),
         "assigned_device": v.device.clone().unwrap_or_default(),
         "expires": v.expires.iso(),
         "queue_position": position,
@@ -232,16 +263,23 @@ pub async fn renew(
     id: u64,
     duration_secs: u64,
 ) -> Result<Response<Body>, ApiError> {
-    let (expires, _) = ctx
-        .svc
-        .pool
-        .timings()
-        .lease_end(ctx.svc.clock.now(), duration_secs);
+    let now = ctx.svc.clock.now();
+    let (expires, _) = ctx.svc.pool.timings().lease_end(now, duration_secs);
     modify(ctx, cluster, id, |r| {
         if !r.state.is_open() {
             return false;
         }
         r.expires = expires;
+        r.push_log(
+            now,
+            "api",
+            format!(
+                "Request renewed until {} through controller {} by {}.",
+                expires.iso(),
+                cluster.name(),
+                ctx.caller.name
+            ),
+        );
         true
     })
     .await?;
@@ -256,15 +294,77 @@ pub async fn return_request(
     cluster: &Cluster,
     id: u64,
 ) -> Result<Response<Body>, ApiError> {
+    close(ctx, cluster, id, "returned").await?;
+    Ok(no_content())
+}
+
+/// Close request `id` (owner or admin only) with a log line saying `how` and where;
+/// whether it was open.
+async fn close(ctx: &Ctx, cluster: &Cluster, id: u64, how: &str) -> Result<bool, ApiError> {
     let now = ctx.svc.clock.now();
+    let was_open = std::sync::atomic::AtomicBool::new(false);
     modify(ctx, cluster, id, |r| {
-        if !r.state.is_open() {
+        let open = r.state.is_open();
+        was_open.store(open, std::sync::atomic::Ordering::Relaxed);
+        if !open {
             return false;
         }
         r.state = RequestState::Closed;
         r.ended = Some(now);
+        r.push_log(
+            now,
+            "api",
+            format!(
+                "Request {how} through controller {} by {}.",
+                cluster.name(),
+                ctx.caller.name
+            ),
+        );
         true
     })
     .await?;
-    Ok(no_content())
+    Ok(was_open.into_inner())
+}
+
+/// `GET /api/request/{id}/log/` in cluster mode: the lines the request keeps in etcd (the
+/// last `MAX_LOG_LINES`), oldest first.
+pub async fn log(cluster: &Cluster, id: u64) -> Result<Response<Body>, ApiError> {
+    let r = load(cluster, id).await?;
+    Ok(ok(&json!({ "log": log_json(&r.value, 0) })))
+}
+
+/// `GET|POST /api/request/{id}/event/{event}/` in cluster mode: `close` returns the request
+/// (its owner or an admin), `expire` ends it as its lease running out would; both 200 `{}`,
+/// or 409 when it was already over. `lifeguard_finished` has no meaning here: the device's
+/// own controller reports imaging results to its local mirror request, never a client.
+pub async fn event(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    id: u64,
+    event: &str,
+) -> Result<Response<Body>, ApiError> {
+    let how = match event {
+        "close" => "closed (event close)",
+        "expire" => "expired (event expire)",
+        "lifeguard_finished" => {
+            load(cluster, id).await?;
+            return Err(ApiError::bad_request(
+                "event lifeguard_finished has no meaning for a cluster request: the controller owning the device reports imaging results itself (accepted here: close, expire)",
+            ));
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown or internal request event {other:?} (accepted in cluster mode: close, expire)"
+            )));
+        }
+    };
+    if close(ctx, cluster, id, how).await? {
+        return Ok(ok(&json!({})));
+    }
+    let state = load(cluster, id).await?.value.state;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("event {event} was ignored in state {state}"),
+    ))
 }
