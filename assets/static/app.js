@@ -201,14 +201,17 @@ async function fillSelect(select, items, keep) {
 
 function deviceRow(d) {
   const name = el('th', { scope: 'row', 'data-label': 'Device' },
-    el('a', { href: `/ui/device/${encodeURIComponent(d.name)}/`, text: d.name }));
+    el('a', { href: d.href || `/ui/device/${encodeURIComponent(d.name)}/`, text: d.name }));
   if (d.needs_tech) name.append(' ', el('span', { class: 'tag warn', title: d.needs_tech, text: 'needs a tech' }));
   const held = el('td', { 'data-label': 'Held by' });
   if (d.request !== null && d.request !== undefined) {
     held.append(el('a', { href: `/ui/requests/#request-${d.request}`, text: `#${d.request}` }), ` ${d.assignee}`);
   }
+  // Cluster mode only: which controller owns the device.
+  const controller = d.controller === undefined ? [] : [el('td', { 'data-label': 'Controller', class: 'controller', text: d.controller })];
   const tr = el('tr', { class: d.look.class, 'data-name': d.name, 'data-state': d.state },
     name,
+    ...controller,
     el('td', { 'data-label': 'State' }, el('span', { class: `state ${d.look.class}`, text: d.state }), ' ',
       el('span', { class: 'look', text: d.look.label })),
     el('td', { 'data-label': 'Hardware', text: d.hardware_type }),

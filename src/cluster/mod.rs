@@ -18,12 +18,16 @@
 //! [`Cluster::status`] (and `GET /api/cluster/`) reports. Calls go through `endpoints`:
 //! one client per etcd endpoint, with failover.
 //!
+//! `directory` reads who publishes which device and where each controller answers (cached
+//! for half a second), for forwarding device calls and for the whole-pool lists.
+//!
 //! `requests` holds the shared queue's etcd records and their guarded transactions
 //! (requests, the id counter, idempotency keys, assignments); what to write is decided
 //! above it (`pool::shared`, the HTTP handlers). This layer must not touch the store or the
 //! hardware: ownership stays physical.
 
 pub mod config;
+pub mod directory;
 mod election;
 mod endpoints;
 mod lease;
@@ -290,6 +294,9 @@ struct Inner {
     leader: watch::Sender<Option<Leadership>>,
     /// What the probe and publisher saw (a std mutex: short sections, never across await).
     seen: Mutex<Seen>,
+    /// The last directory read (`directory`): a tokio mutex, held across the read so
+    /// concurrent calls share one.
+    directory: tokio::sync::Mutex<directory::Cache>,
 }
 
 impl Cluster {
@@ -339,6 +346,7 @@ impl Cluster {
                 lease: watch::channel(LeaseState::None).0,
                 leader: watch::channel(None).0,
                 seen: Mutex::new(Seen::default()),
+                directory: tokio::sync::Mutex::new(directory::Cache::default()),
             }),
         })
     }

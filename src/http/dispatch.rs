@@ -22,6 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::api;
 use super::body::{Body, Query, error_response, read_limited};
 use super::error::ApiError;
+use super::forward;
 use super::route::{Route, RouteError};
 use crate::domain::model::device_subject;
 use crate::http::auth::{AuthError, authorize};
@@ -257,12 +258,32 @@ async fn respond(
         Ok(p) => p,
         Err(r) => return refusal_response(&r),
     };
+    // Cluster mode: a device owned by another controller is handled there.
+    let mut owner = None;
+    if let Some(cluster) = &svc.cluster {
+        match forward::decide(svc, cluster, &route, req.headers(), call.query.as_deref()).await {
+            forward::Decision::Local => {}
+            forward::Decision::Answer(r) => return r,
+            forward::Decision::Proxy(o) => owner = Some((cluster.name().to_owned(), o)),
+        }
+    }
     let base_url = base_url(svc, &req);
     let headers = req.headers().clone();
     let body = match read_body(svc, req).await {
         Ok(b) => b,
         Err(e) => return error_with_close(&e),
     };
+    if let Some((me, owner)) = owner {
+        let out = forward::Outgoing {
+            method: &call.method,
+            path: &call.path,
+            query: call.query.as_deref(),
+            headers: &headers,
+            body,
+            peer: call.peer,
+        };
+        return forward::proxy(&me, &owner, out).await;
+    }
     let ctx = Ctx {
         svc: Arc::clone(svc),
         query: Query::parse(call.query.as_deref()),
@@ -356,7 +377,12 @@ fn record(
     } = call;
     let status = response.status();
     svc.metrics.record_api(status.as_u16(), elapsed);
-    let audit = audit.filter(|a| a.durable && response.extensions().get::<Refused>().is_none());
+    let mut audit = audit.filter(|a| a.durable && response.extensions().get::<Refused>().is_none());
+    let forwarded = response.extensions().get::<forward::Forwarded>();
+    if let (Some(a), Some(_)) = (audit.as_mut(), forwarded) {
+        // The owner records the call in the device's history; here it is only an API call.
+        a.device = None;
+    }
     let Some(audit) = audit else {
         tracing::debug!(%method, %path, status = status.as_u16(), %peer, micros = elapsed.as_micros() as u64, "api");
         return;
@@ -364,8 +390,9 @@ fn record(
     tracing::info!(%method, %path, status = status.as_u16(), caller = %audit.actor, %peer, micros = elapsed.as_micros() as u64, "api");
     let mut subjects = vec!["api".to_owned()];
     subjects.extend(audit.device.as_deref().map(device_subject));
+    let via = forwarded.map_or_else(String::new, |f| format!(" (forwarded to {})", f.0));
     let message = format!(
-        "{method} {path} -> {} ({} ms) from {peer}",
+        "{method} {path} -> {}{via} ({} ms) from {peer}",
         status.as_u16(),
         elapsed.as_millis()
     );

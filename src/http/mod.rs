@@ -9,6 +9,7 @@ pub mod body;
 pub mod browser;
 pub mod dispatch;
 pub mod error;
+pub mod forward;
 pub mod limits;
 pub mod metrics;
 pub mod route;

@@ -2029,3 +2029,319 @@ async fn ended_requests_are_deleted_after_keep_closed() {
     assert_eq!(again, id + 1, "a new request, with a new id");
     check_assignment_history(&etcd, &p);
 }
+
+// ---- Device calls on any controller, the whole-pool list and page (issue 22) ----
+
+/// A client that shows redirects instead of following them.
+fn http_no_redirect() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// `method path` through `c`: status, the `X-Mozpool-Controller` header, the body as JSON
+/// (`Null` when it is not JSON).
+async fn call(
+    c: &Controller,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
+    let mut req = http_no_redirect().request(method.clone(), format!("{}{path}", c.url));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if method == reqwest::Method::POST {
+        req = req.json(&serde_json::json!({}));
+    }
+    let r = req.send().await.expect("call");
+    let status = r.status().as_u16();
+    let by = r
+        .headers()
+        .get("x-mozpool-controller")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = r.text().await.expect("body");
+    (
+        status,
+        by,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+/// The devices of `GET /api/device/list/?details=1` through `c`, as (name, controller,
+/// state).
+async fn pool_list(c: &Controller) -> Vec<(String, String, String)> {
+    let list = get_json(c, "/api/device/list/?details=1").await;
+    list["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap_or_default().to_owned(),
+                d["controller"].as_str().unwrap_or_default().to_owned(),
+                d["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 22, "any controller answers any call": rack-a (1 device), rack-b (3) and rack-c
+/// (2) all name their devices `sim-0001…`, so `sim-0003` is only on rack-b, `sim-0002` on
+/// rack-b and rack-c, and `sim-0001` on all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_calls_reach_their_owner_through_any_controller() {
+    use reqwest::Method;
+    let test = "cluster_forwarding";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 3).await;
+    let c = Controller::start(&etcd, "rack-c", &p, 2).await;
+    until_pooled(&etcd, &p, 6).await;
+
+    // The list through each controller: the whole pool, each device with its controller;
+    // wait until every device has finished its first self-test.
+    let start = Instant::now();
+    for ctl in [&a, &b, &c] {
+        loop {
+            let list = pool_list(ctl).await;
+            let mut seen: Vec<(String, String)> = list
+                .iter()
+                .map(|(n, c, _)| (n.clone(), c.clone()))
+                .collect();
+            seen.sort();
+            let want: Vec<(String, String)> = [
+                ("sim-0001", "rack-a"),
+                ("sim-0001", "rack-b"),
+                ("sim-0001", "rack-c"),
+                ("sim-0002", "rack-b"),
+                ("sim-0002", "rack-c"),
+                ("sim-0003", "rack-b"),
+            ]
+            .iter()
+            .map(|(n, c)| ((*n).to_owned(), (*c).to_owned()))
+            .collect();
+            if seen == want && list.iter().all(|(_, _, s)| s == "ready") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "list through {}: {list:?}",
+                ctl.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let plain = get_json(ctl, "/api/device/list/").await;
+        assert_eq!(
+            plain["devices"].as_array().map(Vec::len),
+            Some(6),
+            "plain list through {}: {plain}",
+            ctl.name
+        );
+        assert!(plain["devices"][0].is_string(), "{plain}");
+    }
+    eprintln!(
+        "cluster: whole-pool lists agree on every controller {:?} after start",
+        start.elapsed()
+    );
+
+    // A local device always wins: answered by rack-a itself.
+    let (s, by, d) = call(&a, Method::GET, "/api/device/sim-0001/details/", &[]).await;
+    assert_eq!((s, by.as_deref()), (200, None), "{d}");
+    assert_eq!(d["imaging_server"], "rack-a");
+
+    // rack-b's device through rack-a: details, status, log and an event reach rack-b.
+    let (s, by, d) = call(&a, Method::GET, "/api/device/sim-0003/details/", &[]).await;
+    assert_eq!((s, by.as_deref()), (200, Some("rack-b")), "{d}");
+    assert_eq!(d["imaging_server"], "rack-b");
+    let (s, by, st) = call(&a, Method::GET, "/api/device/sim-0003/status/", &[]).await;
+    assert_eq!((s, by.as_deref()), (200, Some("rack-b")), "{st}");
+    assert_eq!(st["state"], "ready");
+    let t = Instant::now();
+    let (s, by, ev) = call(
+        &a,
+        Method::POST,
+        "/api/device/sim-0003/event/please_self_test/",
+        &[],
+    )
+    .await;
+    assert_eq!((s, by.as_deref()), (200, Some("rack-b")), "{ev}");
+    eprintln!("cluster: a forwarded event answered in {:?}", t.elapsed());
+    // rack-b's own log of the device shows the event taken by its state machine; rack-a's
+    // log has nothing about the device.
+    let log = get_json(&b, "/api/device/sim-0003/log/").await.to_string();
+    assert!(
+        log.contains("ready -> start_self_test: please_self_test"),
+        "{log}"
+    );
+    let (s, by, via_a) = call(&a, Method::GET, "/api/device/sim-0003/log/", &[]).await;
+    assert_eq!((s, by.as_deref()), (200, Some("rack-b")));
+    assert!(via_a.to_string().contains("please_self_test"), "{via_a}");
+    let a_log = get_json(&a, "/api/log/?subject=device:sim-0003")
+        .await
+        .to_string();
+    assert!(!a_log.contains("please_self_test"), "{a_log}");
+
+    // What forwarding costs: sequential details of a local and of a forwarded device.
+    let times = |ms: &mut Vec<f64>, t: Instant| ms.push(t.elapsed().as_secs_f64() * 1e3);
+    let (mut local, mut forwarded) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        assert_eq!(
+            call(&a, Method::GET, "/api/device/sim-0001/details/", &[])
+                .await
+                .0,
+            200
+        );
+        times(&mut local, t);
+        let t = Instant::now();
+        assert_eq!(
+            call(&a, Method::GET, "/api/device/sim-0003/details/", &[])
+                .await
+                .0,
+            200
+        );
+        times(&mut forwarded, t);
+    }
+    for v in [&mut local, &mut forwarded] {
+        v.sort_by(f64::total_cmp);
+    }
+    eprintln!(
+        "cluster: device details p50/max local {:.1}/{:.1} ms, forwarded {:.1}/{:.1} ms",
+        local[25], local[49], forwarded[25], forwarded[49]
+    );
+
+    // A name published by two other racks: 409 with the candidates; ?controller= picks.
+    let (s, _, amb) = call(&a, Method::GET, "/api/device/sim-0002/details/", &[]).await;
+    assert_eq!(s, 409, "{amb}");
+    assert_eq!(amb["code"], "ambiguous_device");
+    let names: Vec<&str> = amb["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter_map(|c| c["controller"].as_str())
+        .collect();
+    assert_eq!(names, ["rack-b", "rack-c"], "{amb}");
+    let (s, by, d) = call(
+        &a,
+        Method::GET,
+        "/api/device/sim-0002/details/?controller=rack-c",
+        &[],
+    )
+    .await;
+    assert_eq!((s, by.as_deref()), (200, Some("rack-c")), "{d}");
+    assert_eq!(d["imaging_server"], "rack-c");
+    let (s, _, _) = call(
+        &a,
+        Method::GET,
+        "/api/device/sim-0002/details/?controller=rack-q",
+        &[],
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // A call that was already forwarded is never forwarded again.
+    let (s, _, lp) = call(
+        &c,
+        Method::GET,
+        "/api/device/sim-0003/details/",
+        &[("X-Mozpool-Forwarded-By", "rack-a")],
+    )
+    .await;
+    assert_eq!(s, 508, "{lp}");
+    assert_eq!(lp["code"], "forward_loop");
+
+    // An owner that does not answer, and one without a URL: a clear 5xx naming it. (Keys
+    // written by hand, as a controller that died a moment ago would have left them.)
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let ghost = |name: &str| {
+        serde_json::json!({
+            "name": name, "available": false, "state": "ready", "failed": false,
+            "retired": false, "held": false, "hardware_type": null, "processor": null,
+            "pool": null, "os_version": null, "environment": null, "current_image": null
+        })
+        .to_string()
+    };
+    for (ctl, url, dev) in [
+        ("rack-z", Some(dead.as_str()), "ghost-1"),
+        ("rack-y", None, "ghost-2"),
+    ] {
+        let member = serde_json::json!({"name": ctl, "url": url, "devices": 1}).to_string();
+        assert!(
+            etcd.etcdctl(&["put", &format!("{p}controllers/{ctl}"), &member])
+                .status
+                .success()
+        );
+        assert!(
+            etcd.etcdctl(&["put", &format!("{p}devices/{ctl}/{dev}"), &ghost(dev)])
+                .status
+                .success()
+        );
+    }
+    let t = Instant::now();
+    let (s, by, e) = loop {
+        let r = call(&a, Method::GET, "/api/device/ghost-1/status/", &[]).await;
+        if r.0 != 404 || t.elapsed() > Duration::from_secs(3) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((s, by), (502, None), "{e}");
+    assert_eq!(e["code"], "owner_unreachable");
+    assert_eq!(e["controller"], "rack-z");
+    assert!(
+        e["error"].as_str().is_some_and(|m| m.contains("rack-z")),
+        "{e}"
+    );
+    let (s, _, e) = call(&a, Method::POST, "/api/device/ghost-2/power-cycle/", &[]).await;
+    assert_eq!(s, 503, "{e}");
+    assert_eq!(e["controller"], "rack-y");
+
+    // The web page through rack-a lists rack-b's devices with rack-b's name, linked to
+    // rack-b's page; rack-a sends a browser asking for that page there.
+    let page = http()
+        .get(format!("{}/ui/", a.url))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html")
+        // The template escapes the slashes of a URL it inserts.
+        .replace("&#x2f;", "/");
+    assert!(
+        page.contains(">Controller</th>"),
+        "no controller column: {page}"
+    );
+    assert!(
+        page.contains(&format!("href=\"{}/ui/device/sim-0003/\"", b.url)),
+        "no link to rack-b's page"
+    );
+    assert!(page.contains(">rack-b</td>") && page.contains(">rack-c</td>"));
+    let feed = get_json(&a, "/api/pool/overview/").await;
+    let row = feed["devices"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|d| d["name"] == "sim-0003")
+        .cloned()
+        .expect("sim-0003 in the feed");
+    assert_eq!(row["controller"], "rack-b", "{row}");
+    assert_eq!(feed["cluster"], true);
+    let r = http_no_redirect()
+        .get(format!("{}/ui/device/sim-0003/", a.url))
+        .send()
+        .await
+        .expect("device page");
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("{}/ui/device/sim-0003/", b.url).as_str())
+    );
+}

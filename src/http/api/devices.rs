@@ -177,11 +177,80 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             Ok(list_json(snap, n, details, retired, parts))
         })
         .await??;
+    if let Some(cluster) = &ctx.svc.cluster {
+        let dir = cluster.directory().await?;
+        return whole_pool(&body, &dir, cluster.name(), details, retired);
+    }
     Ok(bytes_response(
         StatusCode::OK,
         "application/json; charset=utf-8",
         bytes::Bytes::from(body),
     ))
+}
+
+/// Cluster mode's device list: this controller's devices (from `local`, the single-rack
+/// list's JSON) plus the devices the other controllers publish, sorted by name then
+/// controller. The plain list stays a list of names (a name published by two racks appears
+/// twice); with details, every entry gains `controller`, and another rack's device is its
+/// published pool view (`name`, `state`, `hardware_type`, `processor`, `pool`,
+/// `os_version`, `environment`, `image`, `retired`, `available`, `held`, `failed`,
+/// `imaging_server` = `controller`): its full record lives on its owner
+/// (`/api/device/{id}/details/`, forwarded there).
+fn whole_pool(
+    local: &[u8],
+    dir: &crate::cluster::directory::Directory,
+    me: &str,
+    details: bool,
+    retired: bool,
+) -> Result<Response<Body>, ApiError> {
+    #[derive(Deserialize)]
+    struct List {
+        devices: Vec<Value>,
+    }
+    let list: List = serde_json::from_slice(local)
+        .map_err(|e| ApiError::internal(format!("cannot read the local device list: {e}")))?;
+    // (name, controller, entry)
+    let mut all: Vec<(String, String, Value)> = Vec::with_capacity(list.devices.len());
+    for mut d in list.devices {
+        let name = if details {
+            d["name"].as_str().unwrap_or_default().to_owned()
+        } else {
+            d.as_str().unwrap_or_default().to_owned()
+        };
+        if let Some(o) = d.as_object_mut() {
+            o.insert("controller".into(), json!(me));
+        }
+        all.push((name, me.to_owned(), d));
+    }
+    for (controller, p) in &dir.devices {
+        if controller == me || (p.retired && !retired) {
+            continue;
+        }
+        let entry = if details {
+            json!({
+                "available": p.available,
+                "controller": controller,
+                "environment": p.environment,
+                "failed": p.failed,
+                "hardware_type": p.hardware_type,
+                "held": p.held,
+                "image": p.current_image,
+                "imaging_server": controller,
+                "name": p.name,
+                "os_version": p.os_version,
+                "pool": p.pool,
+                "processor": p.processor,
+                "retired": p.retired,
+                "state": p.state,
+            })
+        } else {
+            json!(p.name)
+        };
+        all.push((p.name.to_string(), controller.clone(), entry));
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let devices: Vec<Value> = all.into_iter().map(|(_, _, d)| d).collect();
+    Ok(ok(&json!({ "devices": devices })))
 }
 
 /// Cores this process may use, read once (on Linux the standard library reads the

@@ -184,8 +184,12 @@ mod tests {
             actor: Some(EVIL.into()),
             message: format!("ready -> flashing: {EVIL}"),
         };
+        // Cluster mode's cells too: a controller name and an owner's URL from etcd.
+        let mut first = view::device_view(&held, Some(&r), Some(log.clone())).row;
+        first.controller = Some(EVIL.into());
+        first.href = Some(format!("http://127.0.0.1:1/{EVIL}"));
         let rows = vec![
-            view::device_view(&held, Some(&r), Some(log.clone())).row,
+            first,
             view::device_view(&failed, None, None).row,
             view::device_view(&busy, None, None).row,
         ];
@@ -198,6 +202,7 @@ mod tests {
                 count: 1,
             }],
             devices: rows,
+            cluster: true,
         };
         let devices = vec![held.clone(), failed, busy];
         let board = crate::hw::BoardStatus {

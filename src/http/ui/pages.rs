@@ -234,11 +234,37 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
     // The store's change version: bumps with every commit that changed a device, a
     // request or the inventory.
     let v = *ctx.svc.store.subscribe().borrow();
-    Ok(ctx
+    let local = ctx
         .svc
         .store
         .read(move |snap| view::pool_view(snap, v))
-        .await?)
+        .await?;
+    let Some(cluster) = &ctx.svc.cluster else {
+        return Ok(local);
+    };
+    // Cluster mode: the whole pool, each row with its controller. The version adds etcd's
+    // revision, so another rack's change is a change too (both only grow).
+    let me = cluster.name();
+    let mut rows = local.devices;
+    for r in &mut rows {
+        r.controller = Some(me.to_owned());
+    }
+    let revision = match cluster.directory().await {
+        Ok(dir) => {
+            for (c, p) in &dir.devices {
+                if c != me && !p.retired {
+                    rows.push(view::remote_row(c, dir.url_of(c).as_deref(), p));
+                }
+            }
+            u64::try_from(dir.revision).unwrap_or(0)
+        }
+        // etcd unreadable and never read: this rack's devices are still worth showing.
+        Err(e) => {
+            tracing::debug!(error = %e, "pool page without the other racks");
+            0
+        }
+    };
+    Ok(view::summarize(v.wrapping_add(revision), rows, true))
 }
 
 /// `GET /api/pool/overview/[?since=V&wait=N]`: the [`view::PoolView`] as JSON. With `since`
@@ -251,6 +277,9 @@ pub async fn overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let since = ctx.query.number("since")?;
     let wait = ctx.query.number("wait")?.unwrap_or(0).min(MAX_FEED_WAIT);
     let mut changes = ctx.svc.store.subscribe();
+    if ctx.svc.cluster.is_some() {
+        return cluster_overview(ctx, since, wait, changes).await;
+    }
     if wait > 0 && since == Some(*changes.borrow_and_update()) {
         tokio::select! {
             _ = changes.changed() => {}
@@ -259,6 +288,36 @@ pub async fn overview(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         }
     }
     Ok(ok(&pool_view(ctx).await?))
+}
+
+/// [`overview`] in cluster mode: another rack's change does not wake this store's channel,
+/// so the long poll also looks at the whole pool again every second (the directory it
+/// reads is cached for half a second, so an open page costs at most one etcd read a
+/// second).
+async fn cluster_overview(
+    ctx: &Ctx,
+    since: Option<u64>,
+    wait: u64,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) -> Result<Response<Body>, ApiError> {
+    changes.borrow_and_update();
+    let first = pool_view(ctx).await?;
+    if wait == 0 || since != Some(first.version) {
+        return Ok(ok(&first));
+    }
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return Ok(ok(&first)) },
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = tokio::time::sleep_until(until) => {}
+            () = ctx.svc.shutdown.cancelled() => return Ok(ok(&first)),
+        }
+        let now = pool_view(ctx).await?;
+        if now.version != first.version || tokio::time::Instant::now() >= until {
+            return Ok(ok(&now));
+        }
+    }
 }
 
 async fn pool(ctx: &Ctx) -> Result<Response<Body>, ApiError> {

@@ -84,6 +84,14 @@ pub struct DeviceRowView {
     pub last_log_time: String,
     /// Why a tech must look at it, if anything (no relay wiring).
     pub needs_tech: Option<String>,
+    /// Cluster mode: the controller that owns it (absent on a single rack, so the
+    /// single-rack feed is unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
+    /// Cluster mode, another rack's device: its page on its owner (absent: this
+    /// controller's `/ui/device/{name}/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub href: Option<String>,
 }
 
 /// Devices per state and look (a held `ready` device counts apart from a free one), for
@@ -109,6 +117,10 @@ pub struct PoolView {
     pub counts: Vec<StateCountView>,
     /// Number of devices.
     pub total: usize,
+    /// Cluster mode: the rows come from every controller (the page adds a controller
+    /// column). Absent on a single rack.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 
 /// Log lines scanned per device for its newest non-API line.
@@ -148,6 +160,45 @@ fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> Dev
         last_log_time: log.as_ref().map(|e| when(e.ts)).unwrap_or_default(),
         last_log: log.map(|e| e.message).unwrap_or_default(),
         needs_tech: d.needs_tech(),
+        controller: None,
+        href: None,
+    }
+}
+
+/// Cluster mode: the row of another controller's device, from its published pool view.
+/// Its holder and log live on its owner, so those cells stay empty (a held device shows
+/// as "in use"); `url` is the owner's API base URL, when it published one.
+#[must_use]
+pub fn remote_row(
+    controller: &str,
+    url: Option<&str>,
+    p: &crate::cluster::PublishedDevice,
+) -> DeviceRowView {
+    let state = p.state.parse().unwrap_or(DeviceState::Unknown);
+    let name = p.name.to_string();
+    DeviceRowView {
+        href: Some(match url {
+            Some(u) => format!("{u}/ui/device/{name}/"),
+            // This controller redirects there once the owner publishes its URL.
+            None => format!("/ui/device/{name}/?controller={controller}"),
+        }),
+        name,
+        state: p.state.clone(),
+        look: look(state, p.held),
+        hardware_type: p
+            .hardware_type
+            .clone()
+            .map(String::from)
+            .unwrap_or_default(),
+        pool: p.pool.clone().unwrap_or_default(),
+        environment: p.environment.clone().map(String::from).unwrap_or_default(),
+        request: None,
+        assignee: String::new(),
+        until: String::new(),
+        last_log: String::new(),
+        last_log_time: String::new(),
+        needs_tech: None,
+        controller: Some(controller.to_owned()),
     }
 }
 
@@ -164,7 +215,14 @@ pub fn pool_view(snap: &Snapshot, version: u64) -> Result<PoolView, StoreError> 
         let log = last_log(snap, &d.name)?;
         rows.push(row(d, held.get(d.name.as_str()).copied(), log));
     }
-    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(summarize(version, rows, false))
+}
+
+/// The pool view of `rows` (sorted here by name, then controller) with its counts per
+/// state; `cluster` when they come from every controller.
+#[must_use]
+pub fn summarize(version: u64, mut rows: Vec<DeviceRowView>, cluster: bool) -> PoolView {
+    rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.controller.cmp(&b.controller)));
     let mut per_state: BTreeMap<(String, &'static str), (Look, usize)> = BTreeMap::new();
     for r in &rows {
         per_state
@@ -188,12 +246,13 @@ pub fn pool_view(snap: &Snapshot, version: u64) -> Result<PoolView, StoreError> 
             .cmp(&order(&b.look))
             .then(a.state.cmp(&b.state))
     });
-    Ok(PoolView {
+    PoolView {
         version,
         total: rows.len(),
         devices: rows,
         counts,
-    })
+        cluster,
+    }
 }
 
 /// One log line.
