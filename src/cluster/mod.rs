@@ -20,6 +20,10 @@
 //!
 //! `directory` reads who publishes which device and where each controller answers (cached
 //! for half a second), for forwarding device calls and for the whole-pool lists.
+//! A fifth, `queue`, keeps an in-memory copy of the shared queue (one read, then a watch
+//! applying every event; read again when the watch fails or etcd compacted past it):
+//! [`Cluster::queue_copy`] and [`Cluster::queue_changes`] feed the scheduler and owner
+//! passes and the status long polls.
 //!
 //! `requests` holds the shared queue's etcd records and their guarded transactions
 //! (requests, the id counter, idempotency keys, assignments); what to write is decided
@@ -32,6 +36,7 @@ mod election;
 mod endpoints;
 mod lease;
 mod publish;
+mod queue;
 pub mod requests;
 
 use std::collections::BTreeMap;
@@ -297,6 +302,10 @@ struct Inner {
     /// The last directory read (`directory`): a tokio mutex, held across the read so
     /// concurrent calls share one.
     directory: tokio::sync::Mutex<directory::Cache>,
+    /// The in-memory copy of the queue, kept by the `queue` task.
+    queue: queue::Shared,
+    /// The revision of the last successful queue transaction this controller made.
+    written: std::sync::atomic::AtomicI64,
 }
 
 impl Cluster {
@@ -347,11 +356,13 @@ impl Cluster {
                 leader: watch::channel(None).0,
                 seen: Mutex::new(Seen::default()),
                 directory: tokio::sync::Mutex::new(directory::Cache::default()),
+                queue: queue::Shared::default(),
+                written: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
 
-    /// Start the lease, publication, election and probe tasks on `tasks` until `stop` is
+    /// Start the lease, publication, election, queue-copy and probe tasks on `tasks` until `stop` is
     /// cancelled (then the lease is revoked, so this controller's keys go at once).
     /// `devices` carries this controller's devices whenever their view changes; `url` is
     /// where its API answers (published in its member key, for forwarding).
@@ -365,6 +376,7 @@ impl Cluster {
         tasks.spawn(lease::run(self.clone(), stop.clone()));
         tasks.spawn(publish::run(self.clone(), devices, url, stop.clone()));
         tasks.spawn(election::run(self.clone(), stop.clone()));
+        tasks.spawn(queue::run(self.clone(), stop.clone()));
         tasks.spawn(self.clone().probe(stop));
     }
 

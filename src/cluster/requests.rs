@@ -172,13 +172,32 @@ impl Cluster {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, ClusterError> {
-        self.inner
+        let resp = self
+            .inner
             .etcd
             .call(self.inner.config.timeout(), |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
-            .await
+            .await?;
+        if resp.succeeded() {
+            // Remembered so a pass can wait for the in-memory copy to include this write
+            // instead of acting again on a copy that does not show it yet.
+            let revision = resp.header().map_or(0, |h| h.revision());
+            self.inner
+                .written
+                .fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(resp)
+    }
+
+    /// The revision of the last queue write this controller made (0 if none): a copy of
+    /// the queue older than this does not show it yet.
+    #[must_use]
+    pub fn last_write_revision(&self) -> i64 {
+        self.inner
+            .written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Create a request: `build` gets the new id. With `idem`, a second create with the same
@@ -499,10 +518,15 @@ impl Cluster {
         Ok(snap)
     }
 
-    /// Wait until request `id`'s key changes after `revision` (or `within` passes): the
-    /// status long poll. Returns early, without error, when etcd cannot be watched (the
-    /// caller reads again and answers).
-    pub async fn wait_request_change(&self, id: u64, revision: i64, within: std::time::Duration) {
+    /// Wait until request `id`'s key changes after `revision` (or `within` passes), with a
+    /// watch on the key: [`Cluster::wait_request_change`] when the in-memory copy is not
+    /// live. Returns early, without error, when etcd cannot be watched.
+    pub(super) async fn watch_request_key(
+        &self,
+        id: u64,
+        revision: i64,
+        within: std::time::Duration,
+    ) {
         let key = self.request_key(id);
         let watch = self
             .inner

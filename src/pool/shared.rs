@@ -4,8 +4,10 @@
 //! local *mirror* request on this rack's [`Pool`], so preparing, flashing, verifying and the
 //! self-test after a return are exactly single-rack mode's).
 //!
-//! Both loops run every [`TICK`] and on every change of the queue's keys they see through
-//! it; every write is a compare-guarded transaction, so a stale pass only loses its race.
+//! Both passes run on the in-memory copy of the queue the cluster layer keeps from a watch
+//! (`Cluster::queue_copy`), when it changes, and on timers only for time-based work; every
+//! write is a compare-guarded transaction, so a pass on a copy that is behind only loses
+//! its race.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,8 +23,12 @@ use crate::cluster::{Cluster, ClusterError, PublishedDevice};
 use crate::domain::clock::{Clock, Millis};
 use crate::domain::names::DeviceName;
 
-/// How often the scheduler and the owner look at the queue.
-pub const TICK: Duration = Duration::from_millis(100);
+/// The longest the passes wait without any change: a safety net under the deadlines
+/// computed from the queue (and what notices a lease running out without a new event).
+pub const IDLE: Duration = Duration::from_secs(1);
+
+/// The shortest wait for a time-based deadline.
+const MIN_WAIT: Duration = Duration::from_millis(20);
 
 /// At most this many ended requests are deleted per scheduler pass, so a backlog does not
 /// hold up assignments.
@@ -141,7 +147,13 @@ fn published_state(snap: &QueueSnapshot, controller: &str, device: &str) -> Stri
         .map_or_else(String::new, |(_, d)| d.state.clone())
 }
 
-/// Run the scheduler and owner loops until `stop`.
+/// Run the scheduler and owner passes until `stop`: whenever the in-memory copy of the
+/// queue changes (bursts coalesce: the copy's channel keeps only the latest revision), when
+/// this controller's lease or election changes, when a local mirror request changes (the
+/// owner's side), and at the next time-based deadline (expiry, a wait running out, the
+/// retention sweep), at least every [`IDLE`]. A pass needs a live lease. After its own
+/// write, the controller waits for the copy to include it rather than act again on a copy
+/// that does not show it yet (that would only lose compares).
 pub async fn run(
     cluster: Cluster,
     pool: Pool,
@@ -149,32 +161,86 @@ pub async fn run(
     policy: QueuePolicy,
     stop: CancellationToken,
 ) {
+    let wake = Arc::new(tokio::sync::Notify::new());
     let mut owner = Owner {
         cluster: cluster.clone(),
         pool,
         clock: clock.clone(),
         mirrors: HashMap::new(),
         adopted: false,
+        wake: wake.clone(),
+        followers: HashMap::new(),
     };
+    let mut queue_rx = cluster.queue_changes();
+    let mut lease_rx = cluster.lease();
+    let mut leader_rx = cluster.leader_changes();
+    // Something the scheduler reacts to happened (not only a local mirror's change).
+    let mut for_scheduler = true;
     loop {
-        if cluster.lease().borrow().live().is_some() {
-            match cluster.queue_snapshot().await {
-                Ok(snap) => {
-                    if let Err(e) = schedule(&cluster, &snap, clock.now(), &policy).await {
-                        tracing::debug!(error = %e, "cluster: scheduler pass stopped");
-                    }
-                    if let Err(e) = owner.pass(&snap).await {
-                        tracing::debug!(error = %e, "cluster: owner pass stopped");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "cluster: cannot read the queue"),
+        queue_rx.borrow_and_update();
+        lease_rx.borrow_and_update();
+        leader_rx.borrow_and_update();
+        let mut next = tokio::time::Instant::now() + IDLE;
+        let live = cluster.lease().borrow().live().is_some();
+        let copy = if live { cluster.queue_copy() } else { None };
+        if let Some((revision, snap)) = copy
+            && revision >= cluster.last_write_revision()
+        {
+            let now = clock.now();
+            if let Some(due) = next_deadline(&snap, now, cluster.keep_closed())
+                && cluster.leadership().is_some()
+            {
+                next = next.min(tokio::time::Instant::now() + due);
             }
+            // A local mirror's change concerns the owner only: the scheduler's view of
+            // the queue did not move.
+            if for_scheduler && let Err(e) = schedule(&cluster, &snap, now, &policy).await {
+                tracing::debug!(error = %e, "cluster: scheduler pass stopped");
+            }
+            if let Err(e) = owner.pass(&snap).await {
+                tracing::debug!(error = %e, "cluster: owner pass stopped");
+            }
+            owner.follow_mirrors();
         }
-        tokio::select! {
+        for_scheduler = tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(TICK) => {}
-        }
+            r = queue_rx.changed() => if r.is_err() { return } else { true },
+            r = lease_rx.changed() => if r.is_err() { return } else { true },
+            r = leader_rx.changed() => if r.is_err() { return } else { true },
+            () = wake.notified() => false,
+            () = tokio::time::sleep_until(next) => true,
+        };
     }
+}
+
+/// How long until the next time-based change the scheduler makes: an open request
+/// expiring, a wait running out, an ended request due for deletion (one whose device
+/// is still assigned waits for its owner, which is an event). At least [`MIN_WAIT`], so a
+/// deadline a failed pass left behind does not spin.
+fn next_deadline(snap: &QueueSnapshot, now: Millis, keep: Duration) -> Option<Duration> {
+    let held: HashSet<u64> = snap
+        .assignments
+        .iter()
+        .map(|a| a.assignment.request)
+        .collect();
+    let at = snap
+        .requests
+        .iter()
+        .filter_map(|r| {
+            let v = &r.value;
+            if v.state.is_open() {
+                let wait = waiting(v)
+                    .then(|| v.spec.wait.map(|w| v.since.plus(Duration::from_secs(w))))
+                    .flatten();
+                Some(wait.map_or(v.expires, |w| w.min(v.expires)))
+            } else if held.contains(&v.id) {
+                None
+            } else {
+                Some(v.ended.unwrap_or(v.expires).plus(keep))
+            }
+        })
+        .min()?;
+    Some(Duration::from_millis(at.0.saturating_sub(now.0)).max(MIN_WAIT))
 }
 
 /// Is `r` still waiting for a device?
@@ -468,9 +534,49 @@ struct Owner {
     mirrors: HashMap<String, Mirror>,
     /// The mirrors left by an earlier process of this controller were dealt with.
     adopted: bool,
+    /// Woken when a mirror's local request changes (it became ready, or failed).
+    wake: Arc<tokio::sync::Notify>,
+    /// The tasks following each mirror's local request, by local id.
+    followers: HashMap<u64, tokio::task::AbortHandle>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        for f in self.followers.values() {
+            f.abort();
+        }
+    }
 }
 
 impl Owner {
+    /// Follow the local request of every mirror (and stop following the others), so the
+    /// owner reports a mirror ready as soon as its rack made it so, not at a later pass:
+    /// the same per-request channel a local status long poll waits on.
+    fn follow_mirrors(&mut self) {
+        let locals: HashSet<u64> = self.mirrors.values().map(|m| m.local).collect();
+        self.followers.retain(|local, f| {
+            let keep = locals.contains(local);
+            if !keep {
+                f.abort();
+            }
+            keep
+        });
+        for local in locals {
+            if self.followers.contains_key(&local) {
+                continue;
+            }
+            let mut changes = self.pool.watch_request(local);
+            let wake = self.wake.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    changes.changed().await;
+                    wake.notify_one();
+                }
+            });
+            self.followers.insert(local, task.abort_handle());
+        }
+    }
+
     async fn pass(&mut self, snap: &QueueSnapshot) -> Result<(), ClusterError> {
         let me = self.cluster.name().to_owned();
         let mine: Vec<_> = snap
