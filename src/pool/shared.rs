@@ -402,6 +402,13 @@ async fn schedule(
                 v
             })
             .collect();
+        // As single-rack mode's driver: without fair share only available devices matter
+        // to `assign` (pool::queue's proptest checks the two agree).
+        let views: Vec<DeviceView> = if super::fair_share_applies(&queue, policy) {
+            views
+        } else {
+            views.into_iter().filter(DeviceView::available).collect()
+        };
         let picks = super::assign(&queue, &views, now, policy);
         if picks.is_empty() {
             break;
@@ -750,7 +757,8 @@ impl Owner {
     /// rebooting, verifying…), as its rack published it.
     fn note_progress(&self, snap: &QueueSnapshot, me: &str, device: &str, m: &mut Mirror) {
         let state = published_state(snap, me, device);
-        if !state.is_empty() && state != m.seen {
+        // `ready` is said by the ready line itself.
+        if !state.is_empty() && state != "ready" && state != m.seen {
             m.note(
                 self.clock.now(),
                 format!("device {device} on controller {me}: {state}"),
