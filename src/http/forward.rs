@@ -53,6 +53,11 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Forwarded(pub String);
 
+/// Marks a refusal about a device this controller does not have (loop, ambiguity,
+/// unknown owner): audited as an API call, not in a device history here.
+#[derive(Debug, Clone, Copy)]
+pub struct NotHere;
+
 /// What to do with a call.
 #[derive(Debug)]
 pub enum Decision {
@@ -162,13 +167,15 @@ pub async fn decide(
     }
 }
 
-/// The JSON error body (`error`, `code`) plus `extra`'s fields.
+/// The JSON error body (`error`, `code`) plus `extra`'s fields, marked [`NotHere`].
 fn error(status: StatusCode, code: &str, message: String, extra: Value) -> Response<Body> {
     let mut body = json!({ "error": message, "code": code });
     if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
         b.extend(extra);
     }
-    json_response(status, &body)
+    let mut r = json_response(status, &body);
+    r.extensions_mut().insert(NotHere);
+    r
 }
 
 /// 303 to the owner's page of `device` (the browser then talks to the owner directly).

@@ -2033,6 +2033,15 @@ async fn device_calls_reach_their_owner_through_any_controller() {
     let (s, _, e) = call(&a, Method::POST, "/api/device/ghost-2/power-cycle/", &[]).await;
     assert_eq!(s, 503, "{e}");
     assert_eq!(e["controller"], "rack-y");
+    // rack-a audits the refused call as an API call, not in a history of a device it does
+    // not have (the audit line is written in the background: give it a moment).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let api = get_json(&a, "/api/log/?subject=api").await.to_string();
+    assert!(api.contains("/api/device/ghost-2/power-cycle/"), "{api}");
+    let ghost_log = get_json(&a, "/api/log/?subject=device:ghost-2")
+        .await
+        .to_string();
+    assert!(!ghost_log.contains("power-cycle"), "{ghost_log}");
 
     // The web page through rack-a lists rack-b's devices with rack-b's name, linked to
     // rack-b's page; rack-a sends a browser asking for that page there.
