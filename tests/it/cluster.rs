@@ -2085,3 +2085,62 @@ async fn device_calls_reach_their_owner_through_any_controller() {
         Some(format!("{}/ui/device/sim-0003/", b.url).as_str())
     );
 }
+
+/// A forwarded call carries the caller's token: with `[auth]` on both controllers (the
+/// same tokens, anonymous callers may only read), an admin's event for rack-b's device
+/// through rack-a is taken by rack-b in the admin's name; without the token rack-a refuses
+/// it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_call_carries_the_callers_token() {
+    use reqwest::Method;
+    let test = "cluster_forwarding_auth";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    // The digest of "forward-test-token".
+    let auth = "\n[auth]\nanonymous = \"read\"\n[[auth.tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"b3d07754f871da1b1780fc75d6cdd206aba16b3f03b1764dc71834d081ee9f8d\"\n";
+    let a = Controller::start_with(&etcd, "rack-a", &p, 1, auth).await;
+    let b = Controller::start_with(&etcd, "rack-b", &p, 2, auth).await;
+    until_pooled(&etcd, &p, 3).await;
+    let start = Instant::now();
+    while !pool_list(&a)
+        .await
+        .iter()
+        .any(|(n, c, s)| n == "sim-0002" && c == "rack-b" && s == "ready")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "sim-0002 not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let path = "/api/device/sim-0002/event/please_self_test/";
+    let (s, by, e) = call(&a, Method::POST, path, &[]).await;
+    assert_eq!(
+        (s, by.as_deref()),
+        (401, None),
+        "refused by rack-a itself: {e}"
+    );
+    let (s, by, e) = call(
+        &a,
+        Method::POST,
+        path,
+        &[("Authorization", "Bearer forward-test-token")],
+    )
+    .await;
+    assert_eq!((s, by.as_deref()), (200, Some("rack-b")), "{e}");
+    let log = get_json(&b, "/api/device/sim-0002/log/").await;
+    let taken = log["log"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("please_self_test"))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("rack-b did not take the event: {log}"));
+    assert_eq!(taken["actor"], "ops", "{taken}");
+}
