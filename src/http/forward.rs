@@ -385,3 +385,36 @@ pub async fn proxy(me: &str, owner: &Owner, call: Outgoing<'_>) -> Response<Body
         .insert(Forwarded(owner.controller.clone()));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use hyper::header::HeaderName;
+
+    use super::not_forwarded;
+
+    #[test]
+    fn the_callers_credentials_go_on_but_not_this_hops_headers_nor_the_cookie() {
+        let sent = |h: &str| !not_forwarded(&HeaderName::from_bytes(h.as_bytes()).expect("name"));
+        for h in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "x-requested-with",
+            "accept",
+        ] {
+            assert!(sent(h), "{h} must be sent on");
+        }
+        for h in [
+            "host",
+            "connection",
+            "transfer-encoding",
+            "content-length",
+            "cookie",
+            "origin",
+            "sec-fetch-site",
+            "x-mozpool-forwarded-by",
+        ] {
+            assert!(!sent(h), "{h} must not be sent on");
+        }
+    }
+}
