@@ -379,8 +379,10 @@ fn record(
     svc.metrics.record_api(status.as_u16(), elapsed);
     let mut audit = audit.filter(|a| a.durable && response.extensions().get::<Refused>().is_none());
     let forwarded = response.extensions().get::<forward::Forwarded>();
-    if let (Some(a), Some(_)) = (audit.as_mut(), forwarded) {
-        // The owner records the call in the device's history; here it is only an API call.
+    let not_here = forwarded.is_some() || response.extensions().get::<forward::NotHere>().is_some();
+    if let (Some(a), true) = (audit.as_mut(), not_here) {
+        // The device is another controller's: its owner keeps its history (and records a
+        // forwarded call there); here the call is only an API call.
         a.device = None;
     }
     let Some(audit) = audit else {

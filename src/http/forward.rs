@@ -53,6 +53,11 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Forwarded(pub String);
 
+/// Marks a refusal about a device this controller does not have (loop, ambiguity,
+/// unknown owner): audited as an API call, not in a device history here.
+#[derive(Debug, Clone, Copy)]
+pub struct NotHere;
+
 /// What to do with a call.
 #[derive(Debug)]
 pub enum Decision {
@@ -162,13 +167,15 @@ pub async fn decide(
     }
 }
 
-/// The JSON error body (`error`, `code`) plus `extra`'s fields.
+/// The JSON error body (`error`, `code`) plus `extra`'s fields, marked [`NotHere`].
 fn error(status: StatusCode, code: &str, message: String, extra: Value) -> Response<Body> {
     let mut body = json!({ "error": message, "code": code });
     if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
         b.extend(extra);
     }
-    json_response(status, &body)
+    let mut r = json_response(status, &body);
+    r.extensions_mut().insert(NotHere);
+    r
 }
 
 /// 303 to the owner's page of `device` (the browser then talks to the owner directly).
@@ -377,4 +384,37 @@ pub async fn proxy(me: &str, owner: &Owner, call: Outgoing<'_>) -> Response<Body
     r.extensions_mut()
         .insert(Forwarded(owner.controller.clone()));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::header::HeaderName;
+
+    use super::not_forwarded;
+
+    #[test]
+    fn the_callers_credentials_go_on_but_not_this_hops_headers_nor_the_cookie() {
+        let sent = |h: &str| !not_forwarded(&HeaderName::from_bytes(h.as_bytes()).expect("name"));
+        for h in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "x-requested-with",
+            "accept",
+        ] {
+            assert!(sent(h), "{h} must be sent on");
+        }
+        for h in [
+            "host",
+            "connection",
+            "transfer-encoding",
+            "content-length",
+            "cookie",
+            "origin",
+            "sec-fetch-site",
+            "x-mozpool-forwarded-by",
+        ] {
+            assert!(!sent(h), "{h} must not be sent on");
+        }
+    }
 }
