@@ -477,7 +477,7 @@ async fn schedule(
     }
     // Why the others still wait, in single-rack mode's words, written only when it changed
     // and for at most REASON_BATCH requests a pass, front of the queue first.
-    let views: Vec<DeviceView> = with_grants(&granted).into_iter().map(|(_, v)| v).collect();
+    let views = with_grants(&granted);
     for (id, why) in reasons(snap, &served, &views, now, policy) {
         let Some(r) = snap.requests.iter().find(|r| r.value.id == id) else {
             continue;
@@ -547,11 +547,12 @@ fn offer_round<'a>(
 
 /// The waiting requests (but `skip`) whose explanation differs from the one they carry,
 /// with the new one: at most [`REASON_BATCH`], in queue order. `views` are the cluster's
-/// devices as the queue pass left them.
+/// devices (with their controllers) as the queue pass left them; a request pinned to a rack
+/// is explained over that rack's devices only, since no other rack's can serve it.
 fn reasons(
     snap: &QueueSnapshot,
     skip: &HashSet<u64>,
-    views: &[DeviceView],
+    views: &[(&str, DeviceView)],
     now: Millis,
     policy: &QueuePolicy,
 ) -> Vec<(u64, String)> {
@@ -561,11 +562,22 @@ fn reasons(
         .iter()
         .map(|r| (r.value.id, &r.value))
         .collect();
-    super::position(&queue, views, now, policy)
+    let all: Vec<DeviceView> = views.iter().map(|(_, v)| v.clone()).collect();
+    super::position(&queue, &all, now, policy)
         .into_iter()
         .filter_map(|(id, _)| {
             let r = by_id.get(&id)?;
-            let why = super::explain(&r.spec, views).to_string();
+            let why = match pinned(&r.spec) {
+                Some((c, _)) => {
+                    let rack: Vec<DeviceView> = views
+                        .iter()
+                        .filter(|(vc, _)| *vc == c)
+                        .map(|(_, v)| v.clone())
+                        .collect();
+                    super::explain(&r.spec, &rack).to_string()
+                }
+                None => super::explain(&r.spec, &all).to_string(),
+            };
             (r.explanation.as_deref() != Some(why.as_str())).then_some((id, why))
         })
         .take(REASON_BATCH)
@@ -1110,10 +1122,13 @@ mod tests {
     fn reasons_use_single_rack_wording_and_are_written_only_when_changed() {
         let mut snap = three_racks();
         snap.devices.truncate(2);
-        let views: Vec<DeviceView> = cluster_views(&snap).into_iter().map(|(_, v)| v).collect();
+        // The views borrow their controller names from a copy, so `snap` can change below.
+        let racks = snap.clone();
+        let views = cluster_views(&racks);
+        let plain: Vec<DeviceView> = views.iter().map(|(_, v)| v.clone()).collect();
         let policy = QueuePolicy::default();
         let got = reasons(&snap, &HashSet::new(), &views, Millis(10), &policy);
-        let expect = super::super::explain(&snap.requests[2].value.spec, &views).to_string();
+        let expect = super::super::explain(&snap.requests[2].value.spec, &plain).to_string();
         assert!(expect.contains("2 held"), "{expect}");
         // Queue order: alice holds both devices, over her share, so bob comes first.
         assert_eq!(got, vec![(4, expect.clone()), (3, expect.clone())]);
@@ -1130,7 +1145,7 @@ mod tests {
             snap.requests
                 .push(request(id, "carol", 0, RequestState::Queued));
         }
-        let views: Vec<DeviceView> = cluster_views(&snap).into_iter().map(|(_, v)| v).collect();
+        let views = cluster_views(&snap);
         let got = reasons(
             &snap,
             &HashSet::new(),
@@ -1233,5 +1248,31 @@ mod tests {
         let (_, by_name, queue) = offer_round(round, vec![pinned_queue(7, "rack-b"), unpinned]);
         assert_eq!(by_name["sim-0001"], "rack-a");
         assert_eq!(queue.iter().map(|q| q.id).collect::<Vec<_>>(), vec![8]);
+    }
+
+    #[test]
+    fn a_pinned_request_is_explained_over_its_rack_only() {
+        // Bob waits for rack-a's sim-0001 (held by alice); rack-c's sim-0001 is free but
+        // not his, so he waits because his device is held, not "1 free".
+        let mut snap = three_racks();
+        snap.requests.truncate(2);
+        let mut bob = request(4, "bob", 0, RequestState::Queued);
+        bob.value.spec.requested_device = DeviceChoice::Named("sim-0001".parse().expect("name"));
+        bob.value.spec.controller = Some("rack-a".into());
+        snap.requests.push(bob);
+        let views = cluster_views(&snap);
+        let got = reasons(
+            &snap,
+            &HashSet::new(),
+            &views,
+            Millis(10),
+            &QueuePolicy::default(),
+        );
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].1.ends_with("of 1 matching all criteria: 1 held"),
+            "{}",
+            got[0].1
+        );
     }
 }

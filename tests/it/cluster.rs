@@ -2453,6 +2453,8 @@ async fn named_requests_pick_their_rack_and_the_request_page_shows_the_shared_re
     assert_eq!(s2["state"], "queued", "not given rack-a's sim-0001: {s2}");
     assert_eq!(s["queue_position"], 1, "{s}");
     let why = s["waiting_because"].as_str().expect("reason").to_owned();
+    // Explained over rack-b's devices only: rack-a's free sim-0001 is not his.
+    assert!(why.ends_with("of 1 matching all criteria: 1 held"), "{why}");
 
     // The page of the ready request, through the controller that did not take it and
     // through the one that did: the shared request, its device linked to its owner's page.
