@@ -635,12 +635,27 @@ function requestPage() {
   const id = document.getElementById('request').dataset.id;
   const log = document.getElementById('log');
   follow(null, async () => {
-    const [d, l] = await Promise.all([api('GET', `/api/request/${id}/details/`), api('GET', `/api/request/${id}/log/`)]);
-    document.getElementById('rq-state').textContent = d.state;
+    // status/ carries the queue position and reason (and, in cluster mode, the device's
+    // controller); log/ every line the request keeps.
+    const [s, l] = await Promise.all([api('GET', `/api/request/${id}/status/`), api('GET', `/api/request/${id}/log/`)]);
+    document.getElementById('rq-state').textContent = s.state;
     const dev = document.getElementById('rq-device');
-    if (d.assigned_device) {
-      dev.replaceChildren('Device ', el('a', { href: `/ui/device/${encodeURIComponent(d.assigned_device)}/`, text: d.assigned_device }), '.');
-    } else dev.textContent = 'No device assigned.';
+    const controller = s.controller || '';
+    // The server rendered the link to the owner's page; rebuild it only when the device
+    // changed. This controller sends `?controller=` links on to the device's owner.
+    if (dev.dataset.device !== s.assigned_device || dev.dataset.controller !== controller) {
+      dev.dataset.device = s.assigned_device;
+      dev.dataset.controller = controller;
+      if (s.assigned_device) {
+        const q = controller ? `?controller=${encodeURIComponent(controller)}` : '';
+        dev.replaceChildren('Device ', el('a', { href: `/ui/device/${encodeURIComponent(s.assigned_device)}/${q}`, text: s.assigned_device }),
+          controller ? ` on controller ${controller}.` : '.');
+      } else dev.textContent = 'No device assigned.';
+    }
+    const waiting = s.queue_position !== null && s.queue_position !== undefined;
+    document.getElementById('rq-queue').hidden = !waiting;
+    document.getElementById('rq-position').textContent = waiting ? String(s.queue_position) : '—';
+    document.getElementById('rq-why').textContent = waiting && s.waiting_because ? `: ${s.waiting_because}` : '';
     const body = log.tBodies[0];
     const newest = body.rows.length ? Number(body.rows[body.rows.length - 1].dataset.id) : 0;
     for (const e of l.log.filter((x) => x.id > newest)) {

@@ -97,6 +97,11 @@ pub struct RequestSpec {
     pub wait: Option<u64>,
     /// Creation time; the queue's arrival order.
     pub created: Millis,
+    /// Cluster mode, a named device: the controller whose device of that name is meant
+    /// (names are unique per rack only), so the scheduler offers only that rack's device.
+    /// Always `None` on a single rack. Absent from older shared records.
+    #[serde(default)]
+    pub controller: Option<String>,
 }
 
 impl RequestSpec {
@@ -124,6 +129,7 @@ impl RequestSpec {
             priority: 0,
             wait: None,
             created,
+            controller: None,
         }
     }
 

@@ -21,7 +21,6 @@ use super::{
 use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest};
 use crate::cluster::{Cluster, ClusterError, PublishedDevice};
 use crate::domain::clock::{Clock, Millis};
-use crate::domain::names::DeviceName;
 
 /// The longest the passes wait without any change: a safety net under the deadlines
 /// computed from the queue (and what notices a lease running out without a new event).
@@ -91,7 +90,10 @@ fn waiting_queue(snap: &QueueSnapshot, skip: &HashSet<u64>) -> Vec<QueuedRequest
 /// Every published device of the cluster as the queue logic reads it, with its controller.
 /// A device with an assignment is never free; while the assigned request is open it is held
 /// by that request's assignee, so fair share counts what each assignee holds on every rack,
-/// as single-rack mode counts its holders.
+/// as single-rack mode counts its holders. A `ready` request keeps its device when the
+/// device's controller is gone (its lease ended, so the device is no longer published):
+/// that device still counts as held, described by what its holder asked for
+/// ([`gone_device`]).
 fn cluster_views(snap: &QueueSnapshot) -> Vec<(&str, DeviceView)> {
     let open: HashMap<u64, &SharedRequest> = snap
         .requests
@@ -110,20 +112,62 @@ fn cluster_views(snap: &QueueSnapshot) -> Vec<(&str, DeviceView)> {
             )
         })
         .collect();
-    snap.devices
+    let holder = |r: &SharedRequest| Holder {
+        request: r.id,
+        assignee: r.spec.assignee.clone(),
+    };
+    let mut views: Vec<(&str, DeviceView)> = snap
+        .devices
         .iter()
         .map(|(c, d)| {
             let mut v = view(d);
             if let Some(id) = assigned.get(&(c.as_str(), d.name.as_str())) {
                 v.free = false;
-                v.held_by = open.get(id).map(|r| Holder {
-                    request: r.id,
-                    assignee: r.spec.assignee.clone(),
-                });
+                v.held_by = open.get(id).map(|r| holder(r));
             }
             (c.as_str(), v)
         })
-        .collect()
+        .collect();
+    let present: HashSet<(&str, &str)> = snap
+        .devices
+        .iter()
+        .map(|(c, d)| (c.as_str(), d.name.as_str()))
+        .collect();
+    for a in &snap.assignments {
+        if present.contains(&(a.controller.as_str(), a.device.as_str())) {
+            continue;
+        }
+        let Some(r) = open
+            .get(&a.assignment.request)
+            .filter(|r| r.state == RequestState::Ready)
+        else {
+            continue;
+        };
+        if let Some(mut v) = gone_device(&a.device, r) {
+            v.held_by = Some(holder(r));
+            views.push((a.controller.as_str(), v));
+        }
+    }
+    views
+}
+
+/// The view of a device whose controller is gone, held by ready request `r`: its published
+/// view went with the controller's lease, so it is described by what `r` asked for (the
+/// device matched every one of those criteria when it was assigned) and the image it was
+/// readied with. A criterion `r` did not ask for is unknown, so a waiter asking for it does
+/// not count this device among its matches. Never free.
+fn gone_device(name: &str, r: &SharedRequest) -> Option<DeviceView> {
+    let s = &r.spec;
+    let mut v = DeviceView::new(name.parse().ok()?);
+    v.lifeguard_state = "ready".to_owned();
+    v.free = false;
+    v.environment.clone_from(&s.environment);
+    v.hardware_type.clone_from(&s.hardware_type);
+    v.processor.clone_from(&s.processor);
+    v.pool.clone_from(&s.pool);
+    v.os_version.clone_from(&s.os_version);
+    v.current_image = Some(s.image.clone());
+    Some(v)
 }
 
 /// Each waiting request's 1-based queue position, from the same inputs the scheduler pass
@@ -388,20 +432,7 @@ async fn schedule(
         if queue.is_empty() {
             break;
         }
-        let mut by_name: HashMap<DeviceName, &str> = HashMap::new();
-        let views: Vec<DeviceView> = with_grants(&granted)
-            .into_iter()
-            .map(|(c, mut v)| {
-                if v.available() {
-                    if by_name.contains_key(&v.name) {
-                        v.free = false;
-                    } else {
-                        by_name.insert(v.name.clone(), c);
-                    }
-                }
-                v
-            })
-            .collect();
+        let (views, by_name, queue) = offer_round(with_grants(&granted), queue);
         // As single-rack mode's driver: without fair share only available devices matter
         // to `assign` (pool::queue's proptest checks the two agree).
         let views: Vec<DeviceView> = if super::fair_share_applies(&queue, policy) {
@@ -414,7 +445,7 @@ async fn schedule(
             break;
         }
         for (id, name) in picks {
-            let controller = by_name[&name];
+            let controller = by_name[name.as_str()];
             served.insert(id);
             let Some(r) = snap.requests.iter().find(|r| r.value.id == id) else {
                 continue;
@@ -446,7 +477,7 @@ async fn schedule(
     }
     // Why the others still wait, in single-rack mode's words, written only when it changed
     // and for at most REASON_BATCH requests a pass, front of the queue first.
-    let views: Vec<DeviceView> = with_grants(&granted).into_iter().map(|(_, v)| v).collect();
+    let views = with_grants(&granted);
     for (id, why) in reasons(snap, &served, &views, now, policy) {
         let Some(r) = snap.requests.iter().find(|r| r.value.id == id) else {
             continue;
@@ -463,13 +494,65 @@ async fn schedule(
     Ok(())
 }
 
+/// The controller a waiting request is pinned to, with the device name: a named request
+/// created in cluster mode names its rack (`RequestSpec::controller`).
+fn pinned(spec: &super::RequestSpec) -> Option<(&str, &str)> {
+    match (&spec.requested_device, &spec.controller) {
+        (DeviceChoice::Named(n), Some(c)) => Some((c.as_str(), n.as_str())),
+        _ => None,
+    }
+}
+
+/// One round of the queue pass: `pool::queue::assign` matches devices by name, and names
+/// are unique per rack only, so a round offers at most one available device per name (the
+/// others stay in `views` as not free: they still count for fair share). The copy wanted by
+/// a waiter pinned to its rack is offered first; a pinned waiter whose name is offered from
+/// another rack sits this round out, so it is never handed another rack's device. Returns
+/// the round's views, which controller offers each name, and the round's queue.
+fn offer_round<'a>(
+    round: Vec<(&'a str, DeviceView)>,
+    queue: Vec<QueuedRequest>,
+) -> (
+    Vec<DeviceView>,
+    HashMap<String, &'a str>,
+    Vec<QueuedRequest>,
+) {
+    let wanted: HashSet<(&str, &str)> = queue.iter().filter_map(|q| pinned(&q.spec)).collect();
+    let mut by_name: HashMap<String, &'a str> = HashMap::new();
+    for first in [true, false] {
+        for (c, v) in &round {
+            if v.available() && (!first || wanted.contains(&(*c, v.name.as_str()))) {
+                by_name.entry(v.name.to_string()).or_insert(*c);
+            }
+        }
+    }
+    let views = round
+        .into_iter()
+        .map(|(c, mut v)| {
+            if v.available() && by_name.get(v.name.as_str()) != Some(&c) {
+                v.free = false;
+            }
+            v
+        })
+        .collect();
+    let queue = queue
+        .into_iter()
+        .filter(|q| match pinned(&q.spec) {
+            Some((c, n)) => by_name.get(n).is_none_or(|o| *o == c),
+            None => true,
+        })
+        .collect();
+    (views, by_name, queue)
+}
+
 /// The waiting requests (but `skip`) whose explanation differs from the one they carry,
 /// with the new one: at most [`REASON_BATCH`], in queue order. `views` are the cluster's
-/// devices as the queue pass left them.
+/// devices (with their controllers) as the queue pass left them; a request pinned to a rack
+/// is explained over that rack's devices only, since no other rack's can serve it.
 fn reasons(
     snap: &QueueSnapshot,
     skip: &HashSet<u64>,
-    views: &[DeviceView],
+    views: &[(&str, DeviceView)],
     now: Millis,
     policy: &QueuePolicy,
 ) -> Vec<(u64, String)> {
@@ -479,11 +562,22 @@ fn reasons(
         .iter()
         .map(|r| (r.value.id, &r.value))
         .collect();
-    super::position(&queue, views, now, policy)
+    let all: Vec<DeviceView> = views.iter().map(|(_, v)| v.clone()).collect();
+    super::position(&queue, &all, now, policy)
         .into_iter()
         .filter_map(|(id, _)| {
             let r = by_id.get(&id)?;
-            let why = super::explain(&r.spec, views).to_string();
+            let why = match pinned(&r.spec) {
+                Some((c, _)) => {
+                    let rack: Vec<DeviceView> = views
+                        .iter()
+                        .filter(|(vc, _)| *vc == c)
+                        .map(|(_, v)| v.clone())
+                        .collect();
+                    super::explain(&r.spec, &rack).to_string()
+                }
+                None => super::explain(&r.spec, &all).to_string(),
+            };
             (r.explanation.as_deref() != Some(why.as_str())).then_some((id, why))
         })
         .take(REASON_BATCH)
@@ -1028,10 +1122,13 @@ mod tests {
     fn reasons_use_single_rack_wording_and_are_written_only_when_changed() {
         let mut snap = three_racks();
         snap.devices.truncate(2);
-        let views: Vec<DeviceView> = cluster_views(&snap).into_iter().map(|(_, v)| v).collect();
+        // The views borrow their controller names from a copy, so `snap` can change below.
+        let racks = snap.clone();
+        let views = cluster_views(&racks);
+        let plain: Vec<DeviceView> = views.iter().map(|(_, v)| v.clone()).collect();
         let policy = QueuePolicy::default();
         let got = reasons(&snap, &HashSet::new(), &views, Millis(10), &policy);
-        let expect = super::super::explain(&snap.requests[2].value.spec, &views).to_string();
+        let expect = super::super::explain(&snap.requests[2].value.spec, &plain).to_string();
         assert!(expect.contains("2 held"), "{expect}");
         // Queue order: alice holds both devices, over her share, so bob comes first.
         assert_eq!(got, vec![(4, expect.clone()), (3, expect.clone())]);
@@ -1048,7 +1145,7 @@ mod tests {
             snap.requests
                 .push(request(id, "carol", 0, RequestState::Queued));
         }
-        let views: Vec<DeviceView> = cluster_views(&snap).into_iter().map(|(_, v)| v).collect();
+        let views = cluster_views(&snap);
         let got = reasons(
             &snap,
             &HashSet::new(),
@@ -1064,5 +1161,118 @@ mod tests {
             .map(|(id, _)| id)
             .collect();
         assert_eq!(ids, order);
+    }
+
+    #[test]
+    fn a_ready_device_of_a_gone_controller_still_counts_for_fair_share() {
+        // Alice holds rack-a's device (ready; rack-a's lease is gone, so the device is not
+        // published) and rack-b's; rack-c and rack-d each have a free one.
+        let mut snap = three_racks();
+        snap.devices.remove(0);
+        snap.devices.push(("rack-d".into(), device("sim-0001")));
+        let views = cluster_views(&snap);
+        let gone = views
+            .iter()
+            .find(|(c, _)| *c == "rack-a")
+            .expect("the gone device is still counted");
+        assert_eq!(gone.1.held_by.as_ref().map(|h| h.request), Some(1));
+        assert!(!gone.1.available(), "never offered");
+        // She holds 2 of the 4 matching devices (her share, ⌈4/2⌉): bob comes first. Not
+        // counting the gone device she would hold 1 of 3 and her priority would win.
+        let policy = QueuePolicy::default();
+        assert_eq!(
+            queue_positions(&snap, Millis(10), &policy),
+            vec![(4, 1), (3, 2)]
+        );
+        // Only a ready request keeps a gone controller's device: a pending one goes back to
+        // the queue, so its device does not count.
+        snap.requests[0].value.state = RequestState::Pending;
+        assert!(cluster_views(&snap).iter().all(|(c, _)| *c != "rack-a"));
+        assert_eq!(
+            queue_positions(&snap, Millis(10), &policy),
+            vec![(3, 1), (4, 2)]
+        );
+    }
+
+    #[test]
+    fn a_gone_device_is_described_by_what_its_holder_asked_for() {
+        let mut r = request(1, "alice", 0, RequestState::Ready).value;
+        r.spec.pool = Some("b2g".into());
+        let v = gone_device("sim-0009", &r).expect("valid name");
+        let mut wants_b2g = r.spec.clone();
+        wants_b2g.assignee = "bob".into();
+        assert!(super::super::matches(&wants_b2g, &v));
+        let mut wants_other = wants_b2g.clone();
+        wants_other.processor = Some("armv7".into());
+        assert!(
+            !super::super::matches(&wants_other, &v),
+            "a criterion its holder did not ask for is unknown"
+        );
+        assert!(gone_device("not a name!", &r).is_none());
+    }
+
+    fn pinned_queue(id: u64, controller: &str) -> QueuedRequest {
+        let r = request(id, "alice", 0, RequestState::Queued).value;
+        let mut spec = r.spec;
+        spec.requested_device = DeviceChoice::Named("sim-0001".parse().expect("name"));
+        spec.controller = Some(controller.into());
+        QueuedRequest {
+            id,
+            spec,
+            since: r.since,
+        }
+    }
+
+    #[test]
+    fn a_pinned_request_gets_its_racks_device_only() {
+        let free = |c: &'static str| (c, view(&device("sim-0001")));
+        // Both racks offer sim-0001; the waiter pinned to rack-b gets rack-b's.
+        let round = vec![free("rack-a"), free("rack-b")];
+        let (views, by_name, queue) = offer_round(round, vec![pinned_queue(7, "rack-b")]);
+        assert_eq!(by_name["sim-0001"], "rack-b");
+        assert_eq!(
+            views.iter().map(DeviceView::available).collect::<Vec<_>>(),
+            vec![false, true]
+        );
+        assert_eq!(queue.len(), 1);
+        let picks = super::super::assign(&queue, &views, Millis(10), &QueuePolicy::default());
+        assert_eq!(picks.len(), 1);
+        assert_eq!(by_name[picks[0].1.as_str()], "rack-b");
+        // Only rack-a's is free: the waiter pinned to rack-b sits the round out instead of
+        // taking it; an unpinned waiter for the name still may.
+        let mut busy = view(&device("sim-0001"));
+        busy.free = false;
+        let round = vec![free("rack-a"), ("rack-b", busy)];
+        let mut unpinned = pinned_queue(8, "rack-b");
+        unpinned.spec.controller = None;
+        let (_, by_name, queue) = offer_round(round, vec![pinned_queue(7, "rack-b"), unpinned]);
+        assert_eq!(by_name["sim-0001"], "rack-a");
+        assert_eq!(queue.iter().map(|q| q.id).collect::<Vec<_>>(), vec![8]);
+    }
+
+    #[test]
+    fn a_pinned_request_is_explained_over_its_rack_only() {
+        // Bob waits for rack-a's sim-0001 (held by alice); rack-c's sim-0001 is free but
+        // not his, so he waits because his device is held, not "1 free".
+        let mut snap = three_racks();
+        snap.requests.truncate(2);
+        let mut bob = request(4, "bob", 0, RequestState::Queued);
+        bob.value.spec.requested_device = DeviceChoice::Named("sim-0001".parse().expect("name"));
+        bob.value.spec.controller = Some("rack-a".into());
+        snap.requests.push(bob);
+        let views = cluster_views(&snap);
+        let got = reasons(
+            &snap,
+            &HashSet::new(),
+            &views,
+            Millis(10),
+            &QueuePolicy::default(),
+        );
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].1.ends_with("of 1 matching all criteria: 1 held"),
+            "{}",
+            got[0].1
+        );
     }
 }

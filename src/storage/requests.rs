@@ -103,6 +103,8 @@ fn to_stored(id: u64, r: RequestRecord) -> Result<StoredRequest, StoreError> {
         priority: v.priority,
         wait: v.wait,
         created: Millis(v.created),
+        // The rack of a named device is a cluster-mode choice; this store is one rack's.
+        controller: None,
     };
     let (a, b, c, d) = v.counters;
     let assigned = match v.assigned {

@@ -2413,3 +2413,195 @@ async fn a_forwarded_call_carries_the_callers_token() {
         .unwrap_or_else(|| panic!("rack-b did not take the event: {log}"));
     assert_eq!(taken["actor"], "ops", "{taken}");
 }
+
+/// `POST /api/device/{name}/request/[?controller=NAME]` through `c`: status and body.
+async fn request_named(
+    c: &Controller,
+    device: &str,
+    controller: Option<&str>,
+    assignee: &str,
+) -> (u16, Value) {
+    let q = controller.map_or(String::new(), |n| format!("?controller={n}"));
+    let r = http()
+        .post(format!("{}/api/device/{device}/request/{q}", c.url))
+        .json(&serde_json::json!({
+            "assignee": assignee, "duration": 600, "image": "android", "wait": 120
+        }))
+        .send()
+        .await
+        .expect("create");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json"))
+}
+
+/// `GET /ui/request/{id}/` through `c`: the page's HTML, with the slashes the template
+/// escapes put back.
+async fn request_page(c: &Controller, id: u64) -> String {
+    let r = http()
+        .get(format!("{}/ui/request/{id}/", c.url))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status(), 200, "request page {id} through {}", c.name);
+    r.text().await.expect("html").replace("&#x2f;", "/")
+}
+
+/// Named-device requests pick their rack (`?controller=`, or the only rack publishing the
+/// name), are served by that rack's device only, and the request page shows the shared
+/// request (state, device with its controller and link, queue position and reason, log)
+/// through any controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_requests_pick_their_rack_and_the_request_page_shows_the_shared_request() {
+    let test = "cluster_named";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 2).await;
+    until_pooled(&etcd, &p, 3).await;
+
+    // sim-0001 is on both racks: the client must pick; sim-0009 is nowhere; rack-q has no
+    // sim-0001.
+    let (status, body) = request_named(&a, "sim-0001", None, "alice").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "ambiguous_device");
+    let mut candidates: Vec<&str> = body["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter_map(|c| c["controller"].as_str())
+        .collect();
+    candidates.sort_unstable();
+    assert_eq!(candidates, vec!["rack-a", "rack-b"], "{body}");
+    assert_eq!(body["candidates"][1]["url"], b.url.as_str(), "{body}");
+    let (status, body) = request_named(&a, "sim-0009", None, "alice").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert_eq!(body["error"], "no device named sim-0009");
+    let (status, body) = request_named(&a, "sim-0001", Some("rack-q"), "alice").await;
+    assert_eq!(status, 404, "{body}");
+
+    // Through rack-a, rack-b's sim-0001: served by rack-b's device.
+    let (status, body) = request_named(&a, "sim-0001", Some("rack-b"), "alice").await;
+    assert_eq!(status, 200, "{body}");
+    let first = body["request"]["id"].as_u64().expect("id");
+    let s = until_ready(&a, first, Duration::from_secs(30)).await;
+    assert_eq!(s["controller"], "rack-b", "{s}");
+    assert_eq!(s["assigned_device"], "sim-0001", "{s}");
+    assert_eq!(
+        etcd.keys(&format!("{p}assign/")),
+        vec![format!("{p}assign/rack-b/sim-0001")]
+    );
+    // sim-0002 only on rack-b: no choice needed.
+    let (status, body) = request_named(&b, "sim-0002", None, "carol").await;
+    assert_eq!(status, 200, "{body}");
+    let only = body["request"]["id"].as_u64().expect("id");
+    let s = until_ready(&b, only, Duration::from_secs(30)).await;
+    assert_eq!(s["controller"], "rack-b", "{s}");
+
+    // Bob wants rack-b's sim-0001 too: it is held, and rack-a's free sim-0001 is not his.
+    let (status, body) = request_named(&b, "sim-0001", Some("rack-b"), "bob").await;
+    assert_eq!(status, 200, "{body}");
+    let waiter = body["request"]["id"].as_u64().expect("id");
+    let t = Instant::now();
+    let s = loop {
+        let s = get_json(&a, &format!("/api/request/{waiter}/status/")).await;
+        if s["waiting_because"].is_string() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no reason: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s2 = get_json(&a, &format!("/api/request/{waiter}/status/")).await;
+    assert_eq!(s2["state"], "queued", "not given rack-a's sim-0001: {s2}");
+    assert_eq!(s["queue_position"], 1, "{s}");
+    let why = s["waiting_because"].as_str().expect("reason").to_owned();
+    // Explained over rack-b's devices only: rack-a's free sim-0001 is not his.
+    assert!(why.ends_with("of 1 matching all criteria: 1 held"), "{why}");
+
+    // The page of the ready request, through the controller that did not take it and
+    // through the one that did: the shared request, its device linked to its owner's page.
+    for (ctl, href) in [
+        (&b, "/ui/device/sim-0001/".to_owned()),
+        (&a, format!("{}/ui/device/sim-0001/", b.url)),
+    ] {
+        let page = request_page(ctl, first).await;
+        assert!(page.contains(&format!("Request #{first}")), "{page}");
+        assert!(
+            page.contains(r#"id="rq-state" class="rstate">ready<"#),
+            "{page}"
+        );
+        assert!(
+            page.contains(&format!(
+                r#"<a href="{href}">sim-0001</a> on controller rack-b"#
+            )),
+            "device link through {}: {page}",
+            ctl.name
+        );
+        assert!(
+            page.contains("assigned device sim-0001 on controller rack-b"),
+            "{page}"
+        );
+        assert!(page.contains("created on controller rack-a"), "{page}");
+        assert!(page.contains(r#"<p id="rq-queue" hidden>"#), "{page}");
+    }
+    // The waiter's page: its queue position and reason, no device.
+    let page = request_page(&a, waiter).await;
+    assert!(
+        page.contains(r#"id="rq-state" class="rstate">queued<"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<strong id="rq-position">1</strong>"#),
+        "{page}"
+    );
+    let escaped = why
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;");
+    assert!(page.contains(&escaped), "reason {why:?}: {page}");
+    assert!(page.contains("No device assigned."), "{page}");
+    // What the page's live updates read, through either controller.
+    for ctl in [&a, &b] {
+        let s = get_json(ctl, &format!("/api/request/{waiter}/status/")).await;
+        assert_eq!(s["queue_position"], 1, "{s}");
+        let l = get_json(ctl, &format!("/api/request/{waiter}/log/")).await;
+        assert!(
+            log_messages(&l).iter().any(|m| m.starts_with("queued: ")),
+            "{l}"
+        );
+    }
+    let r = http()
+        .get(format!("{}/ui/request/999999/", a.url))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status(), 404);
+
+    // The first returns: bob gets rack-b's sim-0001.
+    assert_eq!(
+        post(
+            &a,
+            &format!("/api/request/{first}/return/"),
+            serde_json::json!({})
+        )
+        .await,
+        204
+    );
+    let s = until_ready(&a, waiter, Duration::from_secs(30)).await;
+    assert_eq!(s["controller"], "rack-b", "{s}");
+    assert_eq!(s["assigned_device"], "sim-0001", "{s}");
+    let page = request_page(&a, waiter).await;
+    assert!(
+        page.contains(r#"id="rq-state" class="rstate">ready<"#),
+        "{page}"
+    );
+    assert!(check_assignment_history(&etcd, &p) >= 3);
+}

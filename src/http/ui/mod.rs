@@ -285,7 +285,7 @@ mod tests {
             log => minijinja::Value::from(Serde(vec![LogLineView::from(&log)])),
             next_before => Some(42),
             log_page => 50,
-            request => minijinja::Value::from(Serde(view::request_view(&r, &devices))),
+            request => minijinja::Value::from(Serde(view::request_view(&r, &devices, None))),
             requests => minijinja::Value::from(Serde(view::request_rows(&[r], &devices))),
             version => 5,
             timeline => minijinja::Value::from(Serde(view::device_history_view(&timeline, Millis(1_700_000_100_000)))),

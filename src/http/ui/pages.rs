@@ -481,6 +481,24 @@ async fn relays(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 pub const REQUEST_LOG: usize = 1000;
 
 async fn request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
+    let (rv, log) = match &ctx.svc.cluster {
+        Some(cluster) => shared_request(ctx, cluster, id).await?,
+        None => local_request(ctx, id).await?,
+    };
+    let c = context! {
+        layout => layout(ctx, "request", format!("Request #{id}")),
+        request => Value::from(Serde(&rv)),
+        log => Value::from(Serde(&log)),
+    };
+    html(ctx, StatusCode::OK, "request.html", c)
+}
+
+/// A single-rack request's page data: the request and its log from the store.
+async fn local_request(
+    ctx: &Ctx,
+    id: u64,
+) -> Result<(view::RequestView, Vec<LogLineView>), ApiError> {
+    let position = ctx.svc.pool.queue_position(id).await?;
     let found = ctx
         .svc
         .store
@@ -497,16 +515,48 @@ async fn request(ctx: &Ctx, id: u64) -> Result<Response<Body>, ApiError> {
             // Oldest first: a request's log reads as a story.
             let log: Vec<LogLineView> =
                 snap.logs(&q)?.iter().rev().map(LogLineView::from).collect();
-            Ok(Some((view::request_view(&r, &devices), log)))
+            let position = position.filter(|_| r.snap.state.is_waiting());
+            Ok(Some((view::request_view(&r, &devices, position), log)))
         })
         .await?;
-    let Some((rv, log)) = found else {
-        return Err(ApiError::not_found(format!("no request {id}")));
+    found.ok_or_else(|| ApiError::not_found(format!("no request {id}")))
+}
+
+/// Cluster mode: the shared request from etcd (any controller answers for any request),
+/// its device's state and owner from the whole pool's directory, its queue position as
+/// `status/` computes it, and the log it keeps in its record.
+async fn shared_request(
+    ctx: &Ctx,
+    cluster: &crate::cluster::Cluster,
+    id: u64,
+) -> Result<(view::RequestView, Vec<LogLineView>), ApiError> {
+    let r = cluster
+        .request(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no request {id}")))?
+        .value;
+    let position = if r.state.is_waiting() {
+        let snap = cluster.queue_snapshot().await?;
+        crate::pool::shared::queue_positions(&snap, ctx.svc.clock.now(), ctx.svc.pool.policy())
+            .into_iter()
+            .find(|(q, _)| *q == id)
+            .map(|(_, p)| p)
+    } else {
+        None
     };
-    let c = context! {
-        layout => layout(ctx, "request", format!("Request #{id}")),
-        request => Value::from(Serde(&rv)),
-        log => Value::from(Serde(&log)),
+    let (state, url) = match (&r.device, &r.owner) {
+        (Some(d), Some(c)) => {
+            let dir = cluster.directory().await?;
+            let state = dir
+                .devices
+                .iter()
+                .find(|(dc, p)| dc == c && p.name.as_str() == d)
+                .map_or(String::new(), |(_, p)| p.state.clone());
+            (state, dir.url_of(c))
+        }
+        _ => (String::new(), None),
     };
-    html(ctx, StatusCode::OK, "request.html", c)
+    let log = r.log.iter().map(LogLineView::from).collect();
+    let rv = view::shared_request_view(&r, &state, cluster.name(), url.as_deref(), position);
+    Ok((rv, log))
 }

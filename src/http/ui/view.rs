@@ -487,6 +487,7 @@ pub fn request_rows(requests: &[StoredRequest], devices: &[Device]) -> Vec<Reque
 }
 
 /// The request page: its row on the requests page, every detail, and its boot config.
+/// One shape for both modes, so both render the same template.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestView {
     /// The requests page's row (state, device, expiry, ...).
@@ -495,51 +496,162 @@ pub struct RequestView {
     pub fields: Vec<FieldView>,
     /// Boot config values it was given (shown as text, escaped by the template).
     pub boot_config: Vec<FieldView>,
+    /// Where the assigned device's page is (`""` when none): this controller's page, or in
+    /// cluster mode its owner's, as the pool page links it.
+    pub device_href: String,
+    /// Cluster mode: the controller owning the assigned device (`None` on a single rack).
+    pub controller: Option<String>,
+    /// While it waits: its 1-based place in the queue.
+    pub queue_position: Option<usize>,
+    /// While it waits: why (`waiting_because`).
+    pub waiting_because: Option<String>,
 }
 
-/// Build a request's page view.
-#[must_use]
-pub fn request_view(r: &StoredRequest, devices: &[Device]) -> RequestView {
-    let row = request_row(r, &device_states(devices));
-    let s = &r.snap;
+/// The fields of a request's page, shared by both modes.
+struct Fields<'a> {
+    spec: &'a crate::pool::RequestSpec,
+    environment: String,
+    expires: crate::domain::clock::Millis,
+    timeout: Option<crate::domain::clock::Millis>,
+    controller: String,
+    explanation: Option<String>,
+}
+
+fn request_fields(f: Fields<'_>) -> (Vec<FieldView>, Vec<FieldView>) {
+    let s = f.spec;
     let opt = |v: Option<String>| v.unwrap_or_default();
     let fields = vec![
-        field("Requested device", s.spec.requested_device.to_string()),
-        field("Assignee", s.spec.assignee.clone()),
-        field("Image", s.spec.image.to_string()),
+        field("Requested device", s.requested_device.to_string()),
+        field("Assignee", s.assignee.clone()),
+        field("Image", s.image.to_string()),
         field(
             "Image may be reused",
-            if s.spec.can_reuse { "yes" } else { "no" },
+            if s.can_reuse { "yes" } else { "no" },
         ),
-        field("Environment", row.environment.clone()),
+        field("Environment", f.environment),
         field(
             "Hardware type",
-            opt(s.spec.hardware_type.as_ref().map(ToString::to_string)),
+            opt(s.hardware_type.as_ref().map(ToString::to_string)),
         ),
-        field("Processor", opt(s.spec.processor.clone())),
-        field("Pool", opt(s.spec.pool.clone())),
-        field("OS version", opt(s.spec.os_version.clone())),
-        field("Priority", s.spec.priority.to_string()),
+        field("Processor", opt(s.processor.clone())),
+        field("Pool", opt(s.pool.clone())),
+        field("OS version", opt(s.os_version.clone())),
+        field("Priority", s.priority.to_string()),
         field(
             "Waits in the queue up to",
-            opt(s.spec.wait.map(|w| format!("{w} s"))),
+            opt(s.wait.map(|w| format!("{w} s"))),
         ),
-        field("Created", when(s.spec.created)),
-        field("Lease ends", when(s.expires)),
-        field("State times out at", opt(s.timeout.map(when))),
-        field("Controller", r.server.clone()),
-        field("Explanation", opt(r.explanation.clone())),
+        field("Created", when(s.created)),
+        field("Lease ends", when(f.expires)),
+        field("State times out at", opt(f.timeout.map(when))),
+        field("Controller", f.controller),
+        field("Explanation", opt(f.explanation)),
     ];
     let boot_config = s
-        .spec
         .boot_config
         .iter()
         .map(|(k, v)| field(k, v.clone()))
         .collect();
+    (fields, boot_config)
+}
+
+/// Build a request's page view (single-rack mode); `position` is its place in the queue
+/// while it waits.
+#[must_use]
+pub fn request_view(r: &StoredRequest, devices: &[Device], position: Option<usize>) -> RequestView {
+    let row = request_row(r, &device_states(devices));
+    let (fields, boot_config) = request_fields(Fields {
+        spec: &r.snap.spec,
+        environment: row.environment.clone(),
+        expires: r.snap.expires,
+        timeout: r.snap.timeout,
+        controller: r.server.clone(),
+        explanation: r.explanation.clone(),
+    });
+    let device_href = if row.assigned_device.is_empty() {
+        String::new()
+    } else {
+        format!("/ui/device/{}/", row.assigned_device)
+    };
+    RequestView {
+        waiting_because: r.explanation.clone().filter(|_| row.waiting),
+        row,
+        fields,
+        boot_config,
+        device_href,
+        controller: None,
+        queue_position: position,
+    }
+}
+
+/// Cluster mode: a shared request's page view. `device_state` is the state its device's
+/// controller publishes (`""` when none), `owner_url` that controller's API base URL (the
+/// device link goes to its page there, as the pool page's rows do), `me` this controller.
+#[must_use]
+pub fn shared_request_view(
+    r: &crate::cluster::requests::SharedRequest,
+    device_state: &str,
+    me: &str,
+    owner_url: Option<&str>,
+    position: Option<usize>,
+) -> RequestView {
+    let s = &r.spec;
+    let environment = s
+        .environment
+        .as_ref()
+        .map_or("any".to_owned(), ToString::to_string);
+    let assigned = r.device.clone().unwrap_or_default();
+    let device_href = match (&r.device, &r.owner) {
+        (None, _) => String::new(),
+        (Some(d), Some(c)) if c != me => match owner_url {
+            Some(u) => format!("{u}/ui/device/{d}/"),
+            // This controller redirects there once the owner publishes its URL.
+            None => format!("/ui/device/{d}/?controller={c}"),
+        },
+        (Some(d), _) => format!("/ui/device/{d}/"),
+    };
+    let waiting = r.state.is_waiting();
+    let row = RequestRowView {
+        id: r.id,
+        requested_device: s.requested_device.to_string(),
+        assignee: s.assignee.clone(),
+        state: r.state.to_string(),
+        assigned_device: assigned,
+        device_state: device_state.to_owned(),
+        expires: when(r.expires),
+        environment: environment.clone(),
+        image: s.image.to_string(),
+        open: r.state.is_open(),
+        waiting,
+    };
+    let (fields, boot_config) = request_fields(Fields {
+        spec: s,
+        environment,
+        expires: r.expires,
+        timeout: None,
+        controller: r.taken_by.clone(),
+        explanation: r.explanation.clone(),
+    });
     RequestView {
         row,
         fields,
         boot_config,
+        device_href,
+        controller: r.owner.clone(),
+        queue_position: position,
+        waiting_because: r.explanation.clone().filter(|_| waiting),
+    }
+}
+
+impl From<&crate::cluster::requests::LogLine> for LogLineView {
+    fn from(l: &crate::cluster::requests::LogLine) -> Self {
+        LogLineView {
+            id: l.seq,
+            timestamp: when(l.ts),
+            source: l.source.clone(),
+            actor: String::new(),
+            message: l.message.clone(),
+        }
     }
 }
 

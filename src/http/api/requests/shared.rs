@@ -12,12 +12,12 @@ use super::MAX_STATUS_WAIT;
 use crate::cluster::Cluster;
 use crate::cluster::requests::{SharedRequest, Versioned};
 use crate::domain::model::request_subject;
-use crate::http::body::{Body, no_content, ok};
+use crate::http::body::{Body, json_response, no_content, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::pool::driver::settled;
 use crate::pool::shared::queue_positions;
-use crate::pool::{RequestSpec, RequestState};
+use crate::pool::{DeviceChoice, RequestSpec, RequestState};
 
 /// Header a client may send with a create so a retry (on any controller) yields the same
 /// request.
@@ -70,13 +70,79 @@ fn log_json(r: &SharedRequest, skip: usize) -> Vec<Value> {
         .collect()
 }
 
-/// `POST /api/device/{id|any}/request/` in cluster mode.
+/// Which controller's device a named request means: `chosen` (the `?controller=` query
+/// parameter) among the controllers publishing `device` (`publishers`, with their URLs),
+/// or the only one. `Err` is the answer's status and JSON body: 409 `ambiguous_device`
+/// listing the candidates in the shape `http::forward` uses, or 404 as single-rack mode
+/// answers an unknown device.
+fn pick_controller(
+    device: &str,
+    chosen: Option<&str>,
+    publishers: &[(String, Option<String>)],
+) -> Result<String, (StatusCode, Value)> {
+    let candidates: Vec<Value> = publishers
+        .iter()
+        .map(|(c, url)| json!({ "controller": c, "url": url }))
+        .collect();
+    match (chosen, publishers) {
+        (Some(c), _) => publishers
+            .iter()
+            .find(|(p, _)| p == c)
+            .map(|(p, _)| p.clone())
+            .ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    json!({
+                        "error": format!("controller {c} publishes no device named {device}"),
+                        "code": "not_found",
+                        "candidates": candidates,
+                    }),
+                )
+            }),
+        (None, []) => Err((
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no device named {device}"), "code": "not_found" }),
+        )),
+        (None, [(only, _)]) => Ok(only.clone()),
+        (None, _) => Err((
+            StatusCode::CONFLICT,
+            json!({
+                "error": format!(
+                    "{} controllers publish a device named {device} (names are unique per rack only); add ?controller=NAME to pick one",
+                    publishers.len()
+                ),
+                "code": "ambiguous_device",
+                "candidates": candidates,
+            }),
+        )),
+    }
+}
+
+/// `POST /api/device/{id|any}/request/` in cluster mode. A named device is looked up among
+/// the devices every rack publishes (`?controller=NAME` picks the rack when several have
+/// the name) and the request is pinned to that rack (`RequestSpec::controller`).
 pub async fn create(
     ctx: &Ctx,
     cluster: &Cluster,
-    spec: RequestSpec,
+    mut spec: RequestSpec,
     duration: u64,
 ) -> Result<Response<Body>, ApiError> {
+    if let DeviceChoice::Named(device) = &spec.requested_device {
+        let dir = cluster.directory().await?;
+        let mut publishers: Vec<(String, Option<String>)> = dir
+            .devices
+            .iter()
+            .filter(|(_, d)| d.name == *device && !d.retired)
+            .map(|(c, _)| (c.clone(), dir.url_of(c)))
+            .collect();
+        publishers.sort();
+        publishers.dedup();
+        let chosen = ctx.query.get("controller").filter(|c| !c.is_empty());
+        match pick_controller(device.as_str(), chosen, &publishers) {
+            Ok(c) => spec.controller = Some(c),
+            Err((status, body)) => return Ok(json_response(status, &body)),
+        }
+    }
     let idem = match ctx.headers.get(IDEMPOTENCY_HEADER) {
         None => None,
         Some(v) => {
@@ -367,4 +433,40 @@ pub async fn event(
         "conflict",
         format!("event {event} was ignored in state {state}"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn racks(names: &[&str]) -> Vec<(String, Option<String>)> {
+        names
+            .iter()
+            .map(|n| ((*n).to_owned(), Some(format!("http://127.0.0.1:1/{n}"))))
+            .collect()
+    }
+
+    #[test]
+    fn a_named_device_is_pinned_to_the_rack_publishing_it() {
+        assert_eq!(
+            pick_controller("sim-0001", None, &racks(&["rack-b"])),
+            Ok("rack-b".to_owned())
+        );
+        let two = racks(&["rack-a", "rack-b"]);
+        assert_eq!(
+            pick_controller("sim-0001", Some("rack-b"), &two),
+            Ok("rack-b".to_owned())
+        );
+        let (status, body) = pick_controller("sim-0001", None, &two).expect_err("ambiguous");
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["code"], "ambiguous_device");
+        assert_eq!(body["candidates"][1]["controller"], "rack-b");
+        assert_eq!(body["candidates"][1]["url"], "http://127.0.0.1:1/rack-b");
+        let (status, body) = pick_controller("sim-0001", Some("rack-q"), &two).expect_err("404");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], "not_found");
+        let (status, body) = pick_controller("sim-0009", None, &[]).expect_err("unknown");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no device named sim-0009");
+    }
 }
