@@ -82,7 +82,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let mut owner = Owner {
+    let owner = Owner {
         cluster: cluster.clone(),
         pool,
         clock: clock.clone(),
@@ -91,45 +91,77 @@ pub async fn run(
         wake: wake.clone(),
         followers: HashMap::new(),
     };
+    // Two loops, so the owner's reaction to an assignment does not wait behind a scheduler
+    // pass's transactions (and the reverse).
+    tokio::join!(
+        scheduler_loop(&cluster, &clock, &policy, &stop),
+        owner_loop(owner, &wake, &stop),
+    );
+}
+
+/// The copy of the queue a pass may act on: the lease is live and the copy includes this
+/// controller's last write.
+fn current(cluster: &Cluster) -> Option<QueueSnapshot> {
+    cluster.lease().borrow().live()?;
+    let (revision, snap) = cluster.queue_copy()?;
+    (revision >= cluster.last_write_revision()).then_some(snap)
+}
+
+async fn scheduler_loop(
+    cluster: &Cluster,
+    clock: &Arc<dyn Clock>,
+    policy: &QueuePolicy,
+    stop: &CancellationToken,
+) {
     let mut queue_rx = cluster.queue_changes();
     let mut lease_rx = cluster.lease();
     let mut leader_rx = cluster.leader_changes();
-    // Something the scheduler reacts to happened (not only a local mirror's change).
-    let mut for_scheduler = true;
     loop {
         queue_rx.borrow_and_update();
         lease_rx.borrow_and_update();
         leader_rx.borrow_and_update();
         let mut next = tokio::time::Instant::now() + IDLE;
-        let live = cluster.lease().borrow().live().is_some();
-        let copy = if live { cluster.queue_copy() } else { None };
-        if let Some((revision, snap)) = copy
-            && revision >= cluster.last_write_revision()
+        if cluster.leadership().is_some()
+            && let Some(snap) = current(cluster)
         {
             let now = clock.now();
-            if let Some(due) = next_deadline(&snap, now, cluster.keep_closed())
-                && cluster.leadership().is_some()
-            {
+            if let Some(due) = next_deadline(&snap, now, cluster.keep_closed()) {
                 next = next.min(tokio::time::Instant::now() + due);
             }
-            // A local mirror's change concerns the owner only: the scheduler's view of
-            // the queue did not move.
-            if for_scheduler && let Err(e) = schedule(&cluster, &snap, now, &policy).await {
+            if let Err(e) = schedule(cluster, &snap, now, policy).await {
                 tracing::debug!(error = %e, "cluster: scheduler pass stopped");
             }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = queue_rx.changed() => if r.is_err() { return },
+            r = lease_rx.changed() => if r.is_err() { return },
+            r = leader_rx.changed() => if r.is_err() { return },
+            () = tokio::time::sleep_until(next) => {}
+        }
+    }
+}
+
+async fn owner_loop(mut owner: Owner, wake: &tokio::sync::Notify, stop: &CancellationToken) {
+    let cluster = owner.cluster.clone();
+    let mut queue_rx = cluster.queue_changes();
+    let mut lease_rx = cluster.lease();
+    loop {
+        queue_rx.borrow_and_update();
+        lease_rx.borrow_and_update();
+        if let Some(snap) = current(&cluster) {
             if let Err(e) = owner.pass(&snap).await {
                 tracing::debug!(error = %e, "cluster: owner pass stopped");
             }
             owner.follow_mirrors();
         }
-        for_scheduler = tokio::select! {
+        tokio::select! {
             () = stop.cancelled() => return,
-            r = queue_rx.changed() => if r.is_err() { return } else { true },
-            r = lease_rx.changed() => if r.is_err() { return } else { true },
-            r = leader_rx.changed() => if r.is_err() { return } else { true },
-            () = wake.notified() => false,
-            () = tokio::time::sleep_until(next) => true,
-        };
+            r = queue_rx.changed() => if r.is_err() { return },
+            r = lease_rx.changed() => if r.is_err() { return },
+            () = wake.notified() => {}
+            () = tokio::time::sleep(IDLE) => {}
+        }
     }
 }
 
@@ -311,6 +343,10 @@ async fn schedule(
         if picks.is_empty() {
             return Ok(());
         }
+        // The assignment transactions go out together: each waits on etcd's commit, and
+        // etcd commits concurrent ones in one batch (one after the other, a burst of
+        // requests took a commit each).
+        let mut writes = tokio::task::JoinSet::new();
         for (id, name) in picks {
             let controller = by_name[&name].to_owned();
             served.insert(id);
@@ -323,12 +359,25 @@ async fn schedule(
             nv.device = Some(name.to_string());
             nv.owner = Some(controller.clone());
             nv.explanation = None;
-            let ok = cluster
-                .assign(&lead, &nv, r.mod_revision, &controller, name.as_str())
-                .await?;
-            if ok {
-                tracing::info!(request = id, device = %name, %controller, "cluster: assigned");
+            let (cluster, mod_revision) = (cluster.clone(), r.mod_revision);
+            writes.spawn(async move {
+                let ok = cluster
+                    .assign(&lead, &nv, mod_revision, &controller, name.as_str())
+                    .await?;
+                if ok {
+                    tracing::info!(request = id, device = %name, %controller, "cluster: assigned");
+                }
+                Ok::<(), ClusterError>(())
+            });
+        }
+        let mut failed = None;
+        while let Some(done) = writes.join_next().await {
+            if let Ok(Err(e)) = done {
+                failed = Some(e);
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
 }
@@ -377,10 +426,12 @@ impl Owner {
             }
             keep
         });
+        let mut added = false;
         for local in locals {
             if self.followers.contains_key(&local) {
                 continue;
             }
+            added = true;
             let mut changes = self.pool.watch_request(local);
             let wake = self.wake.clone();
             let task = tokio::spawn(async move {
@@ -390,6 +441,11 @@ impl Owner {
                 }
             });
             self.followers.insert(local, task.abort_handle());
+        }
+        if added {
+            // The local request may have changed (become ready) between its creation in
+            // the pass and this subscription: one more pass looks.
+            self.wake.notify_one();
         }
     }
 
