@@ -472,6 +472,11 @@ impl Owner {
                 self.close_local(m.local).await;
             }
         }
+        // Ready reports and freed assignments go out together at the end of the pass
+        // (etcd commits concurrent writes in one batch); the local device views are read
+        // at most once a pass.
+        let mut writes = tokio::task::JoinSet::new();
+        let mut views = None;
         for a in mine {
             let Some(r) = snap
                 .requests
@@ -491,10 +496,12 @@ impl Owner {
                     self.mirrors.remove(&a.device);
                     continue;
                 }
-                if self.view_settled(snap, &me, &a.device).await {
-                    self.cluster
-                        .release_assignment(&me, &a.device, v.id)
-                        .await?;
+                if self.view_settled(&mut views, snap, &me, &a.device).await {
+                    let (cluster, me, device, id) =
+                        (self.cluster.clone(), me.clone(), a.device.clone(), v.id);
+                    writes.spawn(async move {
+                        cluster.release_assignment(&me, &device, id).await.map(drop)
+                    });
                 }
                 continue;
             }
@@ -512,9 +519,10 @@ impl Owner {
                             nv.state = RequestState::Ready;
                             // A failed compare: the request changed meanwhile (returned,
                             // reassigned); the next pass sees what it is now.
-                            self.cluster
-                                .update_request(&nv, r.mod_revision, None)
-                                .await?;
+                            let (cluster, rev) = (self.cluster.clone(), r.mod_revision);
+                            writes.spawn(async move {
+                                cluster.update_request(&nv, rev, None).await.map(drop)
+                            });
                         }
                         Some(s) if s.is_open() => {
                             if v.expires > m.expires {
@@ -540,7 +548,13 @@ impl Owner {
                 }
             }
         }
-        Ok(())
+        let mut failed = None;
+        while let Some(done) = writes.join_next().await {
+            if let Ok(Err(e)) = done {
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Once, at the first pass after start-up: the open local requests an earlier process
@@ -596,8 +610,18 @@ impl Owner {
     }
 
     /// The device's view in etcd equals what this controller would publish now.
-    async fn view_settled(&self, snap: &QueueSnapshot, me: &str, device: &str) -> bool {
-        let Ok(views) = self.pool.device_views().await else {
+    /// `views`: the local views, read on first use and kept for the rest of the pass.
+    async fn view_settled(
+        &self,
+        views: &mut Option<Vec<DeviceView>>,
+        snap: &QueueSnapshot,
+        me: &str,
+        device: &str,
+    ) -> bool {
+        if views.is_none() {
+            *views = self.pool.device_views().await.ok();
+        }
+        let Some(views) = views.as_ref() else {
             return false;
         };
         let Some(local) = views.iter().find(|v| v.name.as_str() == device) else {
