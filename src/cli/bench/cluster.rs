@@ -142,7 +142,7 @@ pub(super) async fn cluster(exe: &Path, quick: bool, figs: &mut Figures) -> anyh
         apps.push(in_process(&etcd, dir.path(), i, &stop).await?);
     }
     let urls: Vec<String> = apps.iter().map(|(_, u)| u.clone()).collect();
-    let result = cycles(&urls, quick, figs).await;
+    let result = cycles(&etcd, &urls, quick, figs).await;
     for (app, _) in &apps {
         app.shutdown.cancel();
     }
@@ -193,7 +193,12 @@ async fn wait_up(clients: &[ApiClient], dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The cycle phases at 16 and 64 clients after a warm-up.
-async fn cycles(urls: &[String], quick: bool, figs: &mut Figures) -> anyhow::Result<()> {
+async fn cycles(
+    etcd: &EtcdCluster,
+    urls: &[String],
+    quick: bool,
+    figs: &mut Figures,
+) -> anyhow::Result<()> {
     let clients: Vec<ApiClient> = urls.iter().map(|u| ApiClient::new(u)).collect();
     let t0 = Instant::now();
     wait_up(&clients, Path::new("")).await?;
@@ -205,7 +210,9 @@ async fn cycles(urls: &[String], quick: bool, figs: &mut Figures) -> anyhow::Res
     // Warm-up: connections, the first passes and etcd's first compactions out of the way.
     run_phase(&clients, 16, Duration::from_secs(1)).await?;
     for n in [1usize, 16, 64] {
+        let (rev0, cpu0) = (revision(etcd)?, etcd_cpu(etcd));
         let r = run_phase(&clients, n, phase).await?;
+        let (rev1, cpu1) = (revision(etcd)?, etcd_cpu(etcd));
         let label = format!("{n} clients, random controllers");
         #[allow(clippy::cast_precision_loss)]
         figs.target(
@@ -231,6 +238,21 @@ async fn cycles(urls: &[String], quick: bool, figs: &mut Figures) -> anyhow::Res
             "ms",
             Better::Lower,
             (n <= 16).then_some(TARGET_READY_P99_MS),
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let per = |x: f64| x / r.cycles.max(1) as f64;
+        #[allow(clippy::cast_precision_loss)]
+        figs.add(
+            format!("  etcd writes per cycle, {label}"),
+            per((rev1 - rev0) as f64),
+            "",
+            Better::Lower,
+        );
+        figs.add(
+            format!("  etcd CPU per cycle (3 members), {label}"),
+            per(cpu1 - cpu0),
+            "ms",
+            Better::Lower,
         );
         let mut total = r.total;
         figs.add(
@@ -423,4 +445,32 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// etcd's current revision: every write transaction adds one.
+fn revision(etcd: &EtcdCluster) -> anyhow::Result<i64> {
+    let out = etcd.etcdctl(&["get", "/", "--limit", "1", "-w", "json"])?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("etcdctl get -w json")?;
+    v["header"]["revision"]
+        .as_i64()
+        .context("no revision in etcdctl's answer")
+}
+
+/// CPU time the three members have used, in ms (`/proc/PID/stat` utime + stime).
+fn etcd_cpu(etcd: &EtcdCluster) -> f64 {
+    // Clock ticks per second: 100 on Linux.
+    const TICKS_MS: f64 = 10.0;
+    (0..3)
+        .filter_map(|i| etcd.member(i))
+        .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start after ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            #[allow(clippy::cast_precision_loss)]
+            Some(ticks as f64 * TICKS_MS)
+        })
+        .sum()
 }
