@@ -51,8 +51,9 @@ impl Endpoints {
             .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Run `f` on a client, within `timeout` in all; an "unavailable" failure is retried on
-    /// the next endpoint, each endpoint at most once. Every call here is safe to repeat
+    /// Run `f` on a client, within `timeout` in all; an "unavailable" failure, or no answer
+    /// within half of `timeout` at the first endpoint, is retried on the next endpoint,
+    /// each endpoint at most once. Every call here is safe to repeat
     /// (guarded transactions, puts of the same value, reads; a repeated lease grant leaves
     /// an unused lease that expires by itself).
     pub(super) async fn call<T, F, Fut>(
@@ -65,6 +66,11 @@ impl Endpoints {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + timeout;
+        // The first attempt gets half the time: a call sent to a follower just as the raft
+        // leader died waits for an answer that never comes, while the others elect a new
+        // leader within about an election timeout; the rest of the time goes to the next
+        // endpoint, after that election.
+        let mut attempt_deadline = (Instant::now() + timeout / 2).min(deadline);
         let mut last = None;
         for _ in 0..self.urls.len() {
             let i = self.current.load(Ordering::Relaxed) % self.urls.len();
@@ -72,7 +78,9 @@ impl Endpoints {
                 let c = self.client(i).await?;
                 f(c).await
             };
-            match tokio::time::timeout_at(deadline, attempt).await {
+            let this_deadline = attempt_deadline;
+            attempt_deadline = deadline;
+            match tokio::time::timeout_at(this_deadline, attempt).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     let e = classify(e);
@@ -82,6 +90,11 @@ impl Endpoints {
                     tracing::debug!(endpoint = %self.urls[i], error = %e, "cluster: endpoint failed");
                     self.fail(i);
                     last = Some(e);
+                }
+                Err(_) if this_deadline < deadline => {
+                    tracing::debug!(endpoint = %self.urls[i], "cluster: endpoint silent; trying the next");
+                    self.fail(i);
+                    last = None;
                 }
                 Err(_) => {
                     self.fail(i);

@@ -169,12 +169,26 @@ impl Cluster {
     /// An id taken by a create that then finds its idempotency key already used stays
     /// unused (ids are unique and increasing, not gapless).
     ///
+    /// A create that finds etcd unavailable is tried once more (its two writes each get one
+    /// call deadline; the second try takes a new id, the first one's stays unused).
+    ///
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot take the write.
     pub async fn create_request(
         &self,
         idem: Option<&str>,
         build: impl Fn(u64) -> SharedRequest,
+    ) -> Result<(SharedRequest, bool), ClusterError> {
+        match self.try_create(idem, &build).await {
+            Err(e) if e.is_unavailable() => self.try_create(idem, &build).await,
+            other => other,
+        }
+    }
+
+    async fn try_create(
+        &self,
+        idem: Option<&str>,
+        build: &impl Fn(u64) -> SharedRequest,
     ) -> Result<(SharedRequest, bool), ClusterError> {
         let counter = self.key("counter");
         let idem_key = idem.map(|k| self.key(&format!("idem/{k}")));
@@ -208,6 +222,10 @@ impl Cluster {
             .await?
             .succeeded()
         {
+            return Ok((r, true));
+        }
+        // Our own write, committed after its call had given up and been sent again.
+        if self.request(id).await?.is_some_and(|old| old.value == r) {
             return Ok((r, true));
         }
         // The idempotency key was taken meanwhile (a retry racing the first try): that

@@ -717,8 +717,9 @@ async fn request_any(c: &Controller, assignee: &str, priority: i32, idem: Option
         req = req.header("Idempotency-Key", k);
     }
     let r = req.send().await.expect("create");
-    assert_eq!(r.status(), 200, "create through {}", c.name);
+    let status = r.status();
     let body: Value = r.json().await.expect("json");
+    assert_eq!(status, 200, "create through {}: {body}", c.name);
     body["request"].clone()
 }
 
