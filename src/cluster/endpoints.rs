@@ -55,13 +55,15 @@ impl Endpoints {
             .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Run `f` on a client, within `timeout` in all; an "unavailable" failure is retried on
-    /// the next endpoint, and after every endpoint failed in a row, again from the start after
-    /// a short pause, until the deadline: when etcd's raft leader dies, the other members
-    /// answer "no leader" until they elect a new one (about an election timeout), and a
-    /// call that waits that out is one a client never sees fail. Every call here is safe to
-    /// repeat (guarded transactions, puts of the same value, reads; a repeated lease grant
-    /// leaves an unused lease that expires by itself).
+    /// Run `f` on a client, within `timeout` in all. An "unavailable" failure, or no answer
+    /// within half of `timeout` at the first endpoint, moves the call to the next endpoint;
+    /// after every endpoint failed in a row it starts again after a short pause, until the
+    /// deadline. When etcd's raft leader dies, a call sent to a follower may wait for an
+    /// answer that never comes, and the others answer "no leader" until they elect a new one
+    /// (about an election timeout): a call that rides that out is one a client never sees
+    /// fail. Every call here is safe to repeat (guarded transactions, puts of the same
+    /// value, reads; a repeated lease grant leaves an unused lease that expires by itself;
+    /// a repeated id reservation skips an id).
     pub(super) async fn call<T, F, Fut>(
         &self,
         timeout: Duration,
@@ -72,6 +74,7 @@ impl Endpoints {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + timeout;
+        let mut attempt_deadline = (Instant::now() + timeout / 2).min(deadline);
         let mut last = None;
         let mut failed_in_a_row = 0;
         loop {
@@ -87,7 +90,9 @@ impl Endpoints {
                 let c = self.client(i).await?;
                 f(c).await
             };
-            match tokio::time::timeout_at(deadline, attempt).await {
+            let this_deadline = attempt_deadline;
+            attempt_deadline = deadline;
+            match tokio::time::timeout_at(this_deadline, attempt).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     let e = classify(e);
@@ -97,6 +102,11 @@ impl Endpoints {
                     tracing::debug!(endpoint = %self.urls[i], error = %e, "cluster: endpoint failed");
                     self.fail(i);
                     last = Some(e);
+                    failed_in_a_row += 1;
+                }
+                Err(_) if this_deadline < deadline => {
+                    tracing::debug!(endpoint = %self.urls[i], "cluster: endpoint silent; trying the next");
+                    self.fail(i);
                     failed_in_a_row += 1;
                 }
                 Err(_) => {

@@ -4,15 +4,18 @@
 //!
 //! - `<prefix>requests/<id>`: a [`SharedRequest`], not under any lease, so an
 //!   acknowledged request survives the controller that took it;
-//! - `<prefix>counter`: the last request id, bumped in the create transaction with a compare
-//!   on its mod revision (a conflict retries), so ids stay integers and unique cluster-wide;
+//! - `<prefix>counter`: its version (how many times it was put) is the last request id
+//!   handed out; each create puts it once and takes the version after the put, so ids stay
+//!   integers, unique cluster-wide, without compare-and-retry between concurrent creates;
 //! - `<prefix>idem/<key>`: the request id created for a client's `Idempotency-Key`,
 //!   created in the same transaction (compare create revision 0);
 //! - `<prefix>assign/<controller>/<device>`: an [`Assignment`], written only by the
 //!   scheduler guarded by its election revision. Keyed by controller too because device
 //!   names are only unique per rack (every simulated rack has a `sim-0001`).
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Cluster, ClusterError, Leadership, PublishedDevice};
@@ -134,6 +137,9 @@ pub struct QueueSnapshot {
     pub devices: Vec<(String, PublishedDevice)>,
 }
 
+/// The counter's value: only its version counts.
+const COUNTER_VALUE: &str = "its version is the last request id";
+
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, ClusterError> {
     serde_json::from_slice(value).map_err(|e| {
         ClusterError::Refused(format!(
@@ -203,6 +209,15 @@ impl Cluster {
     /// Create a request: `build` gets the new id. With `idem`, a second create with the same
     /// key (on any controller) returns the first request instead (`false`: not new).
     ///
+    /// The id is the *version* of `<prefix>counter` after one plain put of it (etcd counts
+    /// a key's puts atomically), so concurrent creates on any controllers never retry on a
+    /// compare: under 64 clients a compare-and-retry on the counter's value kept failing.
+    /// An id taken by a create that then finds its idempotency key already used stays
+    /// unused (ids are unique and increasing, not gapless).
+    ///
+    /// A create that finds etcd unavailable is tried once more (its two writes each get one
+    /// call deadline; the second try takes a new id, the first one's stays unused).
+    ///
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot take the write.
     pub async fn create_request(
@@ -210,50 +225,78 @@ impl Cluster {
         idem: Option<&str>,
         build: impl Fn(u64) -> SharedRequest,
     ) -> Result<(SharedRequest, bool), ClusterError> {
+        match self.try_create(idem, &build).await {
+            Err(e) if e.is_unavailable() => self.try_create(idem, &build).await,
+            other => other,
+        }
+    }
+
+    async fn try_create(
+        &self,
+        idem: Option<&str>,
+        build: &impl Fn(u64) -> SharedRequest,
+    ) -> Result<(SharedRequest, bool), ClusterError> {
         let counter = self.key("counter");
         let idem_key = idem.map(|k| self.key(&format!("idem/{k}")));
-        for _ in 0..50 {
-            let mut reads = vec![TxnOp::get(counter.clone(), None)];
-            if let Some(k) = &idem_key {
-                reads.push(TxnOp::get(k.clone(), None));
-            }
-            let resp = self.txn(Txn::new().and_then(reads)).await?;
-            if let Some(kv) = gets(&resp, 1).first() {
-                let id: u64 = decode(kv.key(), kv.value())?;
-                if let Some(r) = self.request(id).await? {
-                    return Ok((r.value, false));
-                }
-            }
-            let (last, rev) = gets(&resp, 0).first().map_or(Ok((0, 0)), |kv| {
-                decode::<u64>(kv.key(), kv.value()).map(|n| (n, kv.mod_revision()))
-            })?;
-            let id = last + 1;
-            let r = build(id);
-            let mut when = vec![Compare::mod_revision(
-                counter.clone(),
-                CompareOp::Equal,
-                rev,
-            )];
-            let mut puts = vec![
-                TxnOp::put(counter.clone(), encode(&id), None),
-                TxnOp::put(self.request_key(id), encode(&r), None),
-            ];
-            if let Some(k) = &idem_key {
-                when.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
-                puts.push(TxnOp::put(k.clone(), encode(&id), None));
-            }
-            if self
-                .txn(Txn::new().when(when).and_then(puts))
-                .await?
-                .succeeded()
-            {
-                return Ok((r, true));
-            }
-            // Another create took the id (or the idempotency key) meanwhile: read again.
+        if let Some(k) = &idem_key
+            && let Some(r) = self.idem_request(k).await?
+        {
+            return Ok((r, false));
         }
-        Err(ClusterError::Unavailable(
-            "too many concurrent request creations; retry".into(),
-        ))
+        let resp = self
+            .txn(Txn::new().and_then([TxnOp::put(
+                counter,
+                COUNTER_VALUE,
+                Some(PutOptions::new().with_prev_key()),
+            )]))
+            .await?;
+        let prev = match resp.op_responses().first() {
+            Some(TxnOpResponse::Put(p)) => p.prev_key().map_or(0, KeyValue::version),
+            _ => 0,
+        };
+        let id = u64::try_from(prev).unwrap_or(0) + 1;
+        let r = build(id);
+        let rkey = self.request_key(id);
+        let mut when = vec![Compare::create_revision(rkey.clone(), CompareOp::Equal, 0)];
+        let mut puts = vec![TxnOp::put(rkey, encode(&r), None)];
+        if let Some(k) = &idem_key {
+            when.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
+            puts.push(TxnOp::put(k.clone(), encode(&id), None));
+        }
+        if self
+            .txn(Txn::new().when(when).and_then(puts))
+            .await?
+            .succeeded()
+        {
+            return Ok((r, true));
+        }
+        // Our own write, committed after its call had given up and been sent again.
+        if self.request(id).await?.is_some_and(|old| old.value == r) {
+            return Ok((r, true));
+        }
+        // The idempotency key was taken meanwhile (a retry racing the first try): that
+        // request is the answer.
+        if let Some(k) = &idem_key
+            && let Some(r) = self.idem_request(k).await?
+        {
+            return Ok((r, false));
+        }
+        Err(ClusterError::Unavailable(format!(
+            "request id {id} is already in use (was {} edited by hand?); retry",
+            self.key("counter")
+        )))
+    }
+
+    /// The request an idempotency key names, if both exist.
+    async fn idem_request(&self, key: &str) -> Result<Option<SharedRequest>, ClusterError> {
+        let resp = self
+            .txn(Txn::new().and_then([TxnOp::get(key, None)]))
+            .await?;
+        let Some(kv) = gets(&resp, 0).into_iter().next() else {
+            return Ok(None);
+        };
+        let id: u64 = decode(kv.key(), kv.value())?;
+        Ok(self.request(id).await?.map(|r| r.value))
     }
 
     /// Request `id` with its mod revision.

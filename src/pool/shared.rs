@@ -206,7 +206,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let mut owner = Owner {
+    let owner = Owner {
         cluster: cluster.clone(),
         pool,
         clock: clock.clone(),
@@ -215,45 +215,77 @@ pub async fn run(
         wake: wake.clone(),
         followers: HashMap::new(),
     };
+    // Two loops, so the owner's reaction to an assignment does not wait behind a scheduler
+    // pass's transactions (and the reverse).
+    tokio::join!(
+        scheduler_loop(&cluster, &clock, &policy, &stop),
+        owner_loop(owner, &wake, &stop),
+    );
+}
+
+/// The copy of the queue a pass may act on: the lease is live and the copy includes this
+/// controller's last write.
+fn current(cluster: &Cluster) -> Option<QueueSnapshot> {
+    cluster.lease().borrow().live()?;
+    let (revision, snap) = cluster.queue_copy()?;
+    (revision >= cluster.last_write_revision()).then_some(snap)
+}
+
+async fn scheduler_loop(
+    cluster: &Cluster,
+    clock: &Arc<dyn Clock>,
+    policy: &QueuePolicy,
+    stop: &CancellationToken,
+) {
     let mut queue_rx = cluster.queue_changes();
     let mut lease_rx = cluster.lease();
     let mut leader_rx = cluster.leader_changes();
-    // Something the scheduler reacts to happened (not only a local mirror's change).
-    let mut for_scheduler = true;
     loop {
         queue_rx.borrow_and_update();
         lease_rx.borrow_and_update();
         leader_rx.borrow_and_update();
         let mut next = tokio::time::Instant::now() + IDLE;
-        let live = cluster.lease().borrow().live().is_some();
-        let copy = if live { cluster.queue_copy() } else { None };
-        if let Some((revision, snap)) = copy
-            && revision >= cluster.last_write_revision()
+        if cluster.leadership().is_some()
+            && let Some(snap) = current(cluster)
         {
             let now = clock.now();
-            if let Some(due) = next_deadline(&snap, now, cluster.keep_closed())
-                && cluster.leadership().is_some()
-            {
+            if let Some(due) = next_deadline(&snap, now, cluster.keep_closed()) {
                 next = next.min(tokio::time::Instant::now() + due);
             }
-            // A local mirror's change concerns the owner only: the scheduler's view of
-            // the queue did not move.
-            if for_scheduler && let Err(e) = schedule(&cluster, &snap, now, &policy).await {
+            if let Err(e) = schedule(cluster, &snap, now, policy).await {
                 tracing::debug!(error = %e, "cluster: scheduler pass stopped");
             }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = queue_rx.changed() => if r.is_err() { return },
+            r = lease_rx.changed() => if r.is_err() { return },
+            r = leader_rx.changed() => if r.is_err() { return },
+            () = tokio::time::sleep_until(next) => {}
+        }
+    }
+}
+
+async fn owner_loop(mut owner: Owner, wake: &tokio::sync::Notify, stop: &CancellationToken) {
+    let cluster = owner.cluster.clone();
+    let mut queue_rx = cluster.queue_changes();
+    let mut lease_rx = cluster.lease();
+    loop {
+        queue_rx.borrow_and_update();
+        lease_rx.borrow_and_update();
+        if let Some(snap) = current(&cluster) {
             if let Err(e) = owner.pass(&snap).await {
                 tracing::debug!(error = %e, "cluster: owner pass stopped");
             }
             owner.follow_mirrors();
         }
-        for_scheduler = tokio::select! {
+        tokio::select! {
             () = stop.cancelled() => return,
-            r = queue_rx.changed() => if r.is_err() { return } else { true },
-            r = lease_rx.changed() => if r.is_err() { return } else { true },
-            r = leader_rx.changed() => if r.is_err() { return } else { true },
-            () = wake.notified() => false,
-            () = tokio::time::sleep_until(next) => true,
-        };
+            r = queue_rx.changed() => if r.is_err() { return },
+            r = lease_rx.changed() => if r.is_err() { return },
+            () = wake.notified() => {}
+            () = tokio::time::sleep(IDLE) => {}
+        }
     }
 }
 
@@ -444,6 +476,10 @@ async fn schedule(
         if picks.is_empty() {
             break;
         }
+        // The assignment transactions go out together: each waits on etcd's commit, and
+        // etcd commits concurrent ones in one batch (one after the other, a burst of
+        // requests took a commit each).
+        let mut writes = tokio::task::JoinSet::new();
         for (id, name) in picks {
             let controller = by_name[name.as_str()];
             served.insert(id);
@@ -467,12 +503,26 @@ async fn schedule(
                 "scheduler",
                 format!("assigned device {name} on controller {controller}"),
             );
-            let ok = cluster
-                .assign(&lead, &nv, r.mod_revision, controller, name.as_str())
-                .await?;
-            if ok {
-                tracing::info!(request = id, device = %name, %controller, "cluster: assigned");
+            let (cluster, mod_revision) = (cluster.clone(), r.mod_revision);
+            let controller = controller.to_owned();
+            writes.spawn(async move {
+                let ok = cluster
+                    .assign(&lead, &nv, mod_revision, &controller, name.as_str())
+                    .await?;
+                if ok {
+                    tracing::info!(request = id, device = %name, %controller, "cluster: assigned");
+                }
+                Ok::<(), ClusterError>(())
+            });
+        }
+        let mut failed = None;
+        while let Some(done) = writes.join_next().await {
+            if let Ok(Err(e)) = done {
+                failed = Some(e);
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     // Why the others still wait, in single-rack mode's words, written only when it changed
@@ -662,10 +712,12 @@ impl Owner {
             }
             keep
         });
+        let mut added = false;
         for local in locals {
             if self.followers.contains_key(&local) {
                 continue;
             }
+            added = true;
             let mut changes = self.pool.watch_request(local);
             let wake = self.wake.clone();
             let task = tokio::spawn(async move {
@@ -675,6 +727,11 @@ impl Owner {
                 }
             });
             self.followers.insert(local, task.abort_handle());
+        }
+        if added {
+            // The local request may have changed (become ready) between its creation in
+            // the pass and this subscription: one more pass looks.
+            self.wake.notify_one();
         }
     }
 
@@ -701,6 +758,11 @@ impl Owner {
                 self.close_local(m.local).await;
             }
         }
+        // Ready reports and freed assignments go out together at the end of the pass
+        // (etcd commits concurrent writes in one batch); the local device views are read
+        // at most once a pass.
+        let mut writes = tokio::task::JoinSet::new();
+        let mut views = None;
         for a in mine {
             let Some(r) = snap
                 .requests
@@ -720,10 +782,15 @@ impl Owner {
                     self.mirrors.remove(&a.device);
                     continue;
                 }
-                if self.view_settled(snap, &me, &a.device).await {
-                    self.cluster
-                        .release_assignment(&me, &a.device, v.id)
-                        .await?;
+                if self.view_settled(&mut views, snap, &me, &a.device).await {
+                    let (cluster, me, device, id) =
+                        (self.cluster.clone(), me.clone(), a.device.clone(), v.id);
+                    writes.spawn(async move {
+                        cluster
+                            .release_assignment(&me, &device, id)
+                            .await
+                            .map(|_| None)
+                    });
                 }
                 continue;
             }
@@ -753,14 +820,14 @@ impl Owner {
                             );
                             // A failed compare: the request changed meanwhile (returned,
                             // reassigned); the next pass sees what it is now, and the
-                            // notes stay with the mirror for the next write.
-                            if self
-                                .cluster
-                                .update_request(&nv, r.mod_revision, None)
-                                .await?
-                            {
-                                self.mirrors.insert(a.device.clone(), m);
-                            }
+                            // notes stay with the mirror for the next write. Only a
+                            // report that landed takes the flushed mirror along.
+                            let (cluster, rev) = (self.cluster.clone(), r.mod_revision);
+                            let device = a.device.clone();
+                            writes.spawn(async move {
+                                let landed = cluster.update_request(&nv, rev, None).await?;
+                                Ok(landed.then_some((device, m)))
+                            });
                         }
                         Some(s) if s.is_open() => {
                             if v.expires > m.expires {
@@ -796,7 +863,17 @@ impl Owner {
                 }
             }
         }
-        Ok(())
+        let mut failed = None;
+        while let Some(done) = writes.join_next().await {
+            match done {
+                Ok(Ok(Some((device, m)))) => {
+                    self.mirrors.insert(device, m);
+                }
+                Ok(Err(e)) => failed = Some(e),
+                _ => {}
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Once, at the first pass after start-up: the open local requests an earlier process
@@ -862,8 +939,18 @@ impl Owner {
     }
 
     /// The device's view in etcd equals what this controller would publish now.
-    async fn view_settled(&self, snap: &QueueSnapshot, me: &str, device: &str) -> bool {
-        let Ok(views) = self.pool.device_views().await else {
+    /// `views`: the local views, read on first use and kept for the rest of the pass.
+    async fn view_settled(
+        &self,
+        views: &mut Option<Vec<DeviceView>>,
+        snap: &QueueSnapshot,
+        me: &str,
+        device: &str,
+    ) -> bool {
+        if views.is_none() {
+            *views = self.pool.device_views().await.ok();
+        }
+        let Some(views) = views.as_ref() else {
             return false;
         };
         let Some(local) = views.iter().find(|v| v.name.as_str() == device) else {

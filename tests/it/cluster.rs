@@ -7,12 +7,12 @@
 //! `SKIPPED <test>: etcd not installed` and pass, except under CI or
 //! `MOZPOOL_REQUIRE_TOOLS=1`, where they fail.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mozpool::app::config::Config;
+use mozpool::cli::bench::etcd::{ETCD, ETCDCTL, EtcdCluster, EtcdTls, free_port};
 use mozpool::cluster::requests::{SharedRequest, Versioned};
 use mozpool::cluster::{Cluster, ClusterError, Leadership};
 use mozpool::domain::request_state::RequestState;
@@ -22,17 +22,8 @@ use serde_json::Value;
 
 use crate::support::{FAST_RACK, TestServer, require_tool};
 
-const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
 /// The controllers' lease TTL in these tests.
 const TTL: Duration = Duration::from_secs(2);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// A file of the test-only TLS fixtures.
 fn tls_file(name: &str) -> PathBuf {
@@ -46,14 +37,21 @@ fn signal(child: &Child, sig: Signal) {
     kill(pid, sig).expect("signal");
 }
 
-/// A 3-member etcd cluster on loopback.
-struct Etcd {
-    dir: tempfile::TempDir,
-    /// Clients speak TLS and must show a certificate (`tests/fixtures/etcd-tls/`).
-    tls: bool,
-    /// (name, client port, peer port)
-    members: Vec<(String, u16, u16)>,
-    children: Vec<Option<Child>>,
+/// The 3-member etcd cluster the bench uses too (`mozpool::cli::bench::etcd`), with the
+/// tests' ways in: a skip when etcd is absent, panics instead of errors, TTL 2 s sections.
+struct Etcd(EtcdCluster);
+
+impl std::ops::Deref for Etcd {
+    type Target = EtcdCluster;
+    fn deref(&self) -> &EtcdCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Etcd {
+    fn deref_mut(&mut self) -> &mut EtcdCluster {
+        &mut self.0
+    }
 }
 
 impl Etcd {
@@ -63,132 +61,31 @@ impl Etcd {
         Etcd::start_with(test, false)
     }
 
-    /// [`Etcd::start`], with TLS and client certificates on the client URLs when `tls`.
+    /// [`Etcd::start`], with TLS and client certificates on the client URLs when `tls`
+    /// (`tests/fixtures/etcd-tls/`).
     fn start_with(test: &str, tls: bool) -> Option<Etcd> {
         require_tool(test, ETCD)?;
         require_tool(test, ETCDCTL)?;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let members: Vec<(String, u16, u16)> = (0..3)
-            .map(|i| (format!("m{i}"), free_port(), free_port()))
-            .collect();
-        let mut etcd = Etcd {
-            dir,
-            tls,
-            members,
-            children: vec![None, None, None],
-        };
-        for i in 0..3 {
-            etcd.start_member(i);
-        }
-        etcd.wait_writable(Duration::from_secs(20));
-        Some(etcd)
+        let tls = tls.then(|| EtcdTls {
+            ca: tls_file("ca.pem"),
+            member_cert: tls_file("member.pem"),
+            member_key: tls_file("member-key.pem"),
+            client_cert: tls_file("client.pem"),
+            client_key: tls_file("client-key.pem"),
+        });
+        Some(Etcd(EtcdCluster::start(tls).expect("etcd cluster")))
     }
 
     fn start_member(&mut self, i: usize) {
-        let (name, client, peer) = self.members[i].clone();
-        let scheme = if self.tls { "https" } else { "http" };
-        let tls_flags: Vec<String> = if self.tls {
-            vec![
-                format!("--cert-file={}", tls_file("member.pem").display()),
-                format!("--key-file={}", tls_file("member-key.pem").display()),
-                format!("--trusted-ca-file={}", tls_file("ca.pem").display()),
-                "--client-cert-auth".into(),
-            ]
-        } else {
-            Vec::new()
-        };
-        let initial: Vec<String> = self
-            .members
-            .iter()
-            .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
-            .collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))
-            .expect("log");
-        let child = Command::new(ETCD)
-            .args(["--name", &name])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(&name))
-            .args([
-                "--listen-client-urls",
-                &format!("{scheme}://127.0.0.1:{client}"),
-                "--advertise-client-urls",
-                &format!("{scheme}://127.0.0.1:{client}"),
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-cluster",
-                &initial.join(","),
-                "--initial-cluster-token",
-                &format!("mozpool-test-{}", self.members[0].1),
-                "--initial-cluster-state",
-                "new",
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "300",
-                "--logger",
-                "zap",
-                "--log-level",
-                "warn",
-            ])
-            .args(&tls_flags)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.children[i] = Some(child);
-    }
-
-    /// SIGKILL member `i` and reap it.
-    fn kill_member(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        let scheme = if self.tls { "https" } else { "http" };
-        self.members
-            .iter()
-            .map(|(_, c, _)| format!("{scheme}://127.0.0.1:{c}"))
-            .collect()
+        self.0.start_member(i).expect("start etcd member");
     }
 
     fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(ETCDCTL);
-        if self.tls {
-            cmd.arg(format!("--cacert={}", tls_file("ca.pem").display()))
-                .arg(format!("--cert={}", tls_file("client.pem").display()))
-                .arg(format!("--key={}", tls_file("client-key.pem").display()));
-        }
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints().join(",")))
-            .arg("--command-timeout=2s")
-            .args(args)
-            .output()
-            .expect("etcdctl")
+        self.0.etcdctl(args).expect("etcdctl")
     }
 
     fn wait_writable(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let out = self.etcdctl(&["put", "/probe", "x"]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd cluster did not come up: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.0.wait_writable(within).expect("etcd writable");
     }
 
     /// The member that is etcd's raft leader now: killing it is the harder case for
@@ -223,43 +120,9 @@ impl Etcd {
             .collect()
     }
 
-    fn logs(&self) -> String {
-        (0..3)
-            .map(|i| {
-                let p = self.dir.path().join(format!("m{i}.log"));
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(5).collect();
-                format!("m{i}: {}", tail.join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     /// `[cluster]` for a controller named `name`, keys under `prefix`.
     fn section(&self, name: &str, prefix: &str) -> String {
-        let endpoints: Vec<String> = self
-            .endpoints()
-            .iter()
-            .map(|e| format!("\"{e}\""))
-            .collect();
-        let mut text = format!(
-            "[cluster]\nname = \"{name}\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_s = {}\ntimeout_ms = 1000\n",
-            endpoints.join(", "),
-            TTL.as_secs()
-        );
-        if self.tls {
-            for (key, file) in [
-                ("ca", "ca.pem"),
-                ("cert", "client.pem"),
-                ("key", "client-key.pem"),
-            ] {
-                text.push_str(&format!(
-                    "{key} = {:?}\n",
-                    tls_file(file).display().to_string()
-                ));
-            }
-        }
-        text
+        self.0.section(name, prefix, TTL.as_secs())
     }
 
     /// An in-process client on the same etcd (not started: no lease, no publication).
@@ -268,14 +131,6 @@ impl Etcd {
         let config = Config::parse(Path::new("test.toml"), &text).expect("config");
         let c = config.cluster.expect("cluster section");
         Cluster::new(&c, "test-client".into()).expect("client")
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for i in 0..3 {
-            self.kill_member(i);
-        }
     }
 }
 
@@ -879,8 +734,9 @@ async fn request_any(c: &Controller, assignee: &str, priority: i32, idem: Option
         req = req.header("Idempotency-Key", k);
     }
     let r = req.send().await.expect("create");
-    assert_eq!(r.status(), 200, "create through {}", c.name);
+    let status = r.status();
     let body: Value = r.json().await.expect("json");
+    assert_eq!(status, 200, "create through {}: {body}", c.name);
     body["request"].clone()
 }
 

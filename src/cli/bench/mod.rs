@@ -12,6 +12,8 @@
 //! single-writer figures excepted) is more than `--max-regression` times worse than the
 //! figure recorded in FILE (CI uses this with `--quick`).
 
+mod cluster;
+pub mod etcd;
 mod history;
 pub mod sut;
 
@@ -52,7 +54,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub log_records: Option<u64>,
     /// Run only these sections (comma-separated: cycles, scale, lab, health, relays, store,
-    /// logs, history).
+    /// logs, history, cluster).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -201,6 +203,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         history::history(devices, n, &mut figs)
             .await
             .context("history")?;
+    }
+    if want("cluster") {
+        eprintln!(
+            "cluster: 3 etcd members, 3 mozpool serve --simulate controllers (child processes)"
+        );
+        cluster::cluster(&exe, args.quick, &mut figs)
+            .await
+            .context("cluster")?;
     }
     print_table(&figs, args.quick, started.elapsed());
     if let Some(path) = &args.json {
