@@ -2,12 +2,14 @@
 //!
 //! Device calls on a device owned elsewhere are sent to its owner, and the device list and
 //! the web page show the whole pool; both need `<prefix>controllers/` and
-//! `<prefix>devices/` on nearly every call. Reading them from etcd each time would put a
-//! range read on every device call, so the last read is kept for [`FRESH_FOR`] and shared
-//! by the calls that arrive meanwhile (one read in flight at a time). When etcd cannot be
-//! read, the last good directory is used (a stale owner still answers or fails clearly);
-//! a failed read is not retried before [`FRESH_FOR`] has passed again, so a lost quorum
-//! does not put an etcd timeout on every call.
+//! `<prefix>devices/` on nearly every call. While the queue copy's watch is live
+//! (`queue`), the directory is taken from that copy: no etcd call, as fresh as the last
+//! event. Otherwise (the watch is down or not started yet) it is read from etcd, and the
+//! last read is kept for [`FRESH_FOR`] and shared by the calls that arrive meanwhile (one
+//! read in flight at a time). When etcd cannot be read, the last good directory (a read, or
+//! what the copy last knew) is used, so a stale owner still answers or fails clearly; a
+//! failed read is not retried before [`FRESH_FOR`] has passed again, so a lost quorum does
+//! not put an etcd timeout on every call.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -84,12 +86,16 @@ pub(super) struct Cache {
 }
 
 impl Cluster {
-    /// The directory, read from etcd at most every [`FRESH_FOR`].
+    /// The directory: from the queue copy while its watch is live, else read from etcd at
+    /// most every [`FRESH_FOR`].
     ///
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot be read and no directory was ever
     /// read.
     pub async fn directory(&self) -> Result<Arc<Directory>, ClusterError> {
+        if let Some(d) = self.directory_from_copy(false) {
+            return Ok(Arc::new(d));
+        }
         // A tokio mutex held across the read: calls arriving meanwhile wait for its
         // result instead of sending their own.
         let mut cache = self.inner.directory.lock().await;
@@ -118,6 +124,11 @@ impl Cluster {
                 tracing::debug!(error = %e, "cluster: directory read failed");
                 cache.failed_at = Some(Instant::now());
                 cache.error = Some(e.clone());
+                if cache.last.is_none()
+                    && let Some(d) = self.directory_from_copy(true)
+                {
+                    cache.last = Some(Arc::new(d));
+                }
                 cache.last.clone().ok_or(e)
             }
         }

@@ -1,6 +1,7 @@
-//! The in-memory copy of the shared queue: requests, assignments and published devices,
-//! with their revisions, kept by one task per controller so the scheduler and owner passes
-//! (and the status long polls) do not range-read etcd over and over.
+//! The in-memory copy of the shared queue: requests, assignments, published devices and the
+//! controllers' member keys, with their revisions, kept by one task per controller so the
+//! scheduler and owner passes, the status long polls and the directory (device calls, the
+//! whole-pool list) do not range-read etcd over and over.
 //!
 //! The task reads the three prefixes in one transaction (one revision R), then watches the
 //! whole key prefix from R + 1 and applies every event. When the watch fails, is cancelled
@@ -16,8 +17,9 @@ use etcd_client::{EventType, GetOptions, KeyValue, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::directory::Directory;
 use super::requests::{AssignmentRow, QueueSnapshot, SharedRequest, Versioned};
-use super::{Cluster, ClusterError, PublishedDevice, lock};
+use super::{Cluster, ClusterError, Member, PublishedDevice, lock};
 
 /// Pause before reading again after a failed read or watch.
 const RETRY: Duration = Duration::from_millis(300);
@@ -35,6 +37,8 @@ pub(super) struct Copy {
     requests: BTreeMap<u64, Versioned<SharedRequest>>,
     assignments: BTreeMap<(String, String), AssignmentRow>,
     devices: BTreeMap<(String, String), PublishedDevice>,
+    /// `controllers/<name>`: who is present and where its API answers.
+    members: BTreeMap<String, Member>,
 }
 
 /// What a key under the prefix is, for the copy.
@@ -42,6 +46,7 @@ enum Key {
     Request(u64),
     Assignment(String, String),
     Device(String, String),
+    Member(String),
     Other,
 }
 
@@ -61,6 +66,9 @@ fn classify_key(prefix: &str, key: &[u8]) -> Key {
     }
     if let Some((c, d)) = rest.strip_prefix("devices/").and_then(pair) {
         return Key::Device(c, d);
+    }
+    if let Some(name) = rest.strip_prefix("controllers/") {
+        return Key::Member(name.to_owned());
     }
     Key::Other
 }
@@ -114,6 +122,15 @@ impl Copy {
                     self.devices.remove(&(c, d));
                 }
             },
+            Key::Member(name) => match serde_json::from_slice(kv.value()) {
+                Ok(member) => {
+                    self.members.insert(name, member);
+                }
+                Err(e) => {
+                    bad(e);
+                    self.members.remove(&name);
+                }
+            },
             Key::Other => {}
         }
     }
@@ -128,6 +145,9 @@ impl Copy {
             }
             Key::Device(c, d) => {
                 self.devices.remove(&(c, d));
+            }
+            Key::Member(name) => {
+                self.members.remove(&name);
             }
             Key::Other => {}
         }
@@ -246,6 +266,7 @@ async fn read(cluster: &Cluster) -> Result<i64, ClusterError> {
         prefixed("requests/"),
         prefixed("assign/"),
         prefixed("devices/"),
+        prefixed("controllers/"),
     ]);
     let resp = inner
         .etcd
@@ -285,6 +306,27 @@ impl Cluster {
     pub fn queue_copy(&self) -> Option<(i64, QueueSnapshot)> {
         let copy = lock(&self.inner.queue.copy);
         copy.synced.then(|| (copy.revision, copy.snapshot()))
+    }
+
+    /// The directory (who publishes which device, where each controller answers) from the
+    /// copy: when a watch is feeding it right now, as fresh as etcd's last event, at no
+    /// etcd call; with `stale_ok`, also what the copy last knew while its watch is down.
+    pub(super) fn directory_from_copy(&self, stale_ok: bool) -> Option<Directory> {
+        let copy = lock(&self.inner.queue.copy);
+        if !(copy.synced && (copy.live || stale_ok)) {
+            return None;
+        }
+        let mut devices: Vec<(String, PublishedDevice)> = copy
+            .devices
+            .iter()
+            .map(|((c, _), v)| (c.clone(), v.clone()))
+            .collect();
+        devices.sort_by(|a, b| a.1.name.as_str().cmp(b.1.name.as_str()).then(a.0.cmp(&b.0)));
+        Some(Directory {
+            revision: copy.revision,
+            members: copy.members.clone(),
+            devices,
+        })
     }
 
     /// Follow the copy: the value (its revision) changes whenever it does.
