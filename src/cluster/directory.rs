@@ -147,10 +147,7 @@ impl Cluster {
         let resp = self
             .inner
             .etcd
-            .call(self.inner.config.timeout(), |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
+            .txn(self.inner.config.timeout(), txn)
             .await?;
         let mut dir = Directory {
             revision: resp.header().map_or(0, |h| h.revision()),

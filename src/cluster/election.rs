@@ -156,13 +156,7 @@ async fn campaign(cluster: &Cluster, id: i64) -> Result<Campaign, ClusterError> 
             Some(PutOptions::new().with_lease(id)),
         )])
         .or_else([TxnOp::get(key, None)]);
-    let resp = inner
-        .etcd
-        .call(inner.config.timeout(), |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await?;
+    let resp = inner.etcd.txn(inner.config.timeout(), txn).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     if resp.succeeded() {
         return Ok(Campaign::Won(

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, Txn, TxnResponse};
 use tokio::time::Instant;
 
 use super::{ClusterError, classify, lock};
@@ -53,6 +53,19 @@ impl Endpoints {
         let _ = self
             .current
             .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// One transaction, within `timeout` in all (see [`Endpoints::call`]).
+    pub(super) async fn txn(
+        &self,
+        timeout: Duration,
+        txn: Txn,
+    ) -> Result<TxnResponse, ClusterError> {
+        self.call(timeout, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     /// Run `f` on a client, within `timeout` in all. An "unavailable" failure, or no answer

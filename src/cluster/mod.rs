@@ -438,10 +438,7 @@ impl Cluster {
         let resp = self
             .inner
             .etcd
-            .call(self.inner.config.timeout(), |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
+            .txn(self.inner.config.timeout(), txn)
             .await?;
         if resp.succeeded() {
             Ok(resp.header().map_or(0, |h| h.revision()))
@@ -507,14 +504,7 @@ impl Cluster {
                 ),
                 TxnOp::get(self.scheduler_key(), None),
             ]);
-            let result = self
-                .inner
-                .etcd
-                .call(timeout, |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await;
+            let result = self.inner.etcd.txn(timeout, txn).await;
             {
                 let mut seen = lock(&self.inner.seen);
                 match result {

@@ -112,13 +112,7 @@ async fn sync(
             })
             .collect();
         let txn = Txn::new().and_then(ops);
-        inner
-            .etcd
-            .call(inner.config.timeout(), |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        inner.etcd.txn(inner.config.timeout(), txn).await?;
         for (name, v) in chunk {
             match v {
                 Some(v) => published.insert(name.clone(), v.clone()),
@@ -143,13 +137,7 @@ async fn claim(cluster: &Cluster, id: i64, value: &[u8]) -> Result<(), ClusterEr
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([put()])
         .or_else([TxnOp::txn(ours)]);
-    let resp = inner
-        .etcd
-        .call(inner.config.timeout(), |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await?;
+    let resp = inner.etcd.txn(inner.config.timeout(), txn).await?;
     if resp.succeeded() {
         return Ok(());
     }

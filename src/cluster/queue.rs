@@ -268,13 +268,7 @@ async fn read(cluster: &Cluster) -> Result<i64, ClusterError> {
         prefixed("devices/"),
         prefixed("controllers/"),
     ]);
-    let resp = inner
-        .etcd
-        .call(inner.config.timeout(), |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await?;
+    let resp = inner.etcd.txn(inner.config.timeout(), txn).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut fresh = Copy::default();
     for op in resp.op_responses() {

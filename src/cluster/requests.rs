@@ -181,10 +181,7 @@ impl Cluster {
         let resp = self
             .inner
             .etcd
-            .call(self.inner.config.timeout(), |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
+            .txn(self.inner.config.timeout(), txn)
             .await?;
         if resp.succeeded() {
             // Remembered so a pass can wait for the in-memory copy to include this write
