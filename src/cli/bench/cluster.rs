@@ -165,18 +165,25 @@ async fn wait_up(clients: &[ApiClient], dir: &Path) -> anyhow::Result<()> {
     let t0 = Instant::now();
     for (i, c) in clients.iter().enumerate() {
         loop {
-            let ok = c.get("/api/cluster/").await.ok().is_some_and(|s| {
-                s["published_devices"].as_u64() == Some(DEVICES as u64) && s["lease"].is_object()
+            let me = c.get("/api/cluster/").await.ok().and_then(|s| {
+                let up = s["published_devices"].as_u64() == Some(DEVICES as u64)
+                    && s["lease"].is_object();
+                up.then(|| s["name"].clone())
             });
-            let ready = ok
-                && c.get("/api/device/list/?details=1")
+            // The list is the whole pool in cluster mode: this controller's rows only.
+            let ready = match me {
+                Some(me) => c
+                    .get("/api/device/list/?details=1")
                     .await
                     .ok()
                     .is_some_and(|v| {
                         v["devices"].as_array().is_some_and(|d| {
-                            d.len() == DEVICES && d.iter().all(|d| d["state"] == "ready")
+                            let mine: Vec<_> = d.iter().filter(|d| d["controller"] == me).collect();
+                            mine.len() == DEVICES && mine.iter().all(|d| d["state"] == "ready")
                         })
-                    });
+                    }),
+                None => false,
+            };
             if ready {
                 break;
             }
