@@ -11,6 +11,7 @@
 //! A copy that is behind is harmless: every write is compare-guarded and loses its race.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, KeyValue, Txn, TxnOp, WatchOptions};
@@ -34,7 +35,7 @@ pub(super) struct Copy {
     live: bool,
     /// The revision the copy reflects.
     revision: i64,
-    requests: BTreeMap<u64, Versioned<SharedRequest>>,
+    requests: BTreeMap<u64, Arc<Versioned<SharedRequest>>>,
     assignments: BTreeMap<(String, String), AssignmentRow>,
     devices: BTreeMap<(String, String), PublishedDevice>,
     /// `controllers/<name>`: who is present and where its API answers.
@@ -85,10 +86,10 @@ impl Copy {
                 Ok(value) => {
                     self.requests.insert(
                         id,
-                        Versioned {
+                        Arc::new(Versioned {
                             value,
                             mod_revision: kv.mod_revision(),
-                        },
+                        }),
                     );
                 }
                 Err(e) => {

@@ -16,6 +16,8 @@
 use etcd_client::{
     Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Cluster, ClusterError, Leadership, PublishedDevice};
@@ -129,8 +131,9 @@ pub struct AssignmentRow {
 /// Everything a scheduler pass needs, read in one transaction (one revision).
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
-    /// Every request record.
-    pub requests: Vec<Versioned<SharedRequest>>,
+    /// Every request record, shared with the copy it was taken from: a pass's snapshot
+    /// costs a reference count per record, not a deep clone.
+    pub requests: Vec<Arc<Versioned<SharedRequest>>>,
     /// Every assignment.
     pub assignments: Vec<AssignmentRow>,
     /// Every published device: (controller, view).
@@ -528,10 +531,10 @@ impl Cluster {
             .await?;
         let mut snap = QueueSnapshot::default();
         for kv in gets(&resp, 0) {
-            snap.requests.push(Versioned {
+            snap.requests.push(Arc::new(Versioned {
                 value: decode(kv.key(), kv.value())?,
                 mod_revision: kv.mod_revision(),
-            });
+            }));
         }
         let tail = |kv: &etcd_client::KeyValue, what: &str| -> Option<(String, String)> {
             let key = String::from_utf8_lossy(kv.key()).into_owned();

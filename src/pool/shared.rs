@@ -1080,7 +1080,7 @@ mod tests {
         assignee: &str,
         priority: i32,
         state: RequestState,
-    ) -> Versioned<SharedRequest> {
+    ) -> Arc<Versioned<SharedRequest>> {
         let mut spec = RequestSpec::new(
             DeviceChoice::Any,
             assignee,
@@ -1088,7 +1088,7 @@ mod tests {
             Millis(id),
         );
         spec.priority = priority;
-        Versioned {
+        Arc::new(Versioned {
             value: SharedRequest {
                 id,
                 spec,
@@ -1104,7 +1104,7 @@ mod tests {
                 log: Vec::new(),
             },
             mod_revision: 1,
-        }
+        })
     }
 
     fn assignment(controller: &str, device: &str, request: u64) -> AssignmentRow {
@@ -1149,7 +1149,7 @@ mod tests {
         for i in 0..(MAX_NOTES as u64 + 3) {
             m.note(Millis(i), format!("note {i}"));
         }
-        let mut r = request(4, "alice", 0, RequestState::Pending).value;
+        let mut r = request(4, "alice", 0, RequestState::Pending).value.clone();
         m.flush(&mut r);
         assert_eq!(r.log.len(), MAX_NOTES);
         assert_eq!(r.log[0].message, "note 3", "the oldest notes went");
@@ -1191,7 +1191,7 @@ mod tests {
     #[test]
     fn a_returned_requests_device_is_neither_free_nor_held() {
         let mut snap = three_racks();
-        snap.requests[0].value.state = RequestState::Closed;
+        Arc::make_mut(&mut snap.requests[0]).value.state = RequestState::Closed;
         let views = cluster_views(&snap);
         assert!(views[0].1.held_by.is_none());
         assert!(
@@ -1220,7 +1220,7 @@ mod tests {
         // Queue order: alice holds both devices, over her share, so bob comes first.
         assert_eq!(got, vec![(4, expect.clone()), (3, expect.clone())]);
         // Already carried: not written again.
-        snap.requests[3].value.explanation = Some(expect.clone());
+        Arc::make_mut(&mut snap.requests[3]).value.explanation = Some(expect.clone());
         let got = reasons(&snap, &HashSet::new(), &views, Millis(10), &policy);
         assert_eq!(got, vec![(3, expect)]);
     }
@@ -1273,7 +1273,7 @@ mod tests {
         );
         // Only a ready request keeps a gone controller's device: a pending one goes back to
         // the queue, so its device does not count.
-        snap.requests[0].value.state = RequestState::Pending;
+        Arc::make_mut(&mut snap.requests[0]).value.state = RequestState::Pending;
         assert!(cluster_views(&snap).iter().all(|(c, _)| *c != "rack-a"));
         assert_eq!(
             queue_positions(&snap, Millis(10), &policy),
@@ -1283,7 +1283,7 @@ mod tests {
 
     #[test]
     fn a_gone_device_is_described_by_what_its_holder_asked_for() {
-        let mut r = request(1, "alice", 0, RequestState::Ready).value;
+        let mut r = request(1, "alice", 0, RequestState::Ready).value.clone();
         r.spec.pool = Some("b2g".into());
         let v = gone_device("sim-0009", &r).expect("valid name");
         let mut wants_b2g = r.spec.clone();
@@ -1299,7 +1299,7 @@ mod tests {
     }
 
     fn pinned_queue(id: u64, controller: &str) -> QueuedRequest {
-        let r = request(id, "alice", 0, RequestState::Queued).value;
+        let r = request(id, "alice", 0, RequestState::Queued).value.clone();
         let mut spec = r.spec;
         spec.requested_device = DeviceChoice::Named("sim-0001".parse().expect("name"));
         spec.controller = Some(controller.into());
@@ -1344,8 +1344,9 @@ mod tests {
         let mut snap = three_racks();
         snap.requests.truncate(2);
         let mut bob = request(4, "bob", 0, RequestState::Queued);
-        bob.value.spec.requested_device = DeviceChoice::Named("sim-0001".parse().expect("name"));
-        bob.value.spec.controller = Some("rack-a".into());
+        Arc::make_mut(&mut bob).value.spec.requested_device =
+            DeviceChoice::Named("sim-0001".parse().expect("name"));
+        Arc::make_mut(&mut bob).value.spec.controller = Some("rack-a".into());
         snap.requests.push(bob);
         let views = cluster_views(&snap);
         let got = reasons(
