@@ -183,6 +183,29 @@ pub fn queue_positions(
     super::position(&waiting_queue(snap, &HashSet::new()), &views, now, policy)
 }
 
+/// Request `id`'s 1-based queue position (`None` when it is not waiting), read as of
+/// `revision` or later: from the in-memory queue copy when it has caught up with that
+/// revision (no etcd call on a status poll), else from one etcd range read.
+///
+/// # Errors
+/// etcd unavailable, when the copy is behind and the read fails.
+pub async fn queue_position(
+    cluster: &Cluster,
+    id: u64,
+    revision: i64,
+    now: Millis,
+    policy: &QueuePolicy,
+) -> Result<Option<usize>, ClusterError> {
+    let snap = match cluster.queue_copy() {
+        Some((at, snap)) if at >= revision => snap,
+        _ => cluster.queue_snapshot().await?,
+    };
+    Ok(queue_positions(&snap, now, policy)
+        .into_iter()
+        .find(|(r, _)| *r == id)
+        .map(|(_, p)| p))
+}
+
 /// The Lifeguard state `controller` publishes for `device` (empty when unpublished).
 fn published_state(snap: &QueueSnapshot, controller: &str, device: &str) -> String {
     snap.devices

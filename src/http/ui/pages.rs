@@ -530,17 +530,20 @@ async fn shared_request(
     cluster: &crate::cluster::Cluster,
     id: u64,
 ) -> Result<(view::RequestView, Vec<LogLineView>), ApiError> {
-    let r = cluster
+    let read = cluster
         .request(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no request {id}")))?
-        .value;
+        .ok_or_else(|| ApiError::not_found(format!("no request {id}")))?;
+    let r = read.value;
     let position = if r.state.is_waiting() {
-        let snap = cluster.queue_snapshot().await?;
-        crate::pool::shared::queue_positions(&snap, ctx.svc.clock.now(), ctx.svc.pool.policy())
-            .into_iter()
-            .find(|(q, _)| *q == id)
-            .map(|(_, p)| p)
+        crate::pool::shared::queue_position(
+            cluster,
+            id,
+            read.mod_revision,
+            ctx.svc.clock.now(),
+            ctx.svc.pool.policy(),
+        )
+        .await?
     } else {
         None
     };

@@ -16,7 +16,7 @@ use crate::http::body::{Body, json_response, no_content, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::pool::driver::settled;
-use crate::pool::shared::queue_positions;
+use crate::pool::shared::queue_position;
 use crate::pool::{DeviceChoice, RequestSpec, RequestState};
 
 /// Header a client may send with a create so a retry (on any controller) yields the same
@@ -266,11 +266,14 @@ pub async fn status(
     }
     let v = &r.value;
     let position = if v.state.is_waiting() {
-        let snap = cluster.queue_snapshot().await?;
-        queue_positions(&snap, ctx.svc.clock.now(), ctx.svc.pool.policy())
-            .into_iter()
-            .find(|(r, _)| *r == id)
-            .map(|(_, p)| p)
+        queue_position(
+            cluster,
+            id,
+            r.mod_revision,
+            ctx.svc.clock.now(),
+            ctx.svc.pool.policy(),
+        )
+        .await?
     } else {
         None
     };
