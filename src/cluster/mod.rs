@@ -30,6 +30,7 @@
 //! above it (`pool::shared`, the HTTP handlers). This layer must not touch the store or the
 //! hardware: ownership stays physical.
 
+mod batch;
 pub mod config;
 pub mod directory;
 mod election;
@@ -288,7 +289,13 @@ impl std::fmt::Debug for Cluster {
 struct Inner {
     /// One client per endpoint, with failover (`endpoints`). They connect lazily, so a
     /// controller starts while etcd is down and catches up.
-    etcd: endpoints::Endpoints,
+    etcd: Arc<endpoints::Endpoints>,
+    /// Sends the queue's guarded writes, batched.
+    writes: batch::Batcher,
+    /// Request ids reserved by this controller and not used yet (`requests::ID_BLOCK`).
+    ids: Mutex<std::collections::VecDeque<u64>>,
+    /// Held while a block of ids is being reserved.
+    reserving: tokio::sync::Mutex<()>,
     config: ClusterConfig,
     /// This controller's cluster name.
     name: String,
@@ -347,9 +354,13 @@ impl Cluster {
             .iter()
             .map(|e| e.trim_end_matches('/').to_owned())
             .collect();
+        let etcd = Arc::new(endpoints::Endpoints::new(endpoints, options));
         Ok(Cluster {
             inner: Arc::new(Inner {
-                etcd: endpoints::Endpoints::new(endpoints, options),
+                writes: batch::Batcher::new(etcd.clone(), timeout),
+                ids: Mutex::new(std::collections::VecDeque::new()),
+                reserving: tokio::sync::Mutex::new(()),
+                etcd,
                 config: config.clone(),
                 name,
                 lease: watch::channel(LeaseState::None).0,

@@ -13,14 +13,13 @@
 //!   scheduler guarded by its election revision. Keyed by controller too because device
 //!   names are only unique per rack (every simulated rack has a `sim-0001`).
 
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
-};
+use etcd_client::{GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cluster, ClusterError, Leadership, PublishedDevice};
+use super::batch::{Write, Written};
+use super::{Cluster, ClusterError, Leadership, PublishedDevice, lock};
 use crate::domain::clock::Millis;
 use crate::domain::request::RequestSpec;
 use crate::domain::request_state::RequestState;
@@ -141,7 +140,12 @@ pub struct QueueSnapshot {
 }
 
 /// The counter's value: only its version counts.
-const COUNTER_VALUE: &str = "its version is the last request id";
+const COUNTER_VALUE: &str = "its version is the last block of request ids handed out";
+
+/// Request ids a controller reserves with one put of the counter: version `v` of the
+/// counter is ids `(v - 1) * ID_BLOCK + 1 ..= v * ID_BLOCK`. A create then costs one
+/// transaction, not two; ids a controller had not used when it stopped stay unused.
+pub const ID_BLOCK: u64 = 16;
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, ClusterError> {
     serde_json::from_slice(value).map_err(|e| {
@@ -157,8 +161,8 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-fn gets(resp: &TxnResponse, i: usize) -> Vec<etcd_client::KeyValue> {
-    match resp.op_responses().get(i) {
+fn gets(responses: &[TxnOpResponse], i: usize) -> Vec<etcd_client::KeyValue> {
+    match responses.get(i) {
         Some(TxnOpResponse::Get(g)) => g.kvs().to_vec(),
         _ => Vec::new(),
     }
@@ -180,21 +184,23 @@ impl Cluster {
         self.key(&format!("assign/{controller}/{device}"))
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse, ClusterError> {
-        let resp = self
-            .inner
-            .etcd
-            .txn(self.inner.config.timeout(), txn)
-            .await?;
-        if resp.succeeded() {
+    /// A guarded write of the queue, sent with whatever other writes are waiting
+    /// (`cluster::batch`).
+    async fn write(&self, write: Write) -> Result<Written, ClusterError> {
+        let written = self.inner.writes.write(write).await?;
+        if written.succeeded {
             // Remembered so a pass can wait for the in-memory copy to include this write
             // instead of acting again on a copy that does not show it yet.
-            let revision = resp.header().map_or(0, |h| h.revision());
             self.inner
                 .written
-                .fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
+                .fetch_max(written.revision, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok(resp)
+        Ok(written)
+    }
+
+    /// A read-only transaction (a linearizable read; never batched with writes).
+    async fn read(&self, txn: Txn) -> Result<TxnResponse, ClusterError> {
+        self.inner.etcd.txn(self.inner.config.timeout(), txn).await
     }
 
     /// The revision of the last queue write this controller made (0 if none): a copy of
@@ -209,14 +215,14 @@ impl Cluster {
     /// Create a request: `build` gets the new id. With `idem`, a second create with the same
     /// key (on any controller) returns the first request instead (`false`: not new).
     ///
-    /// The id is the *version* of `<prefix>counter` after one plain put of it (etcd counts
-    /// a key's puts atomically), so concurrent creates on any controllers never retry on a
-    /// compare: under 64 clients a compare-and-retry on the counter's value kept failing.
-    /// An id taken by a create that then finds its idempotency key already used stays
-    /// unused (ids are unique and increasing, not gapless).
+    /// The id comes from this controller's block of ids ([`ID_BLOCK`]), reserved by one
+    /// plain put of `<prefix>counter` (etcd counts a key's puts atomically, so concurrent
+    /// reservations on any controllers never retry on a compare), and the request is then
+    /// one transaction. Ids are unique and increasing per controller, not gapless, and not
+    /// in creation order across controllers.
     ///
-    /// A create that finds etcd unavailable is tried once more (its two writes each get one
-    /// call deadline; the second try takes a new id, the first one's stays unused).
+    /// A create that finds etcd unavailable is tried once more (with a new id; the first
+    /// one's stays unused).
     ///
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot take the write.
@@ -231,43 +237,52 @@ impl Cluster {
         }
     }
 
+    /// The next id of this controller's block, reserving a new block when it is used up.
+    async fn next_id(&self) -> Result<u64, ClusterError> {
+        if let Some(id) = lock(&self.inner.ids).pop_front() {
+            return Ok(id);
+        }
+        // One reservation at a time: concurrent creates that found the block used up wait
+        // for it rather than each reserving a block (their puts of the one counter key
+        // could not share a transaction).
+        let _reserving = self.inner.reserving.lock().await;
+        if let Some(id) = lock(&self.inner.ids).pop_front() {
+            return Ok(id);
+        }
+        let written = self
+            .write(Write::new().put_returning_previous(&self.key("counter"), COUNTER_VALUE.into()))
+            .await?;
+        let prev = match written.responses.first() {
+            Some(TxnOpResponse::Put(p)) => p.prev_key().map_or(0, KeyValue::version),
+            _ => 0,
+        };
+        // The counter's version after this put is the block's number.
+        let block = u64::try_from(prev).unwrap_or(0) + 1;
+        let mut ids = lock(&self.inner.ids);
+        ids.extend((block - 1) * ID_BLOCK + 1..=block * ID_BLOCK);
+        ids.pop_front()
+            .ok_or_else(|| ClusterError::Refused("empty id block".into()))
+    }
+
     async fn try_create(
         &self,
         idem: Option<&str>,
         build: &impl Fn(u64) -> SharedRequest,
     ) -> Result<(SharedRequest, bool), ClusterError> {
-        let counter = self.key("counter");
         let idem_key = idem.map(|k| self.key(&format!("idem/{k}")));
         if let Some(k) = &idem_key
             && let Some(r) = self.idem_request(k).await?
         {
             return Ok((r, false));
         }
-        let resp = self
-            .txn(Txn::new().and_then([TxnOp::put(
-                counter,
-                COUNTER_VALUE,
-                Some(PutOptions::new().with_prev_key()),
-            )]))
-            .await?;
-        let prev = match resp.op_responses().first() {
-            Some(TxnOpResponse::Put(p)) => p.prev_key().map_or(0, KeyValue::version),
-            _ => 0,
-        };
-        let id = u64::try_from(prev).unwrap_or(0) + 1;
+        let id = self.next_id().await?;
         let r = build(id);
         let rkey = self.request_key(id);
-        let mut when = vec![Compare::create_revision(rkey.clone(), CompareOp::Equal, 0)];
-        let mut puts = vec![TxnOp::put(rkey, encode(&r), None)];
+        let mut write = Write::new().if_create_revision(&rkey, 0);
         if let Some(k) = &idem_key {
-            when.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
-            puts.push(TxnOp::put(k.clone(), encode(&id), None));
+            write = write.if_create_revision(k, 0).put(k, encode(&id));
         }
-        if self
-            .txn(Txn::new().when(when).and_then(puts))
-            .await?
-            .succeeded()
-        {
+        if self.write(write.put(&rkey, encode(&r))).await?.succeeded {
             return Ok((r, true));
         }
         // Our own write, committed after its call had given up and been sent again.
@@ -290,9 +305,9 @@ impl Cluster {
     /// The request an idempotency key names, if both exist.
     async fn idem_request(&self, key: &str) -> Result<Option<SharedRequest>, ClusterError> {
         let resp = self
-            .txn(Txn::new().and_then([TxnOp::get(key, None)]))
+            .read(Txn::new().and_then([TxnOp::get(key, None)]))
             .await?;
-        let Some(kv) = gets(&resp, 0).into_iter().next() else {
+        let Some(kv) = gets(&resp.op_responses(), 0).into_iter().next() else {
             return Ok(None);
         };
         let id: u64 = decode(kv.key(), kv.value())?;
@@ -305,9 +320,9 @@ impl Cluster {
     /// [`ClusterError::Unavailable`] when etcd cannot be read.
     pub async fn request(&self, id: u64) -> Result<Option<Versioned<SharedRequest>>, ClusterError> {
         let resp = self
-            .txn(Txn::new().and_then([TxnOp::get(self.request_key(id), None)]))
+            .read(Txn::new().and_then([TxnOp::get(self.request_key(id), None)]))
             .await?;
-        gets(&resp, 0)
+        gets(&resp.op_responses(), 0)
             .first()
             .map(|kv| {
                 Ok(Versioned {
@@ -318,18 +333,18 @@ impl Cluster {
             .transpose()
     }
 
-    /// The key of `r` and the operations that write it (and delete `delete_assignment`).
+    /// `write` with `r` put (and `delete_assignment` deleted).
     fn request_write(
         &self,
+        write: Write,
         r: &SharedRequest,
         delete_assignment: Option<(&str, &str)>,
-    ) -> (String, Vec<TxnOp>) {
-        let key = self.request_key(r.id);
-        let mut ops = vec![TxnOp::put(key.clone(), encode(r), None)];
-        if let Some((c, d)) = delete_assignment {
-            ops.push(TxnOp::delete(self.assign_key(c, d), None));
+    ) -> Write {
+        let write = write.put(&self.request_key(r.id), encode(r));
+        match delete_assignment {
+            Some((c, d)) => write.delete(&self.assign_key(c, d)),
+            None => write,
         }
-        (key, ops)
     }
 
     /// Write `r` if its key still has `mod_revision` (nobody changed it since it was read);
@@ -344,11 +359,9 @@ impl Cluster {
         mod_revision: i64,
         delete_assignment: Option<(&str, &str)>,
     ) -> Result<bool, ClusterError> {
-        let (key, ops) = self.request_write(r, delete_assignment);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
-            .and_then(ops);
-        Ok(self.txn(txn).await?.succeeded())
+        let guard = Write::new().if_mod_revision(&self.request_key(r.id), mod_revision);
+        let write = self.request_write(guard, r, delete_assignment);
+        Ok(self.write(write).await?.succeeded)
     }
 
     /// As [`Cluster::update_request`], also guarded by `leadership`'s election revision:
@@ -364,24 +377,19 @@ impl Cluster {
         mod_revision: i64,
         delete_assignment: Option<(&str, &str)>,
     ) -> Result<bool, ClusterError> {
-        let (key, ops) = self.request_write(r, delete_assignment);
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
-                Compare::create_revision(
-                    self.scheduler_key(),
-                    CompareOp::Equal,
-                    leadership.revision,
-                ),
-            ])
-            .and_then(ops)
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self.txn(txn).await?;
-        if resp.succeeded() {
+        let key = self.request_key(r.id);
+        let guard = Write::new()
+            .if_mod_revision(&key, mod_revision)
+            .if_create_revision(&self.scheduler_key(), leadership.revision)
+            .else_get(&key);
+        let written = self
+            .write(self.request_write(guard, r, delete_assignment))
+            .await?;
+        if written.succeeded {
             return Ok(true);
         }
         // Which compare failed: the request changed (fine, next pass) or the election.
-        match gets(&resp, 0).first() {
+        match gets(&written.responses, 0).first() {
             Some(kv) if kv.mod_revision() != mod_revision => Ok(false),
             _ => Err(ClusterError::NotLeader(leadership.revision)),
         }
@@ -405,26 +413,18 @@ impl Cluster {
     ) -> Result<bool, ClusterError> {
         let akey = self.assign_key(controller, device);
         let rkey = self.request_key(r.id);
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(akey.clone(), CompareOp::Equal, 0),
-                Compare::mod_revision(rkey.clone(), CompareOp::Equal, mod_revision),
-                Compare::create_revision(
-                    self.scheduler_key(),
-                    CompareOp::Equal,
-                    leadership.revision,
-                ),
-            ])
-            .and_then([
-                TxnOp::put(akey, encode(&Assignment { request: r.id }), None),
-                TxnOp::put(rkey, encode(r), None),
-            ])
-            .or_else([TxnOp::get(self.scheduler_key(), None)]);
-        let resp = self.txn(txn).await?;
-        if resp.succeeded() {
+        let write = Write::new()
+            .if_create_revision(&akey, 0)
+            .if_mod_revision(&rkey, mod_revision)
+            .if_create_revision(&self.scheduler_key(), leadership.revision)
+            .put(&akey, encode(&Assignment { request: r.id }))
+            .put(&rkey, encode(r))
+            .else_get(&self.scheduler_key());
+        let written = self.write(write).await?;
+        if written.succeeded {
             return Ok(true);
         }
-        match gets(&resp, 0).first() {
+        match gets(&written.responses, 0).first() {
             Some(kv) if kv.create_revision() == leadership.revision => Ok(false),
             _ => Err(ClusterError::NotLeader(leadership.revision)),
         }
@@ -442,14 +442,10 @@ impl Cluster {
         request: u64,
     ) -> Result<bool, ClusterError> {
         let akey = self.assign_key(controller, device);
-        let txn = Txn::new()
-            .when([Compare::value(
-                akey.clone(),
-                CompareOp::Equal,
-                encode(&Assignment { request }),
-            )])
-            .and_then([TxnOp::delete(akey, None)]);
-        Ok(self.txn(txn).await?.succeeded())
+        let write = Write::new()
+            .if_value(&akey, encode(&Assignment { request }))
+            .delete(&akey);
+        Ok(self.write(write).await?.succeeded)
     }
 
     /// How long an ended request stays in etcd (`cluster.keep_closed_s`).
@@ -459,8 +455,8 @@ impl Cluster {
     }
 
     /// Delete ended requests, each `(id, mod_revision)` as read, with the idempotency keys
-    /// that name them, one transaction per request guarded by that revision (unchanged)
-    /// and `leadership`'s election revision. Returns how many went.
+    /// that name them, one guarded write per request (unchanged since read, and
+    /// `leadership`'s election revision), sent together. Returns how many went.
     ///
     /// # Errors
     /// [`ClusterError::NotLeader`] when the election is lost; [`ClusterError::Unavailable`]
@@ -474,46 +470,61 @@ impl Cluster {
             return Ok(0);
         }
         let resp = self
-            .txn(Txn::new().and_then([TxnOp::get(
+            .read(Txn::new().and_then([TxnOp::get(
                 self.key("idem/"),
                 Some(GetOptions::new().with_prefix()),
             )]))
             .await?;
-        let idem: Vec<(Vec<u8>, u64)> = gets(&resp, 0)
+        let idem: Vec<(String, u64)> = gets(&resp.op_responses(), 0)
             .iter()
-            .filter_map(|kv| Some((kv.key().to_vec(), serde_json::from_slice(kv.value()).ok()?)))
+            .filter_map(|kv| {
+                Some((
+                    String::from_utf8(kv.key().to_vec()).ok()?,
+                    serde_json::from_slice(kv.value()).ok()?,
+                ))
+            })
             .collect();
-        let mut gone = 0;
+        let mut writes = tokio::task::JoinSet::new();
         for &(id, mod_revision) in ended {
             let key = self.request_key(id);
-            let mut ops = vec![TxnOp::delete(key.clone(), None)];
-            ops.extend(
-                idem.iter()
-                    .filter(|(_, i)| *i == id)
-                    .map(|(k, _)| TxnOp::delete(k.clone(), None)),
-            );
-            let txn = Txn::new()
-                .when([
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
-                    Compare::create_revision(
-                        self.scheduler_key(),
-                        CompareOp::Equal,
-                        leadership.revision,
-                    ),
-                ])
-                .and_then(ops)
-                .or_else([TxnOp::get(self.scheduler_key(), None)]);
-            let resp = self.txn(txn).await?;
-            if resp.succeeded() {
+            let mut write = Write::new()
+                .if_mod_revision(&key, mod_revision)
+                .if_create_revision(&self.scheduler_key(), leadership.revision)
+                .delete(&key)
+                .else_get(&self.scheduler_key());
+            for (k, _) in idem.iter().filter(|(_, i)| *i == id) {
+                write = write.delete(k);
+            }
+            let cluster = self.clone();
+            writes.spawn(async move { cluster.write(write).await });
+        }
+        let mut gone = 0;
+        let mut failed = None;
+        while let Some(done) = writes.join_next().await {
+            let written = match done {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => {
+                    failed = Some(e);
+                    continue;
+                }
+                Err(e) => {
+                    failed = Some(ClusterError::Refused(format!("deletion task: {e}")));
+                    continue;
+                }
+            };
+            if written.succeeded {
                 gone += 1;
                 continue;
             }
-            match gets(&resp, 0).first() {
+            match gets(&written.responses, 0).first() {
                 Some(kv) if kv.create_revision() == leadership.revision => {}
-                _ => return Err(ClusterError::NotLeader(leadership.revision)),
+                _ => failed = Some(ClusterError::NotLeader(leadership.revision)),
             }
         }
-        Ok(gone)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(gone),
+        }
     }
 
     /// Requests, assignments and published devices at one revision.
@@ -523,14 +534,15 @@ impl Cluster {
     pub async fn queue_snapshot(&self) -> Result<QueueSnapshot, ClusterError> {
         let prefixed = |k: &str| TxnOp::get(self.key(k), Some(GetOptions::new().with_prefix()));
         let resp = self
-            .txn(Txn::new().and_then([
+            .read(Txn::new().and_then([
                 prefixed("requests/"),
                 prefixed("assign/"),
                 prefixed("devices/"),
             ]))
             .await?;
+        let responses = resp.op_responses();
         let mut snap = QueueSnapshot::default();
-        for kv in gets(&resp, 0) {
+        for kv in gets(&responses, 0) {
             snap.requests.push(Arc::new(Versioned {
                 value: decode(kv.key(), kv.value())?,
                 mod_revision: kv.mod_revision(),
@@ -542,7 +554,7 @@ impl Cluster {
             let (c, d) = rest.split_once('/')?;
             Some((c.to_owned(), d.to_owned()))
         };
-        for kv in gets(&resp, 1) {
+        for kv in gets(&responses, 1) {
             if let Some((controller, device)) = tail(&kv, "assign/") {
                 snap.assignments.push(AssignmentRow {
                     controller,
@@ -552,7 +564,7 @@ impl Cluster {
                 });
             }
         }
-        for kv in gets(&resp, 2) {
+        for kv in gets(&responses, 2) {
             if let Some((controller, _)) = tail(&kv, "devices/") {
                 snap.devices
                     .push((controller, decode(kv.key(), kv.value())?));

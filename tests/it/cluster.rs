@@ -2461,3 +2461,146 @@ async fn named_requests_pick_their_rack_and_the_request_page_shows_the_shared_re
     );
     assert!(check_assignment_history(&etcd, &p) >= 3);
 }
+
+/// etcd's current revision (one more per transaction that wrote).
+fn etcd_revision(etcd: &Etcd) -> i64 {
+    let out = etcd.etcdctl(&["get", "no-such-key", "-w", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("etcdctl get json");
+    v["header"]["revision"].as_i64().expect("revision")
+}
+
+/// The queue's writes from one controller go out batched as nested transactions
+/// (`cluster::batch`): concurrent writes share transactions, and each keeps its own guard
+/// and its own answer: of 16 assignments of one device exactly one lands, assignments of
+/// different devices all land, and one guarded by a stale election is refused while the
+/// others of its batch land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_transactions_and_keep_their_guards() {
+    use mozpool::domain::clock::Millis;
+    use mozpool::domain::request::{DeviceChoice, RequestSpec};
+    let test = "cluster_write_batches";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    etcd.wait_writable(Duration::from_secs(20));
+    let p = "/batch/";
+    let client = etcd.client(p);
+    let build = |id: u64| SharedRequest {
+        id,
+        spec: RequestSpec::new(
+            DeviceChoice::Any,
+            "alice",
+            "android".parse().expect("image"),
+            Millis(0),
+        ),
+        expires: Millis(u64::MAX / 2),
+        state: RequestState::Queued,
+        device: None,
+        owner: None,
+        taken_by: "test-client".into(),
+        explanation: None,
+        owner_token: None,
+        since: Millis(0),
+        ended: None,
+        log: Vec::new(),
+    };
+
+    // 48 concurrent creates: 48 distinct ids in far fewer transactions.
+    let before = etcd_revision(&etcd);
+    let mut creates = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let c = client.clone();
+        creates.spawn(async move { c.create_request(None, build).await });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = creates.join_next().await {
+        let (r, new) = r.expect("task").expect("create");
+        assert!(new);
+        ids.push(r.id);
+    }
+    let txns = etcd_revision(&etcd) - before;
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 48, "distinct ids");
+    eprintln!("cluster: 48 creates took {txns} write transactions");
+    assert!(
+        txns < 40,
+        "48 creates took {txns} transactions: not batched"
+    );
+
+    // The scheduler key, made by hand, and a stale election revision beside it.
+    let sched = format!("{p}scheduler");
+    let out = etcd.etcdctl(&["put", &sched, "{}"]);
+    assert!(out.status.success());
+    let out = etcd.etcdctl(&["get", &sched, "-w", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let lead = Leadership {
+        revision: v["kvs"][0]["create_revision"]
+            .as_i64()
+            .expect("create revision"),
+        lease: 0,
+    };
+    let stale = Leadership {
+        revision: lead.revision - 1,
+        lease: 0,
+    };
+    let read = |id: u64| {
+        let c = client.clone();
+        async move { c.request(id).await.expect("read").expect("exists") }
+    };
+    let assign = |lead: Leadership, r: Versioned<SharedRequest>, device: String| {
+        let c = client.clone();
+        async move {
+            let mut nv = r.value.clone();
+            nv.state = RequestState::Pending;
+            nv.device = Some(device.clone());
+            nv.owner = Some("rack-x".into());
+            c.assign(&lead, &nv, r.mod_revision, "rack-x", &device)
+                .await
+        }
+    };
+
+    // One device, 16 requests at once: exactly one gets it.
+    let mut records = Vec::new();
+    for &id in &ids[..41] {
+        records.push(read(id).await);
+    }
+    let mut records = records.into_iter();
+    let mut race = tokio::task::JoinSet::new();
+    for r in records.by_ref().take(16) {
+        race.spawn(assign(lead, r, "dev-one".into()));
+    }
+    let mut won = 0;
+    while let Some(r) = race.join_next().await {
+        if r.expect("task").expect("assign answers") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "one device, one holder");
+    assert_eq!(etcd.keys(&format!("{p}assign/")).len(), 1);
+
+    // 24 devices for 24 requests, and one write under a stale election, at once.
+    let before = etcd_revision(&etcd);
+    let mut many = tokio::task::JoinSet::new();
+    for (i, r) in records.by_ref().take(24).enumerate() {
+        many.spawn(assign(lead, r, format!("dev-{i:02}")));
+    }
+    let r = records.next().expect("a 41st request");
+    let refused = tokio::spawn(assign(stale, r, "dev-stale".into()));
+    while let Some(r) = many.join_next().await {
+        assert!(r.expect("task").expect("assign answers"), "a free device");
+    }
+    match refused.await.expect("task") {
+        Err(ClusterError::NotLeader(rev)) => assert_eq!(rev, stale.revision),
+        other => panic!("a stale election must not assign: {other:?}"),
+    }
+    let txns = etcd_revision(&etcd) - before;
+    eprintln!("cluster: 24 assignments took {txns} write transactions");
+    assert!(
+        txns < 24,
+        "24 assignments took {txns} transactions: not batched"
+    );
+    let assigned = etcd.keys(&format!("{p}assign/"));
+    assert_eq!(assigned.len(), 25, "{assigned:?}");
+    assert!(!assigned.iter().any(|k| k.ends_with("dev-stale")));
+}
