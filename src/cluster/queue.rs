@@ -324,6 +324,26 @@ impl Cluster {
         })
     }
 
+    /// Request `id` from the copy while a watch feeds it: the copy's revision and the
+    /// record (`None` when the copy has no such request); `None` when the copy is not live.
+    pub(super) fn copied_request(
+        &self,
+        id: u64,
+    ) -> Option<(i64, Option<Arc<Versioned<SharedRequest>>>)> {
+        let copy = lock(&self.inner.queue.copy);
+        (copy.synced && copy.live).then(|| (copy.revision, copy.requests.get(&id).cloned()))
+    }
+
+    /// Wait (at most `within`) until the copy reflects `revision`, while a watch feeds it;
+    /// at once when it is not live.
+    pub async fn wait_for_copy(&self, revision: i64, within: Duration) {
+        if self.live_revision().is_none() {
+            return;
+        }
+        let mut changes = self.queue_changes();
+        let _ = tokio::time::timeout(within, changes.wait_for(|at| *at >= revision)).await;
+    }
+
     /// Follow the copy: the value (its revision) changes whenever it does.
     #[must_use]
     pub fn queue_changes(&self) -> watch::Receiver<i64> {

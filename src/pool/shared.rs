@@ -183,6 +183,10 @@ pub fn queue_positions(
     super::position(&waiting_queue(snap, &HashSet::new()), &views, now, policy)
 }
 
+/// How long [`queue_position`] waits for the queue copy to reach a revision before it
+/// reads etcd instead.
+const COPY_CATCH_UP: Duration = Duration::from_millis(250);
+
 /// Request `id`'s 1-based queue position (`None` when it is not waiting), read as of
 /// `revision` or later: from the in-memory queue copy when it has caught up with that
 /// revision (no etcd call on a status poll), else from one etcd range read.
@@ -196,6 +200,9 @@ pub async fn queue_position(
     now: Millis,
     policy: &QueuePolicy,
 ) -> Result<Option<usize>, ClusterError> {
+    // A copy fed by a live watch catches up within milliseconds: waiting for it is much
+    // cheaper for etcd than a range read of the whole queue.
+    cluster.wait_for_copy(revision, COPY_CATCH_UP).await;
     let snap = match cluster.queue_copy() {
         Some((at, snap)) if at >= revision => snap,
         _ => cluster.queue_snapshot().await?,

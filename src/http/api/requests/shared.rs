@@ -261,7 +261,10 @@ pub async fn status(
                 () = cluster.wait_request_change(id, r.mod_revision, left) => {}
                 () = ctx.svc.shutdown.cancelled() => break,
             }
-            r = load(cluster, id).await?;
+            r = cluster
+                .request_after(id, r.mod_revision)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no request with id {id}")))?;
         }
     }
     let v = &r.value;
@@ -309,8 +312,16 @@ async fn modify(
     id: u64,
     change: impl Fn(&mut SharedRequest) -> bool,
 ) -> Result<(), ApiError> {
-    for _ in 0..20 {
-        let r = load(cluster, id).await?;
+    for attempt in 0..20 {
+        // The first try starts from the queue copy; after a lost compare, from etcd.
+        let r = if attempt == 0 {
+            cluster
+                .request_to_change(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no request with id {id}")))?
+        } else {
+            load(cluster, id).await?
+        };
         check_owner(ctx, &r.value)?;
         let mut nv = r.value.clone();
         if !change(&mut nv) {
