@@ -33,6 +33,11 @@ const MIN_WAIT: Duration = Duration::from_millis(20);
 /// hold up assignments.
 const SWEEP_BATCH: usize = 64;
 
+/// Ended requests due for deletion wait until one of them is this late (or a whole
+/// [`SWEEP_BATCH`] is due), so a busy queue deletes them in a few transactions a second,
+/// not in one per pass.
+const SWEEP_SLACK: Duration = Duration::from_secs(1);
+
 /// At most this many waiting requests get a new `waiting_because` per scheduler pass (the
 /// front of the queue first), so a long queue whose explanations all change at once (a
 /// device changed state) costs a few writes a pass, not one per waiter.
@@ -342,7 +347,7 @@ fn next_deadline(snap: &QueueSnapshot, now: Millis, keep: Duration) -> Option<Du
             } else if held.contains(&v.id) {
                 None
             } else {
-                Some(v.ended.unwrap_or(v.expires).plus(keep))
+                Some(v.ended.unwrap_or(v.expires).plus(keep).plus(SWEEP_SLACK))
             }
         })
         .min()?;
@@ -410,18 +415,22 @@ async fn schedule(
         .iter()
         .map(|a| a.assignment.request)
         .collect();
-    let ended: Vec<(u64, i64)> = snap
+    let due: Vec<(u64, i64, Millis)> = snap
         .requests
         .iter()
-        .filter(|r| {
+        .filter_map(|r| {
             let v = &r.value;
-            !v.state.is_open()
-                && !done.contains(&v.id)
-                && !held.contains(&v.id)
-                && v.ended.unwrap_or(v.expires).plus(keep) <= now
+            let at = v.ended.unwrap_or(v.expires).plus(keep);
+            (!v.state.is_open() && !done.contains(&v.id) && !held.contains(&v.id) && at <= now)
+                .then_some((v.id, r.mod_revision, at))
         })
+        .collect();
+    let sweep = due.len() >= SWEEP_BATCH || due.iter().any(|d| d.2.plus(SWEEP_SLACK) <= now);
+    let ended: Vec<(u64, i64)> = due
+        .iter()
+        .filter(|_| sweep)
         .take(SWEEP_BATCH)
-        .map(|r| (r.value.id, r.mod_revision))
+        .map(|d| (d.0, d.1))
         .collect();
     let gone = cluster.delete_requests_as_leader(&lead, &ended).await?;
     if gone > 0 {
