@@ -10,7 +10,7 @@
 //! forward: a later read is linearizable, so it is at least as new as anything seen.
 //! A copy that is behind is harmless: every write is compare-guarded and loses its race.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,20 @@ pub(super) struct Copy {
     devices: BTreeMap<(String, String), PublishedDevice>,
     /// `controllers/<name>`: who is present and where its API answers.
     members: BTreeMap<String, Member>,
+    /// The snapshot last handed out, kept until the copy changes: the scheduler pass, the
+    /// owner pass and the status polls of one revision share one build (a build clones
+    /// every published device).
+    cached: Option<Arc<QueueSnapshot>>,
+}
+
+/// What one event changed, for the wake-ups that follow it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Applied {
+    /// The request whose key it was.
+    request: Option<u64>,
+    /// It concerns this controller's owner side: one of its assignments or published
+    /// devices, or a request assigned to one of its devices before or after the event.
+    owner: bool,
 }
 
 /// What a key under the prefix is, for the copy.
@@ -75,29 +89,59 @@ fn classify_key(prefix: &str, key: &[u8]) -> Key {
 }
 
 impl Copy {
+    /// Whether request `id`, as the copy holds it now, is assigned to a device of `me`.
+    fn owned_by(&self, id: u64, me: &str) -> bool {
+        self.requests
+            .get(&id)
+            .is_some_and(|r| r.value.owner.as_deref() == Some(me))
+    }
+
     /// Apply a put of `kv` (a value that does not decode is dropped from the copy and
-    /// logged: the range read would fail on it too).
-    fn put(&mut self, prefix: &str, kv: &KeyValue) {
+    /// logged: the range read would fail on it too). `me`: this controller's name.
+    fn put(&mut self, prefix: &str, kv: &KeyValue, me: &str) -> Applied {
+        self.put_raw(
+            prefix,
+            kv.key(),
+            kv.value(),
+            (kv.mod_revision(), kv.create_revision()),
+            me,
+        )
+    }
+
+    /// [`Copy::put`] of a key and value with their (mod, create) revisions.
+    fn put_raw(
+        &mut self,
+        prefix: &str,
+        raw_key: &[u8],
+        raw_value: &[u8],
+        (mod_revision, create_revision): (i64, i64),
+        me: &str,
+    ) -> Applied {
+        self.cached = None;
         let bad = |e: serde_json::Error| {
-            tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "cluster: undecodable value in the queue");
+            tracing::warn!(key = %String::from_utf8_lossy(raw_key), error = %e, "cluster: undecodable value in the queue");
         };
-        match classify_key(prefix, kv.key()) {
-            Key::Request(id) => match serde_json::from_slice(kv.value()) {
+        let key = classify_key(prefix, raw_key);
+        let applied = self.touches(&key, me);
+        match key {
+            Key::Request(id) => match serde_json::from_slice::<SharedRequest>(raw_value) {
                 Ok(value) => {
+                    let owner = applied.owner || value.owner.as_deref() == Some(me);
                     self.requests.insert(
                         id,
                         Arc::new(Versioned {
                             value,
-                            mod_revision: kv.mod_revision(),
+                            mod_revision,
                         }),
                     );
+                    return Applied { owner, ..applied };
                 }
                 Err(e) => {
                     bad(e);
                     self.requests.remove(&id);
                 }
             },
-            Key::Assignment(c, d) => match serde_json::from_slice(kv.value()) {
+            Key::Assignment(c, d) => match serde_json::from_slice(raw_value) {
                 Ok(assignment) => {
                     self.assignments.insert(
                         (c.clone(), d.clone()),
@@ -105,7 +149,7 @@ impl Copy {
                             controller: c,
                             device: d,
                             assignment,
-                            create_revision: kv.create_revision(),
+                            create_revision,
                         },
                     );
                 }
@@ -114,7 +158,7 @@ impl Copy {
                     self.assignments.remove(&(c, d));
                 }
             },
-            Key::Device(c, d) => match serde_json::from_slice(kv.value()) {
+            Key::Device(c, d) => match serde_json::from_slice(raw_value) {
                 Ok(view) => {
                     self.devices.insert((c, d), view);
                 }
@@ -123,7 +167,7 @@ impl Copy {
                     self.devices.remove(&(c, d));
                 }
             },
-            Key::Member(name) => match serde_json::from_slice(kv.value()) {
+            Key::Member(name) => match serde_json::from_slice(raw_value) {
                 Ok(member) => {
                     self.members.insert(name, member);
                 }
@@ -134,10 +178,29 @@ impl Copy {
             },
             Key::Other => {}
         }
+        applied
     }
 
-    fn delete(&mut self, prefix: &str, key: &[u8]) {
-        match classify_key(prefix, key) {
+    /// What a change of `key` concerns, judged before it is applied.
+    fn touches(&self, key: &Key, me: &str) -> Applied {
+        match key {
+            Key::Request(id) => Applied {
+                request: Some(*id),
+                owner: self.owned_by(*id, me),
+            },
+            Key::Assignment(c, _) | Key::Device(c, _) => Applied {
+                request: None,
+                owner: c == me,
+            },
+            Key::Member(_) | Key::Other => Applied::default(),
+        }
+    }
+
+    fn delete(&mut self, prefix: &str, key: &[u8], me: &str) -> Applied {
+        self.cached = None;
+        let key = classify_key(prefix, key);
+        let applied = self.touches(&key, me);
+        match key {
             Key::Request(id) => {
                 self.requests.remove(&id);
             }
@@ -152,26 +215,41 @@ impl Copy {
             }
             Key::Other => {}
         }
+        applied
     }
 
-    fn snapshot(&self) -> QueueSnapshot {
-        QueueSnapshot {
-            requests: self.requests.values().cloned().collect(),
-            assignments: self.assignments.values().cloned().collect(),
-            devices: self
-                .devices
-                .iter()
-                .map(|((c, _), v)| (c.clone(), v.clone()))
-                .collect(),
-        }
+    /// The snapshot of the copy as it is now: built once per change and shared.
+    fn snapshot(&mut self) -> Arc<QueueSnapshot> {
+        let snap = self.cached.get_or_insert_with(|| {
+            Arc::new(QueueSnapshot {
+                requests: self.requests.values().cloned().collect(),
+                assignments: self.assignments.values().cloned().collect(),
+                devices: self
+                    .devices
+                    .iter()
+                    .map(|((c, _), v)| (c.clone(), v.clone()))
+                    .collect(),
+            })
+        });
+        snap.clone()
     }
 }
 
-/// The copy and its change channel (the copy's revision, 0 before the first read).
+/// The copy and its change channels (each carries the copy's revision, 0 before the first
+/// read).
 #[derive(Debug)]
 pub(super) struct Shared {
     copy: std::sync::Mutex<Copy>,
+    /// Any change of the copy: the scheduler pass.
     changed: watch::Sender<i64>,
+    /// A change that concerns this controller's owner side ([`Applied::owner`]), a new read
+    /// of the whole copy, or the watch ending: the owner pass, which otherwise would run
+    /// (and build a snapshot) for every event of every controller.
+    owner_changed: watch::Sender<i64>,
+    /// The status long polls waiting on a request, by request id: a change of that request
+    /// (or a new read, or the watch ending) wakes its polls only, not every poll of the
+    /// controller on every event.
+    waiters: std::sync::Mutex<HashMap<u64, watch::Sender<i64>>>,
 }
 
 impl Default for Shared {
@@ -179,6 +257,71 @@ impl Default for Shared {
         Shared {
             copy: std::sync::Mutex::default(),
             changed: watch::channel(0).0,
+            owner_changed: watch::channel(0).0,
+            waiters: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Shared {
+    /// Wake the polls waiting on `ids` (`None`: every poll).
+    fn wake_waiters(&self, ids: Option<&[u64]>, revision: i64) {
+        let waiters = lock(&self.waiters);
+        match ids {
+            Some(ids) => {
+                for id in ids {
+                    if let Some(w) = waiters.get(id) {
+                        w.send_replace(revision);
+                    }
+                }
+            }
+            None => {
+                for w in waiters.values() {
+                    w.send_replace(revision);
+                }
+            }
+        }
+    }
+
+    /// Everyone following the copy: it was read again, or its watch ended.
+    fn wake_all(&self, revision: i64) {
+        self.changed.send_replace(revision);
+        self.owner_changed.send_replace(revision);
+        self.wake_waiters(None, revision);
+    }
+
+    /// Follow request `id` for a status long poll.
+    fn waiter(&self, id: u64) -> Waiter<'_> {
+        let rx = lock(&self.waiters)
+            .entry(id)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        Waiter {
+            shared: self,
+            id,
+            rx: Some(rx),
+        }
+    }
+}
+
+/// A status long poll's subscription to one request's changes; the last one of a request
+/// removes its entry.
+struct Waiter<'a> {
+    shared: &'a Shared,
+    id: u64,
+    rx: Option<watch::Receiver<i64>>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        // The receiver goes first, so the count below no longer includes it.
+        drop(self.rx.take());
+        let mut waiters = lock(&self.shared.waiters);
+        if waiters
+            .get(&self.id)
+            .is_some_and(|w| w.receiver_count() == 0)
+        {
+            waiters.remove(&self.id);
         }
     }
 }
@@ -187,6 +330,8 @@ impl Default for Shared {
 pub(super) async fn run(cluster: Cluster, stop: CancellationToken) {
     let inner = &cluster.inner;
     let prefix = inner.config.prefix.clone();
+    let me = inner.name.clone();
+    let mut touched: Vec<u64> = Vec::new();
     loop {
         let from = match read(&cluster).await {
             Ok(rev) => rev + 1,
@@ -227,19 +372,29 @@ pub(super) async fn run(cluster: Cluster, stop: CancellationToken) {
                     if resp.events().is_empty() {
                         continue;
                     }
+                    touched.clear();
+                    let mut owner = false;
                     let revision = {
                         let mut copy = lock(&inner.queue.copy);
                         for e in resp.events() {
                             let Some(kv) = e.kv() else { continue };
-                            match e.event_type() {
-                                EventType::Put => copy.put(&prefix, kv),
-                                EventType::Delete => copy.delete(&prefix, kv.key()),
-                            }
+                            let applied = match e.event_type() {
+                                EventType::Put => copy.put(&prefix, kv, &me),
+                                EventType::Delete => copy.delete(&prefix, kv.key(), &me),
+                            };
+                            owner |= applied.owner;
+                            touched.extend(applied.request);
                             copy.revision = copy.revision.max(kv.mod_revision());
                         }
                         copy.revision
                     };
                     inner.queue.changed.send_replace(revision);
+                    if owner {
+                        inner.queue.owner_changed.send_replace(revision);
+                    }
+                    if !touched.is_empty() {
+                        inner.queue.wake_waiters(Some(&touched), revision);
+                    }
                 }
                 other => {
                     // Compacted past our revision, cancelled (the member lost its leader),
@@ -249,7 +404,13 @@ pub(super) async fn run(cluster: Cluster, stop: CancellationToken) {
                 }
             }
         }
-        lock(&inner.queue.copy).live = false;
+        let revision = {
+            let mut copy = lock(&inner.queue.copy);
+            copy.live = false;
+            copy.revision
+        };
+        // Polls following the copy go to watching their key; the passes look again.
+        inner.queue.wake_all(revision);
     }
 }
 
@@ -275,7 +436,7 @@ async fn read(cluster: &Cluster) -> Result<i64, ClusterError> {
     for op in resp.op_responses() {
         if let etcd_client::TxnOpResponse::Get(g) = op {
             for kv in g.kvs() {
-                fresh.put(prefix, kv);
+                fresh.put(prefix, kv, "");
             }
         }
     }
@@ -290,17 +451,34 @@ async fn read(cluster: &Cluster) -> Result<i64, ClusterError> {
         fresh.revision = revision;
         *copy = fresh;
     }
-    inner.queue.changed.send_replace(revision);
+    inner.queue.wake_all(revision);
     Ok(revision)
 }
 
 impl Cluster {
     /// The in-memory copy of the queue and the revision it reflects; `None` until the
-    /// first read succeeded (or when [`Cluster::start`] was not called).
+    /// first read succeeded (or when [`Cluster::start`] was not called). Built once per
+    /// change of the copy and shared by everyone asking until the next one.
     #[must_use]
-    pub fn queue_copy(&self) -> Option<(i64, QueueSnapshot)> {
-        let copy = lock(&self.inner.queue.copy);
+    pub fn queue_copy(&self) -> Option<(i64, Arc<QueueSnapshot>)> {
+        let mut copy = lock(&self.inner.queue.copy);
         copy.synced.then(|| (copy.revision, copy.snapshot()))
+    }
+
+    /// Request `id` as the copy holds it, when a live watch feeds the copy and the record
+    /// there is newer than `revision` (a status long poll woken by its change reads it
+    /// here, not from etcd: the copy applies etcd's events in revision order, so this is a
+    /// committed version later than the one the poll started from).
+    #[must_use]
+    pub fn request_after(&self, id: u64, revision: i64) -> Option<Arc<Versioned<SharedRequest>>> {
+        let copy = lock(&self.inner.queue.copy);
+        if !(copy.synced && copy.live) {
+            return None;
+        }
+        copy.requests
+            .get(&id)
+            .filter(|r| r.mod_revision > revision)
+            .cloned()
     }
 
     /// The directory (who publishes which device, where each controller answers) from the
@@ -350,6 +528,15 @@ impl Cluster {
         self.inner.queue.changed.subscribe()
     }
 
+    /// Follow what the owner pass reads in the copy: the value (the copy's revision)
+    /// changes with an event about one of this controller's assignments or published
+    /// devices, or a request assigned to one of its devices (before or after the event),
+    /// and when the copy is read again or its watch ends. Other events leave it alone.
+    #[must_use]
+    pub fn owner_changes(&self) -> watch::Receiver<i64> {
+        self.inner.queue.owner_changed.subscribe()
+    }
+
     /// The copy's revision when a watch is feeding it right now.
     fn live_revision(&self) -> Option<i64> {
         let copy = lock(&self.inner.queue.copy);
@@ -375,12 +562,18 @@ impl Cluster {
 
     /// Wait until request `id`'s key changes after `revision` (or `within` passes): the
     /// status long poll. Follows the in-memory copy while its watch is live (no etcd call
-    /// per poll); otherwise watches the key itself. Returns early, without error, when
-    /// etcd cannot be watched (the caller reads again and answers).
+    /// per poll, and only a change of this request wakes it); otherwise watches the key
+    /// itself. Returns early, without error, when etcd cannot be watched (the caller reads
+    /// again and answers).
     pub async fn wait_request_change(&self, id: u64, revision: i64, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        let mut changes = self.queue_changes();
         if self.live_revision().is_some() {
+            // Subscribed before the copy is looked at: a change applied after the look
+            // wakes this poll.
+            let mut waiter = self.inner.queue.waiter(id);
+            let Some(changes) = waiter.rx.as_mut() else {
+                return;
+            };
             loop {
                 changes.borrow_and_update();
                 match self.copy_changed(id, revision) {
@@ -396,5 +589,143 @@ impl Cluster {
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.watch_request_key(id, revision, left).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::clock::Millis;
+    use crate::domain::request::{DeviceChoice, RequestSpec};
+    use crate::domain::request_state::RequestState;
+
+    const PREFIX: &str = "/mp/";
+
+    fn request(id: u64, owner: Option<&str>) -> Vec<u8> {
+        let spec = RequestSpec::new(
+            DeviceChoice::Any,
+            "alice",
+            "android".parse().expect("image"),
+            Millis(id),
+        );
+        serde_json::to_vec(&SharedRequest {
+            id,
+            spec,
+            expires: Millis(1_000_000),
+            state: if owner.is_some() {
+                RequestState::Pending
+            } else {
+                RequestState::Queued
+            },
+            device: owner.map(|_| "sim-0001".to_owned()),
+            owner: owner.map(str::to_owned),
+            taken_by: "rack-a".into(),
+            explanation: None,
+            owner_token: None,
+            since: Millis(id),
+            ended: None,
+            log: Vec::new(),
+        })
+        .expect("encode")
+    }
+
+    fn put(copy: &mut Copy, key: &str, value: &[u8], revision: i64) -> Applied {
+        copy.put_raw(
+            PREFIX,
+            format!("{PREFIX}{key}").as_bytes(),
+            value,
+            (revision, revision),
+            "rack-a",
+        )
+    }
+
+    #[test]
+    fn only_events_about_this_racks_devices_concern_its_owner() {
+        let mut copy = Copy::default();
+        let a = put(&mut copy, "requests/7", &request(7, None), 2);
+        assert_eq!((a.request, a.owner), (Some(7), false), "a waiting request");
+        let a = put(&mut copy, "requests/8", &request(8, Some("rack-b")), 3);
+        assert_eq!((a.request, a.owner), (Some(8), false), "another rack's");
+        let a = put(&mut copy, "requests/7", &request(7, Some("rack-a")), 4);
+        assert_eq!((a.request, a.owner), (Some(7), true), "assigned to us");
+        let a = put(&mut copy, "requests/7", &request(7, None), 5);
+        assert!(a.owner, "taken back from us: the owner must see it go");
+        let assignment = br#"{"request": 7}"#;
+        assert!(put(&mut copy, "assign/rack-a/sim-0001", assignment, 6).owner);
+        assert!(!put(&mut copy, "assign/rack-b/sim-0001", assignment, 7).owner);
+        let device = serde_json::to_vec(&PublishedDevice {
+            name: "sim-0001".parse().expect("name"),
+            available: true,
+            state: "ready".into(),
+            failed: false,
+            retired: false,
+            held: false,
+            hardware_type: None,
+            processor: None,
+            pool: None,
+            os_version: None,
+            environment: None,
+            current_image: None,
+        })
+        .expect("encode");
+        assert!(put(&mut copy, "devices/rack-a/sim-0001", &device, 8).owner);
+        assert!(!put(&mut copy, "devices/rack-c/sim-0001", &device, 9).owner);
+        let gone = copy.delete(
+            PREFIX,
+            format!("{PREFIX}assign/rack-a/sim-0001").as_bytes(),
+            "rack-a",
+        );
+        assert!(gone.owner && gone.request.is_none());
+        assert!(
+            !copy
+                .delete(PREFIX, format!("{PREFIX}requests/8").as_bytes(), "rack-a")
+                .owner
+        );
+        assert!(!put(&mut copy, "controllers/rack-b", b"{}", 10).owner);
+    }
+
+    #[test]
+    fn a_snapshot_is_built_once_per_change() {
+        let mut copy = Copy::default();
+        put(&mut copy, "requests/7", &request(7, None), 2);
+        let first = copy.snapshot();
+        assert!(Arc::ptr_eq(&first, &copy.snapshot()), "unchanged: shared");
+        put(&mut copy, "requests/8", &request(8, None), 3);
+        let second = copy.snapshot();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(first.requests.len(), 1, "a snapshot taken stays as it was");
+        assert_eq!(second.requests.len(), 2);
+        copy.delete(PREFIX, format!("{PREFIX}requests/7").as_bytes(), "rack-a");
+        assert_eq!(copy.snapshot().requests.len(), 1);
+    }
+
+    #[test]
+    fn a_change_wakes_the_polls_of_its_request_only() {
+        let shared = Shared::default();
+        let mut seven = shared.waiter(7);
+        let mut eight = shared.waiter(8);
+        let also_seven = shared.waiter(7);
+        shared.wake_waiters(Some(&[7]), 5);
+        let changed = |w: &mut Waiter<'_>| {
+            w.rx.as_mut()
+                .expect("subscribed")
+                .has_changed()
+                .expect("open")
+        };
+        assert!(changed(&mut seven));
+        assert!(!changed(&mut eight));
+        shared.wake_all(6);
+        assert!(
+            changed(&mut eight),
+            "a new read or a lost watch wakes everyone"
+        );
+        drop(seven);
+        assert_eq!(lock(&shared.waiters).len(), 2, "7 still has a poll");
+        drop(also_seven);
+        drop(eight);
+        assert!(
+            lock(&shared.waiters).is_empty(),
+            "no entry outlives its polls"
+        );
     }
 }

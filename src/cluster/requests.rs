@@ -333,23 +333,6 @@ impl Cluster {
             .transpose()
     }
 
-    /// Request `id` as of a revision after `revision`: from the in-memory copy when a
-    /// watch feeds it and it has gone past `revision` (a status long poll woken by the
-    /// copy reads what woke it, at no etcd call), else from etcd.
-    ///
-    /// # Errors
-    /// [`ClusterError::Unavailable`] when the copy cannot answer and etcd cannot be read.
-    pub async fn request_after(
-        &self,
-        id: u64,
-        revision: i64,
-    ) -> Result<Option<Versioned<SharedRequest>>, ClusterError> {
-        match self.copied_request(id) {
-            Some((at, r)) if at > revision => Ok(r.map(|r| (*r).clone())),
-            _ => self.request(id).await,
-        }
-    }
-
     /// Request `id` to change with a guarded write: from the in-memory copy when it has
     /// the request (a copy that is behind only makes the write's compare fail, and the
     /// caller then reads etcd with [`Cluster::request`]), else from etcd.

@@ -239,6 +239,16 @@ impl Pool {
             .await
     }
 
+    /// One device as the queue sees it (as [`Pool::device_views`] shows it), `None` when
+    /// there is no such device: a point read on the calling thread.
+    ///
+    /// # Errors
+    /// Storage failure or a corrupt record.
+    pub fn device_view(&self, name: &str) -> Result<Option<DeviceView>, StoreError> {
+        let d = self.inner.store.peek(|snap| snap.device(name))?;
+        Ok(d.and_then(|d| device_view(&d, &HashMap::new())))
+    }
+
     /// Every open request (not closed or failed), as stored: cluster mode's owner looks for
     /// the mirrors an earlier process of this controller left behind.
     ///

@@ -210,7 +210,7 @@ pub async fn queue_position(
     cluster.wait_for_copy(revision, COPY_CATCH_UP).await;
     let snap = match cluster.queue_copy() {
         Some((at, snap)) if at >= revision => snap,
-        _ => cluster.queue_snapshot().await?,
+        _ => Arc::new(cluster.queue_snapshot().await?),
     };
     Ok(queue_positions(&snap, now, policy)
         .into_iter()
@@ -260,7 +260,7 @@ pub async fn run(
 
 /// The copy of the queue a pass may act on: the lease is live and the copy includes this
 /// controller's last write.
-fn current(cluster: &Cluster) -> Option<QueueSnapshot> {
+fn current(cluster: &Cluster) -> Option<Arc<QueueSnapshot>> {
     cluster.lease().borrow().live()?;
     let (revision, snap) = cluster.queue_copy()?;
     (revision >= cluster.last_write_revision()).then_some(snap)
@@ -301,14 +301,23 @@ async fn scheduler_loop(
     }
 }
 
+/// The owner's loop runs on the changes that concern this controller's devices
+/// (`Cluster::owner_changes`), not on every event of the cluster: most events are other
+/// racks' requests, and a pass builds a snapshot of the whole copy. While the copy lags
+/// behind this controller's own last write (a scheduler write need not concern the
+/// owner), it waits for any change instead.
 async fn owner_loop(mut owner: Owner, wake: &tokio::sync::Notify, stop: &CancellationToken) {
     let cluster = owner.cluster.clone();
+    let mut owner_rx = cluster.owner_changes();
     let mut queue_rx = cluster.queue_changes();
     let mut lease_rx = cluster.lease();
     loop {
+        owner_rx.borrow_and_update();
         queue_rx.borrow_and_update();
         lease_rx.borrow_and_update();
-        if let Some(snap) = current(&cluster) {
+        let snap = current(&cluster);
+        let behind = snap.is_none();
+        if let Some(snap) = snap {
             if let Err(e) = owner.pass(&snap).await {
                 tracing::debug!(error = %e, "cluster: owner pass stopped");
             }
@@ -316,7 +325,8 @@ async fn owner_loop(mut owner: Owner, wake: &tokio::sync::Notify, stop: &Cancell
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            r = queue_rx.changed() => if r.is_err() { return },
+            r = owner_rx.changed() => if r.is_err() { return },
+            r = queue_rx.changed(), if behind => if r.is_err() { return },
             r = lease_rx.changed() => if r.is_err() { return },
             () = wake.notified() => {}
             () = tokio::time::sleep(IDLE) => {}
@@ -798,10 +808,8 @@ impl Owner {
             }
         }
         // Ready reports and freed assignments go out together at the end of the pass
-        // (etcd commits concurrent writes in one batch); the local device views are read
-        // at most once a pass.
+        // (etcd commits concurrent writes in one batch).
         let mut writes = tokio::task::JoinSet::new();
-        let mut views = None;
         for a in mine {
             let Some(r) = snap
                 .requests
@@ -821,7 +829,7 @@ impl Owner {
                     self.mirrors.remove(&a.device);
                     continue;
                 }
-                if self.view_settled(&mut views, snap, &me, &a.device).await {
+                if self.view_settled(snap, &me, &a.device) {
                     let (cluster, me, device, id) =
                         (self.cluster.clone(), me.clone(), a.device.clone(), v.id);
                     writes.spawn(async move {
@@ -977,25 +985,20 @@ impl Owner {
         }
     }
 
-    /// The device's view in etcd equals what this controller would publish now.
-    /// `views`: the local views, read on first use and kept for the rest of the pass.
-    async fn view_settled(
-        &self,
-        views: &mut Option<Vec<DeviceView>>,
-        snap: &QueueSnapshot,
-        me: &str,
-        device: &str,
-    ) -> bool {
-        if views.is_none() {
-            *views = self.pool.device_views().await.ok();
-        }
-        let Some(views) = views.as_ref() else {
-            return false;
+    /// The device's view in etcd equals what this controller would publish now (one
+    /// point read of the device's record: a pass runs on every change of this rack's
+    /// assignments while returned devices self-test, so reading every device each time
+    /// was most of its cost).
+    fn view_settled(&self, snap: &QueueSnapshot, me: &str, device: &str) -> bool {
+        let local = match self.pool.device_view(device) {
+            Ok(Some(local)) => local,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::debug!(device, error = %e, "cluster: cannot read a device's view");
+                return false;
+            }
         };
-        let Some(local) = views.iter().find(|v| v.name.as_str() == device) else {
-            return true;
-        };
-        let now = published(local);
+        let now = published(&local);
         snap.devices
             .iter()
             .any(|(c, d)| c == me && d.name.as_str() == device && *d == now)

@@ -142,7 +142,8 @@ pub(super) async fn cluster(exe: &Path, quick: bool, figs: &mut Figures) -> anyh
         apps.push(in_process(&etcd, dir.path(), i, &stop).await?);
     }
     let urls: Vec<String> = apps.iter().map(|(_, u)| u.clone()).collect();
-    let result = cycles(&etcd, &urls, quick, figs).await;
+    let stores: Vec<crate::storage::Store> = apps.iter().map(|(a, _)| a.store.clone()).collect();
+    let result = cycles(&etcd, &urls, &stores, quick, figs).await;
     for (app, _) in &apps {
         app.shutdown.cancel();
     }
@@ -199,10 +200,12 @@ async fn wait_up(clients: &[ApiClient], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cycle phases at 16 and 64 clients after a warm-up.
+/// The cycle phases at 16 and 64 clients after a warm-up. `stores`: the in-process
+/// controllers' local stores, for their commits per cycle.
 async fn cycles(
     etcd: &EtcdCluster,
     urls: &[String],
+    stores: &[crate::storage::Store],
     quick: bool,
     figs: &mut Figures,
 ) -> anyhow::Result<()> {
@@ -218,7 +221,9 @@ async fn cycles(
     run_phase(&clients, 16, Duration::from_secs(1)).await?;
     for n in [1usize, 16, 64] {
         let (rev0, cpu0) = (revision(etcd)?, etcd_cpu(etcd));
+        let (own0, commits0) = (own_cpu(), commits(stores));
         let r = run_phase(&clients, n, phase).await?;
+        let (own1, commits1) = (own_cpu(), commits(stores));
         let (rev1, cpu1) = (revision(etcd)?, etcd_cpu(etcd));
         let label = format!("{n} clients, random controllers");
         #[allow(clippy::cast_precision_loss)]
@@ -259,6 +264,21 @@ async fn cycles(
             format!("  etcd CPU per cycle (3 members), {label}"),
             per(cpu1 - cpu0),
             "ms",
+            Better::Lower,
+        );
+        if let (Some(own0), Some(own1)) = (own0, own1) {
+            figs.add(
+                format!("  bench process CPU per cycle (3 controllers and the clients), {label}"),
+                per(own1 - own0),
+                "ms",
+                Better::Lower,
+            );
+        }
+        #[allow(clippy::cast_precision_loss)]
+        figs.add(
+            format!("  store commits per cycle (3 controllers), {label}"),
+            per(commits1.saturating_sub(commits0) as f64),
+            "",
             Better::Lower,
         );
         let mut total = r.total;
@@ -466,18 +486,35 @@ fn revision(etcd: &EtcdCluster) -> anyhow::Result<i64> {
 
 /// CPU time the three members have used, in ms (`/proc/PID/stat` utime + stime).
 fn etcd_cpu(etcd: &EtcdCluster) -> f64 {
-    // Clock ticks per second: 100 on Linux.
-    const TICKS_MS: f64 = 10.0;
     (0..3)
         .filter_map(|i| etcd.member(i))
-        .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces) start after ')'.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            #[allow(clippy::cast_precision_loss)]
-            Some(ticks as f64 * TICKS_MS)
-        })
+        .filter_map(|c| cpu_ms(&format!("/proc/{}/stat", c.id())))
+        .sum()
+}
+
+/// CPU time this process (the in-process controllers and the bench's clients) has used,
+/// in ms; `None` where `/proc` is not available.
+fn own_cpu() -> Option<f64> {
+    cpu_ms("/proc/self/stat")
+}
+
+/// utime + stime of the `/proc/PID/stat` file at `path`, in ms.
+fn cpu_ms(path: &str) -> Option<f64> {
+    // Clock ticks per second: 100 on Linux.
+    const TICKS_MS: f64 = 10.0;
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    #[allow(clippy::cast_precision_loss)]
+    Some(ticks as f64 * TICKS_MS)
+}
+
+/// Successful commits of `stores` together.
+fn commits(stores: &[crate::storage::Store]) -> u64 {
+    stores
+        .iter()
+        .map(|s| s.stats().commits.load(std::sync::atomic::Ordering::Relaxed))
         .sum()
 }

@@ -3,6 +3,7 @@
 //! scheduler and the owners (`pool::shared`) move the requests on; these handlers only
 //! create, read, renew and return.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Response, StatusCode};
@@ -248,7 +249,10 @@ pub async fn status(
     id: u64,
     wait: Option<u64>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut r = load(cluster, id).await?;
+    // The first read is linearizable (etcd), so a poll sees what the client did through
+    // another controller just before; after a wake-up the new version comes from the
+    // in-memory copy when it has it (no etcd call per change).
+    let mut r = Arc::new(load(cluster, id).await?);
     if let Some(wait) = wait {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_STATUS_WAIT));
         let start = r.value.state;
@@ -261,10 +265,10 @@ pub async fn status(
                 () = cluster.wait_request_change(id, r.mod_revision, left) => {}
                 () = ctx.svc.shutdown.cancelled() => break,
             }
-            r = cluster
-                .request_after(id, r.mod_revision)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("no request with id {id}")))?;
+            r = match cluster.request_after(id, r.mod_revision) {
+                Some(newer) => newer,
+                None => Arc::new(load(cluster, id).await?),
+            };
         }
     }
     let v = &r.value;
