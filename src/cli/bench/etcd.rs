@@ -105,7 +105,10 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("{name}.log")))?;
+        // Three members share the machine with the controllers, as members on controllers
+        // do in a lab: one thread running Go code each (docs/cluster.md recommends it).
         let child = Command::new(ETCD)
+            .env("GOMAXPROCS", "1")
             .args(["--name", &name])
             .arg("--data-dir")
             .arg(self.dir.path().join(&name))
