@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{Write, Written};
 use super::{Cluster, ClusterError, Leadership, PublishedDevice, lock};
-use crate::domain::clock::Millis;
+use crate::domain::clock::{Clock, Millis};
 use crate::domain::request::RequestSpec;
 use crate::domain::request_state::RequestState;
 
@@ -142,6 +142,11 @@ pub struct QueueSnapshot {
 /// The counter's value: only its version counts.
 const COUNTER_VALUE: &str = "its version is the last block of request ids handed out";
 
+/// How long a controller keeps checking for a create it answered 503 that etcd committed
+/// later ([`Cluster::close_if_created_late`]): longer than any quorum outage it rides out
+/// with its clients still waiting.
+const LATE_CREATE_WATCH: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Request ids a controller reserves with one put of the counter: version `v` of the
 /// counter is ids `(v - 1) * ID_BLOCK + 1 ..= v * ID_BLOCK`. A create then costs one
 /// transaction, not two; ids a controller had not used when it stopped stay unused.
@@ -224,15 +229,23 @@ impl Cluster {
     /// A create that finds etcd unavailable is tried once more (with a new id; the first
     /// one's stays unused).
     ///
+    /// A write that timed out may still commit later: etcd cannot take back a proposal a
+    /// member accepted before it lost quorum, and when quorum returns it may be committed.
+    /// Its client was answered 503 and will never use or return that request, so without
+    /// an idempotency key (with one, a retry finds it and it is the answer) this
+    /// controller watches for it and closes it ([`Cluster::close_if_created_late`]).
+    /// `clock` dates that close.
+    ///
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot take the write.
     pub async fn create_request(
         &self,
         idem: Option<&str>,
+        clock: &Arc<dyn Clock>,
         build: impl Fn(u64) -> SharedRequest,
     ) -> Result<(SharedRequest, bool), ClusterError> {
-        match self.try_create(idem, &build).await {
-            Err(e) if e.is_unavailable() => self.try_create(idem, &build).await,
+        match self.try_create(idem, clock, &build).await {
+            Err(e) if e.is_unavailable() => self.try_create(idem, clock, &build).await,
             other => other,
         }
     }
@@ -267,6 +280,7 @@ impl Cluster {
     async fn try_create(
         &self,
         idem: Option<&str>,
+        clock: &Arc<dyn Clock>,
         build: &impl Fn(u64) -> SharedRequest,
     ) -> Result<(SharedRequest, bool), ClusterError> {
         let idem_key = idem.map(|k| self.key(&format!("idem/{k}")));
@@ -282,7 +296,16 @@ impl Cluster {
         if let Some(k) = &idem_key {
             write = write.if_create_revision(k, 0).put(k, encode(&id));
         }
-        if self.write(write.put(&rkey, encode(&r))).await?.succeeded {
+        let written = match self.write(write.put(&rkey, encode(&r))).await {
+            Ok(w) => w,
+            Err(e) => {
+                if e.is_unavailable() && idem_key.is_none() {
+                    self.close_if_created_late(id, clock.clone());
+                }
+                return Err(e);
+            }
+        };
+        if written.succeeded {
             return Ok((r, true));
         }
         // Our own write, committed after its call had given up and been sent again.
@@ -300,6 +323,47 @@ impl Cluster {
             "request id {id} is already in use (was {} edited by hand?); retry",
             self.key("counter")
         )))
+    }
+
+    /// Request `id`'s create was answered with an error after its write was sent: read it
+    /// until etcd answers, and if the write was committed after all, close the request
+    /// (its client was told the create failed). One linearizable read that finds no such
+    /// request settles it: a proposal still pending in some member's log when a new raft
+    /// leader serves that read can never be committed any more.
+    fn close_if_created_late(&self, id: u64, clock: Arc<dyn Clock>) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let give_up = tokio::time::Instant::now() + LATE_CREATE_WATCH;
+            while tokio::time::Instant::now() < give_up {
+                match cluster.request(id).await {
+                    Ok(None) => return,
+                    Ok(Some(r)) if !r.value.state.is_open() => return,
+                    Ok(Some(r)) => {
+                        let now = clock.now();
+                        let mut nv = r.value.clone();
+                        nv.state = RequestState::Closed;
+                        nv.ended = Some(now);
+                        nv.push_log(
+                            now,
+                            "api",
+                            format!(
+                                "Closed by controller {}: its create was answered 503 (etcd unavailable) and reached etcd only later, so its client does not know it.",
+                                cluster.name()
+                            ),
+                        );
+                        if let Ok(true) = cluster.update_request(&nv, r.mod_revision, None).await {
+                            tracing::warn!(
+                                request = id,
+                                "cluster: closed a request whose create had been answered 503 and was committed later"
+                            );
+                            return;
+                        }
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        });
     }
 
     /// The request an idempotency key names, if both exist.

@@ -1282,6 +1282,35 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
     let s2 = until_ready(&b, after, Duration::from_secs(40)).await;
     assert_eq!(s2["controller"], s_held2["controller"], "{s_held2} {s2}");
     assert_eq!(check_assignment_history(&etcd, &p), 4);
+    // A create answered 503 whose write etcd committed once quorum was back (a member
+    // took the proposal before it lost quorum) must not stay open: its client does not
+    // know it. The controller that answered closes it.
+    let all = get_json(&a, "/api/request/list/?include_closed=1").await;
+    for r in all["requests"].as_array().expect("requests") {
+        let id = r["id"].as_u64().expect("id");
+        if [waiter, after].contains(&id) {
+            continue;
+        }
+        assert_ne!(r["state"], "ready", "{r}");
+        let open = r["open"] == true;
+        if open || ![held, held2].contains(&id) {
+            let st = get_json(&a, &format!("/api/request/{id}/status/")).await;
+            let closed_late = st["log"].as_array().is_some_and(|l| {
+                l.iter().any(|e| {
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("answered 503"))
+                })
+            });
+            assert!(
+                closed_late && st["state"] == "closed",
+                "request {id} is neither the test's nor a late create closed: {st}"
+            );
+            eprintln!(
+                "cluster: request {id}, a create answered 503 and committed later, was closed"
+            );
+        }
+    }
 }
 
 /// Messages of a status or log answer's `log`, checking the rows' shape on the way.
@@ -2476,8 +2505,9 @@ fn etcd_revision(etcd: &Etcd) -> i64 {
 /// others of its batch land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_transactions_and_keep_their_guards() {
-    use mozpool::domain::clock::Millis;
+    use mozpool::domain::clock::{Clock, Millis, SystemClock};
     use mozpool::domain::request::{DeviceChoice, RequestSpec};
+    use std::sync::Arc;
     let test = "cluster_write_batches";
     let Some(etcd) = Etcd::start(test) else {
         return;
@@ -2510,7 +2540,10 @@ async fn concurrent_writes_share_transactions_and_keep_their_guards() {
     let mut creates = tokio::task::JoinSet::new();
     for _ in 0..48 {
         let c = client.clone();
-        creates.spawn(async move { c.create_request(None, build).await });
+        creates.spawn(async move {
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            c.create_request(None, &clock, build).await
+        });
     }
     let mut ids = Vec::new();
     while let Some(r) = creates.join_next().await {

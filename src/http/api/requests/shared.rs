@@ -167,7 +167,7 @@ pub async fn create(
     let (expires, _) = ctx.svc.pool.timings().lease_end(now, duration);
     let token = ctx.caller.token.clone();
     let (r, _new) = cluster
-        .create_request(idem.as_deref(), |id| {
+        .create_request(idem.as_deref(), &ctx.svc.clock, |id| {
             SharedRequest {
                 id,
                 spec: spec.clone(),
