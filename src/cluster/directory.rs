@@ -192,20 +192,7 @@ mod tests {
     use crate::cluster::{Member, PublishedDevice};
 
     fn device(name: &str) -> PublishedDevice {
-        PublishedDevice {
-            name: name.parse().expect("name"),
-            available: true,
-            state: "ready".into(),
-            failed: false,
-            retired: false,
-            held: false,
-            hardware_type: None,
-            processor: None,
-            pool: None,
-            os_version: None,
-            environment: None,
-            current_image: None,
-        }
+        crate::cluster::ready_device(name)
     }
 
     #[test]

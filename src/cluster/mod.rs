@@ -154,6 +154,25 @@ pub struct PublishedDevice {
     pub current_image: Option<ImageName>,
 }
 
+/// A device published as available and `ready`, nothing else known: the tests' fixture.
+#[cfg(test)]
+pub(crate) fn ready_device(name: &str) -> PublishedDevice {
+    PublishedDevice {
+        name: name.parse().expect("name"),
+        available: true,
+        state: "ready".into(),
+        failed: false,
+        retired: false,
+        held: false,
+        hardware_type: None,
+        processor: None,
+        pool: None,
+        os_version: None,
+        environment: None,
+        current_image: None,
+    }
+}
+
 /// The devices this controller publishes, by name: what the layers above send into
 /// [`Cluster::start`]'s channel whenever the local view changes.
 pub type DeviceMap = Arc<BTreeMap<String, PublishedDevice>>;

@@ -653,21 +653,7 @@ mod tests {
         let assignment = br#"{"request": 7}"#;
         assert!(put(&mut copy, "assign/rack-a/sim-0001", assignment, 6).owner);
         assert!(!put(&mut copy, "assign/rack-b/sim-0001", assignment, 7).owner);
-        let device = serde_json::to_vec(&PublishedDevice {
-            name: "sim-0001".parse().expect("name"),
-            available: true,
-            state: "ready".into(),
-            failed: false,
-            retired: false,
-            held: false,
-            hardware_type: None,
-            processor: None,
-            pool: None,
-            os_version: None,
-            environment: None,
-            current_image: None,
-        })
-        .expect("encode");
+        let device = serde_json::to_vec(&crate::cluster::ready_device("sim-0001")).expect("encode");
         assert!(put(&mut copy, "devices/rack-a/sim-0001", &device, 8).owner);
         assert!(!put(&mut copy, "devices/rack-c/sim-0001", &device, 9).owner);
         let gone = copy.delete(

@@ -90,6 +90,14 @@ impl SharedRequest {
         self.log.drain(..over);
     }
 
+    /// End the request as `closed` at `now` (returned, expired, or a late create), with the
+    /// log line saying why.
+    pub fn close(&mut self, now: Millis, source: &str, message: impl Into<String>) {
+        self.state = RequestState::Closed;
+        self.ended = Some(now);
+        self.push_log(now, source, message);
+    }
+
     /// `self` with one more log line (see [`SharedRequest::push_log`]).
     #[must_use]
     pub fn with_log(mut self, ts: Millis, source: &str, message: impl Into<String>) -> Self {
@@ -339,12 +347,9 @@ impl Cluster {
                     Ok(None) => return,
                     Ok(Some(r)) if !r.value.state.is_open() => return,
                     Ok(Some(r)) => {
-                        let now = clock.now();
                         let mut nv = r.value.clone();
-                        nv.state = RequestState::Closed;
-                        nv.ended = Some(now);
-                        nv.push_log(
-                            now,
+                        nv.close(
+                            clock.now(),
                             "api",
                             format!(
                                 "Closed by controller {}: its create was answered 503 (etcd unavailable) and reached etcd only later, so its client does not know it.",

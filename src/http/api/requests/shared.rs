@@ -393,9 +393,7 @@ async fn close(ctx: &Ctx, cluster: &Cluster, id: u64, how: &str) -> Result<bool,
         if !open {
             return false;
         }
-        r.state = RequestState::Closed;
-        r.ended = Some(now);
-        r.push_log(
+        r.close(
             now,
             "api",
             format!(
