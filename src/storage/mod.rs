@@ -36,11 +36,11 @@ mod tx;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use codec::{CodecError, Encoded, Record, decode_bytes};
 pub use disk::{Disk, Fault, FileDisk, Outage, SimDisk};
@@ -65,6 +65,12 @@ pub const SCHEMA_VERSION: u64 = 4;
 
 /// Largest number of write closures committed together.
 const MAX_BATCH: usize = 512;
+
+/// How long a batch holding only detached writes (log lines nobody waits for) waits for
+/// company before it commits alone: a cluster controller's API calls come milliseconds
+/// apart, and each audit line committed on its own costs an `fdatasync`. This is also the
+/// most a crash can lose of log lines whose calls were already answered.
+const DETACHED_LINGER: Duration = Duration::from_millis(10);
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +230,8 @@ trait Job: Send {
     fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (Option<Failure>, Completion);
     /// Answer the caller without running its closure: the batch never began.
     fn refuse(self: Box<Self>, why: WriteError);
+    /// Nobody waits for this write (see [`DETACHED_LINGER`]).
+    fn detached(&self) -> bool;
 }
 
 /// Tells one caller how its batch ended.
@@ -251,6 +259,8 @@ struct WriteJob<F, T> {
     f: F,
     /// Where the closure's value (once committed) or the error goes.
     reply: oneshot::Sender<Result<T, StoreError>>,
+    /// Submitted by [`Store::write_detached`].
+    detached: bool,
 }
 
 impl<F, T> Job for WriteJob<F, T>
@@ -259,7 +269,7 @@ where
     F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
 {
     fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (Option<Failure>, Completion) {
-        let WriteJob { f, reply } = *self;
+        let WriteJob { f, reply, .. } = *self;
         match f(tx, now) {
             Ok(value) => (
                 None,
@@ -278,6 +288,10 @@ where
 
     fn refuse(self: Box<Self>, why: WriteError) {
         let _ = self.reply.send(Err(StoreError::NotCommitted(why)));
+    }
+
+    fn detached(&self) -> bool {
+        self.detached
     }
 }
 
@@ -386,7 +400,7 @@ impl Down {
 struct Inner {
     shared: Arc<Shared>,
     path: PathBuf,
-    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
+    jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
 /// Handle to the store. Cheap to clone.
@@ -426,7 +440,7 @@ impl Store {
         let db = builder().create_with_backend(disk.backend().map_err(redb::Error::Io)?)?;
         migrate(&db, path)?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db.clone())),
             stats: StoreStats::default(),
@@ -530,17 +544,18 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
-        let rx = self.submit(f)?;
+        let rx = self.submit(f, false)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Like [`Store::write`] but without waiting (the log of API calls uses it; the record
-    /// becomes durable with the next commit, which the writer starts at once).
+    /// becomes durable with the next commit, which waits up to [`DETACHED_LINGER`] for a
+    /// write somebody waits for).
     pub fn write_detached<F>(&self, f: F)
     where
         F: FnOnce(&Tx<'_>, Millis) -> Result<(), StoreError> + Send + 'static,
     {
-        if let Err(e) = self.submit(f) {
+        if let Err(e) = self.submit(f, true) {
             tracing::warn!(error = %e, "dropped a detached write");
         }
     }
@@ -554,17 +569,21 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
-        let rx = self.submit(f)?;
+        let rx = self.submit(f, false)?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
-    fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
+    fn submit<T, F>(
+        &self,
+        f: F,
+        detached: bool,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(WriteJob { f, reply });
+        let job: Box<dyn Job> = Box::new(WriteJob { f, reply, detached });
         self.inner.jobs.send(job).map_err(|_| StoreError::Closed)?;
         Ok(rx)
     }
@@ -694,9 +713,6 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
 /// refuses to open a file that is still open).
 const READERS_GRACE: Duration = Duration::from_secs(2);
 
-/// How often the writer looks for writes to refuse while the store is down.
-const DOWN_POLL: Duration = Duration::from_millis(10);
-
 /// The writer thread's state: the database it commits to, and how to reopen it.
 struct Writer<D: Disk> {
     disk: D,
@@ -710,9 +726,33 @@ struct Writer<D: Disk> {
     answer: Option<tokio::runtime::Handle>,
 }
 
+/// Add the writes waiting to `batch`. A batch of detached writes only waits up to
+/// [`DETACHED_LINGER`] for more (when `linger`), and commits as soon as it holds one that
+/// somebody waits for.
+fn gather(rx: &mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>, linger: bool) {
+    let mut waited_for = batch.iter().any(|j| !j.detached());
+    let mut until = None;
+    while batch.len() < MAX_BATCH {
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::TryRecvError::Disconnected) => return,
+            Err(mpsc::TryRecvError::Empty) if waited_for || !linger => return,
+            Err(mpsc::TryRecvError::Empty) => {
+                let until = *until.get_or_insert_with(|| Instant::now() + DETACHED_LINGER);
+                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
+        };
+        waited_for |= !job.detached();
+        batch.push(job);
+    }
+}
+
 /// The writer thread: take every write waiting, commit them as one batch, answer their
 /// callers; while the store is down, refuse writes and probe the disk until it reopens.
-fn writer_loop<D: Disk>(mut w: Writer<D>, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
+fn writer_loop<D: Disk>(mut w: Writer<D>, rx: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut last_now = Millis(0);
     loop {
@@ -720,28 +760,17 @@ fn writer_loop<D: Disk>(mut w: Writer<D>, mut rx: mpsc::UnboundedReceiver<Box<dy
             w.heal();
         }
         let first = match w.next_probe() {
-            None => rx.blocking_recv(),
-            // Down: wake up for the next probe even when no write comes. The channel has no
-            // blocking receive with a deadline; polling only while down keeps the normal
-            // path as it was.
-            Some(at) => match rx.try_recv() {
+            None => rx.recv().ok(),
+            // Down: wake up for the next probe even when no write comes.
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(job) => Some(job),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    std::thread::sleep(wait.min(DOWN_POLL));
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
             },
         };
         let Some(first) = first else { break };
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        gather(&rx, &mut batch, w.next_probe().is_none());
         let started = Instant::now();
         let db = match (&w.db, w.outage()) {
             (Some(db), None) => db.clone(),
@@ -1113,6 +1142,7 @@ pub fn next_counter(tx: &Tx<'_>, name: &str) -> Result<u64, StoreError> {
 mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
     use crate::domain::clock::{Clock, ManualClock, Millis};
@@ -1137,6 +1167,35 @@ mod tests {
 
     fn read_count(store: &Store) -> Result<Option<u64>, StoreError> {
         store.read_blocking(|snap| snap.meta_value("test"))
+    }
+
+    /// Detached writes that come a millisecond apart wait for each other and share one
+    /// commit (each alone would cost an fdatasync); a waited write after them finds them
+    /// durable.
+    #[test]
+    fn detached_writes_share_a_commit_and_come_before_a_later_write() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("s.redb"), clock()).expect("store");
+        count(&store).expect("first commit");
+        let before = store.stats().commits.load(Ordering::Relaxed);
+        for _ in 0..4 {
+            store.write_detached(|tx, _| next_counter(tx, "detached").map(|_| ()));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.read_blocking(|s| s.meta_value("detached")).expect("read") != Some(4) {
+            assert!(Instant::now() < deadline, "detached writes not committed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let commits = store.stats().commits.load(Ordering::Relaxed) - before;
+        assert!(commits <= 2, "4 detached writes took {commits} commits");
+
+        store.write_detached(|tx, _| next_counter(tx, "detached").map(|_| ()));
+        count(&store).expect("waited write");
+        assert_eq!(
+            store.read_blocking(|s| s.meta_value("detached")).expect("read"),
+            Some(5)
+        );
     }
 
     /// Wait until the writer has reopened the store (or fail after `secs`).
