@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     DeviceChoice, DeviceView, Event, Holder, Pool, QueuePolicy, QueuedRequest, RequestState,
 };
-use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest};
+use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest, Versioned};
 use crate::cluster::{Cluster, ClusterError, PublishedDevice};
 use crate::domain::clock::{Clock, Millis};
 
@@ -192,19 +192,23 @@ pub fn queue_positions(
 /// reads etcd instead.
 const COPY_CATCH_UP: Duration = Duration::from_millis(250);
 
-/// Request `id`'s 1-based queue position (`None` when it is not waiting), read as of
-/// `revision` or later: from the in-memory queue copy when it has caught up with that
-/// revision (no etcd call on a status poll), else from one etcd range read.
+/// Request `r`'s 1-based queue position: `None` at once when it is not waiting (as read),
+/// else read as of its revision or later: from the in-memory queue copy when it has caught
+/// up with that revision (no etcd call on a status poll), else from one etcd range read.
+/// (`None` too when the queue, read later, no longer has it waiting.)
 ///
 /// # Errors
 /// etcd unavailable, when the copy is behind and the read fails.
 pub async fn queue_position(
     cluster: &Cluster,
-    id: u64,
-    revision: i64,
+    r: &Versioned<SharedRequest>,
     now: Millis,
     policy: &QueuePolicy,
 ) -> Result<Option<usize>, ClusterError> {
+    if !r.value.state.is_waiting() {
+        return Ok(None);
+    }
+    let (id, revision) = (r.value.id, r.mod_revision);
     // A copy fed by a live watch catches up within milliseconds: waiting for it is much
     // cheaper for etcd than a range read of the whole queue.
     cluster.wait_for_copy(revision, COPY_CATCH_UP).await;

@@ -272,18 +272,7 @@ pub async fn status(
         }
     }
     let v = &r.value;
-    let position = if v.state.is_waiting() {
-        queue_position(
-            cluster,
-            id,
-            r.mod_revision,
-            ctx.svc.clock.now(),
-            ctx.svc.pool.policy(),
-        )
-        .await?
-    } else {
-        None
-    };
+    let position = queue_position(cluster, &r, ctx.svc.clock.now(), ctx.svc.pool.policy()).await?;
     // As single-rack mode: the last 100 lines, oldest first.
     let skip = v.log.len().saturating_sub(100);
     Ok(ok(&json!({
