@@ -595,38 +595,20 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::clock::Millis;
-    use crate::domain::request::{DeviceChoice, RequestSpec};
+    use crate::cluster::requests::test_request;
     use crate::domain::request_state::RequestState;
 
     const PREFIX: &str = "/mp/";
 
+    /// A waiting request, or one pending on `owner`'s sim-0001, as etcd holds it.
     fn request(id: u64, owner: Option<&str>) -> Vec<u8> {
-        let spec = RequestSpec::new(
-            DeviceChoice::Any,
-            "alice",
-            "android".parse().expect("image"),
-            Millis(id),
-        );
-        serde_json::to_vec(&SharedRequest {
-            id,
-            spec,
-            expires: Millis(1_000_000),
-            state: if owner.is_some() {
-                RequestState::Pending
-            } else {
-                RequestState::Queued
-            },
-            device: owner.map(|_| "sim-0001".to_owned()),
-            owner: owner.map(str::to_owned),
-            taken_by: "rack-a".into(),
-            explanation: None,
-            owner_token: None,
-            since: Millis(id),
-            ended: None,
-            log: Vec::new(),
-        })
-        .expect("encode")
+        let mut r = test_request(id, "alice");
+        if let Some(owner) = owner {
+            r.state = RequestState::Pending;
+            r.device = Some("sim-0001".to_owned());
+            r.owner = Some(owner.to_owned());
+        }
+        serde_json::to_vec(&r).expect("encode")
     }
 
     fn put(copy: &mut Copy, key: &str, value: &[u8], revision: i64) -> Applied {

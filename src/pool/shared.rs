@@ -1114,8 +1114,7 @@ impl Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::requests::{Assignment, Versioned};
-    use crate::pool::RequestSpec;
+    use crate::cluster::requests::{Assignment, test_request};
 
     fn device(name: &str) -> PublishedDevice {
         published(&DeviceView::new(name.parse().expect("name")))
@@ -1127,28 +1126,11 @@ mod tests {
         priority: i32,
         state: RequestState,
     ) -> Arc<Versioned<SharedRequest>> {
-        let mut spec = RequestSpec::new(
-            DeviceChoice::Any,
-            assignee,
-            "android".parse().expect("image"),
-            Millis(id),
-        );
-        spec.priority = priority;
+        let mut value = test_request(id, assignee);
+        value.spec.priority = priority;
+        value.state = state;
         Arc::new(Versioned {
-            value: SharedRequest {
-                id,
-                spec,
-                expires: Millis(1_000_000),
-                state,
-                device: None,
-                owner: None,
-                taken_by: "rack-a".into(),
-                explanation: None,
-                owner_token: None,
-                since: Millis(id),
-                ended: None,
-                log: Vec::new(),
-            },
+            value,
             mod_revision: 1,
         })
     }
