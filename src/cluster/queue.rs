@@ -465,6 +465,25 @@ impl Cluster {
         copy.synced.then(|| (copy.revision, copy.snapshot()))
     }
 
+    /// The queue as this controller knows it now: the in-memory copy while a watch feeds
+    /// it (no etcd call; first given up to 250 ms to include this controller's own last
+    /// write), else one etcd read at one revision ([`Cluster::queue_snapshot`]).
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when the copy is not live and etcd cannot be read.
+    pub async fn current_queue(&self) -> Result<Arc<QueueSnapshot>, ClusterError> {
+        self.wait_for_copy(self.last_write_revision(), Duration::from_millis(250))
+            .await;
+        let live = {
+            let mut copy = lock(&self.inner.queue.copy);
+            (copy.synced && copy.live).then(|| copy.snapshot())
+        };
+        match live {
+            Some(snap) => Ok(snap),
+            None => Ok(Arc::new(self.queue_snapshot().await?)),
+        }
+    }
+
     /// Request `id` as the copy holds it, when a live watch feeds the copy and the record
     /// there is newer than `revision` (a status long poll woken by its change reads it
     /// here, not from etcd: the copy applies etcd's events in revision order, so this is a

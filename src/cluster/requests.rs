@@ -397,6 +397,18 @@ impl Cluster {
         });
     }
 
+    /// The request created for a client's `Idempotency-Key` `idem` (as sent, without the
+    /// prefix), if both the key and the request exist.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot be read.
+    pub async fn idempotent_request(
+        &self,
+        idem: &str,
+    ) -> Result<Option<SharedRequest>, ClusterError> {
+        self.idem_request(&self.key(&format!("idem/{idem}"))).await
+    }
+
     /// The request an idempotency key names, if both exist.
     async fn idem_request(&self, key: &str) -> Result<Option<SharedRequest>, ClusterError> {
         let resp = self
