@@ -465,6 +465,25 @@ impl Cluster {
         copy.synced.then(|| (copy.revision, copy.snapshot()))
     }
 
+    /// The queue as this controller knows it now: the in-memory copy while a watch feeds
+    /// it (no etcd call; first given up to 250 ms to include this controller's own last
+    /// write), else one etcd read at one revision ([`Cluster::queue_snapshot`]).
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when the copy is not live and etcd cannot be read.
+    pub async fn current_queue(&self) -> Result<Arc<QueueSnapshot>, ClusterError> {
+        self.wait_for_copy(self.last_write_revision(), Duration::from_millis(250))
+            .await;
+        let live = {
+            let mut copy = lock(&self.inner.queue.copy);
+            (copy.synced && copy.live).then(|| copy.snapshot())
+        };
+        match live {
+            Some(snap) => Ok(snap),
+            None => Ok(Arc::new(self.queue_snapshot().await?)),
+        }
+    }
+
     /// Request `id` as the copy holds it, when a live watch feeds the copy and the record
     /// there is newer than `revision` (a status long poll woken by its change reads it
     /// here, not from etcd: the copy applies etcd's events in revision order, so this is a
@@ -595,38 +614,20 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::clock::Millis;
-    use crate::domain::request::{DeviceChoice, RequestSpec};
+    use crate::cluster::requests::test_request;
     use crate::domain::request_state::RequestState;
 
     const PREFIX: &str = "/mp/";
 
+    /// A waiting request, or one pending on `owner`'s sim-0001, as etcd holds it.
     fn request(id: u64, owner: Option<&str>) -> Vec<u8> {
-        let spec = RequestSpec::new(
-            DeviceChoice::Any,
-            "alice",
-            "android".parse().expect("image"),
-            Millis(id),
-        );
-        serde_json::to_vec(&SharedRequest {
-            id,
-            spec,
-            expires: Millis(1_000_000),
-            state: if owner.is_some() {
-                RequestState::Pending
-            } else {
-                RequestState::Queued
-            },
-            device: owner.map(|_| "sim-0001".to_owned()),
-            owner: owner.map(str::to_owned),
-            taken_by: "rack-a".into(),
-            explanation: None,
-            owner_token: None,
-            since: Millis(id),
-            ended: None,
-            log: Vec::new(),
-        })
-        .expect("encode")
+        let mut r = test_request(id, "alice");
+        if let Some(owner) = owner {
+            r.state = RequestState::Pending;
+            r.device = Some("sim-0001".to_owned());
+            r.owner = Some(owner.to_owned());
+        }
+        serde_json::to_vec(&r).expect("encode")
     }
 
     fn put(copy: &mut Copy, key: &str, value: &[u8], revision: i64) -> Applied {

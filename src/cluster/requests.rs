@@ -106,6 +106,32 @@ impl SharedRequest {
     }
 }
 
+/// The tests' request record: `assignee` waits for any device with image `android`,
+/// created and queued at `id` ms, taken by rack-a, expiring at 1,000 s. Tests set what
+/// else they need on the result (state, device, priority…).
+#[cfg(test)]
+pub(crate) fn test_request(id: u64, assignee: &str) -> SharedRequest {
+    SharedRequest {
+        id,
+        spec: RequestSpec::new(
+            crate::domain::request::DeviceChoice::Any,
+            assignee,
+            "android".parse().expect("image"),
+            Millis(id),
+        ),
+        expires: Millis(1_000_000),
+        state: RequestState::Queued,
+        device: None,
+        owner: None,
+        taken_by: "rack-a".into(),
+        explanation: None,
+        owner_token: None,
+        since: Millis(id),
+        ended: None,
+        log: Vec::new(),
+    }
+}
+
 /// A value read from etcd with its mod revision, for a later compare.
 #[derive(Debug, Clone)]
 pub struct Versioned<T> {
@@ -369,6 +395,18 @@ impl Cluster {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             }
         });
+    }
+
+    /// The request created for a client's `Idempotency-Key` `idem` (as sent, without the
+    /// prefix), if both the key and the request exist.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot be read.
+    pub async fn idempotent_request(
+        &self,
+        idem: &str,
+    ) -> Result<Option<SharedRequest>, ClusterError> {
+        self.idem_request(&self.key(&format!("idem/{idem}"))).await
     }
 
     /// The request an idempotency key names, if both exist.
@@ -700,33 +738,10 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::request::DeviceChoice;
-
-    fn request() -> SharedRequest {
-        SharedRequest {
-            id: 7,
-            spec: RequestSpec::new(
-                DeviceChoice::Any,
-                "alice",
-                "android".parse().expect("image"),
-                Millis(0),
-            ),
-            expires: Millis(1000),
-            state: RequestState::Queued,
-            device: None,
-            owner: None,
-            taken_by: "rack-a".into(),
-            explanation: None,
-            owner_token: None,
-            since: Millis(0),
-            ended: None,
-            log: Vec::new(),
-        }
-    }
 
     #[test]
     fn the_log_keeps_the_last_lines_and_counts_on() {
-        let mut r = request();
+        let mut r = test_request(7, "alice");
         for i in 0..(MAX_LOG_LINES as u64 + 5) {
             r.push_log(Millis(i), "api", format!("line {i}"));
         }
@@ -739,7 +754,7 @@ mod tests {
 
     #[test]
     fn records_written_before_the_log_existed_still_decode() {
-        let mut v = serde_json::to_value(request()).expect("json");
+        let mut v = serde_json::to_value(test_request(7, "alice")).expect("json");
         let o = v.as_object_mut().expect("object");
         o.remove("log");
         o.remove("ended");

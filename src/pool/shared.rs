@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     DeviceChoice, DeviceView, Event, Holder, Pool, QueuePolicy, QueuedRequest, RequestState,
 };
-use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest};
+use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest, Versioned};
 use crate::cluster::{Cluster, ClusterError, PublishedDevice};
 use crate::domain::clock::{Clock, Millis};
 
@@ -192,19 +192,23 @@ pub fn queue_positions(
 /// reads etcd instead.
 const COPY_CATCH_UP: Duration = Duration::from_millis(250);
 
-/// Request `id`'s 1-based queue position (`None` when it is not waiting), read as of
-/// `revision` or later: from the in-memory queue copy when it has caught up with that
-/// revision (no etcd call on a status poll), else from one etcd range read.
+/// Request `r`'s 1-based queue position: `None` at once when it is not waiting (as read),
+/// else read as of its revision or later: from the in-memory queue copy when it has caught
+/// up with that revision (no etcd call on a status poll), else from one etcd range read.
+/// (`None` too when the queue, read later, no longer has it waiting.)
 ///
 /// # Errors
 /// etcd unavailable, when the copy is behind and the read fails.
 pub async fn queue_position(
     cluster: &Cluster,
-    id: u64,
-    revision: i64,
+    r: &Versioned<SharedRequest>,
     now: Millis,
     policy: &QueuePolicy,
 ) -> Result<Option<usize>, ClusterError> {
+    if !r.value.state.is_waiting() {
+        return Ok(None);
+    }
+    let (id, revision) = (r.value.id, r.mod_revision);
     // A copy fed by a live watch catches up within milliseconds: waiting for it is much
     // cheaper for etcd than a range read of the whole queue.
     cluster.wait_for_copy(revision, COPY_CATCH_UP).await;
@@ -216,6 +220,51 @@ pub async fn queue_position(
         .into_iter()
         .find(|(r, _)| *r == id)
         .map(|(_, p)| p))
+}
+
+/// Why a request for `device` of `controller` that does not ask to wait is refused now, as
+/// single-rack mode refuses one for a busy device (`PoolError::Busy`, HTTP 409), decided
+/// from what the cluster knows: the device's assignment first (an assigned device is never
+/// free, whatever its published view still says: the scheduler assigns before the owner
+/// publishes it held, and the owner frees the assignment of a returned device only once
+/// its rack has published it verified), then its published view (not `ready`, or held on
+/// its rack). Only that rack's device counts: names are unique per rack only. `None`: the
+/// device may be requested (free, failed as single-rack mode lets a failed device be
+/// requested, or not published).
+#[must_use]
+pub fn busy(snap: &QueueSnapshot, controller: &str, device: &str) -> Option<String> {
+    let (_, view) = snap
+        .devices
+        .iter()
+        .find(|(c, d)| c == controller && d.name.as_str() == device)?;
+    if view.failed {
+        return None;
+    }
+    let name = format!("device {device} on controller {controller} is busy");
+    let wait = "(pass \"wait\": seconds to queue for it)";
+    if let Some(a) = snap
+        .assignments
+        .iter()
+        .find(|a| a.controller == controller && a.device == device)
+    {
+        let id = a.assignment.request;
+        let open = snap
+            .requests
+            .iter()
+            .any(|r| r.value.id == id && r.value.state.is_open());
+        return Some(if open {
+            format!("{name}: held by request {id}")
+        } else {
+            format!(
+                "{name}: request {id} ended and its controller is taking it back (now {}) {wait}",
+                view.state
+            )
+        });
+    }
+    if view.state != "ready" {
+        return Some(format!("{name}: it is in state {} {wait}", view.state));
+    }
+    (!view.available).then(|| format!("{name}: it is held on its controller {wait}"))
 }
 
 /// The Lifeguard state `controller` publishes for `device` (empty when unpublished).
@@ -1110,8 +1159,7 @@ impl Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::requests::{Assignment, Versioned};
-    use crate::pool::RequestSpec;
+    use crate::cluster::requests::{Assignment, test_request};
 
     fn device(name: &str) -> PublishedDevice {
         published(&DeviceView::new(name.parse().expect("name")))
@@ -1123,28 +1171,11 @@ mod tests {
         priority: i32,
         state: RequestState,
     ) -> Arc<Versioned<SharedRequest>> {
-        let mut spec = RequestSpec::new(
-            DeviceChoice::Any,
-            assignee,
-            "android".parse().expect("image"),
-            Millis(id),
-        );
-        spec.priority = priority;
+        let mut value = test_request(id, assignee);
+        value.spec.priority = priority;
+        value.state = state;
         Arc::new(Versioned {
-            value: SharedRequest {
-                id,
-                spec,
-                expires: Millis(1_000_000),
-                state,
-                device: None,
-                owner: None,
-                taken_by: "rack-a".into(),
-                explanation: None,
-                owner_token: None,
-                since: Millis(id),
-                ended: None,
-                log: Vec::new(),
-            },
+            value,
             mod_revision: 1,
         })
     }
@@ -1183,6 +1214,57 @@ mod tests {
                 ("rack-c".into(), device("sim-0001")),
             ],
         }
+    }
+
+    #[test]
+    fn a_named_device_is_busy_as_its_rack_and_its_assignment_say() {
+        // rack-a's sim-0001 is held by request 1 (ready) and published held; rack-b's is
+        // held by request 2 too, but its rack still publishes it available (the owner has
+        // not yet published the assignment); rack-c's is free.
+        let mut snap = three_racks();
+        snap.devices[1].1 = device("sim-0001");
+        assert_eq!(
+            busy(&snap, "rack-a", "sim-0001").as_deref(),
+            Some("device sim-0001 on controller rack-a is busy: held by request 1")
+        );
+        assert_eq!(
+            busy(&snap, "rack-b", "sim-0001").as_deref(),
+            Some("device sim-0001 on controller rack-b is busy: held by request 2"),
+            "the assignment counts, not the published view"
+        );
+        assert_eq!(
+            busy(&snap, "rack-c", "sim-0001"),
+            None,
+            "another rack's copy"
+        );
+        assert_eq!(busy(&snap, "rack-q", "sim-0001"), None, "not published");
+        // Request 1 was returned: its device stays busy until its owner frees the
+        // assignment (once its rack has published it verified).
+        Arc::make_mut(&mut snap.requests[0]).value.state = RequestState::Closed;
+        let why = busy(&snap, "rack-a", "sim-0001").expect("busy");
+        assert!(why.contains("request 1 ended"), "{why}");
+        // No assignment: the published view decides, as single-rack mode's device state.
+        snap.assignments.clear();
+        snap.devices[0].1.state = "self_test".into();
+        assert_eq!(
+            busy(&snap, "rack-a", "sim-0001").as_deref(),
+            Some(
+                "device sim-0001 on controller rack-a is busy: it is in state self_test (pass \"wait\": seconds to queue for it)"
+            )
+        );
+        snap.devices[0].1.state = "ready".into();
+        assert!(
+            busy(&snap, "rack-a", "sim-0001").is_some(),
+            "still held there"
+        );
+        snap.devices[0].1.held = false;
+        snap.devices[0].1.available = true;
+        assert_eq!(busy(&snap, "rack-a", "sim-0001"), None);
+        // A failed device may be requested, as on a single rack.
+        snap.devices[0].1.state = "failed_sut_verifying".into();
+        snap.devices[0].1.failed = true;
+        snap.devices[0].1.available = false;
+        assert_eq!(busy(&snap, "rack-a", "sim-0001"), None);
     }
 
     #[test]

@@ -2299,22 +2299,41 @@ async fn a_forwarded_call_carries_the_callers_token() {
     assert_eq!(taken["actor"], "ops", "{taken}");
 }
 
-/// `POST /api/device/{name}/request/[?controller=NAME]` through `c`: status and body.
+/// `POST /api/device/{name}/request/[?controller=NAME]` through `c`, queueing for up to
+/// 120 s: status and body.
 async fn request_named(
     c: &Controller,
     device: &str,
     controller: Option<&str>,
     assignee: &str,
 ) -> (u16, Value) {
+    request_named_with(c, device, controller, assignee, Some(120), None).await
+}
+
+/// [`request_named`] with the request's `wait` (none: a busy device is refused) and an
+/// `Idempotency-Key`.
+async fn request_named_with(
+    c: &Controller,
+    device: &str,
+    controller: Option<&str>,
+    assignee: &str,
+    wait: Option<u64>,
+    idem: Option<&str>,
+) -> (u16, Value) {
     let q = controller.map_or(String::new(), |n| format!("?controller={n}"));
-    let r = http()
+    let mut body = serde_json::json!({
+        "assignee": assignee, "duration": 600, "image": "android"
+    });
+    if let Some(w) = wait {
+        body["wait"] = w.into();
+    }
+    let mut req = http()
         .post(format!("{}/api/device/{device}/request/{q}", c.url))
-        .json(&serde_json::json!({
-            "assignee": assignee, "duration": 600, "image": "android", "wait": 120
-        }))
-        .send()
-        .await
-        .expect("create");
+        .json(&body);
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    let r = req.send().await.expect("create");
     let status = r.status().as_u16();
     (status, r.json().await.expect("json"))
 }
@@ -2489,6 +2508,126 @@ async fn named_requests_pick_their_rack_and_the_request_page_shows_the_shared_re
         "{page}"
     );
     assert!(check_assignment_history(&etcd, &p) >= 3);
+}
+
+/// How many requests the shared queue has (open and ended), through `c`.
+async fn request_count(c: &Controller) -> usize {
+    let list = get_json(c, "/api/request/list/?include_closed=1").await;
+    list["requests"].as_array().map_or(0, Vec::len)
+}
+
+/// A named device that is busy is refused without `wait` (409 with a JSON body naming why,
+/// nothing created), as on a single rack, through the controller owning it and through
+/// another; only the rack the request names counts; a create retried with its
+/// `Idempotency-Key` answers its first request; with `wait` the request queues and gets the
+/// device once its holder returns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_named_device_is_refused_without_wait_and_queued_with_it() {
+    let test = "cluster_named_busy";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    until_pooled(&etcd, &p, 2).await;
+    let id = |body: &Value| body["request"]["id"].as_u64().expect("id");
+    // Both devices past their first self-test (until then they are busy too).
+    let t = Instant::now();
+    while free_devices(&etcd, &p).len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(30), "devices not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Request A, without wait, for rack-b's free sim-0001, through rack-a: taken.
+    let (status, body) = request_named_with(
+        &a,
+        "sim-0001",
+        Some("rack-b"),
+        "alice",
+        None,
+        Some("named-busy-a"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first = id(&body);
+    until_ready(&a, first, Duration::from_secs(30)).await;
+
+    // B without wait, through the owner and through the other controller: refused.
+    let held = format!("device sim-0001 on controller rack-b is busy: held by request {first}");
+    for c in [&a, &b] {
+        let t = Instant::now();
+        let (status, body) =
+            request_named_with(c, "sim-0001", Some("rack-b"), "bob", None, None).await;
+        assert_eq!(status, 409, "through {}: {body}", c.name);
+        assert_eq!(body["code"], "conflict", "{body}");
+        assert_eq!(body["error"], held.as_str(), "{body}");
+        eprintln!(
+            "cluster: busy named device refused through {} in {:?}",
+            c.name,
+            t.elapsed()
+        );
+    }
+    // A's create retried with its Idempotency-Key (its answer lost, say): A again, not a
+    // refusal, although the device is now busy with A.
+    let (status, body) = request_named_with(
+        &b,
+        "sim-0001",
+        Some("rack-b"),
+        "alice",
+        None,
+        Some("named-busy-a"),
+    )
+    .await;
+    assert_eq!((status, id(&body)), (200, first), "{body}");
+    // rack-a's sim-0001 is free: the busy copy on rack-b does not count.
+    let (status, body) =
+        request_named_with(&b, "sim-0001", Some("rack-a"), "carol", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(request_count(&a).await, 2, "the refusals created nothing");
+
+    // B with wait: queued behind A, then served by rack-b's device once A returns.
+    let (status, body) =
+        request_named_with(&b, "sim-0001", Some("rack-b"), "bob", Some(120), None).await;
+    assert_eq!(status, 200, "{body}");
+    let waiter = id(&body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = get_json(&a, &format!("/api/request/{waiter}/status/")).await;
+    assert_eq!(s["state"], "queued", "{s}");
+    assert_eq!(
+        post(
+            &a,
+            &format!("/api/request/{first}/return/"),
+            serde_json::json!({})
+        )
+        .await,
+        204
+    );
+    // Returned, the device is self-tested by its rack before anyone gets it: still busy.
+    let (status, body) =
+        request_named_with(&a, "sim-0001", Some("rack-b"), "dave", None, None).await;
+    assert_eq!(status, 409, "{body}");
+    let why = body["error"].as_str().expect("error");
+    assert!(
+        why.starts_with("device sim-0001 on controller rack-b is busy: "),
+        "{body}"
+    );
+    eprintln!("cluster: right after the return: {why}");
+    let s = until_ready(&b, waiter, Duration::from_secs(30)).await;
+    assert_eq!(
+        (s["controller"].as_str(), s["assigned_device"].as_str()),
+        (Some("rack-b"), Some("sim-0001")),
+        "{s}"
+    );
+    let (status, body) =
+        request_named_with(&a, "sim-0001", Some("rack-b"), "dave", None, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("device sim-0001 on controller rack-b is busy: held by request {waiter}")
+    );
+    assert_eq!(request_count(&b).await, 3);
+    check_assignment_history(&etcd, &p);
 }
 
 /// etcd's current revision (one more per transaction that wrote).

@@ -534,19 +534,14 @@ async fn shared_request(
         .request(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no request {id}")))?;
+    let position = crate::pool::shared::queue_position(
+        cluster,
+        &read,
+        ctx.svc.clock.now(),
+        ctx.svc.pool.policy(),
+    )
+    .await?;
     let r = read.value;
-    let position = if r.state.is_waiting() {
-        crate::pool::shared::queue_position(
-            cluster,
-            id,
-            read.mod_revision,
-            ctx.svc.clock.now(),
-            ctx.svc.pool.policy(),
-        )
-        .await?
-    } else {
-        None
-    };
     let (state, url) = match (&r.device, &r.owner) {
         (Some(d), Some(c)) => {
             let dir = cluster.directory().await?;

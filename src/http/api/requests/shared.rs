@@ -17,7 +17,7 @@ use crate::http::body::{Body, json_response, no_content, ok};
 use crate::http::dispatch::Ctx;
 use crate::http::error::ApiError;
 use crate::pool::driver::settled;
-use crate::pool::shared::queue_position;
+use crate::pool::shared::{busy, queue_position};
 use crate::pool::{DeviceChoice, RequestSpec, RequestState};
 
 /// Header a client may send with a create so a retry (on any controller) yields the same
@@ -121,14 +121,16 @@ fn pick_controller(
 
 /// `POST /api/device/{id|any}/request/` in cluster mode. A named device is looked up among
 /// the devices every rack publishes (`?controller=NAME` picks the rack when several have
-/// the name) and the request is pinned to that rack (`RequestSpec::controller`).
+/// the name) and the request is pinned to that rack (`RequestSpec::controller`). Without
+/// `wait`, a named device that is busy is refused with 409 as on a single rack
+/// ([`crate::pool::shared::busy`]), and nothing is created.
 pub async fn create(
     ctx: &Ctx,
     cluster: &Cluster,
     mut spec: RequestSpec,
     duration: u64,
 ) -> Result<Response<Body>, ApiError> {
-    if let DeviceChoice::Named(device) = &spec.requested_device {
+    let named = if let DeviceChoice::Named(device) = &spec.requested_device {
         let dir = cluster.directory().await?;
         let mut publishers: Vec<(String, Option<String>)> = dir
             .devices
@@ -140,10 +142,15 @@ pub async fn create(
         publishers.dedup();
         let chosen = ctx.query.get("controller").filter(|c| !c.is_empty());
         match pick_controller(device.as_str(), chosen, &publishers) {
-            Ok(c) => spec.controller = Some(c),
+            Ok(c) => {
+                spec.controller = Some(c.clone());
+                Some((c, device.to_string()))
+            }
             Err((status, body)) => return Ok(json_response(status, &body)),
         }
-    }
+    } else {
+        None
+    };
     let idem = match ctx.headers.get(IDEMPOTENCY_HEADER) {
         None => None,
         Some(v) => {
@@ -163,6 +170,21 @@ pub async fn create(
             Some(k.to_owned())
         }
     };
+    if let Some((controller, device)) = &named
+        && spec.wait.is_none()
+        && let Some(why) = busy(&*cluster.current_queue().await?, controller, device)
+    {
+        // A retry of a create that went through (the device may be busy with that very
+        // request now) answers the first request, as any retry with the key does.
+        if let Some(k) = &idem
+            && let Some(first) = cluster.idempotent_request(k).await?
+        {
+            return Ok(ok(
+                &json!({ "request": request_json(&first, &ctx.base_url) }),
+            ));
+        }
+        return Err(ApiError::conflict(why));
+    }
     let now = ctx.svc.clock.now();
     let (expires, _) = ctx.svc.pool.timings().lease_end(now, duration);
     let token = ctx.caller.token.clone();
@@ -272,18 +294,7 @@ pub async fn status(
         }
     }
     let v = &r.value;
-    let position = if v.state.is_waiting() {
-        queue_position(
-            cluster,
-            id,
-            r.mod_revision,
-            ctx.svc.clock.now(),
-            ctx.svc.pool.policy(),
-        )
-        .await?
-    } else {
-        None
-    };
+    let position = queue_position(cluster, &r, ctx.svc.clock.now(), ctx.svc.pool.policy()).await?;
     // As single-rack mode: the last 100 lines, oldest first.
     let skip = v.log.len().saturating_sub(100);
     Ok(ok(&json!({
