@@ -205,7 +205,8 @@ function deviceRow(d) {
   if (d.needs_tech) name.append(' ', el('span', { class: 'tag warn', title: d.needs_tech, text: 'needs a tech' }));
   const held = el('td', { 'data-label': 'Held by' });
   if (d.request !== null && d.request !== undefined) {
-    held.append(el('a', { href: `/ui/requests/#request-${d.request}`, text: `#${d.request}` }), ` ${d.assignee}`);
+    // Cluster mode: another rack's holder is a shared request, with a page of its own.
+    held.append(el('a', { href: d.request_href || `/ui/requests/#request-${d.request}`, text: `#${d.request}` }), ` ${d.assignee}`);
   }
   // Cluster mode only: which controller owns the device.
   const controller = d.controller === undefined ? [] : [el('td', { 'data-label': 'Controller', class: 'controller', text: d.controller })];

@@ -10,6 +10,11 @@
 //! what the copy last knew) is used, so a stale owner still answers or fails clearly; a
 //! failed read is not retried before [`FRESH_FOR`] has passed again, so a lost quorum does
 //! not put an etcd timeout on every call.
+//!
+//! The directory also says who holds each assigned device (the pool page's and the device
+//! list's holder and expiry for another rack's device). That comes from the copy's
+//! assignments and requests only, never from a read of its own: a page load costs no etcd
+//! call for it, and while the watch is down it is what the copy last knew.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +39,20 @@ pub struct Directory {
     pub members: BTreeMap<String, Member>,
     /// Every published device with its owner's name, by (device name, controller).
     pub devices: Vec<(String, PublishedDevice)>,
+    /// Who holds each assigned device, by (controller, device): the open request its
+    /// assignment names (empty before the queue copy was first read).
+    pub holders: BTreeMap<(String, String), Holder>,
+}
+
+/// The shared request holding a device, as the queue copy knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The shared request's id.
+    pub request: u64,
+    /// Its assignee (`spec.assignee`, as single-rack mode shows a holder).
+    pub assignee: String,
+    /// When its lease ends.
+    pub expires: crate::domain::clock::Millis,
 }
 
 /// One controller that publishes a device of a given name.
@@ -61,6 +80,13 @@ impl Directory {
         owners.sort_by(|a, b| a.controller.cmp(&b.controller));
         owners.dedup();
         owners
+    }
+
+    /// Who holds `controller`'s device `device`, when an open request is assigned to it.
+    #[must_use]
+    pub fn holder(&self, controller: &str, device: &str) -> Option<&Holder> {
+        self.holders
+            .get(&(controller.to_owned(), device.to_owned()))
     }
 
     /// Controller `name`'s API base URL, without a trailing slash.
@@ -180,6 +206,9 @@ impl Cluster {
         }
         dir.devices
             .sort_by(|a, b| a.1.name.as_str().cmp(b.1.name.as_str()).then(a.0.cmp(&b.0)));
+        // Holders are not read here (that would mean every request): what the copy last
+        // knew, which is at most as old as its watch has been down.
+        dir.holders = self.holders_from_copy();
         Ok(dir)
     }
 }
@@ -214,6 +243,7 @@ mod tests {
                 ("c".into(), device("d1")),
                 ("b".into(), device("d2")),
             ],
+            holders: BTreeMap::new(),
         };
         assert_eq!(
             dir.owners("d1", "a"),

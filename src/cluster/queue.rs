@@ -18,7 +18,7 @@ use etcd_client::{EventType, GetOptions, KeyValue, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::directory::Directory;
+use super::directory::{Directory, Holder};
 use super::requests::{AssignmentRow, QueueSnapshot, SharedRequest, Versioned};
 use super::{Cluster, ClusterError, Member, PublishedDevice, lock};
 
@@ -216,6 +216,28 @@ impl Copy {
             Key::Other => {}
         }
         applied
+    }
+
+    /// Who holds each assigned device: an assignment whose request is still open and
+    /// names that device and controller (between a return and the owner freeing the
+    /// assignment, the request is closed and nobody holds the device).
+    fn holders(&self) -> BTreeMap<(String, String), Holder> {
+        self.assignments
+            .iter()
+            .filter_map(|(key, a)| {
+                let r = &self.requests.get(&a.assignment.request)?.value;
+                let same = r.device.as_deref() == Some(a.device.as_str())
+                    && r.owner.as_deref() == Some(a.controller.as_str());
+                (same && r.state.holds_device()).then(|| {
+                    let holder = Holder {
+                        request: r.id,
+                        assignee: r.spec.assignee.clone(),
+                        expires: r.expires,
+                    };
+                    (key.clone(), holder)
+                })
+            })
+            .collect()
     }
 
     /// The snapshot of the copy as it is now: built once per change and shared.
@@ -518,7 +540,14 @@ impl Cluster {
             revision: copy.revision,
             members: copy.members.clone(),
             devices,
+            holders: copy.holders(),
         })
+    }
+
+    /// Who holds each assigned device, as the copy knows it now (live or not; empty
+    /// before its first read).
+    pub(super) fn holders_from_copy(&self) -> BTreeMap<(String, String), Holder> {
+        lock(&self.inner.queue.copy).holders()
     }
 
     /// Request `id` from the copy while a watch feeds it: the copy's revision and the
@@ -669,6 +698,51 @@ mod tests {
                 .owner
         );
         assert!(!put(&mut copy, "controllers/rack-b", b"{}", 10).owner);
+    }
+
+    #[test]
+    fn holders_are_open_requests_their_assignment_names() {
+        let mut copy = Copy::default();
+        let assignment = |id: u64| format!(r#"{{"request": {id}}}"#);
+        // 7: pending on rack-b's sim-0001 (request() assigns sim-0001).
+        put(&mut copy, "requests/7", &request(7, Some("rack-b")), 2);
+        put(
+            &mut copy,
+            "assign/rack-b/sim-0001",
+            assignment(7).as_bytes(),
+            3,
+        );
+        let holders = copy.holders();
+        let h = holders
+            .get(&("rack-b".to_owned(), "sim-0001".to_owned()))
+            .expect("held");
+        assert_eq!(
+            (h.request, h.assignee.as_str(), h.expires),
+            (7, "alice", Millis(1_000_000))
+        );
+        assert_eq!(holders.len(), 1);
+        // An assignment whose request names another controller's device, or whose request
+        // is missing: nobody shown.
+        put(
+            &mut copy,
+            "assign/rack-c/sim-0001",
+            assignment(7).as_bytes(),
+            4,
+        );
+        put(
+            &mut copy,
+            "assign/rack-c/sim-0002",
+            assignment(9).as_bytes(),
+            5,
+        );
+        assert_eq!(copy.holders().len(), 1);
+        // Returned: closed while its assignment is still there.
+        let mut closed: SharedRequest =
+            serde_json::from_slice(&request(7, Some("rack-b"))).expect("decode");
+        closed.state = RequestState::Closed;
+        let closed = serde_json::to_vec(&closed).expect("encode");
+        put(&mut copy, "requests/7", &closed, 6);
+        assert!(copy.holders().is_empty());
     }
 
     #[test]

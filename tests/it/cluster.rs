@@ -2238,6 +2238,79 @@ async fn device_calls_reach_their_owner_through_any_controller() {
         r.headers().get("location").and_then(|v| v.to_str().ok()),
         Some(format!("{}/ui/device/sim-0003/", b.url).as_str())
     );
+
+    // rack-b's sim-0003 held through rack-a: rack-c, which takes no part in it, shows
+    // the holder and expiry in its details list and on its page, from its queue copy;
+    // rack-b's sim-0002, not held, shows none.
+    let (status, body) = request_named(&a, "sim-0003", None, "dave").await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["request"]["id"].as_u64().expect("id");
+    let s = until_ready(&a, id, Duration::from_secs(30)).await;
+    let expires = s["expires"].as_str().expect("expires").to_owned();
+    let entry = |list: &Value, name: &str| {
+        list["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .find(|d| d["name"] == name && d["controller"] == "rack-b")
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} of rack-b not listed: {list}"))
+    };
+    let t = Instant::now();
+    let held = loop {
+        let list = get_json(&c, "/api/device/list/?details=1").await;
+        let held = entry(&list, "sim-0003");
+        if held["request_id"] == id {
+            let free = entry(&list, "sim-0002");
+            assert_eq!(
+                (&free["request_id"], &free["assignee"], &free["expires"]),
+                (&Value::Null, &Value::Null, &Value::Null),
+                "{free}"
+            );
+            break held;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "rack-c shows no holder for sim-0003: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "cluster: another rack's holder listed {:?} after the request was ready",
+        t.elapsed()
+    );
+    assert_eq!(held["assignee"], "dave", "{held}");
+    assert_eq!(held["expires"], expires.as_str(), "{held}");
+    let page = http()
+        .get(format!("{}/ui/", c.url))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html")
+        .replace("&#x2f;", "/");
+    let row = |name: &str| {
+        page.split("<tr class=")
+            .find(|r| r.contains(&format!("data-name=\"{name}\"")) && r.contains(">rack-b</td>"))
+            .unwrap_or_else(|| panic!("no row for rack-b's {name}: {page}"))
+            .to_owned()
+    };
+    // The page's format for times: `2026-11-25 09:44:28`.
+    let until = expires.get(..19).expect("an ISO time").replace('T', " ");
+    let held = row("sim-0003");
+    assert!(
+        held.contains(&format!(
+            r#"<td data-label="Held by"><a href="/ui/request/{id}/">#{id}</a> dave</td>"#
+        )) && held.contains(&format!(r#"<td data-label="Until">{until}</td>"#)),
+        "{held}"
+    );
+    let free = row("sim-0002");
+    assert!(
+        free.contains(r#"<td data-label="Held by"></td>"#)
+            && free.contains(r#"<td data-label="Until"></td>"#),
+        "{free}"
+    );
 }
 
 /// A forwarded call carries the caller's token: with `[auth]` on both controllers (the

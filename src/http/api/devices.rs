@@ -194,8 +194,9 @@ pub async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 /// twice); with details, every entry gains `controller`, and another rack's device is its
 /// published pool view (`name`, `state`, `hardware_type`, `processor`, `pool`,
 /// `os_version`, `environment`, `image`, `retired`, `available`, `held`, `failed`,
-/// `imaging_server` = `controller`): its full record lives on its owner
-/// (`/api/device/{id}/details/`, forwarded there).
+/// `imaging_server` = `controller`) plus its holder from the queue copy (`request_id`, the
+/// shared request's `assignee` and `expires`, `null` when not held): its full record lives
+/// on its owner (`/api/device/{id}/details/`, forwarded there).
 fn whole_pool(
     local: &[u8],
     dir: &crate::cluster::directory::Directory,
@@ -227,10 +228,13 @@ fn whole_pool(
             continue;
         }
         let entry = if details {
+            let holder = dir.holder(controller, p.name.as_str());
             json!({
+                "assignee": holder.map(|h| &h.assignee),
                 "available": p.available,
                 "controller": controller,
                 "environment": p.environment,
+                "expires": holder.map(|h| h.expires.iso()),
                 "failed": p.failed,
                 "hardware_type": p.hardware_type,
                 "held": p.held,
@@ -240,6 +244,7 @@ fn whole_pool(
                 "os_version": p.os_version,
                 "pool": p.pool,
                 "processor": p.processor,
+                "request_id": holder.map(|h| h.request),
                 "retired": p.retired,
                 "state": p.state,
             })

@@ -188,6 +188,7 @@ mod tests {
         let mut first = view::device_view(&held, Some(&r), Some(log.clone())).row;
         first.controller = Some(EVIL.into());
         first.href = Some(format!("http://127.0.0.1:1/{EVIL}"));
+        first.request_href = Some(format!("/ui/request/{EVIL}/"));
         let rows = vec![
             first,
             view::device_view(&failed, None, None).row,
@@ -387,6 +388,45 @@ mod tests {
             .render("error.html", context! { layout => layout("error") })
             .expect_err("missing variables are errors");
         assert!(err.to_string().contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn another_racks_row_shows_its_holder_as_a_local_row_does() {
+        let p = crate::cluster::ready_device("sim-0003");
+        let holder = crate::cluster::directory::Holder {
+            request: 41,
+            assignee: "dave".into(),
+            expires: Millis(1_700_000_000_123),
+        };
+        let held = view::remote_row("rack-b", Some("http://127.0.0.1:1"), &p, Some(&holder));
+        assert_eq!(
+            (held.request, held.assignee.as_str(), held.until.as_str()),
+            (Some(41), "dave", "2023-11-14 22:13:20")
+        );
+        assert_eq!(held.request_href.as_deref(), Some("/ui/request/41/"));
+        assert_eq!(
+            held.look.class, "held",
+            "held though not yet published held"
+        );
+        let free = view::remote_row("rack-b", None, &p, None);
+        assert_eq!(
+            (free.request, free.assignee.as_str(), free.until.as_str()),
+            (None, "", "")
+        );
+        assert_eq!((free.request_href, free.look.class), (None, "idle"));
+        // The page's cell links the shared request's page, not this rack's request list.
+        let ui = Ui::new();
+        let pool = view::summarize(1, vec![held], true);
+        let c = context! {
+            pool => minijinja::Value::from(Serde(&pool)),
+            ..fixture()
+        };
+        let html = ui.render("pool.html", c).expect("render");
+        assert!(
+            html.contains(r#"<td data-label="Held by"><a href="&#x2f;ui&#x2f;request&#x2f;41&#x2f;">#41</a> dave</td>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<td data-label="Until">2023-11-14 22:13:20</td>"#));
     }
 
     #[test]

@@ -253,7 +253,8 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
         Ok(dir) => {
             for (c, p) in &dir.devices {
                 if c != me && !p.retired {
-                    rows.push(view::remote_row(c, dir.url_of(c).as_deref(), p));
+                    let holder = dir.holder(c, p.name.as_str());
+                    rows.push(view::remote_row(c, dir.url_of(c).as_deref(), p, holder));
                 }
             }
             u64::try_from(dir.revision).unwrap_or(0)

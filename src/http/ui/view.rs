@@ -92,6 +92,10 @@ pub struct DeviceRowView {
     /// controller's `/ui/device/{name}/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub href: Option<String>,
+    /// Cluster mode, another rack's held device: the shared request's page (absent: the
+    /// request's row on this controller's `/ui/requests/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_href: Option<String>,
 }
 
 /// Devices per state and look (a held `ready` device counts apart from a free one), for
@@ -162,17 +166,22 @@ fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> Dev
         needs_tech: d.needs_tech(),
         controller: None,
         href: None,
+        request_href: None,
     }
 }
 
-/// Cluster mode: the row of another controller's device, from its published pool view.
-/// Its holder and log live on its owner, so those cells stay empty (a held device shows
-/// as "in use"); `url` is the owner's API base URL, when it published one.
+/// Cluster mode: the row of another controller's device, from its published pool view and
+/// `holder`, the shared request its assignment names (what the queue copy knows). The
+/// holder cells read as a local row's (`#id assignee`, the expiry in [`when`]'s format), the
+/// request linked to its shared page, which any controller answers. Its log lives on its
+/// owner, so those cells stay empty; `url` is the owner's API base URL, when it published
+/// one.
 #[must_use]
 pub fn remote_row(
     controller: &str,
     url: Option<&str>,
     p: &crate::cluster::PublishedDevice,
+    holder: Option<&crate::cluster::directory::Holder>,
 ) -> DeviceRowView {
     let state = p.state.parse().unwrap_or(DeviceState::Unknown);
     let name = p.name.to_string();
@@ -184,7 +193,9 @@ pub fn remote_row(
         }),
         name,
         state: p.state.clone(),
-        look: look(state, p.held),
+        // As a local row: held when published held or when a request holds it (the owner
+        // may not have published its hold yet).
+        look: look(state, p.held || holder.is_some()),
         hardware_type: p
             .hardware_type
             .clone()
@@ -192,13 +203,14 @@ pub fn remote_row(
             .unwrap_or_default(),
         pool: p.pool.clone().unwrap_or_default(),
         environment: p.environment.clone().map(String::from).unwrap_or_default(),
-        request: None,
-        assignee: String::new(),
-        until: String::new(),
+        request: holder.map(|h| h.request),
+        assignee: holder.map(|h| h.assignee.clone()).unwrap_or_default(),
+        until: holder.map(|h| when(h.expires)).unwrap_or_default(),
         last_log: String::new(),
         last_log_time: String::new(),
         needs_tech: None,
         controller: Some(controller.to_owned()),
+        request_href: holder.map(|h| format!("/ui/request/{}/", h.request)),
     }
 }
 
