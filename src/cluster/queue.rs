@@ -10,7 +10,7 @@
 //! forward: a later read is linearizable, so it is at least as new as anything seen.
 //! A copy that is behind is harmless: every write is compare-guarded and loses its race.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::directory::{Directory, Holder};
-use super::requests::{AssignmentRow, QueueSnapshot, SharedRequest, Versioned};
+use super::requests::{
+    AssignmentRow, ENDED_IN_SNAPSHOT, EndedRow, QueueSnapshot, SharedRequest, Versioned, ended_at,
+    in_passes,
+};
 use super::{Cluster, ClusterError, Member, PublishedDevice, lock};
 
 /// Pause before reading again after a failed read or watch.
@@ -35,7 +38,14 @@ pub(super) struct Copy {
     live: bool,
     /// The revision the copy reflects.
     revision: i64,
+    /// Every request kept in etcd, ended ones too (status calls read them here).
     requests: BTreeMap<u64, Arc<Versioned<SharedRequest>>>,
+    /// The requests the passes work on ([`in_passes`]): what a snapshot holds.
+    active: BTreeSet<u64>,
+    /// The others, by when they ended: the sweep takes them from the front.
+    ended: BTreeSet<(crate::domain::clock::Millis, u64)>,
+    /// How many assignments name each request.
+    held: HashMap<u64, usize>,
     assignments: BTreeMap<(String, String), AssignmentRow>,
     devices: BTreeMap<(String, String), PublishedDevice>,
     /// `controllers/<name>`: who is present and where its API answers.
@@ -127,6 +137,7 @@ impl Copy {
             Key::Request(id) => match serde_json::from_slice::<SharedRequest>(raw_value) {
                 Ok(value) => {
                     let owner = applied.owner || value.owner.as_deref() == Some(me);
+                    self.unindex(id);
                     self.requests.insert(
                         id,
                         Arc::new(Versioned {
@@ -134,28 +145,29 @@ impl Copy {
                             mod_revision,
                         }),
                     );
+                    self.index(id);
                     return Applied { owner, ..applied };
                 }
                 Err(e) => {
                     bad(e);
-                    self.requests.remove(&id);
+                    self.remove_request(id);
                 }
             },
             Key::Assignment(c, d) => match serde_json::from_slice(raw_value) {
                 Ok(assignment) => {
-                    self.assignments.insert(
+                    self.set_assignment(
                         (c.clone(), d.clone()),
-                        AssignmentRow {
+                        Some(AssignmentRow {
                             controller: c,
                             device: d,
                             assignment,
                             create_revision,
-                        },
+                        }),
                     );
                 }
                 Err(e) => {
                     bad(e);
-                    self.assignments.remove(&(c, d));
+                    self.set_assignment((c, d), None);
                 }
             },
             Key::Device(c, d) => match serde_json::from_slice(raw_value) {
@@ -201,12 +213,8 @@ impl Copy {
         let key = classify_key(prefix, key);
         let applied = self.touches(&key, me);
         match key {
-            Key::Request(id) => {
-                self.requests.remove(&id);
-            }
-            Key::Assignment(c, d) => {
-                self.assignments.remove(&(c, d));
-            }
+            Key::Request(id) => self.remove_request(id),
+            Key::Assignment(c, d) => self.set_assignment((c, d), None),
             Key::Device(c, d) => {
                 self.devices.remove(&(c, d));
             }
@@ -240,11 +248,83 @@ impl Copy {
             .collect()
     }
 
+    /// Take request `id` out of [`Copy::active`] and [`Copy::ended`] before it or its
+    /// assignments change.
+    fn unindex(&mut self, id: u64) {
+        self.active.remove(&id);
+        if let Some(r) = self.requests.get(&id) {
+            self.ended.remove(&(ended_at(&r.value), id));
+        }
+    }
+
+    /// Put request `id` back in [`Copy::active`] or [`Copy::ended`], as it is now.
+    fn index(&mut self, id: u64) {
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        if in_passes(&r.value, self.held.get(&id).is_some_and(|n| *n > 0)) {
+            self.active.insert(id);
+        } else {
+            self.ended.insert((ended_at(&r.value), id));
+        }
+    }
+
+    fn remove_request(&mut self, id: u64) {
+        self.unindex(id);
+        self.requests.remove(&id);
+    }
+
+    /// Set (or with `None` delete) the assignment of a device, keeping the requests it
+    /// names in the right index.
+    fn set_assignment(&mut self, key: (String, String), row: Option<AssignmentRow>) {
+        let new = row.as_ref().map(|r| r.assignment.request);
+        let old = match row {
+            Some(row) => self.assignments.insert(key, row),
+            None => self.assignments.remove(&key),
+        }
+        .map(|r| r.assignment.request);
+        if old == new {
+            return;
+        }
+        if let Some(id) = old {
+            self.unindex(id);
+            if let Some(n) = self.held.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held.remove(&id);
+                }
+            }
+            self.index(id);
+        }
+        if let Some(id) = new {
+            self.unindex(id);
+            *self.held.entry(id).or_default() += 1;
+            self.index(id);
+        }
+    }
+
     /// The snapshot of the copy as it is now: built once per change and shared.
     fn snapshot(&mut self) -> Arc<QueueSnapshot> {
         let snap = self.cached.get_or_insert_with(|| {
             Arc::new(QueueSnapshot {
-                requests: self.requests.values().cloned().collect(),
+                requests: self
+                    .active
+                    .iter()
+                    .filter_map(|id| self.requests.get(id).cloned())
+                    .collect(),
+                oldest_ended: self
+                    .ended
+                    .iter()
+                    .take(ENDED_IN_SNAPSHOT)
+                    .filter_map(|&(ended, id)| {
+                        let r = self.requests.get(&id)?;
+                        Some(EndedRow {
+                            id,
+                            mod_revision: r.mod_revision,
+                            ended,
+                        })
+                    })
+                    .collect(),
                 assignments: self.assignments.values().cloned().collect(),
                 devices: self
                     .devices
@@ -644,6 +724,7 @@ impl Cluster {
 mod tests {
     use super::*;
     use crate::cluster::requests::test_request;
+    use crate::domain::clock::Millis;
     use crate::domain::request_state::RequestState;
 
     const PREFIX: &str = "/mp/";
@@ -758,6 +839,63 @@ mod tests {
         assert_eq!(second.requests.len(), 2);
         copy.delete(PREFIX, format!("{PREFIX}requests/7").as_bytes(), "rack-a");
         assert_eq!(copy.snapshot().requests.len(), 1);
+    }
+
+    /// An ended request stays in the snapshots while its device's assignment is there;
+    /// then only the oldest ended ones are named, longest ended first, for the sweep.
+    #[test]
+    fn ended_requests_leave_the_snapshot_once_their_device_is_freed() {
+        let ended = |id: u64, at: u64| {
+            let mut r = test_request(id, "alice");
+            r.state = RequestState::Closed;
+            r.ended = Some(Millis(at));
+            serde_json::to_vec(&r).expect("encode")
+        };
+        let ids = |copy: &mut Copy| -> Vec<u64> {
+            copy.snapshot()
+                .requests
+                .iter()
+                .map(|r| r.value.id)
+                .collect()
+        };
+        let swept = |copy: &mut Copy| -> Vec<(u64, i64, u64)> {
+            copy.snapshot()
+                .oldest_ended
+                .iter()
+                .map(|e| (e.id, e.mod_revision, e.ended.0))
+                .collect()
+        };
+        let mut copy = Copy::default();
+        put(&mut copy, "requests/7", &request(7, Some("rack-a")), 2);
+        put(&mut copy, "assign/rack-a/sim-0001", br#"{"request": 7}"#, 3);
+        put(&mut copy, "requests/8", &request(8, None), 4);
+        put(&mut copy, "requests/7", &ended(7, 500), 5);
+        assert_eq!(ids(&mut copy), [7, 8], "7 ended but still holds its device");
+        assert!(swept(&mut copy).is_empty());
+        // Older ended requests, loaded before their assignment events (a full read puts
+        // keys in key order: assign/ before requests/).
+        put(&mut copy, "assign/rack-b/sim-0002", br#"{"request": 9}"#, 6);
+        put(&mut copy, "requests/9", &ended(9, 100), 6);
+        put(&mut copy, "requests/10", &ended(10, 300), 6);
+        assert_eq!(ids(&mut copy), [7, 8, 9]);
+        assert_eq!(swept(&mut copy), [(10, 6, 300)]);
+        copy.delete(
+            PREFIX,
+            format!("{PREFIX}assign/rack-a/sim-0001").as_bytes(),
+            "rack-a",
+        );
+        assert_eq!(ids(&mut copy), [8, 9]);
+        assert_eq!(swept(&mut copy), [(10, 6, 300), (7, 5, 500)]);
+        // The assignment of one device moves to another request: 9 is freed.
+        put(&mut copy, "assign/rack-b/sim-0002", br#"{"request": 8}"#, 7);
+        assert_eq!(ids(&mut copy), [8]);
+        assert_eq!(swept(&mut copy), [(9, 6, 100), (10, 6, 300), (7, 5, 500)]);
+        copy.delete(PREFIX, format!("{PREFIX}requests/9").as_bytes(), "rack-a");
+        assert_eq!(swept(&mut copy), [(10, 6, 300), (7, 5, 500)]);
+        assert!(
+            copy.requests.contains_key(&10),
+            "status calls still find it"
+        );
     }
 
     #[test]

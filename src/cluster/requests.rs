@@ -164,13 +164,47 @@ pub struct AssignmentRow {
 /// Everything a scheduler pass needs, read in one transaction (one revision).
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
-    /// Every request record, shared with the copy it was taken from: a pass's snapshot
-    /// costs a reference count per record, not a deep clone.
+    /// The requests the passes work on ([`in_passes`]), by id: every open request, and
+    /// every ended one whose device's assignment is still there. Shared with the copy it
+    /// was taken from: a pass's snapshot costs a reference count per record, not a deep
+    /// clone. The other ended requests (kept `cluster.keep_closed_s`, a day by default)
+    /// stay out, so a busy lab's day of them costs a pass nothing.
     pub requests: Vec<Arc<Versioned<SharedRequest>>>,
+    /// The longest-ended of the requests left out, at most [`ENDED_IN_SNAPSHOT`], longest
+    /// first: what the scheduler deletes next.
+    pub oldest_ended: Vec<EndedRow>,
     /// Every assignment.
     pub assignments: Vec<AssignmentRow>,
     /// Every published device: (controller, view).
     pub devices: Vec<(String, PublishedDevice)>,
+}
+
+/// An ended request whose device is freed, as the sweep of ended requests needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndedRow {
+    /// The request.
+    pub id: u64,
+    /// Its key's mod revision (the deletion's guard).
+    pub mod_revision: i64,
+    /// When it ended ([`ended_at`]).
+    pub ended: Millis,
+}
+
+/// How many of the ended requests left out of a [`QueueSnapshot`] it names.
+pub const ENDED_IN_SNAPSHOT: usize = 64;
+
+/// Whether the scheduler and owner passes work on `r`: it is open, or its device's
+/// assignment (`held`) has not been freed yet.
+#[must_use]
+pub fn in_passes(r: &SharedRequest, held: bool) -> bool {
+    r.state.is_open() || held
+}
+
+/// When an ended request ended (records from before `ended` was kept count from
+/// `expires`).
+#[must_use]
+pub fn ended_at(r: &SharedRequest) -> Millis {
+    r.ended.unwrap_or(r.expires)
 }
 
 /// The counter's value: only its version counts.
@@ -665,8 +699,9 @@ impl Cluster {
             .await?;
         let responses = resp.op_responses();
         let mut snap = QueueSnapshot::default();
+        let mut requests = Vec::new();
         for kv in gets(&responses, 0) {
-            snap.requests.push(Arc::new(Versioned {
+            requests.push(Arc::new(Versioned {
                 value: decode(kv.key(), kv.value())?,
                 mod_revision: kv.mod_revision(),
             }));
@@ -693,7 +728,55 @@ impl Cluster {
                     .push((controller, decode(kv.key(), kv.value())?));
             }
         }
+        let held: std::collections::HashSet<u64> = snap
+            .assignments
+            .iter()
+            .map(|a| a.assignment.request)
+            .collect();
+        let mut ended = Vec::new();
+        for r in requests {
+            if in_passes(&r.value, held.contains(&r.value.id)) {
+                snap.requests.push(r);
+            } else {
+                ended.push(EndedRow {
+                    id: r.value.id,
+                    mod_revision: r.mod_revision,
+                    ended: ended_at(&r.value),
+                });
+            }
+        }
+        ended.sort_by_key(|e| (e.ended, e.id));
+        ended.truncate(ENDED_IN_SNAPSHOT);
+        snap.oldest_ended = ended;
         Ok(snap)
+    }
+
+    /// Every request (ended ones too, as long as they are kept) and every published
+    /// device, at one revision: the request list.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot be read.
+    pub async fn all_requests(
+        &self,
+    ) -> Result<(Vec<SharedRequest>, Vec<(String, PublishedDevice)>), ClusterError> {
+        let prefixed = |k: &str| TxnOp::get(self.key(k), Some(GetOptions::new().with_prefix()));
+        let resp = self
+            .read(Txn::new().and_then([prefixed("requests/"), prefixed("devices/")]))
+            .await?;
+        let responses = resp.op_responses();
+        let requests = gets(&responses, 0)
+            .iter()
+            .map(|kv| decode(kv.key(), kv.value()))
+            .collect::<Result<Vec<SharedRequest>, _>>()?;
+        let mut devices = Vec::new();
+        let dir = self.key("devices/");
+        for kv in gets(&responses, 1) {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if let Some((controller, _)) = key.strip_prefix(&dir).and_then(|r| r.split_once('/')) {
+                devices.push((controller.to_owned(), decode(kv.key(), kv.value())?));
+            }
+        }
+        Ok((requests, devices))
     }
 
     /// Wait until request `id`'s key changes after `revision` (or `within` passes), with a

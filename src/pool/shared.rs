@@ -29,7 +29,8 @@ pub const IDLE: Duration = Duration::from_secs(1);
 /// The shortest wait for a time-based deadline.
 const MIN_WAIT: Duration = Duration::from_millis(20);
 
-/// At most this many ended requests are deleted per scheduler pass, so a backlog does not
+/// At most this many ended requests are deleted per scheduler pass (at most the
+/// snapshot's [`crate::cluster::requests::ENDED_IN_SNAPSHOT`]), so a backlog does not
 /// hold up assignments.
 const SWEEP_BATCH: usize = 64;
 
@@ -388,28 +389,22 @@ async fn owner_loop(mut owner: Owner, wake: &tokio::sync::Notify, stop: &Cancell
 /// is still assigned waits for its owner, which is an event). At least [`MIN_WAIT`], so a
 /// deadline a failed pass left behind does not spin.
 fn next_deadline(snap: &QueueSnapshot, now: Millis, keep: Duration) -> Option<Duration> {
-    let held: HashSet<u64> = snap
-        .assignments
-        .iter()
-        .map(|a| a.assignment.request)
-        .collect();
-    let at = snap
-        .requests
-        .iter()
-        .filter_map(|r| {
-            let v = &r.value;
-            if v.state.is_open() {
-                let wait = waiting(v)
-                    .then(|| v.spec.wait.map(|w| v.since.plus(Duration::from_secs(w))))
-                    .flatten();
-                Some(wait.map_or(v.expires, |w| w.min(v.expires)))
-            } else if held.contains(&v.id) {
-                None
-            } else {
-                Some(v.ended.unwrap_or(v.expires).plus(keep).plus(SWEEP_SLACK))
-            }
+    // An ended request in the snapshot still has its device's assignment: nothing is due
+    // for it until its owner frees the device.
+    let open = snap.requests.iter().filter_map(|r| {
+        let v = &r.value;
+        v.state.is_open().then(|| {
+            let wait = waiting(v)
+                .then(|| v.spec.wait.map(|w| v.since.plus(Duration::from_secs(w))))
+                .flatten();
+            wait.map_or(v.expires, |w| w.min(v.expires))
         })
-        .min()?;
+    });
+    let sweep = snap
+        .oldest_ended
+        .first()
+        .map(|e| e.ended.plus(keep).plus(SWEEP_SLACK));
+    let at = open.chain(sweep).min()?;
     Some(Duration::from_millis(at.0.saturating_sub(now.0)).max(MIN_WAIT))
 }
 
@@ -469,20 +464,11 @@ async fn schedule(
     // Ended requests kept long enough, whose device (if any) its owner has freed: deleted
     // with their idempotency keys, so etcd and every pass's read stay small.
     let keep = cluster.keep_closed();
-    let held: HashSet<u64> = snap
-        .assignments
-        .iter()
-        .map(|a| a.assignment.request)
-        .collect();
     let due: Vec<(u64, i64, Millis)> = snap
-        .requests
+        .oldest_ended
         .iter()
-        .filter_map(|r| {
-            let v = &r.value;
-            let at = v.ended.unwrap_or(v.expires).plus(keep);
-            (!v.state.is_open() && !done.contains(&v.id) && !held.contains(&v.id) && at <= now)
-                .then_some((v.id, r.mod_revision, at))
-        })
+        .map(|e| (e.id, e.mod_revision, e.ended.plus(keep)))
+        .filter(|d| d.2 <= now)
         .collect();
     let sweep = due.len() >= SWEEP_BATCH || due.iter().any(|d| d.2.plus(SWEEP_SLACK) <= now);
     let ended: Vec<(u64, i64)> = due
@@ -1213,6 +1199,7 @@ mod tests {
                 ("rack-b".into(), held_b),
                 ("rack-c".into(), device("sim-0001")),
             ],
+            oldest_ended: Vec::new(),
         }
     }
 

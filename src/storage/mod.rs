@@ -1183,7 +1183,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while store.read_blocking(|s| s.meta_value("detached")).expect("read") != Some(4) {
+        while store
+            .read_blocking(|s| s.meta_value("detached"))
+            .expect("read")
+            != Some(4)
+        {
             assert!(Instant::now() < deadline, "detached writes not committed");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -1193,7 +1197,9 @@ mod tests {
         store.write_detached(|tx, _| next_counter(tx, "detached").map(|_| ()));
         count(&store).expect("waited write");
         assert_eq!(
-            store.read_blocking(|s| s.meta_value("detached")).expect("read"),
+            store
+                .read_blocking(|s| s.meta_value("detached"))
+                .expect("read"),
             Some(5)
         );
     }

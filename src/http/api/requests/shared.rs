@@ -3,6 +3,7 @@
 //! scheduler and the owners (`pool::shared`) move the requests on; these handlers only
 //! create, read, renew and return.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -231,20 +232,21 @@ pub async fn list(
     cluster: &Cluster,
     include_closed: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let snap = cluster.queue_snapshot().await?;
-    let rows: Vec<Value> = snap
-        .requests
+    let (requests, devices) = cluster.all_requests().await?;
+    let states: HashMap<(&str, &str), &str> = devices
         .iter()
-        .map(|r| &r.value)
+        .map(|(c, d)| ((c.as_str(), d.name.as_str()), d.state.as_str()))
+        .collect();
+    let rows: Vec<Value> = requests
+        .iter()
         .filter(|r| include_closed || r.state.is_open())
         .map(|r| {
-            let device_state = snap
-                .devices
-                .iter()
-                .find(|(c, d)| {
-                    Some(c) == r.owner.as_ref() && Some(d.name.as_str()) == r.device.as_deref()
-                })
-                .map_or(String::new(), |(_, d)| d.state.clone());
+            let device_state = r
+                .owner
+                .as_deref()
+                .zip(r.device.as_deref())
+                .and_then(|k| states.get(&k).copied())
+                .unwrap_or_default();
             let mut v = request_json(r, &ctx.base_url);
             v["device_state"] = json!(device_state);
             v["open"] = json!(r.state.is_open());
