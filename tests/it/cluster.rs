@@ -2311,6 +2311,30 @@ async fn device_calls_reach_their_owner_through_any_controller() {
             && free.contains(r#"<td data-label="Until"></td>"#),
         "{free}"
     );
+
+    // The owner itself names the shared request too, not its private local mirror.
+    let own = get_json(&b, "/api/device/list/?details=1").await;
+    assert_eq!(entry(&own, "sim-0003")["request_id"], id, "{own}");
+    assert_eq!(entry(&own, "sim-0002")["request_id"], Value::Null, "{own}");
+    let page = http()
+        .get(format!("{}/ui/", b.url))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html")
+        .replace("&#x2f;", "/");
+    let own = page
+        .split("<tr class=")
+        .find(|r| r.contains("data-name=\"sim-0003\"") && r.contains(">rack-b</td>"))
+        .unwrap_or_else(|| panic!("no row for sim-0003 on rack-b: {page}"));
+    assert!(
+        own.contains(&format!(
+            r#"<td data-label="Held by"><a href="/ui/request/{id}/">#{id}</a> dave</td>"#
+        )),
+        "{own}"
+    );
 }
 
 /// A forwarded call carries the caller's token: with `[auth]` on both controllers (the

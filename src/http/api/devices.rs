@@ -220,6 +220,14 @@ fn whole_pool(
         };
         if let Some(o) = d.as_object_mut() {
             o.insert("controller".into(), json!(me));
+            // The local request holding it is the owner's private mirror: clients know the
+            // shared request, as for another rack's device.
+            if o.contains_key("request_id") {
+                o.insert(
+                    "request_id".into(),
+                    json!(dir.holder(me, &name).map(|h| h.request)),
+                );
+            }
         }
         all.push((name, me.to_owned(), d));
     }

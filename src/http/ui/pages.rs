@@ -251,6 +251,9 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
     }
     let revision = match cluster.directory().await {
         Ok(dir) => {
+            for r in &mut rows {
+                view::show_shared_holder(r, dir.holder(me, &r.name));
+            }
             for (c, p) in &dir.devices {
                 if c != me && !p.retired {
                     let holder = dir.holder(c, p.name.as_str());
@@ -362,9 +365,19 @@ async fn device(ctx: &Ctx, name: DeviceName) -> Result<Response<Body>, ApiError>
             Ok((dv, log, history))
         })
         .await?;
-    let (Some(dv), Some(history)) = (dv, history) else {
+    let (Some(mut dv), Some(history)) = (dv, history) else {
         return Err(ApiError::not_found(format!("no device named {name}")));
     };
+    if let Some(cluster) = &ctx.svc.cluster {
+        match cluster.directory().await {
+            Ok(dir) => {
+                view::show_shared_holder(&mut dv.row, dir.holder(cluster.name(), name.as_str()));
+            }
+            // Without the copy the shared request is unknown; the local mirror's id would
+            // name some other request.
+            Err(_) => view::show_shared_holder(&mut dv.row, None),
+        }
+    }
     let next_before = if log.len() == LOG_PAGE {
         log.last().map(|l| l.id)
     } else {

@@ -92,7 +92,7 @@ pub struct DeviceRowView {
     /// controller's `/ui/device/{name}/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub href: Option<String>,
-    /// Cluster mode, another rack's held device: the shared request's page (absent: the
+    /// Cluster mode, a held device (of any rack): the shared request's page (absent: the
     /// request's row on this controller's `/ui/requests/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_href: Option<String>,
@@ -168,6 +168,20 @@ fn row(d: &Device, holder: Option<&StoredRequest>, log: Option<LogEntry>) -> Dev
         href: None,
         request_href: None,
     }
+}
+
+/// Cluster mode: what a row of this controller's own device says about its holder. The
+/// local request holding it is the owner's private mirror, whose id means nothing to
+/// clients (request ids are the shared ones), so the row names the shared request its
+/// assignment holds, as another rack's row does; none while the queue copy shows none.
+pub fn show_shared_holder(
+    row: &mut DeviceRowView,
+    holder: Option<&crate::cluster::directory::Holder>,
+) {
+    row.request = holder.map(|h| h.request);
+    row.assignee = holder.map(|h| h.assignee.clone()).unwrap_or_default();
+    row.until = holder.map(|h| when(h.expires)).unwrap_or_default();
+    row.request_href = holder.map(|h| format!("/ui/request/{}/", h.request));
 }
 
 /// Cluster mode: the row of another controller's device, from its published pool view and
