@@ -2281,21 +2281,8 @@ async fn device_calls_reach_their_owner_through_any_controller() {
     );
     assert_eq!(held["assignee"], "dave", "{held}");
     assert_eq!(held["expires"], expires.as_str(), "{held}");
-    let page = http()
-        .get(format!("{}/ui/", c.url))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html")
-        .replace("&#x2f;", "/");
-    let row = |name: &str| {
-        page.split("<tr class=")
-            .find(|r| r.contains(&format!("data-name=\"{name}\"")) && r.contains(">rack-b</td>"))
-            .unwrap_or_else(|| panic!("no row for rack-b's {name}: {page}"))
-            .to_owned()
-    };
+    let page = ui_page(&c, "/ui/").await;
+    let row = |name: &str| pool_row(&page, name, "rack-b");
     // The page's format for times: `2026-11-25 09:44:28`.
     let until = expires.get(..19).expect("an ISO time").replace('T', " ");
     let held = row("sim-0003");
@@ -2316,24 +2303,20 @@ async fn device_calls_reach_their_owner_through_any_controller() {
     let own = get_json(&b, "/api/device/list/?details=1").await;
     assert_eq!(entry(&own, "sim-0003")["request_id"], id, "{own}");
     assert_eq!(entry(&own, "sim-0002")["request_id"], Value::Null, "{own}");
-    let page = http()
-        .get(format!("{}/ui/", b.url))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html")
-        .replace("&#x2f;", "/");
-    let own = page
-        .split("<tr class=")
-        .find(|r| r.contains("data-name=\"sim-0003\"") && r.contains(">rack-b</td>"))
-        .unwrap_or_else(|| panic!("no row for sim-0003 on rack-b: {page}"));
+    let page = ui_page(&b, "/ui/").await;
+    let own = pool_row(&page, "sim-0003", "rack-b");
     assert!(
         own.contains(&format!(
             r#"<td data-label="Held by"><a href="/ui/request/{id}/">#{id}</a> dave</td>"#
         )),
         "{own}"
+    );
+    let device = ui_page(&b, "/ui/device/sim-0003/").await;
+    assert!(
+        device.contains(&format!(
+            r#"Held by request <a href="/ui/request/{id}/">#{id}</a> for dave"#
+        )),
+        "{device}"
     );
 }
 
@@ -2438,13 +2421,28 @@ async fn request_named_with(
 /// `GET /ui/request/{id}/` through `c`: the page's HTML, with the slashes the template
 /// escapes put back.
 async fn request_page(c: &Controller, id: u64) -> String {
+    ui_page(c, &format!("/ui/request/{id}/")).await
+}
+
+/// A page through `c` (200 expected), with the slashes the template escapes put back.
+async fn ui_page(c: &Controller, path: &str) -> String {
     let r = http()
-        .get(format!("{}/ui/request/{id}/", c.url))
+        .get(format!("{}{path}", c.url))
         .send()
         .await
         .expect("page");
-    assert_eq!(r.status(), 200, "request page {id} through {}", c.name);
+    assert_eq!(r.status(), 200, "{path} through {}", c.name);
     r.text().await.expect("html").replace("&#x2f;", "/")
+}
+
+/// The pool page's row for `controller`'s `device`.
+fn pool_row<'a>(page: &'a str, device: &str, controller: &str) -> &'a str {
+    page.split("<tr class=")
+        .find(|r| {
+            r.contains(&format!("data-name=\"{device}\""))
+                && r.contains(&format!(">{controller}</td>"))
+        })
+        .unwrap_or_else(|| panic!("no row for {controller}'s {device}: {page}"))
 }
 
 /// Named-device requests pick their rack (`?controller=`, or the only rack publishing the
