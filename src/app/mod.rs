@@ -460,6 +460,10 @@ impl App {
         {
             tracing::warn!("background tasks did not stop within {EXIT_DEADLINE:?}");
         }
+        // The last calls' audit lines may still wait in the writer for company.
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "the last log lines could not be committed");
+        }
         // The service's own adb server (started by the first adb check) must not outlive it.
         let adb = &self.lifeguard.hardware().adb;
         if adb.path().is_file() {

@@ -560,6 +560,15 @@ impl Store {
         }
     }
 
+    /// Commit every write submitted before this call, detached ones included (a batch of
+    /// only those waits up to [`DETACHED_LINGER`] otherwise): what shutdown does last.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(|_, _| Ok(())).await
+    }
+
     /// Blocking form of [`Store::write`] for threads outside the runtime.
     ///
     /// # Errors
