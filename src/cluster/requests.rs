@@ -46,6 +46,11 @@ pub struct SharedRequest {
     pub owner_token: Option<String>,
     /// Arrival in the queue (kept when a request goes back to waiting).
     pub since: Millis,
+    /// When it last went back to waiting after an assignment fell through (absent: it has
+    /// waited since `since`). A request without `wait` searches a bounded time from here,
+    /// as single-rack mode's search counters restart when a request searches again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeued: Option<Millis>,
     /// When it was returned, expired or failed: the scheduler deletes it
     /// `cluster.keep_closed_s` later (records without it count from `expires`).
     #[serde(default)]
@@ -98,6 +103,23 @@ impl SharedRequest {
         self.push_log(now, source, message);
     }
 
+    /// Back to waiting at `now` (its assignment fell through), with the log line saying
+    /// why: no device, no owner, and a fresh bounded search (`requeued`).
+    pub fn requeue(&mut self, now: Millis, source: &str, message: impl Into<String>) {
+        self.state = RequestState::Queued;
+        self.device = None;
+        self.owner = None;
+        self.requeued = Some(now);
+        self.push_log(now, source, message);
+    }
+
+    /// When it began its current wait for a device: its last return to the queue, else its
+    /// arrival.
+    #[must_use]
+    pub fn waiting_since(&self) -> Millis {
+        self.requeued.unwrap_or(self.since)
+    }
+
     /// `self` with one more log line (see [`SharedRequest::push_log`]).
     #[must_use]
     pub fn with_log(mut self, ts: Millis, source: &str, message: impl Into<String>) -> Self {
@@ -127,6 +149,7 @@ pub(crate) fn test_request(id: u64, assignee: &str) -> SharedRequest {
         explanation: None,
         owner_token: None,
         since: Millis(id),
+        requeued: None,
         ended: None,
         log: Vec::new(),
     }

@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DeviceChoice, DeviceView, Event, Holder, Pool, QueuePolicy, QueuedRequest, RequestState,
+    DeviceChoice, DeviceView, Event, Explanation, Holder, Pool, QueuePolicy, QueuedRequest,
+    RequestState, Timings,
 };
 use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest, Versioned};
 use crate::cluster::{Cluster, ClusterError, PublishedDevice};
@@ -291,6 +292,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let wake = Arc::new(tokio::sync::Notify::new());
+    // The scheduler bounds the search of requests without `wait` by this rack's request
+    // timings, the ones its single-rack requests use.
+    let timings = pool.timings().clone();
     let owner = Owner {
         cluster: cluster.clone(),
         pool,
@@ -303,7 +307,7 @@ pub async fn run(
     // Two loops, so the owner's reaction to an assignment does not wait behind a scheduler
     // pass's transactions (and the reverse).
     tokio::join!(
-        scheduler_loop(&cluster, &clock, &policy, &stop),
+        scheduler_loop(&cluster, &clock, &policy, &timings, &stop),
         owner_loop(owner, &wake, &stop),
     );
 }
@@ -320,6 +324,7 @@ async fn scheduler_loop(
     cluster: &Cluster,
     clock: &Arc<dyn Clock>,
     policy: &QueuePolicy,
+    timings: &Timings,
     stop: &CancellationToken,
 ) {
     let mut queue_rx = cluster.queue_changes();
@@ -334,10 +339,10 @@ async fn scheduler_loop(
             && let Some(snap) = current(cluster)
         {
             let now = clock.now();
-            if let Some(due) = next_deadline(&snap, now, cluster.keep_closed()) {
+            if let Some(due) = next_deadline(&snap, now, cluster.keep_closed(), timings) {
                 next = next.min(tokio::time::Instant::now() + due);
             }
-            if let Err(e) = schedule(cluster, &snap, now, policy).await {
+            if let Err(e) = schedule(cluster, &snap, now, policy, timings).await {
                 tracing::debug!(error = %e, "cluster: scheduler pass stopped");
             }
         }
@@ -385,18 +390,21 @@ async fn owner_loop(mut owner: Owner, wake: &tokio::sync::Notify, stop: &Cancell
 }
 
 /// How long until the next time-based change the scheduler makes: an open request
-/// expiring, a wait running out, an ended request due for deletion (one whose device
-/// is still assigned waits for its owner, which is an event). At least [`MIN_WAIT`], so a
-/// deadline a failed pass left behind does not spin.
-fn next_deadline(snap: &QueueSnapshot, now: Millis, keep: Duration) -> Option<Duration> {
+/// expiring, a wait or a bounded search running out ([`wait_over`]), an ended request due
+/// for deletion (one whose device is still assigned waits for its owner, which is an
+/// event). At least [`MIN_WAIT`], so a deadline a failed pass left behind does not spin.
+fn next_deadline(
+    snap: &QueueSnapshot,
+    now: Millis,
+    keep: Duration,
+    timings: &Timings,
+) -> Option<Duration> {
     // An ended request in the snapshot still has its device's assignment: nothing is due
     // for it until its owner frees the device.
     let open = snap.requests.iter().filter_map(|r| {
         let v = &r.value;
         v.state.is_open().then(|| {
-            let wait = waiting(v)
-                .then(|| v.spec.wait.map(|w| v.since.plus(Duration::from_secs(w))))
-                .flatten();
+            let wait = waiting(v).then(|| wait_over(v, timings));
             wait.map_or(v.expires, |w| w.min(v.expires))
         })
     });
@@ -413,14 +421,150 @@ fn waiting(r: &SharedRequest) -> bool {
     r.state == RequestState::Queued
 }
 
-/// One scheduler pass, when this controller is the scheduler: close expired requests,
-/// send a dead owner's unfinished requests back to the queue, and hand available devices to
-/// waiting requests (`pool::queue::assign`). Every write carries the election revision.
+/// When waiting request `r` gives up if no device came: with `wait`, that many seconds
+/// after it arrived; without, when single-rack mode's bounded search would make its last
+/// try (`pool::machine`: a search at once, then one every `finding_device`, failing at try
+/// `finding_tries_any` for `any`, `finding_tries_specific` for a named device), counted
+/// from when it began this wait (a request back in the queue searches afresh, as a
+/// single-rack request's search counters restart).
+fn wait_over(r: &SharedRequest, t: &Timings) -> Millis {
+    if let Some(w) = r.spec.wait {
+        return r.since.plus(Duration::from_secs(w));
+    }
+    let tries = match r.spec.requested_device {
+        DeviceChoice::Any => t.finding_tries_any,
+        DeviceChoice::Named(_) => t.finding_tries_specific,
+    };
+    r.waiting_since()
+        .plus(t.finding_device.saturating_mul(tries.saturating_sub(1)))
+}
+
+/// The log line failing waiting request `r` with `failed_device_not_found` when it has a
+/// `wait` and the wait ran out by `now` (with the reason it waited, `waiting_because`, when
+/// there is one); `None` otherwise.
+fn wait_ran_out(r: &SharedRequest, now: Millis, t: &Timings) -> Option<String> {
+    r.spec.wait?;
+    (wait_over(r, t) <= now).then(|| match &r.explanation {
+        Some(why) => format!("no device found within its wait: {why}"),
+        None => "no device found within its wait".to_owned(),
+    })
+}
+
+/// How waiting request `r` without `wait`, which this pass's search left without a device,
+/// ends now, in single-rack mode's state and request-log wording (`pool::machine` on
+/// `no_device` in `finding_device`), or `None` while it searches on:
+/// - named: `failed_bad_device` as soon as its device (on its rack) is failed and not held
+///   (single-rack mode's rule: the search's explanation counts a failed device); else
+///   `failed_device_busy` once its search is over ([`wait_over`]);
+/// - `any`: `failed_device_not_found` once its search is over.
+///
+/// The line ends with the explanation of this search, as a single-rack request's ends with
+/// its last search's.
+fn search_over(
+    r: &SharedRequest,
+    devices: &Devices<'_>,
+    now: Millis,
+    t: &Timings,
+) -> Option<(RequestState, String)> {
+    if r.spec.wait.is_some() {
+        return None;
+    }
+    let over = wait_over(r, t) <= now;
+    match &r.spec.requested_device {
+        DeviceChoice::Named(dev) if devices.failed(&r.spec, dev.as_str()) => Some((
+            RequestState::FailedBadDevice,
+            format!("device {dev} is failed: {}", devices.explain(&r.spec)),
+        )),
+        DeviceChoice::Named(dev) => over.then(|| {
+            let n = t.finding_tries_specific;
+            (
+                RequestState::FailedDeviceBusy,
+                format!(
+                    "device {dev} is busy after {n} tries: {}",
+                    devices.explain(&r.spec)
+                ),
+            )
+        }),
+        DeviceChoice::Any => over.then(|| {
+            let n = t.finding_tries_any;
+            (
+                RequestState::FailedDeviceNotFound,
+                format!(
+                    "no device found after {n} tries: {}",
+                    devices.explain(&r.spec)
+                ),
+            )
+        }),
+    }
+}
+
+/// The cluster's devices with their controllers ([`cluster_views`], after any grants of
+/// the pass), for explaining why requests wait.
+struct Devices<'a> {
+    views: &'a [(&'a str, DeviceView)],
+    /// The same views without their controllers, built once when first needed (most
+    /// passes end no bounded search).
+    all: std::cell::OnceCell<Vec<DeviceView>>,
+}
+
+impl<'a> Devices<'a> {
+    fn new(views: &'a [(&'a str, DeviceView)]) -> Self {
+        Devices {
+            views,
+            all: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Every device, without its controller.
+    fn all(&self) -> &[DeviceView] {
+        self.all
+            .get_or_init(|| self.views.iter().map(|(_, v)| v.clone()).collect())
+    }
+
+    /// Why a request with `spec` waits: over its rack's devices only when it is pinned to
+    /// one (no other rack's can serve it), else over all.
+    fn explain(&self, spec: &super::RequestSpec) -> Explanation {
+        match pinned(spec) {
+            Some((c, _)) => {
+                let rack: Vec<DeviceView> = self
+                    .views
+                    .iter()
+                    .filter(|(vc, _)| *vc == c)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                super::explain(spec, &rack)
+            }
+            None => super::explain(spec, self.all()),
+        }
+    }
+
+    /// Would [`Devices::explain`] count named `device` failed (failed, not held, matching
+    /// every criterion of `spec`)? Only the copies of the name that could serve the
+    /// request are looked at, so this costs no explanation per waiter and pass.
+    fn failed(&self, spec: &super::RequestSpec, device: &str) -> bool {
+        let rack = pinned(spec).map(|(c, _)| c);
+        self.views.iter().any(|(c, v)| {
+            rack.is_none_or(|r| r == *c)
+                && v.name.as_str() == device
+                && !v.retired
+                && v.failed
+                && v.held_by.is_none()
+                && super::matches(spec, v)
+        })
+    }
+}
+
+/// One scheduler pass, when this controller is the scheduler: close expired requests, fail
+/// waiting ones whose wait ran out ([`wait_ran_out`]), send a dead owner's unfinished
+/// requests back to the queue, hand available devices to waiting requests
+/// (`pool::queue::assign`), then fail those without `wait` that it left waiting past their
+/// bounded search ([`search_over`]). Every write carries the election revision.
 async fn schedule(
     cluster: &Cluster,
     snap: &QueueSnapshot,
     now: Millis,
     policy: &QueuePolicy,
+    timings: &Timings,
 ) -> Result<(), ClusterError> {
     let Some(lead) = cluster.leadership() else {
         return Ok(());
@@ -431,29 +575,21 @@ async fn schedule(
         .map(|(c, d)| (c.as_str(), d.name.as_str()))
         .collect();
     let mut done: HashSet<u64> = HashSet::new();
-    // Expiry, and waits that ran out.
+    // Expiry, and waits that ran out. (A bounded search ends after the queue pass: as on a
+    // single rack, its last try searches before it gives up.)
     for r in &snap.requests {
         let v = &r.value;
         let next = if v.state.is_open() && v.expires <= now {
-            Some(RequestState::Closed)
-        } else if waiting(v)
-            && v.spec
-                .wait
-                .is_some_and(|w| v.since.plus(Duration::from_secs(w)) <= now)
-        {
-            Some(RequestState::FailedDeviceNotFound)
+            Some((RequestState::Closed, "Request expired.".to_owned()))
+        } else if waiting(v) {
+            wait_ran_out(v, now, timings).map(|l| (RequestState::FailedDeviceNotFound, l))
         } else {
             None
         };
-        if let Some(state) = next {
+        if let Some((state, line)) = next {
             let mut nv = v.clone();
             nv.state = state;
             nv.ended = Some(now);
-            let line = match (state, &v.explanation) {
-                (RequestState::Closed, _) => "Request expired.".to_owned(),
-                (_, Some(why)) => format!("no device found within its wait: {why}"),
-                (_, None) => "no device found within its wait".to_owned(),
-            };
             nv.push_log(now, "scheduler", line);
             cluster
                 .update_request_as_leader(&lead, &nv, r.mod_revision, None)
@@ -499,10 +635,7 @@ async fn schedule(
             Some(r) if !done.contains(&r.value.id) => {
                 let mut nv = r.value.clone();
                 if nv.state.is_open() {
-                    nv.state = RequestState::Queued;
-                    nv.device = None;
-                    nv.owner = None;
-                    nv.push_log(
+                    nv.requeue(
                         now,
                         "scheduler",
                         format!(
@@ -609,9 +742,29 @@ async fn schedule(
             return Err(e);
         }
     }
+    let views = with_grants(&granted);
+    // Requests without `wait` that this search left without a device and whose bounded
+    // search is over (or whose named device failed) end as on a single rack.
+    let devices = Devices::new(&views);
+    for r in &snap.requests {
+        let v = &r.value;
+        if !waiting(v) || served.contains(&v.id) {
+            continue;
+        }
+        let Some((state, line)) = search_over(v, &devices, now, timings) else {
+            continue;
+        };
+        let mut nv = v.clone();
+        nv.state = state;
+        nv.ended = Some(now);
+        nv.push_log(now, "scheduler", line);
+        cluster
+            .update_request_as_leader(&lead, &nv, r.mod_revision, None)
+            .await?;
+        served.insert(v.id);
+    }
     // Why the others still wait, in single-rack mode's words, written only when it changed
     // and for at most REASON_BATCH requests a pass, front of the queue first.
-    let views = with_grants(&granted);
     for (id, why) in reasons(snap, &served, &views, now, policy) {
         let Some(r) = snap.requests.iter().find(|r| r.value.id == id) else {
             continue;
@@ -696,22 +849,12 @@ fn reasons(
         .iter()
         .map(|r| (r.value.id, &r.value))
         .collect();
-    let all: Vec<DeviceView> = views.iter().map(|(_, v)| v.clone()).collect();
-    super::position(&queue, &all, now, policy)
+    let devices = Devices::new(views);
+    super::position(&queue, devices.all(), now, policy)
         .into_iter()
         .filter_map(|(id, _)| {
             let r = by_id.get(&id)?;
-            let why = match pinned(&r.spec) {
-                Some((c, _)) => {
-                    let rack: Vec<DeviceView> = views
-                        .iter()
-                        .filter(|(vc, _)| *vc == c)
-                        .map(|(_, v)| v.clone())
-                        .collect();
-                    super::explain(&r.spec, &rack).to_string()
-                }
-                None => super::explain(&r.spec, &all).to_string(),
-            };
+            let why = devices.explain(&r.spec).to_string();
             (r.explanation.as_deref() != Some(why.as_str())).then_some((id, why))
         })
         .take(REASON_BATCH)
@@ -920,11 +1063,8 @@ impl Owner {
                             // The local request failed (bad image, device failure): the
                             // shared one goes back to the queue and the device is freed.
                             let mut nv = v.clone();
-                            nv.state = RequestState::Queued;
-                            nv.device = None;
-                            nv.owner = None;
                             m.flush(&mut nv);
-                            nv.push_log(
+                            nv.requeue(
                                 self.clock.now(),
                                 "owner",
                                 format!(
@@ -1093,10 +1233,7 @@ impl Owner {
                 tracing::warn!(request = v.id, device, %why, "cluster: cannot hold an assigned device; back to the queue");
                 let me = self.cluster.name().to_owned();
                 let mut nv = v.clone();
-                nv.state = RequestState::Queued;
-                nv.device = None;
-                nv.owner = None;
-                nv.push_log(
+                nv.requeue(
                     now,
                     "owner",
                     format!(
@@ -1472,6 +1609,117 @@ mod tests {
             got[0].1.ends_with("of 1 matching all criteria: 1 held"),
             "{}",
             got[0].1
+        );
+    }
+
+    #[test]
+    fn a_search_without_wait_is_bounded_as_on_a_single_rack() {
+        let t = Timings::default();
+        // Single-rack mode searches at once, then every 10 s: `any` gives up at its 60th
+        // try (590 s on), a named device at its 2nd (10 s on). `wait` counts from arrival.
+        let any = request(5, "alice", 0, RequestState::Queued).value.clone();
+        assert_eq!(wait_over(&any, &t), Millis(5 + 590_000));
+        assert_eq!(wait_over(&any, &t.scaled(0.01)), Millis(5 + 5_900));
+        let mut named = any.clone();
+        named.spec.requested_device = DeviceChoice::Named("sim-0001".parse().expect("name"));
+        assert_eq!(wait_over(&named, &t), Millis(5 + 10_000));
+        let mut waits = any.clone();
+        waits.spec.wait = Some(120);
+        assert_eq!(wait_over(&waits, &t), Millis(5 + 120_000));
+        // Back in the queue after its assignment fell through, it searches afresh.
+        let mut back = any.clone();
+        back.state = RequestState::Pending;
+        back.requeue(Millis(700_000), "owner", "back to the queue: test");
+        assert_eq!(back.state, RequestState::Queued);
+        assert_eq!(wait_over(&back, &t), Millis(700_000 + 590_000));
+        // The scheduler's next deadline is the search's end (before its expiry at 1,000 s).
+        let snap = |r: SharedRequest| QueueSnapshot {
+            requests: vec![Arc::new(Versioned {
+                value: r,
+                mod_revision: 1,
+            })],
+            assignments: Vec::new(),
+            devices: Vec::new(),
+            oldest_ended: Vec::new(),
+        };
+        let keep = Duration::from_secs(86_400);
+        assert_eq!(
+            next_deadline(&snap(any), Millis(5), keep, &t),
+            Some(Duration::from_secs(590))
+        );
+        assert_eq!(
+            next_deadline(&snap(named), Millis(5), keep, &t),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            next_deadline(&snap(back), Millis(700_000), keep, &t),
+            Some(Duration::from_secs(300)),
+            "its expiry comes first"
+        );
+    }
+
+    #[test]
+    fn a_search_without_wait_ends_as_on_a_single_rack() {
+        let t = Timings::default();
+        // rack-a's and rack-b's sim-0001 are held; rack-c's has failed.
+        let mut snap = three_racks();
+        let failed = &mut snap.devices[2].1;
+        failed.state = "failed_self_test".to_owned();
+        failed.failed = true;
+        failed.available = false;
+        let views = cluster_views(&snap);
+        let devices = Devices::new(&views);
+        let all: Vec<DeviceView> = views.iter().map(|(_, v)| v.clone()).collect();
+        // `any` (bob, arrived at 4 ms): not found once its 60th try is due.
+        let any = snap.requests[3].value.clone();
+        assert_eq!(search_over(&any, &devices, Millis(4 + 589_999), &t), None);
+        let why = super::super::explain(&any.spec, &all).to_string();
+        assert!(why.ends_with("2 held, 1 in failed_self_test"), "{why}");
+        assert_eq!(
+            search_over(&any, &devices, Millis(4 + 590_000), &t),
+            Some((
+                RequestState::FailedDeviceNotFound,
+                format!("no device found after 60 tries: {why}")
+            ))
+        );
+        // Named, rack-c's failed device: a bad device at once.
+        let mut named = any.clone();
+        named.spec.requested_device = DeviceChoice::Named("sim-0001".parse().expect("name"));
+        named.spec.controller = Some("rack-c".into());
+        assert_eq!(
+            search_over(&named, &devices, Millis(5), &t),
+            Some((
+                RequestState::FailedBadDevice,
+                "device sim-0001 is failed: 1 device matches device=sim-0001; of 1 matching all criteria: 1 in failed_self_test".to_owned()
+            ))
+        );
+        // Named, rack-a's held device (another rack's copy failing does not count): busy
+        // once its 2nd try is due.
+        named.spec.controller = Some("rack-a".into());
+        assert_eq!(search_over(&named, &devices, Millis(5), &t), None);
+        assert_eq!(
+            search_over(&named, &devices, Millis(4 + 10_000), &t),
+            Some((
+                RequestState::FailedDeviceBusy,
+                "device sim-0001 is busy after 2 tries: 1 device matches device=sim-0001; of 1 matching all criteria: 1 held".to_owned()
+            ))
+        );
+        // With `wait`, only the wait decides, with the reason it carries.
+        let mut waits = any;
+        waits.spec.wait = Some(1);
+        assert_eq!(
+            search_over(&waits, &devices, Millis(u64::MAX / 2), &t),
+            None
+        );
+        assert_eq!(wait_ran_out(&waits, Millis(1003), &t), None);
+        assert_eq!(
+            wait_ran_out(&waits, Millis(1004), &t).as_deref(),
+            Some("no device found within its wait")
+        );
+        waits.explanation = Some("no criteria".into());
+        assert_eq!(
+            wait_ran_out(&waits, Millis(1004), &t).as_deref(),
+            Some("no device found within its wait: no criteria")
         );
     }
 }

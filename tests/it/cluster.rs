@@ -1186,7 +1186,9 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
     let t = Instant::now();
     let r = http()
         .post(format!("{}/api/device/any/request/", b.url))
-        .json(&serde_json::json!({"assignee": "no-quorum", "duration": 600, "image": "android"}))
+        .json(&serde_json::json!({
+            "assignee": "no-quorum", "duration": 600, "image": "android", "wait": 120
+        }))
         .send()
         .await
         .expect("create");
@@ -1242,7 +1244,9 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
     let after = loop {
         let r = http()
             .post(format!("{}/api/device/any/request/", a.url))
-            .json(&serde_json::json!({"assignee": "after", "duration": 600, "image": "android"}))
+            .json(&serde_json::json!({
+                "assignee": "after", "duration": 600, "image": "android", "wait": 120
+            }))
             .send()
             .await
             .expect("create");
@@ -2725,6 +2729,157 @@ async fn a_busy_named_device_is_refused_without_wait_and_queued_with_it() {
     check_assignment_history(&etcd, &p);
 }
 
+/// Poll `id`'s status through `c` until its state is no longer `queued`; panics after
+/// `within`. Returns the status and how long it took.
+async fn until_not_queued(c: &Controller, id: u64, within: Duration) -> (Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let s = get_json(c, &format!("/api/request/{id}/status/?wait=1")).await;
+        if s["state"] != "queued" {
+            return (s, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < within,
+            "request {id} still queued through {} after {:?}: {s}\n{}",
+            c.name,
+            start.elapsed(),
+            c.log_tail()
+        );
+    }
+}
+
+/// An `any` request without `wait` searches a bounded time, as on a single rack: with
+/// every device of the cluster held it fails `failed_device_not_found` once the 60th
+/// search (`finding_tries_any`) is due, 59 × `finding_device` after it was created
+/// (5.9 s here: the simulated rack scales the request timings by 0.01), not when its
+/// lease expires; every controller shows the same outcome and log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_any_request_without_wait_fails_after_its_bounded_search() {
+    let test = "cluster_bounded_any";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    until_pooled(&etcd, &p, 2).await;
+    // Every device held (these two queue with `wait` until they are served).
+    for c in [&a, &b] {
+        let id = request_any(c, "holder", 0, None).await["id"]
+            .as_u64()
+            .expect("id");
+        until_ready(c, id, Duration::from_secs(30)).await;
+    }
+    let t = Instant::now();
+    let r = http()
+        .post(format!("{}/api/device/any/request/", a.url))
+        .json(&serde_json::json!({"assignee": "mozharness", "duration": 600, "image": "android"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    let id = body["request"]["id"].as_u64().expect("id");
+    let (s, _) = until_not_queued(&b, id, Duration::from_secs(20)).await;
+    let took = t.elapsed();
+    assert_eq!(s["state"], "failed_device_not_found", "{s}");
+    // The bound is 5.9 s from creation; the scheduler runs at that deadline.
+    assert!(
+        took >= Duration::from_millis(5_800) && took < Duration::from_secs(9),
+        "failed after {took:?}: {s}"
+    );
+    eprintln!("cluster: an any request without wait failed after {took:?} (bound 5.9 s)");
+    for c in [&a, &b] {
+        let s = get_json(c, &format!("/api/request/{id}/status/")).await;
+        assert_eq!(
+            s["state"], "failed_device_not_found",
+            "through {}: {s}",
+            c.name
+        );
+        let log = log_messages(&get_json(c, &format!("/api/request/{id}/log/")).await);
+        let last = log.last().expect("a log line");
+        assert!(
+            last.starts_with("no device found after 60 tries: ") && last.ends_with("2 held"),
+            "through {}: {log:?}",
+            c.name
+        );
+    }
+    check_assignment_history(&etcd, &p);
+}
+
+/// A named device without `wait` that is failed is not refused at creation (as on a single
+/// rack), and the request fails `failed_bad_device` at once instead of queueing, whichever
+/// controller took it; the log says why, in single-rack mode's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_failed_device_without_wait_fails_as_a_bad_device() {
+    let test = "cluster_bounded_bad";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
+    until_pooled(&etcd, &p, 2).await;
+    let t = Instant::now();
+    while free_devices(&etcd, &p).len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(30), "devices not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // rack-b's sim-0001 taken out of service as failed (through rack-a: proxied), until
+    // rack-b publishes it so.
+    assert_eq!(
+        post(
+            &a,
+            "/api/device/sim-0001/state-change/ready/to/failed_self_test/?controller=rack-b",
+            serde_json::json!({})
+        )
+        .await,
+        200
+    );
+    let key = format!("{p}devices/rack-b/sim-0001");
+    let t = Instant::now();
+    loop {
+        let out = etcd.etcdctl(&["get", &key, "--print-value-only"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"failed\":true") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not published failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    let (status, body) =
+        request_named_with(&a, "sim-0001", Some("rack-b"), "mozharness", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["request"]["id"].as_u64().expect("id");
+    let (s, _) = until_not_queued(&b, id, Duration::from_secs(10)).await;
+    assert_eq!(s["state"], "failed_bad_device", "{s}");
+    eprintln!(
+        "cluster: a named failed device without wait failed after {:?}",
+        t.elapsed()
+    );
+    let log = log_messages(&get_json(&a, &format!("/api/request/{id}/log/")).await);
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some(
+            "device sim-0001 is failed: 1 device matches device=sim-0001; of 1 matching all criteria: 1 in failed_self_test"
+        ),
+        "{log:?}"
+    );
+    // rack-a's copy of the name is unaffected: a request for it is served.
+    let (status, body) =
+        request_named_with(&b, "sim-0001", Some("rack-a"), "mozharness", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    until_ready(
+        &b,
+        body["request"]["id"].as_u64().expect("id"),
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
 /// etcd's current revision (one more per transaction that wrote).
 fn etcd_revision(etcd: &Etcd) -> i64 {
     let out = etcd.etcdctl(&["get", "no-such-key", "-w", "json"]);
@@ -2765,6 +2920,7 @@ async fn concurrent_writes_share_transactions_and_keep_their_guards() {
         explanation: None,
         owner_token: None,
         since: Millis(0),
+        requeued: None,
         ended: None,
         log: Vec::new(),
     };

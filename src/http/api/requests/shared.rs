@@ -202,6 +202,7 @@ pub async fn create(
                 explanation: None,
                 owner_token: token.clone(),
                 since: now,
+                requeued: None,
                 ended: None,
                 log: Vec::new(),
             }
