@@ -864,8 +864,26 @@ mod tests {
         let o = v.as_object_mut().expect("object");
         o.remove("log");
         o.remove("ended");
+        assert!(!o.contains_key("requeued"), "not written while absent");
         let r: SharedRequest = serde_json::from_value(v).expect("decodes");
         assert!(r.log.is_empty());
         assert_eq!(r.ended, None);
+        assert_eq!((r.requeued, r.waiting_since()), (None, Millis(7)));
+    }
+
+    #[test]
+    fn a_request_back_in_the_queue_waits_from_then() {
+        let mut r = test_request(7, "alice");
+        r.state = RequestState::Pending;
+        r.device = Some("sim-0001".into());
+        r.owner = Some("rack-a".into());
+        r.requeue(Millis(90), "owner", "back to the queue: test");
+        assert_eq!(r.state, RequestState::Queued);
+        assert_eq!((&r.device, &r.owner), (&None, &None));
+        assert_eq!((r.since, r.waiting_since()), (Millis(7), Millis(90)));
+        assert_eq!(r.log.last().map(|l| l.ts), Some(Millis(90)));
+        let back: SharedRequest =
+            serde_json::from_value(serde_json::to_value(&r).expect("json")).expect("decodes");
+        assert_eq!(back.requeued, Some(Millis(90)));
     }
 }
