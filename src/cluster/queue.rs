@@ -3,7 +3,7 @@
 //! scheduler and owner passes, the status long polls and the directory (device calls, the
 //! whole-pool list) do not range-read etcd over and over.
 //!
-//! The task reads the three prefixes in one transaction (one revision R), then watches the
+//! The task reads its four prefixes in one transaction (one revision R), then watches the
 //! whole key prefix from R + 1 and applies every event. When the watch fails, is cancelled
 //! (etcd compacted past the revision it asked for, or the member lost its leader: the
 //! client sends require-leader) or ends, the copy is read again. The copy only moves
@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::directory::{Directory, Holder};
 use super::requests::{
-    AssignmentRow, ENDED_IN_SNAPSHOT, EndedRow, QueueSnapshot, SharedRequest, Versioned, ended_at,
-    in_passes,
+    AssignmentRow, ENDED_IN_SNAPSHOT, EndedRow, QueueSnapshot, RequestList, SharedRequest,
+    Versioned, ended_at, in_passes,
 };
 use super::{Cluster, ClusterError, Member, PublishedDevice, lock};
 
@@ -38,12 +38,15 @@ pub(super) struct Copy {
     live: bool,
     /// The revision the copy reflects.
     revision: i64,
-    /// Every request kept in etcd, ended ones too (status calls read them here).
+    /// The requests the passes work on ([`in_passes`]): open ones, and ended ones whose
+    /// device's assignment is still there. What a snapshot holds.
     requests: BTreeMap<u64, Arc<Versioned<SharedRequest>>>,
-    /// The requests the passes work on ([`in_passes`]): what a snapshot holds.
-    active: BTreeSet<u64>,
-    /// The others, by when they ended: the sweep takes them from the front.
-    ended: BTreeSet<(crate::domain::clock::Millis, u64)>,
+    /// The other requests kept in etcd (ended, device freed), without their records: a
+    /// day of them (`cluster.keep_closed_s`) would otherwise hold every log in memory on
+    /// every controller. Calls about one of them read it from etcd.
+    ended: HashMap<u64, EndedRow>,
+    /// [`Copy::ended`] by when each ended: the sweep takes them from the front.
+    by_end: BTreeSet<(crate::domain::clock::Millis, u64)>,
     /// How many assignments name each request.
     held: HashMap<u64, usize>,
     assignments: BTreeMap<(String, String), AssignmentRow>,
@@ -137,15 +140,11 @@ impl Copy {
             Key::Request(id) => match serde_json::from_slice::<SharedRequest>(raw_value) {
                 Ok(value) => {
                     let owner = applied.owner || value.owner.as_deref() == Some(me);
-                    self.unindex(id);
-                    self.requests.insert(
-                        id,
-                        Arc::new(Versioned {
-                            value,
-                            mod_revision,
-                        }),
-                    );
-                    self.index(id);
+                    self.remove_request(id);
+                    self.keep(Arc::new(Versioned {
+                        value,
+                        mod_revision,
+                    }));
                     return Applied { owner, ..applied };
                 }
                 Err(e) => {
@@ -248,30 +247,40 @@ impl Copy {
             .collect()
     }
 
-    /// Take request `id` out of [`Copy::active`] and [`Copy::ended`] before it or its
-    /// assignments change.
-    fn unindex(&mut self, id: u64) {
-        self.active.remove(&id);
-        if let Some(r) = self.requests.get(&id) {
-            self.ended.remove(&(ended_at(&r.value), id));
-        }
-    }
-
-    /// Put request `id` back in [`Copy::active`] or [`Copy::ended`], as it is now.
-    fn index(&mut self, id: u64) {
-        let Some(r) = self.requests.get(&id) else {
-            return;
-        };
-        if in_passes(&r.value, self.held.get(&id).is_some_and(|n| *n > 0)) {
-            self.active.insert(id);
+    /// Keep request `r` (not yet in the copy): its record if the passes work on it, else
+    /// only its [`EndedRow`].
+    fn keep(&mut self, r: Arc<Versioned<SharedRequest>>) {
+        let id = r.value.id;
+        if in_passes(&r.value, self.held.contains_key(&id)) {
+            self.requests.insert(id, r);
         } else {
-            self.ended.insert((ended_at(&r.value), id));
+            let row = EndedRow {
+                id,
+                mod_revision: r.mod_revision,
+                ended: ended_at(&r.value),
+            };
+            self.by_end.insert((row.ended, id));
+            self.ended.insert(id, row);
         }
     }
 
     fn remove_request(&mut self, id: u64) {
-        self.unindex(id);
         self.requests.remove(&id);
+        if let Some(row) = self.ended.remove(&id) {
+            self.by_end.remove(&(row.ended, id));
+        }
+    }
+
+    /// After request `id`'s assignments changed: an ended request whose device was freed
+    /// drops its record. (The reverse cannot happen: the scheduler assigns only waiting
+    /// requests, and a read of the whole queue applies assignments before requests.)
+    fn reindex(&mut self, id: u64) {
+        if let Some(r) = self.requests.get(&id)
+            && !in_passes(&r.value, self.held.contains_key(&id))
+            && let Some(r) = self.requests.remove(&id)
+        {
+            self.keep(r);
+        }
     }
 
     /// Set (or with `None` delete) the assignment of a device, keeping the requests it
@@ -287,19 +296,16 @@ impl Copy {
             return;
         }
         if let Some(id) = old {
-            self.unindex(id);
             if let Some(n) = self.held.get_mut(&id) {
                 *n -= 1;
                 if *n == 0 {
                     self.held.remove(&id);
                 }
             }
-            self.index(id);
+            self.reindex(id);
         }
         if let Some(id) = new {
-            self.unindex(id);
             *self.held.entry(id).or_default() += 1;
-            self.index(id);
         }
     }
 
@@ -307,23 +313,12 @@ impl Copy {
     fn snapshot(&mut self) -> Arc<QueueSnapshot> {
         let snap = self.cached.get_or_insert_with(|| {
             Arc::new(QueueSnapshot {
-                requests: self
-                    .active
-                    .iter()
-                    .filter_map(|id| self.requests.get(id).cloned())
-                    .collect(),
+                requests: self.requests.values().cloned().collect(),
                 oldest_ended: self
-                    .ended
+                    .by_end
                     .iter()
                     .take(ENDED_IN_SNAPSHOT)
-                    .filter_map(|&(ended, id)| {
-                        let r = self.requests.get(&id)?;
-                        Some(EndedRow {
-                            id,
-                            mod_revision: r.mod_revision,
-                            ended,
-                        })
-                    })
+                    .filter_map(|(_, id)| self.ended.get(id).copied())
                     .collect(),
                 assignments: self.assignments.values().cloned().collect(),
                 devices: self
@@ -526,11 +521,12 @@ async fn read(cluster: &Cluster) -> Result<i64, ClusterError> {
             Some(GetOptions::new().with_prefix()),
         )
     };
+    // Assignments first: whether an ended request keeps its record depends on them.
     let txn = Txn::new().and_then([
-        prefixed("requests/"),
         prefixed("assign/"),
         prefixed("devices/"),
         prefixed("controllers/"),
+        prefixed("requests/"),
     ]);
     let resp = inner.etcd.txn(inner.config.timeout(), txn).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
@@ -589,7 +585,8 @@ impl Cluster {
     /// Request `id` as the copy holds it, when a live watch feeds the copy and the record
     /// there is newer than `revision` (a status long poll woken by its change reads it
     /// here, not from etcd: the copy applies etcd's events in revision order, so this is a
-    /// committed version later than the one the poll started from).
+    /// committed version later than the one the poll started from). `None` also for a
+    /// request that ended and freed its device: the copy keeps no record of those.
     #[must_use]
     pub fn request_after(&self, id: u64, revision: i64) -> Option<Arc<Versioned<SharedRequest>>> {
         let copy = lock(&self.inner.queue.copy);
@@ -624,6 +621,27 @@ impl Cluster {
         })
     }
 
+    /// The open requests and every published device, from a copy fed by a live watch that
+    /// includes revision `at`; `None` otherwise.
+    pub(super) fn open_requests_from_copy(&self, at: i64) -> Option<RequestList> {
+        let copy = lock(&self.inner.queue.copy);
+        if !(copy.synced && copy.live && copy.revision >= at) {
+            return None;
+        }
+        let requests = copy
+            .requests
+            .values()
+            .filter(|r| r.value.state.is_open())
+            .map(|r| r.value.clone())
+            .collect();
+        let devices = copy
+            .devices
+            .iter()
+            .map(|((c, _), v)| (c.clone(), v.clone()))
+            .collect();
+        Some((requests, devices))
+    }
+
     /// Who holds each assigned device, as the copy knows it now (live or not; empty
     /// before its first read).
     pub(super) fn holders_from_copy(&self) -> BTreeMap<(String, String), Holder> {
@@ -631,7 +649,8 @@ impl Cluster {
     }
 
     /// Request `id` from the copy while a watch feeds it: the copy's revision and the
-    /// record (`None` when the copy has no such request); `None` when the copy is not live.
+    /// record (`None` when the copy has no record of it: no such request, or one that
+    /// ended and freed its device); `None` when the copy is not live.
     pub(super) fn copied_request(
         &self,
         id: u64,
@@ -681,11 +700,12 @@ impl Cluster {
         if copy.revision <= revision {
             return Some(false);
         }
-        Some(
-            copy.requests
-                .get(&id)
-                .is_none_or(|r| r.mod_revision != revision),
-        )
+        let now = copy
+            .requests
+            .get(&id)
+            .map(|r| r.mod_revision)
+            .or_else(|| copy.ended.get(&id).map(|e| e.mod_revision));
+        Some(now != Some(revision))
     }
 
     /// Wait until request `id`'s key changes after `revision` (or `within` passes): the
@@ -872,8 +892,8 @@ mod tests {
         put(&mut copy, "requests/7", &ended(7, 500), 5);
         assert_eq!(ids(&mut copy), [7, 8], "7 ended but still holds its device");
         assert!(swept(&mut copy).is_empty());
-        // Older ended requests, loaded before their assignment events (a full read puts
-        // keys in key order: assign/ before requests/).
+        // Older ended requests, loaded after their assignment events (a full read applies
+        // assignments before requests).
         put(&mut copy, "assign/rack-b/sim-0002", br#"{"request": 9}"#, 6);
         put(&mut copy, "requests/9", &ended(9, 100), 6);
         put(&mut copy, "requests/10", &ended(10, 300), 6);
@@ -893,9 +913,14 @@ mod tests {
         copy.delete(PREFIX, format!("{PREFIX}requests/9").as_bytes(), "rack-a");
         assert_eq!(swept(&mut copy), [(10, 6, 300), (7, 5, 500)]);
         assert!(
-            copy.requests.contains_key(&10),
-            "status calls still find it"
+            !copy.requests.contains_key(&10) && !copy.requests.contains_key(&7),
+            "no record is kept of an ended request whose device is freed"
         );
+        assert_eq!(copy.ended.len(), 2);
+        // A status poll on 7 still sees its key change when it is deleted.
+        copy.delete(PREFIX, format!("{PREFIX}requests/7").as_bytes(), "rack-a");
+        assert_eq!(swept(&mut copy), [(10, 6, 300)]);
+        assert!(!copy.ended.contains_key(&7));
     }
 
     #[test]

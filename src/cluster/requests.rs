@@ -213,6 +213,9 @@ pub struct EndedRow {
     pub ended: Millis,
 }
 
+/// Requests and every published device (controller, view): what the request list shows.
+pub type RequestList = (Vec<SharedRequest>, Vec<(String, PublishedDevice)>);
+
 /// How many of the ended requests left out of a [`QueueSnapshot`] it names.
 pub const ENDED_IN_SNAPSHOT: usize = 64;
 
@@ -774,14 +777,40 @@ impl Cluster {
         Ok(snap)
     }
 
-    /// Every request (ended ones too, as long as they are kept) and every published
-    /// device, at one revision: the request list.
+    /// The open requests and every published device: the request list without ended
+    /// requests. One linearizable read of etcd's revision (no records), then the in-memory
+    /// copy once it includes that revision (so the list shows whatever was acknowledged
+    /// before the call, on any controller); else [`Cluster::all_requests`], filtered. The
+    /// copy holds no ended requests' records, so a day of them costs this list nothing.
     ///
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot be read.
-    pub async fn all_requests(
-        &self,
-    ) -> Result<(Vec<SharedRequest>, Vec<(String, PublishedDevice)>), ClusterError> {
+    pub async fn open_requests(&self) -> Result<RequestList, ClusterError> {
+        let probe = TxnOp::get(
+            self.key("counter"),
+            Some(GetOptions::new().with_count_only()),
+        );
+        let at = self
+            .read(Txn::new().and_then([probe]))
+            .await?
+            .header()
+            .map_or(i64::MAX, |h| h.revision());
+        self.wait_for_copy(at, std::time::Duration::from_millis(250))
+            .await;
+        if let Some(open) = self.open_requests_from_copy(at) {
+            return Ok(open);
+        }
+        let (mut requests, devices) = self.all_requests().await?;
+        requests.retain(|r| r.state.is_open());
+        Ok((requests, devices))
+    }
+
+    /// Every request (ended ones too, as long as they are kept) and every published
+    /// device, at one revision: the request list with ended requests.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot be read.
+    pub async fn all_requests(&self) -> Result<RequestList, ClusterError> {
         let prefixed = |k: &str| TxnOp::get(self.key(k), Some(GetOptions::new().with_prefix()));
         let resp = self
             .read(Txn::new().and_then([prefixed("requests/"), prefixed("devices/")]))

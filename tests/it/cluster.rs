@@ -879,6 +879,9 @@ async fn the_mozharness_sequence_works_against_each_controller() {
         // served by the other rack's device.
         let r2 = request_any(c, "mozharness-2", 0, None).await;
         let id2 = r2["id"].as_u64().expect("id");
+        // The open requests through the other controller include the one just created.
+        let open = list_ids(other, "/api/request/list/").await;
+        assert!(open.contains(&id) && open.contains(&id2), "{open:?}");
         let s2 = until_ready(c, id2, Duration::from_secs(30)).await;
         assert_ne!(
             s2["controller"], s["controller"],
@@ -913,9 +916,21 @@ async fn the_mozharness_sequence_works_against_each_controller() {
             t.elapsed()
         );
     }
-    let list = get_json(&b, "/api/request/list/?include_closed=1").await;
-    assert_eq!(list["requests"].as_array().map(Vec::len), Some(4), "{list}");
+    assert_eq!(list_ids(&b, "/api/request/list/").await, [0u64; 0]);
+    let all = list_ids(&b, "/api/request/list/?include_closed=1").await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.is_sorted(), "by id, as on a single rack: {all:?}");
     assert_eq!(check_assignment_history(&etcd, &p), 4);
+}
+
+/// The request ids of a request list.
+async fn list_ids(c: &Controller, path: &str) -> Vec<u64> {
+    get_json(c, path).await["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .map(|r| r["id"].as_u64().expect("id"))
+        .collect()
 }
 
 /// Wait until all controllers' devices (`n`) and a scheduler are in etcd.

@@ -233,7 +233,13 @@ pub async fn list(
     cluster: &Cluster,
     include_closed: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let (requests, devices) = cluster.all_requests().await?;
+    let (mut requests, devices) = if include_closed {
+        cluster.all_requests().await?
+    } else {
+        cluster.open_requests().await?
+    };
+    // etcd lists keys in text order (10 before 9); single-rack mode lists by id.
+    requests.sort_by_key(|r| r.id);
     let states: HashMap<(&str, &str), &str> = devices
         .iter()
         .map(|(c, d)| ((c.as_str(), d.name.as_str()), d.state.as_str()))
