@@ -98,7 +98,18 @@ impl SharedRequest {
     /// End the request as `closed` at `now` (returned, expired, or a late create), with the
     /// log line saying why.
     pub fn close(&mut self, now: Millis, source: &str, message: impl Into<String>) {
-        self.state = RequestState::Closed;
+        self.end(RequestState::Closed, now, source, message);
+    }
+
+    /// End the request in `state` (closed or failed) at `now`, with the log line saying why.
+    pub fn end(
+        &mut self,
+        state: RequestState,
+        now: Millis,
+        source: &str,
+        message: impl Into<String>,
+    ) {
+        self.state = state;
         self.ended = Some(now);
         self.push_log(now, source, message);
     }

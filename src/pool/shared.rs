@@ -20,7 +20,7 @@ use super::{
     RequestState, Timings,
 };
 use crate::cluster::requests::{AssignmentRow, QueueSnapshot, SharedRequest, Versioned};
-use crate::cluster::{Cluster, ClusterError, PublishedDevice};
+use crate::cluster::{Cluster, ClusterError, Leadership, PublishedDevice};
 use crate::domain::clock::{Clock, Millis};
 
 /// The longest the passes wait without any change: a safety net under the deadlines
@@ -587,13 +587,7 @@ async fn schedule(
             None
         };
         if let Some((state, line)) = next {
-            let mut nv = v.clone();
-            nv.state = state;
-            nv.ended = Some(now);
-            nv.push_log(now, "scheduler", line);
-            cluster
-                .update_request_as_leader(&lead, &nv, r.mod_revision, None)
-                .await?;
+            end_as_leader(cluster, &lead, r, state, now, line).await?;
             done.insert(v.id);
         }
     }
@@ -754,13 +748,7 @@ async fn schedule(
         let Some((state, line)) = search_over(v, &devices, now, timings) else {
             continue;
         };
-        let mut nv = v.clone();
-        nv.state = state;
-        nv.ended = Some(now);
-        nv.push_log(now, "scheduler", line);
-        cluster
-            .update_request_as_leader(&lead, &nv, r.mod_revision, None)
-            .await?;
+        end_as_leader(cluster, &lead, r, state, now, line).await?;
         served.insert(v.id);
     }
     // Why the others still wait, in single-rack mode's words, written only when it changed
@@ -779,6 +767,23 @@ async fn schedule(
             .await?;
     }
     Ok(())
+}
+
+/// End request `r` in `state` as the scheduler, with the scheduler's log line saying why.
+async fn end_as_leader(
+    cluster: &Cluster,
+    lead: &Leadership,
+    r: &Versioned<SharedRequest>,
+    state: RequestState,
+    now: Millis,
+    line: String,
+) -> Result<(), ClusterError> {
+    let mut nv = r.value.clone();
+    nv.end(state, now, "scheduler", line);
+    cluster
+        .update_request_as_leader(lead, &nv, r.mod_revision, None)
+        .await
+        .map(|_| ())
 }
 
 /// The controller a waiting request is pinned to, with the device name: a named request
