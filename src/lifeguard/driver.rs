@@ -30,7 +30,7 @@ use crate::hw::{
     RelayBoards,
 };
 use crate::storage::logs::{NewLog, append};
-use crate::storage::{Snapshot, Store, StoreError};
+use crate::storage::{Snapshot, Store, StoreError, Tx};
 
 /// Most fastboot output lines copied into a device's log per flash.
 const MAX_FLASH_LOG_LINES: usize = 400;
@@ -408,17 +408,28 @@ impl Lifeguard {
         event: Event,
         actor: Option<String>,
     ) -> Result<Applied, DeliverError> {
-        self.transition(name, actor, move |s, now, t| {
+        self.transition(name, actor, false, move |s, now, t| {
             step(s, event, now, t).map_err(ApplyError::from)
         })
         .await
     }
 
-    /// Run one transition of `name` in its own store write, then execute its actions.
+    /// Deliver a hardware action's result: as [`Driver::deliver`], but nobody waits on it,
+    /// so its write may share a later commit ([`Store::write_background`]).
+    async fn deliver_result(&self, name: &str, event: Event) -> Result<Applied, DeliverError> {
+        self.transition(name, None, true, move |s, now, t| {
+            step(s, event, now, t).map_err(ApplyError::from)
+        })
+        .await
+    }
+
+    /// Run one transition of `name` in its own store write (`background`: one nobody is
+    /// waiting on), then execute its actions.
     async fn transition<F>(
         &self,
         name: &str,
         actor: Option<String>,
+        background: bool,
         f: F,
     ) -> Result<Applied, DeliverError>
     where
@@ -428,11 +439,12 @@ impl Lifeguard {
     {
         let t = self.inner.timings.clone();
         let n = name.to_owned();
-        let applied = self
-            .inner
-            .store
-            .write(move |tx, now| apply(tx, now, &n, actor.as_deref(), |s| f(s, now, &t)))
-            .await??;
+        let write = move |tx: &Tx<'_>, now| apply(tx, now, &n, actor.as_deref(), |s| f(s, now, &t));
+        let applied = if background {
+            self.inner.store.write_background(write).await??
+        } else {
+            self.inner.store.write(write).await??
+        };
         self.execute(applied.clone());
         Ok(applied)
     }
@@ -448,7 +460,7 @@ impl Lifeguard {
         to: String,
         actor: Option<String>,
     ) -> Result<Applied, DeliverError> {
-        self.transition(name, actor, move |s, now, t| {
+        self.transition(name, actor, false, move |s, now, t| {
             force(s, &from, &to, now, t).map_err(ApplyError::from)
         })
         .await
@@ -539,7 +551,7 @@ impl Lifeguard {
                 }
             }
             if let Some(event) = event
-                && let Err(e) = this.deliver(name, event, None).await
+                && let Err(e) = this.deliver_result(name, event).await
             {
                 tracing::warn!(device = %name, error = %e, "could not deliver a hardware result");
             }
@@ -992,10 +1004,11 @@ impl Lifeguard {
             }
         };
         let t = self.inner.timings.clone();
+        // Nobody waits on a timer: the write may share a later commit.
         let result = self
             .inner
             .store
-            .write(move |tx, now| {
+            .write_background(move |tx, now| {
                 let mut out = Vec::new();
                 for name in names {
                     let r = apply(tx, now, &name, None, |s| {

@@ -66,10 +66,11 @@ pub const SCHEMA_VERSION: u64 = 4;
 /// Largest number of write closures committed together.
 const MAX_BATCH: usize = 512;
 
-/// How long a batch holding only detached writes (log lines nobody waits for) waits for
-/// company before it commits alone: a cluster controller's API calls come milliseconds
-/// apart, and each audit line committed on its own costs an `fdatasync`. This is also the
-/// most a crash can lose of log lines whose calls were already answered.
+/// How long a batch holding only writes that may wait for company (detached log lines
+/// nobody waits for, and [`Store::write_background`]'s hardware steps) waits for a write
+/// somebody is waiting on before it commits alone: a cluster controller's API calls come
+/// milliseconds apart, and each write committed on its own costs an `fdatasync`. This is
+/// also the most a crash can lose of log lines whose calls were already answered.
 const DETACHED_LINGER: Duration = Duration::from_millis(10);
 
 /// Errors from the store.
@@ -230,8 +231,8 @@ trait Job: Send {
     fn run(self: Box<Self>, tx: &Tx<'_>, now: Millis) -> (Option<Failure>, Completion);
     /// Answer the caller without running its closure: the batch never began.
     fn refuse(self: Box<Self>, why: WriteError);
-    /// Nobody waits for this write (see [`DETACHED_LINGER`]).
-    fn detached(&self) -> bool;
+    /// The write may wait for company (see [`DETACHED_LINGER`]).
+    fn lingers(&self) -> bool;
 }
 
 /// Tells one caller how its batch ended.
@@ -259,8 +260,8 @@ struct WriteJob<F, T> {
     f: F,
     /// Where the closure's value (once committed) or the error goes.
     reply: oneshot::Sender<Result<T, StoreError>>,
-    /// Submitted by [`Store::write_detached`].
-    detached: bool,
+    /// Submitted by [`Store::write_detached`] or [`Store::write_background`].
+    lingers: bool,
 }
 
 impl<F, T> Job for WriteJob<F, T>
@@ -290,8 +291,8 @@ where
         let _ = self.reply.send(Err(StoreError::NotCommitted(why)));
     }
 
-    fn detached(&self) -> bool {
-        self.detached
+    fn lingers(&self) -> bool {
+        self.lingers
     }
 }
 
@@ -548,6 +549,22 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Like [`Store::write`], for a step nobody is waiting on right now (a hardware
+    /// action's result, a timer): its batch may wait up to [`DETACHED_LINGER`] for a
+    /// write somebody waits for and share its commit. The caller still acts only once the
+    /// write is durable.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub async fn write_background<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
+    {
+        let rx = self.submit(f, true)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Like [`Store::write`] but without waiting (the log of API calls uses it; the record
     /// becomes durable with the next commit, which waits up to [`DETACHED_LINGER`] for a
     /// write somebody waits for).
@@ -585,14 +602,14 @@ impl Store {
     fn submit<T, F>(
         &self,
         f: F,
-        detached: bool,
+        lingers: bool,
     ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Tx<'_>, Millis) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(WriteJob { f, reply, detached });
+        let job: Box<dyn Job> = Box::new(WriteJob { f, reply, lingers });
         self.inner.jobs.send(job).map_err(|_| StoreError::Closed)?;
         Ok(rx)
     }
@@ -735,11 +752,11 @@ struct Writer<D: Disk> {
     answer: Option<tokio::runtime::Handle>,
 }
 
-/// Add the writes waiting to `batch`. A batch of detached writes only waits up to
+/// Add the writes waiting to `batch`. A batch of writes that may linger only waits up to
 /// [`DETACHED_LINGER`] for more (when `linger`), and commits as soon as it holds one that
-/// somebody waits for.
+/// may not.
 fn gather(rx: &mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>, linger: bool) {
-    let mut waited_for = batch.iter().any(|j| !j.detached());
+    let mut waited_for = batch.iter().any(|j| !j.lingers());
     let mut until = None;
     while batch.len() < MAX_BATCH {
         let job = match rx.try_recv() {
@@ -754,7 +771,7 @@ fn gather(rx: &mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>, ling
                 }
             }
         };
-        waited_for |= !job.detached();
+        waited_for |= !job.lingers();
         batch.push(job);
     }
 }
@@ -1211,6 +1228,44 @@ mod tests {
                 .expect("read"),
             Some(5)
         );
+    }
+
+    /// A background write waits for company: a waited write that comes while it lingers
+    /// shares its commit, and each caller gets its answer once that commit is durable.
+    /// Alone, it still commits within the linger.
+    #[test]
+    fn a_background_write_shares_the_commit_of_a_waited_one() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("s.redb"), clock()).expect("store");
+        count(&store).expect("first commit");
+        rt.block_on(async {
+            let before = store.stats().commits.load(Ordering::Relaxed);
+            let background = {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .write_background(|tx, _| next_counter(tx, "background"))
+                        .await
+                })
+            };
+            tokio::task::yield_now().await;
+            let waited = store.write(|tx, _| next_counter(tx, "waited")).await;
+            assert_eq!(waited.expect("waited write"), 1);
+            assert_eq!(background.await.expect("task").expect("background"), 1);
+            let commits = store.stats().commits.load(Ordering::Relaxed) - before;
+            assert_eq!(commits, 1, "the two writes took {commits} commits");
+            let alone = tokio::time::timeout(
+                Duration::from_secs(5),
+                store.write_background(|tx, _| next_counter(tx, "background")),
+            )
+            .await
+            .expect("a lone background write commits");
+            assert_eq!(alone.expect("background"), 2);
+        });
     }
 
     /// Wait until the writer has reopened the store (or fail after `secs`).
