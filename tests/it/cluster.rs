@@ -844,14 +844,10 @@ fn check_assignment_history(etcd: &Etcd, prefix: &str) -> usize {
 /// details, renew, return) against each controller; the device may be on another rack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mozharness_sequence_works_against_each_controller() {
-    let test = "cluster_mozharness";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_mozharness", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     for c in [&a, &b] {
         let t = Instant::now();
         let r = request_any(c, "mozharness", 0, None).await;
@@ -965,6 +961,27 @@ async fn until_pooled(etcd: &Etcd, p: &str, n: usize) {
     });
 }
 
+/// The etcd cluster of `test` (keys under its [`prefix`]) and a controller per `(name,
+/// devices)` of `racks`, started in turn, once all their devices and a scheduler are in etcd
+/// ([`until_pooled`]); `None` (after `SKIPPED`) where [`Etcd::start`] skips.
+async fn pooled<const N: usize>(
+    test: &str,
+    racks: [(&str, u32); N],
+) -> Option<(Etcd, String, [Controller; N])> {
+    let etcd = Etcd::start(test)?;
+    let p = prefix(test);
+    let mut ctrls = Vec::new();
+    for (name, devices) in racks {
+        ctrls.push(Controller::start(&etcd, name, &p, devices).await);
+    }
+    let total = racks.iter().map(|(_, n)| *n as usize).sum();
+    until_pooled(&etcd, &p, total).await;
+    let Ok(ctrls) = ctrls.try_into() else {
+        unreachable!("one controller per rack");
+    };
+    Some((etcd, p, ctrls))
+}
+
 /// Published devices that are available and have no assignment: what the scheduler may
 /// hand out now, as `controller/device`.
 fn free_devices(etcd: &Etcd, p: &str) -> Vec<String> {
@@ -1010,15 +1027,10 @@ async fn until_free(
 /// the next one to the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_freed_device_serves_the_highest_priority_waiter() {
-    let test = "cluster_priority";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1), ("rack-c", 1)];
+    let Some((etcd, p, [a, b, c])) = pooled("cluster_priority", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    let c = Controller::start(&etcd, "rack-c", &p, 1).await;
-    until_pooled(&etcd, &p, 3).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let r = request_any(&c, "holder", 0, None).await;
@@ -1087,15 +1099,10 @@ async fn the_first_freed_device_serves_the_highest_priority_waiter() {
 /// on another controller with the same idempotency key yields one request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_request_survives_its_controller_and_retries_are_idempotent() {
-    let test = "cluster_survive";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1), ("rack-c", 1)];
+    let Some((etcd, p, [a, b, c])) = pooled("cluster_survive", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    let c = Controller::start(&etcd, "rack-c", &p, 1).await;
-    until_pooled(&etcd, &p, 3).await;
     let id = request_any(&a, "survivor", 0, None).await["id"]
         .as_u64()
         .expect("id");
@@ -1129,17 +1136,10 @@ async fn an_acknowledged_request_survives_its_controller_and_retries_are_idempot
 /// (its election is gone) and the history has no double booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_scheduler_during_a_burst_is_replaced() {
-    let test = "cluster_burst_failover";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 2), ("rack-b", 2), ("rack-c", 2)];
+    let Some((etcd, p, ctrls)) = pooled("cluster_burst_failover", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let ctrls = [
-        Controller::start(&etcd, "rack-a", &p, 2).await,
-        Controller::start(&etcd, "rack-b", &p, 2).await,
-        Controller::start(&etcd, "rack-c", &p, 2).await,
-    ];
-    until_pooled(&etcd, &p, 6).await;
     let mut leader = None;
     for (i, c) in ctrls.iter().enumerate() {
         if is_scheduler(c.status().await.as_ref()) {
@@ -1219,14 +1219,10 @@ async fn send_any(c: &Controller, assignee: &str) -> reqwest::Response {
 /// booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
-    let test = "cluster_queue_quorum";
-    let Some(mut etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((mut etcd, p, [a, b])) = pooled("cluster_queue_quorum", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     // One member down, the raft leader first, changes nothing: the create right after
     // rides out etcd's election and both devices are handed out as usual.
     let first = etcd.leader();
@@ -1405,14 +1401,10 @@ fn log_messages(v: &Value) -> Vec<String> {
 /// returned, and the request event route acts on the shared request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasons_logs_and_fair_share_across_racks() {
-    let test = "cluster_reasons";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 2), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_reasons", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 2).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 3).await;
     // Alice holds two devices, carol the third: every device is held.
     let mut holders = Vec::new();
     for (c, who) in [(&a, "alice"), (&b, "alice"), (&b, "carol")] {
@@ -1812,17 +1804,10 @@ async fn chaos_client(n: u64, urls: Vec<String>, until: Instant) -> ChaosTally {
 /// history has no device with two holders at once and no request with two devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_double_booking_while_controllers_are_killed_and_restarted() {
-    let test = "cluster_chaos";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 2), ("rack-b", 2), ("rack-c", 2)];
+    let Some((etcd, p, mut ctrls)) = pooled("cluster_chaos", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let mut ctrls = vec![
-        Controller::start(&etcd, "rack-a", &p, 2).await,
-        Controller::start(&etcd, "rack-b", &p, 2).await,
-        Controller::start(&etcd, "rack-c", &p, 2).await,
-    ];
-    until_pooled(&etcd, &p, 6).await;
     let urls: Vec<String> = ctrls.iter().map(|c| c.url.clone()).collect();
     let start = Instant::now();
     let until = start + Duration::from_secs(20);
@@ -2041,15 +2026,10 @@ async fn pool_list(c: &Controller) -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_calls_reach_their_owner_through_any_controller() {
     use reqwest::Method;
-    let test = "cluster_forwarding";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 3), ("rack-c", 2)];
+    let Some((etcd, p, [a, b, c])) = pooled("cluster_forwarding", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 3).await;
-    let c = Controller::start(&etcd, "rack-c", &p, 2).await;
-    until_pooled(&etcd, &p, 6).await;
 
     // The list through each controller: the whole pool, each device with its controller;
     // wait until every device has finished its first self-test.
@@ -2516,14 +2496,10 @@ fn pool_row<'a>(page: &'a str, device: &str, controller: &str) -> &'a str {
 /// through any controller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_requests_pick_their_rack_and_the_request_page_shows_the_shared_request() {
-    let test = "cluster_named";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 2)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_named", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 2).await;
-    until_pooled(&etcd, &p, 3).await;
 
     // sim-0001 is on both racks: the client must pick; sim-0009 is nowhere; rack-q has no
     // sim-0001.
@@ -2684,14 +2660,10 @@ async fn request_count(c: &Controller) -> usize {
 /// device once its holder returns it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_named_device_is_refused_without_wait_and_queued_with_it() {
-    let test = "cluster_named_busy";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_named_busy", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     let id = |body: &Value| body["request"]["id"].as_u64().expect("id");
     // Both devices past their first self-test (until then they are busy too).
     until_free(&etcd, &p, "devices not ready", |free| free.len() >= 2, None).await;
@@ -2815,14 +2787,10 @@ async fn until_not_queued(c: &Controller, id: u64, within: Duration) -> (Value, 
 /// lease expires; every controller shows the same outcome and log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_any_request_without_wait_fails_after_its_bounded_search() {
-    let test = "cluster_bounded_any";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_bounded_any", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     // Every device held (these two queue with `wait` until they are served).
     for c in [&a, &b] {
         let id = request_any(c, "holder", 0, None).await["id"]
@@ -2872,14 +2840,10 @@ async fn an_any_request_without_wait_fails_after_its_bounded_search() {
 /// controller took it; the log says why, in single-rack mode's words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_failed_device_without_wait_fails_as_a_bad_device() {
-    let test = "cluster_bounded_bad";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_bounded_bad", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     until_free(&etcd, &p, "devices not ready", |free| free.len() >= 2, None).await;
     // rack-b's sim-0001 taken out of service as failed (through rack-a: proxied), until
     // rack-b publishes it so.
