@@ -20,7 +20,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::support::{FAST_RACK, TestServer, require_tool};
+use crate::support::{FAST_RACK, TestServer, ok_if, poll, require_tool};
 
 /// The controllers' lease TTL in these tests.
 const TTL: Duration = Duration::from_secs(2);
@@ -237,19 +237,19 @@ impl Controller {
         pred: impl Fn(Option<&Value>) -> bool,
     ) -> Duration {
         let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < within {
-            last = self.status().await;
-            if pred(last.as_ref()) {
-                return start.elapsed();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "{}: {what} not within {within:?}; last status {last:?}\nlog:\n{}",
-            self.name,
-            self.log_tail()
-        );
+        poll(within, Duration::from_millis(100), async || {
+            let s = self.status().await;
+            ok_if(pred(s.as_ref()), s)
+        })
+        .await
+        .unwrap_or_else(|last| {
+            panic!(
+                "{}: {what} not within {within:?}; last status {last:?}\nlog:\n{}",
+                self.name,
+                self.log_tail()
+            )
+        });
+        start.elapsed()
     }
 
     fn log_tail(&self) -> String {
@@ -291,24 +291,25 @@ async fn a_killed_controllers_devices_leave_the_pool_within_its_lease() {
     let b = Controller::start(&etcd, "rack-b", &p, 2).await;
     // Both publish their devices under their leases.
     let devices = format!("{p}devices/");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let keys = etcd.keys(&devices);
-        let of = |c: &str| {
-            keys.iter()
-                .filter(|k| k.starts_with(&format!("{devices}{c}/")))
-                .count()
-        };
-        if of("rack-a") == 3 && of("rack-b") == 2 {
-            assert!(
-                keys.contains(&format!("{devices}rack-a/sim-0001")),
-                "{keys:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "devices not published: {keys:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let keys = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let keys = etcd.keys(&devices);
+            let of = |c: &str| {
+                keys.iter()
+                    .filter(|k| k.starts_with(&format!("{devices}{c}/")))
+                    .count()
+            };
+            ok_if(of("rack-a") == 3 && of("rack-b") == 2, keys)
+        },
+    )
+    .await
+    .unwrap_or_else(|keys| panic!("devices not published: {keys:?}"));
+    assert!(
+        keys.contains(&format!("{devices}rack-a/sim-0001")),
+        "{keys:?}"
+    );
     // Each sees both members.
     b.wait_for("both members", Duration::from_secs(5), |s| {
         s.is_some_and(|s| s["members"].as_array().is_some_and(|m| m.len() == 2))
@@ -321,19 +322,20 @@ async fn a_killed_controllers_devices_leave_the_pool_within_its_lease() {
 
     // A second live controller under rack-b's name publishes nothing and says why.
     let twin = TestServer::start_rack(1, &etcd.section("rack-b", &p)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, body) = twin.get("/api/cluster/").await;
-        if body["publish_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("in use by another live controller"))
-        {
-            assert_eq!(body["published_devices"], 0, "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "name clash not reported: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || {
+            let (_, body) = twin.get("/api/cluster/").await;
+            let said = body["publish_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("in use by another live controller"));
+            ok_if(said, body)
+        },
+    )
+    .await
+    .unwrap_or_else(|body| panic!("name clash not reported: {body}"));
+    assert_eq!(body["published_devices"], 0, "{body}");
     twin.stop().await;
     let keys = etcd.keys(&format!("{devices}rack-b/"));
     assert_eq!(keys.len(), 2, "rack-b's own devices untouched: {keys:?}");
@@ -342,22 +344,23 @@ async fn a_killed_controllers_devices_leave_the_pool_within_its_lease() {
     signal(&a.child, Signal::SIGKILL);
     let _ = a.child.wait();
     let killed = Instant::now();
-    loop {
-        let keys = etcd.keys(&devices);
-        if !keys
-            .iter()
-            .any(|k| k.starts_with(&format!("{devices}rack-a/")))
-        {
-            assert_eq!(keys.len(), 2, "rack-b's devices stay: {keys:?}");
-            break;
-        }
-        assert!(
-            killed.elapsed() < TTL + Duration::from_secs(2),
-            "rack-a's devices still published {:?} after SIGKILL: {keys:?}",
-            killed.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let keys = poll(
+        TTL + Duration::from_secs(2),
+        Duration::from_millis(100),
+        async || {
+            let keys = etcd.keys(&devices);
+            let left = keys
+                .iter()
+                .any(|k| k.starts_with(&format!("{devices}rack-a/")));
+            ok_if(!left, keys)
+        },
+    )
+    .await
+    .unwrap_or_else(|keys| {
+        let after = killed.elapsed();
+        panic!("rack-a's devices still published {after:?} after SIGKILL: {keys:?}")
+    });
+    assert_eq!(keys.len(), 2, "rack-b's devices stay: {keys:?}");
     eprintln!(
         "cluster: rack-a's devices left the pool {:?} after SIGKILL (TTL {TTL:?})",
         killed.elapsed()
@@ -387,22 +390,26 @@ async fn a_paused_scheduler_is_replaced_and_its_old_election_cannot_write() {
     let a = Controller::start(&etcd, "rack-a", &p, 1).await;
     let b = Controller::start(&etcd, "rack-b", &p, 1).await;
     // Exactly one scheduler, and both agree who.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (leader, other) = loop {
-        let (sa, sb) = (a.status().await, b.status().await);
-        let (la, lb) = (is_scheduler(sa.as_ref()), is_scheduler(sb.as_ref()));
-        assert!(!(la && lb), "two schedulers: {sa:?} {sb:?}");
-        let agreed =
-            |s: &Option<Value>, name: &str| s.as_ref().is_some_and(|s| s["scheduler"] == name);
-        if la && agreed(&sb, "rack-a") {
-            break (&a, &b);
-        }
-        if lb && agreed(&sa, "rack-b") {
-            break (&b, &a);
-        }
-        assert!(Instant::now() < deadline, "no scheduler: {sa:?} {sb:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (leader, other) = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let (sa, sb) = (a.status().await, b.status().await);
+            let (la, lb) = (is_scheduler(sa.as_ref()), is_scheduler(sb.as_ref()));
+            assert!(!(la && lb), "two schedulers: {sa:?} {sb:?}");
+            let agreed =
+                |s: &Option<Value>, name: &str| s.as_ref().is_some_and(|s| s["scheduler"] == name);
+            if la && agreed(&sb, "rack-a") {
+                return Ok((&a, &b));
+            }
+            if lb && agreed(&sa, "rack-b") {
+                return Ok((&b, &a));
+            }
+            Err((sa, sb))
+        },
+    )
+    .await
+    .unwrap_or_else(|(sa, sb)| panic!("no scheduler: {sa:?} {sb:?}"));
     // Stays exactly one for a while.
     for _ in 0..10 {
         assert!(is_scheduler(leader.status().await.as_ref()));
@@ -624,19 +631,20 @@ async fn a_controller_starts_while_etcd_is_down() {
         "[cluster]\nname = \"rack-x\"\nendpoints = [\"http://127.0.0.1:{port}\"]\nlease_ttl_s = 2\ntimeout_ms = 300\n"
     );
     let s = TestServer::start_rack(1, &text).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = s.get("/api/cluster/").await;
-        assert_eq!(status, 200);
-        if body["etcd_error"].is_string() {
-            assert_eq!(body["etcd_ok"], false, "{body}");
-            assert!(body["lease"].is_null(), "{body}");
-            assert_eq!(body["is_scheduler"], false, "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || {
+            let (status, body) = s.get("/api/cluster/").await;
+            assert_eq!(status, 200);
+            ok_if(body["etcd_error"].is_string(), body)
+        },
+    )
+    .await
+    .unwrap_or_else(|body| panic!("no etcd_error: {body}"));
+    assert_eq!(body["etcd_ok"], false, "{body}");
+    assert!(body["lease"].is_null(), "{body}");
+    assert_eq!(body["is_scheduler"], false, "{body}");
     s.wait_all_ready(20).await;
     s.stop().await;
 }
@@ -652,20 +660,21 @@ async fn tls_with_client_certificates() {
     };
     let p = prefix(test);
     let s = TestServer::start_rack(1, &etcd.section("rack-tls", &p)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = s.get("/api/cluster/").await;
-        if body["etcd_ok"] == true
-            && body["lease"].is_object()
-            && body["is_scheduler"] == true
-            && body["published_devices"] == 1
-            && body["members"].as_array().is_some_and(|m| m.len() == 1)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "over TLS: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let (_, body) = s.get("/api/cluster/").await;
+            let up = body["etcd_ok"] == true
+                && body["lease"].is_object()
+                && body["is_scheduler"] == true
+                && body["published_devices"] == 1
+                && body["members"].as_array().is_some_and(|m| m.len() == 1);
+            ok_if(up, body)
+        },
+    )
+    .await
+    .unwrap_or_else(|body| panic!("over TLS: {body}"));
     assert_eq!(etcd.keys(&format!("{p}devices/rack-tls/")).len(), 1);
     let metrics = s
         .http
@@ -694,20 +703,18 @@ async fn tls_with_client_certificates() {
         .map(|l| format!("{l}\n"))
         .collect();
     let t = TestServer::start_rack(1, &no_cert).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, body) = t.get("/api/cluster/").await;
-        if body["etcd_error"].is_string() {
-            assert_eq!(body["etcd_ok"], false, "{body}");
-            assert!(body["lease"].is_null(), "{body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "without a client certificate: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || {
+            let (_, body) = t.get("/api/cluster/").await;
+            ok_if(body["etcd_error"].is_string(), body)
+        },
+    )
+    .await
+    .unwrap_or_else(|body| panic!("without a client certificate: {body}"));
+    assert_eq!(body["etcd_ok"], false, "{body}");
+    assert!(body["lease"].is_null(), "{body}");
     t.stop().await;
     s.stop().await;
 }
@@ -753,22 +760,29 @@ async fn get_json(c: &Controller, path: &str) -> Value {
 /// Poll `id`'s status through `c` (long polls) until `ready`; panics after `within`.
 async fn until_ready(c: &Controller, id: u64, within: Duration) -> Value {
     let start = Instant::now();
-    loop {
+    let why = |s: &Value| {
+        let (name, after) = (&c.name, start.elapsed());
+        format!(
+            "request {id} not ready through {name} after {after:?}: {s}\n{}",
+            c.log_tail()
+        )
+    };
+    let ready = async || {
         let s = get_json(c, &format!("/api/request/{id}/status/?wait=1")).await;
         if s["state"] == "ready" {
-            return s;
+            return Ok(s);
         }
-        assert!(
-            start.elapsed() < within
-                && !s["state"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("failed") || s == "closed"),
-            "request {id} not ready through {} after {:?}: {s}\n{}",
-            c.name,
-            start.elapsed(),
-            c.log_tail()
-        );
-    }
+        // An ended request will never be ready: no need to wait out `within`.
+        let ended = s["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("failed") || s == "closed");
+        assert!(!ended, "{}", why(&s));
+        Err(s)
+    };
+    // The status call long-polls itself: no pause between calls.
+    poll(within, Duration::ZERO, ready)
+        .await
+        .unwrap_or_else(|s| panic!("{}", why(&s)))
 }
 
 async fn post(c: &Controller, path: &str, body: Value) -> u16 {
@@ -830,20 +844,10 @@ fn check_assignment_history(etcd: &Etcd, prefix: &str) -> usize {
 /// details, renew, return) against each controller; the device may be on another rack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mozharness_sequence_works_against_each_controller() {
-    let test = "cluster_mozharness";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_mozharness", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    let start = Instant::now();
-    while etcd.keys(&format!("{p}devices/")).len() < 2
-        || etcd.keys(&format!("{p}scheduler")).is_empty()
-    {
-        assert!(start.elapsed() < Duration::from_secs(10), "not published");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     for c in [&a, &b] {
         let t = Instant::now();
         let r = request_any(c, "mozharness", 0, None).await;
@@ -902,15 +906,19 @@ async fn the_mozharness_sequence_works_against_each_controller() {
         }
         // Both devices come back (self-tested, assignment freed) before the next round.
         let t = Instant::now();
-        while !etcd.keys(&format!("{p}assign/")).is_empty() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "assignments not freed\n{}\n{}",
-                a.log_tail(),
-                b.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            async || {
+                let left = etcd.keys(&format!("{p}assign/"));
+                ok_if(left.is_empty(), left)
+            },
+        )
+        .await
+        .unwrap_or_else(|left| {
+            let (la, lb) = (a.log_tail(), b.log_tail());
+            panic!("assignments not freed: {left:?}\n{la}\n{lb}")
+        });
         eprintln!(
             "cluster: both devices back in the pool {:?} after the returns",
             t.elapsed()
@@ -935,13 +943,43 @@ async fn list_ids(c: &Controller, path: &str) -> Vec<u64> {
 
 /// Wait until all controllers' devices (`n`) and a scheduler are in etcd.
 async fn until_pooled(etcd: &Etcd, p: &str, n: usize) {
-    let start = Instant::now();
-    while etcd.keys(&format!("{p}devices/")).len() < n
-        || etcd.keys(&format!("{p}scheduler")).is_empty()
-    {
-        assert!(start.elapsed() < Duration::from_secs(10), "not published");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let devices = etcd.keys(&format!("{p}devices/"));
+            let scheduler = etcd.keys(&format!("{p}scheduler"));
+            ok_if(
+                devices.len() >= n && !scheduler.is_empty(),
+                (devices, scheduler),
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|(devices, scheduler)| {
+        panic!("not published: {devices:?}, scheduler {scheduler:?}")
+    });
+}
+
+/// The etcd cluster of `test` (keys under its [`prefix`]) and a controller per `(name,
+/// devices)` of `racks`, started in turn, once all their devices and a scheduler are in etcd
+/// ([`until_pooled`]); `None` (after `SKIPPED`) where [`Etcd::start`] skips.
+async fn pooled<const N: usize>(
+    test: &str,
+    racks: [(&str, u32); N],
+) -> Option<(Etcd, String, [Controller; N])> {
+    let etcd = Etcd::start(test)?;
+    let p = prefix(test);
+    let mut ctrls = Vec::new();
+    for (name, devices) in racks {
+        ctrls.push(Controller::start(&etcd, name, &p, devices).await);
     }
+    let total = racks.iter().map(|(_, n)| *n as usize).sum();
+    until_pooled(&etcd, &p, total).await;
+    let Ok(ctrls) = ctrls.try_into() else {
+        unreachable!("one controller per rack");
+    };
+    Some((etcd, p, ctrls))
 }
 
 /// Published devices that are available and have no assignment: what the scheduler may
@@ -960,20 +998,39 @@ fn free_devices(etcd: &Etcd, p: &str) -> Vec<String> {
         .collect()
 }
 
+/// Wait (30 s, polling every 100 ms) until the [`free_devices`] satisfy `pred`; panics
+/// saying `what`, with the free devices last seen and, given `log_of`, its log tail.
+async fn until_free(
+    etcd: &Etcd,
+    p: &str,
+    what: &str,
+    pred: impl Fn(&[String]) -> bool,
+    log_of: Option<&Controller>,
+) {
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let free = free_devices(etcd, p);
+            ok_if(pred(&free), free)
+        },
+    )
+    .await
+    .unwrap_or_else(|free| {
+        let log = log_of.map_or(String::new(), |c| format!("\n{}", c.log_tail()));
+        panic!("{what}: free {free:?}{log}")
+    });
+}
+
 /// Issue 22, test 2: all devices held; two waiters of different priority queued through
 /// two controllers; a device returned on a third goes to the higher priority within 2 s,
 /// the next one to the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_freed_device_serves_the_highest_priority_waiter() {
-    let test = "cluster_priority";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1), ("rack-c", 1)];
+    let Some((etcd, p, [a, b, c])) = pooled("cluster_priority", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    let c = Controller::start(&etcd, "rack-c", &p, 1).await;
-    until_pooled(&etcd, &p, 3).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let r = request_any(&c, "holder", 0, None).await;
@@ -1042,15 +1099,10 @@ async fn the_first_freed_device_serves_the_highest_priority_waiter() {
 /// on another controller with the same idempotency key yields one request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_request_survives_its_controller_and_retries_are_idempotent() {
-    let test = "cluster_survive";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1), ("rack-c", 1)];
+    let Some((etcd, p, [a, b, c])) = pooled("cluster_survive", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    let c = Controller::start(&etcd, "rack-c", &p, 1).await;
-    until_pooled(&etcd, &p, 3).await;
     let id = request_any(&a, "survivor", 0, None).await["id"]
         .as_u64()
         .expect("id");
@@ -1084,17 +1136,10 @@ async fn an_acknowledged_request_survives_its_controller_and_retries_are_idempot
 /// (its election is gone) and the history has no double booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_scheduler_during_a_burst_is_replaced() {
-    let test = "cluster_burst_failover";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 2), ("rack-b", 2), ("rack-c", 2)];
+    let Some((etcd, p, ctrls)) = pooled("cluster_burst_failover", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let ctrls = [
-        Controller::start(&etcd, "rack-a", &p, 2).await,
-        Controller::start(&etcd, "rack-b", &p, 2).await,
-        Controller::start(&etcd, "rack-c", &p, 2).await,
-    ];
-    until_pooled(&etcd, &p, 6).await;
     let mut leader = None;
     for (i, c) in ctrls.iter().enumerate() {
         if is_scheduler(c.status().await.as_ref()) {
@@ -1117,25 +1162,27 @@ async fn a_paused_scheduler_during_a_burst_is_replaced() {
         let r = request_any(others[i % 2], "burst", 0, None).await;
         ids.push(r["id"].as_u64().expect("id"));
     }
-    // Every request of the burst is assigned by the new scheduler within TTL + 2 s.
-    loop {
-        let mut queued = 0;
-        for id in &ids {
-            let s = get_json(others[0], &format!("/api/request/{id}/status/")).await;
-            if s["state"] == "queued" {
-                queued += 1;
+    // Every request of the burst is assigned by the new scheduler within TTL + 2 s of the
+    // pause (the creates above count against it).
+    poll(
+        (TTL + Duration::from_secs(2)).saturating_sub(paused.elapsed()),
+        Duration::from_millis(50),
+        async || {
+            let mut queued = 0;
+            for id in &ids {
+                let s = get_json(others[0], &format!("/api/request/{id}/status/")).await;
+                if s["state"] == "queued" {
+                    queued += 1;
+                }
             }
-        }
-        if queued == 0 {
-            break;
-        }
-        assert!(
-            paused.elapsed() < TTL + Duration::from_secs(2),
-            "{queued} requests still queued {:?} after the scheduler was paused",
-            paused.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            ok_if(queued == 0, queued)
+        },
+    )
+    .await
+    .unwrap_or_else(|queued| {
+        let after = paused.elapsed();
+        panic!("{queued} requests still queued {after:?} after the scheduler was paused")
+    });
     eprintln!(
         "cluster: burst assigned {:?} after pausing the scheduler",
         paused.elapsed()
@@ -1151,6 +1198,19 @@ async fn a_paused_scheduler_during_a_burst_is_replaced() {
     check_assignment_history(&etcd, &p);
 }
 
+/// `POST /api/device/any/request/` for `assignee` (queueing up to 120 s) through `c`,
+/// whatever it answers.
+async fn send_any(c: &Controller, assignee: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/api/device/any/request/", c.url))
+        .json(&serde_json::json!({
+            "assignee": assignee, "duration": 600, "image": "android", "wait": 120
+        }))
+        .send()
+        .await
+        .expect("create")
+}
+
 /// Issue 22, test 5: one etcd member down changes nothing for request calls; with all
 /// devices held and a request waiting, two members down → a create and a return answer 503
 /// `cluster_unavailable` within 5 s and nothing is reassigned through the outage (longer
@@ -1159,14 +1219,10 @@ async fn a_paused_scheduler_during_a_burst_is_replaced() {
 /// booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
-    let test = "cluster_queue_quorum";
-    let Some(mut etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((mut etcd, p, [a, b])) = pooled("cluster_queue_quorum", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     // One member down, the raft leader first, changes nothing: the create right after
     // rides out etcd's election and both devices are handed out as usual.
     let first = etcd.leader();
@@ -1184,29 +1240,23 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
     let waiter = request_any(&a, "waiter", 0, None).await["id"]
         .as_u64()
         .expect("id");
-    let t = Instant::now();
-    loop {
-        let st = get_json(&b, &format!("/api/request/{waiter}/status/")).await;
-        assert_eq!(st["state"], "queued", "{st}");
-        if st["waiting_because"].is_string() {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no reason: {st}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            let st = get_json(&b, &format!("/api/request/{waiter}/status/")).await;
+            assert_eq!(st["state"], "queued", "{st}");
+            ok_if(st["waiting_because"].is_string(), st)
+        },
+    )
+    .await
+    .unwrap_or_else(|st| panic!("no reason: {st}"));
     let assigned_before = etcd.keys(&format!("{p}assign/"));
     let history_before = check_assignment_history(&etcd, &p);
     assert_eq!(history_before, 2);
     etcd.kill_member(second);
     let t = Instant::now();
-    let r = http()
-        .post(format!("{}/api/device/any/request/", b.url))
-        .json(&serde_json::json!({
-            "assignee": "no-quorum", "duration": 600, "image": "android", "wait": 120
-        }))
-        .send()
-        .await
-        .expect("create");
+    let r = send_any(&b, "no-quorum").await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["code"], "cluster_unavailable", "{body}");
@@ -1255,23 +1305,20 @@ async fn request_calls_through_etcd_member_loss_and_quorum_loss() {
     assert_eq!(st["state"], "queued", "{st}");
     // A create is taken again; the return is retried and its device serves the request
     // that waited through the outage (it is older than the new one).
-    let t = Instant::now();
-    let after = loop {
-        let r = http()
-            .post(format!("{}/api/device/any/request/", a.url))
-            .json(&serde_json::json!({
-                "assignee": "after", "duration": 600, "image": "android", "wait": 120
-            }))
-            .send()
-            .await
-            .expect("create");
-        if r.status() == 200 {
+    let after = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        async || {
+            let r = send_any(&a, "after").await;
+            if r.status() != 200 {
+                return Err(r.status());
+            }
             let v: Value = r.json().await.expect("json");
-            break v["request"]["id"].as_u64().expect("id");
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "creates still fail");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+            Ok(v["request"]["id"].as_u64().expect("id"))
+        },
+    )
+    .await
+    .unwrap_or_else(|status| panic!("creates still fail: {status}"));
     assert_eq!(
         post(
             &b,
@@ -1354,14 +1401,10 @@ fn log_messages(v: &Value) -> Vec<String> {
 /// returned, and the request event route acts on the shared request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasons_logs_and_fair_share_across_racks() {
-    let test = "cluster_reasons";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 2), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_reasons", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 2).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 3).await;
     // Alice holds two devices, carol the third: every device is held.
     let mut holders = Vec::new();
     for (c, who) in [(&a, "alice"), (&b, "alice"), (&b, "carol")] {
@@ -1383,18 +1426,20 @@ async fn reasons_logs_and_fair_share_across_racks() {
         .as_u64()
         .expect("id");
     let t = Instant::now();
-    let (sa, sb) = loop {
-        let sa = get_json(&b, &format!("/api/request/{alice}/status/")).await;
-        let sb = get_json(&a, &format!("/api/request/{bob}/status/")).await;
-        if sa["waiting_because"].is_string() && sb["waiting_because"].is_string() {
-            break (sa, sb);
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "no reasons: {sa} {sb}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (sa, sb) = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            let sa = get_json(&b, &format!("/api/request/{alice}/status/")).await;
+            let sb = get_json(&a, &format!("/api/request/{bob}/status/")).await;
+            ok_if(
+                sa["waiting_because"].is_string() && sb["waiting_because"].is_string(),
+                (sa, sb),
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|(sa, sb)| panic!("no reasons: {sa} {sb}"));
     eprintln!(
         "cluster: waiting_because written {:?} after the creates",
         t.elapsed()
@@ -1509,18 +1554,13 @@ async fn until_shared(
     what: &str,
     pred: impl Fn(&SharedRequest) -> bool,
 ) -> Versioned<SharedRequest> {
-    let start = Instant::now();
-    loop {
-        let r = client.request(id).await.ok().flatten();
-        if let Some(r) = r.filter(|r| pred(&r.value)) {
-            return r;
-        }
-        assert!(
-            start.elapsed() < within,
-            "request {id}: {what} not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let read = async || match client.request(id).await {
+        Ok(Some(r)) if pred(&r.value) => Ok(r),
+        other => Err(other),
+    };
+    poll(within, Duration::from_millis(10), read)
+        .await
+        .unwrap_or_else(|last| panic!("request {id}: {what} not within {within:?}: {last:?}"))
 }
 
 /// Issue 22, test 4: a request assigned to a device of rack-x; rack-x is SIGSTOPped while
@@ -1545,14 +1585,8 @@ async fn a_paused_owner_cannot_report_stale_results() {
         .expect("id");
     until_ready(&a, holder, Duration::from_secs(30)).await;
     let x = Controller::start(&etcd, "rack-x", &p, 1).await;
-    let start = Instant::now();
-    while !free_devices(&etcd, &p).contains(&"rack-x/sim-0001".to_owned()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "rack-x not pooled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let x_free = |free: &[String]| free.iter().any(|d| d == "rack-x/sim-0001");
+    until_free(&etcd, &p, "rack-x not pooled", x_free, None).await;
     assert!(is_scheduler(a.status().await.as_ref()));
     let id = request_any(&a, "victim", 0, None).await["id"]
         .as_u64()
@@ -1565,16 +1599,17 @@ async fn a_paused_owner_cannot_report_stale_results() {
     .await;
     assert_eq!(stale.value.owner.as_deref(), Some("rack-x"), "{stale:?}");
     let x_key = format!("{p}devices/rack-x/sim-0001");
-    let start = Instant::now();
-    while !String::from_utf8_lossy(&etcd.etcdctl(&["get", &x_key]).stdout).contains("\"held\":true")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "rack-x never held its device\n{}",
-            x.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || {
+            let value =
+                String::from_utf8_lossy(&etcd.etcdctl(&["get", &x_key]).stdout).into_owned();
+            ok_if(value.contains("\"held\":true"), value)
+        },
+    )
+    .await
+    .unwrap_or_else(|value| panic!("rack-x never held its device: {value}\n{}", x.log_tail()));
     signal(&x.child, Signal::SIGSTOP);
     let paused = Instant::now();
     let now = client.request(id).await.expect("etcd").expect("request");
@@ -1622,14 +1657,8 @@ async fn a_paused_owner_cannot_report_stale_results() {
     signal(&x.child, Signal::SIGCONT);
     let resumed = Instant::now();
     // rack-x drops its local hold; its device is self-tested and offered again.
-    while !free_devices(&etcd, &p).contains(&"rack-x/sim-0001".to_owned()) {
-        assert!(
-            resumed.elapsed() < Duration::from_secs(30),
-            "rack-x's device not back in the pool\n{}",
-            x.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gone = "rack-x's device not back in the pool";
+    until_free(&etcd, &p, gone, x_free, Some(&x)).await;
     eprintln!(
         "cluster: rack-x's device available again {:?} after SIGCONT",
         resumed.elapsed()
@@ -1775,17 +1804,10 @@ async fn chaos_client(n: u64, urls: Vec<String>, until: Instant) -> ChaosTally {
 /// history has no device with two holders at once and no request with two devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_double_booking_while_controllers_are_killed_and_restarted() {
-    let test = "cluster_chaos";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 2), ("rack-b", 2), ("rack-c", 2)];
+    let Some((etcd, p, mut ctrls)) = pooled("cluster_chaos", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let mut ctrls = vec![
-        Controller::start(&etcd, "rack-a", &p, 2).await,
-        Controller::start(&etcd, "rack-b", &p, 2).await,
-        Controller::start(&etcd, "rack-c", &p, 2).await,
-    ];
-    until_pooled(&etcd, &p, 6).await;
     let urls: Vec<String> = ctrls.iter().map(|c| c.url.clone()).collect();
     let start = Instant::now();
     let until = start + Duration::from_secs(20);
@@ -1828,20 +1850,23 @@ async fn no_double_booking_while_controllers_are_killed_and_restarted() {
     // it and frees its assignment), also those whose controller was killed while it held
     // them for a request.
     let back = Instant::now();
-    while free_devices(&etcd, &p).len() < 6 {
-        assert!(
-            back.elapsed() < Duration::from_secs(30),
-            "devices not back after the load: free {:?}, assignments {:?}\n{}",
-            free_devices(&etcd, &p),
-            etcd.keys(&format!("{p}assign/")),
-            String::from_utf8_lossy(
-                &etcd
-                    .etcdctl(&["get", "--prefix", &format!("{p}devices/")])
-                    .stdout
-            )
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let free = free_devices(&etcd, &p);
+            ok_if(free.len() >= 6, free)
+        },
+    )
+    .await
+    .unwrap_or_else(|free| {
+        let assigned = etcd.keys(&format!("{p}assign/"));
+        let published = etcd.etcdctl(&["get", "--prefix", &format!("{p}devices/")]);
+        panic!(
+            "devices not back after the load: free {free:?}, assignments {assigned:?}\n{}",
+            String::from_utf8_lossy(&published.stdout)
+        )
+    });
     eprintln!(
         "cluster: chaos: all devices back {:?} after the load",
         back.elapsed()
@@ -1899,14 +1924,16 @@ async fn ended_requests_are_deleted_after_keep_closed() {
     assert_eq!(s["state"], "closed", "{s}");
     // Deleted once kept 2 s and its device is freed (the self-test takes longer), never
     // while its assignment is still there.
-    while !etcd.keys(&key).is_empty() {
-        assert!(
-            returned.elapsed() < Duration::from_secs(20),
-            "request {id} not deleted\n{}",
-            a.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        Duration::from_secs(20).saturating_sub(returned.elapsed()),
+        Duration::from_millis(50),
+        async || {
+            let left = etcd.keys(&key);
+            ok_if(left.is_empty(), left)
+        },
+    )
+    .await
+    .unwrap_or_else(|left| panic!("request {id} not deleted: {left:?}\n{}", a.log_tail()));
     let gone = returned.elapsed();
     assert!(
         gone >= Duration::from_millis(1900),
@@ -1999,48 +2026,43 @@ async fn pool_list(c: &Controller) -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_calls_reach_their_owner_through_any_controller() {
     use reqwest::Method;
-    let test = "cluster_forwarding";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 3), ("rack-c", 2)];
+    let Some((etcd, p, [a, b, c])) = pooled("cluster_forwarding", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 3).await;
-    let c = Controller::start(&etcd, "rack-c", &p, 2).await;
-    until_pooled(&etcd, &p, 6).await;
 
     // The list through each controller: the whole pool, each device with its controller;
     // wait until every device has finished its first self-test.
     let start = Instant::now();
+    let want: Vec<(String, String)> = [
+        ("sim-0001", "rack-a"),
+        ("sim-0001", "rack-b"),
+        ("sim-0001", "rack-c"),
+        ("sim-0002", "rack-b"),
+        ("sim-0002", "rack-c"),
+        ("sim-0003", "rack-b"),
+    ]
+    .iter()
+    .map(|(n, c)| ((*n).to_owned(), (*c).to_owned()))
+    .collect();
     for ctl in [&a, &b, &c] {
-        loop {
-            let list = pool_list(ctl).await;
-            let mut seen: Vec<(String, String)> = list
-                .iter()
-                .map(|(n, c, _)| (n.clone(), c.clone()))
-                .collect();
-            seen.sort();
-            let want: Vec<(String, String)> = [
-                ("sim-0001", "rack-a"),
-                ("sim-0001", "rack-b"),
-                ("sim-0001", "rack-c"),
-                ("sim-0002", "rack-b"),
-                ("sim-0002", "rack-c"),
-                ("sim-0003", "rack-b"),
-            ]
-            .iter()
-            .map(|(n, c)| ((*n).to_owned(), (*c).to_owned()))
-            .collect();
-            if seen == want && list.iter().all(|(_, _, s)| s == "ready") {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "list through {}: {list:?}",
-                ctl.name
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // One 30 s budget for all three controllers.
+        poll(
+            Duration::from_secs(30).saturating_sub(start.elapsed()),
+            Duration::from_millis(200),
+            async || {
+                let list = pool_list(ctl).await;
+                let mut seen: Vec<(String, String)> = list
+                    .iter()
+                    .map(|(n, c, _)| (n.clone(), c.clone()))
+                    .collect();
+                seen.sort();
+                let all_ready = list.iter().all(|(_, _, s)| s == "ready");
+                ok_if(seen == want && all_ready, list)
+            },
+        )
+        .await
+        .unwrap_or_else(|list| panic!("list through {}: {list:?}", ctl.name));
         let plain = get_json(ctl, "/api/device/list/").await;
         assert_eq!(
             plain["devices"].as_array().map(Vec::len),
@@ -2188,14 +2210,15 @@ async fn device_calls_reach_their_owner_through_any_controller() {
                 .success()
         );
     }
-    let t = Instant::now();
-    let (s, by, e) = loop {
+    // Until rack-a's copy has the ghost (404 before); if it never does, the assertions
+    // below say what the last call answered.
+    let known = async || {
         let r = call(&a, Method::GET, "/api/device/ghost-1/status/", &[]).await;
-        if r.0 != 404 || t.elapsed() > Duration::from_secs(3) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        ok_if(r.0 != 404, r)
     };
+    let (s, by, e) = poll(Duration::from_secs(3), Duration::from_millis(100), known)
+        .await
+        .unwrap_or_else(|last| last);
     assert_eq!((s, by), (502, None), "{e}");
     assert_eq!(e["code"], "owner_unreachable");
     assert_eq!(e["controller"], "rack-z");
@@ -2276,24 +2299,26 @@ async fn device_calls_reach_their_owner_through_any_controller() {
             .unwrap_or_else(|| panic!("{name} of rack-b not listed: {list}"))
     };
     let t = Instant::now();
-    let held = loop {
-        let list = get_json(&c, "/api/device/list/?details=1").await;
-        let held = entry(&list, "sim-0003");
-        if held["request_id"] == id {
+    let held = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            let list = get_json(&c, "/api/device/list/?details=1").await;
+            let held = entry(&list, "sim-0003");
+            if held["request_id"] != id {
+                return Err(held);
+            }
             let free = entry(&list, "sim-0002");
             assert_eq!(
                 (&free["request_id"], &free["assignee"], &free["expires"]),
                 (&Value::Null, &Value::Null, &Value::Null),
                 "{free}"
             );
-            break held;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "rack-c shows no holder for sim-0003: {held}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            Ok(held)
+        },
+    )
+    .await
+    .unwrap_or_else(|held| panic!("rack-c shows no holder for sim-0003: {held}"));
     eprintln!(
         "cluster: another rack's holder listed {:?} after the request was ready",
         t.elapsed()
@@ -2356,18 +2381,19 @@ async fn a_forwarded_call_carries_the_callers_token() {
     let a = Controller::start_with(&etcd, "rack-a", &p, 1, auth).await;
     let b = Controller::start_with(&etcd, "rack-b", &p, 2, auth).await;
     until_pooled(&etcd, &p, 3).await;
-    let start = Instant::now();
-    while !pool_list(&a)
-        .await
-        .iter()
-        .any(|(n, c, s)| n == "sim-0002" && c == "rack-b" && s == "ready")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "sim-0002 not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let list = pool_list(&a).await;
+            let ready = list
+                .iter()
+                .any(|(n, c, s)| n == "sim-0002" && c == "rack-b" && s == "ready");
+            ok_if(ready, list)
+        },
+    )
+    .await
+    .unwrap_or_else(|list| panic!("sim-0002 not ready: {list:?}"));
     let path = "/api/device/sim-0002/event/please_self_test/";
     let (s, by, e) = call(&a, Method::POST, path, &[]).await;
     assert_eq!(
@@ -2470,14 +2496,10 @@ fn pool_row<'a>(page: &'a str, device: &str, controller: &str) -> &'a str {
 /// through any controller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_requests_pick_their_rack_and_the_request_page_shows_the_shared_request() {
-    let test = "cluster_named";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 2)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_named", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 2).await;
-    until_pooled(&etcd, &p, 3).await;
 
     // sim-0001 is on both racks: the client must pick; sim-0009 is nowhere; rack-q has no
     // sim-0001.
@@ -2525,15 +2547,16 @@ async fn named_requests_pick_their_rack_and_the_request_page_shows_the_shared_re
     let (status, body) = request_named(&b, "sim-0001", Some("rack-b"), "bob").await;
     assert_eq!(status, 200, "{body}");
     let waiter = body["request"]["id"].as_u64().expect("id");
-    let t = Instant::now();
-    let s = loop {
-        let s = get_json(&a, &format!("/api/request/{waiter}/status/")).await;
-        if s["waiting_because"].is_string() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no reason: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let s = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            let s = get_json(&a, &format!("/api/request/{waiter}/status/")).await;
+            ok_if(s["waiting_because"].is_string(), s)
+        },
+    )
+    .await
+    .unwrap_or_else(|s| panic!("no reason: {s}"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s2 = get_json(&a, &format!("/api/request/{waiter}/status/")).await;
     assert_eq!(s2["state"], "queued", "not given rack-a's sim-0001: {s2}");
@@ -2637,21 +2660,13 @@ async fn request_count(c: &Controller) -> usize {
 /// device once its holder returns it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_named_device_is_refused_without_wait_and_queued_with_it() {
-    let test = "cluster_named_busy";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_named_busy", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     let id = |body: &Value| body["request"]["id"].as_u64().expect("id");
     // Both devices past their first self-test (until then they are busy too).
-    let t = Instant::now();
-    while free_devices(&etcd, &p).len() < 2 {
-        assert!(t.elapsed() < Duration::from_secs(30), "devices not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_free(&etcd, &p, "devices not ready", |free| free.len() >= 2, None).await;
 
     // Request A, without wait, for rack-b's free sim-0001, through rack-a: taken.
     let (status, body) = request_named_with(
@@ -2748,19 +2763,21 @@ async fn a_busy_named_device_is_refused_without_wait_and_queued_with_it() {
 /// `within`. Returns the status and how long it took.
 async fn until_not_queued(c: &Controller, id: u64, within: Duration) -> (Value, Duration) {
     let start = Instant::now();
-    loop {
+    // The status call long-polls itself: no pause between calls.
+    let s = poll(within, Duration::ZERO, async || {
         let s = get_json(c, &format!("/api/request/{id}/status/?wait=1")).await;
-        if s["state"] != "queued" {
-            return (s, start.elapsed());
-        }
-        assert!(
-            start.elapsed() < within,
+        ok_if(s["state"] != "queued", s)
+    })
+    .await
+    .unwrap_or_else(|s| {
+        panic!(
             "request {id} still queued through {} after {:?}: {s}\n{}",
             c.name,
             start.elapsed(),
             c.log_tail()
-        );
-    }
+        )
+    });
+    (s, start.elapsed())
 }
 
 /// An `any` request without `wait` searches a bounded time, as on a single rack: with
@@ -2770,14 +2787,10 @@ async fn until_not_queued(c: &Controller, id: u64, within: Duration) -> (Value, 
 /// lease expires; every controller shows the same outcome and log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_any_request_without_wait_fails_after_its_bounded_search() {
-    let test = "cluster_bounded_any";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_bounded_any", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
     // Every device held (these two queue with `wait` until they are served).
     for c in [&a, &b] {
         let id = request_any(c, "holder", 0, None).await["id"]
@@ -2827,19 +2840,11 @@ async fn an_any_request_without_wait_fails_after_its_bounded_search() {
 /// controller took it; the log says why, in single-rack mode's words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_failed_device_without_wait_fails_as_a_bad_device() {
-    let test = "cluster_bounded_bad";
-    let Some(etcd) = Etcd::start(test) else {
+    let racks = [("rack-a", 1), ("rack-b", 1)];
+    let Some((etcd, p, [a, b])) = pooled("cluster_bounded_bad", racks).await else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
-    let b = Controller::start(&etcd, "rack-b", &p, 1).await;
-    until_pooled(&etcd, &p, 2).await;
-    let t = Instant::now();
-    while free_devices(&etcd, &p).len() < 2 {
-        assert!(t.elapsed() < Duration::from_secs(30), "devices not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_free(&etcd, &p, "devices not ready", |free| free.len() >= 2, None).await;
     // rack-b's sim-0001 taken out of service as failed (through rack-a: proxied), until
     // rack-b publishes it so.
     assert_eq!(
@@ -2852,18 +2857,17 @@ async fn a_named_failed_device_without_wait_fails_as_a_bad_device() {
         200
     );
     let key = format!("{p}devices/rack-b/sim-0001");
-    let t = Instant::now();
-    loop {
-        let out = etcd.etcdctl(&["get", &key, "--print-value-only"]);
-        if String::from_utf8_lossy(&out.stdout).contains("\"failed\":true") {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "not published failed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            let out = etcd.etcdctl(&["get", &key, "--print-value-only"]);
+            let value = String::from_utf8_lossy(&out.stdout).into_owned();
+            ok_if(value.contains("\"failed\":true"), value)
+        },
+    )
+    .await
+    .unwrap_or_else(|value| panic!("not published failed: {value}"));
     let t = Instant::now();
     let (status, body) =
         request_named_with(&a, "sim-0001", Some("rack-b"), "mozharness", None, None).await;

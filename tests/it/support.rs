@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mozpool::app::App;
 use mozpool::app::config::Config;
@@ -66,7 +67,7 @@ impl TestServer {
         let rack = self.app.sim.clone();
         let dir = self.stop().await;
         // Let the old store's writer thread release the file.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let server = Self::launch(config.clone(), dir, rack).await;
         TestServer {
             config: Some(config),
@@ -179,19 +180,21 @@ impl TestServer {
 
     /// Wait until `device` is in a state accepted by `pred`, or panic after `secs`.
     pub async fn wait_state(&self, device: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        loop {
+        let within = Duration::from_secs(secs);
+        let every = Duration::from_millis(50);
+        let probe = async || {
             let st = self.state(device).await;
-            if pred(&st) {
-                return st;
-            }
-            if std::time::Instant::now() > deadline {
+            ok_if(pred(&st), st)
+        };
+        match poll(within, every, probe).await {
+            Ok(st) => st,
+            Err(st) => {
+                // The log is fetched only now: it says why the device is stuck.
                 let (_, log) = self
                     .get(&format!("/api/device/{device}/log/?limit=40"))
                     .await;
                 panic!("{device} still in {st} after {secs} s; log: {log:#}");
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
@@ -228,6 +231,70 @@ impl TestServer {
             .map(|d| d.device.clone())
             .expect("simulated device")
     }
+}
+
+/// Run `probe` every `every` until it answers `Ok`, and give that value; once `within` has
+/// passed since the first probe, `Err` with the last answer (what was seen instead), for the
+/// caller's failure message. Each answer is looked at before the clock, so the probe runs at
+/// least once and a success is never turned into a timeout; `every` zero polls back to back
+/// (for probes that long-poll themselves).
+pub async fn poll<T, E>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if start.elapsed() >= within {
+            return Err(last);
+        }
+        if !every.is_zero() {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// A probe's answer for [`poll`]: `Ok(seen)` when `done`, else `Err(seen)`.
+pub fn ok_if<T>(done: bool, seen: T) -> Result<T, T> {
+    if done { Ok(seen) } else { Err(seen) }
+}
+
+/// `poll` itself: the first `Ok` ends it; otherwise it keeps probing until `within` and
+/// then gives the last answer; a zero `within` still probes once.
+#[tokio::test]
+async fn poll_gives_the_first_ok_or_the_last_answer() {
+    let mut n = 0;
+    let three = async || {
+        n += 1;
+        ok_if(n == 3, n)
+    };
+    let got = poll(Duration::from_secs(5), Duration::from_millis(1), three).await;
+    assert_eq!(got, Ok(3));
+
+    let start = Instant::now();
+    let mut n = 0;
+    let never = async || -> Result<(), u32> {
+        n += 1;
+        Err(n)
+    };
+    let got = poll(Duration::from_millis(100), Duration::from_millis(10), never).await;
+    let took = start.elapsed();
+    assert_eq!(got, Err(n), "the last answer");
+    assert!(n >= 3, "probed {n} times");
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    let got = poll(Duration::ZERO, Duration::from_secs(60), async || {
+        ok_if(true, 7)
+    })
+    .await;
+    assert_eq!(got, Ok(7));
 }
 
 /// Whether the external tool at `path` (Debian's `adb`, `fastboot`, ...) is installed. Outside
