@@ -227,6 +227,10 @@ pub struct EndedRow {
 /// Requests and every published device (controller, view): what the request list shows.
 pub type RequestList = (Vec<SharedRequest>, Vec<(String, PublishedDevice)>);
 
+/// How long the request list waits for the copy to include what etcd had committed when
+/// the call came: the watch delivers within milliseconds unless the machine is overloaded.
+const COPY_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How many of the ended requests left out of a [`QueueSnapshot`] it names.
 pub const ENDED_IN_SNAPSHOT: usize = 64;
 
@@ -794,6 +798,12 @@ impl Cluster {
     /// before the call, on any controller); else [`Cluster::all_requests`], filtered. The
     /// copy holds no ended requests' records, so a day of them costs this list nothing.
     ///
+    /// The copy learns revisions only from events under the prefix: when another
+    /// application's write to the same etcd made the last revision, the copy never reaches
+    /// it, so the wait is short ([`COPY_CATCH_UP`]) before the read of every request.
+    /// (A requested progress notification could tell, but in Debian's etcd 3.4.23 it may
+    /// run ahead of events not yet sent: etcd issue 15220, fixed in later releases.)
+    ///
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot be read.
     pub async fn open_requests(&self) -> Result<RequestList, ClusterError> {
@@ -806,8 +816,7 @@ impl Cluster {
             .await?
             .header()
             .map_or(i64::MAX, |h| h.revision());
-        self.wait_for_copy(at, std::time::Duration::from_millis(250))
-            .await;
+        self.wait_for_copy(at, COPY_CATCH_UP).await;
         if let Some(open) = self.open_requests_from_copy(at) {
             return Ok(open);
         }

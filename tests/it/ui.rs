@@ -214,6 +214,10 @@ async fn relay_feed_long_polls_and_lists_failures() {
         let (b, c) = text.split_once(':').expect("board:channel");
         (b.to_owned(), c.to_owned())
     };
+    // The device's first self-test power-cycles it: once it is ready its relay is on and
+    // stays on, so the "off" below must switch it (a relay stuck while off would not need to).
+    s.wait_state(dev.name.as_str(), 60, |st| st == "ready")
+        .await;
     let (st, v) = s.get("/api/relay/overview/").await;
     assert_eq!(st, 200, "{v}");
     let version = v["version"].as_u64().expect("version");
