@@ -275,12 +275,22 @@ impl Copy {
     /// drops its record. (The reverse cannot happen: the scheduler assigns only waiting
     /// requests, and a read of the whole queue applies assignments before requests.)
     fn reindex(&mut self, id: u64) {
-        if let Some(r) = self.requests.get(&id)
-            && !in_passes(&r.value, self.held.contains_key(&id))
-            && let Some(r) = self.requests.remove(&id)
-        {
+        let held = self.held.contains_key(&id);
+        let freed = self
+            .requests
+            .get(&id)
+            .is_some_and(|r| !in_passes(&r.value, held));
+        if freed && let Some(r) = self.requests.remove(&id) {
             self.keep(r);
         }
+    }
+
+    /// Every published device with its controller.
+    fn device_views(&self) -> Vec<(String, PublishedDevice)> {
+        self.devices
+            .iter()
+            .map(|((c, _), v)| (c.clone(), v.clone()))
+            .collect()
     }
 
     /// Set (or with `None` delete) the assignment of a device, keeping the requests it
@@ -607,11 +617,7 @@ impl Cluster {
         if !(copy.synced && (copy.live || stale_ok)) {
             return None;
         }
-        let mut devices: Vec<(String, PublishedDevice)> = copy
-            .devices
-            .iter()
-            .map(|((c, _), v)| (c.clone(), v.clone()))
-            .collect();
+        let mut devices = copy.device_views();
         devices.sort_by(|a, b| a.1.name.as_str().cmp(b.1.name.as_str()).then(a.0.cmp(&b.0)));
         Some(Directory {
             revision: copy.revision,
@@ -634,12 +640,7 @@ impl Cluster {
             .filter(|r| r.value.state.is_open())
             .map(|r| r.value.clone())
             .collect();
-        let devices = copy
-            .devices
-            .iter()
-            .map(|((c, _), v)| (c.clone(), v.clone()))
-            .collect();
-        Some((requests, devices))
+        Some((requests, copy.device_views()))
     }
 
     /// Who holds each assigned device, as the copy knows it now (live or not; empty
