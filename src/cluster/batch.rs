@@ -284,7 +284,8 @@ async fn send(etcd: &Endpoints, batch: Vec<Job>) {
                 let _ = job.reply.send(r);
             }
         }
-        Err(e) if e.is_unavailable() => {
+        // A full etcd refuses each write as it refuses the batch.
+        Err(e) if e.is_unavailable() || matches!(e, ClusterError::NoSpace(_)) => {
             for job in batch {
                 let _ = job.reply.send(Err(e.clone()));
             }

@@ -39,6 +39,13 @@ pub struct ClusterConfig {
     /// state, and a create retried with the same key within this time gets it back.
     #[serde(default = "default_keep_closed_s")]
     pub keep_closed_s: u64,
+    /// Every this many seconds the scheduler compacts etcd's history to the revision it
+    /// saw one interval earlier, so etcd keeps one to two intervals of old revisions (as
+    /// Kubernetes' API server does). 0: mozpool never compacts, and the members need
+    /// `--auto-compaction-retention` instead: without either, etcd's database grows with
+    /// every write until its quota, then etcd refuses every write (`NOSPACE`).
+    #[serde(default = "default_compaction_interval_s")]
+    pub compaction_interval_s: u64,
     /// CA certificate (PEM) that signed the etcd members' certificates; needs `https://`
     /// endpoints.
     pub ca: Option<PathBuf>,
@@ -67,6 +74,10 @@ fn default_timeout_ms() -> u64 {
 
 fn default_keep_closed_s() -> u64 {
     86_400
+}
+
+fn default_compaction_interval_s() -> u64 {
+    300
 }
 
 impl ClusterConfig {
@@ -136,6 +147,13 @@ impl ClusterConfig {
         Duration::from_secs(self.lease_ttl_s)
     }
 
+    /// [`ClusterConfig::compaction_interval_s`] as a duration; `None` when mozpool does not
+    /// compact.
+    #[must_use]
+    pub fn compaction_interval(&self) -> Option<Duration> {
+        (self.compaction_interval_s > 0).then(|| Duration::from_secs(self.compaction_interval_s))
+    }
+
     /// [`ClusterConfig::timeout_ms`] as a duration.
     #[must_use]
     pub fn timeout(&self) -> Duration {
@@ -159,6 +177,7 @@ mod tests {
         assert_eq!(c.prefix, "/mozpool/");
         assert_eq!(c.lease_ttl_s, 10);
         assert_eq!(c.keep_closed_s, 86_400);
+        assert_eq!(c.compaction_interval(), Some(Duration::from_secs(300)));
         assert!(c.name.is_none());
         for (text, want) in [
             ("endpoints = []\n", "at least one"),
@@ -203,5 +222,7 @@ mod tests {
         .expect("tls");
         assert_eq!(c.endpoints.len(), 2);
         assert_eq!(c.lease_ttl(), Duration::from_secs(5));
+        let c = parse("endpoints = [\"http://a:1\"]\ncompaction_interval_s = 0\n").expect("off");
+        assert_eq!(c.compaction_interval(), None);
     }
 }

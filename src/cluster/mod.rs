@@ -14,8 +14,9 @@
 //!   by it ([`Cluster::put_as_leader`]).
 //!
 //! A fourth task, the probe, reads the members and the scheduler once a second through a
-//! linearizable read, which fails fast when etcd has no quorum: that is what
-//! [`Cluster::status`] (and `GET /api/cluster/`) reports. Calls go through `endpoints`:
+//! linearizable read, which fails fast when etcd has no quorum, and etcd's alarms every few
+//! seconds: that is what [`Cluster::status`] (and `GET /api/cluster/`) reports. While this
+//! controller is the scheduler, `compact` compacts etcd's history. Calls go through `endpoints`:
 //! one client per etcd endpoint, with failover.
 //!
 //! `directory` reads who publishes which device and where each controller answers (cached
@@ -31,6 +32,7 @@
 //! hardware: ownership stays physical.
 
 mod batch;
+mod compact;
 pub mod config;
 pub mod directory;
 mod election;
@@ -45,8 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
-    TxnOpResponse,
+    AlarmAction, AlarmType, Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -71,6 +73,13 @@ pub enum ClusterError {
     /// longer than the lease TTL), so it may not write as owner or scheduler.
     #[error("this controller has no live etcd lease (cut off from etcd past the lease TTL)")]
     NoLease,
+    /// etcd's database reached its quota (its `NOSPACE` alarm is raised): etcd refuses every
+    /// write until an operator frees space and disarms the alarm. Reads still work, and
+    /// another member or a retry does not help, so this is not [`ClusterError::Unavailable`].
+    #[error(
+        "the cluster's etcd is out of space ({0}): it refuses every write until an operator compacts and defragments its members and disarms the NOSPACE alarm (docs/cluster.md, \"etcd out of space\")"
+    )]
+    NoSpace(String),
     /// The write was guarded by an election this controller no longer holds.
     #[error("this controller is no longer the scheduler (election revision {0} is gone)")]
     NotLeader(i64),
@@ -90,11 +99,19 @@ impl ClusterError {
     }
 }
 
+/// How etcd words a write refused because its database is at its quota.
+const NO_SPACE: &str = "database space exceeded";
+
 /// The etcd client's error, sorted into what a caller can act on.
 fn classify(e: etcd_client::Error) -> ClusterError {
     use etcd_client::Error as E;
     use tonic::Code;
     match e {
+        // etcd answers both a full database and "too many requests" (a transient
+        // overload) with `ResourceExhausted`; only the message tells them apart.
+        E::GRpcStatus(s) if s.message().contains(NO_SPACE) => {
+            ClusterError::NoSpace(s.message().to_owned())
+        }
         E::GRpcStatus(s) => match s.code() {
             // `Cancelled` is what a client-side timeout looks like; "etcdserver: no leader"
             // (require-leader) and "request timed out" are `Unavailable`.
@@ -266,6 +283,23 @@ pub struct ClusterStatus {
     pub published_devices: usize,
     /// Why the last publication failed, until one succeeds.
     pub publish_error: Option<String>,
+    /// etcd's raised alarms (`NOSPACE`: its database reached its quota and it refuses
+    /// writes; `CORRUPT`), as of the last maintenance read (every few probes).
+    pub etcd_alarms: Vec<String>,
+    /// The size of the database file of the member this controller talks to, in bytes.
+    pub etcd_db_size: Option<i64>,
+    /// The last compaction of etcd's history this controller made (it compacts while it is
+    /// the scheduler, `cluster.compaction_interval_s`).
+    pub compaction: Option<CompactionView>,
+}
+
+/// This controller's last compaction in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CompactionView {
+    /// etcd's history before this revision is gone.
+    pub revision: i64,
+    /// How long ago.
+    pub ms_ago: u64,
 }
 
 /// This controller's lease in [`ClusterStatus`].
@@ -289,6 +323,10 @@ struct Seen {
     scheduler: Option<String>,
     published: usize,
     publish_error: Option<String>,
+    alarms: Vec<String>,
+    db_size: Option<i64>,
+    /// The revision of this controller's last compaction, and when.
+    compacted: Option<(i64, Instant)>,
 }
 
 /// Handle to the cluster layer. Cheap to clone.
@@ -392,9 +430,9 @@ impl Cluster {
         })
     }
 
-    /// Start the lease, publication, election, queue-copy and probe tasks on `tasks` until `stop` is
-    /// cancelled (then the lease is revoked, so this controller's keys go at once).
-    /// `devices` carries this controller's devices whenever their view changes; `url` is
+    /// Start the lease, publication, election, queue-copy, compaction and probe tasks on
+    /// `tasks` until `stop` is cancelled (then the lease is revoked, so this controller's
+    /// keys go at once). `devices` carries this controller's devices whenever their view changes; `url` is
     /// where its API answers (published in its member key, for forwarding).
     pub fn start(
         &self,
@@ -407,6 +445,9 @@ impl Cluster {
         tasks.spawn(publish::run(self.clone(), devices, url, stop.clone()));
         tasks.spawn(election::run(self.clone(), stop.clone()));
         tasks.spawn(queue::run(self.clone(), stop.clone()));
+        if let Some(every) = self.inner.config.compaction_interval() {
+            tasks.spawn(compact::run(self.clone(), every, stop.clone()));
+        }
         tasks.spawn(self.clone().probe(stop));
     }
 
@@ -511,6 +552,12 @@ impl Cluster {
             election_revision: leadership.map(|l| l.revision),
             published_devices: seen.published,
             publish_error: seen.publish_error.clone(),
+            etcd_alarms: seen.alarms.clone(),
+            etcd_db_size: seen.db_size,
+            compaction: seen.compacted.map(|(revision, at)| CompactionView {
+                revision,
+                ms_ago: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
         }
     }
 
@@ -526,6 +573,7 @@ impl Cluster {
             .config
             .timeout()
             .min(every + Duration::from_millis(500));
+        let mut probes: u64 = 0;
         loop {
             let txn = Txn::new().and_then([
                 TxnOp::get(
@@ -566,13 +614,60 @@ impl Cluster {
                     }
                 }
             }
+            // Only after a good probe: without quorum the alarm read (a raft request) would
+            // wait out its timeout and delay the next probe.
+            probes += 1;
+            if probes % MAINTENANCE_EVERY == 1 && lock(&self.inner.seen).ok {
+                self.read_maintenance(timeout).await;
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
         }
     }
+
+    /// Read etcd's alarms and the database size of the member this controller talks to,
+    /// for [`Cluster::status`]. A failure keeps what was last seen: the probe already says
+    /// whether etcd answers.
+    async fn read_maintenance(&self, timeout: Duration) {
+        let alarms = self
+            .inner
+            .etcd
+            .call(timeout, |mut c| async move {
+                c.alarm(AlarmAction::Get, AlarmType::None, None).await
+            })
+            .await;
+        let status = self
+            .inner
+            .etcd
+            .call(timeout, |mut c| async move { c.status().await })
+            .await;
+        let mut seen = lock(&self.inner.seen);
+        if let Ok(a) = alarms {
+            let was_full = seen.alarms.iter().any(|a| a == "NOSPACE");
+            seen.alarms = a
+                .alarms()
+                .iter()
+                .map(|m| m.alarm().as_str_name().to_owned())
+                .collect();
+            seen.alarms.sort();
+            seen.alarms.dedup();
+            if !was_full && seen.alarms.iter().any(|a| a == "NOSPACE") {
+                tracing::error!(
+                    "cluster: etcd is out of space (NOSPACE alarm) and refuses every write; see docs/cluster.md, \"etcd out of space\""
+                );
+            }
+        }
+        if let Ok(s) = status {
+            seen.db_size = Some(s.db_size());
+        }
+    }
 }
+
+/// The probe reads etcd's alarms and database size once every this many probes (about
+/// every 5 s): they change slowly, and a write refused for want of space says so at once.
+const MAINTENANCE_EVERY: u64 = 5;
 
 #[cfg(test)]
 mod tests {
@@ -589,6 +684,16 @@ mod tests {
         assert!(!classify(s(tonic::Code::PermissionDenied)).is_unavailable());
         assert!(ClusterError::NoLease.is_unavailable());
         assert!(!ClusterError::NotLeader(3).is_unavailable());
+        let full = classify(etcd_client::Error::GRpcStatus(tonic::Status::new(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        )));
+        assert!(matches!(full, ClusterError::NoSpace(_)), "{full:?}");
+        assert!(!full.is_unavailable(), "another member is just as full");
+        assert!(
+            classify(s(tonic::Code::ResourceExhausted)).is_unavailable(),
+            "too many requests passes"
+        );
     }
 
     #[test]

@@ -317,6 +317,23 @@ impl Cluster {
         self.inner.etcd.txn(self.inner.config.timeout(), txn).await
     }
 
+    /// etcd's current revision: one linearizable read of no record (a count of one key).
+    /// `i64::MAX` in the unlikely case etcd's answer has no header.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when etcd cannot be read.
+    pub(super) async fn current_revision(&self) -> Result<i64, ClusterError> {
+        let probe = TxnOp::get(
+            self.key("counter"),
+            Some(GetOptions::new().with_count_only()),
+        );
+        Ok(self
+            .read(Txn::new().and_then([probe]))
+            .await?
+            .header()
+            .map_or(i64::MAX, |h| h.revision()))
+    }
+
     /// The revision of the last queue write this controller made (0 if none): a copy of
     /// the queue older than this does not show it yet.
     #[must_use]
@@ -807,15 +824,7 @@ impl Cluster {
     /// # Errors
     /// [`ClusterError::Unavailable`] when etcd cannot be read.
     pub async fn open_requests(&self) -> Result<RequestList, ClusterError> {
-        let probe = TxnOp::get(
-            self.key("counter"),
-            Some(GetOptions::new().with_count_only()),
-        );
-        let at = self
-            .read(Txn::new().and_then([probe]))
-            .await?
-            .header()
-            .map_or(i64::MAX, |h| h.revision());
+        let at = self.current_revision().await?;
         self.wait_for_copy(at, COPY_CATCH_UP).await;
         if let Some(open) = self.open_requests_from_copy(at) {
             return Ok(open);

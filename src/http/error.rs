@@ -101,6 +101,15 @@ impl From<crate::cluster::ClusterError> for ApiError {
                     e.to_string(),
                 )
             },
+            // Not healed by a retry a second later: the operator must free space.
+            C::NoSpace(_) => ApiError {
+                retry_after: Some(Duration::from_secs(60)),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    e.to_string(),
+                )
+            },
             C::NotLeader(_) => ApiError::conflict(e.to_string()),
             C::Refused(_) | C::Setup(_) => {
                 tracing::error!(error = %e, "etcd refused a call");
@@ -190,6 +199,12 @@ mod tests {
             ApiError::from(ClusterError::NoLease).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let e = ApiError::from(ClusterError::NoSpace(
+            "etcdserver: mvcc: database space exceeded".into(),
+        ));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.message.contains("out of space"), "{}", e.message);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(60)));
         assert_eq!(
             ApiError::from(ClusterError::NotLeader(7)).status,
             StatusCode::CONFLICT

@@ -415,7 +415,8 @@ fn render_counts(o: &mut String, counts: &StoreCounts) {
 /// The cluster-mode families (`docs/operations.md`), appended to the page when `[cluster]`
 /// is configured.
 pub fn render_cluster(o: &mut String, status: &crate::cluster::ClusterStatus) {
-    let gauges: [(&str, &str, usize); 5] = [
+    let full = status.etcd_alarms.iter().any(|a| a == "NOSPACE");
+    let gauges: [(&str, &str, usize); 7] = [
         (
             "mozpool_cluster_etcd_up",
             "1 when the last etcd probe (a linearizable read) succeeded.",
@@ -440,6 +441,19 @@ pub fn render_cluster(o: &mut String, status: &crate::cluster::ClusterStatus) {
             "mozpool_cluster_published_devices",
             "Devices this controller has published under its current lease.",
             status.published_devices,
+        ),
+        (
+            "mozpool_cluster_etcd_nospace",
+            "1 while etcd's NOSPACE alarm is raised: its database reached its quota and it refuses every write.",
+            usize::from(full),
+        ),
+        (
+            "mozpool_cluster_etcd_db_bytes",
+            "Size of the database file of the etcd member this controller talks to (0 before the first read).",
+            status
+                .etcd_db_size
+                .and_then(|b| usize::try_from(b).ok())
+                .unwrap_or(0),
         ),
     ];
     for (name, help, value) in gauges {

@@ -58,12 +58,12 @@ impl Etcd {
     /// Start three members and wait until the cluster takes writes; `None` (after printing
     /// `SKIPPED`) when etcd is not installed outside CI.
     fn start(test: &str) -> Option<Etcd> {
-        Etcd::start_with(test, false)
+        Etcd::start_with(test, false, &[])
     }
 
     /// [`Etcd::start`], with TLS and client certificates on the client URLs when `tls`
-    /// (`tests/fixtures/etcd-tls/`).
-    fn start_with(test: &str, tls: bool) -> Option<Etcd> {
+    /// (`tests/fixtures/etcd-tls/`), and more `flags` for every member.
+    fn start_with(test: &str, tls: bool, flags: &[&str]) -> Option<Etcd> {
         require_tool(test, ETCD)?;
         require_tool(test, ETCDCTL)?;
         let tls = tls.then(|| EtcdTls {
@@ -73,7 +73,22 @@ impl Etcd {
             client_cert: tls_file("client.pem"),
             client_key: tls_file("client-key.pem"),
         });
-        Some(Etcd(EtcdCluster::start(tls).expect("etcd cluster")))
+        Some(Etcd(
+            EtcdCluster::start_with(tls, flags).expect("etcd cluster"),
+        ))
+    }
+
+    /// etcd's current revision.
+    fn revision(&self) -> i64 {
+        // Any read answers with the revision; `/probe` is written at start-up.
+        let out = self.etcdctl(&["get", "/probe", "-w", "json"]);
+        assert!(
+            out.status.success(),
+            "etcdctl get: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("get json");
+        v["header"]["revision"].as_i64().expect("revision")
     }
 
     fn start_member(&mut self, i: usize) {
@@ -655,7 +670,7 @@ async fn a_controller_starts_while_etcd_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates() {
     let test = "cluster_tls";
-    let Some(etcd) = Etcd::start_with(test, true) else {
+    let Some(etcd) = Etcd::start_with(test, true, &[]) else {
         return;
     };
     let p = prefix(test);
@@ -3045,4 +3060,142 @@ async fn concurrent_writes_share_transactions_and_keep_their_guards() {
     let assigned = etcd.keys(&format!("{p}assign/"));
     assert_eq!(assigned.len(), 25, "{assigned:?}");
     assert!(!assigned.iter().any(|k| k.ends_with("dev-stale")));
+}
+
+/// The scheduler compacts etcd's history (`compaction_interval_s`): revisions older than
+/// about two intervals are gone from etcd, the controller says so in `/api/cluster/`, and
+/// the shared queue keeps working on its watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_compacts_etcds_history() {
+    let test = "cluster_compaction";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start_with(&etcd, "rack-a", &p, 1, "compaction_interval_s = 1\n").await;
+    until_pooled(&etcd, &p, 1).await;
+    let before = etcd.revision();
+    // A request makes history: create, assignment, ready, return, the device's views.
+    let id = request_any(&a, "history", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    until_ready(&a, id, Duration::from_secs(30)).await;
+    assert_eq!(
+        post(
+            &a,
+            &format!("/api/request/{id}/return/"),
+            serde_json::json!({})
+        )
+        .await,
+        204
+    );
+    let took = a
+        .wait_for(
+            "a compaction past the request",
+            Duration::from_secs(15),
+            |s| {
+                s.and_then(|s| s["compaction"]["revision"].as_i64())
+                    .is_some_and(|r| r > before)
+            },
+        )
+        .await;
+    eprintln!(
+        "cluster: history compacted past the revision before the request {took:?} after its return"
+    );
+    let out = etcd.etcdctl(&[
+        "get",
+        &format!("{p}requests/"),
+        "--prefix",
+        &format!("--rev={before}"),
+    ]);
+    assert!(!out.status.success(), "an old revision is still readable");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("compacted"), "{err}");
+    // The queue still works: a second request is served.
+    let id = request_any(&a, "after", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    until_ready(&a, id, Duration::from_secs(30)).await;
+}
+
+/// etcd's database at its quota (`NOSPACE` raised): `/api/cluster/`, health and `/metrics`
+/// say so, a create answers 503 saying etcd is out of space (not "unreachable"), reads still
+/// work; after the runbook of docs/cluster.md (delete, compact, defragment, disarm) creates
+/// work again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_etcd_answers_writes_with_a_clear_503_until_the_runbook_frees_it() {
+    let test = "cluster_etcd_nospace";
+    let Some(etcd) = Etcd::start_with(test, false, &["--quota-backend-bytes=8388608"]) else {
+        return;
+    };
+    let p = prefix(test);
+    let a = Controller::start(&etcd, "rack-a", &p, 1).await;
+    until_pooled(&etcd, &p, 1).await;
+    // Fill the database with 512 KiB values until etcd refuses.
+    let filler = vec![b'x'; 512 * 1024];
+    let refused = (0..64)
+        .find_map(|i| {
+            let out = etcd
+                .etcdctl_input(&["put", &format!("/filler/{i}")], &filler)
+                .expect("etcdctl");
+            (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .expect("etcd took 32 MiB under an 8 MiB quota");
+    assert!(refused.contains("database space exceeded"), "{refused}");
+    a.wait_for("the NOSPACE alarm", Duration::from_secs(15), |s| {
+        s.is_some_and(|s| s["etcd_alarms"] == serde_json::json!(["NOSPACE"]))
+    })
+    .await;
+    let r = send_any(&a, "full").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("60")
+    );
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("out of space"), "{body}");
+    assert!(!message.contains("unreachable"), "{body}");
+    // Reads still work; health and metrics tell the operator.
+    assert!(list_ids(&a, "/api/request/list/").await.is_empty());
+    let health = get_json(&a, "/api/health/").await;
+    assert_eq!(
+        health["cluster"]["etcd_alarms"],
+        serde_json::json!(["NOSPACE"])
+    );
+    let metrics = http()
+        .get(format!("{}/metrics", a.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("mozpool_cluster_etcd_nospace 1"),
+        "{metrics}"
+    );
+    // The runbook: free space, compact, defragment every member, disarm.
+    for args in [
+        vec!["del", "/filler/", "--prefix"],
+        vec!["compact", &etcd.revision().to_string()],
+        vec!["defrag", "--cluster"],
+        vec!["alarm", "disarm"],
+    ] {
+        let out = etcd.etcdctl(&args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let id = request_any(&a, "after", 0, None).await["id"]
+        .as_u64()
+        .expect("id");
+    until_ready(&a, id, Duration::from_secs(30)).await;
+    a.wait_for("the alarm cleared", Duration::from_secs(15), |s| {
+        s.is_some_and(|s| s["etcd_alarms"] == serde_json::json!([]))
+    })
+    .await;
 }

@@ -73,6 +73,7 @@ pub async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             json!({
                 "etcd_ok": s.etcd_ok,
                 "etcd_error": s.etcd_error,
+                "etcd_alarms": s.etcd_alarms,
                 "lease": s.lease.is_some(),
                 "is_scheduler": s.is_scheduler,
             }),
