@@ -421,15 +421,16 @@ fn waiting(r: &SharedRequest) -> bool {
     r.state == RequestState::Queued
 }
 
-/// When waiting request `r` gives up if no device came: with `wait`, that many seconds
-/// after it arrived; without, when single-rack mode's bounded search would make its last
-/// try (`pool::machine`: a search at once, then one every `finding_device`, failing at try
-/// `finding_tries_any` for `any`, `finding_tries_specific` for a named device), counted
-/// from when it began this wait (a request back in the queue searches afresh, as a
-/// single-rack request's search counters restart).
+/// When waiting request `r` gives up if no device came, counted from when it began this
+/// wait ([`SharedRequest::waiting_since`]: a request back in the queue waits afresh, as a
+/// single-rack request back to searching gets its whole `wait` again and restarts its
+/// search counters): with `wait`, that many seconds on; without, when single-rack mode's
+/// bounded search would make its last try (`pool::machine`: a search at once, then one
+/// every `finding_device`, failing at try `finding_tries_any` for `any`,
+/// `finding_tries_specific` for a named device).
 fn wait_over(r: &SharedRequest, t: &Timings) -> Millis {
     if let Some(w) = r.spec.wait {
-        return r.since.plus(Duration::from_secs(w));
+        return r.waiting_since().plus(Duration::from_secs(w));
     }
     let tries = match r.spec.requested_device {
         DeviceChoice::Any => t.finding_tries_any,
@@ -1621,7 +1622,8 @@ mod tests {
     fn a_search_without_wait_is_bounded_as_on_a_single_rack() {
         let t = Timings::default();
         // Single-rack mode searches at once, then every 10 s: `any` gives up at its 60th
-        // try (590 s on), a named device at its 2nd (10 s on). `wait` counts from arrival.
+        // try (590 s on), a named device at its 2nd (10 s on). `wait` counts from arrival
+        // (or the return to the queue).
         let any = request(5, "alice", 0, RequestState::Queued).value.clone();
         assert_eq!(wait_over(&any, &t), Millis(5 + 590_000));
         assert_eq!(wait_over(&any, &t.scaled(0.01)), Millis(5 + 5_900));
@@ -1637,6 +1639,13 @@ mod tests {
         back.requeue(Millis(700_000), "owner", "back to the queue: test");
         assert_eq!(back.state, RequestState::Queued);
         assert_eq!(wait_over(&back, &t), Millis(700_000 + 590_000));
+        let mut waits_back = waits.clone();
+        waits_back.requeue(Millis(700_000), "owner", "back to the queue: test");
+        assert_eq!(
+            wait_over(&waits_back, &t),
+            Millis(700_000 + 120_000),
+            "a whole wait again"
+        );
         // The scheduler's next deadline is the search's end (before its expiry at 1,000 s).
         let snap = |r: SharedRequest| QueueSnapshot {
             requests: vec![Arc::new(Versioned {
