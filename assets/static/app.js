@@ -271,6 +271,11 @@ function poolPage() {
         el('span', { text: c.look.class === 'held' ? `${c.state} (in use)` : c.state }), ' ', el('b', { text: String(c.count) })))));
     if (stateFilter && !v.counts.some((c) => `${c.state} ${c.look.class}` === stateFilter)) stateFilter = null;
     document.getElementById('total').textContent = String(v.total);
+    const warning = document.getElementById('cluster-warning');
+    if (warning && v.cluster_warning !== undefined) {
+      warning.hidden = !v.cluster_warning;
+      warning.querySelector('span').textContent = v.cluster_warning ? v.cluster_warning.message : '';
+    }
     table.dataset.version = String(v.version);
     bindChips();
     if (chip) {

@@ -293,6 +293,55 @@ pub struct ClusterStatus {
     pub compaction: Option<CompactionView>,
 }
 
+/// What is wrong with the cluster as this controller sees it, for the web pages: `kind` is
+/// stable (`etcd_unreachable`, `etcd_out_of_space`, `no_lease`), `message` is a sentence
+/// for a tech.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterWarning {
+    /// Which problem.
+    pub kind: &'static str,
+    /// What it means for the pool, in one sentence.
+    pub message: String,
+}
+
+impl ClusterStatus {
+    /// The warning a page shows, the most severe first; `None` when etcd answers, has room
+    /// and this controller holds its lease.
+    #[must_use]
+    pub fn warning(&self) -> Option<ClusterWarning> {
+        if !self.etcd_ok {
+            // The probe's error is a whole sentence already ("the cluster's etcd is
+            // unreachable or has lost quorum (…)…").
+            let why = self
+                .etcd_error
+                .as_deref()
+                .unwrap_or("etcd has not answered yet");
+            return Some(ClusterWarning {
+                kind: "etcd_unreachable",
+                message: format!(
+                    "{why}. Until then other racks' devices are shown as last seen, and requests cannot be created, renewed or returned; this rack's devices are still watched."
+                ),
+            });
+        }
+        if self.etcd_alarms.iter().any(|a| a == "NOSPACE") {
+            return Some(ClusterWarning {
+                kind: "etcd_out_of_space",
+                message: "etcd is out of space (its NOSPACE alarm is raised): requests cannot be created, renewed or returned until an operator frees space (docs/cluster.md, \"etcd out of space\").".to_owned(),
+            });
+        }
+        if self.lease.is_none() {
+            return Some(ClusterWarning {
+                kind: "no_lease",
+                message: format!(
+                    "This controller ({}) holds no etcd lease right now: its devices are out of the shared pool until it has one again.",
+                    self.name
+                ),
+            });
+        }
+        None
+    }
+}
+
 /// This controller's last compaction in [`ClusterStatus`].
 #[derive(Debug, Clone, Serialize)]
 pub struct CompactionView {
@@ -711,5 +760,44 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
         };
         assert_eq!(ahead.live(), Some(7));
+    }
+
+    #[test]
+    fn the_pages_warning_names_the_worst_problem_first() {
+        let healthy = crate::cluster::ClusterStatus {
+            name: "rack-a".into(),
+            endpoints: Vec::new(),
+            prefix: "/mozpool/".into(),
+            etcd_ok: true,
+            etcd_error: None,
+            etcd_ok_ms_ago: Some(10),
+            lease: Some(crate::cluster::LeaseView {
+                id: "7".into(),
+                remaining_ms: 9_000,
+                ttl_s: 10,
+            }),
+            members: Vec::new(),
+            scheduler: None,
+            is_scheduler: false,
+            election_revision: None,
+            published_devices: 0,
+            publish_error: None,
+            etcd_alarms: Vec::new(),
+            etcd_db_size: None,
+            compaction: None,
+        };
+        assert_eq!(healthy.warning(), None);
+        let mut s = healthy.clone();
+        s.lease = None;
+        let w = s.warning().expect("no lease");
+        assert_eq!(w.kind, "no_lease");
+        assert!(w.message.contains("rack-a"), "{}", w.message);
+        s.etcd_alarms = vec!["NOSPACE".into()];
+        assert_eq!(s.warning().expect("full").kind, "etcd_out_of_space");
+        s.etcd_ok = false;
+        s.etcd_error = Some("etcdserver: no leader".into());
+        let w = s.warning().expect("down");
+        assert_eq!(w.kind, "etcd_unreachable");
+        assert!(w.message.contains("no leader"), "{}", w.message);
     }
 }

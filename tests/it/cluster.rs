@@ -543,7 +543,42 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
         .await
         .expect("writes work with one member down");
 
+    // The pool page's feed has no warning while etcd answers; its long poll from this
+    // version must return once quorum is lost, even though nothing else changes.
+    let overview = get_json(&a, "/api/pool/overview/").await;
+    assert_eq!(overview["cluster_warning"], Value::Null, "{overview}");
+    let before = overview["version"].as_u64().expect("version");
+    let page = http()
+        .get(format!("{}/ui/", a.url))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        page.contains(r#"id="cluster-warning" role="status" hidden"#),
+        "{page}"
+    );
+
     // Two of three members down: no quorum.
+    let feed = tokio::spawn({
+        let url = format!("{}/api/pool/overview/?since={before}&wait=20", a.url);
+        async move {
+            let t = Instant::now();
+            let v: Value = http()
+                .get(url)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .expect("feed")
+                .json()
+                .await
+                .expect("json");
+            (t.elapsed(), v)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     etcd.kill_member(1);
     let lost = a
         .wait_for("report quorum loss", Duration::from_secs(5), |s| {
@@ -560,6 +595,30 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
         .expect("json");
     assert_eq!(health["cluster"]["etcd_ok"], false, "{health}");
     assert_eq!(health["storage"]["ok"], true, "{health}");
+    // An open pool page hears of it through its feed, and every page shows the banner.
+    let (took, overview) = feed.await.expect("feed task");
+    assert_eq!(
+        overview["cluster_warning"]["kind"], "etcd_unreachable",
+        "after {took:?}: {overview}"
+    );
+    assert_ne!(overview["version"].as_u64(), Some(before));
+    eprintln!("cluster: the pool feed carried the etcd warning after {took:?}");
+    let page = http()
+        .get(format!("{}/ui/", a.url))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        page.contains("etcd is unreachable or has lost quorum"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(r#"id="cluster-warning" role="status" hidden"#),
+        "{page}"
+    );
     let metrics = reqwest::get(format!("{}/metrics", a.url))
         .await
         .expect("metrics")
@@ -609,6 +668,8 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
     eprintln!("cluster: recovered {back:?} after the members restarted");
     let keys = etcd.keys(&format!("{p}devices/rack-a/"));
     assert_eq!(keys.len(), 2, "{keys:?}");
+    let overview = get_json(&a, "/api/pool/overview/").await;
+    assert_eq!(overview["cluster_warning"], Value::Null, "{overview}");
 }
 
 /// Without `[cluster]` nothing of cluster mode exists: no client, no etcd connection, the
@@ -3157,8 +3218,13 @@ async fn a_full_etcd_answers_writes_with_a_clear_503_until_the_runbook_frees_it(
     let message = body["error"].as_str().unwrap_or_default();
     assert!(message.contains("out of space"), "{body}");
     assert!(!message.contains("unreachable"), "{body}");
-    // Reads still work; health and metrics tell the operator.
+    // Reads still work; health, metrics and the pages tell the operator.
     assert!(list_ids(&a, "/api/request/list/").await.is_empty());
+    let overview = get_json(&a, "/api/pool/overview/").await;
+    assert_eq!(
+        overview["cluster_warning"]["kind"], "etcd_out_of_space",
+        "{overview}"
+    );
     let health = get_json(&a, "/api/health/").await;
     assert_eq!(
         health["cluster"]["etcd_alarms"],

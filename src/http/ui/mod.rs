@@ -163,6 +163,7 @@ mod tests {
             server => "rack1",
             version => "0.1.0",
             auth_banner => "Open access",
+            cluster_warning => EVIL,
             sign_in_url => "",
             signed_in_as => EVIL,
             can_request => true,
@@ -204,6 +205,10 @@ mod tests {
             }],
             devices: rows,
             cluster: true,
+            cluster_warning: Some(Some(crate::cluster::ClusterWarning {
+                kind: "etcd_unreachable",
+                message: EVIL.into(),
+            })),
         };
         let devices = vec![held.clone(), failed, busy];
         let board = crate::hw::BoardStatus {

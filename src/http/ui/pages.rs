@@ -40,6 +40,9 @@ struct Layout {
     /// A warning shown on every page (empty = none): the sign-in work fills it when the
     /// service runs without authentication.
     auth_banner: String,
+    /// Cluster mode: what is wrong with the cluster as this controller sees it (empty =
+    /// nothing); the pool page keeps it up to date from its feed.
+    cluster_warning: String,
     /// Where to sign in (empty = no link).
     sign_in_url: String,
     /// Who is signed in (empty = nobody).
@@ -71,6 +74,13 @@ fn layout(ctx: &Ctx, page: &'static str, title: impl Into<String>) -> Value {
         server: ctx.svc.server_name().to_owned(),
         version: env!("CARGO_PKG_VERSION"),
         auth_banner: auth_banner(ctx),
+        cluster_warning: ctx
+            .svc
+            .cluster
+            .as_ref()
+            .and_then(|c| c.status().warning())
+            .map(|w| w.message)
+            .unwrap_or_default(),
         sign_in_url: if open || !signed_in.is_empty() {
             String::new()
         } else {
@@ -268,7 +278,23 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
             0
         }
     };
-    Ok(view::summarize(v.wrapping_add(revision), rows, true))
+    // The warning's kind goes into the version too, so an open page hears of it even when
+    // nothing else changes (etcd down: the revision stands still). Versions stay below
+    // 2^53, exact in JavaScript.
+    let warning = cluster.status().warning();
+    let kind = match warning.as_ref().map(|w| w.kind) {
+        None => 0,
+        Some("etcd_unreachable") => 1,
+        Some("etcd_out_of_space") => 2,
+        Some(_) => 3,
+    };
+    let mut view = view::summarize(
+        v.wrapping_add(revision).wrapping_add(kind << 48),
+        rows,
+        true,
+    );
+    view.cluster_warning = Some(warning);
+    Ok(view)
 }
 
 /// `GET /api/pool/overview/[?since=V&wait=N]`: the [`view::PoolView`] as JSON. With `since`

@@ -125,6 +125,11 @@ pub struct PoolView {
     /// column). Absent on a single rack.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cluster: bool,
+    /// Cluster mode: what is wrong with the cluster as this controller sees it (etcd
+    /// unreachable or out of space, no lease), shown as a banner; null when nothing is.
+    /// Absent on a single rack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_warning: Option<Option<crate::cluster::ClusterWarning>>,
 }
 
 /// Log lines scanned per device for its newest non-API line.
@@ -278,6 +283,7 @@ pub fn summarize(version: u64, mut rows: Vec<DeviceRowView>, cluster: bool) -> P
         devices: rows,
         counts,
         cluster,
+        cluster_warning: None,
     }
 }
 
