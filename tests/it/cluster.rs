@@ -694,6 +694,21 @@ async fn without_a_cluster_section_no_etcd_is_involved() {
     let (status, health) = s.get("/api/health/").await;
     assert_eq!(status, 200);
     assert!(health.get("cluster").is_none(), "{health}");
+    let page = s
+        .http
+        .get(s.url("/ui/"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        !page.contains("cluster-warning"),
+        "no cluster banner: {page}"
+    );
+    let (_, overview) = s.get("/api/pool/overview/").await;
+    assert!(overview.get("cluster_warning").is_none(), "{overview}");
     s.wait_all_ready(20).await;
     s.stop().await;
 }

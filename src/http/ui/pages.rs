@@ -41,8 +41,9 @@ struct Layout {
     /// service runs without authentication.
     auth_banner: String,
     /// Cluster mode: what is wrong with the cluster as this controller sees it (empty =
-    /// nothing); the pool page keeps it up to date from its feed.
-    cluster_warning: String,
+    /// nothing); the pool page keeps it up to date from its feed. `None` on a single rack
+    /// (no banner at all).
+    cluster_warning: Option<String>,
     /// Where to sign in (empty = no link).
     sign_in_url: String,
     /// Who is signed in (empty = nobody).
@@ -78,9 +79,7 @@ fn layout(ctx: &Ctx, page: &'static str, title: impl Into<String>) -> Value {
             .svc
             .cluster
             .as_ref()
-            .and_then(|c| c.status().warning())
-            .map(|w| w.message)
-            .unwrap_or_default(),
+            .map(|c| c.status().warning().map(|w| w.message).unwrap_or_default()),
         sign_in_url: if open || !signed_in.is_empty() {
             String::new()
         } else {
