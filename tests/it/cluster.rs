@@ -3280,3 +3280,103 @@ async fn a_full_etcd_answers_writes_with_a_clear_503_until_the_runbook_frees_it(
     })
     .await;
 }
+
+/// The processes whose parent is `pid`, with their command names (`/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // `pid (comm) state ppid …`: the name may hold spaces, so split after its `)`.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == pid).then_some((child, comm))
+    })
+    .collect()
+}
+
+/// Whether `pid` still runs (a zombie nobody reaped counts as gone).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// `mozpool bench` stopped by SIGTERM (as `pkill` or `timeout` stop it) stops the etcd
+/// members it started, instead of leaving them running to disturb the next measurement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_bench_stops_the_etcd_members_it_started() {
+    if require_tool(
+        "an_interrupted_bench_stops_the_etcd_members_it_started",
+        ETCD,
+    )
+    .is_none()
+    {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let log = std::fs::File::create(out.path().join("bench.log")).expect("log");
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_mozpool"))
+        .args(["bench", "--quick", "--only", "cluster"])
+        .current_dir(out.path())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn mozpool bench");
+    let pid = bench.id();
+    let members = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || {
+            let etcd: Vec<u32> = children_of(pid)
+                .into_iter()
+                .filter(|(_, comm)| comm == "etcd")
+                .map(|(p, _)| p)
+                .collect();
+            ok_if(etcd.len() == 3, etcd)
+        },
+    )
+    .await
+    .unwrap_or_else(|seen| panic!("the bench did not start 3 etcd members: {seen:?}"));
+    signal(&bench, Signal::SIGTERM);
+    let status = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || {
+            let s = bench.try_wait().expect("wait");
+            ok_if(s.is_some(), s)
+        },
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the bench did not stop on SIGTERM"))
+    .expect("status");
+    assert!(
+        !status.success(),
+        "an interrupted bench does not report success"
+    );
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            let left: Vec<u32> = members.iter().copied().filter(|&p| running(p)).collect();
+            ok_if(left.is_empty(), left)
+        },
+    )
+    .await
+    .unwrap_or_else(|left| {
+        for p in &left {
+            let _ = kill(
+                Pid::from_raw(i32::try_from(*p).expect("pid")),
+                Signal::SIGKILL,
+            );
+        }
+        panic!("etcd members still running after the bench stopped: {left:?}")
+    });
+}

@@ -142,11 +142,23 @@ fn quantile(v: &mut [Duration], q: f64) -> f64 {
     ms(v[i.min(v.len() - 1)])
 }
 
-/// Run the benchmark.
+/// Run the benchmark. SIGTERM or Ctrl-C stops it and the processes it started (etcd
+/// members, `mozpool serve` controllers): dropping the running section drops their
+/// handles, which kill them, where an interrupted bench used to leave them running and
+/// disturbing the next measurement. (SIGKILL still cannot be caught.)
 ///
 /// # Errors
-/// A section that could not run, or a gross regression against `--baseline`.
+/// A section that could not run, a gross regression against `--baseline`, or a signal.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    tokio::select! {
+        r = sections(args) => r,
+        () = crate::app::shutdown::wait_for_signal() => {
+            bail!("interrupted by a signal; the processes the bench started are stopped")
+        }
+    }
+}
+
+async fn sections(args: BenchArgs) -> anyhow::Result<()> {
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let mut figs = Figures::default();
     let started = Instant::now();
