@@ -548,14 +548,7 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
     let overview = get_json(&a, "/api/pool/overview/").await;
     assert_eq!(overview["cluster_warning"], Value::Null, "{overview}");
     let before = overview["version"].as_u64().expect("version");
-    let page = http()
-        .get(format!("{}/ui/", a.url))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let page = get_text(format!("{}/ui/", a.url)).await;
     assert!(
         page.contains(r#"id="cluster-warning" role="status" hidden"#),
         "{page}"
@@ -603,14 +596,7 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
     );
     assert_ne!(overview["version"].as_u64(), Some(before));
     eprintln!("cluster: the pool feed carried the etcd warning after {took:?}");
-    let page = http()
-        .get(format!("{}/ui/", a.url))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let page = get_text(format!("{}/ui/", a.url)).await;
     assert!(
         page.contains("etcd is unreachable or has lost quorum"),
         "{page}"
@@ -619,12 +605,7 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
         !page.contains(r#"id="cluster-warning" role="status" hidden"#),
         "{page}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", a.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(format!("{}/metrics", a.url)).await;
     assert!(
         metrics.lines().any(|l| l == "mozpool_cluster_etcd_up 0"),
         "{metrics}"
@@ -678,15 +659,7 @@ async fn quorum_loss_is_reported_and_recovers_without_a_restart() {
 async fn without_a_cluster_section_no_etcd_is_involved() {
     let s = TestServer::start_rack(1, "").await;
     assert!(s.app.cluster.is_none());
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(s.url("/metrics")).await;
     assert!(!metrics.contains("mozpool_cluster_"), "{metrics}");
     let (status, body) = s.get("/api/cluster/").await;
     assert_eq!(status, 200);
@@ -694,15 +667,7 @@ async fn without_a_cluster_section_no_etcd_is_involved() {
     let (status, health) = s.get("/api/health/").await;
     assert_eq!(status, 200);
     assert!(health.get("cluster").is_none(), "{health}");
-    let page = s
-        .http
-        .get(s.url("/ui/"))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let page = get_text(s.url("/ui/")).await;
     assert!(
         !page.contains("cluster-warning"),
         "no cluster banner: {page}"
@@ -767,15 +732,7 @@ async fn tls_with_client_certificates() {
     .await
     .unwrap_or_else(|body| panic!("over TLS: {body}"));
     assert_eq!(etcd.keys(&format!("{p}devices/rack-tls/")).len(), 1);
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(s.url("/metrics")).await;
     for line in [
         "mozpool_cluster_etcd_up 1",
         "mozpool_cluster_lease_held 1",
@@ -2332,14 +2289,8 @@ async fn device_calls_reach_their_owner_through_any_controller() {
 
     // The web page through rack-a lists rack-b's devices with rack-b's name, linked to
     // rack-b's page; rack-a sends a browser asking for that page there.
-    let page = http()
-        .get(format!("{}/ui/", a.url))
-        .send()
+    let page = get_text(format!("{}/ui/", a.url))
         .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html")
         // The template escapes the slashes of a URL it inserts.
         .replace("&#x2f;", "/");
     assert!(
@@ -3245,14 +3196,7 @@ async fn a_full_etcd_answers_writes_with_a_clear_503_until_the_runbook_frees_it(
         health["cluster"]["etcd_alarms"],
         serde_json::json!(["NOSPACE"])
     );
-    let metrics = http()
-        .get(format!("{}/metrics", a.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(format!("{}/metrics", a.url)).await;
     assert!(
         metrics.contains("mozpool_cluster_etcd_nospace 1"),
         "{metrics}"
@@ -3379,4 +3323,16 @@ async fn an_interrupted_bench_stops_the_etcd_members_it_started() {
         }
         panic!("etcd members still running after the bench stopped: {left:?}")
     });
+}
+
+/// The body of a GET as text (a page, `/metrics`).
+async fn get_text(url: String) -> String {
+    http()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .expect("text")
 }
