@@ -3204,7 +3204,7 @@ async fn a_full_etcd_answers_writes_with_a_clear_503_until_the_runbook_frees_it(
     // The runbook: free space, compact, defragment every member, disarm.
     for args in [
         vec!["del", "/filler/", "--prefix"],
-        vec!["compact", &etcd.revision().to_string()],
+        vec!["compact", "--physical", &etcd.revision().to_string()],
         vec!["defrag", "--cluster"],
         vec!["alarm", "disarm"],
     ] {
@@ -3215,9 +3215,25 @@ async fn a_full_etcd_answers_writes_with_a_clear_503_until_the_runbook_frees_it(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let id = request_any(&a, "after", 0, None).await["id"]
-        .as_u64()
-        .expect("id");
+    // Each member applies the disarm when raft delivers it: the member this controller
+    // talks to may refuse for a moment longer.
+    let t = Instant::now();
+    let r = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let r = send_any(&a, "after").await;
+            let ok = r.status() == 200;
+            ok_if(ok, r.json::<Value>().await.expect("json"))
+        },
+    )
+    .await
+    .unwrap_or_else(|last| panic!("creates still refused after the runbook: {last}"));
+    eprintln!(
+        "cluster: a create went through {:?} after the disarm",
+        t.elapsed()
+    );
+    let id = r["request"]["id"].as_u64().expect("id");
     until_ready(&a, id, Duration::from_secs(30)).await;
     a.wait_for("the alarm cleared", Duration::from_secs(15), |s| {
         s.is_some_and(|s| s["etcd_alarms"] == serde_json::json!([]))
