@@ -1016,11 +1016,20 @@ async fn pooled<const N: usize>(
     test: &str,
     racks: [(&str, u32); N],
 ) -> Option<(Etcd, String, [Controller; N])> {
+    pooled_with(test, racks, "").await
+}
+
+/// [`pooled`], with `extra` lines in every controller's `[cluster]` section.
+async fn pooled_with<const N: usize>(
+    test: &str,
+    racks: [(&str, u32); N],
+    extra: &str,
+) -> Option<(Etcd, String, [Controller; N])> {
     let etcd = Etcd::start(test)?;
     let p = prefix(test);
     let mut ctrls = Vec::new();
     for (name, devices) in racks {
-        ctrls.push(Controller::start(&etcd, name, &p, devices).await);
+        ctrls.push(Controller::start_with(&etcd, name, &p, devices, extra).await);
     }
     let total = racks.iter().map(|(_, n)| *n as usize).sum();
     until_pooled(&etcd, &p, total).await;
@@ -1943,13 +1952,15 @@ async fn no_double_booking_while_controllers_are_killed_and_restarted() {
 /// creates a new request (ids are not reused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_requests_are_deleted_after_keep_closed() {
-    let test = "cluster_keep_closed";
-    let Some(etcd) = Etcd::start(test) else {
+    let Some((etcd, p, [a])) = pooled_with(
+        "cluster_keep_closed",
+        [("rack-a", 1)],
+        "keep_closed_s = 2\n",
+    )
+    .await
+    else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start_with(&etcd, "rack-a", &p, 1, "keep_closed_s = 2\n").await;
-    until_pooled(&etcd, &p, 1).await;
     let id = request_any(&a, "sweep", 0, Some("sweep-1")).await["id"]
         .as_u64()
         .expect("id");
@@ -3094,13 +3105,15 @@ async fn concurrent_writes_share_transactions_and_keep_their_guards() {
 /// the shared queue keeps working on its watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_compacts_etcds_history() {
-    let test = "cluster_compaction";
-    let Some(etcd) = Etcd::start(test) else {
+    let Some((etcd, p, [a])) = pooled_with(
+        "cluster_compaction",
+        [("rack-a", 1)],
+        "compaction_interval_s = 1\n",
+    )
+    .await
+    else {
         return;
     };
-    let p = prefix(test);
-    let a = Controller::start_with(&etcd, "rack-a", &p, 1, "compaction_interval_s = 1\n").await;
-    until_pooled(&etcd, &p, 1).await;
     let before = etcd.revision();
     // A request makes history: create, assignment, ready, return, the device's views.
     let id = request_any(&a, "history", 0, None).await["id"]
