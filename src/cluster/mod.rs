@@ -293,13 +293,24 @@ pub struct ClusterStatus {
     pub compaction: Option<CompactionView>,
 }
 
-/// What is wrong with the cluster as this controller sees it, for the web pages: `kind` is
-/// stable (`etcd_unreachable`, `etcd_out_of_space`, `no_lease`), `message` is a sentence
-/// for a tech.
+/// Which problem a [`ClusterWarning`] is about (JSON: `etcd_unreachable`,
+/// `etcd_out_of_space`, `no_lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningKind {
+    /// etcd does not answer, or has no quorum.
+    EtcdUnreachable = 1,
+    /// etcd's NOSPACE alarm is raised.
+    EtcdOutOfSpace = 2,
+    /// This controller holds no live lease.
+    NoLease = 3,
+}
+
+/// What is wrong with the cluster as this controller sees it, for the web pages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterWarning {
     /// Which problem.
-    pub kind: &'static str,
+    pub kind: WarningKind,
     /// What it means for the pool, in one sentence.
     pub message: String,
 }
@@ -317,7 +328,7 @@ impl ClusterStatus {
                 .as_deref()
                 .unwrap_or("etcd has not answered yet");
             return Some(ClusterWarning {
-                kind: "etcd_unreachable",
+                kind: WarningKind::EtcdUnreachable,
                 message: format!(
                     "{why}. Until then other racks' devices are shown as last seen, and requests cannot be created, renewed or returned; this rack's devices are still watched."
                 ),
@@ -325,13 +336,13 @@ impl ClusterStatus {
         }
         if self.etcd_alarms.iter().any(|a| a == "NOSPACE") {
             return Some(ClusterWarning {
-                kind: "etcd_out_of_space",
+                kind: WarningKind::EtcdOutOfSpace,
                 message: "etcd is out of space (its NOSPACE alarm is raised): requests cannot be created, renewed or returned until an operator frees space (docs/cluster.md, \"etcd out of space\").".to_owned(),
             });
         }
         if self.lease.is_none() {
             return Some(ClusterWarning {
-                kind: "no_lease",
+                kind: WarningKind::NoLease,
                 message: format!(
                     "This controller ({}) holds no etcd lease right now: its devices are out of the shared pool until it has one again.",
                     self.name
@@ -790,14 +801,17 @@ mod tests {
         let mut s = healthy.clone();
         s.lease = None;
         let w = s.warning().expect("no lease");
-        assert_eq!(w.kind, "no_lease");
+        assert_eq!(w.kind, crate::cluster::WarningKind::NoLease);
         assert!(w.message.contains("rack-a"), "{}", w.message);
         s.etcd_alarms = vec!["NOSPACE".into()];
-        assert_eq!(s.warning().expect("full").kind, "etcd_out_of_space");
+        assert_eq!(
+            s.warning().expect("full").kind,
+            crate::cluster::WarningKind::EtcdOutOfSpace
+        );
         s.etcd_ok = false;
         s.etcd_error = Some("etcdserver: no leader".into());
         let w = s.warning().expect("down");
-        assert_eq!(w.kind, "etcd_unreachable");
+        assert_eq!(w.kind, crate::cluster::WarningKind::EtcdUnreachable);
         assert!(w.message.contains("no leader"), "{}", w.message);
     }
 }

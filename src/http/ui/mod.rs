@@ -206,7 +206,7 @@ mod tests {
             devices: rows,
             cluster: true,
             cluster_warning: Some(Some(crate::cluster::ClusterWarning {
-                kind: "etcd_unreachable",
+                kind: crate::cluster::WarningKind::EtcdUnreachable,
                 message: EVIL.into(),
             })),
         };

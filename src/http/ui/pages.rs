@@ -281,12 +281,7 @@ async fn pool_view(ctx: &Ctx) -> Result<view::PoolView, ApiError> {
     // nothing else changes (etcd down: the revision stands still). Versions stay below
     // 2^53, exact in JavaScript.
     let warning = cluster.status().warning();
-    let kind = match warning.as_ref().map(|w| w.kind) {
-        None => 0,
-        Some("etcd_unreachable") => 1,
-        Some("etcd_out_of_space") => 2,
-        Some(_) => 3,
-    };
+    let kind = warning.as_ref().map_or(0, |w| w.kind as u64);
     let mut view = view::summarize(
         v.wrapping_add(revision).wrapping_add(kind << 48),
         rows,
