@@ -53,7 +53,8 @@ pub(super) async fn run(cluster: Cluster, interval: Duration, stop: Cancellation
         let leader = cluster.leadership().is_some();
         let now = if leader {
             match cluster.current_revision().await {
-                Ok(r) => Some(r),
+                // `i64::MAX` stands for an answer without a header: no revision to keep.
+                Ok(r) => (r != i64::MAX).then_some(r),
                 Err(e) => {
                     tracing::debug!(error = %e, "cluster: cannot read etcd's revision to compact");
                     None
